@@ -1,0 +1,39 @@
+# BTARD Swarm: the two commands are `make demo` and `make test`.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test install site lint clean
+
+$(PY):
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is required (set PYTHON=/path/to/python3.11)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+# torch goes first, pinned, so no dependency pulls a CUDA build.
+$(STAMP): $(PY) pyproject.toml
+	$(PIP) install torch==2.13.0
+	$(PIP) install -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m worker_client.demo $(DEMO_ARGS)
+
+site: $(STAMP)
+	$(PY) manage.py migrate --noinput
+	$(PY) -m daphne -b 127.0.0.1 -p 8000 btard_site.asgi:application
+
+test: $(STAMP)
+	@$(PY) -m pytest $(PYTEST_ARGS); status=$$?; \
+	if [ $$status -eq 5 ]; then echo "pytest ran no tests: treating as failure"; exit 1; fi; exit $$status
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check platform worker_client tests
+
+clean:
+	rm -rf var/ .pytest_cache

@@ -1,0 +1,3 @@
+"""Websocket routes. Apps append their consumers here."""
+
+websocket_urlpatterns: list = []

@@ -1,0 +1,1 @@
+"""The BTARD protocol core: a transport-agnostic state machine (no I/O here)."""

@@ -1,0 +1,34 @@
+"""Tensors on the wire: raw little-endian float32 bytes, never pickle. Sizes are checked before use."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+
+from .crypto import ProtocolError
+
+
+def tensor_to_bytes(t: torch.Tensor) -> bytes:
+    arr = t.detach().to(torch.float32).contiguous().cpu().numpy()
+    return arr.astype("<f4", copy=False).tobytes()
+
+
+def bytes_to_tensor(data: bytes, *, expected_numel: int) -> torch.Tensor:
+    """Decode raw float32 bytes after checking the size matches; rejects NaN and inf."""
+    if expected_numel < 0:
+        raise ProtocolError("expected size must be non-negative")
+    if len(data) != 4 * expected_numel:
+        raise ProtocolError(f"tensor has {len(data)} bytes, expected {4 * expected_numel} "
+                            f"({expected_numel} float32 values)")
+    arr = np.frombuffer(data, dtype="<f4").astype(np.float32, copy=True)
+    t = torch.from_numpy(arr)
+    if not torch.isfinite(t).all():
+        raise ProtocolError("tensor contains NaN or inf")
+    return t
+
+
+def tensor_hash(t: torch.Tensor) -> str:
+    """SHA-256 of the tensor's little-endian float32 bytes (the protocol's commitment hash)."""
+    return hashlib.sha256(tensor_to_bytes(t)).hexdigest()

@@ -1,0 +1,249 @@
+"""Control-plane messages between ``btard-worker`` and the site's ``/ws/worker/`` websocket.
+
+The site is the membership authority and bulletin board: it never sees tensors. Every message is
+JSON with a ``type`` discriminator and the protocol version ``v``. Protocol broadcasts travel inside
+``broadcast`` messages as signed :class:`~worker_client.btard.crypto.Envelope` objects; the site checks
+their signature against the sender's registered key, rejects replays, stores them and relays them to
+the step's group unchanged.
+
+Close codes used by the site when it refuses or ends a worker connection (4000-4999 is the range the
+websocket spec leaves to applications):
+"""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from .btard.crypto import PROTOCOL_VERSION, Envelope
+
+# --- close codes -------------------------------------------------------------------------------
+CLOSE_NO_TOKEN = 4001  # no Authorization: Bearer header
+CLOSE_BAD_TOKEN = 4003  # unknown token
+CLOSE_REVOKED_TOKEN = 4004  # token revoked by its owner
+CLOSE_BANNED = 4005  # the account or the peer key is banned
+CLOSE_NO_RUN = 4006  # no active run to join
+CLOSE_PROTOCOL_VERSION = 4007  # worker speaks an unsupported protocol version
+CLOSE_REPLACED = 4008  # another connection with the same token took over
+
+CLOSE_REASONS = {
+    CLOSE_NO_TOKEN: "missing token: pass --token (Authorization: Bearer <token>)",
+    CLOSE_BAD_TOKEN: "token not recognised: create one on your /tokens/ page",
+    CLOSE_REVOKED_TOKEN: "token revoked: create a new one on your /tokens/ page",
+    CLOSE_BANNED: "banned: see the ban list (/bans/) for the reason and evidence",
+    CLOSE_NO_RUN: "no run is accepting workers right now",
+    CLOSE_PROTOCOL_VERSION: "protocol version not supported: upgrade btard-worker",
+    CLOSE_REPLACED: "another worker connected with the same token",
+}
+# Codes after which retrying cannot help: the worker exits with a message instead of reconnecting.
+FATAL_CLOSE_CODES = {CLOSE_NO_TOKEN, CLOSE_BAD_TOKEN, CLOSE_REVOKED_TOKEN, CLOSE_BANNED,
+                     CLOSE_PROTOCOL_VERSION}
+
+MAX_CONTROL_MESSAGE_BYTES = 256 * 1024
+
+
+class Status(str, Enum):
+    training = "training"
+    aggregating = "aggregating"
+    validating = "validating"
+    downloading_state = "downloading_state"
+    waiting_for_group = "waiting_for_group"
+    error = "error"
+
+
+class _Msg(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    v: int = PROTOCOL_VERSION
+
+
+# --- worker -> site ----------------------------------------------------------------------------
+class Hello(_Msg):
+    """First message after the socket opens: who I am and where other peers can reach me."""
+
+    type: Literal["hello"] = "hello"
+    public_key: str = Field(min_length=40, max_length=64, description="base64 raw Ed25519 public key")
+    p2p_id: str = Field(default="", max_length=128, description="hivemind PeerID (base58)")
+    p2p_addrs: list[str] = Field(default_factory=list, max_length=16)
+    device: str = Field(default="cpu", max_length=64)
+    client_version: str = Field(default="", max_length=32)
+    run_id: int | None = None
+
+
+class Heartbeat(_Msg):
+    type: Literal["heartbeat"] = "heartbeat"
+    status: Status
+    detail: str = Field(default="", max_length=500)
+    step: int | None = Field(default=None, ge=0)
+    bytes_sent: int = Field(default=0, ge=0)
+    bytes_received: int = Field(default=0, ge=0)
+
+
+class Broadcast(_Msg):
+    """A signed protocol message for the step's group (commitments, distances, MPRNG, accusations...)."""
+
+    type: Literal["broadcast"] = "broadcast"
+    envelope: Envelope
+
+
+class StepReport(_Msg):
+    """The end of a step as this peer saw it; the site advances the run when the group has reported."""
+
+    type: Literal["step_report"] = "step_report"
+    step: int = Field(ge=0)
+    outcome: Literal["applied", "dropped", "probation"]
+    loss: float | None = None
+    accuracy: float | None = Field(default=None, ge=0.0, le=1.0)
+    samples: int = Field(default=0, ge=0)
+    banned: list[str] = Field(default_factory=list, max_length=64)
+    eliminated: list[list[str]] = Field(default_factory=list, max_length=64)
+    missing: list[str] = Field(default_factory=list, max_length=64)
+
+
+class ReachabilityRequest(_Msg):
+    """``btard-worker doctor``: ask the site to have an active peer dial this address."""
+
+    type: Literal["reachability_request"] = "reachability_request"
+    p2p_id: str = Field(max_length=128)
+    p2p_addrs: list[str] = Field(max_length=16)
+
+
+class ReachabilityResult(_Msg):
+    type: Literal["reachability_result"] = "reachability_result"
+    request_id: str = Field(max_length=64)
+    reachable: bool
+    detail: str = Field(default="", max_length=500)
+
+
+WorkerMessage = Annotated[
+    Union[Hello, Heartbeat, Broadcast, StepReport, ReachabilityRequest, ReachabilityResult],
+    Field(discriminator="type"),
+]
+
+
+# --- site -> worker ----------------------------------------------------------------------------
+class PeerInfo(BaseModel):
+    peer_id: str
+    public_key: str
+    p2p_id: str = ""
+    p2p_addrs: list[str] = Field(default_factory=list)
+
+
+class RunInfo(BaseModel):
+    id: int
+    name: str
+    task: str
+    aggregator: str = "btard"
+    tau: float = 1.0
+    peers_per_group: int = 16
+    validators_per_step: int = 1
+    probation_steps: int = 5
+    batch_size: int = 32
+    lr: float = 0.05
+    seed: int = 0
+    phase_timeout: float = 30.0
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+class Welcome(_Msg):
+    type: Literal["welcome"] = "welcome"
+    peer_id: str
+    role: Literal["candidate", "active"]
+    run: RunInfo
+    step: int
+    probation_steps_left: int = 0
+
+
+class Group(_Msg):
+    """The group of a step, fixed by the site at the step boundary.
+
+    ``validators`` maps validator peer id -> target peer id for validation of the previous step.
+    ``candidates`` lists probation peers with the seed they compute on and the active peer
+    that validates them.
+    """
+
+    type: Literal["group"] = "group"
+    step: int
+    peers: list[PeerInfo]
+    validators: dict[str, str] = Field(default_factory=dict)
+    candidates: list[dict[str, Any]] = Field(default_factory=list)
+    deadlines: dict[str, float] = Field(default_factory=dict)
+    state_donors: list[PeerInfo] = Field(default_factory=list)
+
+
+class Relay(_Msg):
+    """A broadcast another peer posted, relayed unchanged (the site stored it first)."""
+
+    type: Literal["relay"] = "relay"
+    envelope: Envelope
+
+
+class BanNotice(_Msg):
+    type: Literal["ban"] = "ban"
+    peer_id: str
+    step: int | None = None
+    reason: str
+
+
+class ErrorMessage(_Msg):
+    """The site rejected a message; nothing changed. ``code`` is stable, ``message`` is for humans."""
+
+    type: Literal["error"] = "error"
+    code: str
+    message: str
+
+
+class ReachabilityCheck(_Msg):
+    """Site -> active peer: dial this address and report back."""
+
+    type: Literal["reachability_check"] = "reachability_check"
+    request_id: str
+    p2p_id: str
+    p2p_addrs: list[str]
+
+
+SiteMessage = Annotated[
+    Union[Welcome, Group, Relay, BanNotice, ErrorMessage, ReachabilityCheck, ReachabilityResult],
+    Field(discriminator="type"),
+]
+
+_worker_adapter: TypeAdapter = TypeAdapter(WorkerMessage)
+_site_adapter: TypeAdapter = TypeAdapter(SiteMessage)
+
+
+class ControlError(ValueError):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _parse(adapter: TypeAdapter, data: str | bytes, max_bytes: int):
+    size = len(data.encode() if isinstance(data, str) else data)
+    if size > max_bytes:
+        raise ControlError("too_large", f"message of {size} bytes exceeds the limit of {max_bytes} bytes")
+    try:
+        obj = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ControlError("malformed", f"message is not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ControlError("malformed", "message must be a JSON object")
+    if obj.get("v", PROTOCOL_VERSION) != PROTOCOL_VERSION:
+        raise ControlError("version", f"protocol version {obj.get('v')!r} is not supported "
+                                      f"(this side speaks {PROTOCOL_VERSION})")
+    try:
+        return adapter.validate_python(obj)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "message"
+        raise ControlError("schema", f"invalid message: {where}: {first['msg']}") from None
+
+
+def parse_worker_message(data: str | bytes, *, max_bytes: int = MAX_CONTROL_MESSAGE_BYTES):
+    return _parse(_worker_adapter, data, max_bytes)
+
+
+def parse_site_message(data: str | bytes, *, max_bytes: int = 4 * MAX_CONTROL_MESSAGE_BYTES):
+    return _parse(_site_adapter, data, max_bytes)
