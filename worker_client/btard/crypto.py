@@ -187,3 +187,18 @@ class ReplayGuard:
 
     def forget_before(self, keep: set[tuple[str, str]]) -> None:
         self._seen &= keep
+
+
+# Phases of a BTARD step whose messages are broadcast through the site (see docs/protocol.md).
+# The protocol core defines each phase's payload schema in ``worker_client.btard.messages``.
+BROADCAST_PHASES = (
+    "commit",        # C_i: hashes of the n gradient parts
+    "agg_result",    # aggregator j: H(a_j) and the distances d_kj
+    "mprng_commit",  # H(x_i)
+    "mprng_reveal",  # x_i
+    "scalars",       # s_ij = <z[j], g_i[j] - a_j>
+    "accuse",        # ACCUSE(i, j) with evidence
+    "eliminate",     # ELIMINATE(i, j): unprovable fault
+    "verdict",       # a peer's signed verdict on an accusation; the site bans on a majority
+    "validation",    # validator's report on its target (probation and recalculation)
+)
