@@ -1,0 +1,155 @@
+"""The hivemind data plane: three real p2pd daemons in one process exchanging tensors on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import os
+
+import pytest
+import pytest_asyncio
+import torch
+
+from worker_client.net import DataPlane, DataPlaneError
+from worker_client.btard.crypto import ProtocolError
+from worker_client.net.wire import MAX_HEADER_BYTES, read_body, read_request
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+RUN = "run-test"
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def planes():
+    before = set(glob.glob("/tmp/hivemind-*"))
+    created: list[DataPlane] = []
+    try:
+        for _ in range(4):
+            created.append(await DataPlane.create(RUN, call_timeout=5.0, max_wait=5.0))
+        directory = {}
+        for name, plane in zip("abcd", created):
+            directory[name] = (plane.p2p_id, await plane.addrs())
+        for plane in created:
+            plane.set_directory(directory)
+        yield dict(zip("abcd", created))
+    finally:
+        for plane in created:
+            await plane.shutdown()
+        for path in set(glob.glob("/tmp/hivemind-*")) - before:
+            try:
+                os.remove(path)
+            except OSError:
+                pass
+
+
+async def test_it_scatters_gradient_parts_to_their_aggregators(planes):
+    a, b, c = planes["a"], planes["b"], planes["c"]
+    grad = torch.randn(30)
+    parts = grad.split(10)
+    # a owns the gradient; part j may be fetched only by aggregator j.
+    for j, name in enumerate("abc"):
+        a.publish(1, "grad", str(j), parts[j], allowed={name})
+    got_b = await b.fetch("a", step=1, kind="grad", key="1", numel=10)
+    got_c = await c.fetch("a", step=1, kind="grad", key="2", numel=10)
+    assert torch.equal(got_b, parts[1]) and torch.equal(got_c, parts[2])
+    assert b.traffic.bytes_received >= 40 and a.traffic.bytes_sent >= 80
+
+
+async def test_it_refuses_a_part_to_a_peer_that_is_not_its_aggregator(planes):
+    a, c = planes["a"], planes["c"]
+    a.publish(2, "grad", "1", torch.ones(4), allowed={"b"})
+    with pytest.raises(DataPlaneError) as err:
+        await c.fetch("a", step=2, kind="grad", key="1", numel=4)
+    assert err.value.code == "refused" and err.value.peer == "a"
+
+
+async def test_it_all_gathers_aggregated_parts_published_after_the_request(planes):
+    a, b, c = planes["a"], planes["b"], planes["c"]
+    results = {name: torch.full((5,), float(i)) for i, name in enumerate("abcd")}
+
+    async def publish_later():
+        await asyncio.sleep(0.3)  # the fetch is already waiting on the server side
+        for name, plane in planes.items():
+            plane.publish(3, "agg", name, results[name])
+
+    fetches = [a.fetch(owner, step=3, kind="agg", key=owner, numel=5, wait=3.0) for owner in "bc"]
+    fetches += [b.fetch("c", step=3, kind="agg", key="c", numel=5, wait=3.0)]
+    _, got_b, got_c, got_c_by_b = await asyncio.gather(publish_later(), *fetches)
+    assert torch.equal(got_b, results["b"]) and torch.equal(got_c, results["c"])
+    assert torch.equal(got_c_by_b, results["c"])
+
+
+async def test_it_rejects_a_tensor_whose_size_differs_from_what_the_run_expects(planes):
+    a, b = planes["a"], planes["b"]
+    a.publish(4, "agg", "a", torch.ones(8))
+    with pytest.raises(DataPlaneError) as err:
+        await b.fetch("a", step=4, kind="agg", key="a", numel=1000)
+    assert err.value.code == "size"
+
+
+async def test_it_times_out_when_a_peer_withholds_its_part(planes):
+    b = planes["b"]
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    with pytest.raises(DataPlaneError) as err:
+        await b.fetch("a", step=5, kind="grad", key="1", numel=4, wait=60.0, timeout=1.0)
+    assert err.value.code == "timeout" and err.value.peer == "a"
+    assert loop.time() - t0 < 30  # bounded by the timeout, not by the server's wait
+
+
+async def test_it_reports_a_missing_tensor_without_waiting_when_asked_not_to(planes):
+    with pytest.raises(DataPlaneError) as err:
+        await planes["c"].fetch("b", step=6, kind="agg", key="b", numel=3, wait=0.0)
+    assert err.value.code == "not_found"
+
+
+async def test_it_serves_different_tensors_only_through_explicit_overrides(planes):
+    a, b, c = planes["a"], planes["b"], planes["c"]
+    a.publish(7, "agg", "a", torch.zeros(3), overrides={"c": torch.ones(3)})
+    assert torch.equal(await b.fetch("a", step=7, kind="agg", key="a", numel=3), torch.zeros(3))
+    assert torch.equal(await c.fetch("a", step=7, kind="agg", key="a", numel=3), torch.ones(3))
+
+
+async def test_a_newcomer_downloads_the_state_from_several_donors_and_outvotes_a_liar(planes):
+    a, b, c, d = planes["a"], planes["b"], planes["c"], planes["d"]
+    state = torch.randn(2500)
+    a.publish_state(9, state, chunk_numel=1000)
+    b.publish_state(9, state, chunk_numel=1000)
+    got, per_donor = await d.download_state(["a", "b"], step=9, numel=2500)
+    assert torch.equal(got, state)
+    assert set(per_donor) == {"a", "b"}  # both donors served chunks, not one
+    assert sum(per_donor.values()) == 4 * 2500
+
+    # A lying donor serving a different state is outvoted by the two honest ones and never used.
+    c.publish_state(9, state + 1.0, chunk_numel=1000)
+    got2, per_donor2 = await d.download_state(["a", "c", "b"], step=9, numel=2500)
+    assert torch.equal(got2, state)
+    assert "c" not in per_donor2 and set(per_donor2) == {"a", "b"}
+
+
+async def test_it_pings_a_peer_at_its_announced_address_and_reports_a_dead_one(planes):
+    a, b = planes["a"], planes["b"]
+    rtt = await a.ping(b.p2p_id, await b.addrs(), timeout=5.0)
+    assert rtt >= 0
+    gone = await DataPlane.create("other-run", call_timeout=3.0)
+    gone_id, gone_addrs = gone.p2p_id, await gone.addrs()
+    await gone.shutdown()
+    with pytest.raises(DataPlaneError) as err:
+        await a.ping(gone_id, gone_addrs, timeout=3.0)
+    assert err.value.code in {"unreachable", "timeout"}
+
+
+async def test_it_refuses_a_body_length_other_than_expected_before_reading_it():
+    reader = asyncio.StreamReader()
+    reader.feed_data((1 << 40).to_bytes(8, "big") + b"\0" * 16)
+    reader.feed_eof()
+    with pytest.raises(ProtocolError, match="announced"):
+        await read_body(reader, expected_bytes=16)
+
+
+async def test_it_rejects_an_oversized_header():
+    reader = asyncio.StreamReader()
+    reader.feed_data((MAX_HEADER_BYTES + 1).to_bytes(4, "big"))
+    reader.feed_eof()
+    with pytest.raises(ProtocolError, match="exceeds"):
+        await read_request(reader)

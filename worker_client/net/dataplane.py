@@ -1,0 +1,466 @@
+"""The worker's data plane: bulk tensors peer to peer over ``hivemind.p2p.P2P``.
+
+One :class:`DataPlane` per run. It registers one stream handler, ``btard/<run>/v1/data``, that serves
+tensors this peer *published* for ``(step, kind, key)``: its gradient parts (scatter), its aggregated
+part (all-gather), the parts it received from a validation target, its model state (newcomers). Peers
+*fetch* what they need, so the requester always knows how many float32 values it expects and checks
+that before allocating (see :mod:`worker_client.net.wire`). Access is per entry: a published tensor
+can be limited to given protocol peer ids, and the remote side is identified by its libp2p peer id,
+which the transport authenticates, mapped through the run's directory (peer id -> hivemind PeerID).
+
+Every remote call has a timeout. Failures raise :class:`DataPlaneError` with a stable ``code``
+(``timeout``, ``unreachable``, ``refused``, ``not_found``, ``size``, ``malformed``, ``hash``) and the
+peer at fault, so the runner can tell "withheld" (an ELIMINATE) from "lied" (an ACCUSE).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import secrets
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+import torch
+
+from ..btard.crypto import ProtocolError
+from ..btard.tensors import bytes_to_tensor, tensor_to_bytes
+from .wire import (
+    FetchRequest,
+    FetchResponse,
+    InfoRequest,
+    PingRequest,
+    encode_header,
+    read_body,
+    read_request,
+    read_response,
+    write_body,
+)
+
+log = logging.getLogger(__name__)
+
+PING_HANDLER = "btard/v1/ping"
+DEFAULT_STATE_CHUNK = 1 << 20  # float32 values per state chunk (4 MiB)
+
+
+class DataPlaneError(ProtocolError):
+    """A data-plane call failed. ``code`` is stable; ``peer`` is the protocol peer id (or p2p id) at fault."""
+
+    def __init__(self, code: str, message: str, *, peer: str = ""):
+        super().__init__(message)
+        self.code = code
+        self.peer = peer
+
+
+def handler_name(run: str) -> str:
+    return f"btard/{run}/v1/data"
+
+
+def split_p2p_addr(addr: str) -> tuple[str | None, str]:
+    """``/ip4/../tcp/N/p2p/<id>`` -> (``<id>``, ``/ip4/../tcp/N``)."""
+    if "/p2p/" in addr:
+        base, _, peer = addr.rpartition("/p2p/")
+        return peer, base
+    return None, addr
+
+
+@dataclass
+class _Entry:
+    data: bytes
+    numel: int
+    allowed: frozenset[str] | None
+    info: dict | None = None
+    overrides: dict[str, bytes] = field(default_factory=dict)
+
+
+@dataclass
+class Traffic:
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    requests_served: int = 0
+    requests_refused: int = 0
+
+
+class DataPlane:
+    """A hivemind P2P daemon plus the run's data handler. Create with :meth:`create`; always :meth:`shutdown`."""
+
+    def __init__(self, p2p, run: str, *, call_timeout: float, max_wait: float):
+        self.p2p = p2p
+        self.run = run
+        self.call_timeout = call_timeout
+        self.max_wait = max_wait
+        self.traffic = Traffic()
+        self._store: dict[tuple[int, str, str], _Entry] = {}
+        self._events: dict[tuple[int, str, str], asyncio.Event] = {}
+        self._directory: dict[str, tuple[str, list[str]]] = {}  # peer id -> (p2p id, addrs)
+        self._by_p2p: dict[str, str] = {}  # p2p id -> peer id
+        self._connected: set[str] = set()
+        self._closed = False
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    @classmethod
+    async def create(cls, run: str, *, host_maddrs: Iterable[str] = ("/ip4/127.0.0.1/tcp/0",),
+                     announce_maddrs: Iterable[str] | None = None, identity_path: str | None = None,
+                     nat_port_map: bool = False, call_timeout: float = 30.0, max_wait: float = 60.0,
+                     startup_timeout: float = 20.0, **p2p_kwargs) -> "DataPlane":
+        """Start a p2pd daemon listening on ``host_maddrs`` and register the run's handlers.
+
+        Raises ``hivemind.p2p.P2PDaemonError`` when the daemon cannot start.
+        """
+        from hivemind.p2p import P2P
+
+        p2p = await P2P.create(host_maddrs=list(host_maddrs),
+                               announce_maddrs=list(announce_maddrs) if announce_maddrs else None,
+                               identity_path=identity_path, nat_port_map=nat_port_map,
+                               startup_timeout=startup_timeout, **p2p_kwargs)
+        plane = cls(p2p, run, call_timeout=call_timeout, max_wait=max_wait)
+        try:
+            await p2p.add_binary_stream_handler(handler_name(run), plane._handle)
+            await p2p.add_binary_stream_handler(PING_HANDLER, plane._handle_ping)
+        except BaseException:
+            await p2p.shutdown()
+            raise
+        return plane
+
+    async def shutdown(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for event in self._events.values():
+            event.set()
+        await self.p2p.shutdown()
+
+    async def __aenter__(self) -> "DataPlane":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.shutdown()
+
+    @property
+    def p2p_id(self) -> str:
+        return self.p2p.peer_id.to_base58()
+
+    async def addrs(self) -> list[str]:
+        """Addresses other peers can dial, each ending in ``/p2p/<our id>``."""
+        return [str(m) for m in await self.p2p.get_visible_maddrs()]
+
+    # --- directory ----------------------------------------------------------------------------
+    def set_directory(self, peers: Mapping[str, tuple[str, list[str]]]) -> None:
+        """Tell the plane who is who: ``{protocol peer id: (hivemind p2p id, [multiaddrs])}``."""
+        for peer_id, (p2p_id, addrs) in peers.items():
+            if not p2p_id:
+                continue
+            self._directory[peer_id] = (p2p_id, list(addrs))
+            self._by_p2p[p2p_id] = peer_id
+
+    def peer_of(self, p2p_id: str) -> str | None:
+        return self._by_p2p.get(p2p_id)
+
+    # --- publishing ---------------------------------------------------------------------------
+    def publish(self, step: int, kind: str, key: str, tensor: torch.Tensor | bytes, *,
+                allowed: Iterable[str] | None = None, info: dict | None = None,
+                overrides: Mapping[str, torch.Tensor] | None = None) -> None:
+        """Make a tensor fetchable by peers for ``(step, kind, key)``.
+
+        ``allowed``: protocol peer ids that may fetch it (``None``: any peer). ``overrides`` serves a
+        different tensor to given peers (only Byzantine test behaviours use it).
+        """
+        data = tensor if isinstance(tensor, bytes) else tensor_to_bytes(tensor)
+        entry = _Entry(data=data, numel=len(data) // 4,
+                       allowed=frozenset(allowed) if allowed is not None else None, info=info)
+        for peer, other in (overrides or {}).items():
+            other_bytes = tensor_to_bytes(other)
+            if len(other_bytes) != len(data):
+                raise ValueError("an override must have the size of the published tensor")
+            entry.overrides[peer] = other_bytes
+        k = (step, kind, key)
+        self._store[k] = entry
+        event = self._events.get(k)
+        if event is not None:
+            event.set()
+
+    def published(self, step: int, kind: str, key: str) -> bool:
+        return (step, kind, key) in self._store
+
+    def unpublish(self, step: int, kind: str, key: str) -> None:
+        self._store.pop((step, kind, key), None)
+
+    def forget_before(self, step: int, *, keep_kinds: Iterable[str] = ("state",)) -> None:
+        """Drop what was published for steps before ``step`` (the state stays until replaced)."""
+        keep = set(keep_kinds)
+        for k in [k for k in self._store if k[0] < step and k[1] not in keep]:
+            del self._store[k]
+        for k in [k for k in self._events if k[0] < step]:
+            self._events.pop(k).set()
+
+    # --- serving ------------------------------------------------------------------------------
+    async def _respond(self, writer, response: FetchResponse, body: bytes | memoryview | None = None) -> None:
+        header = encode_header(response)
+        writer.write(header)
+        self.traffic.bytes_sent += len(header)
+        if body is not None:
+            await write_body(writer, body)
+            self.traffic.bytes_sent += 8 + len(body)
+        await writer.drain()
+
+    async def _wait_entry(self, k: tuple[int, str, str], wait: float) -> _Entry | None:
+        entry = self._store.get(k)
+        if entry is not None or wait <= 0:
+            return entry
+        event = self._events.setdefault(k, asyncio.Event())
+        try:
+            await asyncio.wait_for(event.wait(), min(wait, self.max_wait))
+        except asyncio.TimeoutError:
+            pass
+        return self._store.get(k)
+
+    async def _handle_ping(self, info, reader, writer) -> None:
+        try:
+            req = await asyncio.wait_for(read_request(reader), self.call_timeout)
+            if not isinstance(req, PingRequest):
+                raise ProtocolError("expected a ping")
+            await self._respond(writer, FetchResponse(ok=True, info={"p2p_id": self.p2p_id, "nonce": req.nonce}))
+        except (ProtocolError, asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError) as exc:
+            log.debug("ping from %s failed: %s", info.peer_id, exc)
+        finally:
+            writer.close()
+
+    async def _handle(self, info, reader, writer) -> None:
+        remote_p2p = info.peer_id.to_base58()
+        try:
+            req = await asyncio.wait_for(read_request(reader), self.call_timeout)
+            if isinstance(req, PingRequest):
+                await self._respond(writer, FetchResponse(ok=True, info={"p2p_id": self.p2p_id}))
+                return
+            if req.run != self.run:
+                await self._respond(writer, FetchResponse(ok=False, code="wrong_run",
+                                                          message=f"this handler serves run {self.run}"))
+                return
+            entry = await self._wait_entry((req.step, req.kind, req.key), req.wait)
+            if entry is None:
+                await self._respond(writer, FetchResponse(
+                    ok=False, code="not_found", message=f"nothing published for {req.kind}/{req.key} "
+                                                        f"at step {req.step}"))
+                return
+            remote_peer = self._by_p2p.get(remote_p2p)
+            if entry.allowed is not None and remote_peer not in entry.allowed:
+                self.traffic.requests_refused += 1
+                await self._respond(writer, FetchResponse(ok=False, code="refused",
+                                                          message="not allowed to fetch this tensor"))
+                return
+            if isinstance(req, InfoRequest):
+                await self._respond(writer, FetchResponse(ok=True, numel=entry.numel, info=entry.info or {}))
+                return
+            data = entry.overrides.get(remote_peer or "", entry.data)
+            if req.start + req.numel > entry.numel:
+                await self._respond(writer, FetchResponse(
+                    ok=False, code="size", numel=entry.numel,
+                    message=f"asked for {req.numel} values at {req.start}, have {entry.numel}"))
+                return
+            body = memoryview(data)[4 * req.start: 4 * (req.start + req.numel)]
+            self.traffic.requests_served += 1
+            await self._respond(writer, FetchResponse(ok=True, numel=req.numel), body)
+        except (ProtocolError, asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError) as exc:
+            log.debug("request from %s failed: %s", remote_p2p, exc)
+        finally:
+            writer.close()
+
+    # --- calling ------------------------------------------------------------------------------
+    def _resolve(self, peer: str) -> tuple[str, list[str]]:
+        if peer in self._directory:
+            return self._directory[peer]
+        raise DataPlaneError("unreachable", f"peer {peer[:8]} is not in the directory", peer=peer)
+
+    async def connect(self, p2p_id: str, addrs: Iterable[str], *, timeout: float | None = None) -> None:
+        """Dial a peer at its announced addresses. Raises ``DataPlaneError('unreachable')``."""
+        from hivemind.p2p import PeerID
+        from hivemind.utils.multiaddr import Multiaddr
+
+        maddrs = [Multiaddr(split_p2p_addr(a)[1]) for a in addrs]
+        try:
+            await asyncio.wait_for(self.p2p._client.connect(PeerID.from_base58(p2p_id), maddrs),
+                                   timeout or self.call_timeout)
+        except (asyncio.TimeoutError, Exception) as exc:  # the daemon reports dial errors as ControlFailure
+            raise DataPlaneError("unreachable", f"cannot dial {p2p_id[:12]}: {exc or 'timed out'}",
+                                 peer=self._by_p2p.get(p2p_id, p2p_id)) from None
+        self._connected.add(p2p_id)
+
+    async def _open(self, p2p_id: str, addrs: list[str], name: str, peer: str):
+        from hivemind.p2p import PeerID
+
+        if p2p_id not in self._connected and addrs:
+            await self.connect(p2p_id, addrs)
+        try:
+            _, reader, writer = await self.p2p.call_binary_stream_handler(PeerID.from_base58(p2p_id), name)
+        except Exception as exc:
+            self._connected.discard(p2p_id)
+            raise DataPlaneError("unreachable", f"cannot open a stream to {peer[:8]}: {exc}", peer=peer) from None
+        return reader, writer
+
+    async def _call(self, peer: str, p2p_id: str, addrs: list[str], name: str, request,
+                    *, expected_bytes: int | None, timeout: float) -> tuple[FetchResponse, bytes | None]:
+        async def go():
+            reader, writer = await self._open(p2p_id, addrs, name, peer)
+            try:
+                header = encode_header(request)
+                writer.write(header)
+                await writer.drain()
+                self.traffic.bytes_sent += len(header)
+                response = await read_response(reader)
+                self.traffic.bytes_received += 4 + len(response.model_dump_json())
+                if not response.ok:
+                    return response, None
+                if expected_bytes is None:
+                    return response, None
+                if response.numel * 4 != expected_bytes:
+                    raise DataPlaneError("size", f"{peer[:8]} offers {response.numel} values, "
+                                                 f"expected {expected_bytes // 4}", peer=peer)
+                body = await read_body(reader, expected_bytes=expected_bytes)
+                self.traffic.bytes_received += 8 + len(body)
+                return response, body
+            finally:
+                writer.close()
+
+        try:
+            return await asyncio.wait_for(go(), timeout)
+        except asyncio.TimeoutError:
+            raise DataPlaneError("timeout", f"{peer[:8]} did not answer in {timeout:.1f}s", peer=peer) from None
+        except asyncio.IncompleteReadError:
+            raise DataPlaneError("unreachable", f"{peer[:8]} closed the stream early", peer=peer) from None
+        except DataPlaneError:
+            raise
+        except ProtocolError as exc:
+            raise DataPlaneError("malformed", f"{peer[:8]}: {exc}", peer=peer) from None
+        except (ConnectionError, OSError) as exc:
+            raise DataPlaneError("unreachable", f"{peer[:8]}: {exc}", peer=peer) from None
+
+    async def fetch_bytes(self, peer: str, *, step: int, kind: str, key: str, numel: int, start: int = 0,
+                          wait: float | None = None, timeout: float | None = None) -> bytes:
+        """Fetch ``numel`` raw float32 values published by ``peer``; see :meth:`fetch`."""
+        p2p_id, addrs = self._resolve(peer)
+        timeout = timeout or self.call_timeout
+        wait = timeout * 0.8 if wait is None else wait
+        request = FetchRequest(run=self.run, step=step, kind=kind, key=key, start=start, numel=numel,
+                               wait=min(wait, 600.0))
+        response, body = await self._call(peer, p2p_id, addrs, handler_name(self.run), request,
+                                          expected_bytes=4 * numel, timeout=timeout)
+        if not response.ok:
+            code = response.code if response.code in {"not_found", "refused", "size", "wrong_run"} else "refused"
+            raise DataPlaneError(code, f"{peer[:8]}: {response.message or response.code}", peer=peer)
+        assert body is not None
+        return body
+
+    async def fetch(self, peer: str, *, step: int, kind: str, key: str, numel: int, start: int = 0,
+                    wait: float | None = None, timeout: float | None = None) -> torch.Tensor:
+        """Fetch a tensor ``peer`` published; its size is checked against ``numel`` before it is read.
+
+        The server may hold the request up to ``wait`` seconds while the tensor is not published yet.
+        Raises :class:`DataPlaneError`; a NaN/inf tensor raises it with code ``malformed``.
+        """
+        data = await self.fetch_bytes(peer, step=step, kind=kind, key=key, numel=numel, start=start,
+                                      wait=wait, timeout=timeout)
+        try:
+            return bytes_to_tensor(data, expected_numel=numel)
+        except ProtocolError as exc:
+            raise DataPlaneError("malformed", f"{peer[:8]}: {exc}", peer=peer) from None
+
+    async def fetch_info(self, peer: str, *, step: int, kind: str, key: str, wait: float = 0.0,
+                         timeout: float | None = None) -> FetchResponse:
+        p2p_id, addrs = self._resolve(peer)
+        request = InfoRequest(run=self.run, step=step, kind=kind, key=key, wait=wait)
+        response, _ = await self._call(peer, p2p_id, addrs, handler_name(self.run), request,
+                                       expected_bytes=None, timeout=timeout or self.call_timeout)
+        if not response.ok:
+            raise DataPlaneError(response.code or "refused", f"{peer[:8]}: {response.message}", peer=peer)
+        return response
+
+    async def ping(self, p2p_id: str, addrs: Iterable[str], *, timeout: float = 10.0) -> float:
+        """Dial ``p2p_id`` at ``addrs`` and round-trip a ping; returns the seconds it took.
+
+        This is how an active peer checks a newcomer's announced address (``btard-worker doctor``).
+        """
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        nonce = secrets.token_hex(8)
+        response, _ = await self._call(p2p_id, p2p_id, list(addrs), PING_HANDLER, PingRequest(nonce=nonce),
+                                       expected_bytes=None, timeout=timeout)
+        if not response.ok or (response.info or {}).get("nonce") != nonce:
+            raise DataPlaneError("malformed", "the peer answered the ping wrongly", peer=p2p_id)
+        return loop.time() - t0
+
+    # --- model state for newcomers -------------------------------------------------------------
+    def publish_state(self, step: int, flat_state: torch.Tensor, *, chunk_numel: int = DEFAULT_STATE_CHUNK,
+                      allowed: Iterable[str] | None = None, meta: dict | None = None) -> None:
+        """Serve this peer's flat model state as of ``step`` with per-chunk SHA-256 hashes."""
+        data = tensor_to_bytes(flat_state)
+        numel = len(data) // 4
+        hashes = [hashlib.sha256(data[4 * s: 4 * min(numel, s + chunk_numel)]).hexdigest()
+                  for s in range(0, numel, chunk_numel)] or [hashlib.sha256(b"").hexdigest()]
+        info = {"step": step, "numel": numel, "chunk_numel": chunk_numel, "chunks": hashes, **(meta or {})}
+        # The key names the step so a newcomer never mixes chunks of two different states.
+        for k in [k for k in self._store if k[1] == "state"]:
+            del self._store[k]
+        self.publish(0, "state", f"s{step}", data, allowed=allowed, info=info)
+
+    async def download_state(self, donors: list[str], *, step: int, numel: int, timeout: float | None = None,
+                             max_parallel: int = 4) -> tuple[torch.Tensor, dict[str, int]]:
+        """Download the flat state of ``step`` from several donors at once, not from one.
+
+        Each donor is asked for its chunk hashes; the list a strict majority of the answering donors
+        agree on is the reference (a lying donor is outvoted), then chunks are fetched round-robin
+        from the agreeing donors in parallel and each is checked against its hash; a failed chunk is
+        retried from the next donor. Returns the state and the bytes received per donor.
+        Raises :class:`DataPlaneError` when no majority exists or a chunk cannot be obtained.
+        """
+        timeout = timeout or self.call_timeout
+        key = f"s{step}"
+
+        async def ask(donor: str):
+            try:
+                return donor, await self.fetch_info(donor, step=0, kind="state", key=key,
+                                                    wait=timeout * 0.5, timeout=timeout)
+            except DataPlaneError as exc:
+                log.info("state donor %s: %s", donor[:8], exc)
+                return donor, None
+
+        answers = [(d, r) for d, r in await asyncio.gather(*(ask(d) for d in donors))
+                   if r is not None and (r.info or {}).get("numel") == numel]
+        if not answers:
+            raise DataPlaneError("not_found", f"no donor serves the state of step {step} with {numel} values")
+        votes = Counter((r.info["chunk_numel"], tuple(r.info["chunks"])) for _, r in answers)
+        (chunk_numel, hashes), count = votes.most_common(1)[0]
+        if count * 2 <= len(answers) and len(answers) > 1:
+            raise DataPlaneError("hash", "state donors disagree and none has a majority")
+        if not isinstance(chunk_numel, int) or chunk_numel <= 0 or \
+                len(hashes) != max(1, -(-numel // chunk_numel)):
+            raise DataPlaneError("malformed", "donors announced an inconsistent chunking")
+        good = [d for d, r in answers if (r.info["chunk_numel"], tuple(r.info["chunks"])) == (chunk_numel, hashes)]
+        out = bytearray(4 * numel)
+        per_donor: Counter[str] = Counter()
+        sem = asyncio.Semaphore(max_parallel)
+
+        async def get_chunk(index: int) -> None:
+            start = index * chunk_numel
+            count_ = min(chunk_numel, numel - start)
+            last_error: Exception | None = None
+            for attempt in range(len(good)):
+                donor = good[(index + attempt) % len(good)]
+                try:
+                    async with sem:
+                        data = await self.fetch_bytes(donor, step=0, kind="state", key=key, start=start,
+                                                      numel=count_, wait=0.0, timeout=timeout)
+                except DataPlaneError as exc:
+                    last_error = exc
+                    continue
+                if hashlib.sha256(data).hexdigest() != hashes[index]:
+                    last_error = DataPlaneError("hash", f"chunk {index} from {donor[:8]} does not match", peer=donor)
+                    continue
+                out[4 * start: 4 * (start + count_)] = data
+                per_donor[donor] += len(data)
+                return
+            raise last_error or DataPlaneError("not_found", f"chunk {index} unavailable")
+
+        await asyncio.gather(*(get_chunk(i) for i in range(len(hashes)) if numel))
+        return bytes_to_tensor(bytes(out), expected_numel=numel), dict(per_donor)

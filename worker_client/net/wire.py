@@ -1,0 +1,139 @@
+"""Frames of the data plane: a small JSON header (pydantic) followed by raw little-endian float32 bytes.
+
+Every stream carries exactly one request and one response::
+
+    request  := u32 header_len | header JSON (FetchRequest)
+    response := u32 header_len | header JSON (FetchResponse) | [u64 body_len | body]
+
+The body is present only when ``FetchResponse.ok``. The requester says how many float32 values it
+expects (``numel``, derived from the run's model layout) and checks the response header *and* the body
+length against that before it reads or allocates anything. Nothing here is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..btard.crypto import PROTOCOL_VERSION, ProtocolError
+
+MAX_HEADER_BYTES = 16 * 1024
+# A hard ceiling on one body whatever a peer claims (1 GiB = 256M float32 values).
+MAX_BODY_BYTES = 1 << 30
+
+KIND_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
+KEY_PATTERN = r"^[A-Za-z0-9_:.\-]{1,96}$"
+
+
+class _Frame(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    v: int = PROTOCOL_VERSION
+
+
+class FetchRequest(_Frame):
+    """Ask a peer for a tensor it published for ``(run, step, kind, key)``.
+
+    ``start``/``numel`` select a contiguous range (state download splits the model among donors);
+    ``wait`` is how long the server may hold the request while the tensor is not published yet.
+    """
+
+    type: Literal["fetch"] = "fetch"
+    run: str = Field(min_length=1, max_length=64)
+    step: int = Field(ge=0)
+    kind: str = Field(pattern=KIND_PATTERN)
+    key: str = Field(pattern=KEY_PATTERN)
+    start: int = Field(default=0, ge=0)
+    numel: int = Field(ge=0, le=MAX_BODY_BYTES // 4)
+    wait: float = Field(default=0.0, ge=0.0, le=600.0)
+
+
+class InfoRequest(_Frame):
+    """Ask for small JSON metadata a peer published (for example the chunk hashes of its state)."""
+
+    type: Literal["info"] = "info"
+    run: str = Field(min_length=1, max_length=64)
+    step: int = Field(ge=0)
+    kind: str = Field(pattern=KIND_PATTERN)
+    key: str = Field(pattern=KEY_PATTERN)
+    wait: float = Field(default=0.0, ge=0.0, le=600.0)
+
+
+class PingRequest(_Frame):
+    type: Literal["ping"] = "ping"
+    nonce: str = Field(default="", max_length=64)
+
+
+class FetchResponse(_Frame):
+    type: Literal["response"] = "response"
+    ok: bool
+    numel: int = Field(default=0, ge=0)
+    code: str = Field(default="", max_length=64)
+    message: str = Field(default="", max_length=500)
+    info: dict | None = None
+
+
+REQUEST_TYPES = {"fetch": FetchRequest, "info": InfoRequest, "ping": PingRequest}
+
+
+def encode_header(model: BaseModel) -> bytes:
+    data = model.model_dump_json().encode()
+    if len(data) > MAX_HEADER_BYTES:
+        raise ProtocolError(f"header of {len(data)} bytes exceeds {MAX_HEADER_BYTES}")
+    return len(data).to_bytes(4, "big") + data
+
+
+async def read_header_json(reader: asyncio.StreamReader) -> dict:
+    size = int.from_bytes(await reader.readexactly(4), "big")
+    if size > MAX_HEADER_BYTES:
+        raise ProtocolError(f"header of {size} bytes exceeds {MAX_HEADER_BYTES}")
+    raw = await reader.readexactly(size)
+    try:
+        obj = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"header is not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("header must be a JSON object")
+    if obj.get("v", PROTOCOL_VERSION) != PROTOCOL_VERSION:
+        raise ProtocolError(f"data-plane version {obj.get('v')!r} is not supported")
+    return obj
+
+
+async def read_request(reader: asyncio.StreamReader) -> FetchRequest | InfoRequest | PingRequest:
+    obj = await read_header_json(reader)
+    model = REQUEST_TYPES.get(obj.get("type"))
+    if model is None:
+        raise ProtocolError(f"unknown request type {obj.get('type')!r}")
+    try:
+        return model.model_validate(obj)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ProtocolError(f"invalid request: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+
+
+async def read_response(reader: asyncio.StreamReader) -> FetchResponse:
+    obj = await read_header_json(reader)
+    try:
+        return FetchResponse.model_validate(obj)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ProtocolError(f"invalid response: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+
+
+async def read_body(reader: asyncio.StreamReader, *, expected_bytes: int) -> bytes:
+    """Read a length-prefixed body, refusing any length but the expected one before allocating."""
+    size = int.from_bytes(await reader.readexactly(8), "big")
+    if size != expected_bytes or size > MAX_BODY_BYTES:
+        raise ProtocolError(f"peer announced {size} bytes, expected {expected_bytes}")
+    return await reader.readexactly(size)
+
+
+async def write_body(writer: asyncio.StreamWriter, data: bytes | memoryview, *, chunk: int = 1 << 20) -> None:
+    writer.write(len(data).to_bytes(8, "big"))
+    view = memoryview(data)
+    for offset in range(0, len(view), chunk):
+        writer.write(view[offset:offset + chunk])
+        await writer.drain()
+    await writer.drain()
