@@ -1,0 +1,217 @@
+"""The worker's control plane: one websocket to the site's ``/ws/worker/`` (see :mod:`worker_client.control`).
+
+:class:`SiteClient` keeps the connection up: it sends ``Hello`` on every (re)connect, heartbeats with a
+status reason, and every message the runner queues (signed broadcasts, step reports) in order, keeping
+them across a reconnect. Network errors reconnect with exponential backoff and jitter; a refused,
+revoked or banned token (a fatal close code, or HTTP 401/403 at the handshake) raises
+:class:`FatalSiteError` carrying a message for humans, and is never retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import random
+from collections import deque
+from typing import Awaitable, Callable
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel
+
+from .control import (
+    CLOSE_BAD_TOKEN,
+    CLOSE_NO_RUN,
+    CLOSE_REASONS,
+    CLOSE_REPLACED,
+    FATAL_CLOSE_CODES,
+    ControlError,
+    Heartbeat,
+    Hello,
+    parse_site_message,
+)
+
+log = logging.getLogger(__name__)
+
+# Besides the site's fatal codes, a worker replaced by another one with the same token stops too:
+# reconnecting would only kick the other worker out in turn.
+EXIT_CLOSE_CODES = set(FATAL_CLOSE_CODES) | {CLOSE_REPLACED}
+MAX_PENDING = 2000
+
+
+class FatalSiteError(RuntimeError):
+    """The site refused this worker for a reason retrying cannot fix. ``str()`` is for humans."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def ws_url(server: str) -> str:
+    """``https://site`` -> ``wss://site/ws/worker/`` (``http`` -> ``ws``; a ws URL is kept as it is)."""
+    parts = urlsplit(server if "://" in server else f"http://{server}")
+    scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme)
+    if scheme is None:
+        raise ValueError(f"unsupported server address {server!r}: use http(s)://host[:port]")
+    path = parts.path.rstrip("/")
+    if not path.endswith("/ws/worker"):
+        path += "/ws/worker"
+    return urlunsplit((scheme, parts.netloc, path + "/", "", ""))
+
+
+def backoff_delay(attempt: int, *, base: float, cap: float, rng: random.Random) -> float:
+    """Exponential backoff with jitter: ``min(cap, base * 2**attempt)`` scaled by a factor in [0.5, 1.5)."""
+    return min(cap, base * (2 ** min(attempt, 30))) * (0.5 + rng.random())
+
+
+MessageHandler = Callable[[BaseModel], Awaitable[None] | None]
+
+
+class SiteClient:
+    """Keeps a worker connected to the site. Run :meth:`run` as a task; :meth:`close` ends it."""
+
+    def __init__(self, server: str, token: str, *, hello: Callable[[], Hello], heartbeat: Callable[[], Heartbeat],
+                 on_message: MessageHandler, heartbeat_interval: float = 5.0, backoff_base: float = 0.5,
+                 backoff_cap: float = 30.0, open_timeout: float = 10.0, rng: random.Random | None = None,
+                 on_state: Callable[[str], None] | None = None):
+        self.url = ws_url(server)
+        self._token = token
+        self._hello = hello
+        self._heartbeat = heartbeat
+        self._on_message = on_message
+        self._on_state = on_state or (lambda state: None)
+        self.heartbeat_interval = heartbeat_interval
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.open_timeout = open_timeout
+        self._rng = rng or random.Random()
+        self._pending: deque[str] = deque(maxlen=MAX_PENDING)
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._ws = None
+        self.connected = asyncio.Event()
+        self.connections = 0
+        self.reconnect_delays: list[float] = []
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    # --- API for the runner -------------------------------------------------------------------
+    def send(self, message: BaseModel) -> None:
+        """Queue a worker message; it is sent in order, after a reconnect if the socket is down."""
+        self._pending.append(message.model_dump_json())
+        self._wake.set()
+
+    async def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+        if self._ws is not None:
+            await self._ws.close()
+
+    # --- connection loop ----------------------------------------------------------------------
+    async def run(self) -> None:
+        """Connect and serve until :meth:`close`. Raises :class:`FatalSiteError` on a refusal."""
+        from websockets.asyncio.client import connect
+        from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+
+        attempt = 0
+        while not self._closing:
+            try:
+                self._on_state("connecting")
+                async with connect(self.url, additional_headers={"Authorization": f"Bearer {self._token}"},
+                                   open_timeout=self.open_timeout, max_size=4 * 1024 * 1024,
+                                   ping_interval=20, ping_timeout=20) as ws:
+                    self._ws = ws
+                    self.connections += 1
+                    await self._serve(ws)
+                    attempt = 0
+            except InvalidStatus as exc:
+                status = exc.response.status_code
+                if status in (401, 403):
+                    raise FatalSiteError(CLOSE_BAD_TOKEN, f"the site refused the token (HTTP {status}): "
+                                                          f"{CLOSE_REASONS[CLOSE_BAD_TOKEN]}") from None
+                if status == 404:
+                    raise FatalSiteError(0, f"{self.url} is not a BTARD Swarm site (HTTP 404): check --server") \
+                        from None
+                log.warning("site answered HTTP %s; retrying", status)
+            except InvalidURI as exc:
+                raise FatalSiteError(0, f"bad server address: {exc}") from None
+            except ConnectionClosed as exc:
+                code = exc.rcvd.code if exc.rcvd is not None else None
+                reason = exc.rcvd.reason if exc.rcvd is not None else ""
+                if code in EXIT_CLOSE_CODES:
+                    human = CLOSE_REASONS.get(code, reason or "refused")
+                    raise FatalSiteError(code, f"{human}" + (f" ({reason})" if reason and reason not in human else "")) \
+                        from None
+                if code == CLOSE_NO_RUN:
+                    attempt = max(attempt, 4)  # no run yet: check back slowly
+                log.info("connection closed (%s %s); reconnecting", code, reason)
+            except (OSError, asyncio.TimeoutError, InvalidHandshake, EOFError) as exc:
+                log.info("cannot reach %s: %s", self.url, exc)
+            finally:
+                self._ws = None
+                self.connected.clear()
+            if self._closing:
+                break
+            delay = backoff_delay(attempt, base=self.backoff_base, cap=self.backoff_cap, rng=self._rng)
+            self.reconnect_delays.append(delay)
+            attempt += 1
+            self._on_state(f"reconnecting in {delay:.1f}s")
+            try:
+                await asyncio.wait_for(self._closed_event(), delay)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _closed_event(self) -> None:
+        while not self._closing:
+            self._wake.clear()
+            await self._wake.wait()
+
+    async def _send_now(self, ws, text: str) -> None:
+        await ws.send(text)
+        self.bytes_sent += len(text)
+
+    async def _serve(self, ws) -> None:
+        await self._send_now(ws, self._hello().model_dump_json())
+        self.connected.set()
+        self._on_state("connected")
+        tasks = [asyncio.create_task(self._reader(ws)), asyncio.create_task(self._writer(ws)),
+                 asyncio.create_task(self._heartbeats(ws))]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()  # re-raises ConnectionClosed and friends
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _reader(self, ws) -> None:
+        async for raw in ws:
+            self.bytes_received += len(raw)
+            try:
+                message = parse_site_message(raw)
+            except ControlError as exc:
+                log.warning("ignoring a malformed site message: %s", exc)
+                continue
+            result = self._on_message(message)
+            if inspect.isawaitable(result):
+                await result
+        # The iterator ends on a normal close: surface it as ConnectionClosed for run().
+        await ws.recv()
+
+    async def _writer(self, ws) -> None:
+        while True:
+            while self._pending:
+                text = self._pending[0]
+                await self._send_now(ws, text)
+                self._pending.popleft()  # only once it went out
+            if self._closing:
+                return
+            self._wake.clear()
+            await self._wake.wait()
+
+    async def _heartbeats(self, ws) -> None:
+        while True:
+            await self._send_now(ws, self._heartbeat().model_dump_json())
+            await asyncio.sleep(self.heartbeat_interval)
