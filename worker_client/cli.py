@@ -1,30 +1,146 @@
-"""``btard-worker``: join a BTARD Swarm run from a volunteer's machine."""
+"""``btard-worker``: join a BTARD Swarm run from a volunteer's machine.
+
+    btard-worker --token T [--server https://site] [--device cuda|cpu] [--data-dir D]
+    btard-worker doctor --token T [--server https://site]
+
+Exit codes: 0 finished (``--max-steps``) or stopped with Ctrl-C, 2 bad usage, 3 the site refused
+this worker (token refused or revoked, banned), 4 could not start (identity key, p2p daemon).
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
+import os
 import sys
 
+EXIT_OK, EXIT_USAGE, EXIT_REFUSED, EXIT_STARTUP = 0, 2, 3, 4
+DEFAULT_SERVER = "http://127.0.0.1:8000"
 
-def build_parser() -> argparse.ArgumentParser:
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--token", default=os.environ.get("BTARD_TOKEN"),
+                        help="worker token from your volunteer page (/tokens/); or set BTARD_TOKEN")
+    parser.add_argument("--server", default=os.environ.get("BTARD_SERVER", DEFAULT_SERVER),
+                        help="site address (default: %(default)s)")
+    parser.add_argument("--config-dir", default=None,
+                        help="where the identity key lives (default: $BTARD_CONFIG_DIR or "
+                             "$XDG_CONFIG_HOME/btard-swarm)")
+    parser.add_argument("--host-maddr", action="append", default=None, metavar="MULTIADDR",
+                        help="where the p2p daemon listens (default: /ip4/0.0.0.0/tcp/0); repeatable")
+    parser.add_argument("--announce-maddr", action="append", default=None, metavar="MULTIADDR",
+                        help="the public address other peers should dial (behind NAT with port forwarding)")
+    parser.add_argument("--json", dest="json_logs", action="store_true", help="JSON lines instead of the live view")
+    parser.add_argument("--log-level", default="WARNING", help=argparse.SUPPRESS)
+
+
+def build_parser(show_test_options: bool = False) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="btard-worker",
-        description="Contribute compute to a BTARD Swarm training run.",
+        description="Contribute compute to a BTARD Swarm training run. "
+                    "Run `btard-worker doctor --token T` first to check your setup.",
     )
-    parser.add_argument("--token", help="worker token from your volunteer page (/tokens/)")
-    parser.add_argument("--server", default="http://127.0.0.1:8000", help="site address (default: %(default)s)")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default=None, help="override device detection")
+    _common(parser)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                        help="override device detection (default: cuda when available)")
     parser.add_argument("--data-dir", default=None, help="where datasets and caches live")
+    parser.add_argument("--quiet", action="store_true", help="no live view: only errors and bans, as JSON lines")
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help="stop after this many steps (default: run until Ctrl-C)")
+    parser.add_argument("--show-test-options", action="store_true",
+                        help="list the options meant for testing the protocol")
+    hidden = (lambda text: text) if show_test_options else (lambda text: argparse.SUPPRESS)
+    parser.add_argument("--behaviour", "--behavior", default=None, metavar="NAME",
+                        help=hidden("TESTING ONLY: behave Byzantine, NAME from the attacks registry "
+                                    "(your account will be banned)"))
+    parser.add_argument("--threads", type=int, default=None, help=hidden("torch threads (tests)"))
+    parser.add_argument("--phase-timeout", type=float, default=None,
+                        help=hidden("override the run's per-phase timeout in seconds (tests)"))
     return parser
 
 
+def build_doctor_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="btard-worker doctor",
+                                     description="Check the token, the site, the p2p daemon, whether other "
+                                                 "peers can reach you, and the GPU; print what to fix.")
+    _common(parser)
+    parser.add_argument("--timeout", type=float, default=15.0, help="seconds per check (default: %(default)s)")
+    return parser
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.WARNING),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if level.upper() != "DEBUG":
+        logging.getLogger("hivemind").setLevel(logging.ERROR)
+
+
+def _identity(args) -> tuple[object, str] | None:
+    from .identity import IdentityFileError, load_identity
+
+    try:
+        identity, path, created = load_identity(args.server, args.config_dir)
+    except IdentityFileError as exc:
+        print(f"btard-worker: {exc}", file=sys.stderr)
+        return None
+    return identity, ("new identity key at " if created else "identity key ") + str(path)
+
+
+def doctor_main(argv: list[str]) -> int:
+    from .doctor import print_report, run_doctor
+
+    args = build_doctor_parser().parse_args(argv)
+    _setup_logging(args.log_level)
+    loaded = _identity(args)
+    if loaded is None:
+        return EXIT_STARTUP
+    identity, _ = loaded
+    report = asyncio.run(run_doctor(server=args.server, token=args.token, identity=identity,
+                                    host_maddrs=args.host_maddr or ["/ip4/0.0.0.0/tcp/0"],
+                                    announce_maddrs=args.announce_maddr, timeout=args.timeout))
+    print_report(report, as_json=args.json_logs)
+    return EXIT_OK if report.ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["doctor"]:
+        return doctor_main(argv[1:])
+    parser = build_parser(show_test_options="--show-test-options" in argv)
     args = parser.parse_args(argv)
+    if args.show_test_options:
+        parser.print_help()
+        return EXIT_OK
     if not args.token:
         parser.error("--token is required (create one on the site's /tokens/ page)")
-    print("btard-worker: networked training is not wired up in this build yet", file=sys.stderr)
-    return 2
+    if args.behaviour:
+        from .runner import known_behaviours
+
+        names = known_behaviours()
+        if args.behaviour not in names:
+            parser.error(f"unknown --behaviour {args.behaviour!r}; known: {', '.join(sorted(names)) or 'none'}")
+    _setup_logging(args.log_level)
+    loaded = _identity(args)
+    if loaded is None:
+        return EXIT_STARTUP
+    identity, where = loaded
+
+    from .runner import WorkerConfig, run_worker
+    from .ui import make_view
+
+    config = WorkerConfig(server=args.server, token=args.token, identity=identity, device=args.device,
+                          data_dir=args.data_dir, host_maddrs=args.host_maddr or ["/ip4/0.0.0.0/tcp/0"],
+                          announce_maddrs=args.announce_maddr, behaviour=args.behaviour,
+                          max_steps=args.max_steps, threads=args.threads, phase_timeout=args.phase_timeout)
+    view = make_view(json_logs=args.json_logs, quiet=args.quiet)
+    with view:
+        view.event("start", where)
+        try:
+            return asyncio.run(run_worker(config, view))
+        except KeyboardInterrupt:
+            view.event("exit", "stopped by Ctrl-C")
+            return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -105,9 +105,13 @@ async def test_it_reports_a_missing_tensor_without_waiting_when_asked_not_to(pla
 
 async def test_it_serves_different_tensors_only_through_explicit_overrides(planes):
     a, b, c = planes["a"], planes["b"], planes["c"]
-    a.publish(7, "agg", "a", torch.zeros(3), overrides={"c": torch.ones(3)})
-    assert torch.equal(await b.fetch("a", step=7, kind="agg", key="a", numel=3), torch.zeros(3))
-    assert torch.equal(await c.fetch("a", step=7, kind="agg", key="a", numel=3), torch.ones(3))
+    a.publish(7, "agg", "a", torch.zeros(3), header={"sha256": "honest"},
+              overrides={"c": torch.ones(3)}, override_headers={"c": {"sha256": "forked"}})
+    data_b, header_b = await b.fetch_bytes_with_header("a", step=7, kind="agg", key="a", numel=3)
+    data_c, header_c = await c.fetch_bytes_with_header("a", step=7, kind="agg", key="a", numel=3)
+    assert data_b == bytes(12) and header_b == {"sha256": "honest"}
+    assert torch.equal(torch.frombuffer(bytearray(data_c), dtype=torch.float32), torch.ones(3))
+    assert header_c == {"sha256": "forked"}
 
 
 async def test_a_newcomer_downloads_the_state_from_several_donors_and_outvotes_a_liar(planes):

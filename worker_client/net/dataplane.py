@@ -73,6 +73,8 @@ class _Entry:
     allowed: frozenset[str] | None
     info: dict | None = None
     overrides: dict[str, bytes] = field(default_factory=dict)
+    header: dict | None = None
+    override_headers: dict[str, dict] = field(default_factory=dict)
 
 
 @dataclass
@@ -160,18 +162,22 @@ class DataPlane:
 
     # --- publishing ---------------------------------------------------------------------------
     def publish(self, step: int, kind: str, key: str, tensor: torch.Tensor | bytes, *,
-                allowed: Iterable[str] | None = None, info: dict | None = None,
-                overrides: Mapping[str, torch.Tensor] | None = None) -> None:
+                allowed: Iterable[str] | None = None, info: dict | None = None, header: dict | None = None,
+                overrides: Mapping[str, torch.Tensor | bytes] | None = None,
+                override_headers: Mapping[str, dict] | None = None) -> None:
         """Make a tensor fetchable by peers for ``(step, kind, key)``.
 
-        ``allowed``: protocol peer ids that may fetch it (``None``: any peer). ``overrides`` serves a
-        different tensor to given peers (only Byzantine test behaviours use it).
+        ``allowed``: protocol peer ids that may fetch it (``None``: any peer). ``header``: a small
+        signed JSON header served with the tensor (the sender's ``TensorHeader``). ``overrides`` serves
+        a different tensor (and ``override_headers`` a different header) to given peers: only
+        Byzantine test behaviours use it.
         """
         data = tensor if isinstance(tensor, bytes) else tensor_to_bytes(tensor)
         entry = _Entry(data=data, numel=len(data) // 4,
-                       allowed=frozenset(allowed) if allowed is not None else None, info=info)
+                       allowed=frozenset(allowed) if allowed is not None else None, info=info, header=header,
+                       override_headers=dict(override_headers or {}))
         for peer, other in (overrides or {}).items():
-            other_bytes = tensor_to_bytes(other)
+            other_bytes = other if isinstance(other, bytes) else tensor_to_bytes(other)
             if len(other_bytes) != len(data):
                 raise ValueError("an override must have the size of the published tensor")
             entry.overrides[peer] = other_bytes
@@ -254,6 +260,7 @@ class DataPlane:
                 await self._respond(writer, FetchResponse(ok=True, numel=entry.numel, info=entry.info or {}))
                 return
             data = entry.overrides.get(remote_peer or "", entry.data)
+            header = entry.override_headers.get(remote_peer or "", entry.header)
             if req.start + req.numel > entry.numel:
                 await self._respond(writer, FetchResponse(
                     ok=False, code="size", numel=entry.numel,
@@ -261,7 +268,7 @@ class DataPlane:
                 return
             body = memoryview(data)[4 * req.start: 4 * (req.start + req.numel)]
             self.traffic.requests_served += 1
-            await self._respond(writer, FetchResponse(ok=True, numel=req.numel), body)
+            await self._respond(writer, FetchResponse(ok=True, numel=req.numel, header=header), body)
         except (ProtocolError, asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError) as exc:
             log.debug("request from %s failed: %s", remote_p2p, exc)
         finally:
@@ -339,6 +346,13 @@ class DataPlane:
     async def fetch_bytes(self, peer: str, *, step: int, kind: str, key: str, numel: int, start: int = 0,
                           wait: float | None = None, timeout: float | None = None) -> bytes:
         """Fetch ``numel`` raw float32 values published by ``peer``; see :meth:`fetch`."""
+        return (await self.fetch_bytes_with_header(peer, step=step, kind=kind, key=key, numel=numel, start=start,
+                                                   wait=wait, timeout=timeout))[0]
+
+    async def fetch_bytes_with_header(self, peer: str, *, step: int, kind: str, key: str, numel: int,
+                                      start: int = 0, wait: float | None = None,
+                                      timeout: float | None = None) -> tuple[bytes, dict | None]:
+        """Like :meth:`fetch_bytes`, also returning the signed header the peer served (or ``None``)."""
         p2p_id, addrs = self._resolve(peer)
         timeout = timeout or self.call_timeout
         wait = timeout * 0.8 if wait is None else wait
@@ -350,7 +364,7 @@ class DataPlane:
             code = response.code if response.code in {"not_found", "refused", "size", "wrong_run"} else "refused"
             raise DataPlaneError(code, f"{peer[:8]}: {response.message or response.code}", peer=peer)
         assert body is not None
-        return body
+        return body, response.header
 
     async def fetch(self, peer: str, *, step: int, kind: str, key: str, numel: int, start: int = 0,
                     wait: float | None = None, timeout: float | None = None) -> torch.Tensor:

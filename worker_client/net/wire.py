@@ -73,6 +73,8 @@ class FetchResponse(_Frame):
     code: str = Field(default="", max_length=64)
     message: str = Field(default="", max_length=500)
     info: dict | None = None
+    # The sender's signed header over the body (``btard.messages.TensorHeader``), when it published one.
+    header: dict | None = None
 
 
 REQUEST_TYPES = {"fetch": FetchRequest, "info": InfoRequest, "ping": PingRequest}

@@ -1,0 +1,68 @@
+"""Where the worker keeps its identity key: the user's config directory, one key per site, mode 0600.
+
+The key is reused across restarts so the worker keeps its peer id. Losing it is not losing the
+account: reputation belongs to the volunteer account behind the token, and a new key only means
+a new probation.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from .btard.crypto import Identity, ProtocolError
+
+APP_DIR = "btard-swarm"
+
+
+def config_dir(override: str | os.PathLike | None = None) -> Path:
+    """``--config-dir``, else ``$BTARD_CONFIG_DIR``, else ``$XDG_CONFIG_HOME/btard-swarm`` (``~/.config``)."""
+    if override:
+        return Path(override).expanduser()
+    env = os.environ.get("BTARD_CONFIG_DIR")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base).expanduser() / APP_DIR
+
+
+def server_slug(server: str) -> str:
+    """A file-name-safe name for the site: host and port (``127.0.0.1_8000``)."""
+    parts = urlsplit(server if "://" in server else f"http://{server}")
+    host = parts.hostname or "localhost"
+    slug = host + (f"_{parts.port}" if parts.port else "")
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", slug)
+
+
+def identity_path(server: str, override_dir: str | os.PathLike | None = None) -> Path:
+    return config_dir(override_dir) / f"identity-{server_slug(server)}.key"
+
+
+class IdentityFileError(RuntimeError):
+    """The key file exists but cannot be used; the message says what to do."""
+
+
+def load_identity(server: str, override_dir: str | os.PathLike | None = None) -> tuple[Identity, Path, bool]:
+    """Load this site's identity key or create it (0600). Returns ``(identity, path, created)``.
+
+    Raises :class:`IdentityFileError` when the file is unreadable, corrupt or readable by others.
+    """
+    path = identity_path(server, override_dir)
+    created = not path.exists()
+    if not created:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            raise IdentityFileError(
+                f"{path} is readable by other users (mode {mode:o}): run `chmod 600 {path}` and start again")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        identity = Identity.load_or_create(path)
+    except ProtocolError as exc:
+        raise IdentityFileError(f"{exc}. Move it away to start with a new key (you will go through "
+                                f"probation again; your account and reputation are kept)") from None
+    except OSError as exc:
+        raise IdentityFileError(f"cannot use the identity key at {path}: {exc}") from None
+    return identity, path, created
