@@ -157,3 +157,30 @@ async def test_it_rejects_an_oversized_header():
     reader.feed_eof()
     with pytest.raises(ProtocolError, match="exceeds"):
         await read_request(reader)
+
+
+async def test_pushed_parts_are_accepted_only_in_the_size_the_layout_expects(planes):
+    a, b, c = planes["a"], planes["b"], planes["c"]
+    inbox: list = []
+    layout: dict = {}
+    b.set_receiver(lambda step, kind, key, sender: layout.get((step, kind, key, sender)),
+                   lambda step, kind, key, sender, data, header: inbox.append((step, kind, key, sender, data, header)))
+
+    async def learn_the_step_later():
+        await asyncio.sleep(0.3)  # the sender is a step ahead: the put waits for the layout
+        layout[(10, "part", "1", "a")] = 4
+        layout[(10, "part", "1", "c")] = 4
+        b.notify_layout()
+
+    part = torch.arange(4, dtype=torch.float32)
+    await asyncio.gather(learn_the_step_later(),
+                         a.send("b", step=10, kind="part", key="1", data=part, header={"sha256": "x"}, wait=3.0))
+    assert inbox == [(10, "part", "1", "a", part.numpy().tobytes(), {"sha256": "x"})]
+
+    with pytest.raises(DataPlaneError) as err:  # wrong size: refused before the body is read
+        await c.send("b", step=10, kind="part", key="1", data=torch.zeros(1000), wait=0.0)
+    assert err.value.code == "size"
+    with pytest.raises(DataPlaneError) as err:  # a slot nobody expects
+        await c.send("b", step=10, kind="part", key="0", data=torch.zeros(4), wait=0.2)
+    assert err.value.code == "refused"
+    assert len(inbox) == 1

@@ -21,7 +21,7 @@ import logging
 import secrets
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import torch
 
@@ -32,6 +32,7 @@ from .wire import (
     FetchResponse,
     InfoRequest,
     PingRequest,
+    PutRequest,
     encode_header,
     read_body,
     read_request,
@@ -100,6 +101,9 @@ class DataPlane:
         self._by_p2p: dict[str, str] = {}  # p2p id -> peer id
         self._connected: set[str] = set()
         self._closed = False
+        self._expect: Callable[[int, str, str, str], int | None] = lambda *a: None
+        self._deliver: Callable[[int, str, str, str, bytes, dict | None], None] = lambda *a: None
+        self._layout = asyncio.Event()
 
     # --- lifecycle ----------------------------------------------------------------------------
     @classmethod
@@ -156,6 +160,24 @@ class DataPlane:
                 continue
             self._directory[peer_id] = (p2p_id, list(addrs))
             self._by_p2p[p2p_id] = peer_id
+        self.notify_layout()
+
+    def set_receiver(self, expect: Callable[[int, str, str, str], int | None],
+                     deliver: Callable[[int, str, str, str, bytes, dict | None], None]) -> None:
+        """How pushed tensors are accepted.
+
+        ``expect(step, kind, key, sender)`` returns how many float32 values this peer accepts from
+        ``sender`` for that slot, or ``None`` (not expected, or not known yet: the put waits for
+        :meth:`notify_layout` up to its ``wait``). ``deliver(step, kind, key, sender, data, header)``
+        gets the body once it was read and its size checked.
+        """
+        self._expect, self._deliver = expect, deliver
+        self.notify_layout()
+
+    def notify_layout(self) -> None:
+        """Wake puts waiting for a step this peer did not know about yet."""
+        self._layout.set()
+        self._layout = asyncio.Event()
 
     def peer_of(self, p2p_id: str) -> str | None:
         return self._by_p2p.get(p2p_id)
@@ -244,6 +266,9 @@ class DataPlane:
                 await self._respond(writer, FetchResponse(ok=False, code="wrong_run",
                                                           message=f"this handler serves run {self.run}"))
                 return
+            if isinstance(req, PutRequest):
+                await self._accept_put(req, remote_p2p, reader, writer)
+                return
             entry = await self._wait_entry((req.step, req.kind, req.key), req.wait)
             if entry is None:
                 await self._respond(writer, FetchResponse(
@@ -273,6 +298,35 @@ class DataPlane:
             log.debug("request from %s failed: %s", remote_p2p, exc)
         finally:
             writer.close()
+
+    async def _accept_put(self, req: PutRequest, remote_p2p: str, reader, writer) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(req.wait, self.max_wait)
+        while True:
+            sender = self._by_p2p.get(remote_p2p)
+            expected = self._expect(req.step, req.kind, req.key, sender) if sender else None
+            remaining = deadline - loop.time()
+            if expected is not None or remaining <= 0 or self._closed:
+                break
+            try:
+                await asyncio.wait_for(self._layout.wait(), remaining)
+            except asyncio.TimeoutError:
+                pass
+        if expected is None:
+            self.traffic.requests_refused += 1
+            await self._respond(writer, FetchResponse(ok=False, code="refused",
+                                                      message=f"not expecting {req.kind}/{req.key} of step "
+                                                              f"{req.step} from this peer"))
+            return
+        if expected != req.numel:
+            self.traffic.requests_refused += 1
+            await self._respond(writer, FetchResponse(ok=False, code="size", numel=expected,
+                                                      message=f"expected {expected} values, not {req.numel}"))
+            return
+        body = await asyncio.wait_for(read_body(reader, expected_bytes=4 * expected), self.call_timeout)
+        self.traffic.bytes_received += 8 + len(body)
+        self._deliver(req.step, req.kind, req.key, sender, body, req.header)
+        await self._respond(writer, FetchResponse(ok=True, numel=expected))
 
     # --- calling ------------------------------------------------------------------------------
     def _resolve(self, peer: str) -> tuple[str, list[str]]:
@@ -342,6 +396,48 @@ class DataPlane:
             raise DataPlaneError("malformed", f"{peer[:8]}: {exc}", peer=peer) from None
         except (ConnectionError, OSError) as exc:
             raise DataPlaneError("unreachable", f"{peer[:8]}: {exc}", peer=peer) from None
+
+    async def send(self, peer: str, *, step: int, kind: str, key: str, data: bytes | torch.Tensor,
+                   header: dict | None = None, wait: float | None = None, timeout: float | None = None) -> None:
+        """Push a tensor to ``peer`` (it checks the size against its layout before reading the body).
+
+        Raises :class:`DataPlaneError`: ``refused``/``size`` when the receiver does not accept it,
+        ``timeout``/``unreachable`` on network trouble.
+        """
+        body = data if isinstance(data, bytes) else tensor_to_bytes(data)
+        p2p_id, addrs = self._resolve(peer)
+        timeout = timeout or self.call_timeout
+        request = PutRequest(run=self.run, step=step, kind=kind, key=key, numel=len(body) // 4, header=header,
+                             wait=min(timeout * 0.8 if wait is None else wait, 600.0))
+
+        async def go():
+            reader, writer = await self._open(p2p_id, addrs, handler_name(self.run), peer)
+            try:
+                head = encode_header(request)
+                writer.write(head)
+                try:
+                    await write_body(writer, body)
+                    self.traffic.bytes_sent += len(head) + 8 + len(body)
+                except (ConnectionError, OSError):
+                    pass  # the receiver may refuse and close before reading the body: read why
+                return await read_response(reader)
+            finally:
+                writer.close()
+
+        try:
+            response = await asyncio.wait_for(go(), timeout)
+        except asyncio.TimeoutError:
+            raise DataPlaneError("timeout", f"{peer[:8]} did not accept in {timeout:.1f}s", peer=peer) from None
+        except asyncio.IncompleteReadError:
+            raise DataPlaneError("unreachable", f"{peer[:8]} closed the stream early", peer=peer) from None
+        except DataPlaneError:
+            raise
+        except ProtocolError as exc:
+            raise DataPlaneError("malformed", f"{peer[:8]}: {exc}", peer=peer) from None
+        except (ConnectionError, OSError) as exc:
+            raise DataPlaneError("unreachable", f"{peer[:8]}: {exc}", peer=peer) from None
+        if not response.ok:
+            raise DataPlaneError(response.code or "refused", f"{peer[:8]}: {response.message}", peer=peer)
 
     async def fetch_bytes(self, peer: str, *, step: int, kind: str, key: str, numel: int, start: int = 0,
                           wait: float | None = None, timeout: float | None = None) -> bytes:

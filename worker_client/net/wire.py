@@ -61,6 +61,24 @@ class InfoRequest(_Frame):
     wait: float = Field(default=0.0, ge=0.0, le=600.0)
 
 
+class PutRequest(_Frame):
+    """Push a tensor to a peer (scatter of parts, all-gather of aggregates): the body follows.
+
+    The receiver decides from the run's layout how many values it accepts for ``(step, kind, key)``
+    from this sender and refuses anything else before reading the body. ``header`` is the sender's
+    signed ``TensorHeader`` (optional).
+    """
+
+    type: Literal["put"] = "put"
+    run: str = Field(min_length=1, max_length=64)
+    step: int = Field(ge=0)
+    kind: str = Field(pattern=KIND_PATTERN)
+    key: str = Field(pattern=KEY_PATTERN)
+    numel: int = Field(ge=0, le=MAX_BODY_BYTES // 4)
+    header: dict | None = None
+    wait: float = Field(default=0.0, ge=0.0, le=600.0)
+
+
 class PingRequest(_Frame):
     type: Literal["ping"] = "ping"
     nonce: str = Field(default="", max_length=64)
@@ -77,7 +95,7 @@ class FetchResponse(_Frame):
     header: dict | None = None
 
 
-REQUEST_TYPES = {"fetch": FetchRequest, "info": InfoRequest, "ping": PingRequest}
+REQUEST_TYPES = {"fetch": FetchRequest, "info": InfoRequest, "ping": PingRequest, "put": PutRequest}
 
 
 def encode_header(model: BaseModel) -> bytes:
@@ -103,7 +121,7 @@ async def read_header_json(reader: asyncio.StreamReader) -> dict:
     return obj
 
 
-async def read_request(reader: asyncio.StreamReader) -> FetchRequest | InfoRequest | PingRequest:
+async def read_request(reader: asyncio.StreamReader) -> FetchRequest | InfoRequest | PingRequest | PutRequest:
     obj = await read_header_json(reader)
     model = REQUEST_TYPES.get(obj.get("type"))
     if model is None:
