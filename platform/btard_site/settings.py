@@ -52,7 +52,7 @@ INSTALLED_APPS = [
     "btard_site",
 ]
 # Domain apps register themselves here (kept in one list so ordering is obvious).
-DOMAIN_APPS: list[str] = []
+DOMAIN_APPS: list[str] = ["volunteers", "runs", "admission", "moderation", "live"]
 INSTALLED_APPS += DOMAIN_APPS
 
 MIDDLEWARE = [
@@ -116,7 +116,14 @@ CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", REDIS_URL is Non
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = "UTC"
-CELERY_BEAT_SCHEDULE: dict = {}
+CELERY_BEAT_SCHEDULE: dict = {
+    # django-celery-beat's DatabaseScheduler imports these into its tables on start
+    "tick-runs": {"task": "runs.tick_runs", "schedule": 5.0},
+    "mark-stale-peers-offline": {"task": "runs.mark_stale_peers_offline", "schedule": 10.0},
+    "recompute-reputation": {"task": "volunteers.recompute_reputation", "schedule": 300.0},
+    "promote-candidates": {"task": "runs.promote_candidates", "schedule": 30.0},
+    "expire-broadcast-logs": {"task": "runs.expire_broadcasts", "schedule": 3600.0},
+}
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

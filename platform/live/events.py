@@ -1,0 +1,275 @@
+"""The one event schema behind every live view.
+
+Every service emits exactly one of these events after its transaction commits (:func:`emit`). The same
+pydantic object becomes an htmx fragment for browsers (``live.consumers.LiveConsumer`` renders the page's
+partial) and a control-plane message for workers (``live.consumers.WorkerConsumer`` turns it into a
+``worker_client.control`` message). ``groups()`` names the channel-layer groups an event goes to.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from worker_client.btard.crypto import Envelope
+from worker_client.control import PeerInfo
+
+EVENT_VERSION = 1
+
+
+def bans_group() -> str:
+    return "live.bans"
+
+
+def run_live_group(run_id: int) -> str:
+    return f"live.run.{run_id}"
+
+
+def moderation_group() -> str:
+    return "live.moderation"
+
+
+def run_workers_group(run_id: int) -> str:
+    return f"workers.run.{run_id}"
+
+
+def token_group(token_id: int) -> str:
+    return f"workers.token.{token_id}"
+
+
+def user_group(user_id: int) -> str:
+    return f"workers.user.{user_id}"
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    v: int = EVENT_VERSION
+
+    def groups(self) -> list[str]:  # pragma: no cover - every event overrides
+        raise NotImplementedError
+
+
+class TokenCreated(_Event):
+    type: Literal["token_created"] = "token_created"
+    token_id: int
+    user_id: int
+    prefix: str
+
+    def groups(self) -> list[str]:
+        return []
+
+
+class TokenRevoked(_Event):
+    type: Literal["token_revoked"] = "token_revoked"
+    token_id: int
+    user_id: int
+    prefix: str
+
+    def groups(self) -> list[str]:
+        return [token_group(self.token_id)]
+
+
+class VolunteerSignedUp(_Event):
+    type: Literal["volunteer_signed_up"] = "volunteer_signed_up"
+    user_id: int
+    username: str
+
+    def groups(self) -> list[str]:
+        return []
+
+
+class ReputationChanged(_Event):
+    type: Literal["reputation_changed"] = "reputation_changed"
+    user_ids: list[int]
+
+    def groups(self) -> list[str]:
+        return []
+
+
+class PeerJoined(_Event):
+    type: Literal["peer_joined"] = "peer_joined"
+    run_id: int
+    peer_id: str
+    username: str
+    role: str
+
+    def groups(self) -> list[str]:
+        return [run_live_group(self.run_id)]
+
+
+class PeerStatusChanged(_Event):
+    type: Literal["peer_status_changed"] = "peer_status_changed"
+    run_id: int
+    peer_ids: list[str]
+    online: bool
+    status: str = ""
+    detail: str = ""
+
+    def groups(self) -> list[str]:
+        return [run_live_group(self.run_id)]
+
+
+class GroupFormed(_Event):
+    """Becomes the worker's ``Group`` message; members and candidates receive it."""
+
+    type: Literal["group_formed"] = "group_formed"
+    run_id: int
+    step: int
+    peers: list[PeerInfo]
+    validators: dict[str, str] = Field(default_factory=dict)
+    candidates: list[dict[str, Any]] = Field(default_factory=list)
+    deadlines: dict[str, float] = Field(default_factory=dict)
+    state_donors: list[PeerInfo] = Field(default_factory=list)
+
+    def recipients(self) -> set[str]:
+        return {p.peer_id for p in self.peers} | {c["peer_id"] for c in self.candidates}
+
+    def groups(self) -> list[str]:
+        return [run_workers_group(self.run_id), run_live_group(self.run_id)]
+
+
+class BroadcastRecorded(_Event):
+    """A stored broadcast; becomes a ``Relay`` for every recipient except its sender."""
+
+    type: Literal["broadcast_recorded"] = "broadcast_recorded"
+    run_id: int
+    step: int
+    envelope: Envelope
+    recipients: list[str]
+
+    def groups(self) -> list[str]:
+        return [run_workers_group(self.run_id)]
+
+
+class StepReported(_Event):
+    type: Literal["step_reported"] = "step_reported"
+    run_id: int
+    step: int
+    peer_id: str
+    reported: int
+    expected: int
+
+    def groups(self) -> list[str]:
+        return [run_live_group(self.run_id)]
+
+
+class StepAdvanced(_Event):
+    type: Literal["step_advanced"] = "step_advanced"
+    run_id: int
+    finished_step: int
+    step: int
+    outcome: str
+    loss: float | None = None
+    accuracy: float | None = None
+    samples: int = 0
+    missing: list[str] = Field(default_factory=list)
+
+    def groups(self) -> list[str]:
+        return [run_live_group(self.run_id)]
+
+
+class PeersPromoted(_Event):
+    type: Literal["peers_promoted"] = "peers_promoted"
+    run_id: int
+    peer_ids: list[str]
+
+    def groups(self) -> list[str]:
+        return [run_live_group(self.run_id)]
+
+
+class PeersAdmitted(_Event):
+    type: Literal["peers_admitted"] = "peers_admitted"
+    run_id: int
+    peer_ids: list[str]
+
+    def groups(self) -> list[str]:
+        return [run_live_group(self.run_id)]
+
+
+class PeerBanned(_Event):
+    """A ban: the ban list and dashboards update, the run's workers get ``BanNotice``, the banned
+    account's sockets close with ``CLOSE_BANNED``."""
+
+    type: Literal["peer_banned"] = "peer_banned"
+    ban_id: int
+    run_id: int | None
+    run_name: str = ""
+    step: int | None
+    peer_id: str
+    user_id: int | None
+    username: str
+    reason: str
+    evidence_kind: str
+    source: str
+    created: datetime
+
+    def groups(self) -> list[str]:
+        groups = [bans_group()]
+        if self.run_id is not None:
+            groups += [run_live_group(self.run_id), run_workers_group(self.run_id)]
+        if self.user_id is not None:
+            groups.append(user_group(self.user_id))
+        return groups
+
+
+class PeerUnbanned(_Event):
+    type: Literal["peer_unbanned"] = "peer_unbanned"
+    ban_id: int
+    run_id: int | None
+    peer_id: str
+    username: str
+    reason: str
+
+    def groups(self) -> list[str]:
+        groups = [bans_group()]
+        if self.run_id is not None:
+            groups.append(run_live_group(self.run_id))
+        return groups
+
+
+class CaseOpened(_Event):
+    type: Literal["case_opened"] = "case_opened"
+    case_id: int
+    run_id: int
+    kind: str
+    peer_ids: list[str]
+
+    def groups(self) -> list[str]:
+        return [moderation_group(), run_live_group(self.run_id)]
+
+
+class CaseResolved(_Event):
+    type: Literal["case_resolved"] = "case_resolved"
+    case_id: int
+    run_id: int
+    action: str
+    reason: str
+
+    def groups(self) -> list[str]:
+        return [moderation_group()]
+
+
+class HousekeepingDone(_Event):
+    """Periodic tasks (stale peers, reputation recompute, log expiry) report what they changed."""
+
+    type: Literal["housekeeping_done"] = "housekeeping_done"
+    task: str
+    count: int
+
+    def groups(self) -> list[str]:
+        return []
+
+
+LiveEvent = Annotated[
+    Union[TokenCreated, TokenRevoked, VolunteerSignedUp, ReputationChanged, PeerJoined, PeerStatusChanged,
+          GroupFormed, BroadcastRecorded, StepReported, StepAdvanced, PeersPromoted, PeersAdmitted, PeerBanned,
+          PeerUnbanned, CaseOpened, CaseResolved, HousekeepingDone],
+    Field(discriminator="type"),
+]
+event_adapter: TypeAdapter = TypeAdapter(LiveEvent)
+
+
+def parse_event(data: dict) -> _Event:
+    return event_adapter.validate_python(data)

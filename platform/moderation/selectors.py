@@ -1,0 +1,49 @@
+"""Reads for bans, cases and the audit log."""
+
+from __future__ import annotations
+
+from .models import AuditLog, Ban, ModerationCase
+
+
+def is_peer_id_banned(peer_id: str) -> bool:
+    return Ban.objects.filter(peer_id=peer_id, lifted_at=None).exists()
+
+
+def active_bans(*, run=None, limit: int = 200):
+    bans = Ban.objects.filter(lifted_at=None).select_related("run", "user")
+    if run is not None:
+        bans = bans.filter(run=run)
+    return bans.order_by("-created_at", "-id")[:limit]
+
+
+def bans_of_user(user):
+    return Ban.objects.filter(user=user).select_related("run").order_by("-created_at")
+
+
+def open_cases():
+    return ModerationCase.objects.filter(status="open").prefetch_related("peers__user").select_related("run")
+
+
+def recent_cases(limit: int = 50):
+    return ModerationCase.objects.exclude(status="open").prefetch_related("peers__user").select_related(
+        "run", "resolved_by")[:limit]
+
+
+def audit_log(limit: int = 100):
+    return AuditLog.objects.select_related("actor")[:limit]
+
+
+def ban_row(ban: Ban) -> dict:
+    """One ban as the public API and the ban list show it."""
+    return {
+        "id": ban.id,
+        "peer": ban.peer_id,
+        "account": ban.user.username if ban.user_id else "",
+        "run": ban.run_id,
+        "run_name": ban.run.name if ban.run_id else "",
+        "step": ban.step,
+        "reason": ban.reason,
+        "evidence_kind": ban.evidence_kind,
+        "source": ban.source,
+        "time": ban.created_at.isoformat(),
+    }

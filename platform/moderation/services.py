@@ -1,0 +1,198 @@
+"""Writes for moderation: protocol verdicts, bans, ELIMINATE cases, and staff actions.
+
+A verdict signed by a strict majority of a step's group is a provable fault: the peer and its account
+are banned at once. Unprovable incidents (ELIMINATE pairs, repeated timeouts) become cases for staff,
+who confirm a ban, clear the peer (restoring reputation) or unban; every staff action is audited.
+"""
+
+from __future__ import annotations
+
+from django.core.exceptions import PermissionDenied
+from django.db import transaction
+from django.utils import timezone
+
+from live.bus import emit
+from live.events import CaseOpened, CaseResolved, PeerBanned, PeerUnbanned
+
+from .models import AuditLog, Ban, ModerationCase
+from .schemas import EliminatePayload, VerdictPayload
+
+
+def _require_staff(actor, reason: str) -> str:
+    if actor is None or not actor.is_staff:
+        raise PermissionDenied("only staff can moderate")
+    reason = (reason or "").strip()
+    if not reason:
+        raise ValueError("a reason is required")
+    return reason
+
+
+def _audit(*, actor, action: str, target: str, reason: str, **details) -> AuditLog:
+    return AuditLog.objects.create(actor=actor, action=action, target=target, reason=reason, details=details)
+
+
+@transaction.atomic
+def ban_peer(*, peer, reason: str, evidence_kind: str, evidence: dict, source: str, step: int | None = None,
+             actor=None) -> Ban:
+    """Ban ``peer`` and its account: every peer of the account is banned, its sockets close with
+    ``CLOSE_BANNED``, and the ban appears on the ban list. Idempotent for an already banned peer."""
+    from runs.models import Peer
+    from volunteers.models import Volunteer
+
+    existing = Ban.objects.filter(peer_id=peer.peer_id, lifted_at=None).first()
+    if existing is not None:
+        return existing
+    now = timezone.now()
+    ban = Ban.objects.create(run=peer.run, run_peer=peer, user=peer.user, peer_id=peer.peer_id, step=step,
+                             reason=reason[:2000], evidence_kind=evidence_kind[:64], evidence=evidence,
+                             source=source)
+    Peer.objects.filter(user=peer.user).update(role="banned", online=False)
+    Volunteer.objects.get_or_create(user=peer.user)
+    Volunteer.objects.filter(user=peer.user).update(banned_at=now, ban_reason=f"{evidence_kind}: {reason}"[:2000])
+    if actor is not None:
+        _audit(actor=actor, action="ban", target=f"peer {peer.peer_id}", reason=reason, ban_id=ban.id)
+    emit(PeerBanned(ban_id=ban.id, run_id=peer.run_id, run_name=peer.run.name, step=step, peer_id=peer.peer_id,
+                    user_id=peer.user_id, username=peer.user.username, reason=ban.reason,
+                    evidence_kind=ban.evidence_kind, source=source, created=ban.created_at))
+    return ban
+
+
+def verdict_majority(*, run, step: int, guilty: str) -> tuple[list[dict], int]:
+    """The verdict envelopes of the step's group members naming ``guilty`` (one per sender) and the
+    group size."""
+    from runs.models import BroadcastLog, StepRecord
+
+    record = StepRecord.objects.filter(run=run, step=step).first()
+    if record is None:
+        return [], 0
+    members = set(record.members)
+    by_sender: dict[str, dict] = {}
+    for entry in BroadcastLog.objects.filter(run=run, step=step, phase="verdict").order_by("id"):
+        payload = entry.envelope.get("payload") or {}
+        if payload.get("guilty") == guilty and entry.sender_peer_id in members:
+            by_sender.setdefault(entry.sender_peer_id, entry.envelope)
+    return list(by_sender.values()), len(members)
+
+
+def consider_verdict(*, entry) -> Ban | None:
+    """After a stored verdict: ban its ``guilty`` peer once a strict majority of the group signed the
+    same verdict (counting distinct senders). Returns the ban or ``None``."""
+    from runs.models import Peer
+
+    payload = VerdictPayload.model_validate(entry.envelope["payload"])
+    signed, group_size = verdict_majority(run=entry.run, step=entry.step, guilty=payload.guilty)
+    if group_size == 0 or len(signed) * 2 <= group_size:
+        return None
+    peer = Peer.objects.select_related("run", "user").filter(run=entry.run, peer_id=payload.guilty).first()
+    if peer is None:
+        return None
+    reason = payload.reason or f"{payload.kind}: accused by {payload.accuser or 'the protocol'}"
+    return ban_peer(peer=peer, step=entry.step, reason=reason, evidence_kind=payload.kind, source="verdict",
+                    evidence={"verdicts": signed, "evidence_digests": payload.evidence,
+                              "signers": len(signed), "group_size": group_size})
+
+
+@transaction.atomic
+def record_elimination(*, entry) -> ModerationCase:
+    """ELIMINATE(sender, target): both sit out the rest of the epoch, both lose reputation, and the pair
+    lands in the staff queue with the signed message as evidence."""
+    from runs.models import Peer
+    from volunteers.services import _apply_reputation
+
+    payload = EliminatePayload.model_validate(entry.envelope["payload"])
+    run = entry.run
+    epoch_end = (entry.step // max(1, run.epoch_steps) + 1) * max(1, run.epoch_steps)
+    pair = list(Peer.objects.filter(run=run, peer_id__in=[entry.sender_peer_id, payload.target]))
+    Peer.objects.filter(pk__in=[p.pk for p in pair]).update(excluded_until_step=epoch_end)
+    rep_ids = [_apply_reputation(p.user_id, kind="eliminated", run=run, step=entry.step,
+                                 note=f"ELIMINATE pair at step {entry.step}").id for p in pair]
+    case = ModerationCase.objects.create(
+        run=run, kind="eliminate", step=entry.step,
+        summary=f"{entry.sender_peer_id[:8]} eliminated {payload.target[:8]} at step {entry.step}: "
+                f"{payload.reason}"[:300],
+        evidence={"eliminate": entry.envelope, "excluded_until_step": epoch_end}, reputation_event_ids=rep_ids)
+    case.peers.set(pair)
+    emit(CaseOpened(case_id=case.id, run_id=run.id, kind="eliminate", peer_ids=[p.peer_id for p in pair]))
+    return case
+
+
+def open_timeout_case_quietly(*, run, peer, step: int) -> ModerationCase:
+    """Building block for ``runs.services.close_step``: repeated missed deadlines become a case."""
+    from volunteers.models import ReputationEvent
+
+    rep_ids = list(ReputationEvent.objects.filter(user=peer.user, run=run, kind="missed_deadline")
+                   .order_by("-id").values_list("id", flat=True)[: run.missed_deadlines_for_case])
+    case = ModerationCase.objects.create(
+        run=run, kind="timeouts", step=step,
+        summary=f"{peer.peer_id[:8]} ({peer.user.username}) missed {run.missed_deadlines_for_case} step "
+                f"deadlines in a row, last at step {step}",
+        evidence={"missed_steps": list(range(step - run.missed_deadlines_for_case + 1, step + 1))},
+        reputation_event_ids=rep_ids)
+    case.peers.set([peer])
+    return case
+
+
+@transaction.atomic
+def confirm_case_ban(*, case: ModerationCase, peer, actor, reason: str) -> Ban:
+    """Staff: ban ``peer`` (one of the case's peers) on the evidence of the case."""
+    reason = _require_staff(actor, reason)
+    case = ModerationCase.objects.select_for_update().get(pk=case.pk)
+    if case.status != "open":
+        raise ValueError(f"case #{case.pk} is already {case.status}")
+    if not case.peers.filter(pk=peer.pk).exists():
+        raise ValueError("that peer is not part of this case")
+    ban = ban_peer(peer=peer, reason=reason, evidence_kind=f"staff:{case.kind}", source="staff", step=case.step,
+                   evidence={"case": case.pk, **case.evidence})
+    case.status, case.resolved_at, case.resolved_by, case.resolution_reason = "banned", timezone.now(), actor, reason
+    case.save()
+    _audit(actor=actor, action="confirm_ban", target=f"case #{case.pk}", reason=reason, peer=peer.peer_id,
+           ban_id=ban.id)
+    return ban
+
+
+@transaction.atomic
+def clear_case(*, case: ModerationCase, actor, reason: str) -> ModerationCase:
+    """Staff: the peers of the case did nothing wrong; their reputation hits are reversed and they may
+    rejoin groups at once."""
+    from runs.models import Peer
+    from volunteers.models import ReputationEvent
+    from volunteers.services import _apply_reputation
+
+    reason = _require_staff(actor, reason)
+    case = ModerationCase.objects.select_for_update().get(pk=case.pk)
+    if case.status != "open":
+        raise ValueError(f"case #{case.pk} is already {case.status}")
+    for event in ReputationEvent.objects.filter(pk__in=case.reputation_event_ids):
+        _apply_reputation(event.user_id, kind="restored", run=event.run, step=event.step, delta=-event.delta,
+                          note=f"case #{case.pk} cleared by staff")
+    Peer.objects.filter(pk__in=case.peers.values("pk")).update(excluded_until_step=None)
+    case.status, case.resolved_at, case.resolved_by, case.resolution_reason = "cleared", timezone.now(), actor, reason
+    case.save()
+    _audit(actor=actor, action="clear", target=f"case #{case.pk}", reason=reason)
+    emit(CaseResolved(case_id=case.pk, run_id=case.run_id, action="cleared", reason=reason))
+    return case
+
+
+@transaction.atomic
+def unban(*, ban: Ban, actor, reason: str) -> Ban:
+    """Staff: lift a ban. The account may work again; its banned peers must rejoin (probation again)."""
+    from runs.models import Peer
+    from volunteers.models import Volunteer
+
+    reason = _require_staff(actor, reason)
+    ban = Ban.objects.select_for_update().get(pk=ban.pk)
+    if ban.lifted_at is not None:
+        raise ValueError("this ban is already lifted")
+    ban.lifted_at, ban.lifted_by, ban.lift_reason = timezone.now(), actor, reason
+    ban.save()
+    if ban.user_id and not Ban.objects.filter(user_id=ban.user_id, lifted_at=None).exists():
+        Volunteer.objects.filter(user_id=ban.user_id).update(banned_at=None, ban_reason="")
+        # banned peers start over as waiting candidates (a new probation), keeping account reputation
+        for peer in Peer.objects.select_related("run").filter(user_id=ban.user_id, role="banned"):
+            peer.role, peer.probation_done, peer.admitted_at, peer.promoted_at = "waiting", 0, None, None
+            peer.probation_required = max(1, peer.run.probation_steps)
+            peer.save(update_fields=["role", "probation_done", "admitted_at", "promoted_at", "probation_required"])
+    _audit(actor=actor, action="unban", target=f"peer {ban.peer_id}", reason=reason, ban_id=ban.id)
+    emit(PeerUnbanned(ban_id=ban.id, run_id=ban.run_id, peer_id=ban.peer_id,
+                      username=ban.user.username if ban.user_id else "", reason=reason))
+    return ban

@@ -1,0 +1,467 @@
+"""Writes for runs: joining, heartbeats, group formation, the broadcast board, step reports and the
+step loop. Keyword-only, atomic, one typed event per call (emitted on commit).
+
+The site is the membership authority of the protocol (docs: btard-protocol.md, "Setting"): it fixes the
+group of every step, relays and stores the signed broadcasts, and never sees a tensor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+from pydantic import ValidationError
+
+from admission.policies import get_policy
+from live.bus import emit
+from live.events import (BroadcastRecorded, GroupFormed, HousekeepingDone, PeerJoined, PeersAdmitted,
+                         PeersPromoted, PeerStatusChanged, StepAdvanced, StepReported)
+from worker_client.btard.crypto import BROADCAST_PHASES, Envelope, ProtocolError, b64d, peer_id_from_public_key
+from worker_client.btard.crypto import verify_envelope
+from worker_client.control import CLOSE_BANNED, CLOSE_NO_RUN, CLOSE_REASONS, Heartbeat, Hello, StepReport
+
+from .models import BroadcastLog, Peer, Run, StepRecord, StepReportRecord
+
+log = logging.getLogger(__name__)
+
+
+class Rejected(Exception):
+    """A worker message the site refuses; nothing changed. ``code`` is stable, ``message`` for humans."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class JoinRefused(Exception):
+    """The worker cannot join; the socket closes with ``close_code``."""
+
+    def __init__(self, close_code: int, reason: str):
+        super().__init__(reason)
+        self.close_code = close_code
+        self.reason = reason
+
+
+def _h(*parts) -> bytes:
+    return hashlib.sha256("|".join(str(p) for p in parts).encode()).digest()
+
+
+def probation_seed(run: Run, step: int, peer_id: str) -> int:
+    """The public seed a candidate computes its probation gradient on at ``step``."""
+    return int.from_bytes(_h("probation", run.id, run.seed, step, peer_id)[:8], "big") >> 1
+
+
+# --- joining ----------------------------------------------------------------------------------
+@dataclass
+class JoinResult:
+    peer: Peer
+    run: Run
+    role: str
+    probation_left: int
+
+
+def _open_run(run_id: int | None) -> Run | None:
+    runs = Run.objects.filter(state="open")
+    if run_id is not None:
+        runs = runs.filter(pk=run_id)
+    return runs.order_by("-created_at").first()
+
+
+@transaction.atomic
+def join_run(*, token, hello: Hello) -> JoinResult:
+    """Register (or update) the peer of ``hello.public_key`` in the run and decide its role.
+
+    Raises :class:`JoinRefused` (no run, banned key or account) or :class:`Rejected` (bad key, key
+    registered to another account).
+    """
+    from moderation.selectors import is_peer_id_banned
+    from volunteers.services import volunteer_for
+
+    try:
+        peer_id = peer_id_from_public_key(b64d(hello.public_key, what="public key"))
+    except ProtocolError as exc:
+        raise Rejected("bad_key", str(exc)) from None
+    run = _open_run(hello.run_id)
+    if run is None:
+        raise JoinRefused(CLOSE_NO_RUN, CLOSE_REASONS[CLOSE_NO_RUN])
+    run = Run.objects.select_for_update().get(pk=run.pk)  # serialises admission decisions per run
+    volunteer = volunteer_for(token.user)
+    if volunteer.is_banned or is_peer_id_banned(peer_id):
+        raise JoinRefused(CLOSE_BANNED, CLOSE_REASONS[CLOSE_BANNED])
+    now = timezone.now()
+    peer = Peer.objects.filter(run=run, peer_id=peer_id).first()
+    if peer is not None and peer.user_id != token.user_id:
+        raise Rejected("key_taken", "this worker key is registered to another account; use a new key")
+    if peer is not None and peer.role == "banned":
+        raise JoinRefused(CLOSE_BANNED, CLOSE_REASONS[CLOSE_BANNED])
+    if peer is None:
+        peer = Peer(run=run, user=token.user, peer_id=peer_id, public_key=hello.public_key)
+        policy = get_policy(run.admission_policy)
+        active = run.peers.filter(role="active").count()
+        probation = policy.probation_steps(run, reputation=volunteer.reputation)
+        if probation == 0 or policy.founders_active(run, active_count=active):
+            peer.role, peer.admitted_at, peer.promoted_at = "active", now, now
+        elif policy.may_admit_candidate(run, active_count=active,
+                                        candidate_count=run.peers.filter(role="candidate").count(),
+                                        admitted_in_window=run.peers.filter(
+                                            admitted_at__gte=policy.window_start(run)).count()):
+            peer.role, peer.admitted_at = "candidate", now
+            peer.probation_required = probation
+        else:
+            peer.role = "waiting"
+            peer.probation_required = probation
+    peer.token = token
+    peer.p2p_id = hello.p2p_id
+    peer.p2p_addrs = list(hello.p2p_addrs)
+    peer.device = hello.device
+    peer.client_version = hello.client_version
+    peer.online = True
+    peer.status = "waiting_for_group"
+    peer.status_detail = ""
+    peer.last_heartbeat = now
+    peer.save()
+    emit(PeerJoined(run_id=run.id, peer_id=peer.peer_id, username=token.user.username, role=peer.role))
+    return JoinResult(peer=peer, run=run, role=peer.role,
+                      probation_left=max(0, peer.probation_required - peer.probation_done))
+
+
+@transaction.atomic
+def record_heartbeat(*, peer: Peer, heartbeat: Heartbeat) -> bool:
+    """Store the heartbeat; returns whether the peer's status (or online state) changed.
+
+    Emits ``PeerStatusChanged`` only on a change, so steady heartbeats cost one UPDATE each.
+    """
+    now = timezone.now()
+    status = heartbeat.status.value
+    detail = heartbeat.detail if status == "error" else heartbeat.detail[:200]
+    changed = Peer.objects.filter(pk=peer.pk).filter(
+        ~Q(status=status) | ~Q(status_detail=detail) | Q(online=False)).exists()
+    Peer.objects.filter(pk=peer.pk).update(last_heartbeat=now, status=status, status_detail=detail, online=True)
+    if changed:
+        emit(PeerStatusChanged(run_id=peer.run_id, peer_ids=[peer.peer_id], online=True, status=status,
+                               detail=detail))
+    return changed
+
+
+@transaction.atomic
+def disconnect_peer(*, peer: Peer) -> None:
+    """The worker's socket closed: the peer is offline and leaves the group at the next step."""
+    Peer.objects.filter(pk=peer.pk).update(online=False)
+    emit(PeerStatusChanged(run_id=peer.run_id, peer_ids=[peer.peer_id], online=False, status="offline"))
+
+
+@transaction.atomic
+def mark_stale_peers_offline(*, run: Run, now=None) -> list[str]:
+    """Peers whose last heartbeat is older than ``HEARTBEAT_TIMEOUT_SECONDS`` go offline."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=settings.HEARTBEAT_TIMEOUT_SECONDS)
+    stale = Peer.objects.filter(run=run, online=True).filter(Q(last_heartbeat__lt=cutoff) | Q(last_heartbeat=None))
+    ids = list(stale.values_list("peer_id", flat=True))
+    if ids:
+        Peer.objects.filter(run=run, peer_id__in=ids).update(online=False, status="offline",
+                                                             status_detail="missed heartbeats")
+        emit(PeerStatusChanged(run_id=run.id, peer_ids=ids, online=False, status="offline",
+                               detail="missed heartbeats"))
+    return ids
+
+
+# --- admission ----------------------------------------------------------------------------------
+@transaction.atomic
+def admit_waiting_peers(*, run: Run) -> list[str]:
+    """At a step boundary, move waiting peers into probation as far as the run's policy allows."""
+    run = Run.objects.select_for_update().get(pk=run.pk)
+    policy = get_policy(run.admission_policy)
+    admitted = []
+    now = timezone.now()
+    for peer in run.peers.filter(role="waiting", online=True).order_by("joined_at", "id"):
+        active = run.peers.filter(role="active").count()
+        if not policy.may_admit_candidate(
+                run, active_count=active, candidate_count=run.peers.filter(role="candidate").count(),
+                admitted_in_window=run.peers.filter(admitted_at__gte=policy.window_start(run)).count()):
+            break
+        peer.role, peer.admitted_at = "candidate", now
+        peer.save(update_fields=["role", "admitted_at"])
+        admitted.append(peer.peer_id)
+    if admitted:
+        emit(PeersAdmitted(run_id=run.id, peer_ids=admitted))
+    return admitted
+
+
+@transaction.atomic
+def promote_candidates(*, run: Run) -> list[str]:
+    """Candidates that finished their validated probation steps become active."""
+    policy = get_policy(run.admission_policy)
+    promoted = []
+    now = timezone.now()
+    for peer in run.peers.select_for_update().filter(role="candidate"):
+        if policy.ready_to_promote(run, peer):
+            peer.role, peer.promoted_at = "active", now
+            peer.save(update_fields=["role", "promoted_at"])
+            promoted.append(peer.peer_id)
+    if promoted:
+        emit(PeersPromoted(run_id=run.id, peer_ids=promoted))
+    return promoted
+
+
+# --- the step loop --------------------------------------------------------------------------------
+def _choose_members(run: Run, step: int) -> list[Peer]:
+    eligible = list(run.peers.filter(role="active", online=True)
+                    .filter(Q(excluded_until_step=None) | Q(excluded_until_step__lte=step)))
+    if len(eligible) > run.peers_per_group:
+        # deterministic rotation so every active peer takes part over time
+        eligible.sort(key=lambda p: _h("group", run.id, run.seed, step, p.peer_id))
+        eligible = eligible[: run.peers_per_group]
+    return sorted(eligible, key=lambda p: p.peer_id)
+
+
+@transaction.atomic
+def start_step_if_ready(*, run: Run) -> StepRecord | None:
+    """Form the group of the run's current step when none is in progress and enough active peers are
+    online; push it to members and candidates. Returns the new step record or ``None``."""
+    run = Run.objects.select_for_update().get(pk=run.pk)
+    if run.state != "open" or run.step_in_progress:
+        return None
+    step = run.current_step
+    members = _choose_members(run, step)
+    if len(members) < max(1, run.min_peers):
+        return None
+    ids = [p.peer_id for p in members]
+    # validation by recalculation (paper sec. 3.3): m validators recompute targets of step t-1
+    validators: dict[str, str] = {}
+    previous = StepRecord.objects.filter(run=run, step=step - 1, outcome="applied").first()
+    if previous is not None and run.validators_per_step > 0:
+        targets = sorted((pid for pid in previous.members if pid in ids),
+                         key=lambda pid: _h("target", run.id, step, pid))
+        pool = sorted(ids, key=lambda pid: _h("validator", run.id, step, pid))
+        for target in targets:
+            if len(validators) >= run.validators_per_step:
+                break
+            validator = next((v for v in pool if v != target and v not in validators), None)
+            if validator is None:
+                break
+            validators[validator] = target
+    candidates = []
+    for i, cand in enumerate(run.peers.filter(role="candidate", online=True).order_by("peer_id")):
+        info = cand.peer_info().model_dump()
+        info.update(seed=probation_seed(run, step, cand.peer_id), validator=ids[i % len(ids)],
+                    probation_left=max(0, cand.probation_required - cand.probation_done))
+        candidates.append(info)
+    now = timezone.now()
+    deadline = now + timedelta(seconds=run.step_timeout)
+    record = StepRecord.objects.create(run=run, step=step, members=ids, validators=validators,
+                                       candidates=candidates, deadline=deadline)
+    run.step_in_progress, run.step_started_at, run.step_deadline = True, now, deadline
+    run.save(update_fields=["step_in_progress", "step_started_at", "step_deadline"])
+    emit(GroupFormed(run_id=run.id, step=step, peers=[p.peer_info() for p in members], validators=validators,
+                     candidates=candidates,
+                     deadlines={"step": deadline.timestamp(), "phase_timeout": run.phase_timeout},
+                     state_donors=[p.peer_info() for p in members[:3]]))
+    return record
+
+
+def _check_special_payload(envelope: Envelope, record: StepRecord) -> None:
+    from moderation.schemas import EliminatePayload, VerdictPayload
+
+    schema = {"verdict": VerdictPayload, "eliminate": EliminatePayload}.get(envelope.phase)
+    if schema is None:
+        return
+    try:
+        payload = schema.model_validate(envelope.payload)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "payload"
+        raise Rejected("payload", f"invalid {envelope.phase} payload: {where}: {first['msg']}") from None
+    named = payload.target if envelope.phase == "eliminate" else payload.guilty
+    if named not in record.recipients():
+        raise Rejected("payload", f"{envelope.phase} names {named[:8]}, who is not in the group of step "
+                                  f"{record.step}")
+    if envelope.phase == "eliminate" and named == envelope.sender:
+        raise Rejected("payload", "a peer cannot eliminate itself")
+
+
+@transaction.atomic
+def accept_broadcast(*, peer: Peer, envelope: Envelope) -> BroadcastLog:
+    """Verify, store and relay a signed broadcast of ``peer``.
+
+    Raises :class:`Rejected` with code ``sender``, ``signature``, ``wrong_run``, ``phase``, ``stale_step``,
+    ``not_in_group``, ``banned``, ``payload`` or ``replay``; a rejected broadcast changes nothing.
+    """
+    if envelope.sender != peer.peer_id:
+        raise Rejected("sender", "envelope sender is not the peer of this connection")
+    try:
+        verify_envelope(envelope, peer.public_key)
+    except ProtocolError as exc:
+        raise Rejected("signature", str(exc)) from None
+    run = Run.objects.get(pk=peer.run_id)
+    if envelope.run != str(run.id):
+        raise Rejected("wrong_run", f"envelope is for run {envelope.run!r}, this connection is in run {run.id}")
+    if envelope.phase not in BROADCAST_PHASES:
+        raise Rejected("phase", f"unknown phase {envelope.phase!r}; known: {', '.join(BROADCAST_PHASES)}")
+    allowed = {run.current_step}
+    if envelope.phase in ("verdict", "accuse", "validation") or not run.step_in_progress:
+        allowed.add(run.current_step - 1)  # late verdicts and stragglers of the step just closed
+    if envelope.step not in allowed:
+        raise Rejected("stale_step", f"step {envelope.step} is not the current step {run.current_step}")
+    if Peer.objects.filter(pk=peer.pk, role="banned").exists():
+        raise Rejected("banned", "this peer is banned")
+    record = StepRecord.objects.filter(run=run, step=envelope.step).first()
+    if record is None or envelope.sender not in record.recipients():
+        raise Rejected("not_in_group", f"{envelope.sender[:8]} is not in the group of step {envelope.step}")
+    _check_special_payload(envelope, record)
+    if BroadcastLog.objects.filter(run=run, sender_peer_id=envelope.sender, nonce=envelope.nonce).exists():
+        raise Rejected("replay", f"replayed message (nonce {envelope.nonce[:8]}) from {envelope.sender[:8]}")
+    try:
+        with transaction.atomic():
+            entry = BroadcastLog.objects.create(run=run, step=envelope.step, phase=envelope.phase, sender=peer,
+                                                sender_peer_id=envelope.sender, nonce=envelope.nonce,
+                                                digest=envelope.digest(), envelope=envelope.model_dump(mode="json"))
+    except IntegrityError:  # a concurrent copy of the same message won the race
+        raise Rejected("replay", f"replayed message (nonce {envelope.nonce[:8]})") from None
+    emit(BroadcastRecorded(run_id=run.id, step=envelope.step, envelope=envelope, recipients=record.recipients()))
+    return entry
+
+
+@transaction.atomic
+def record_step_report(*, peer: Peer, report: StepReport) -> StepReportRecord:
+    """Store the end-of-step report of a group member or candidate. Raises :class:`Rejected`."""
+    run = Run.objects.get(pk=peer.run_id)
+    if not run.step_in_progress or report.step != run.current_step:
+        raise Rejected("stale_step", f"report for step {report.step}, but the current step is {run.current_step}"
+                                     f"{'' if run.step_in_progress else ' (not started)'}")
+    record = StepRecord.objects.get(run=run, step=report.step)
+    if peer.peer_id not in record.recipients():
+        raise Rejected("not_in_group", f"{peer.peer_id[:8]} is not in the group of step {report.step}")
+    try:
+        with transaction.atomic():
+            entry = StepReportRecord.objects.create(
+                step_record=record, peer=peer, outcome=report.outcome, loss=report.loss, accuracy=report.accuracy,
+                samples=report.samples,
+                details={"banned": report.banned, "eliminated": report.eliminated, "missing": report.missing})
+    except IntegrityError:
+        raise Rejected("duplicate", f"a report for step {report.step} was already received") from None
+    reported = record.reports.count()
+    emit(StepReported(run_id=run.id, step=record.step, peer_id=peer.peer_id, reported=reported,
+                      expected=len(record.recipients())))
+    return entry
+
+
+def step_complete(record: StepRecord) -> bool:
+    reported = set(record.reports.values_list("peer__peer_id", flat=True))
+    return set(record.members) <= reported
+
+
+def _accused_in_step(run: Run, step: int) -> set[str]:
+    names = set()
+    for env in BroadcastLog.objects.filter(run=run, step=step, phase__in=("accuse", "verdict", "eliminate",
+                                                                        "validation")).values_list("envelope", flat=True):
+        payload = env.get("payload") or {}
+        if env.get("phase") == "validation" and payload.get("ok", True):
+            continue
+        for key in ("guilty", "accused", "target"):
+            if isinstance(payload.get(key), str):
+                names.add(payload[key])
+    return names
+
+
+@transaction.atomic
+def close_step(*, run: Run, force: bool = False, now=None) -> StepRecord | None:
+    """Close the current step when every member reported or its deadline passed (``force`` closes it
+    anyway), record metrics, credit contribution and reputation, charge missed deadlines, advance.
+
+    Returns the closed record or ``None`` when the step is still running.
+    """
+    from moderation.services import open_timeout_case_quietly
+    from volunteers.services import apply_missed_deadline_quietly, credit_step
+
+    now = now or timezone.now()
+    run = Run.objects.select_for_update().get(pk=run.pk)
+    if not run.step_in_progress:
+        return None
+    record = StepRecord.objects.select_for_update().get(run=run, step=run.current_step)
+    if not force and not step_complete(record) and now < record.deadline:
+        return None
+    reports = {r.peer.peer_id: r for r in record.reports.select_related("peer")}
+    member_reports = [reports[pid] for pid in record.members if pid in reports]
+    applied = [r for r in member_reports if r.outcome == "applied"]
+    outcome = "applied" if applied and len(applied) * 2 > len(member_reports) else "dropped"
+    losses = [r.loss for r in member_reports if r.loss is not None]
+    accs = [r.accuracy for r in member_reports if r.accuracy is not None]
+    record.loss = sum(losses) / len(losses) if losses else None
+    record.accuracy = sum(accs) / len(accs) if accs else None
+    record.samples = sum(r.samples for r in applied) if outcome == "applied" else 0
+    record.outcome, record.finished_at = outcome, now
+    record.save()
+
+    peers = {p.peer_id: p for p in run.peers.filter(peer_id__in=record.recipients())}
+    accused = _accused_in_step(run, record.step)
+    samples_by_user: dict[int, int] = {}
+    validated: list[int] = []
+    probation: list[int] = []
+    if outcome == "applied":
+        for r in applied:
+            p = peers[r.peer.peer_id]
+            if p.role == "banned":
+                continue
+            samples_by_user[p.user_id] = samples_by_user.get(p.user_id, 0) + r.samples
+            validated.append(p.user_id)
+    for cand in record.candidates:
+        p = peers.get(cand["peer_id"])
+        r = reports.get(cand["peer_id"])
+        if p is None or r is None or p.role != "candidate" or p.peer_id in accused:
+            continue
+        Peer.objects.filter(pk=p.pk).update(probation_done=F("probation_done") + 1)
+        probation.append(p.user_id)
+    credit_step(run=run, step=record.step, samples_by_user=samples_by_user, validated_user_ids=validated,
+                probation_user_ids=probation, quiet=True)
+    missing = [pid for pid in record.members if pid not in reports]
+    for pid in record.members:
+        p = peers.get(pid)
+        if p is None:
+            continue
+        if pid in reports:
+            if p.missed_deadlines:
+                Peer.objects.filter(pk=p.pk).update(missed_deadlines=0)
+            continue
+        p.missed_deadlines += 1
+        Peer.objects.filter(pk=p.pk).update(missed_deadlines=p.missed_deadlines)
+        apply_missed_deadline_quietly(user_id=p.user_id, run=run, step=record.step)
+        if p.missed_deadlines >= run.missed_deadlines_for_case:
+            open_timeout_case_quietly(run=run, peer=p, step=record.step)
+            Peer.objects.filter(pk=p.pk).update(missed_deadlines=0)
+    run.current_step += 1
+    run.step_in_progress = False
+    run.save(update_fields=["current_step", "step_in_progress"])
+    emit(StepAdvanced(run_id=run.id, finished_step=record.step, step=run.current_step, outcome=outcome,
+                      loss=record.loss, accuracy=record.accuracy, samples=record.samples, missing=missing))
+    return record
+
+
+@transaction.atomic
+def expire_broadcasts(*, now=None) -> int:
+    """Delete broadcast logs older than their run's retention. Evidence of bans and cases is copied
+    into the ban or case, so it survives."""
+    now = now or timezone.now()
+    deleted = 0
+    for run in Run.objects.all():
+        cutoff = now - timedelta(hours=run.broadcast_retention_hours)
+        count, _ = BroadcastLog.objects.filter(run=run, created_at__lt=cutoff).delete()
+        deleted += count
+    emit(HousekeepingDone(task="expire_broadcasts", count=deleted))
+    return deleted
+
+
+def tick_run(*, run: Run) -> None:
+    """Drive one run forward: stale peers offline, overdue step closed, admissions, promotions, next
+    group. Each part is its own service (and event); safe to call often and concurrently."""
+    mark_stale_peers_offline(run=run)
+    close_step(run=run)
+    admit_waiting_peers(run=run)
+    promote_candidates(run=run)
+    start_step_if_ready(run=run)
