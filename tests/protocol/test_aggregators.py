@@ -1,0 +1,266 @@
+"""Aggregation rules against their definitions, robustness to outliers, and input checks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from worker_client.btard import aggregators as agg
+from worker_client.btard.aggregators import (
+    AGGREGATORS,
+    bulyan,
+    bulyan_selection,
+    centered_clip,
+    centered_clip_residual,
+    centered_clip_with_info,
+    clip_weights,
+    geometric_median,
+    krum,
+    krum_scores,
+    make_aggregator,
+    mean,
+    median,
+    multi_krum,
+    pairwise_sq_distances,
+    trimmed_mean,
+)
+
+# parameters that make every registered rule valid on n=16 inputs with up to 3 attackers
+PARAMS = {
+    "mean": {}, "median": {}, "trimmed_mean": {"beta": 0.25}, "krum": {"f": 3},
+    "multi_krum": {"f": 3, "m": 10}, "bulyan": {"f": 3}, "geometric_median": {},
+    "centered_clip": {"tau": 1.0},
+}
+
+
+def _honest_and_outliers(n=16, b=3, d=200, seed=0, scale=1000.0):
+    gen = torch.Generator().manual_seed(seed)
+    honest_center = torch.randn(d, generator=gen)
+    x = honest_center + 0.1 * torch.randn(n, d, generator=gen)
+    honest_mean = x[b:].mean(dim=0)
+    x[:b] = -scale * honest_center  # a colluding sign-flip style attack
+    return x, honest_mean
+
+
+def _exact_cc(x, tau, iters, init="median"):
+    """The textbook CenteredClip iteration in float64 with n x d temporaries (reference)."""
+    xd = x.double()
+    v = x.median(dim=0).values.double() if init == "median" else xd.mean(dim=0)
+    for _ in range(iters):
+        dist = (xd - v).norm(dim=1)
+        w = torch.where(dist > 0, torch.clamp(tau / dist, max=1.0), torch.ones_like(dist))
+        v = v + ((xd - v) * w[:, None]).mean(dim=0)
+    return v
+
+
+def test_registry_holds_every_rule_by_name():
+    assert set(AGGREGATORS) == set(PARAMS)
+    assert AGGREGATORS["centered_clip"] is centered_clip
+
+
+def test_mean_is_the_plain_average():
+    x = torch.tensor([[1.0, 2.0], [3.0, 6.0], [5.0, 1.0]])
+    assert torch.equal(mean(x), torch.tensor([3.0, 3.0]))
+
+
+def test_median_takes_the_middle_value_per_coordinate_and_the_lower_one_for_even_n():
+    x = torch.tensor([[1.0, 9.0, -1.0], [5.0, 2.0, 0.0], [3.0, 4.0, 7.0]])
+    assert torch.equal(median(x), torch.tensor([3.0, 4.0, 0.0]))
+    even = torch.tensor([[1.0, 10.0], [4.0, 2.0], [2.0, 30.0], [3.0, 20.0]])
+    assert torch.equal(median(even), torch.tensor([2.0, 10.0]))
+
+
+def test_trimmed_mean_drops_the_beta_n_extremes_per_coordinate():
+    x = torch.tensor([[1.0, 100.0], [2.0, 0.0], [3.0, 3.0], [4.0, 5.0], [100.0, -50.0]])
+    # beta=0.2, n=5 -> drop 1 largest and 1 smallest per coordinate
+    assert torch.allclose(trimmed_mean(x, beta=0.2), torch.tensor([3.0, (0.0 + 3.0 + 5.0) / 3]))
+    assert torch.allclose(trimmed_mean(x, beta=0.1), x.mean(dim=0))  # floor(0.5) = 0 -> plain mean
+
+
+def test_krum_picks_the_input_in_the_middle_of_the_cluster():
+    x = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0],
+                      [50.0, 50.0], [-40.0, 60.0]])
+    # n=7, f=2 -> 3 nearest neighbours; the origin is at distance 1 from four points
+    assert torch.equal(krum(x, f=2), torch.tensor([0.0, 0.0]))
+    scores = krum_scores(x, f=2)
+    assert scores[0] == pytest.approx(3.0)
+    assert scores[1] == pytest.approx(1.0 + 2.0 + 2.0)
+
+
+def test_multi_krum_averages_the_m_best_scored_inputs():
+    x = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0],
+                      [50.0, 50.0], [-40.0, 60.0]])
+    assert torch.allclose(multi_krum(x, f=2, m=5), torch.zeros(2), atol=1e-6)
+    assert torch.equal(multi_krum(x, f=2, m=1), krum(x, f=2))
+
+
+def test_bulyan_on_seven_inputs_with_one_attacker_matches_the_hand_computation():
+    x = torch.tensor([[1.0, 10.0], [2.0, 11.0], [3.0, 12.0], [4.0, 13.0], [5.0, 14.0],
+                      [6.0, 15.0], [1000.0, -1000.0]])
+    # n=7, f=1: theta = 5 inputs chosen by repeated Krum, then per coordinate the n-4f = 3 values
+    # nearest the median of the selection are averaged.
+    selected = bulyan_selection(x, f=1)
+    assert len(selected) == 5 and 6 not in selected
+    sel = x[sorted(selected)]
+    med = sel.median(dim=0).values
+    nearest = torch.stack([sel[:, j][(sel[:, j] - med[j]).abs().argsort()[:3]] for j in range(2)], dim=1)
+    assert torch.allclose(bulyan(x, f=1), nearest.mean(dim=0))
+    # by hand: rounds pick inputs 2, 3, 1, 4, 0 (ties to the lowest index), so the selection holds
+    # the first five rows; their median is row 2 and the three nearest values are rows 1..3.
+    assert sorted(selected) == [0, 1, 2, 3, 4]
+    assert torch.equal(bulyan(x, f=1), torch.tensor([3.0, 12.0]))
+
+
+def test_geometric_median_of_a_symmetric_configuration_is_its_centre():
+    x = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0], [0.0, 0.0]])
+    assert torch.allclose(geometric_median(x), torch.zeros(2), atol=1e-5)
+    # an input sitting exactly on the answer does not divide by zero
+    x = torch.tensor([[0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    assert torch.allclose(geometric_median(x, max_iters=500), torch.zeros(2), atol=1e-3)
+
+
+def test_geometric_median_satisfies_the_weiszfeld_optimality_condition():
+    x, _ = _honest_and_outliers(n=9, b=2, d=30)
+    v = geometric_median(x, eps=1e-9, max_iters=1000).double()
+    diff = x.double() - v
+    unit = diff / diff.norm(dim=1, keepdim=True)
+    assert unit.sum(dim=0).norm() < 1e-3  # gradient of sum of distances vanishes
+
+
+@pytest.mark.parametrize("tau", [0.05, 1.0, 10.0])
+@pytest.mark.parametrize("init", ["median", "mean"])
+def test_centered_clip_follows_the_textbook_iteration(tau, init):
+    x, _ = _honest_and_outliers(n=10, b=2, d=50, seed=3)
+    res = centered_clip_with_info(x, tau=tau, eps=0, max_iters=30, init=init)
+    ref = _exact_cc(x, tau, 30, init=init)
+    assert res.iterations == 30
+    assert (res.v.double() - ref).norm() <= 1e-5 * (1 + ref.norm())
+
+
+def test_centered_clip_with_eps_zero_runs_exactly_max_iters():
+    x, _ = _honest_and_outliers()
+    for iters in (0, 1, 7):
+        assert centered_clip_with_info(x, tau=1.0, eps=0.0, max_iters=iters).iterations == iters
+    assert torch.equal(centered_clip(x, eps=0.0, max_iters=0), median(x))
+
+
+def test_centered_clip_reaches_its_fixed_point_and_reports_exact_distances():
+    x, _ = _honest_and_outliers(n=16, b=7, d=500, seed=1)
+    tau = 1.0
+    v, iterations, distances = centered_clip_with_info(x, tau=tau, eps=1e-7, max_iters=1000)
+    assert iterations < 1000
+    assert torch.allclose(distances, (x.double() - v.double()).norm(dim=1), rtol=1e-6)
+    residual = centered_clip_residual(x, v, tau=tau)
+    assert residual.norm() < 1e-5 * tau
+    # the protocol's check along a random direction z: sum_k clip_k <z, x_k - v> ~ 0
+    z = torch.randn(500, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    s = (x.double() - v.double()) @ z
+    assert abs(float((clip_weights(distances, tau) * s).sum())) < 1e-4 * float(s.abs().max())
+
+
+def test_centered_clip_weights_rescale_the_mean():
+    x = torch.tensor([[0.0], [1.0], [2.0]])
+    assert torch.allclose(centered_clip(x, tau=1e6, init="mean", weights=[1.0, 0.0, 1.0]), torch.tensor([1.0]))
+    assert torch.allclose(centered_clip(x, tau=1e6, init="mean", weights=[0.0, 0.0, 3.0]), torch.tensor([2.0]))
+
+
+def test_centered_clip_with_a_huge_tau_is_the_mean():
+    x, _ = _honest_and_outliers()
+    assert torch.allclose(centered_clip(x, tau=1e12), x.mean(dim=0), rtol=1e-5, atol=1e-3)
+
+
+def test_clip_weights_are_min_one_tau_over_d_and_one_at_zero_distance():
+    w = clip_weights(torch.tensor([0.0, 0.5, 2.0, 8.0]), 2.0)
+    assert torch.equal(w, torch.tensor([1.0, 1.0, 1.0, 0.25], dtype=torch.float64))
+    with pytest.raises(ValueError, match="tau > 0"):
+        clip_weights([1.0], 0.0)
+
+
+def test_gram_matrix_distances_equal_a_brute_force_check():
+    gen = torch.Generator().manual_seed(4)
+    x = 100.0 + 0.01 * torch.randn(9, 3000, generator=gen)  # large norm, small spread: cancellation
+    x[1] = x[0]
+    x[5] = -1e4 * x[2]
+    got = pairwise_sq_distances(x)
+    xd = x.double()
+    brute = torch.tensor([[float(((xd[i] - xd[j]) ** 2).sum()) for j in range(9)] for i in range(9)],
+                         dtype=torch.float64)
+    assert torch.allclose(got, brute, rtol=1e-4, atol=0)
+    assert got[0, 1] == 0 and torch.equal(got, got.T)
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_robust_rules_stay_near_the_honest_mean_and_mean_does_not(name):
+    x, honest_mean = _honest_and_outliers()
+    out = make_aggregator(name, **PARAMS[name])(x)
+    assert out.shape == honest_mean.shape and out.dtype == torch.float32
+    err = float((out - honest_mean).norm())
+    honest_spread = float((x[3:] - honest_mean).norm(dim=1).mean())
+    if name == "mean":
+        assert err > 100 * honest_spread
+    else:
+        assert err < 1.5 * honest_spread, (name, err, honest_spread)
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS))
+@pytest.mark.parametrize("bad, message", [
+    (torch.zeros(4), "2-D"),
+    (torch.zeros(16, 3, dtype=torch.int64), "floating"),
+    (torch.zeros(0, 3), "n >= 1"),
+])
+def test_every_rule_rejects_malformed_input(name, bad, message):
+    with pytest.raises(ValueError, match=message):
+        AGGREGATORS[name](bad, **PARAMS[name])
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS))
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_every_rule_rejects_nan_and_inf(name, value):
+    x, _ = _honest_and_outliers()
+    x[5, 7] = value
+    with pytest.raises(ValueError, match="NaN or inf"):
+        AGGREGATORS[name](x, **PARAMS[name])
+
+
+def test_overflowing_but_finite_input_is_not_mistaken_for_nan():
+    x = torch.full((4, 3), 3e38)
+    assert torch.equal(median(x), torch.full((3,), 3e38))
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda x: krum(x[:8], f=3), r"krum needs n >= 2f\+3, got n=8, f=3"),
+    (lambda x: multi_krum(x[:8], f=3, m=2), r"krum needs n >= 2f\+3, got n=8, f=3"),
+    (lambda x: bulyan(x, f=4), r"bulyan needs n >= 4f\+3, got n=16, f=4"),
+    (lambda x: multi_krum(x, f=3, m=17), r"multi_krum needs 1 <= m <= n"),
+    (lambda x: trimmed_mean(x, beta=0.5), r"trimmed_mean needs 0 <= beta < 0.5"),
+    (lambda x: krum(x, f=-1), r"krum needs an integer f >= 0"),
+    (lambda x: centered_clip(x, tau=0.0), r"tau > 0"),
+    (lambda x: centered_clip(x, init="zero"), r"unknown init"),
+    (lambda x: centered_clip(x, weights=[1.0] * 3), r"weights has 3 entries"),
+])
+def test_preconditions_raise_a_clear_error(call, message):
+    x, _ = _honest_and_outliers()
+    with pytest.raises(ValueError, match=message):
+        call(x)
+
+
+def test_make_aggregator_binds_params_and_rejects_unknown_names_and_params():
+    x, _ = _honest_and_outliers()
+    assert torch.equal(make_aggregator("krum", f=2)(x), krum(x, f=2))
+    with pytest.raises(ValueError, match="unknown aggregator 'mode'"):
+        make_aggregator("mode")
+    with pytest.raises(ValueError, match="does not take"):
+        make_aggregator("median", f=3)
+
+
+def test_aggregators_handle_more_columns_than_one_chunk():
+    gen = torch.Generator().manual_seed(2)
+    d = agg._CHUNK * 2 + 123
+    x = torch.randn(7, d, generator=gen)
+    assert torch.allclose(median(x), x.median(dim=0).values)
+    assert torch.allclose(trimmed_mean(x, beta=0.15), x.sort(dim=0).values[1:6].mean(dim=0))
+    res = centered_clip_with_info(x, tau=5.0, eps=0, max_iters=5)
+    ref = _exact_cc(x, 5.0, 5)
+    assert (res.v.double() - ref).norm() <= 1e-5 * ref.norm()

@@ -1,0 +1,460 @@
+"""Robust aggregation rules over a stack of n vectors (``[n, d]`` float tensor -> ``[d]``).
+
+Every rule is a plain function ``fn(x, **params)`` with keyword-only parameters, registered by name in
+:data:`AGGREGATORS`; :func:`make_aggregator` binds the parameters once for a simulator or a run.
+Each rule raises :class:`ValueError` (naming the rule and the condition) when ``x`` is not a 2-D
+floating tensor, has no rows, contains NaN/inf, or when its precondition on ``n`` and ``f`` fails.
+
+Speed (CenteredClip is on the protocol's critical path, paper Sec. 3.1, Alg. 2 line "CenteredClip"):
+the iterative rules (CenteredClip, geometric median) never touch ``x`` inside their loops. We centre
+the inputs once on the starting point ``v0``, ``y_k = x_k - v0``, and build the ``n x n`` Gram matrix
+``G = y y^T`` in one pass over ``x`` (column chunks, float64 accumulation). Every iterate stays of the
+form ``v = v0 + y^T c`` with ``c`` in R^n, so distances ``||x_k - v||^2 = G_kk - 2 (G c)_k + c^T G c``
+and step norms ``||y^T dc||^2 = dc^T G dc`` cost O(n^2) per iteration. Centring keeps cancellation to
+the scale of the spread rather than of ``||x_k||``. After the loop one vec-mat builds ``v`` and one
+more pass computes the reported distances ``||x_k - v||`` exactly. Krum/Bulyan take their pairwise
+distances from the same centred Gram matrix (with an exact recomputation for near-duplicate pairs).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+from typing import Callable, NamedTuple
+
+import torch
+
+__all__ = [
+    "AGGREGATORS",
+    "CenteredClipResult",
+    "bulyan",
+    "centered_clip",
+    "centered_clip_residual",
+    "centered_clip_with_info",
+    "clip_weights",
+    "geometric_median",
+    "krum",
+    "krum_scores",
+    "make_aggregator",
+    "mean",
+    "median",
+    "multi_krum",
+    "pairwise_sq_distances",
+    "trimmed_mean",
+]
+
+# Columns per chunk for the passes over x: a chunk of 16 rows is 4 MiB of float32, cache friendly.
+_CHUNK = 1 << 16
+
+
+# --------------------------------------------------------------------------------------------------
+# validation helpers
+
+
+def _check(x: torch.Tensor, rule: str) -> tuple[int, int]:
+    """Validate the input stack; returns ``(n, d)``."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{rule} expects a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 2:
+        raise ValueError(f"{rule} expects a 2-D [n, d] tensor, got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"{rule} expects a floating-point tensor, got {x.dtype}")
+    n, d = x.shape
+    if n < 1:
+        raise ValueError(f"{rule} needs n >= 1 inputs, got n=0")
+    # One reduction instead of an n x d boolean temporary: any NaN/inf makes the sum non-finite. A
+    # non-finite sum of finite values (overflow) falls back to the exact elementwise check.
+    # (A float64 sum would be exact-er but is ~30x slower on CPU.)
+    if not math.isfinite(float(x.sum())) and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{rule}: input contains NaN or inf")
+    return n, d
+
+
+def _check_f(rule: str, f: int) -> None:
+    if not isinstance(f, int) or isinstance(f, bool) or f < 0:
+        raise ValueError(f"{rule} needs an integer f >= 0, got f={f!r}")
+
+
+def _check_weights(rule: str, weights, n: int) -> torch.Tensor | None:
+    if weights is None:
+        return None
+    w = torch.as_tensor(weights, dtype=torch.float64).flatten()
+    if w.numel() != n:
+        raise ValueError(f"{rule}: weights has {w.numel()} entries, expected n={n}")
+    if not bool(torch.isfinite(w).all()) or bool((w < 0).any()) or float(w.sum()) <= 0:
+        raise ValueError(f"{rule}: weights must be finite, non-negative and not all zero")
+    return w / w.sum()
+
+
+def _chunks(d: int, size: int = _CHUNK):
+    for start in range(0, d, size):
+        yield start, min(d, start + size)
+
+
+# --------------------------------------------------------------------------------------------------
+# shared linear algebra
+
+
+def _centered_chunks(x: torch.Tensor, center: torch.Tensor):
+    """Yield ``(a, b, y)`` with ``y = x[:, a:b] - center[a:b]`` in float64, reusing one buffer.
+
+    float64 keeps the subtraction exact (the difference of two float32 numbers fits in a float64),
+    so later Gram products only lose digits when a point is ~1e5 times closer to the iterate than to
+    the centre (see the re-centring in :func:`_iterate`)."""
+    n, d = x.shape
+    buf = torch.empty(n, min(d, _CHUNK), dtype=torch.float64)
+    for a, b in _chunks(d):
+        y = buf[:, : b - a]
+        y.copy_(x[:, a:b])
+        y.sub_(center[a:b])
+        yield a, b, y
+
+
+def _centered_gram(x: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
+    """``G = (x - center)(x - center)^T`` in float64, in one pass over ``x`` by column chunks."""
+    n, _ = x.shape
+    g = torch.zeros(n, n, dtype=torch.float64)
+    for _, _, y in _centered_chunks(x, center):
+        g += y @ y.T
+    return (g + g.T) / 2  # BLAS need not return an exactly symmetric product
+
+
+def _combine(x: torch.Tensor, center: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """``center + (x - center)^T c`` as float64 ``[d]``, one pass over ``x``."""
+    out = torch.empty(x.shape[1], dtype=torch.float64)
+    for a, b, y in _centered_chunks(x, center):
+        torch.add(center[a:b], c @ y, out=out[a:b])
+    return out
+
+
+def _exact_sq_distances(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``||x_k - v||^2`` for every row, float64, without cancellation (chunked, one pass)."""
+    out = torch.zeros(x.shape[0], dtype=torch.float64)
+    for _, _, y in _centered_chunks(x, v.to(torch.float64)):
+        out += y.mul_(y).sum(dim=1)
+    return out
+
+
+def _coef_sq_distances(g: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """``||y_k - y^T c||^2`` for every k from the Gram matrix of ``y`` (float64, clamped at 0)."""
+    gc = g @ c
+    return (torch.diagonal(g) - 2.0 * gc + c @ gc).clamp_min_(0.0)
+
+
+# A frame is re-centred on the current iterate when it has drifted this many times (squared) further
+# from the centre than from the nearest input: beyond it float64 Gram distances lose ~1e-8 relative.
+_RECENTER_RATIO = 1e8
+_MAX_FRAMES = 4
+
+
+def _iterate(x: torch.Tensor, center: torch.Tensor, step, *, eps: float,
+             max_iters: int) -> tuple[torch.Tensor, int]:
+    """Run ``c <- step(c, dist2)`` in coefficient space (iterate ``v = center + y^T c``).
+
+    Stops when an iteration moves ``v`` by less than ``eps`` (never when ``eps == 0``) or after
+    ``max_iters`` iterations in total; returns ``(v as float64 [d], iterations)``."""
+    n = x.shape[0]
+    iterations = 0
+    for frame in range(_MAX_FRAMES):
+        g = _centered_gram(x, center)
+        c = torch.zeros(n, dtype=torch.float64)
+        drifted = False
+        while iterations < max_iters:
+            dist2 = _coef_sq_distances(g, c)
+            nearest = dist2[dist2 > 0].min() if bool((dist2 > 0).any()) else None
+            if (frame + 1 < _MAX_FRAMES and nearest is not None
+                    and float(c @ g @ c) > _RECENTER_RATIO * float(nearest)):
+                drifted = True
+                break
+            iterations += 1
+            new_c = step(c, dist2)
+            dc = new_c - c
+            c = new_c
+            if eps > 0 and float(dc @ g @ dc) < eps * eps:
+                return _combine(x, center, c), iterations
+        v = _combine(x, center, c)
+        if not drifted:
+            return v, iterations
+        center = v
+    raise AssertionError("unreachable: the last frame never re-centres")
+
+
+def pairwise_sq_distances(x: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distances between the rows of ``x`` as an ``[n, n]`` float64 matrix.
+
+    Computed from the Gram matrix of the rows centred on their mean (one pass over ``x``). Pairs whose
+    distance is small relative to their norms, where the Gram formula loses digits, are recomputed
+    exactly. The diagonal is exactly 0 and the matrix is symmetric.
+    """
+    n, d = _check(x, "pairwise_sq_distances")
+    g = _centered_gram(x, x.mean(dim=0).to(torch.float64))
+    diag = torch.diagonal(g)
+    dist = (diag[:, None] + diag[None, :] - 2.0 * g).clamp_min_(0.0)
+    scale = diag[:, None] + diag[None, :]
+    # float32 products carry ~1e-7 relative error of |y_i|^2 + |y_j|^2; below 1e-2 of that we
+    # cannot promise 1e-5 relative accuracy, so recompute those pairs directly.
+    suspicious = torch.nonzero(torch.triu(dist < 1e-2 * scale, diagonal=1))
+    for i, j in suspicious.tolist():
+        diff = x[i] - x[j]
+        dist[i, j] = dist[j, i] = float((diff * diff).sum(dtype=torch.float64))
+    dist.fill_diagonal_(0.0)
+    return dist
+
+
+# --------------------------------------------------------------------------------------------------
+# rules
+
+
+def mean(x: torch.Tensor) -> torch.Tensor:
+    """Coordinate-wise average (what a plain all-reduce computes). Tolerates no Byzantine input."""
+    _check(x, "mean")
+    return x.mean(dim=0)
+
+
+def median(x: torch.Tensor) -> torch.Tensor:
+    """Coordinate-wise median. For even n this takes the LOWER of the two middle values (torch's
+    convention), so every output coordinate is one of the input values. Robust for f < n/2."""
+    n, d = _check(x, "median")
+    if n == 1:
+        return x[0].clone()
+    out = torch.empty(d, dtype=x.dtype)
+    for a, b in _chunks(d, 1 << 18):
+        out[a:b] = x[:, a:b].median(dim=0).values
+    return out
+
+
+def trimmed_mean(x: torch.Tensor, *, beta: float = 0.1) -> torch.Tensor:
+    """Per coordinate, drop the ``k = floor(beta * n)`` largest and ``k`` smallest values and average
+    the rest. Needs ``0 <= beta < 1/2``; robust for ``f <= k``."""
+    n, d = _check(x, "trimmed_mean")
+    if not (0.0 <= beta < 0.5):
+        raise ValueError(f"trimmed_mean needs 0 <= beta < 0.5, got beta={beta}")
+    k = int(math.floor(beta * n))
+    if k == 0:
+        return x.mean(dim=0)
+    out = torch.empty(d, dtype=x.dtype)
+    for a, b in _chunks(d, 1 << 16):
+        out[a:b] = x[:, a:b].sort(dim=0).values[k:n - k].mean(dim=0)
+    return out
+
+
+def krum_scores(x: torch.Tensor, *, f: int, dist: torch.Tensor | None = None) -> torch.Tensor:
+    """Blanchard et al. (2017) Krum score of every input: the sum of its squared distances to its
+    ``n - f - 2`` nearest other inputs (float64 ``[n]``). Needs ``n >= 2f + 3``."""
+    n, _ = _check(x, "krum")
+    _check_f("krum", f)
+    if n < 2 * f + 3:
+        raise ValueError(f"krum needs n >= 2f+3, got n={n}, f={f}")
+    if dist is None:
+        dist = pairwise_sq_distances(x)
+    return _scores_from_dist(dist, n - f - 2)
+
+
+def _scores_from_dist(dist: torch.Tensor, k: int) -> torch.Tensor:
+    n = dist.shape[0]
+    if k <= 0 or n <= 1:
+        return torch.zeros(n, dtype=torch.float64)
+    # exclude self by pushing the diagonal to +inf before sorting
+    d = dist + torch.diag(torch.full((n,), math.inf, dtype=torch.float64))
+    return d.sort(dim=1).values[:, :k].sum(dim=1)
+
+
+def krum(x: torch.Tensor, *, f: int) -> torch.Tensor:
+    """Krum: the input with the smallest Krum score (ties: the lowest index). Needs ``n >= 2f + 3``."""
+    scores = krum_scores(x, f=f)
+    return x[int(torch.argmin(scores))].clone()
+
+
+def multi_krum(x: torch.Tensor, *, f: int, m: int | None = None) -> torch.Tensor:
+    """Multi-Krum: the mean of the ``m`` inputs with the smallest Krum scores (scores computed once;
+    ties by lowest index). ``m`` defaults to ``n - f``; needs ``n >= 2f + 3`` and ``1 <= m <= n``."""
+    scores = krum_scores(x, f=f)
+    n = x.shape[0]
+    if m is None:
+        m = n - f
+    if not isinstance(m, int) or not (1 <= m <= n):
+        raise ValueError(f"multi_krum needs 1 <= m <= n, got m={m!r}, n={n}")
+    order = torch.sort(scores, stable=True).indices[:m]
+    return x[order].mean(dim=0)
+
+
+def bulyan_selection(x: torch.Tensor, *, f: int, dist: torch.Tensor | None = None) -> list[int]:
+    """Indices of the ``n - 2f`` inputs Bulyan selects by repeated Krum (El Mhamdi et al., 2018).
+
+    Each round applies Krum to the inputs not selected yet and moves the winner to the selection.
+    A round on ``r`` remaining inputs scores with ``max(1, r - f - 2)`` neighbours (at most ``r - 1``),
+    since late rounds have fewer than ``f + 3`` candidates left."""
+    n, _ = _check(x, "bulyan")
+    _check_f("bulyan", f)
+    if n < 4 * f + 3:
+        raise ValueError(f"bulyan needs n >= 4f+3, got n={n}, f={f}")
+    if dist is None:
+        dist = pairwise_sq_distances(x)
+    remaining = list(range(n))
+    selected: list[int] = []
+    while len(selected) < n - 2 * f:
+        r = len(remaining)
+        k = min(max(1, r - f - 2), r - 1)
+        sub = dist[remaining][:, remaining]
+        scores = _scores_from_dist(sub, k)
+        winner = remaining[int(torch.argmin(scores))]
+        selected.append(winner)
+        remaining.remove(winner)
+    return selected
+
+
+def bulyan(x: torch.Tensor, *, f: int) -> torch.Tensor:
+    """Bulyan: select ``theta = n - 2f`` inputs by repeated Krum, then per coordinate average the
+    ``beta = theta - 2f = n - 4f`` selected values nearest to their coordinate-wise median (lower
+    middle for even theta). Needs ``n >= 4f + 3``."""
+    selected = bulyan_selection(x, f=f)
+    n, d = x.shape
+    keep = n - 4 * f
+    s = x[torch.tensor(sorted(selected))]
+    out = torch.empty(d, dtype=x.dtype)
+    for a, b in _chunks(d, 1 << 16):
+        sc = s[:, a:b]
+        med = sc.median(dim=0).values
+        idx = (sc - med).abs_().topk(keep, dim=0, largest=False).indices
+        out[a:b] = sc.gather(0, idx).mean(dim=0)
+    return out
+
+
+def geometric_median(x: torch.Tensor, *, eps: float = 1e-6, max_iters: int = 100,
+                     weights=None) -> torch.Tensor:
+    """Geometric median ``argmin_v sum_k w_k ||x_k - v||`` by Weiszfeld iterations from the mean.
+
+    Stops when an iteration moves ``v`` by less than ``eps`` (absolute) or after ``max_iters``
+    iterations. Distances are floored at ``max(eps, 1e-12 * spread)`` so an iterate landing on an
+    input does not divide by zero. Robust for f < n/2."""
+    n, d = _check(x, "geometric_median")
+    if max_iters < 0 or eps < 0:
+        raise ValueError(f"geometric_median needs eps >= 0 and max_iters >= 0, got {eps}, {max_iters}")
+    p = _check_weights("geometric_median", weights, n)
+    if p is None:
+        p = torch.full((n,), 1.0 / n, dtype=torch.float64)
+    v0 = (p.to(x.dtype) @ x).to(torch.float64)
+    scale = float(_exact_sq_distances(x, v0).max().sqrt())
+    floor = max(eps, 1e-12 * scale, 1e-30)
+
+    def step(c, dist2):
+        beta = p / dist2.sqrt().clamp_min(floor)
+        return beta / beta.sum()
+
+    v, _ = _iterate(x, v0, step, eps=eps, max_iters=max_iters)
+    return v.to(x.dtype)
+
+
+def clip_weights(distances, tau: float) -> torch.Tensor:
+    """CenteredClip weights ``min(1, tau / d_k)``, with ``d_k = 0 -> 1`` (float64 tensor)."""
+    d = torch.as_tensor(distances, dtype=torch.float64)
+    if tau <= 0 or math.isnan(tau):
+        raise ValueError(f"clip_weights needs tau > 0, got tau={tau}")
+    w = torch.ones_like(d)
+    pos = d > 0
+    w[pos] = torch.clamp(tau / d[pos], max=1.0)
+    return w
+
+
+class CenteredClipResult(NamedTuple):
+    """What :func:`centered_clip_with_info` returns; unpacks as ``v, iterations, distances``."""
+
+    v: torch.Tensor            # [d], dtype of x
+    iterations: int            # iterations run (== max_iters when eps == 0)
+    distances: torch.Tensor    # [n] float64, ||x_k - v|| computed exactly for the returned v
+
+
+def centered_clip_with_info(x: torch.Tensor, *, tau: float = 1.0, eps: float = 1e-6,
+                            max_iters: int = 100, init: str = "median",
+                            weights=None) -> CenteredClipResult:
+    """CenteredClip (Karimireddy et al., 2021; BTARD paper Eq. 2 / Alg. 2), to its fixed point.
+
+    Iterates ``v <- v + sum_k p_k (x_k - v) * min(1, tau / ||x_k - v||)`` with ``p_k = 1/n`` (or the
+    normalised ``weights``) starting from the coordinate-wise median (``init="median"``) or the mean
+    (``init="mean"``), until one step moves ``v`` by less than ``eps`` (absolute), or for exactly
+    ``max_iters`` iterations when ``eps == 0``. Returns ``(v, iterations, distances)`` where
+    ``distances[k] = ||x_k - v||`` is recomputed exactly for the returned ``v``: the values an
+    aggregator broadcasts and the ones the fixed-point check ``sum_k p_k clip_k (x_k - v) ~ 0`` uses.
+
+    Raises ValueError on bad input, ``tau <= 0``, ``eps < 0``, ``max_iters < 0`` or an unknown init.
+    """
+    n, d = _check(x, "centered_clip")
+    if not (tau > 0):
+        raise ValueError(f"centered_clip needs tau > 0, got tau={tau}")
+    if eps < 0 or max_iters < 0:
+        raise ValueError(f"centered_clip needs eps >= 0 and max_iters >= 0, got eps={eps}, "
+                         f"max_iters={max_iters}")
+    p = _check_weights("centered_clip", weights, n)
+    if p is None:
+        p = torch.full((n,), 1.0 / n, dtype=torch.float64)
+    if init == "median":
+        v0 = median(x)
+    elif init == "mean":
+        v0 = p.to(x.dtype) @ x
+    else:
+        raise ValueError(f"centered_clip: unknown init {init!r} (expected 'median' or 'mean')")
+
+    def step(c, dist2):
+        # v + sum_k p_k clip_k (y_k - v), written for the coefficients: c (1 - sum w) + w
+        w = p * clip_weights(dist2.sqrt(), tau)
+        return c * (1.0 - w.sum()) + w
+
+    v64, iterations = _iterate(x, v0.to(torch.float64), step, eps=eps, max_iters=max_iters)
+    v = v64.to(x.dtype)
+    distances = _exact_sq_distances(x, v).sqrt_()
+    return CenteredClipResult(v, iterations, distances)
+
+
+def centered_clip(x: torch.Tensor, *, tau: float = 1.0, eps: float = 1e-6, max_iters: int = 100,
+                  init: str = "median", weights=None) -> torch.Tensor:
+    """CenteredClip's result only; see :func:`centered_clip_with_info`."""
+    return centered_clip_with_info(x, tau=tau, eps=eps, max_iters=max_iters, init=init,
+                                   weights=weights).v
+
+
+def centered_clip_residual(x: torch.Tensor, v: torch.Tensor, *, tau: float,
+                           weights=None) -> torch.Tensor:
+    """The fixed-point residual ``sum_k p_k min(1, tau/||x_k - v||) (x_k - v)`` (``[d]``, float64).
+
+    Zero at CenteredClip's fixed point; compare its norm to ``tau`` / the spread of the inputs."""
+    n, d = _check(x, "centered_clip_residual")
+    p = _check_weights("centered_clip_residual", weights, n)
+    if p is None:
+        p = torch.full((n,), 1.0 / n, dtype=torch.float64)
+    v64 = v.to(torch.float64)
+    w = p * clip_weights(_exact_sq_distances(x, v64).sqrt_(), tau)
+    return _combine(x, v64, w) - v64
+
+
+# --------------------------------------------------------------------------------------------------
+# registry
+
+AGGREGATORS: dict[str, Callable[..., torch.Tensor]] = {
+    "mean": mean,
+    "median": median,
+    "trimmed_mean": trimmed_mean,
+    "krum": krum,
+    "multi_krum": multi_krum,
+    "bulyan": bulyan,
+    "geometric_median": geometric_median,
+    "centered_clip": centered_clip,
+}
+
+
+def make_aggregator(name: str, **params) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The rule registered as ``name`` with ``params`` bound, as ``agg(x) -> [d]``.
+
+    Raises ValueError for an unknown name or a parameter the rule does not take."""
+    try:
+        fn = AGGREGATORS[name]
+    except KeyError:
+        raise ValueError(f"unknown aggregator {name!r}; known: {', '.join(sorted(AGGREGATORS))}") from None
+    accepted = {p.name for p in inspect.signature(fn).parameters.values()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    unknown = set(params) - accepted
+    if unknown:
+        raise ValueError(f"aggregator {name!r} does not take {sorted(unknown)}; it takes {sorted(accepted)}")
+    agg = functools.partial(fn, **params)
+    functools.update_wrapper(agg, fn)
+    return agg
