@@ -25,7 +25,7 @@ async def planes():
     created: list[DataPlane] = []
     try:
         for _ in range(4):
-            created.append(await DataPlane.create(RUN, call_timeout=5.0, max_wait=5.0))
+            created.append(await DataPlane.create(RUN, call_timeout=15.0, max_wait=5.0))
         directory = {}
         for name, plane in zip("abcd", created):
             directory[name] = (plane.p2p_id, await plane.addrs())
@@ -119,16 +119,17 @@ async def test_a_newcomer_downloads_the_state_from_several_donors_and_outvotes_a
     state = torch.randn(2500)
     a.publish_state(9, state, chunk_numel=1000)
     b.publish_state(9, state, chunk_numel=1000)
-    got, per_donor = await d.download_state(["a", "b"], step=9, numel=2500)
+    got, per_donor, _ = await d.download_state(["a", "b"], step=9, numel=2500)
     assert torch.equal(got, state)
     assert set(per_donor) == {"a", "b"}  # both donors served chunks, not one
     assert sum(per_donor.values()) == 4 * 2500
 
     # A lying donor serving a different state is outvoted by the two honest ones and never used.
     c.publish_state(9, state + 1.0, chunk_numel=1000)
-    got2, per_donor2 = await d.download_state(["a", "c", "b"], step=9, numel=2500)
+    got2, per_donor2, info = await d.download_state(["a", "c", "b"], step=9, numel=2500)
     assert torch.equal(got2, state)
     assert "c" not in per_donor2 and set(per_donor2) == {"a", "b"}
+    assert info["step"] == 9 and info["numel"] == 2500
 
 
 async def test_it_pings_a_peer_at_its_announced_address_and_reports_a_dead_one(planes):

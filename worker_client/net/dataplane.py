@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import secrets
 from collections import Counter
@@ -107,7 +108,7 @@ class DataPlane:
 
     # --- lifecycle ----------------------------------------------------------------------------
     @classmethod
-    async def create(cls, run: str, *, host_maddrs: Iterable[str] = ("/ip4/127.0.0.1/tcp/0",),
+    async def create(cls, run: str | None, *, host_maddrs: Iterable[str] = ("/ip4/127.0.0.1/tcp/0",),
                      announce_maddrs: Iterable[str] | None = None, identity_path: str | None = None,
                      nat_port_map: bool = False, call_timeout: float = 30.0, max_wait: float = 60.0,
                      startup_timeout: float = 20.0, **p2p_kwargs) -> "DataPlane":
@@ -121,14 +122,25 @@ class DataPlane:
                                announce_maddrs=list(announce_maddrs) if announce_maddrs else None,
                                identity_path=identity_path, nat_port_map=nat_port_map,
                                startup_timeout=startup_timeout, **p2p_kwargs)
-        plane = cls(p2p, run, call_timeout=call_timeout, max_wait=max_wait)
+        plane = cls(p2p, run or "", call_timeout=call_timeout, max_wait=max_wait)
         try:
-            await p2p.add_binary_stream_handler(handler_name(run), plane._handle)
+            if run:
+                await p2p.add_binary_stream_handler(handler_name(run), plane._handle)
             await p2p.add_binary_stream_handler(PING_HANDLER, plane._handle_ping)
         except BaseException:
             await p2p.shutdown()
             raise
         return plane
+
+    async def set_run(self, run: str) -> None:
+        """Serve run ``run`` (the worker learns it from the site's Welcome, after the daemon started)."""
+        if run == self.run:
+            return
+        if self.run:
+            await self.p2p.remove_binary_stream_handler(handler_name(self.run))
+        self.run = run
+        self._store.clear()
+        await self.p2p.add_binary_stream_handler(handler_name(run), self._handle)
 
     async def shutdown(self) -> None:
         if self._closed:
@@ -515,13 +527,14 @@ class DataPlane:
         self.publish(0, "state", f"s{step}", data, allowed=allowed, info=info)
 
     async def download_state(self, donors: list[str], *, step: int, numel: int, timeout: float | None = None,
-                             max_parallel: int = 4) -> tuple[torch.Tensor, dict[str, int]]:
+                             max_parallel: int = 4) -> tuple[torch.Tensor, dict[str, int], dict]:
         """Download the flat state of ``step`` from several donors at once, not from one.
 
         Each donor is asked for its chunk hashes; the list a strict majority of the answering donors
         agree on is the reference (a lying donor is outvoted), then chunks are fetched round-robin
         from the agreeing donors in parallel and each is checked against its hash; a failed chunk is
-        retried from the next donor. Returns the state and the bytes received per donor.
+        retried from the next donor. Returns the state, the bytes received per donor and the agreed
+        info (chunking plus the ``meta`` donors published, e.g. the randomness chain).
         Raises :class:`DataPlaneError` when no majority exists or a chunk cannot be obtained.
         """
         timeout = timeout or self.call_timeout
@@ -539,14 +552,17 @@ class DataPlane:
                    if r is not None and (r.info or {}).get("numel") == numel]
         if not answers:
             raise DataPlaneError("not_found", f"no donor serves the state of step {step} with {numel} values")
-        votes = Counter((r.info["chunk_numel"], tuple(r.info["chunks"])) for _, r in answers)
-        (chunk_numel, hashes), count = votes.most_common(1)[0]
+        canon = {d: json.dumps(r.info, sort_keys=True) for d, r in answers}
+        votes = Counter(canon.values())
+        winner, count = votes.most_common(1)[0]
+        info = json.loads(winner)
+        chunk_numel, hashes = info.get("chunk_numel"), tuple(info.get("chunks") or ())
         if count * 2 <= len(answers) and len(answers) > 1:
             raise DataPlaneError("hash", "state donors disagree and none has a majority")
         if not isinstance(chunk_numel, int) or chunk_numel <= 0 or \
                 len(hashes) != max(1, -(-numel // chunk_numel)):
             raise DataPlaneError("malformed", "donors announced an inconsistent chunking")
-        good = [d for d, r in answers if (r.info["chunk_numel"], tuple(r.info["chunks"])) == (chunk_numel, hashes)]
+        good = [d for d, _ in answers if canon[d] == winner]
         out = bytearray(4 * numel)
         per_donor: Counter[str] = Counter()
         sem = asyncio.Semaphore(max_parallel)
@@ -573,4 +589,4 @@ class DataPlane:
             raise last_error or DataPlaneError("not_found", f"chunk {index} unavailable")
 
         await asyncio.gather(*(get_chunk(i) for i in range(len(hashes)) if numel))
-        return bytes_to_tensor(bytes(out), expected_numel=numel), dict(per_donor)
+        return bytes_to_tensor(bytes(out), expected_numel=numel), dict(per_donor), info
