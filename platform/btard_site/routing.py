@@ -1,3 +1,5 @@
 """Websocket routes. Apps append their consumers here."""
 
-websocket_urlpatterns: list = []
+from live.routing import websocket_urlpatterns as live_routes
+
+websocket_urlpatterns: list = [*live_routes]

@@ -1,10 +1,38 @@
 from django.contrib import admin
+from django.contrib.auth import views as auth_views
 from django.urls import path
+
+from moderation import views as moderation_views
+from runs import views as runs_views
+from volunteers import views as volunteer_views
 
 from . import views
 
 urlpatterns = [
     path("", views.home, name="home"),
     path("healthz", views.healthz, name="healthz"),
+    # volunteers
+    path("signup/", volunteer_views.signup, name="signup"),
+    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("password-reset/", auth_views.PasswordResetView.as_view(), name="password_reset"),
+    path("password-reset/done/", auth_views.PasswordResetDoneView.as_view(), name="password_reset_done"),
+    path("reset/<uidb64>/<token>/", auth_views.PasswordResetConfirmView.as_view(), name="password_reset_confirm"),
+    path("reset/done/", auth_views.PasswordResetCompleteView.as_view(), name="password_reset_complete"),
+    path("me/", volunteer_views.me, name="me"),
+    path("tokens/", volunteer_views.tokens, name="tokens"),
+    path("tokens/<int:pk>/revoke/", volunteer_views.revoke_token, name="revoke-token"),
+    # runs
+    path("runs/<int:pk>/", runs_views.run_detail, name="run"),
+    # moderation
+    path("bans/", moderation_views.ban_list, name="bans"),
+    path("moderation/", moderation_views.queue, name="moderation"),
+    path("moderation/cases/<int:pk>/", moderation_views.case_action, name="case-action"),
+    path("moderation/bans/<int:pk>/unban/", moderation_views.unban, name="unban"),
+    # public JSON
+    path("api/runs/", runs_views.api_runs, name="api-runs"),
+    path("api/runs/<int:pk>/", runs_views.api_run, name="api-run"),
+    path("api/bans/", moderation_views.api_bans, name="api-bans"),
+    path("api/worker/check", volunteer_views.worker_check, name="api-worker-check"),
     path("admin/", admin.site.urls),
 ]

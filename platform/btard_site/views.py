@@ -4,7 +4,9 @@ from django.shortcuts import render
 
 
 def home(request):
-    return render(request, "home.html")
+    from runs.selectors import open_runs
+
+    return render(request, "home.html", {"runs": open_runs()[:20]})
 
 
 def healthz(request):

@@ -24,6 +24,13 @@ def deliver(event: _Event) -> None:
     if layer is None:
         return
     message = {"type": MESSAGE_TYPE, "event": event.model_dump(mode="json")}
+    worker_message = getattr(event, "worker_message", None)
+    if worker_message is not None:
+        # Fan-out fast path: the control message is serialised once here, and each worker socket only
+        # checks whether it is a recipient (no per-socket parsing).
+        message["worker"] = worker_message().model_dump_json()
+        message["recipients"] = sorted(event.recipients() if callable(event.recipients) else event.recipients)
+        message["sender"] = getattr(getattr(event, "envelope", None), "sender", None)
     for group in groups:
         try:
             async_to_sync(layer.group_send)(group, message)

@@ -126,6 +126,12 @@ class GroupFormed(_Event):
     def recipients(self) -> set[str]:
         return {p.peer_id for p in self.peers} | {c["peer_id"] for c in self.candidates}
 
+    def worker_message(self):
+        from worker_client.control import Group
+
+        return Group(step=self.step, peers=self.peers, validators=self.validators, candidates=self.candidates,
+                     deadlines=self.deadlines, state_donors=self.state_donors)
+
     def groups(self) -> list[str]:
         return [run_workers_group(self.run_id), run_live_group(self.run_id)]
 
@@ -138,6 +144,11 @@ class BroadcastRecorded(_Event):
     step: int
     envelope: Envelope
     recipients: list[str]
+
+    def worker_message(self):
+        from worker_client.control import Relay
+
+        return Relay(envelope=self.envelope)
 
     def groups(self) -> list[str]:
         return [run_workers_group(self.run_id)]

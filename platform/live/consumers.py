@@ -1,0 +1,341 @@
+"""Websocket consumers: ``/ws/worker/`` for ``btard-worker`` and ``/ws/live/`` for browsers.
+
+Both are thin: parse, call a service, and turn live events (``live.events``) into what the other side
+understands (control-plane JSON for workers, htmx out-of-band fragments for browsers).
+"""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from django.core.cache import cache
+from pydantic import ValidationError
+
+from worker_client.control import (CLOSE_PROTOCOL_VERSION, CLOSE_REASONS, CLOSE_REPLACED, CLOSE_REVOKED_TOKEN,
+                                   BanNotice, ControlError, ErrorMessage, ReachabilityCheck,
+                                   ReachabilityResult, Welcome, parse_worker_message)
+
+from . import events as ev
+
+log = logging.getLogger(__name__)
+TICK_THROTTLE_SECONDS = 1
+
+
+def _close_reason(text: str) -> str:
+    """A websocket close reason must fit in 123 bytes."""
+    data = text.encode()[:120]
+    return data.decode(errors="ignore")
+
+
+def bearer_token(scope) -> str | None:
+    for name, value in scope.get("headers", []):
+        if name.lower() == b"authorization":
+            text = value.decode("latin-1").strip()
+            if text.lower().startswith("bearer "):
+                return text[7:].strip() or None
+            return None
+    return None
+
+
+# --- sync parts, run in the thread pool ------------------------------------------------------------
+def _authenticate(raw):
+    from volunteers.services import authenticate_worker_token
+
+    return authenticate_worker_token(raw)
+
+
+def _join(token, hello):
+    from runs.services import join_run
+
+    result = join_run(token=token, hello=hello)
+    return result
+
+
+def _tick(run_id: int, *, force: bool = False) -> None:
+    """Drive the run forward, at most once a second per run unless ``force`` (a step report)."""
+    from runs.models import Run
+    from runs.services import tick_run
+
+    if not force and not cache.add(f"tick-run:{run_id}", 1, timeout=TICK_THROTTLE_SECONDS):
+        return
+    run = Run.objects.filter(pk=run_id).first()
+    if run is not None:
+        tick_run(run=run)
+
+
+def _heartbeat(peer, heartbeat) -> None:
+    from runs.services import record_heartbeat
+
+    record_heartbeat(peer=peer, heartbeat=heartbeat)
+    _tick(peer.run_id)
+
+
+def _broadcast(peer, envelope) -> None:
+    from moderation.services import consider_verdict, record_elimination
+    from runs.services import accept_broadcast
+
+    entry = accept_broadcast(peer=peer, envelope=envelope)
+    if entry.phase == "verdict":
+        consider_verdict(entry=entry)
+    elif entry.phase == "eliminate":
+        record_elimination(entry=entry)
+
+
+def _step_report(peer, report) -> None:
+    from runs.services import record_step_report
+
+    record_step_report(peer=peer, report=report)
+    _tick(peer.run_id, force=True)
+
+
+def _disconnect(peer) -> None:
+    from runs.services import disconnect_peer
+
+    disconnect_peer(peer=peer)
+
+
+def _reachability_helper(peer) -> str | None:
+    from runs.models import Peer
+
+    helper = (Peer.objects.filter(run_id=peer.run_id, role="active", online=True)
+              .exclude(pk=peer.pk).order_by("?").values_list("peer_id", flat=True).first())
+    return helper
+
+
+def peer_group(peer_id: str) -> str:
+    return f"workers.peer.{peer_id}"
+
+
+class WorkerConsumer(AsyncWebsocketConsumer):
+    """One ``btard-worker``. Refusals: the socket is accepted and closed at once with a
+    ``CLOSE_*`` code and a reason, so the worker can tell the volunteer why."""
+
+    peer = None
+    token = None
+    replaced = False
+
+    async def connect(self):
+        from volunteers.services import TokenRefused
+
+        self.joined: list[str] = []
+        try:
+            self.token = await database_sync_to_async(_authenticate)(bearer_token(self.scope))
+        except TokenRefused as exc:
+            log.info("worker refused (%s): %s", exc.close_code, exc.reason)
+            await self.accept()
+            await self.close(code=exc.close_code, reason=_close_reason(exc.reason))
+            return
+        await self.accept()
+        # one live worker per token: an older connection is told to close
+        await self.channel_layer.group_send(ev.token_group(self.token.pk),
+                                            {"type": "worker.replaced", "channel": self.channel_name})
+        await self._group_add(ev.token_group(self.token.pk))
+        await self._group_add(ev.user_group(self.token.user_id))
+
+    async def _group_add(self, group: str) -> None:
+        await self.channel_layer.group_add(group, self.channel_name)
+        self.joined.append(group)
+
+    async def disconnect(self, code):
+        for group in getattr(self, "joined", []):
+            await self.channel_layer.group_discard(group, self.channel_name)
+        if self.peer is not None and not self.replaced:
+            try:
+                await database_sync_to_async(_disconnect)(self.peer)
+            except Exception:
+                log.exception("could not mark %s offline", self.peer.peer_id[:8])
+
+    async def send_model(self, model) -> None:
+        await self.send(text_data=model.model_dump_json())
+
+    async def send_error(self, code: str, message: str) -> None:
+        await self.send_model(ErrorMessage(code=code, message=message))
+
+    async def receive(self, text_data=None, bytes_data=None):
+        from runs.services import JoinRefused, Rejected
+
+        if self.token is None:
+            return
+        data = text_data if text_data is not None else bytes_data
+        try:
+            msg = parse_worker_message(data or "", max_bytes=settings.WORKER_MAX_MESSAGE_BYTES)
+        except ControlError as exc:
+            log.warning("rejected message from token %s: %s: %s", self.token.prefix, exc.code, exc.message)
+            await self.send_error(exc.code, exc.message)
+            if exc.code == "version" and self.peer is None:
+                await self.close(code=CLOSE_PROTOCOL_VERSION, reason=CLOSE_REASONS[CLOSE_PROTOCOL_VERSION])
+            return
+        if msg.type != "hello" and self.peer is None:
+            await self.send_error("hello_first", "send hello before anything else")
+            return
+        try:
+            await getattr(self, f"on_{msg.type}")(msg)
+        except Rejected as exc:
+            log.warning("rejected %s from %s: %s: %s", msg.type, self._who(), exc.code, exc.message)
+            await self.send_error(exc.code, exc.message)
+        except JoinRefused as exc:
+            await self.close(code=exc.close_code, reason=_close_reason(exc.reason))
+        except Exception:
+            log.exception("error handling %s from %s", msg.type, self._who())
+            await self.send_error("internal", "the site could not process this message; nothing changed")
+
+    def _who(self) -> str:
+        return self.peer.peer_id[:8] if self.peer is not None else f"token {self.token.prefix}"
+
+    # --- worker messages ------------------------------------------------------------------------------
+    async def on_hello(self, msg):
+        if self.peer is not None:
+            await self.send_error("already_joined", "hello was already received on this connection")
+            return
+        result = await database_sync_to_async(_join)(self.token, msg)
+        self.peer = result.peer
+        await self._group_add(ev.run_workers_group(result.run.pk))
+        await self._group_add(peer_group(self.peer.peer_id))
+        await self.send_model(Welcome(peer_id=self.peer.peer_id, role=result.role, run=result.run.run_info(),
+                                      step=result.run.current_step, probation_steps_left=result.probation_left))
+        await database_sync_to_async(_tick)(self.peer.run_id, force=True)
+
+    async def on_heartbeat(self, msg):
+        await database_sync_to_async(_heartbeat)(self.peer, msg)
+
+    async def on_broadcast(self, msg):
+        await database_sync_to_async(_broadcast)(self.peer, msg.envelope)
+
+    async def on_step_report(self, msg):
+        await database_sync_to_async(_step_report)(self.peer, msg)
+
+    async def on_reachability_request(self, msg):
+        helper = await database_sync_to_async(_reachability_helper)(self.peer)
+        if helper is None:
+            await self.send_error("no_helper", "no other active peer is online to test your address")
+            return
+        request_id = f"{self.peer.peer_id[:8]}-{id(msg):x}"
+        cache.set(f"reach:{request_id}", self.channel_name, timeout=120)
+        await self.channel_layer.group_send(peer_group(helper), {
+            "type": "worker.forward",
+            "text": ReachabilityCheck(request_id=request_id, p2p_id=msg.p2p_id, p2p_addrs=msg.p2p_addrs)
+            .model_dump_json()})
+
+    async def on_reachability_result(self, msg):
+        channel = cache.get(f"reach:{msg.request_id}")
+        if channel is None:
+            await self.send_error("unknown_request", "no such reachability request (expired?)")
+            return
+        await self.channel_layer.send(channel, {"type": "worker.forward", "text": msg.model_dump_json()})
+
+    # --- channel-layer messages -----------------------------------------------------------------------
+    async def worker_forward(self, message):
+        await self.send(text_data=message["text"])
+
+    async def worker_replaced(self, message):
+        if message["channel"] != self.channel_name:
+            self.replaced = True
+            await self.close(code=CLOSE_REPLACED, reason=CLOSE_REASONS[CLOSE_REPLACED])
+
+    async def live_event(self, message):
+        if "worker" in message:  # group and relay fan-out
+            me = self.peer.peer_id if self.peer is not None else None
+            if me is not None and me != message.get("sender") and me in message["recipients"]:
+                await self.send(text_data=message["worker"])
+            return
+        try:
+            event = ev.parse_event(message["event"])
+        except ValidationError:
+            log.exception("undecodable live event")
+            return
+        me = self.peer.peer_id if self.peer is not None else None
+        if event.type == "token_revoked":
+            await self.close(code=CLOSE_REVOKED_TOKEN,
+                             reason=_close_reason(f"token revoked: btard_{event.prefix}_... was revoked"))
+        elif event.type == "peer_banned":
+            if self.token is not None and event.user_id == self.token.user_id:
+                if me is not None:
+                    await self.send_model(BanNotice(peer_id=event.peer_id, step=event.step, reason=event.reason))
+                from worker_client.control import CLOSE_BANNED
+
+                await self.close(code=CLOSE_BANNED, reason=_close_reason(f"banned: {event.reason}"))
+            elif me is not None:
+                await self.send_model(BanNotice(peer_id=event.peer_id, step=event.step, reason=event.reason))
+
+
+
+_ = ReachabilityResult  # re-exported for the docstring of control.py
+
+
+# --- browsers ------------------------------------------------------------------------------------------
+def render_fragment(event, *, view: str, run_id: int | None) -> str:
+    """The htmx out-of-band fragment a browser view needs for ``event`` (``""`` when none).
+
+    Uses the same partial templates as the pages, so a push and a reload look the same.
+    """
+    from django.template.loader import render_to_string
+
+    from moderation.models import Ban
+    from moderation.selectors import ban_row
+
+    if view == "bans" and event.type == "peer_banned":
+        ban = Ban.objects.select_related("run", "user").filter(pk=event.ban_id).first()
+        if ban is None:
+            return ""
+        return render_to_string("moderation/_ban_push.html", {"ban": ban_row(ban)})
+    if view == "bans" and event.type == "peer_unbanned":
+        return f'<div id="ban-{event.ban_id}" hx-swap-oob="delete"></div>'
+    if view == "run" and run_id is not None and getattr(event, "run_id", None) == run_id:
+        from runs.models import Run
+        from runs.selectors import run_state
+
+        run = Run.objects.filter(pk=run_id).first()
+        if run is None:
+            return ""
+        return render_to_string("runs/_dashboard.html", {"state": run_state(run), "oob": True})
+    return ""
+
+
+class LiveConsumer(AsyncWebsocketConsumer):
+    """``/ws/live/?view=bans`` (ban list) or ``/ws/live/?run=<id>`` (run dashboard): pushes the page's
+    partials as htmx out-of-band swaps. Read-only; anyone may watch the public views."""
+
+    async def connect(self):
+        query = parse_qs(self.scope.get("query_string", b"").decode())
+        self.run_id = None
+        self.view = query.get("view", ["run" if "run" in query else "bans"])[0]
+        groups = []
+        if self.view == "bans":
+            groups.append(ev.bans_group())
+        elif self.view == "run":
+            try:
+                self.run_id = int(query.get("run", [""])[0])
+            except ValueError:
+                await self.close(code=4400)
+                return
+            groups.append(ev.run_live_group(self.run_id))
+        else:
+            await self.close(code=4400)
+            return
+        self.groups_joined = groups
+        for group in groups:
+            await self.channel_layer.group_add(group, self.channel_name)
+        await self.accept()
+
+    async def disconnect(self, code):
+        for group in getattr(self, "groups_joined", []):
+            await self.channel_layer.group_discard(group, self.channel_name)
+
+    async def receive(self, text_data=None, bytes_data=None):
+        return  # the htmx ws extension may send form data; these views take none
+
+    async def live_event(self, message):
+        if "worker" in message:
+            return
+        try:
+            event = ev.parse_event(message["event"])
+        except ValidationError:
+            log.exception("undecodable live event")
+            return
+        html = await database_sync_to_async(render_fragment)(event, view=self.view, run_id=self.run_id)
+        if html:
+            await self.send(text_data=html)

@@ -1,0 +1,95 @@
+"""Reads for runs: the dashboard, the public JSON, the volunteer's peers."""
+
+from __future__ import annotations
+
+from django.utils import timezone
+
+from .models import Peer, Run, StepRecord
+
+CURVE_POINTS = 200
+
+
+def open_runs():
+    return Run.objects.exclude(state="finished").order_by("-created_at")
+
+
+def all_runs():
+    return Run.objects.order_by("-created_at")
+
+
+def peer_row(peer: Peer) -> dict:
+    return {
+        "peer_id": peer.peer_id,
+        "account": peer.user.username,
+        "role": peer.role,
+        "online": peer.online,
+        "status": peer.status if peer.online else "offline",
+        "status_detail": peer.status_detail,
+        "last_heartbeat": peer.last_heartbeat.isoformat() if peer.last_heartbeat else None,
+        "probation": f"{peer.probation_done}/{peer.probation_required}" if peer.role == "candidate" else "",
+        "excluded_until_step": peer.excluded_until_step,
+        "p2p_addrs": list(peer.p2p_addrs or []),
+    }
+
+
+def curve(run: Run, *, points: int = CURVE_POINTS) -> list[dict]:
+    rows = (StepRecord.objects.filter(run=run).exclude(finished_at=None).order_by("-step")
+            .values("step", "loss", "accuracy", "outcome", "samples")[:points])
+    return list(reversed(rows))
+
+
+def _svg_polyline(values: list[tuple[int, float]], *, width=600, height=160, ymax: float | None = None) -> str:
+    if not values:
+        return ""
+    xs = [x for x, _ in values]
+    ys = [y for _, y in values]
+    x0, x1 = min(xs), max(xs)
+    top = ymax if ymax is not None else max(ys) or 1.0
+    span = max(1, x1 - x0)
+    return " ".join(f"{(x - x0) / span * width:.1f},{height - min(y, top) / top * height:.1f}" for x, y in values)
+
+
+def run_state(run: Run) -> dict:
+    """Everything the run dashboard and ``/api/runs/<id>/`` show."""
+    from moderation.selectors import active_bans, ban_row
+
+    run.refresh_from_db()
+    peers = list(run.peers.select_related("user").order_by("-online", "role", "peer_id"))
+    points = curve(run)
+    loss = [(p["step"], p["loss"]) for p in points if p["loss"] is not None]
+    acc = [(p["step"], p["accuracy"]) for p in points if p["accuracy"] is not None]
+    last_acc = acc[-1][1] if acc else None
+    return {
+        "id": run.id,
+        "name": run.name,
+        "task": run.task,
+        "state": run.state,
+        "step": run.current_step,
+        "step_in_progress": run.step_in_progress,
+        "step_deadline": run.step_deadline.isoformat() if run.step_in_progress and run.step_deadline else None,
+        "hyperparameters": run.run_info().model_dump(exclude={"id", "name", "task"}) | {
+            "min_peers": run.min_peers, "step_timeout": run.step_timeout, "epoch_steps": run.epoch_steps,
+            "admission_policy": run.admission_policy, "max_new_per_window": run.max_new_per_window,
+            "admission_window_seconds": run.admission_window_seconds,
+            "max_candidate_fraction": run.max_candidate_fraction},
+        "active_peers": sum(1 for p in peers if p.role == "active" and p.online),
+        "candidates": sum(1 for p in peers if p.role == "candidate"),
+        "waiting": sum(1 for p in peers if p.role == "waiting"),
+        "accuracy": last_acc,
+        "curve": points,
+        "loss_svg": _svg_polyline(loss),
+        "accuracy_svg": _svg_polyline(acc, ymax=1.0),
+        "peers": [peer_row(p) for p in peers],
+        "recent_bans": [ban_row(b) for b in active_bans(run=run, limit=10)],
+        "updated": timezone.now().isoformat(),
+    }
+
+
+def run_list_row(run: Run) -> dict:
+    return {"id": run.id, "name": run.name, "task": run.task, "state": run.state, "step": run.current_step,
+            "active_peers": run.peers.filter(role="active", online=True).count(),
+            "candidates": run.peers.filter(role="candidate").count(), "url": f"/runs/{run.id}/"}
+
+
+def peers_of_user(user):
+    return Peer.objects.filter(user=user).select_related("run").order_by("-online", "-joined_at")

@@ -1,0 +1,226 @@
+"""Consumers through WebsocketCommunicator: refusals, schema errors, replay, groups, live pushes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.routing import URLRouter
+from channels.testing import WebsocketCommunicator
+
+from btard_site.routing import websocket_urlpatterns
+from runs.models import BroadcastLog, Peer, Run
+from tests.factories import RunFactory
+from tests.site.helpers import envelope, verdict
+from volunteers import services as volunteers
+from worker_client.btard.crypto import Identity
+from worker_client.control import (CLOSE_BAD_TOKEN, CLOSE_BANNED, CLOSE_NO_TOKEN, CLOSE_REPLACED,
+                                   CLOSE_REVOKED_TOKEN, Heartbeat, Hello, StepReport)
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
+T = 10  # generous receive timeout: other CPU-heavy work shares this machine
+
+application = URLRouter(websocket_urlpatterns)
+
+
+@pytest.fixture
+def run(db):
+    return RunFactory(name="ws-run", min_peers=2, peers_per_group=4)
+
+
+def token_for(user, name="w"):
+    return volunteers.create_worker_token(user=user, name=name).raw
+
+
+async def open_worker(raw: str | None):
+    headers = [(b"authorization", f"Bearer {raw}".encode())] if raw is not None else []
+    comm = WebsocketCommunicator(application, "/ws/worker/", headers=headers)
+    connected, _ = await comm.connect(timeout=T)
+    assert connected
+    return comm
+
+
+async def expect_close(comm, code):
+    out = await comm.receive_output(timeout=T)
+    assert out["type"] == "websocket.close", out
+    assert out["code"] == code, out
+    return out.get("reason", "")
+
+
+async def join(raw: str, seed: bytes):
+    comm = await open_worker(raw)
+    identity = Identity.from_seed(seed)
+    await comm.send_to(text_data=Hello(public_key=identity.public_key_b64, p2p_id="Qm" + seed.decode()).model_dump_json())
+    welcome = await comm.receive_json_from(timeout=T)
+    assert welcome["type"] == "welcome", welcome
+    return comm, identity, welcome
+
+
+async def receive_type(comm, kind: str) -> dict:
+    while True:
+        msg = await comm.receive_json_from(timeout=T)
+        if msg["type"] == kind:
+            return msg
+
+
+async def test_it_refuses_a_missing_token_with_its_own_close_code(run):
+    comm = await open_worker(None)
+    reason = await expect_close(comm, CLOSE_NO_TOKEN)
+    assert "token" in reason
+
+
+async def test_it_refuses_an_unknown_token(run):
+    comm = await open_worker("btard_00000000_nope")
+    await expect_close(comm, CLOSE_BAD_TOKEN)
+
+
+async def test_it_refuses_a_revoked_token_naming_it(run, alice):
+    issued = await database_sync_to_async(volunteers.create_worker_token)(user=alice, name="old-laptop")
+    await database_sync_to_async(volunteers.revoke_worker_token)(token=issued.token, actor=alice)
+    comm = await open_worker(issued.raw)
+    assert "old-laptop" in await expect_close(comm, CLOSE_REVOKED_TOKEN)
+
+
+async def test_it_refuses_a_banned_account(run, dave):
+    from volunteers.models import WorkerToken
+
+    await database_sync_to_async(WorkerToken.objects.create)(
+        user=dave, name="x", prefix="da7eda7e", token_hash=volunteers.hash_token("btard_da7eda7e_s"))
+    comm = await open_worker("btard_da7eda7e_s")
+    assert "banned" in await expect_close(comm, CLOSE_BANNED)
+
+
+async def test_a_founder_is_welcomed_as_active_with_the_run_info(run, alice):
+    raw = await database_sync_to_async(token_for)(alice)
+    comm, identity, welcome = await join(raw, b"alice-1")
+    assert welcome["role"] == "active" and welcome["peer_id"] == identity.peer_id
+    assert welcome["run"]["id"] == run.id and welcome["step"] == 0
+    peer = await database_sync_to_async(Peer.objects.get)(peer_id=identity.peer_id)
+    assert peer.online and peer.p2p_id == "Qmalice-1"
+    await comm.disconnect()
+    peer = await database_sync_to_async(Peer.objects.get)(peer_id=identity.peer_id)
+    assert not peer.online
+
+
+@pytest.mark.parametrize("payload, code", [
+    ("{not json", "malformed"),
+    (json.dumps({"type": "heartbeat", "status": "sleeping"}), "schema"),
+    (json.dumps({"type": "teleport"}), "schema"),
+    (json.dumps({"v": 99, "type": "heartbeat", "status": "training"}), "version"),
+    ("x" * 300_000, "too_large"),
+])
+async def test_malformed_messages_get_an_error_and_change_nothing(payload, code, run, alice, settings):
+    raw = await database_sync_to_async(token_for)(alice)
+    comm, identity, _ = await join(raw, b"alice-2")
+    await comm.send_to(text_data=payload)
+    error = await comm.receive_json_from(timeout=T)
+    assert (error["type"], error["code"]) == ("error", code)
+    # the consumer survived: a valid heartbeat still works
+    await comm.send_to(text_data=Heartbeat(status="error", detail="disk full").model_dump_json())
+    await asyncio.sleep(0.3)
+    peer = await database_sync_to_async(Peer.objects.get)(peer_id=identity.peer_id)
+    assert (peer.status, peer.status_detail) == ("error", "disk full")
+    await comm.disconnect()
+
+
+async def test_messages_before_hello_are_refused(run, alice):
+    comm = await open_worker(await database_sync_to_async(token_for)(alice))
+    await comm.send_to(text_data=Heartbeat(status="training").model_dump_json())
+    assert (await comm.receive_json_from(timeout=T))["code"] == "hello_first"
+    await comm.disconnect()
+
+
+async def two_member_group(run, alice, bob):
+    a = await join(await database_sync_to_async(token_for)(alice), b"alice-g")
+    b = await join(await database_sync_to_async(token_for)(bob), b"bob-g")
+    groups = [await receive_type(comm, "group") for comm, _, _ in (a, b)]
+    return a, b, groups
+
+
+async def test_the_site_forms_the_group_once_enough_peers_joined_and_pushes_it_to_each(run, alice, bob):
+    a, b, groups = await two_member_group(run, alice, bob)
+    assert groups[0] == groups[1]
+    assert groups[0]["step"] == 0
+    assert sorted(p["peer_id"] for p in groups[0]["peers"]) == sorted([a[1].peer_id, b[1].peer_id])
+    for comm, _, _ in (a, b):
+        await comm.disconnect()
+
+
+async def test_broadcasts_are_relayed_unchanged_to_the_rest_of_the_group_and_replays_refused(run, alice, bob):
+    (ca, ia, _), (cb, ib, _), _ = await two_member_group(run, alice, bob)
+    run_now = await database_sync_to_async(Run.objects.get)(pk=run.pk)
+    env = envelope(ia, run_now)
+    await ca.send_to(text_data=json.dumps({"type": "broadcast", "envelope": env.model_dump()}))
+    relay = await receive_type(cb, "relay")
+    assert relay["envelope"] == env.model_dump()
+    await ca.send_to(text_data=json.dumps({"type": "broadcast", "envelope": env.model_dump()}))
+    error = await receive_type(ca, "error")
+    assert error["code"] == "replay"
+    forged = env.model_copy(update={"payload": {"hashes": ["11" * 32]}, "nonce": "ab" * 16})
+    await ca.send_to(text_data=json.dumps({"type": "broadcast", "envelope": forged.model_dump()}))
+    assert (await receive_type(ca, "error"))["code"] == "signature"
+    assert await database_sync_to_async(BroadcastLog.objects.count)() == 1
+    assert await cb.receive_nothing(timeout=0.3)
+    for comm in (ca, cb):
+        await comm.disconnect()
+
+
+async def test_reports_from_the_whole_group_advance_the_run_and_push_the_next_group(run, alice, bob):
+    (ca, ia, _), (cb, ib, _), _ = await two_member_group(run, alice, bob)
+    for comm in (ca, cb):
+        await comm.send_to(text_data=StepReport(step=0, outcome="applied", loss=2.3, accuracy=0.1,
+                                                samples=32).model_dump_json())
+    nxt = await receive_type(ca, "group")
+    assert nxt["step"] == 1
+    run_now = await database_sync_to_async(Run.objects.get)(pk=run.pk)
+    assert run_now.current_step == 1 and run_now.step_in_progress
+    for comm in (ca, cb):
+        await comm.disconnect()
+
+
+async def test_a_majority_verdict_bans_live_closes_the_socket_and_reaches_the_ban_list(run, alice, bob, carol):
+    await database_sync_to_async(Run.objects.filter(pk=run.pk).update)(min_peers=3)
+    members = []
+    for user, seed in ((alice, b"alice-v"), (bob, b"bob-v"), (carol, b"carol-v")):
+        members.append(await join(await database_sync_to_async(token_for)(user), seed))
+    for comm, _, _ in members:
+        await receive_type(comm, "group")
+    browser = WebsocketCommunicator(application, "/ws/live/?view=bans")
+    assert (await browser.connect(timeout=T))[0]
+    run_now = await database_sync_to_async(Run.objects.get)(pk=run.pk)
+    (ca, ia, _), (cb, ib, _), (cc, ic, _) = members
+    for comm, identity in ((ca, ia), (cb, ib)):
+        env = verdict(identity, run_now, guilty=ic.peer_id)
+        await comm.send_to(text_data=json.dumps({"type": "broadcast", "envelope": env.model_dump()}))
+    notice = await receive_type(ca, "ban")
+    assert notice["peer_id"] == ic.peer_id
+    assert "banned" in await expect_close_after_messages(cc, CLOSE_BANNED)
+    html = await browser.receive_from(timeout=T)
+    assert "carol" in html and 'hx-swap-oob="afterbegin"' in html and "bad_commitment" in html
+    for comm in (ca, cb, browser):
+        await comm.disconnect()
+
+
+async def expect_close_after_messages(comm, code):
+    while True:
+        out = await comm.receive_output(timeout=T)
+        if out["type"] == "websocket.close":
+            assert out["code"] == code, out
+            return out.get("reason", "")
+
+
+async def test_revoking_a_token_closes_its_live_connection(run, alice):
+    issued = await database_sync_to_async(volunteers.create_worker_token)(user=alice, name="box")
+    comm, _, _ = await join(issued.raw, b"alice-r")
+    await database_sync_to_async(volunteers.revoke_worker_token)(token=issued.token, actor=alice)
+    assert "revoked" in await expect_close_after_messages(comm, CLOSE_REVOKED_TOKEN)
+
+
+async def test_a_second_connection_with_the_same_token_replaces_the_first(run, alice):
+    raw = await database_sync_to_async(token_for)(alice)
+    first, _, _ = await join(raw, b"alice-x")
+    second, _, _ = await join(raw, b"alice-x")
+    await expect_close_after_messages(first, CLOSE_REPLACED)
+    await second.disconnect()
