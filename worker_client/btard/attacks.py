@@ -1,0 +1,354 @@
+"""Byzantine behaviours, each a :class:`~.protocol.BtardPeer` subclass that overrides ONE hook.
+
+Registry :data:`ATTACKS` maps a name to its class (like hivemind's ``FaultyAllReduceRunner`` and its
+``Fault`` enum). Every behaviour takes ``attack_start`` and ``attack_every``: it misbehaves at step t iff
+``t >= attack_start`` and ``(t - attack_start) % attack_every == 0``, and is honest otherwise.
+
+Gradient attacks commit honestly to the bad gradient, pass every aggregation-time check and are
+caught only by validation by recalculation (paper Sec. 3.3): that is the paper's point. Attackers
+collude through a shared :class:`Collusion` that knows the step's honest gradients (every batch seed
+is public, so a real attacker can recompute them; the simulator hands them over to save the work).
+
+Protocol attacks break one aggregation-time rule each and are caught by the check named in their
+docstring.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from . import messages as M
+from .crypto import Envelope
+from .protocol import BtardPeer, ComputeGradient, SendAggregate, SendPart, _Step
+from .tensors import tensor_to_bytes
+
+
+@dataclass
+class Collusion:
+    """Knowledge the attackers share: their ids, a common seed and the honest gradients of the step.
+
+    ``honest`` maps contributor -> honest gradient for the current ``step`` (filled by the driver before
+    any attacker computes its message). ``segments`` are the parameter tensors' slices of the flat
+    vector (``random_direction`` works per parameter tensor when known, else per part)."""
+
+    members: set[str] = field(default_factory=set)
+    seed: int = 0
+    step: int = -1
+    honest: dict[str, torch.Tensor] = field(default_factory=dict)
+    segments: list[slice] | None = None
+
+    def honest_stack(self) -> torch.Tensor | None:
+        """The honest peers' gradients of the step (attackers' own honest ones when no peer is honest)."""
+        rows = [g for p, g in self.honest.items() if p not in self.members] or list(self.honest.values())
+        return torch.stack(rows) if rows else None
+
+
+class Byzantine(BtardPeer):
+    """Base of every behaviour: schedule and shared knowledge."""
+
+    name = "byzantine"
+    byzantine = True
+    kind = "protocol"
+
+    def __init__(self, *args, collusion: Collusion | None = None, attack_start: int = 0,
+                 attack_every: int = 1, **params: Any):
+        super().__init__(*args)
+        self.collusion = collusion or Collusion(members={self.peer_id})
+        self.collusion.members.add(self.peer_id)
+        self.attack_start = int(attack_start)
+        self.attack_every = max(1, int(attack_every))
+        for key, value in params.items():
+            if not hasattr(type(self), key):
+                raise ValueError(f"attack {self.name!r} has no parameter {key!r}")
+            setattr(self, key, type(getattr(type(self), key))(value))
+
+    def active(self, step: int) -> bool:
+        return step >= self.attack_start and (step - self.attack_start) % self.attack_every == 0
+
+    def _honest_victim(self, s: _Step) -> str | None:
+        return next((p for p in s.ctx.group if p not in self.collusion.members), None)
+
+
+# ------------------------------------------------------------------------------------------------
+# gradient attacks (caught by validation by recalculation)
+
+
+class GradientAttack(Byzantine):
+    kind = "gradient"
+
+    def hook_corrupt_gradient(self, gradient: torch.Tensor, s: _Step) -> torch.Tensor:
+        self.remember(gradient, s.ctx.step)
+        if not self.active(s.ctx.step):
+            return gradient
+        bad = self.attack(gradient, s)
+        # huge but finite: float32 overflow would turn an attack into NaN, which is a different fault
+        return torch.nan_to_num(bad, nan=0.0, posinf=3e38, neginf=-3e38).clamp_(-3e38, 3e38)
+
+    def remember(self, gradient: torch.Tensor, step: int) -> None:
+        pass
+
+    def attack(self, g: torch.Tensor, s: _Step) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class SignFlip(GradientAttack):
+    """Send ``-scale * g`` (scale 1000)."""
+
+    name = "sign_flip"
+    scale = 1000.0
+
+    def attack(self, g, s):
+        return g * (-self.scale)
+
+
+class RandomDirection(GradientAttack):
+    """All attackers send the same random direction (shared seed), scaled per parameter tensor (per part
+    when the layout is unknown) to ``scale`` times the honest norm of that slice."""
+
+    name = "random_direction"
+    scale = 1000.0
+
+    def attack(self, g, s):
+        gen = torch.Generator().manual_seed((self.collusion.seed * 1_000_003 + s.ctx.step) & ((1 << 62) - 1))
+        direction = torch.randn(g.numel(), generator=gen)
+        honest = self.collusion.honest_stack()
+        ref = honest.mean(dim=0) if honest is not None else g
+        segments = self.collusion.segments or [slice(a, b) for a, b in s.bounds]
+        out = torch.empty_like(g)
+        for sl in segments:
+            d = direction[sl]
+            out[sl] = d * (self.scale * float(ref[sl].norm()) / (float(d.norm()) + 1e-12))
+        return out
+
+
+class LabelFlip(GradientAttack):
+    """Compute an honest gradient on flipped labels ``y -> C - 1 - y`` (overrides the request)."""
+
+    name = "label_flip"
+
+    def hook_gradient_request(self, request: ComputeGradient) -> ComputeGradient:
+        if self.active(request.step):
+            return ComputeGradient(**{**request.__dict__, "flip_labels": True})
+        return request
+
+    def hook_corrupt_gradient(self, gradient, s):
+        return gradient
+
+
+class Delayed(GradientAttack):
+    """Resend the gradient computed ``delay`` steps earlier (1000). The history is bounded: one gradient
+    is kept every ``ceil(delay / max_stored)`` steps; when the run is younger than ``delay`` the oldest
+    kept gradient is sent."""
+
+    name = "delayed"
+    delay = 1000
+    max_stored = 32
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.history: deque[tuple[int, torch.Tensor]] = deque(maxlen=self.max_stored + 1)
+
+    def remember(self, gradient, step):
+        stride = max(1, math.ceil(self.delay / self.max_stored))
+        if not self.history or step - self.history[-1][0] >= stride:
+            self.history.append((step, gradient.clone()))
+
+    def attack(self, g, s):
+        old = [x for t, x in self.history if t <= s.ctx.step - self.delay]
+        if old:
+            return old[-1].clone()
+        return self.history[0][1].clone() if self.history else g
+
+
+class IPM(GradientAttack):
+    """Inner product manipulation (Xie et al. 2020): ``-eps * mean(honest gradients)``."""
+
+    name = "ipm"
+    eps = 0.1
+
+    def attack(self, g, s):
+        honest = self.collusion.honest_stack()
+        mean = honest.mean(dim=0) if honest is not None else g
+        return mean * (-self.eps)
+
+
+class ALIE(GradientAttack):
+    """A little is enough (Baruch et al. 2019): ``mean - z_max * std`` per coordinate over the honest
+    gradients, with ``z_max = Phi^{-1}((n - s) / n)`` and ``s = floor(n/2 + 1) - b`` for n peers of
+    which b are Byzantine (n = 16, b = 7 gives s = 2, z_max ~ 1.15)."""
+
+    name = "alie"
+    z_max = -1.0  # < 0: derive from n and b as above
+
+    @staticmethod
+    def default_z(n: int, b: int) -> float:
+        s = math.floor(n / 2 + 1) - b
+        q = min(max((n - s) / n, 1e-6), 1 - 1e-6)
+        return statistics.NormalDist().inv_cdf(q)
+
+    def attack(self, g, s):
+        honest = self.collusion.honest_stack()
+        if honest is None or honest.shape[0] < 2:
+            return g
+        z = self.z_max if self.z_max >= 0 else self.default_z(len(s.ctx.group), len(self.collusion.members))
+        return honest.mean(dim=0) - z * honest.std(dim=0)
+
+
+# ------------------------------------------------------------------------------------------------
+# protocol attacks (caught at aggregation time)
+
+
+class WrongAggregate(Byzantine):
+    """Aggregator publishes a shifted CenteredClip result (and distances consistent with it). Caught by
+    the fixed-point check along z (Sec. 3.2): ``bad_aggregate``."""
+
+    name = "wrong_aggregate"
+    shift = 0.5  # times tau
+
+    def hook_aggregate(self, x, s):
+        v, dists = super().hook_aggregate(x, s)
+        if not self.active(s.ctx.step):
+            return v, dists
+        gen = torch.Generator().manual_seed(s.ctx.step + 7)
+        delta = torch.randn(v.numel(), generator=gen)
+        v = v + delta * (self.shift * self.params.tau / float(delta.norm()))
+        d = (x - v).pow(2).sum(dim=1, dtype=torch.float64).sqrt()
+        return v, d.tolist()
+
+
+class Equivocate(Byzantine):
+    """Aggregator sends a different (signed) aggregate to every other peer of the group. Caught by the
+    receivers' check of ``a_j`` against the broadcast ``H(a_j)``: ``aggregate_mismatch``."""
+
+    name = "equivocate"
+
+    def hook_outgoing_aggregate(self, to, part, data, s):
+        if not self.active(s.ctx.step) or s.ctx.group.index(to) % 2 == 0:
+            return super().hook_outgoing_aggregate(to, part, data, s)
+        a = torch.frombuffer(bytearray(data), dtype=torch.float32) + 0.01
+        fake = tensor_to_bytes(a)
+        header = M.sign_tensor_header(self.identity, run=s.ctx.run, step=s.ctx.step, kind="aggregate",
+                                      part=part, data=fake)
+        return SendAggregate(to=to, part=part, data=fake, header=header)
+
+
+class BadCommitment(Byzantine):
+    """Contributor sends an honest peer a (signed) part that differs from its commitment. Caught by the
+    aggregator's hash check: ``part_mismatch``."""
+
+    name = "bad_commitment"
+
+    def hook_outgoing_part(self, to, part, data, s):
+        if not self.active(s.ctx.step) or to != self._honest_victim(s):
+            return super().hook_outgoing_part(to, part, data, s)
+        t = torch.frombuffer(bytearray(data), dtype=torch.float32) * -3.0
+        fake = tensor_to_bytes(t)
+        header = M.sign_tensor_header(self.identity, run=s.ctx.run, step=s.ctx.step, kind="part",
+                                      part=part, data=fake)
+        return SendPart(to=to, part=part, data=fake, header=header)
+
+
+class LieScalars(Byzantine):
+    """Contributor broadcasts wrong ``s_ij``. Caught by the aggregators' recomputation: ``wrong_scalar``."""
+
+    name = "lie_scalars"
+
+    def hook_scalars(self, values, s):
+        if not self.active(s.ctx.step):
+            return values
+        return [v + 1.0 + abs(v) if j != s.index else v for j, v in enumerate(values)]
+
+
+class FalseAccuse(Byzantine):
+    """Accuses an honest peer with evidence that does not hold. Every verifier finds the accused
+    innocent, so the accuser is banned (``false_accusation``)."""
+
+    name = "false_accuse"
+
+    def hook_extra_accusations(self, s):
+        if not self.active(s.ctx.step):
+            return []
+        victim = self._honest_victim(s)
+        if victim is None:
+            return []
+        if s.role == "contributor" and s.gradient is not None:
+            j = s.ctx.group.index(victim)
+            return [M.AccusePayload(accused=victim, kind=M.FaultKind.wrong_distance, part=j,
+                                    data=M.encode_inline_tensor(s.my_part_bytes[j]),
+                                    reason="fabricated: distance is wrong")]
+        return [M.AccusePayload(accused=victim, kind=M.FaultKind.part_mismatch, reason="fabricated")]
+
+
+class WithholdPart(Byzantine):
+    """Never sends its part to one honest aggregator. Unprovable on a private channel: the aggregator
+    ELIMINATEs the pair at the parts deadline."""
+
+    name = "withhold_part"
+
+    def hook_outgoing_part(self, to, part, data, s):
+        if self.active(s.ctx.step) and to == self._honest_victim(s):
+            return None
+        return super().hook_outgoing_part(to, part, data, s)
+
+
+class WithholdReveal(Byzantine):
+    """Commits to an MPRNG secret and never reveals it. Publicly visible: ``withheld_reveal`` ban."""
+
+    name = "withhold_reveal"
+
+    def hook_reveal(self, secret, s):
+        return None if self.active(s.ctx.step) else secret
+
+
+class Replay(Byzantine):
+    """Replays its own signed messages of an earlier step instead of sending fresh ones. Every replay is
+    rejected (wrong step / seen nonce) and changes nothing; the peer's broadcasts are then missing, so
+    it is removed from each step as silent and banned for repeated silence by the site."""
+
+    name = "replay"
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.old: dict[str, Envelope] = {}
+
+    def hook_outgoing_broadcast(self, envelope, s):
+        old = self.old.get(envelope.phase)
+        if old is None or old.step == envelope.step:
+            self.old[envelope.phase] = envelope
+        if self.active(s.ctx.step) and old is not None and old.step < envelope.step:
+            return [old]
+        return [envelope]
+
+
+ATTACKS: dict[str, type[Byzantine]] = {cls.name: cls for cls in (
+    SignFlip, RandomDirection, LabelFlip, Delayed, IPM, ALIE,
+    WrongAggregate, Equivocate, BadCommitment, LieScalars, FalseAccuse, WithholdPart, WithholdReveal, Replay,
+)}
+GRADIENT_ATTACKS = [name for name, cls in ATTACKS.items() if cls.kind == "gradient"]
+PROTOCOL_ATTACKS = [name for name, cls in ATTACKS.items() if cls.kind == "protocol"]
+
+
+def make_peer(attack: str | None, identity, params=None, *, entropy=None, verifier=None,
+              collusion: Collusion | None = None, **attack_params) -> BtardPeer:
+    """An honest peer (``attack`` None/"none") or the behaviour registered as ``attack``."""
+    kw = {}
+    if entropy is not None:
+        kw["entropy"] = entropy
+    if verifier is not None:
+        kw["verifier"] = verifier
+    if attack in (None, "", "none", "honest"):
+        return BtardPeer(identity, params, **kw)
+    try:
+        cls = ATTACKS[attack]
+    except KeyError:
+        raise ValueError(f"unknown attack {attack!r}; known: {', '.join(sorted(ATTACKS))}") from None
+    peer = cls(identity, params, collusion=collusion, **attack_params)
+    for k, v in kw.items():
+        setattr(peer, k, v)
+    return peer

@@ -1,0 +1,1336 @@
+"""One BTARD step as a pure, transport-agnostic state machine (paper Sec. 3, Alg. 1-3).
+
+A :class:`BtardPeer` consumes typed inputs (signed envelopes from the bulletin board, raw float32
+bytes from private channels, gradients the driver computed, deadlines) and returns a list of
+:class:`Action` objects for its driver to carry out. It does no I/O, starts no threads and knows no
+transport: the in-memory simulator (:mod:`worker_client.transports.memory`) and the networked worker
+drive the same object. The driver API and every message are specified in ``docs/protocol.md``.
+
+Byzantine behaviours (:mod:`.attacks`) subclass :class:`BtardPeer` and override one ``hook_*``
+method each.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import sys
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from . import messages as M
+from .aggregators import centered_clip_with_info
+from .crypto import Envelope, Identity, ProtocolError, ReplayGuard, sign_envelope, verify_envelope
+from .mprng import (
+    batch_seed,
+    combine_reveals,
+    mprng_commitment,
+    projection,
+    select_validators,
+    skipped_randomness,
+)
+from .tensors import bytes_to_tensor, tensor_to_bytes
+
+# The order in which a step's deadlines expire (a driver fires the earliest pending one first).
+PHASE_ORDER = ("gradient", "commit", "mprng_commit", "parts", "agg_result", "mprng_reveal", "aggregates",
+               "scalars", "validation", "verdict")
+SINGLE_PHASES = ("commit", "agg_result", "mprng_commit", "mprng_reveal", "scalars", "validation")
+
+
+# --------------------------------------------------------------------------------------------------
+# configuration, context and results
+
+
+@dataclass(frozen=True)
+class ProtocolParams:
+    """Tunable constants of the protocol. Defaults follow the spec's calibration (mnist5k-mlp, 16 peers).
+
+    ``tau`` acts per part (spec "Calibration"). Tolerances are relative **(ours)**: ``exact_rtol`` for
+    values two peers compute from the same float32 data (s, d), ``recalc_rtol`` for a gradient
+    recomputed by another peer (different kernels are allowed to differ this much),
+    ``fixed_point_rtol`` for the CenteredClip fixed-point test along z.
+    """
+
+    tau: float = 1.0
+    cc_eps: float = 1e-6
+    cc_max_iters: int = 200
+    cc_init: str = "median"
+    validators: int = 2
+    exact_rtol: float = 1e-6
+    recalc_rtol: float = 1e-3
+    fixed_point_rtol: float = 1e-5
+    fixed_point_sigmas: float = 8.0
+
+
+@dataclass
+class StepRecord:
+    """The public facts of a finished step that validation at the next step needs (Sec. 3.3)."""
+
+    run: str
+    step: int
+    r: bytes
+    model_ref: Any
+    numel: int
+    group: list[str]
+    contributors: list[str]
+    seeds: dict[str, int]
+    aggregate: torch.Tensor                   # concat(a_1..a_n), float32
+    scalars: dict[str, list[float]]           # contributor -> s_kj for all j
+    distances: dict[int, dict[str, float]]    # part -> contributor -> d_kj
+    digests: dict[tuple[str, str], str]       # (phase, sender) -> envelope digest (evidence)
+
+
+@dataclass
+class StepContext:
+    """What the driver tells a peer at the start of step ``step`` (fixed by the site at the boundary).
+
+    ``group`` is ordered; peer ``group[j]`` aggregates part j. ``r_prev`` is ``r_{t-1}`` (see
+    :mod:`.mprng`). ``prev`` is this peer's :class:`StepRecord` of step t-1 (None: nothing to
+    validate). ``validators`` may be assigned by the site; by default they are drawn from ``r_prev``.
+    ``model_ref`` is an opaque token the driver maps back to the model state of this step.
+    """
+
+    run: str
+    step: int
+    group: list[str]
+    public_keys: dict[str, str]
+    r_prev: bytes
+    numel: int
+    model_ref: Any = None
+    prev: StepRecord | None = None
+    validators: dict[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class Ban:
+    peer: str
+    kind: str
+    reason: str
+    evidence: list[str]
+    accuser: str | None = None
+
+
+@dataclass
+class StepResult:
+    """The end of a step as this peer saw it (the driver reports it to the site)."""
+
+    step: int
+    outcome: str                              # "applied" or "dropped"
+    update: torch.Tensor | None               # concat(a_j) when applied
+    bans: list[Ban]
+    eliminations: list[tuple[str, str]]       # (eliminator, target)
+    silent: list[str]
+    r: bytes                                  # r_t (or the public skip chain when MPRNG failed)
+    record: StepRecord | None
+    reason: str = ""
+    role: str = "contributor"
+
+
+@dataclass(frozen=True)
+class Action:
+    pass
+
+
+@dataclass(frozen=True)
+class Broadcast(Action):
+    """Post ``envelope`` on the bulletin board (the site relays it to the whole group)."""
+
+    envelope: Envelope
+
+
+@dataclass(frozen=True)
+class SendPart(Action):
+    """Send gradient part ``part`` (raw little-endian float32) to peer ``to`` on a private channel."""
+
+    to: str
+    part: int
+    data: bytes
+    header: M.TensorHeader | None = None
+
+
+@dataclass(frozen=True)
+class SendAggregate(Action):
+    """Send aggregated part ``a_part`` to peer ``to`` (all-gather)."""
+
+    to: str
+    part: int
+    data: bytes
+    header: M.TensorHeader | None = None
+
+
+@dataclass(frozen=True)
+class ComputeGradient(Action):
+    """Compute the flat float32 gradient of the model state ``model_ref`` on the public batch ``seed``
+    and hand it back with :meth:`BtardPeer.on_gradient` (``request_id``). ``purpose`` is ``own``,
+    ``validate`` (recalculation of a target) or ``verdict`` (checking someone else's recalculation)."""
+
+    request_id: str
+    seed: int
+    model_ref: Any
+    step: int
+    peer: str
+    purpose: str
+    flip_labels: bool = False
+
+
+@dataclass(frozen=True)
+class Finish(Action):
+    result: StepResult
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+
+
+class EnvelopeVerifier:
+    """Checks signatures and parses payloads, remembering envelopes it has checked by object identity.
+
+    In one process (the simulator) the same frozen Envelope object reaches every peer, so one shared
+    verifier checks each signature once. The result for a given object never changes, so sharing it
+    is sound; a different object with the same content is simply checked again."""
+
+    def __init__(self, max_entries: int = 200_000):
+        self._seen: dict[int, tuple[Envelope, str, Any, str]] = {}
+        self._max = max_entries
+
+    def remember_own(self, envelope: Envelope, public_key_b64: str, payload: Any, digest: str) -> None:
+        """Record an envelope this process just signed itself (its signature is known to be valid)."""
+        if len(self._seen) >= self._max:
+            self._seen.clear()
+        self._seen[id(envelope)] = (envelope, public_key_b64, payload, digest)
+
+    def check(self, envelope: Envelope, public_key_b64: str) -> tuple[Any, str]:
+        """Verify and parse; returns ``(payload_model, digest)``; raises ProtocolError."""
+        hit = self._seen.get(id(envelope))
+        if hit is not None and hit[0] is envelope and hit[1] == public_key_b64:
+            return hit[2], hit[3]
+        verify_envelope(envelope, public_key_b64)
+        payload = M.parse_payload(envelope.phase, envelope.payload)
+        digest = envelope.digest()
+        if len(self._seen) >= self._max:
+            self._seen.clear()
+        self._seen[id(envelope)] = (envelope, public_key_b64, payload, digest)
+        return payload, digest
+
+
+def part_bounds(numel: int, n: int) -> list[tuple[int, int]]:
+    """Contiguous split of ``numel`` values into ``n`` parts whose sizes differ by at most one."""
+    base, extra = divmod(numel, n)
+    out, start = [], 0
+    for j in range(n):
+        size = base + (1 if j < extra else 0)
+        out.append((start, start + size))
+        start += size
+    return out
+
+
+def decode_tensor(data: bytes, numel: int) -> torch.Tensor:
+    """Raw little-endian float32 bytes -> tensor, after the size check; NaN/inf raise ProtocolError.
+
+    Same contract as :func:`.tensors.bytes_to_tensor`, with a cheaper finiteness test (one reduction;
+    the elementwise test only when the sum is not finite, which a huge finite tensor can also cause)."""
+    if len(data) != 4 * numel:
+        raise ProtocolError(f"tensor has {len(data)} bytes, expected {4 * numel} ({numel} float32 values)")
+    if sys.byteorder != "little" or numel == 0:  # pragma: no cover - the wire format is little-endian
+        return bytes_to_tensor(data, expected_numel=numel)
+    t = torch.frombuffer(bytearray(data), dtype=torch.float32)
+    if not math.isfinite(float(t.sum())) and not bool(torch.isfinite(t).all()):
+        raise ProtocolError("tensor contains NaN or inf")
+    return t
+
+
+def part_sums(x: torch.Tensor, n: int) -> torch.Tensor:
+    """Sum of every contiguous part of ``x`` (split as :func:`part_bounds`)."""
+    base, extra = divmod(x.numel(), n)
+    head = extra * (base + 1)
+    out = [x[:head].view(extra, base + 1).sum(dim=1)] if extra else []
+    if n - extra:
+        out.append(x[head:].view(n - extra, base).sum(dim=1) if base else torch.zeros(n - extra, dtype=x.dtype))
+    return torch.cat(out)
+
+
+def per_part_scalars_and_distances(z: torch.Tensor, g: torch.Tensor, a: torch.Tensor,
+                                   n: int) -> tuple[list[float], list[float]]:
+    """``s_j = <z[j], g[j] - a[j]>`` and ``d_j = ||g[j] - a[j]||`` for every part j of full vectors."""
+    diff = g - a
+    s = part_sums(z * diff.to(torch.float64), n)
+    sq = part_sums((diff * diff).to(torch.float64), n)
+    return s.tolist(), sq.sqrt().tolist()
+
+
+def clip_w(d: torch.Tensor, tau: float) -> torch.Tensor:
+    """CenteredClip weights ``min(1, tau / d)`` (1 where d == 0), float64."""
+    return torch.clamp(tau / d.to(torch.float64), max=1.0)
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _dist(x: torch.Tensor, a: torch.Tensor) -> float:
+    """``||x - a||``: float32 difference, float64 sum (the same formula on every peer)."""
+    diff = x - a
+    return math.sqrt(float((diff * diff).sum(dtype=torch.float64)))
+
+
+def _scalar(z: torch.Tensor, x: torch.Tensor, a: torch.Tensor) -> float:
+    """``<z, x - a>``: float32 difference, float64 dot."""
+    return float(torch.dot(z, (x - a).to(torch.float64)))
+
+
+def recalc_mismatch(g: torch.Tensor, record: StepRecord, target: str, rtol: float) -> str | None:
+    """Compare a recomputed gradient of ``target`` with its public claims of ``record``'s step.
+
+    Checks the target's signed scalars ``s_Tj`` and the aggregators' ``d_Tj`` against the values the
+    recomputed gradient gives (Sec. 3.3 with the projection of Sec. 3.2, so the cost does not grow with
+    the part size). Returns a reason string on mismatch, None when everything agrees."""
+    if target not in record.scalars:
+        return "target sent no scalars"
+    z = projection(record.r, record.numel)
+    bounds = part_bounds(record.numel, len(record.group))
+    claimed = record.scalars[target]
+    if len(claimed) != len(bounds):
+        return "target's scalars have the wrong length"
+    g = g.to(torch.float32)
+    for p, (a, b) in enumerate(bounds):
+        gp, ap = g[a:b], record.aggregate[a:b]
+        scale = float(gp.norm()) + float(ap.norm()) + 1e-12
+        s = _scalar(z[a:b], gp, ap)
+        if not abs(s - claimed[p]) <= rtol * scale:
+            return f"part {p}: s={claimed[p]:.6g} claimed, {s:.6g} recomputed"
+        d_claim = record.distances.get(p, {}).get(target)
+        if d_claim is not None:
+            d = _dist(gp, ap)
+            if not abs(d - d_claim) <= rtol * scale:
+                return f"part {p}: d={d_claim:.6g} declared, {d:.6g} recomputed"
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# the per-step state
+
+
+@dataclass
+class _Step:
+    ctx: StepContext
+    n: int
+    index: int
+    bounds: list[tuple[int, int]]
+    validators: dict[str, str]
+    contributors: list[str]
+    mprng_members: list[str]
+    role: str
+    secret: bytes
+    majority: int
+    board: dict[tuple[str, str], tuple[Envelope, Any, str]] = field(default_factory=dict)
+    evidence: dict[str, Envelope] = field(default_factory=dict)
+    accusations: dict[str, tuple[Envelope, M.AccusePayload]] = field(default_factory=dict)
+    judged: dict[str, str] = field(default_factory=dict)          # accusation digest -> guilty
+    judging: set[str] = field(default_factory=set)                # waiting for a recomputation
+    verdicts: dict[str, dict[str, str]] = field(default_factory=dict)   # case -> signer -> guilty
+    guilty_votes: dict[str, dict[str, tuple[Envelope, M.VerdictPayload]]] = field(default_factory=dict)
+    my_cases: set[str] = field(default_factory=set)
+    my_accusations: list[str] = field(default_factory=list)
+    silent: set[str] = field(default_factory=set)
+    gradient: torch.Tensor | None = None
+    my_part_bytes: list[bytes] = field(default_factory=list)
+    received: dict[str, torch.Tensor] = field(default_factory=dict)     # contributor -> my part
+    received_bytes: dict[str, bytes] = field(default_factory=dict)
+    faulted: set[str] = field(default_factory=set)
+    pending_parts: dict[str, tuple[int, bytes, M.TensorHeader | None]] = field(default_factory=dict)
+    aggregates: dict[int, torch.Tensor] = field(default_factory=dict)
+    pending_aggregates: dict[int, tuple[str, bytes, M.TensorHeader | None]] = field(default_factory=dict)
+    aggregate_faulted: set[int] = field(default_factory=set)
+    my_aggregate: torch.Tensor | None = None
+    r: bytes | None = None
+    mprng_failed: bool = False
+    recalc: torch.Tensor | None = None
+    validation_ok: bool | None = None
+    validation_reason: str = ""
+    flags: set[str] = field(default_factory=set)
+    eliminations: list[tuple[str, str]] = field(default_factory=list)
+    result: StepResult | None = None
+    fatal: str = ""
+    last_digest: str = ""
+    senders: dict[str, set] = field(default_factory=dict)
+    barriers: set = field(default_factory=set)
+    fixed_point_margin: float = 0.0
+    direct_seen: bool = False
+
+    def got(self, phase: str, sender: str) -> bool:
+        return (phase, sender) in self.board
+
+    def payload(self, phase: str, sender: str) -> Any:
+        entry = self.board.get((phase, sender))
+        return entry[1] if entry else None
+
+
+# --------------------------------------------------------------------------------------------------
+# the peer
+
+
+class BtardPeer:
+    """An honest BTARD peer. One object per peer for the whole run; :meth:`begin_step` starts a step.
+
+    Every ``on_*`` method returns the list of :class:`Action` the driver must carry out, in order.
+    Invalid input (bad signature, wrong run/step/phase, replay, malformed payload or tensor) is
+    recorded in :attr:`rejected` and changes nothing; it never raises.
+    """
+
+    name = "honest"
+    byzantine = False
+
+    def __init__(self, identity: Identity, params: ProtocolParams | None = None, *,
+                 entropy: Callable[[int], bytes] = os.urandom, verifier: EnvelopeVerifier | None = None):
+        self.identity = identity
+        self.peer_id = identity.peer_id
+        self.params = params or ProtocolParams()
+        self.entropy = entropy
+        self.verifier = verifier or EnvelopeVerifier()
+        self.replay_guard = ReplayGuard()
+        self.rejected: deque[tuple[int, str]] = deque(maxlen=1000)
+        self.results: deque[StepResult] = deque(maxlen=4)
+        self._s: _Step | None = None
+        self._future: list[tuple[str, tuple]] = []
+
+    # ------------------------------------------------------------------ driver API
+    @property
+    def step(self) -> int | None:
+        return self._s.ctx.step if self._s else None
+
+    @property
+    def finished(self) -> bool:
+        return self._s is None or self._s.result is not None
+
+    @property
+    def result(self) -> StepResult | None:
+        return self._s.result if self._s else None
+
+    @property
+    def role(self) -> str:
+        return self._s.role if self._s else ""
+
+    def begin_step(self, ctx: StepContext) -> list[Action]:
+        """Start step ``ctx.step``; any unfinished previous step is abandoned."""
+        if self.peer_id not in ctx.group:
+            raise ValueError("this peer is not in the step's group")
+        n = len(ctx.group)
+        if ctx.validators is not None:
+            validators = dict(ctx.validators)
+        elif ctx.prev is not None and ctx.prev.step == ctx.step - 1:
+            validators = select_validators(ctx.r_prev, ctx.group, ctx.prev.contributors, self.params.validators)
+        else:
+            validators = {}
+        contributors = [p for p in ctx.group if p not in validators]
+        role = "validator" if self.peer_id in validators else "contributor"
+        self._s = s = _Step(ctx=ctx, n=n, index=ctx.group.index(self.peer_id),
+                            bounds=part_bounds(ctx.numel, n), validators=validators,
+                            contributors=contributors, mprng_members=list(ctx.group), role=role,
+                            secret=self.entropy(32), majority=n // 2 + 1)
+        actions: list[Action] = []
+        commit = mprng_commitment(s.secret, run=ctx.run, step=ctx.step, sender=self.peer_id)
+        actions += self._broadcast("mprng_commit", M.MprngCommitPayload(hash=commit))
+        if role == "contributor":
+            req = ComputeGradient(request_id=f"own:{ctx.step}",
+                                  seed=batch_seed(ctx.r_prev, ctx.run, ctx.step, self.peer_id),
+                                  model_ref=ctx.model_ref, step=ctx.step, peer=self.peer_id, purpose="own")
+            actions.append(self.hook_gradient_request(req))
+        else:
+            target = validators[self.peer_id]
+            prev = ctx.prev
+            if prev is None or target not in prev.seeds:
+                s.validation_ok, s.validation_reason = None, "no record of the target"
+            else:
+                actions.append(ComputeGradient(request_id=f"validate:{ctx.step}", seed=prev.seeds[target],
+                                               model_ref=prev.model_ref, step=prev.step, peer=target,
+                                               purpose="validate"))
+        # inputs for this step that arrived early
+        early, self._future = self._future, []
+        for kind, args in early:
+            if args[0] == ctx.step:
+                actions += getattr(self, kind)(*args[1:])
+        actions += self._advance()
+        return actions
+
+    def on_gradient(self, request_id: str, gradient: torch.Tensor) -> list[Action]:
+        """The driver's answer to a :class:`ComputeGradient` (a flat float32 tensor of ``numel``)."""
+        s = self._s
+        if s is None or s.result is not None:
+            return []
+        g = gradient.detach().reshape(-1).to(torch.float32)
+        if g.numel() != s.ctx.numel:
+            self._reject(f"gradient for {request_id} has {g.numel()} values, expected {s.ctx.numel}")
+            return []
+        if request_id == f"own:{s.ctx.step}" and s.gradient is None:
+            g = self.hook_corrupt_gradient(g.clone(), s)
+            if not bool(torch.isfinite(g).all()):
+                # never commit to NaN/inf ourselves: a numerically broken peer sits the step out
+                s.silent.add(self.peer_id)
+                s.contributors = [p for p in s.contributors if p != self.peer_id]
+                return self._advance()
+            s.gradient = g.contiguous()
+        elif request_id == f"validate:{s.ctx.step}" and s.recalc is None:
+            s.recalc = g
+            target = s.validators[self.peer_id]
+            reason = recalc_mismatch(g, s.ctx.prev, target, self.params.recalc_rtol)
+            s.validation_ok, s.validation_reason = reason is None, reason or ""
+        elif request_id.startswith("verdict:"):
+            digest = request_id.split(":", 1)[1]
+            return self._finish_recalc_verdict(digest, g) + self._advance()
+        return self._advance()
+
+    def on_broadcast(self, envelope: Envelope) -> list[Action]:
+        """A signed message from the bulletin board (any phase)."""
+        s = self._s
+        if s is None:
+            return []
+        if envelope.run == s.ctx.run and envelope.step == s.ctx.step + 1:
+            if len(self._future) < 10_000:
+                self._future.append(("on_broadcast", (envelope.step, envelope)))
+            return []
+        if s.result is not None:
+            return []
+        try:
+            payload, digest = self._accept_envelope(envelope)
+        except ProtocolError as exc:
+            self._reject(str(exc))
+            return []
+        if digest is None:  # echo of our own broadcast
+            return []
+        self._store(envelope, payload, digest)
+        phase = envelope.phase
+        if phase in SINGLE_PHASES:
+            # Only the message that completes a barrier can move the step on, except a commitment or
+            # an aggregation result that unlocks a tensor which arrived before it.
+            if phase == "commit" and envelope.sender in s.pending_parts:
+                return self._advance()
+            if phase == "agg_result" and payload.part in s.pending_aggregates:
+                return self._advance()
+            if len(s.senders[phase]) + (len(s.silent) if phase == "validation" else 0) < self._needed(phase):
+                return []
+        if isinstance(payload, M.EliminatePayload):
+            s.eliminations.append((envelope.sender, payload.target))
+            return self._finish("dropped", f"ELIMINATE({envelope.sender[:8]}, {payload.target[:8]}): "
+                                           f"{payload.reason}")
+        return self._advance()
+
+    def on_part(self, sender: str, part: int, data: bytes, header: M.TensorHeader | None = None,
+                step: int | None = None) -> list[Action]:
+        """Gradient part ``part`` from ``sender`` (private channel); ``step`` defaults to the current."""
+        s = self._s
+        if s is None:
+            return []
+        if step is not None and step == s.ctx.step + 1:
+            self._future.append(("on_part", (step, sender, part, data, header, step)))
+            return []
+        if s.result is not None or (step is not None and step != s.ctx.step):
+            return []
+        if sender not in s.contributors or part != s.index or sender == self.peer_id:
+            self._reject(f"unexpected part {part} from {sender[:8]}")
+            return []
+        if sender in s.received or sender in s.faulted:
+            return []
+        s.pending_parts[sender] = (part, data, header)
+        if s.got("commit", sender):
+            actions = self._check_part(sender, *s.pending_parts.pop(sender))
+            if actions or len(s.received) + len(s.faulted) >= len(s.contributors):
+                return actions + self._advance()
+            return actions
+        return []
+
+    def on_aggregate(self, sender: str, part: int, data: bytes, header: M.TensorHeader | None = None,
+                     step: int | None = None) -> list[Action]:
+        """Aggregated part ``a_part`` from its aggregator ``sender`` (all-gather)."""
+        s = self._s
+        if s is None:
+            return []
+        if step is not None and step == s.ctx.step + 1:
+            self._future.append(("on_aggregate", (step, sender, part, data, header, step)))
+            return []
+        if s.result is not None or (step is not None and step != s.ctx.step):
+            return []
+        if not (0 <= part < s.n) or s.ctx.group[part] != sender or sender == self.peer_id:
+            self._reject(f"unexpected aggregate {part} from {sender[:8]}")
+            return []
+        if part in s.aggregates or part in s.aggregate_faulted:
+            return []
+        s.pending_aggregates[part] = (sender, data, header)
+        if s.got("agg_result", sender):
+            _, data, header = s.pending_aggregates.pop(part)
+            actions = self._check_aggregate(sender, part, data, header)
+            if actions or len(s.aggregates) + len(s.aggregate_faulted) >= s.n:
+                return actions + self._advance()
+            return actions
+        return []
+
+    @property
+    def waiting_for(self) -> str | None:
+        """The phase whose deadline applies now (None when the step is finished)."""
+        s = self._s
+        if s is None or s.result is not None:
+            return None
+        if self._doomed(s):
+            if s.role == "validator" and s.validation_ok is None and not s.validation_reason:
+                return "gradient"
+            if not self._all(s, "validation", s.ctx.group):
+                return "validation"
+            return "verdict"
+        if s.role == "contributor" and s.gradient is None and self.peer_id not in s.silent:
+            return "gradient"
+        if not self._all(s, "commit", s.contributors):
+            return "commit"
+        if not self._all(s, "mprng_commit", s.mprng_members):
+            return "mprng_commit"
+        if "aggregated" not in s.flags:
+            return "parts"
+        if not self._all(s, "agg_result", s.ctx.group):
+            return "agg_result"
+        if s.r is None and not s.mprng_failed:
+            return "mprng_reveal"
+        if not s.mprng_failed and len(s.aggregates) + len(s.aggregate_faulted) < s.n:
+            return "aggregates"
+        if not s.mprng_failed and not self._all(s, "scalars", s.contributors):
+            return "scalars"
+        if s.role == "validator" and s.validation_ok is None and not s.validation_reason:
+            return "gradient"
+        if not self._all(s, "validation", s.ctx.group):
+            return "validation"
+        return "verdict"
+
+    def on_deadline(self, phase: str) -> list[Action]:
+        """The deadline of ``phase`` passed (the driver or the site closed it). Stale calls are ignored."""
+        s = self._s
+        if s is None or s.result is not None or phase != self.waiting_for:
+            return []
+        missing = lambda ph, who: [p for p in who if not s.got(ph, p) and p != self.peer_id]
+        if phase == "gradient":
+            if s.role == "contributor" and s.gradient is None:
+                s.silent.add(self.peer_id)
+                s.contributors = [p for p in s.contributors if p != self.peer_id]
+            else:
+                s.validation_reason = "recalculation did not finish in time"
+        elif phase == "commit":
+            late = missing("commit", s.contributors)
+            s.silent.update(late)
+            s.contributors = [p for p in s.contributors if p not in late]
+        elif phase == "mprng_commit":
+            late = missing("mprng_commit", s.mprng_members)
+            s.silent.update(late)
+            s.mprng_members = [p for p in s.mprng_members if p not in late]
+        elif phase == "parts":
+            late = [p for p in s.contributors if p not in s.received and p not in s.faulted
+                    and p != self.peer_id]
+            actions: list[Action] = []
+            for p in late:
+                actions += self._eliminate(p, f"part {s.index} of step {s.ctx.step} never arrived")
+            if late:
+                return actions + self._finish("dropped", "eliminated: missing parts")
+            s.flags.add("parts_timeout")
+        elif phase == "agg_result":
+            late = missing("agg_result", s.ctx.group)
+            s.silent.update(late)
+            return self._finish("dropped", f"aggregators {[p[:8] for p in late]} never published a result")
+        elif phase == "mprng_reveal":
+            late = missing("mprng_reveal", s.mprng_members)
+            s.mprng_failed = True
+            actions = []
+            for p in late:
+                digest = s.board[("mprng_commit", p)][2] if s.got("mprng_commit", p) else None
+                actions += self._direct_verdict(p, M.FaultKind.withheld_reveal, [digest] if digest else [],
+                                                "MPRNG reveal withheld past its deadline")
+            return actions + self._advance()
+        elif phase == "aggregates":
+            late = [j for j in range(s.n) if j not in s.aggregates and j not in s.aggregate_faulted]
+            actions = []
+            for j in late:
+                actions += self._eliminate(s.ctx.group[j], f"aggregate {j} of step {s.ctx.step} never arrived")
+            if late:
+                return actions + self._finish("dropped", "eliminated: missing aggregates")
+        elif phase == "scalars":
+            late = missing("scalars", s.contributors)
+            s.silent.update(late)
+            return self._finish("dropped", f"contributors {[p[:8] for p in late]} never published scalars")
+        elif phase == "validation":
+            late = missing("validation", s.ctx.group)
+            s.silent.update(late)
+            s.flags.add("validation_timeout")
+        elif phase == "verdict":
+            return self._finish(None, "verdict deadline")
+        return self._advance()
+
+    # ------------------------------------------------------------------ hooks (attacks override one)
+    def hook_gradient_request(self, request: ComputeGradient) -> ComputeGradient:
+        return request
+
+    def hook_corrupt_gradient(self, gradient: torch.Tensor, s: _Step) -> torch.Tensor:
+        return gradient
+
+    def hook_outgoing_part(self, to: str, part: int, data: bytes, s: _Step) -> SendPart | None:
+        return SendPart(to=to, part=part, data=data)
+
+    def hook_outgoing_aggregate(self, to: str, part: int, data: bytes, s: _Step) -> SendAggregate | None:
+        return SendAggregate(to=to, part=part, data=data)
+
+    def hook_aggregate(self, x: torch.Tensor, s: _Step) -> tuple[torch.Tensor, list[float]]:
+        p = self.params
+        res = centered_clip_with_info(x, tau=p.tau, eps=p.cc_eps, max_iters=p.cc_max_iters, init=p.cc_init)
+        return res.v, res.distances.tolist()
+
+    def hook_scalars(self, values: list[float], s: _Step) -> list[float]:
+        return values
+
+    def hook_reveal(self, secret: bytes, s: _Step) -> bytes | None:
+        return secret
+
+    def hook_extra_accusations(self, s: _Step) -> list[M.AccusePayload]:
+        return []
+
+    def hook_outgoing_broadcast(self, envelope: Envelope, s: _Step) -> list[Envelope]:
+        return [envelope]
+
+    # ------------------------------------------------------------------ internals
+    def _reject(self, reason: str) -> None:
+        self.rejected.append((self._s.ctx.step if self._s else -1, reason))
+
+    def _needed(self, phase: str) -> int:
+        s = self._s
+        if phase in ("commit", "scalars"):
+            return len(s.contributors)
+        if phase in ("mprng_commit", "mprng_reveal"):
+            return len(s.mprng_members)
+        return s.n
+
+    @staticmethod
+    def _doomed(s: _Step) -> bool:
+        """The step cannot be applied any more (a fault is pending): skip to reports and verdicts.
+
+        Any accusation dooms it (either the accused or the false accuser gets banned), as does a
+        fault this peer itself saw on the board. Direct verdicts posted by others do not (ours: a
+        Byzantine peer could otherwise stall every step for free)."""
+        return bool(s.accusations) or s.mprng_failed or bool(s.faulted) or bool(s.aggregate_faulted) or s.direct_seen
+
+    @staticmethod
+    def _all(s: _Step, phase: str, who: list[str]) -> bool:
+        """Barrier: every peer of ``who`` has broadcast ``phase``. Peers silent at an earlier deadline
+        are no longer in ``who`` (contributors, MPRNG members); only reports may be skipped by silence."""
+        skip = s.silent if phase == "validation" else ()
+        key = (phase, len(who), len(skip))
+        if key in s.barriers:
+            return True
+        senders = s.senders.get(phase, ())
+        if len(senders) + len(skip) < len(who):
+            return False
+        if all(p in senders or p in skip for p in who):
+            s.barriers.add(key)
+            return True
+        return False
+
+    def _accept_envelope(self, env: Envelope) -> tuple[Any, str | None]:
+        s = self._s
+        ctx = s.ctx
+        if env.run != ctx.run:
+            raise ProtocolError(f"message for run {env.run!r}, this is {ctx.run!r}")
+        if env.step != ctx.step:
+            raise ProtocolError(f"message for step {env.step}, this is step {ctx.step}")
+        key = ctx.public_keys.get(env.sender)
+        if key is None or env.sender not in ctx.group:
+            raise ProtocolError(f"sender {env.sender[:8]} is not in this step's group")
+        payload, digest = self.verifier.check(env, key)
+        if env.sender == self.peer_id and digest in s.evidence:
+            return payload, None
+        self.replay_guard.check_and_remember(env)
+        if env.phase in SINGLE_PHASES and (env.phase, env.sender) in s.board:
+            raise ProtocolError(f"second {env.phase} message from {env.sender[:8]}")
+        return payload, digest
+
+    def _store(self, env: Envelope, payload: Any, digest: str) -> None:
+        s = self._s
+        s.evidence[digest] = env
+        if env.phase in SINGLE_PHASES:
+            s.board[(env.phase, env.sender)] = (env, payload, digest)
+            s.senders.setdefault(env.phase, set()).add(env.sender)
+        elif isinstance(payload, M.AccusePayload):
+            s.accusations[digest] = (env, payload)
+        elif isinstance(payload, M.VerdictPayload):
+            case = self._case_of(payload)
+            s.verdicts.setdefault(case, {})[env.sender] = payload.guilty
+            s.guilty_votes.setdefault(payload.guilty, {})[env.sender] = (env, payload)
+
+    def _case_of(self, v: M.VerdictPayload) -> str:
+        s = self._s
+        if v.evidence and v.evidence[0] in s.accusations:
+            return v.evidence[0]
+        if v.accuser is not None and v.evidence:
+            return v.evidence[0]
+        return f"direct:{v.guilty}:{v.kind.value}"
+
+    def _sign(self, phase: str, payload: M._Payload) -> Envelope:
+        s = self._s
+        return sign_envelope(self.identity, run=s.ctx.run, step=s.ctx.step, phase=phase,
+                             payload=M.payload_dict(payload))
+
+    def _broadcast(self, phase: str, payload: M._Payload) -> list[Action]:
+        env = self._sign(phase, payload)
+        digest = env.digest()
+        self.verifier.remember_own(env, self.identity.public_key_b64, payload, digest)
+        self._s.last_digest = digest
+        self._store(env, payload, digest)
+        self.replay_guard.check_and_remember(env)
+        return [Broadcast(e) for e in self.hook_outgoing_broadcast(env, self._s)]
+
+    def _accuse(self, accused: str, kind: M.FaultKind, reason: str, *, evidence: list[str] = (),
+                part: int | None = None, data: bytes | None = None, header: M.TensorHeader | None = None,
+                target_step: int | None = None) -> list[Action]:
+        s = self._s
+        inline = None
+        if data is not None:
+            try:
+                inline = M.encode_inline_tensor(data)
+            except ProtocolError:
+                inline = None  # too large to inline: verifiers without the tensor abstain (ours)
+        payload = M.AccusePayload(accused=accused, kind=kind, evidence=[e for e in evidence if e][:64],
+                                  reason=reason[:500], part=part, data=inline, header=header,
+                                  target_step=target_step)
+        actions = self._broadcast("accuse", payload)
+        s.my_accusations.append(s.last_digest)
+        return actions
+
+    def _eliminate(self, target: str, reason: str) -> list[Action]:
+        s = self._s
+        s.eliminations.append((self.peer_id, target))
+        return self._broadcast("eliminate", M.EliminatePayload(target=target, reason=reason))
+
+    def _direct_verdict(self, guilty: str, kind: M.FaultKind, evidence: list[str], reason: str) -> list[Action]:
+        """A verdict on a fault every peer sees on the board (no accuser)."""
+        s = self._s
+        case = f"direct:{guilty}:{kind.value}"
+        if case in s.my_cases:
+            return []
+        s.my_cases.add(case)
+        s.direct_seen = True
+        return self._broadcast("verdict", M.VerdictPayload(guilty=guilty, accuser=None, accused=guilty, kind=kind,
+                                                           evidence=[e for e in evidence if e][:64],
+                                                           reason=reason[:500]))
+
+    def _part_tensor(self, sender: str, part: int, data: bytes) -> torch.Tensor:
+        a, b = self._s.bounds[part]
+        return decode_tensor(data, b - a)
+
+    # The progress function: every input ends here. Each stage is guarded by a flag so calling it
+    # again is harmless; stages run in protocol order so one call can move through several phases.
+    def _advance(self) -> list[Action]:
+        s = self._s
+        actions: list[Action] = []
+        if s is None or s.result is not None:
+            return actions
+        ctx = s.ctx
+        me = self.peer_id
+        if self._doomed(s):
+            return actions + self._advance_doomed()
+
+        # 3. commit
+        if s.role == "contributor" and s.gradient is not None and "committed" not in s.flags:
+            s.flags.add("committed")
+            s.my_part_bytes = [tensor_to_bytes(s.gradient[a:b]) for a, b in s.bounds]
+            actions += self._broadcast("commit", M.CommitPayload(hashes=[sha256_hex(d) for d in s.my_part_bytes]))
+            s.received[me] = s.gradient[slice(*s.bounds[s.index])]
+            s.received_bytes[me] = s.my_part_bytes[s.index]
+
+        # 4. scatter, after the barrier on every commitment
+        commits_in = self._all(s, "commit", s.contributors)
+        if "committed" in s.flags and "scattered" not in s.flags and commits_in:
+            s.flags.add("scattered")
+            for j, peer in enumerate(ctx.group):
+                if peer != me:
+                    out = self.hook_outgoing_part(peer, j, s.my_part_bytes[j], s)
+                    if out is not None:
+                        actions.append(out)
+
+        # 4b. check received parts against the signed commitments
+        if s.pending_parts:
+            for sender in list(s.pending_parts):
+                if not s.got("commit", sender):
+                    continue
+                part, data, header = s.pending_parts.pop(sender)
+                actions += self._check_part(sender, part, data, header)
+
+        # 5. aggregate my part (CenteredClip) and publish H(a_j), d_kj; all-gather a_j
+        if "aggregated" not in s.flags and commits_in and all(
+                p in s.received or p in s.faulted for p in s.contributors):
+            s.flags.add("aggregated")
+            used = [p for p in s.contributors if p in s.received]
+            a0, a1 = s.bounds[s.index]
+            if used:
+                x = torch.stack([s.received[p] for p in used])
+                a, dists = self.hook_aggregate(x, s)
+            else:
+                a, dists = torch.zeros(a1 - a0), []
+            a = a.to(torch.float32).contiguous()
+            s.my_aggregate = a
+            s.aggregates[s.index] = a
+            data = tensor_to_bytes(a)
+            actions += self._broadcast("agg_result", M.AggResultPayload(
+                part=s.index, hash=sha256_hex(data), distances={p: float(d) for p, d in zip(used, dists)}))
+            for peer in ctx.group:
+                if peer != me:
+                    out = self.hook_outgoing_aggregate(peer, s.index, data, s)
+                    if out is not None:
+                        actions.append(out)
+
+        # 5b. check received aggregates against H(a_j)
+        if s.pending_aggregates:
+            for part in list(s.pending_aggregates):
+                if not s.got("agg_result", ctx.group[part]):
+                    continue
+                sender, data, header = s.pending_aggregates.pop(part)
+                actions += self._check_aggregate(sender, part, data, header)
+
+        # 6. MPRNG reveal once every aggregation result is fixed on the board
+        if ("revealed" not in s.flags and self._all(s, "agg_result", ctx.group)
+                and self._all(s, "mprng_commit", s.mprng_members) and s.got("mprng_commit", me)):
+            s.flags.add("revealed")
+            value = self.hook_reveal(s.secret, s)
+            if value is not None:
+                actions += self._broadcast("mprng_reveal", M.MprngRevealPayload(value=value.hex()))
+
+        if s.r is None and not s.mprng_failed and "revealed" in s.flags and self._all(
+                s, "mprng_reveal", s.mprng_members):
+            actions += self._combine_randomness()
+
+        # 7. scalars s_ij and my check of the declared d_ij
+        have_all_aggregates = len(s.aggregates) == s.n
+        if (s.role == "contributor" and s.r is not None and have_all_aggregates and s.gradient is not None
+                and "scalars" not in s.flags and "committed" in s.flags):
+            s.flags.add("scalars")
+            actions += self._send_scalars()
+
+        if self._doomed(s):
+            return actions + self._advance_doomed()
+
+        # 7b/8. my checks: scalars of my part's contributors, the validation recalculation; then report
+        scalars_done = s.mprng_failed or (s.r is not None and self._all(s, "scalars", s.contributors))
+        validation_done = s.role != "validator" or s.validation_ok is not None or bool(s.validation_reason)
+        if ("checked" not in s.flags and scalars_done and validation_done and "aggregated" in s.flags
+                and (s.mprng_failed or have_all_aggregates)):
+            s.flags.add("checked")
+            actions += self._checks_and_report()
+
+        # fixed-point checks once everyone has reported (all accusations about parts are known)
+        if ("fixed_point" not in s.flags and "checked" in s.flags
+                and self._all(s, "validation", ctx.group)):
+            s.flags.add("fixed_point")
+            if not s.mprng_failed:
+                actions += self._fixed_point_checks()
+
+        return actions + self._judge_and_finish()
+
+    def _advance_doomed(self) -> list[Action]:
+        """A fault is pending: report, judge every accusation, finish once the cases are resolved."""
+        s = self._s
+        actions: list[Action] = []
+        validation_done = s.role != "validator" or s.validation_ok is not None or bool(s.validation_reason)
+        if "checked" not in s.flags and validation_done:
+            s.flags.add("checked")
+            actions += self._checks_and_report()
+        if "fixed_point" not in s.flags and "checked" in s.flags and self._all(s, "validation", s.ctx.group):
+            s.flags.add("fixed_point")
+        return actions + self._judge_and_finish()
+
+    def _judge_and_finish(self) -> list[Action]:
+        s = self._s
+        actions: list[Action] = []
+        if s.result is not None:
+            return actions
+        # judge accusations
+        for digest in list(s.accusations):
+            if digest not in s.judged and digest not in s.judging:
+                actions += self._judge(digest)
+
+        # finish when every case I voted on is resolved
+        if "fixed_point" in s.flags and all(d in s.judged for d in s.accusations) and not s.judging:
+            if all(self._resolved(case) for case in s.my_cases):
+                actions += self._finish(None, "")
+        return actions
+
+    def _check_part(self, sender: str, part: int, data: bytes, header: M.TensorHeader | None) -> list[Action]:
+        s = self._s
+        env, commit, cdigest = s.board[("commit", sender)]
+        if len(commit.hashes) != s.n:
+            s.faulted.add(sender)
+            return self._direct_verdict(sender, M.FaultKind.bad_broadcast, [cdigest],
+                                        f"commitment lists {len(commit.hashes)} hashes for {s.n} parts")
+        if sha256_hex(data) == commit.hashes[part]:
+            try:
+                t = self._part_tensor(sender, part, data)
+            except ProtocolError as exc:
+                s.faulted.add(sender)
+                return self._accuse(sender, M.FaultKind.malformed_part, f"committed part is malformed: {exc}",
+                                    evidence=[cdigest], part=part, data=data)
+            s.received[sender] = t
+            s.received_bytes[sender] = data
+            return []
+        # the data differs from the commitment: attributable only with the sender's signed header
+        if header is not None and self._header_ok(header, sender, "part", part, data):
+            s.faulted.add(sender)
+            return self._accuse(sender, M.FaultKind.part_mismatch,
+                                f"part {part} does not match the signed commitment", evidence=[cdigest],
+                                part=part, header=header)
+        self._reject(f"part {part} from {sender[:8]} does not match its commitment and is unsigned")
+        return []
+
+    def _header_ok(self, header: M.TensorHeader, sender: str, kind: str, part: int, data: bytes | None) -> bool:
+        s = self._s
+        if (header.sender != sender or header.kind != kind or header.part != part or header.run != s.ctx.run
+                or header.step != s.ctx.step):
+            return False
+        if data is not None and header.sha256 != sha256_hex(data):
+            return False
+        try:
+            header.verify(s.ctx.public_keys[sender])
+        except ProtocolError:
+            return False
+        return True
+
+    def _check_aggregate(self, sender: str, part: int, data: bytes, header: M.TensorHeader | None) -> list[Action]:
+        s = self._s
+        env, res, rdigest = s.board[("agg_result", sender)]
+        if res.part != part:
+            s.aggregate_faulted.add(part)
+            return self._direct_verdict(sender, M.FaultKind.bad_broadcast, [rdigest],
+                                        f"aggregator of part {part} published a result for part {res.part}")
+        if sha256_hex(data) == res.hash:
+            try:
+                s.aggregates[part] = self._part_tensor(sender, part, data)
+            except ProtocolError as exc:
+                s.aggregate_faulted.add(part)
+                return self._direct_verdict(sender, M.FaultKind.bad_aggregate, [rdigest],
+                                            f"published aggregate is malformed: {exc}")
+            return []
+        if header is not None and self._header_ok(header, sender, "aggregate", part, data):
+            s.aggregate_faulted.add(part)
+            return self._accuse(sender, M.FaultKind.aggregate_mismatch,
+                                f"aggregate {part} differs from the published H(a_j)", evidence=[rdigest],
+                                part=part, header=header)
+        self._reject(f"aggregate {part} from {sender[:8]} does not match H(a_j) and is unsigned")
+        return []
+
+    def _combine_randomness(self) -> list[Action]:
+        s = self._s
+        actions: list[Action] = []
+        values = []
+        for p in s.mprng_members:
+            commit = s.payload("mprng_commit", p)
+            reveal = s.payload("mprng_reveal", p)
+            x = bytes.fromhex(reveal.value)
+            if mprng_commitment(x, run=s.ctx.run, step=s.ctx.step, sender=p) != commit.hash:
+                s.mprng_failed = True
+                actions += self._direct_verdict(p, M.FaultKind.bad_reveal,
+                                                [s.board[("mprng_commit", p)][2], s.board[("mprng_reveal", p)][2]],
+                                                "MPRNG reveal does not match its commitment")
+            values.append(x)
+        if not s.mprng_failed:
+            s.r = combine_reveals(values)
+        return actions
+
+    def _send_scalars(self) -> list[Action]:
+        s = self._s
+        z = projection(s.r, s.ctx.numel)
+        full_a = torch.cat([s.aggregates[j] for j in range(s.n)])
+        values, dists = per_part_scalars_and_distances(z, s.gradient, full_a, s.n)
+        actions: list[Action] = []
+        for j, agg in enumerate(s.ctx.group):
+            res_entry = s.board.get(("agg_result", agg))
+            if res_entry is None or agg == self.peer_id or j in s.aggregate_faulted or self._part_accused_by(agg):
+                continue
+            declared = res_entry[1].distances.get(self.peer_id)
+            d = dists[j]
+            if declared is None or not abs(declared - d) <= self.params.exact_rtol * d + 1e-12:
+                actions += self._accuse(agg, M.FaultKind.wrong_distance,
+                                        f"d for part {j} declared {declared}, computed {d:.9g}",
+                                        evidence=[s.board[("commit", self.peer_id)][2], res_entry[2]],
+                                        part=j, data=s.my_part_bytes[j])
+        values = self.hook_scalars(values, s)
+        return actions + self._broadcast("scalars", M.ScalarsPayload(values=values))
+
+    def _part_accused_by(self, aggregator: str) -> bool:
+        s = self._s
+        return any(env.sender == aggregator and acc.kind in (M.FaultKind.part_mismatch, M.FaultKind.malformed_part)
+                   for env, acc in s.accusations.values())
+
+    def _checks_and_report(self) -> list[Action]:
+        s = self._s
+        actions: list[Action] = []
+        me = self.peer_id
+        if s.r is not None and s.my_aggregate is not None:
+            z = projection(s.r, s.ctx.numel)
+            a0, a1 = s.bounds[s.index]
+            zj = z[a0:a1]
+            ks = []
+            for k in s.contributors:
+                if k == me or k not in s.received or not s.got("scalars", k):
+                    continue
+                env, sc, sdigest = s.board[("scalars", k)]
+                if len(sc.values) != s.n:
+                    actions += self._direct_verdict(k, M.FaultKind.bad_broadcast, [sdigest],
+                                                    f"{len(sc.values)} scalars for {s.n} parts")
+                else:
+                    ks.append(k)
+            if ks:
+                diff = torch.stack([s.received[k] for k in ks]) - s.my_aggregate
+                expected = diff.to(torch.float64) @ zj
+                norms = (diff * diff).sum(dim=1, dtype=torch.float64).sqrt()
+                declared = torch.tensor([s.payload("scalars", k).values[s.index] for k in ks], dtype=torch.float64)
+                tol = self.params.exact_rtol * float(zj.norm()) * norms + 1e-12
+                for i in torch.nonzero(~((expected - declared).abs() <= tol)).flatten().tolist():
+                    k = ks[i]
+                    actions += self._accuse(k, M.FaultKind.wrong_scalar,
+                                            f"s for part {s.index} declared {float(declared[i]):.9g}, "
+                                            f"recomputed {float(expected[i]):.9g}",
+                                            evidence=[s.board[("commit", k)][2], s.board[("scalars", k)][2]],
+                                            part=s.index, data=s.received_bytes[k])
+        target = s.validators.get(me)
+        if target is not None and s.validation_ok is False:
+            prev = s.ctx.prev
+            ev = [prev.digests.get(("scalars", target), "")] + [
+                prev.digests.get(("agg_result", g), "") for g in prev.group]
+            actions += self._accuse(target, M.FaultKind.recalc,
+                                    f"recalculation of step {prev.step} failed: {s.validation_reason}",
+                                    evidence=ev, target_step=prev.step)
+        for acc in self.hook_extra_accusations(s):
+            actions += self._broadcast("accuse", acc)
+            s.my_accusations.append(s.last_digest)
+        prev_step = s.ctx.prev.step if (target is not None and s.ctx.prev is not None) else None
+        actions += self._broadcast("validation", M.ValidationPayload(
+            target=target, target_step=prev_step, ok=s.validation_ok if target else None,
+            accusations=s.my_accusations[:64], silent=sorted(s.silent)))
+        return actions
+
+    def _fixed_point_checks(self) -> list[Action]:
+        """Everyone checks ``|sum_k min(1, tau/d_kj) s_kj| <= tol_j`` for every part (Sec. 3.2)."""
+        s = self._s
+        actions: list[Action] = []
+        p = self.params
+        accused_parts = set()
+        for env, acc in s.accusations.values():
+            if acc.kind in (M.FaultKind.part_mismatch, M.FaultKind.malformed_part):
+                accused_parts.add(s.ctx.group.index(env.sender))
+            elif acc.kind in (M.FaultKind.wrong_scalar, M.FaultKind.wrong_distance) and acc.part is not None:
+                accused_parts.add(acc.part)
+        contributors = list(s.contributors)
+        if not contributors or any(len(s.payload("scalars", k).values) != s.n for k in contributors):
+            return actions
+        cset = set(contributors)
+        parts = []
+        for j, agg in enumerate(s.ctx.group):
+            if j in accused_parts or j in s.aggregate_faulted or j not in s.aggregates:
+                continue
+            env, res, rdigest = s.board[("agg_result", agg)]
+            if set(res.distances) != cset:
+                actions += self._direct_verdict(agg, M.FaultKind.bad_broadcast, [rdigest],
+                                                "distances do not cover exactly the step's contributors")
+                continue
+            parts.append(j)
+        if not parts:
+            return actions
+        dists = [s.payload("agg_result", s.ctx.group[j]).distances for j in parts]
+        d = torch.tensor([[dj[k] for dj in dists] for k in contributors], dtype=torch.float64)   # [c, parts]
+        sv = torch.tensor([s.payload("scalars", k).values for k in contributors], dtype=torch.float64)[:, parts]
+        a_norm = torch.tensor([float(s.aggregates[j].norm()) for j in parts], dtype=torch.float64)
+        w = clip_w(d, p.tau)
+        totals = (w * sv).sum(dim=0)
+        tol = p.fixed_point_sigmas * (len(contributors) * p.cc_eps
+                                      + p.fixed_point_rtol * (w * (d + a_norm[None, :])).sum(dim=0))
+        s.fixed_point_margin = float((totals.abs() / tol).max())
+        for i in torch.nonzero(~(totals.abs() <= tol)).flatten().tolist():
+            j = parts[i]
+            agg = s.ctx.group[j]
+            digests = [s.board[("agg_result", agg)][2]] + [s.board[("scalars", k)][2] for k in contributors]
+            actions += self._direct_verdict(agg, M.FaultKind.bad_aggregate, digests,
+                                            f"CenteredClip fixed point fails along z for part {j}: "
+                                            f"|sum w s| = {float(totals[i].abs()):.3g} > {float(tol[i]):.3g}")
+        return actions
+
+    # ------------------------------------------------------------------ accusations and verdicts
+    def _judge(self, digest: str) -> list[Action]:
+        s = self._s
+        env, acc = s.accusations[digest]
+        accuser, accused = env.sender, acc.accused
+        if acc.kind == M.FaultKind.recalc:
+            prev = s.ctx.prev
+            if (prev is None or acc.target_step != prev.step or s.validators.get(accuser) != accused
+                    or accused not in prev.seeds):
+                return self._verdict(digest, accuser, "the accuser was not assigned this target/step")
+            s.judging.add(digest)
+            return [ComputeGradient(request_id=f"verdict:{digest}", seed=prev.seeds[accused],
+                                    model_ref=prev.model_ref, step=prev.step, peer=accused, purpose="verdict")]
+        try:
+            guilty_is_accused, why = self._evaluate(accuser, acc)
+        except _NotReady:
+            return []
+        except ProtocolError as exc:
+            guilty_is_accused, why = False, f"evidence does not hold: {exc}"
+        return self._verdict(digest, accused if guilty_is_accused else accuser, why)
+
+    def _finish_recalc_verdict(self, digest: str, g: torch.Tensor) -> list[Action]:
+        s = self._s
+        if digest not in s.judging:
+            return []
+        s.judging.discard(digest)
+        env, acc = s.accusations[digest]
+        reason = recalc_mismatch(g, s.ctx.prev, acc.accused, self.params.recalc_rtol)
+        if reason is not None:
+            return self._verdict(digest, acc.accused, f"recalculation confirms: {reason}")
+        return self._verdict(digest, env.sender, "recalculation matches the target's claims")
+
+    def _verdict(self, digest: str, guilty: str, why: str) -> list[Action]:
+        s = self._s
+        env, acc = s.accusations[digest]
+        s.judged[digest] = guilty
+        s.my_cases.add(digest)
+        kind = acc.kind if guilty == acc.accused else M.FaultKind.false_accusation
+        return self._broadcast("verdict", M.VerdictPayload(
+            guilty=guilty, accuser=env.sender, accused=acc.accused, kind=kind,
+            evidence=[digest] + list(acc.evidence)[:63], reason=why[:500]))
+
+    def _evaluate(self, accuser: str, acc: M.AccusePayload) -> tuple[bool, str]:
+        """Check an accusation's evidence; (True, why) when the accused is guilty. Raises _NotReady."""
+        s = self._s
+        group = s.ctx.group
+        accused = acc.accused
+        if accused not in group or accused == accuser:
+            return False, "accused is not in the group"
+        kind = acc.kind
+        if kind in (M.FaultKind.part_mismatch, M.FaultKind.malformed_part, M.FaultKind.wrong_scalar):
+            # accuser aggregates its own part; the accused is a contributor
+            part = group.index(accuser)
+            commit = s.payload("commit", accused)
+            if commit is None or part >= len(commit.hashes):
+                return False, "accused has no commitment for the part"
+            if kind == M.FaultKind.part_mismatch:
+                h = acc.header
+                if h is None or not self._header_ok(h, accused, "part", part, None):
+                    return False, "no valid signed part header from the accused"
+                if h.sha256 == commit.hashes[part]:
+                    return False, "the signed part matches the commitment"
+                return True, "signed part contradicts the signed commitment"
+            data = M.decode_inline_tensor(acc.data)
+            if sha256_hex(data) != commit.hashes[part]:
+                return False, "inline part does not match the accused's commitment"
+            if kind == M.FaultKind.malformed_part:
+                try:
+                    self._part_tensor(accused, part, data)
+                except ProtocolError as exc:
+                    return True, f"committed part is malformed: {exc}"
+                return False, "committed part is well formed"
+            if s.r is None:
+                if s.mprng_failed:
+                    return False, "no shared randomness this step"
+                raise _NotReady
+            if part not in s.aggregates or not s.got("scalars", accused):
+                raise _NotReady
+            g = self._part_tensor(accused, part, data)
+            a0, a1 = s.bounds[part]
+            zj = projection(s.r, s.ctx.numel)[a0:a1]
+            sc = s.payload("scalars", accused).values
+            if len(sc) != s.n:
+                return True, "scalars of the wrong length"
+            expected = _scalar(zj, g, s.aggregates[part])
+            tol = self.params.exact_rtol * float(zj.norm()) * _dist(g, s.aggregates[part]) + 1e-12
+            if abs(expected - sc[part]) <= tol:
+                return False, f"s_kj = {sc[part]:.9g} is right"
+            return True, f"s_kj declared {sc[part]:.9g}, recomputed {expected:.9g}"
+        if kind == M.FaultKind.aggregate_mismatch:
+            part = group.index(accused)
+            res = s.payload("agg_result", accused)
+            h = acc.header
+            if res is None or h is None or not self._header_ok(h, accused, "aggregate", part, None):
+                return False, "no valid signed aggregate header from the accused"
+            if h.sha256 == res.hash:
+                return False, "the signed aggregate matches H(a_j)"
+            return True, "signed aggregate contradicts the published H(a_j)"
+        if kind == M.FaultKind.wrong_distance:
+            part = group.index(accused)
+            commit = s.payload("commit", accuser)
+            res = s.payload("agg_result", accused)
+            if commit is None or res is None or acc.part != part:
+                return False, "evidence incomplete"
+            data = M.decode_inline_tensor(acc.data)
+            if part >= len(commit.hashes) or sha256_hex(data) != commit.hashes[part]:
+                return False, "inline part does not match the accuser's commitment"
+            if part not in s.aggregates:
+                if part in s.aggregate_faulted:
+                    return False, "aggregate unavailable"
+                raise _NotReady
+            g = self._part_tensor(accuser, part, data)
+            d = _dist(g, s.aggregates[part])
+            declared = res.distances.get(accuser)
+            if declared is None or not abs(declared - d) <= self.params.exact_rtol * (d + 1e-30) + 1e-12:
+                return True, f"d declared {declared}, recomputed {d:.9g}"
+            return False, "declared distance is right"
+        return False, f"{kind.value} is not something a peer can accuse another of"
+
+    def _resolved(self, case: str) -> bool:
+        s = self._s
+        votes = s.verdicts.get(case, {})
+        counts: dict[str, int] = {}
+        for g in votes.values():
+            counts[g] = counts.get(g, 0) + 1
+        if any(c >= s.majority for c in counts.values()):
+            return True
+        voters = [p for p in s.ctx.group if p not in s.silent]
+        return all(p in votes for p in voters)
+
+    def _bans(self) -> list[Ban]:
+        s = self._s
+        bans = []
+        for guilty, votes in s.guilty_votes.items():
+            if len(votes) >= s.majority:
+                env, v = next(iter(votes.values()))
+                bans.append(Ban(peer=guilty, kind=v.kind.value, reason=v.reason, evidence=list(v.evidence),
+                                accuser=v.accuser))
+        return bans
+
+    def _finish(self, outcome: str | None, reason: str) -> list[Action]:
+        s = self._s
+        if s.result is not None:
+            return []
+        bans = self._bans()
+        complete = (s.r is not None and len(s.aggregates) == s.n and not s.eliminations
+                    and "aggregated" in s.flags)
+        if outcome is None:
+            if bans:
+                outcome, reason = "dropped", reason or f"banned during the step: {[b.peer[:8] for b in bans]}"
+            elif not complete:
+                outcome, reason = "dropped", reason or "step incomplete"
+            else:
+                outcome = "applied"
+        update = None
+        if outcome == "applied":
+            update = torch.cat([s.aggregates[j] for j in range(s.n)])
+        record = None
+        if s.r is not None and len(s.aggregates) == s.n:
+            ctx = s.ctx
+            record = StepRecord(
+                run=ctx.run, step=ctx.step, r=s.r, model_ref=ctx.model_ref, numel=ctx.numel,
+                group=list(ctx.group), contributors=list(s.contributors),
+                seeds={p: batch_seed(ctx.r_prev, ctx.run, ctx.step, p) for p in s.contributors},
+                aggregate=update if update is not None else torch.cat([s.aggregates[j] for j in range(s.n)]),
+                scalars={k: list(s.payload("scalars", k).values) for k in s.contributors if s.got("scalars", k)},
+                distances={j: dict(s.payload("agg_result", g).distances) for j, g in enumerate(ctx.group)
+                           if s.got("agg_result", g)},
+                digests={key: entry[2] for key, entry in s.board.items()})
+        r = s.r if s.r is not None else skipped_randomness(s.ctx.r_prev, s.ctx.run, s.ctx.step)
+        s.result = StepResult(step=s.ctx.step, outcome=outcome, update=update, bans=bans,
+                              eliminations=list(dict.fromkeys(s.eliminations)), silent=sorted(s.silent),
+                              r=r, record=record, reason=reason, role=s.role)
+        self.results.append(s.result)
+        return [Finish(s.result)]
+
+
+class _NotReady(Exception):
+    """An accusation cannot be judged yet (its data has not arrived)."""

@@ -1,0 +1,314 @@
+"""``btard-sim``: simulate a swarm on one machine, honest and Byzantine peers, BTARD or a baseline rule.
+
+    btard-sim --task mnist5k-mlp --peers 16 --byzantine 7 --attack alie --attack-start 50 \\
+              --aggregator btard --steps 300 --seed 0 --json out.json
+
+``--aggregator btard`` runs the full protocol (:mod:`worker_client.btard.protocol`) over the in-memory
+transport (:mod:`worker_client.transports.memory`): signed broadcasts through a bulletin board that bans
+on a majority of verdicts, parts and aggregates as raw float32 bytes. Any name from
+:data:`~worker_client.btard.aggregators.AGGREGATORS` instead runs plain data-parallel SGD with that rule
+on a trusted server (no verification, no validation, no bans), with the same seeds and attackers, for
+comparison. :func:`run_simulation` is the Python entry point (tests, ``btard-experiments``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import random
+import sys
+import time
+from collections import OrderedDict
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+from .btard import protocol as P
+from .btard.aggregators import AGGREGATORS, centered_clip
+from .btard.attacks import ATTACKS, Byzantine, Collusion, make_peer
+from .btard.crypto import Identity
+from .btard.mprng import batch_seed, genesis_randomness
+from .tasks import (
+    apply_flat_update,
+    compute_gradient,
+    flatten_params,
+    get_task,
+    load_flat_params,
+    param_slices,
+)
+from .transports.memory import BulletinBoard, MemorySwarm
+
+RUN = "sim"
+
+
+def _f_for(rule: str, n: int, b: int) -> dict:
+    """The ``f`` a robust rule is told: the number of attackers, capped by the rule's precondition."""
+    if rule in ("krum", "multi_krum"):
+        return {"f": max(0, min(b, (n - 3) // 2))}
+    if rule == "bulyan":
+        return {"f": max(0, min(b, (n - 3) // 4))}
+    return {}
+
+
+class _Models:
+    """Model states by version (the protocol's ``model_ref``) and a cache of computed gradients."""
+
+    def __init__(self, task, model, batch_size: int, keep: int = 3):
+        self.task = task
+        self.model = model
+        self.scratch = copy.deepcopy(model)
+        self.batch_size = batch_size
+        self.version = 0
+        self.states: OrderedDict[int, torch.Tensor] = OrderedDict({0: flatten_params(model)})
+        self.keep = keep
+        self.cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self.computed = 0
+
+    def bump(self) -> None:
+        self.version += 1
+        self.states[self.version] = flatten_params(self.model)
+        while len(self.states) > self.keep:
+            self.states.popitem(last=False)
+
+    def gradient(self, version: int, seed: int, flip: bool) -> torch.Tensor:
+        key = (version, seed, flip)
+        g = self.cache.get(key)
+        if g is None:
+            if version == self.version:
+                model = self.model
+            else:
+                load_flat_params(self.scratch, self.states[version])
+                model = self.scratch
+            g = compute_gradient(self.task, model, seed, self.batch_size, flip_labels=flip)
+            self.computed += 1
+            self.cache[key] = g
+            while len(self.cache) > 256:
+                self.cache.popitem(last=False)
+        return g
+
+    def batch(self, requests: list[tuple[str, P.ComputeGradient]]) -> list[torch.Tensor]:
+        return [self.gradient(req.model_ref, req.seed, req.flip_labels) for _, req in requests]
+
+
+def run_simulation(*, task: str = "mnist5k-mlp", peers: int = 16, byzantine: int = 0, attack: str = "none",
+                   attack_start: int = 0, attack_every: int = 1, aggregator: str = "btard", steps: int = 300,
+                   seed: int = 0, tau: float = 1.0, validators: int = 2, batch_size: int = 32,
+                   lr: float | None = None, eval_every: int = 10, progress: bool = False,
+                   attack_params: dict | None = None, threads: int | None = None,
+                   protocol_params: dict | None = None, json_path: str | Path | None = None) -> dict:
+    """Simulate ``steps`` steps and return the run summary (see ``docs/protocol.md``, "btard-sim")."""
+    args = dict(task=task, peers=peers, byzantine=byzantine, attack=attack, attack_start=attack_start,
+                attack_every=attack_every, aggregator=aggregator, steps=steps, seed=seed, tau=tau,
+                validators=validators, batch_size=batch_size, lr=lr, eval_every=eval_every,
+                attack_params=attack_params or {}, protocol_params=protocol_params or {})
+    if aggregator != "btard" and aggregator not in AGGREGATORS:
+        raise ValueError(f"unknown aggregator {aggregator!r}; use btard or one of {sorted(AGGREGATORS)}")
+    if attack not in ("none", "", None) and attack not in ATTACKS:
+        raise ValueError(f"unknown attack {attack!r}; known: {sorted(ATTACKS)}")
+    if attack in ("none", "", None):
+        byzantine = 0
+    if not (0 <= byzantine < peers):
+        raise ValueError("need 0 <= byzantine < peers")
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    t_task = get_task(task)
+    model = t_task.build_model(seed)
+    optimizer = t_task.make_optimizer(model.parameters())
+    if lr is not None:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+    models = _Models(t_task, model, batch_size)
+    numel = models.states[0].numel()
+
+    rng = random.Random(seed)
+    identities = [Identity.from_seed(f"btard-sim:{seed}:{i}".encode()) for i in range(peers)]
+    ids = [i.peer_id for i in identities]
+    byz_ids = set(rng.sample(ids, byzantine))
+    keys = {i.peer_id: i.public_key_b64 for i in identities}
+    collusion = Collusion(members=set(byz_ids), seed=seed, segments=param_slices(model))
+    params = P.ProtocolParams(tau=tau, validators=validators, **(protocol_params or {}))
+    verifier = P.EnvelopeVerifier()
+    entropy_rng = random.Random(seed * 7919 + 1)
+    entropy = lambda k: entropy_rng.getrandbits(8 * k).to_bytes(k, "little")
+    peer_objs: dict[str, P.BtardPeer] = {}
+    for ident in identities:
+        name = attack if ident.peer_id in byz_ids else None
+        peer_objs[ident.peer_id] = make_peer(name, ident, params, entropy=entropy, verifier=verifier,
+                                             collusion=collusion, attack_start=attack_start,
+                                             attack_every=attack_every, **(attack_params or {})) \
+            if name else make_peer(None, ident, params, entropy=entropy, verifier=verifier)
+
+    curve: list[list[float]] = []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=steps, file=sys.stderr, desc=f"{aggregator}/{attack}", leave=False)
+    started = time.perf_counter()
+    stats: dict[str, Any] = {"applied_steps": 0, "dropped_steps": 0, "eliminations": [], "silent": {}}
+
+    def evaluate(step: int) -> None:
+        curve.append([step, t_task.evaluate(model)])
+
+    if aggregator == "btard":
+        board = BulletinBoard(run=RUN, public_keys=keys, members=ids, verifier=verifier)
+
+        def before(step: int, own: dict[str, torch.Tensor]) -> None:
+            collusion.step, collusion.honest = step, own
+
+        swarm = MemorySwarm(peer_objs, board, models.batch, before_gradients=before)
+        r_prev = genesis_randomness(RUN, seed)
+        records: dict[str, P.StepRecord | None] = {p: None for p in ids}
+        for step in range(steps):
+            group = board.next_group()
+            contexts = {p: P.StepContext(run=RUN, step=step, group=group, public_keys=keys, r_prev=r_prev,
+                                         numel=numel, model_ref=models.version, prev=records[p])
+                        for p in group}
+            results = swarm.run_step(contexts)
+            board.report_silence({p: r.silent for p, r in results.items() if p not in byz_ids})
+            honest = [results[p] for p in group if p not in byz_ids and p in results]
+            ref = honest[0]
+            for r in honest[1:]:
+                if r.outcome != ref.outcome or r.r != ref.r or (
+                        ref.update is not None and not torch.equal(r.update, ref.update)):
+                    raise RuntimeError(f"honest peers disagree at step {step}: {ref.outcome}/{r.outcome} "
+                                       f"({ref.reason} / {r.reason})")
+            for p, r in results.items():
+                records[p] = r.record
+            for e in ref.eliminations:
+                stats["eliminations"].append([step, *e])
+            r_prev = ref.r
+            if ref.outcome == "applied":
+                apply_flat_update(model, ref.update, optimizer)
+                models.bump()
+                stats["applied_steps"] += 1
+            else:
+                stats["dropped_steps"] += 1
+            if eval_every and (step + 1) % eval_every == 0:
+                evaluate(step + 1)
+            if bar:
+                bar.update(1)
+                bar.set_postfix(bans=len(board.banned), acc=f"{curve[-1][1]:.3f}" if curve else "-")
+        bans = [b.as_dict() for b in sorted(board.banned.values(), key=lambda b: b.step)]
+        stats["moderation_queue"] = board.moderation_queue
+        stats["messages"] = swarm.messages
+        stats["bytes_p2p"] = swarm.bytes_sent
+    else:
+        rule = AGGREGATORS[aggregator]
+        rule_params = _f_for(aggregator, peers, byzantine)
+        r = genesis_randomness(RUN, seed)
+        bounds = P.part_bounds(numel, peers)
+        for step in range(steps):
+            fake = SimpleNamespace(ctx=SimpleNamespace(step=step, group=ids, run=RUN, numel=numel),
+                                   bounds=bounds, index=0, role="contributor")
+            honest: dict[str, torch.Tensor] = {}
+            flips: dict[str, bool] = {}
+            for p in ids:
+                req = P.ComputeGradient(request_id="own", seed=batch_seed(r, RUN, step, p), model_ref=models.version,
+                                        step=step, peer=p, purpose="own")
+                peer = peer_objs[p]
+                req2 = peer.hook_gradient_request(req)
+                flips[p] = req2.flip_labels
+                honest[p] = models.gradient(models.version, req.seed, False)
+            collusion.step, collusion.honest = step, honest
+            rows = []
+            for p in ids:
+                g = models.gradient(models.version, batch_seed(r, RUN, step, p), True) if flips[p] else honest[p]
+                peer = peer_objs[p]
+                if isinstance(peer, Byzantine):
+                    g = peer.hook_corrupt_gradient(g.clone(), fake)
+                rows.append(g)
+            x = torch.stack(rows)
+            if aggregator == "centered_clip":  # per part, like BTARD's aggregators (tau acts per part)
+                update = torch.cat([centered_clip(x[:, a:b], tau=tau, init="median") for a, b in bounds])
+            else:
+                update = rule(x, **rule_params)
+            apply_flat_update(model, update, optimizer)
+            models.bump()
+            r = hashlib.sha256(b"btard-baseline" + r).digest()
+            stats["applied_steps"] += 1
+            if eval_every and (step + 1) % eval_every == 0:
+                evaluate(step + 1)
+            if bar:
+                bar.update(1)
+        bans = []
+    if bar:
+        bar.close()
+    elapsed = time.perf_counter() - started
+    if not curve or curve[-1][0] != steps:
+        evaluate(steps)
+    banned_ids = {b["peer"] for b in bans}
+    out = {
+        "final_accuracy": curve[-1][1],
+        "accuracy_curve": curve,
+        "byzantine": sorted(byz_ids),
+        "bans": bans,
+        "honest_banned": len(banned_ids - byz_ids),
+        "byzantine_banned": len(banned_ids & byz_ids),
+        "last_ban_step": max((b["step"] for b in bans), default=None),
+        "seconds_per_step": elapsed / max(1, steps),
+        "gradients_computed": models.computed,
+        "args": args,
+        **stats,
+    }
+    if json_path:
+        Path(json_path).write_text(json.dumps(out, indent=1))
+    return out
+
+
+def _kv(text: str) -> tuple[str, float]:
+    key, _, value = text.partition("=")
+    if not key or not value:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: value must be a number") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="btard-sim", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--task", default="mnist5k-mlp")
+    ap.add_argument("--peers", type=int, default=16)
+    ap.add_argument("--byzantine", type=int, default=0)
+    ap.add_argument("--attack", default="none", help=f"none or one of: {', '.join(ATTACKS)}")
+    ap.add_argument("--attack-start", type=int, default=0)
+    ap.add_argument("--attack-every", type=int, default=1)
+    ap.add_argument("--attack-param", type=_kv, action="append", default=[], metavar="KEY=VALUE",
+                    help="attack parameter, e.g. eps=100 for ipm (repeatable)")
+    ap.add_argument("--aggregator", default="btard", help=f"btard or one of: {', '.join(AGGREGATORS)}")
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tau", type=float, default=1.0, help="CenteredClip tau per part")
+    ap.add_argument("--validators", type=int, default=2, help="validators per step (m)")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--eval-every", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    ap.add_argument("--json", dest="json_path", default=None)
+    ap.add_argument("--no-progress", dest="progress", action="store_false")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    kwargs = vars(args)
+    kwargs["attack_params"] = {k: v for k, v in kwargs.pop("attack_param")}
+    try:
+        out = run_simulation(**kwargs)
+    except ValueError as exc:
+        print(f"btard-sim: {exc}", file=sys.stderr)
+        return 2
+    summary = {k: out[k] for k in ("final_accuracy", "honest_banned", "byzantine_banned", "last_ban_step",
+                                   "applied_steps", "dropped_steps", "seconds_per_step")}
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

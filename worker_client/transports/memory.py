@@ -1,0 +1,202 @@
+"""In-memory transport: drives :class:`~worker_client.btard.protocol.BtardPeer` objects in one process.
+
+It passes exactly what the network transport passes: signed :class:`Envelope` objects through a
+:class:`BulletinBoard` (a model of the site: it checks, stores and relays broadcasts, counts verdicts,
+bans on a majority, queues eliminations for moderation and fixes the next step's group) and raw
+little-endian float32 bytes between peers for parts and aggregates.
+
+Deadlines: the transport has no clock. When no message is in flight, the deadline of the earliest
+pending phase expires (``on_deadline``) for the peers waiting in that phase; this is what a real
+deadline does once everyone who could answer has answered.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from ..btard import protocol as P
+from ..btard.crypto import BROADCAST_PHASES, Envelope, ProtocolError, ReplayGuard
+from ..btard.messages import EliminatePayload, VerdictPayload
+
+GradientFn = Callable[[list[tuple[str, P.ComputeGradient]]], list[torch.Tensor]]
+
+
+@dataclass
+class BanRecord:
+    peer: str
+    step: int
+    reason: str
+    kind: str
+    evidence: list[str]
+    accuser: str | None = None
+
+    def as_dict(self) -> dict:
+        return {"peer": self.peer, "step": self.step, "reason": self.reason, "kind": self.kind,
+                "evidence": self.evidence, "accuser": self.accuser}
+
+
+@dataclass
+class BulletinBoard:
+    """The site's part of the protocol, in memory (membership, relay, evidence store, bans).
+
+    Bans a peer once a strict majority of the step's group has posted a signed verdict naming it
+    guilty; puts ELIMINATE pairs in :attr:`moderation_queue` and removes both from later groups;
+    bans a peer reported silent by a majority of its group in ``silence_limit`` steps."""
+
+    run: str
+    public_keys: dict[str, str]
+    members: list[str]
+    verifier: P.EnvelopeVerifier = field(default_factory=P.EnvelopeVerifier)
+    silence_limit: int = 3
+    step: int = 0
+    group: list[str] = field(default_factory=list)
+    banned: dict[str, BanRecord] = field(default_factory=dict)
+    eliminated: set[str] = field(default_factory=set)
+    moderation_queue: list[dict] = field(default_factory=list)
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+    silence: dict[str, int] = field(default_factory=dict)
+    log: list[Envelope] = field(default_factory=list)
+    keep_log: bool = False
+
+    def __post_init__(self):
+        self._guard = ReplayGuard()
+        self._votes: dict[str, dict[str, VerdictPayload]] = {}
+
+    def next_group(self) -> list[str]:
+        return [p for p in self.members if p not in self.banned and p not in self.eliminated]
+
+    def open_step(self, step: int, group: list[str]) -> None:
+        self.step, self.group = step, list(group)
+        self._votes = {}
+
+    def post(self, connection: str, envelope: Envelope) -> bool:
+        """A broadcast posted by the peer on ``connection``; True when stored and to be relayed."""
+        try:
+            if envelope.sender != connection:
+                raise ProtocolError("envelope sender is not the posting peer")
+            if envelope.run != self.run or envelope.step != self.step:
+                raise ProtocolError(f"envelope for {envelope.run}/{envelope.step}, board is at {self.step}")
+            if envelope.phase not in BROADCAST_PHASES:
+                raise ProtocolError(f"unknown phase {envelope.phase!r}")
+            if connection not in self.group:
+                raise ProtocolError("poster is not in the step's group")
+            payload, _ = self.verifier.check(envelope, self.public_keys[connection])
+            self._guard.check_and_remember(envelope)
+        except ProtocolError as exc:
+            self.rejected.append((connection, str(exc)))
+            return False
+        if self.keep_log:
+            self.log.append(envelope)
+        if isinstance(payload, VerdictPayload):
+            votes = self._votes.setdefault(payload.guilty, {})
+            votes[connection] = payload
+            if len(votes) >= len(self.group) // 2 + 1 and payload.guilty not in self.banned:
+                self.banned[payload.guilty] = BanRecord(
+                    peer=payload.guilty, step=self.step, reason=payload.reason, kind=payload.kind.value,
+                    evidence=list(payload.evidence), accuser=payload.accuser)
+        elif isinstance(payload, EliminatePayload):
+            # The first ELIMINATE naming a peer removes the pair; later ones against a peer already
+            # removed are queued but remove nobody else, so every removed pair holds a faulty peer
+            # and the honest share never drops (ours).
+            effective = connection not in self.eliminated and payload.target not in self.eliminated
+            self.moderation_queue.append({"step": self.step, "eliminator": connection, "target": payload.target,
+                                          "reason": payload.reason, "effective": effective})
+            if effective:
+                self.eliminated.update({connection, payload.target})
+        return True
+
+    def report_silence(self, reports: dict[str, list[str]]) -> None:
+        """Peers' end-of-step reports of who missed a deadline; a majority makes it count."""
+        counts: dict[str, int] = {}
+        for silent in reports.values():
+            for p in set(silent):
+                counts[p] = counts.get(p, 0) + 1
+        for p, c in counts.items():
+            if c >= len(self.group) // 2 + 1 and p not in self.banned:
+                self.silence[p] = self.silence.get(p, 0) + 1
+                if self.silence[p] >= self.silence_limit:
+                    self.banned[p] = BanRecord(peer=p, step=self.step, kind="silence", evidence=[],
+                                               reason=f"missed deadlines in {self.silence[p]} steps")
+
+
+class MemorySwarm:
+    """Runs steps of a group of peers to completion, in one process, with no clock and no threads."""
+
+    def __init__(self, peers: dict[str, P.BtardPeer], board: BulletinBoard, gradient_fn: GradientFn,
+                 *, before_gradients: Callable[[int, dict[str, torch.Tensor]], None] | None = None,
+                 max_deadline_rounds: int = 64):
+        self.peers = peers
+        self.board = board
+        self.gradient_fn = gradient_fn
+        self.before_gradients = before_gradients
+        self.max_deadline_rounds = max_deadline_rounds
+        self.bytes_sent = 0
+        self.messages = 0
+
+    def run_step(self, contexts: dict[str, P.StepContext]) -> dict[str, P.StepResult]:
+        """Run one step for every peer in ``contexts`` (the step's group); returns their results."""
+        group = list(contexts)
+        step = next(iter(contexts.values())).step
+        self.board.open_step(step, group)
+        queue: deque = deque()
+        compute: list[tuple[str, P.ComputeGradient]] = []
+        results: dict[str, P.StepResult] = {}
+
+        def handle(sender: str, actions: list[P.Action]) -> None:
+            for a in actions:
+                if isinstance(a, P.Broadcast):
+                    if self.board.post(sender, a.envelope):
+                        self.messages += 1
+                        for q in group:
+                            if q != sender:
+                                queue.append((q, "on_broadcast", (a.envelope,)))
+                elif isinstance(a, P.SendPart):
+                    if a.to in contexts:
+                        self.bytes_sent += len(a.data)
+                        queue.append((a.to, "on_part", (sender, a.part, a.data, a.header)))
+                elif isinstance(a, P.SendAggregate):
+                    if a.to in contexts:
+                        self.bytes_sent += len(a.data)
+                        queue.append((a.to, "on_aggregate", (sender, a.part, a.data, a.header)))
+                elif isinstance(a, P.ComputeGradient):
+                    compute.append((sender, a))
+                elif isinstance(a, P.Finish):
+                    results[sender] = a.result
+
+        def run_compute(first: bool) -> None:
+            batch = list(compute)
+            compute.clear()
+            grads = self.gradient_fn(batch)
+            if first and self.before_gradients is not None:
+                own = {peer: g for (peer, req), g in zip(batch, grads)
+                       if req.purpose == "own" and not req.flip_labels}
+                self.before_gradients(step, own)
+            for (peer, req), g in zip(batch, grads):
+                handle(peer, self.peers[peer].on_gradient(req.request_id, g))
+
+        for p in group:
+            handle(p, self.peers[p].begin_step(contexts[p]))
+        run_compute(first=True)
+        rounds = 0
+        while True:
+            while queue:
+                target, method, args = queue.popleft()
+                handle(target, getattr(self.peers[target], method)(*args))
+            if compute:
+                run_compute(first=False)
+                continue
+            waiting = {p: self.peers[p].waiting_for for p in group if not self.peers[p].finished}
+            if not waiting:
+                break
+            rounds += 1
+            if rounds > self.max_deadline_rounds:
+                raise RuntimeError(f"step {step} does not converge: {waiting}")
+            earliest = min(waiting.values(), key=P.PHASE_ORDER.index)
+            for p, phase in waiting.items():
+                if phase == earliest:
+                    handle(p, self.peers[p].on_deadline(phase))
+        return results
