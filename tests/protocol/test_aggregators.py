@@ -264,3 +264,33 @@ def test_aggregators_handle_more_columns_than_one_chunk():
     res = centered_clip_with_info(x, tau=5.0, eps=0, max_iters=5)
     ref = _exact_cc(x, 5.0, 5)
     assert (res.v.double() - ref).norm() <= 1e-5 * ref.norm()
+
+
+@pytest.mark.parametrize("n", range(1, 17))
+def test_the_sorting_network_sorts_every_zero_one_input(n):
+    # 0-1 principle: a comparator network that sorts all 2^n binary inputs sorts every input
+    cols = torch.arange(2 ** n)
+    rows = list(((cols[None, :] >> torch.arange(n)[:, None]) & 1).float())
+    out = torch.stack(agg._order_statistics(rows, tuple(range(n))))
+    assert bool((out[1:] >= out[:-1]).all())
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 15, 16, 17, 31, 70])
+def test_order_statistic_rules_match_torch_sort_for_any_n(n):
+    gen = torch.Generator().manual_seed(n)
+    x = torch.randn(n, 3001, generator=gen)
+    ordered = x.sort(dim=0).values
+    assert torch.equal(median(x), ordered[(n - 1) // 2])
+    k = int(0.2 * n)
+    assert torch.allclose(trimmed_mean(x, beta=0.2), ordered[k:n - k].mean(dim=0), atol=1e-6)
+
+
+@pytest.mark.parametrize("n, f", [(7, 1), (11, 2), (16, 3), (20, 4)])
+def test_bulyan_averages_the_values_nearest_the_median_of_its_selection(n, f):
+    gen = torch.Generator().manual_seed(n)
+    x = torch.randn(n, 2000, generator=gen)
+    x[:f] *= 50.0
+    sel = x[sorted(bulyan_selection(x, f=f))]
+    med = sel.median(dim=0).values
+    idx = (sel - med).abs().topk(n - 4 * f, dim=0, largest=False).indices
+    assert torch.allclose(bulyan(x, f=f), sel.gather(0, idx).mean(dim=0), atol=1e-6)

@@ -212,6 +212,59 @@ def mean(x: torch.Tensor) -> torch.Tensor:
     return x.mean(dim=0)
 
 
+# Order statistics per coordinate. torch's median/sort along dim 0 of a row-major [n, d] stack run at
+# ~0.1-0.2 GB/s on CPU; a sorting network of elementwise min/max over the n rows (vectorised over a
+# cache-sized column chunk) is 4-5x faster for the small n of a group, and pruning it to the order
+# statistics we need (e.g. only the median) drops the comparators that cannot affect them.
+_NETWORK_MAX_N = 64
+_NETWORK_CHUNK = 1 << 14
+
+
+@functools.lru_cache(maxsize=None)
+def _sorting_network(n: int) -> tuple[tuple[int, int], ...]:
+    """Batcher's odd-even merge sort on n wires as (low, high) compare-exchanges: the network for the
+    next power of two with the comparators touching a wire >= n dropped (those act on +inf padding)."""
+    size = 1
+    while size < n:
+        size *= 2
+    pairs: list[tuple[int, int]] = []
+    p = 1
+    while p < size:
+        k = p
+        while k >= 1:
+            j = k % p
+            while j + k < size:
+                for i in range(min(k, size - j - k)):
+                    if (i + j) // (2 * p) == (i + j + k) // (2 * p) and i + j + k < n:
+                        pairs.append((i + j, i + j + k))
+                j += 2 * k
+            k //= 2
+        p *= 2
+    return tuple(pairs)
+
+
+@functools.lru_cache(maxsize=None)
+def _pruned_network(n: int, outputs: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
+    """The comparators of :func:`_sorting_network` that can influence the wires in ``outputs``."""
+    needed = set(outputs)
+    kept = []
+    for lo, hi in reversed(_sorting_network(n)):
+        if lo in needed or hi in needed:
+            kept.append((lo, hi))
+            needed.update((lo, hi))
+    return tuple(reversed(kept))
+
+
+def _order_statistics(rows: list[torch.Tensor], outputs: tuple[int, ...]) -> list[torch.Tensor]:
+    """Sort ``rows`` (equal-length 1-D tensors) per coordinate far enough that ``rows[i]`` for each
+    ``i`` in ``outputs`` holds the i-th smallest value; returns the (re-bound) list."""
+    rows = list(rows)
+    for lo, hi in _pruned_network(len(rows), outputs):
+        a, b = rows[lo], rows[hi]
+        rows[lo], rows[hi] = torch.minimum(a, b), torch.maximum(a, b)
+    return rows
+
+
 def median(x: torch.Tensor) -> torch.Tensor:
     """Coordinate-wise median. For even n this takes the LOWER of the two middle values (torch's
     convention), so every output coordinate is one of the input values. Robust for f < n/2."""
@@ -219,8 +272,12 @@ def median(x: torch.Tensor) -> torch.Tensor:
     if n == 1:
         return x[0].clone()
     out = torch.empty(d, dtype=x.dtype)
-    for a, b in _chunks(d, 1 << 18):
-        out[a:b] = x[:, a:b].median(dim=0).values
+    mid = (n - 1) // 2
+    for a, b in _chunks(d, _NETWORK_CHUNK if n <= _NETWORK_MAX_N else 1 << 16):
+        if n <= _NETWORK_MAX_N:
+            out[a:b] = _order_statistics(list(x[:, a:b]), (mid,))[mid]
+        else:
+            out[a:b] = x[:, a:b].median(dim=0).values
     return out
 
 
@@ -234,8 +291,13 @@ def trimmed_mean(x: torch.Tensor, *, beta: float = 0.1) -> torch.Tensor:
     if k == 0:
         return x.mean(dim=0)
     out = torch.empty(d, dtype=x.dtype)
-    for a, b in _chunks(d, 1 << 16):
-        out[a:b] = x[:, a:b].sort(dim=0).values[k:n - k].mean(dim=0)
+    kept = tuple(range(k, n - k))
+    for a, b in _chunks(d, _NETWORK_CHUNK if n <= _NETWORK_MAX_N else 1 << 16):
+        if n <= _NETWORK_MAX_N:
+            rows = _order_statistics(list(x[:, a:b]), kept)
+            out[a:b] = torch.stack([rows[i] for i in kept]).mean(dim=0)
+        else:
+            out[a:b] = x[:, a:b].sort(dim=0).values[k:n - k].mean(dim=0)
     return out
 
 
@@ -307,17 +369,34 @@ def bulyan_selection(x: torch.Tensor, *, f: int, dist: torch.Tensor | None = Non
 def bulyan(x: torch.Tensor, *, f: int) -> torch.Tensor:
     """Bulyan: select ``theta = n - 2f`` inputs by repeated Krum, then per coordinate average the
     ``beta = theta - 2f = n - 4f`` selected values nearest to their coordinate-wise median (lower
-    middle for even theta). Needs ``n >= 4f + 3``."""
-    selected = bulyan_selection(x, f=f)
+    middle for even theta). In one dimension those values are a window of ``beta`` consecutive
+    order statistics around the median: the window whose farthest value is nearest (ties: the
+    lower window). Needs ``n >= 4f + 3``."""
+    selected = sorted(bulyan_selection(x, f=f))
     n, d = x.shape
-    keep = n - 4 * f
-    s = x[torch.tensor(sorted(selected))]
+    theta, keep = len(selected), n - 4 * f
+    mid = (theta - 1) // 2
+    first, last = max(0, mid - keep + 1), min(mid, theta - keep)
+    needed = tuple(range(first, last + keep))
     out = torch.empty(d, dtype=x.dtype)
-    for a, b in _chunks(d, 1 << 16):
-        sc = s[:, a:b]
-        med = sc.median(dim=0).values
-        idx = (sc - med).abs_().topk(keep, dim=0, largest=False).indices
-        out[a:b] = sc.gather(0, idx).mean(dim=0)
+    for a, b in _chunks(d, _NETWORK_CHUNK):
+        chunk = [x[i, a:b] for i in selected]
+        if theta <= _NETWORK_MAX_N:
+            rows = _order_statistics(chunk, needed)
+        else:
+            rows = list(torch.stack(chunk).sort(dim=0).values)
+        med = rows[mid]
+        best_cost = best_sum = None
+        for start in range(first, last + 1):
+            cost = torch.maximum(med - rows[start], rows[start + keep - 1] - med)
+            total = torch.stack(rows[start:start + keep]).sum(dim=0)
+            if best_cost is None:
+                best_cost, best_sum = cost, total
+            else:
+                better = cost < best_cost
+                best_cost = torch.where(better, cost, best_cost)
+                best_sum = torch.where(better, total, best_sum)
+        out[a:b] = best_sum / keep
     return out
 
 
