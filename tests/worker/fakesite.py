@@ -1,0 +1,120 @@
+"""A minimal site speaking the ``/ws/worker/`` contract (worker_client.control), for driving real workers.
+
+It is a real websocket server (``websockets.serve``) with the membership logic cut to the bone: every
+token is accepted, the first ``group_size`` peers form the group, each step's group is sent when the
+previous one has reported, broadcasts are relayed to the group unchanged, and a peer is banned once a
+majority of the step's group signed verdicts naming it. The real site lives in ``platform/``; the
+Daphne integration tests run against it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+
+from websockets.asyncio.server import serve
+
+from worker_client.btard.crypto import b64d, peer_id_from_public_key
+from worker_client.control import (
+    CLOSE_BANNED,
+    BanNotice,
+    Group,
+    PeerInfo,
+    Relay,
+    RunInfo,
+    Welcome,
+    parse_worker_message,
+)
+
+
+class FakeSite:
+    def __init__(self, *, group_size: int, task: str = "digits-mlp", validators: int = 0, batch_size: int = 16,
+                 phase_timeout: float = 20.0, tau: float = 1.0):
+        self.group_size = group_size
+        self.run = RunInfo(id=7, name="fake", task=task, validators_per_step=validators, batch_size=batch_size,
+                           phase_timeout=phase_timeout, tau=tau, peers_per_group=group_size)
+        self.peers: dict[str, PeerInfo] = {}
+        self.sockets: dict[str, object] = {}
+        self.banned: set[str] = set()
+        self.step = 0
+        self.group: list[str] = []
+        self.reports: dict[int, dict[str, object]] = defaultdict(dict)
+        self.verdicts: dict[int, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+        self.broadcasts = 0
+        self.heartbeats: list = []
+        self.server = None
+        self.url = ""
+        self._lock = asyncio.Lock()
+
+    async def __aenter__(self):
+        self.server = await serve(self.handler, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc):
+        self.server.close()
+        await self.server.wait_closed()
+
+    async def _send(self, peer_id: str, message) -> None:
+        ws = self.sockets.get(peer_id)
+        if ws is None:
+            return
+        try:
+            await ws.send(message.model_dump_json())
+        except Exception:
+            pass
+
+    async def _start_step(self) -> None:
+        self.group = [p for p in self.peers if p not in self.banned][: self.group_size]
+        donors = [self.peers[p] for p in self.group]
+        group = Group(step=self.step, peers=[self.peers[p] for p in self.group], state_donors=donors)
+        for peer_id in list(self.sockets):
+            await self._send(peer_id, group)
+
+    async def handler(self, ws):
+        hello = parse_worker_message(await ws.recv())
+        peer_id = peer_id_from_public_key(b64d(hello.public_key))
+        if peer_id in self.banned:
+            await ws.close(CLOSE_BANNED, "banned")
+            return
+        self.peers[peer_id] = PeerInfo(peer_id=peer_id, public_key=hello.public_key, p2p_id=hello.p2p_id,
+                                       p2p_addrs=hello.p2p_addrs)
+        self.sockets[peer_id] = ws
+        await ws.send(Welcome(peer_id=peer_id, role="active", run=self.run, step=self.step).model_dump_json())
+        async with self._lock:
+            if not self.group and len(self.peers) >= self.group_size:
+                await self._start_step()
+        try:
+            async for raw in ws:
+                message = parse_worker_message(raw)
+                async with self._lock:
+                    await self._on_message(peer_id, message)
+        finally:
+            if self.sockets.get(peer_id) is ws:
+                del self.sockets[peer_id]
+
+    async def _on_message(self, peer_id: str, message) -> None:
+        if message.type == "heartbeat":
+            self.heartbeats.append((peer_id, message))
+        elif message.type == "broadcast":
+            env = message.envelope
+            if env.sender != peer_id or peer_id in self.banned:
+                return
+            self.broadcasts += 1
+            for member in self.group:
+                await self._send(member, Relay(envelope=env))
+            if env.phase == "verdict":
+                guilty = env.payload.get("guilty")
+                signers = self.verdicts[env.step][guilty]
+                signers.add(peer_id)
+                if guilty not in self.banned and len(signers) * 2 > len(self.group):
+                    self.banned.add(guilty)
+                    for member in list(self.sockets):
+                        await self._send(member, BanNotice(peer_id=guilty, step=env.step, reason=env.payload.get(
+                            "kind", "verdict")))
+        elif message.type == "step_report":
+            self.reports[message.step][peer_id] = message
+            live = [p for p in self.group if p not in self.banned and p in self.sockets]
+            if message.step == self.step and all(p in self.reports[self.step] for p in live):
+                self.step += 1
+                await self._start_step()

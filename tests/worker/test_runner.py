@@ -1,0 +1,57 @@
+"""The networked runner: real workers (hivemind data plane + websocket control plane) in one process,
+driving the unchanged protocol core against a small fake site (tests/worker/fakesite.py)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+
+from worker_client.btard.crypto import Identity
+from worker_client.runner import Worker, WorkerConfig
+
+from .fakesite import FakeSite
+
+pytestmark = pytest.mark.usefixtures("clean_hivemind_sockets")
+
+
+def make_worker(site: FakeSite, index: int, *, behaviour: str | None = None, max_steps: int) -> Worker:
+    config = WorkerConfig(server=site.url, token=f"token-{index}", identity=Identity.from_seed(b"runner-%d" % index),
+                          device="cpu", host_maddrs=["/ip4/127.0.0.1/tcp/0"], behaviour=behaviour,
+                          max_steps=max_steps, threads=1, heartbeat_interval=1.0, evaluate_every=0)
+    return Worker(config)
+
+
+async def run_all(workers: list[Worker], timeout: float) -> list[int]:
+    return await asyncio.wait_for(asyncio.gather(*(w.run() for w in workers)), timeout)
+
+
+async def test_honest_workers_train_in_lockstep_and_stay_bit_identical():
+    torch.set_num_threads(1)
+    async with FakeSite(group_size=3, phase_timeout=20.0) as site:
+        workers = [make_worker(site, i, max_steps=3) for i in range(3)]
+        codes = await run_all(workers, 120)
+    assert codes == [0, 0, 0]
+    params = [w.state.params() for w in workers]
+    assert all(torch.equal(params[0], p) for p in params[1:])
+    assert not torch.equal(params[0], workers[0].state.snapshots[0])  # the model did move
+    assert all(w.status.steps_applied == 3 for w in workers)
+    assert site.banned == set()
+    assert all(w.status.bytes_sent > 0 and w.status.bytes_received > 0 for w in workers)
+    statuses = {hb.status.value for _, hb in site.heartbeats}
+    assert statuses & {"training", "aggregating", "waiting_for_group"}
+
+
+async def test_it_bans_the_aggregator_that_lies_about_its_result():
+    torch.set_num_threads(1)
+    async with FakeSite(group_size=4, phase_timeout=15.0) as site:
+        honest = [make_worker(site, i, max_steps=3) for i in range(3)]
+        liar = make_worker(site, 9, behaviour="wrong_aggregate", max_steps=3)
+        codes = await run_all(honest + [liar], 150)
+    assert liar.identity.peer_id in site.banned
+    assert not ({w.identity.peer_id for w in honest} & site.banned)
+    assert codes[:3] == [0, 0, 0] and codes[3] == 3  # the liar is told it is banned and exits
+    params = [w.state.params() for w in honest]
+    assert all(torch.equal(params[0], p) for p in params[1:])
+    assert all(liar.identity.peer_id in w.status.bans_seen for w in honest)

@@ -1,0 +1,601 @@
+"""Drives the protocol core (:class:`worker_client.btard.protocol.BtardPeer`) over the real transports.
+
+The core is a pure state machine; this module is its networked driver, the counterpart of the
+in-memory simulator: signed broadcasts go to the site (:mod:`.site_client`) and come back as relays,
+gradient parts and aggregates travel over hivemind (:mod:`.net`), gradients are computed on the
+task the run names, and each phase has a deadline. The update is applied only when the core's
+:class:`StepResult` says ``applied`` (every check passed).
+
+Everything the core sees happens on one asyncio task (:meth:`Worker._main`) fed by one queue, so the
+core is never entered concurrently; network sends and gradient computations run as side tasks that
+post their results back to that queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from . import __version__
+from .btard import messages as M
+from .btard.crypto import Identity
+from .control import (
+    BanNotice,
+    ErrorMessage,
+    Group,
+    Heartbeat,
+    Hello,
+    ReachabilityCheck,
+    ReachabilityResult,
+    Relay,
+    RunInfo,
+    Status,
+    StepReport,
+    Welcome,
+)
+from .control import Broadcast as BroadcastMessage
+from .net import DataPlane, DataPlaneError
+from .site_client import FatalSiteError, SiteClient
+from .ui import WorkerStatus
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_REFUSED, EXIT_STARTUP = 0, 3, 4
+KEEP_STATES = 4  # model states kept for validation of earlier steps
+
+
+def known_behaviours() -> list[str]:
+    """Names a worker accepts for ``--behaviour`` (the attacks registry of the protocol core)."""
+    try:
+        from .btard.attacks import ATTACKS
+    except ImportError:  # the protocol core without attacks: only honest
+        return []
+    return sorted(ATTACKS)
+
+
+def pick_device(requested: str | None) -> str:
+    if requested:
+        if requested == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("--device cuda was requested but no CUDA GPU is visible (see btard-worker doctor)")
+        return requested
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def run_key(run: RunInfo) -> str:
+    """The run name peers sign into envelopes and namespace their data plane with."""
+    return str(run.extra.get("key") or run.id)
+
+
+@dataclass
+class WorkerConfig:
+    server: str
+    token: str
+    identity: Identity
+    device: str | None = None
+    data_dir: str | None = None
+    host_maddrs: list[str] = field(default_factory=lambda: ["/ip4/0.0.0.0/tcp/0"])
+    announce_maddrs: list[str] | None = None
+    behaviour: str | None = None
+    behaviour_params: dict[str, Any] = field(default_factory=dict)
+    max_steps: int | None = None
+    threads: int | None = None
+    phase_timeout: float | None = None
+    heartbeat_interval: float = 5.0
+    evaluate_every: int = 10
+
+
+class ModelState:
+    """The task's model and optimizer, plus flat snapshots by step for recalculation (Sec. 3.3).
+
+    The flat *state* a newcomer downloads is ``concat(params, momentum buffers)``: with both, its next
+    update is bit-identical to the peers it joins.
+    """
+
+    def __init__(self, task, *, seed: int, lr: float, device: str):
+        from .tasks import flatten_params
+
+        self.task = task
+        self.device = device
+        self.model = task.build_model(seed=seed)
+        self.optimizer = task.make_optimizer(self.model.parameters())
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.numel = sum(p.numel() for p in self.model.parameters())
+        self.snapshots: dict[int, torch.Tensor] = {}
+        self.step = 0
+        self._scratch = task.build_model(seed=seed)
+        self._flatten = flatten_params
+
+    def params(self) -> torch.Tensor:
+        return self._flatten(self.model).clone()
+
+    def snapshot(self, step: int) -> None:
+        self.step = step
+        self.snapshots[step] = self.params()
+        for old in [s for s in self.snapshots if s < step - KEEP_STATES]:
+            del self.snapshots[old]
+
+    def momentum(self) -> torch.Tensor:
+        bufs = []
+        for p in self.model.parameters():
+            buf = self.optimizer.state.get(p, {}).get("momentum_buffer")
+            bufs.append(torch.zeros(p.numel()) if buf is None else buf.detach().reshape(-1).float().cpu())
+        return torch.cat(bufs)
+
+    def full_state(self) -> torch.Tensor:
+        return torch.cat([self.params(), self.momentum()])
+
+    def load_full_state(self, flat: torch.Tensor, step: int) -> None:
+        from .tasks import load_flat_params, param_slices
+
+        if flat.numel() != 2 * self.numel:
+            raise ValueError(f"state has {flat.numel()} values, expected {2 * self.numel}")
+        load_flat_params(self.model, flat[: self.numel])
+        mom = flat[self.numel:]
+        for p, sl in zip(self.model.parameters(), param_slices(self.model)):
+            self.optimizer.state[p]["momentum_buffer"] = mom[sl].view_as(p).clone()
+        self.snapshot(step)
+
+    def gradient(self, model_ref: int, seed: int, batch_size: int, flip_labels: bool = False
+                 ) -> tuple[torch.Tensor, float]:
+        """Flat float32 gradient (and loss) of the model state of step ``model_ref`` on batch ``seed``."""
+        from .tasks import load_flat_params
+
+        flat = self.snapshots.get(model_ref)
+        if flat is None:
+            raise KeyError(f"no model state for step {model_ref}")
+        model = self._scratch
+        load_flat_params(model, flat)
+        params = list(model.parameters())
+        x, y = self.task.batch(seed, batch_size, flip_labels=flip_labels)
+        if self.device != "cpu":
+            model.to(self.device)
+            x, y = x.to(self.device), y.to(self.device)
+            params = list(model.parameters())
+        loss = self.task.loss(model, x, y)
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        g = torch.cat([(gr.reshape(-1) if gr is not None else torch.zeros(p.numel(), device=p.device))
+                       .to(torch.float32) for gr, p in zip(grads, params)]).cpu()
+        if self.device != "cpu":
+            model.to("cpu")
+        return g, float(loss.detach())
+
+    def apply(self, update: torch.Tensor, next_step: int) -> None:
+        from .tasks import apply_flat_update
+
+        apply_flat_update(self.model, update, self.optimizer)
+        self.snapshot(next_step)
+
+
+class Worker:
+    """One networked BTARD peer. ``await Worker(config, view).run()`` returns an exit code."""
+
+    def __init__(self, config: WorkerConfig, view=None):
+        self.config = config
+        self.view = view
+        self.identity = config.identity
+        self.status = WorkerStatus(server=config.server, peer_id=self.identity.peer_id,
+                                   device=pick_device(config.device))
+        self.inputs: asyncio.Queue = asyncio.Queue()
+        self.plane: DataPlane | None = None
+        self.site: SiteClient | None = None
+        self.run_info: RunInfo | None = None
+        self.run_name = ""
+        self.state: ModelState | None = None
+        self.peer = None
+        self.role = ""
+        self.r_prev: bytes | None = None
+        self.prev_record = None
+        self.current_group: Group | None = None
+        self.layouts: dict[int, tuple[list[str], list[tuple[int, int]]]] = {}
+        self.pending_relays: list = []
+        self.deadline_phase: str | None = None
+        self.deadline_at: float = 0.0
+        self.steps_done = 0
+        self.last_loss: float | None = None
+        self.side_tasks: set[asyncio.Task] = set()
+        self.exit_code: int | None = None
+        self.exit_message = ""
+        self.fatal: FatalSiteError | None = None
+
+    # ------------------------------------------------------------------ UI helpers
+    def _event(self, kind: str, message: str, **fields) -> None:
+        if self.view is not None:
+            self.view.event(kind, message, **fields)
+        log.info("%s: %s", kind, message)
+
+    def _refresh(self) -> None:
+        if self.plane is not None:
+            self.status.bytes_sent = self.plane.traffic.bytes_sent + (self.site.bytes_sent if self.site else 0)
+            self.status.bytes_received = self.plane.traffic.bytes_received + (
+                self.site.bytes_received if self.site else 0)
+        if self.view is not None:
+            self.view.update(self.status)
+
+    def _set_status(self, status: Status, detail: str = "") -> None:
+        self.status.status, self.status.detail = status.value, detail
+        self._refresh()
+
+    def _heartbeat(self) -> Heartbeat:
+        self._refresh()
+        return Heartbeat(status=Status(self.status.status), detail=self.status.detail[:500],
+                         step=self.status.step, bytes_sent=self.status.bytes_sent,
+                         bytes_received=self.status.bytes_received)
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self.side_tasks.add(task)
+        task.add_done_callback(self.side_tasks.discard)
+
+    # ------------------------------------------------------------------ lifecycle
+    async def run(self) -> int:
+        if self.config.threads:
+            torch.set_num_threads(self.config.threads)
+        try:
+            self.plane = await DataPlane.create(None, host_maddrs=self.config.host_maddrs,
+                                                announce_maddrs=self.config.announce_maddrs)
+        except Exception as exc:  # P2PDaemonError and OS errors: the user needs the text, not the type
+            self._event("fatal", f"the hivemind p2p daemon did not start: {exc} (run btard-worker doctor)")
+            return EXIT_STARTUP
+        self.plane.set_receiver(self._expect, self._deliver)
+        addrs = await self.plane.addrs()
+        hello = Hello(public_key=self.identity.public_key_b64, p2p_id=self.plane.p2p_id, p2p_addrs=addrs[:16],
+                      device=self.status.device, client_version=__version__)
+        self.site = SiteClient(self.config.server, self.config.token, hello=lambda: hello,
+                               heartbeat=self._heartbeat, on_message=self.inputs.put_nowait,
+                               heartbeat_interval=self.config.heartbeat_interval,
+                               on_state=self._on_connection_state)
+        site_task = asyncio.create_task(self.site.run())
+        site_task.add_done_callback(lambda t: self.inputs.put_nowait(("site_done", t)))
+        try:
+            return await self._main()
+        finally:
+            for task in list(self.side_tasks):
+                task.cancel()
+            await asyncio.gather(*self.side_tasks, return_exceptions=True)
+            await self.site.close()
+            site_task.cancel()
+            await asyncio.gather(site_task, return_exceptions=True)
+            await self.plane.shutdown()
+
+    def _on_connection_state(self, state: str) -> None:
+        self.status.connection = state
+        self._refresh()
+
+    async def _main(self) -> int:
+        loop = asyncio.get_running_loop()
+        while self.exit_code is None:
+            timeout = None
+            if self.deadline_phase is not None:
+                timeout = max(0.0, self.deadline_at - loop.time())
+            try:
+                item = await asyncio.wait_for(self.inputs.get(), timeout)
+            except asyncio.TimeoutError:
+                phase, self.deadline_phase = self.deadline_phase, None
+                log.info("deadline of %s passed at step %s", phase, self.peer.step if self.peer else None)
+                await self._execute(self.peer.on_deadline(phase))
+                self._arm_deadline()
+                continue
+            await self._dispatch(item)
+        if self.exit_code == EXIT_REFUSED:
+            self._event("fatal", self.exit_message)
+        else:
+            self._event("exit", self.exit_message or "done")
+        return self.exit_code
+
+    # ------------------------------------------------------------------ inputs
+    async def _dispatch(self, item) -> None:
+        if isinstance(item, tuple):
+            kind = item[0]
+            if kind == "site_done":
+                task = item[1]
+                exc = None if task.cancelled() else task.exception()
+                if isinstance(exc, FatalSiteError):
+                    self.exit_code, self.exit_message = EXIT_REFUSED, f"the site refused this worker: {exc}"
+                elif exc is not None:
+                    self.exit_code, self.exit_message = EXIT_STARTUP, f"control plane failed: {exc!r}"
+                else:
+                    self.exit_code = self.exit_code if self.exit_code is not None else EXIT_OK
+                return
+            if kind == "tensor":
+                _, step, tkind, key, sender, data, header = item
+                await self._on_tensor(step, tkind, key, sender, data, header)
+            elif kind == "gradient":
+                _, step, request_id, g = item
+                if self.peer is not None and self.peer.step == step:
+                    await self._execute(self.peer.on_gradient(request_id, g))
+            elif kind == "gradient_failed":
+                self._event("error", item[1])
+            self._arm_deadline()
+            return
+        if isinstance(item, Welcome):
+            await self._on_welcome(item)
+        elif isinstance(item, Group):
+            await self._on_group(item)
+        elif isinstance(item, Relay):
+            await self._on_relay(item)
+        elif isinstance(item, BanNotice):
+            self._on_ban(item)
+        elif isinstance(item, ReachabilityCheck):
+            self._spawn(self._check_reachability(item))
+        elif isinstance(item, ErrorMessage):
+            self._event("error", f"site: {item.code}: {item.message}")
+        self._arm_deadline()
+
+    async def _on_welcome(self, welcome: Welcome) -> None:
+        from .tasks import get_task
+
+        self.role = welcome.role
+        self.status.role = welcome.role
+        if self.run_info is None or self.run_info.id != welcome.run.id:
+            self.run_info = welcome.run
+            self.run_name = run_key(welcome.run)
+            await self.plane.set_run(self.run_name)
+            task = get_task(welcome.run.task)
+            if self.config.data_dir and hasattr(task, "data_dir"):
+                task.data_dir = self.config.data_dir
+            self.state = ModelState(task, seed=welcome.run.seed, lr=welcome.run.lr, device=self.status.device)
+            self.state.snapshot(0)
+            self.state.step = -1  # not known to be current until a group or a download says so
+            self.peer = self._make_peer()
+            self.status.run, self.status.task = welcome.run.name, welcome.run.task
+        self._event("welcome", f"{welcome.role} in run {welcome.run.name!r} (task {welcome.run.task}) at step "
+                               f"{welcome.step}")
+        self._set_status(Status.waiting_for_group, "waiting for the next step's group")
+
+    def _make_peer(self):
+        from .btard.protocol import ProtocolParams
+
+        info = self.run_info
+        extra = info.extra
+        params = ProtocolParams(tau=info.tau, validators=info.validators_per_step,
+                                **{k: extra[k] for k in ("recalc_rtol", "exact_rtol", "fixed_point_rtol",
+                                                         "cc_init") if k in extra})
+        behaviour = self.config.behaviour
+        if behaviour:
+            from .btard.attacks import make_peer
+
+            return make_peer(behaviour, self.identity, params, **self.config.behaviour_params)
+        from .btard.protocol import BtardPeer
+
+        return BtardPeer(self.identity, params)
+
+    # ------------------------------------------------------------------ steps
+    def _phase_timeout(self, phase: str) -> float:
+        if self.config.phase_timeout:
+            return self.config.phase_timeout
+        deadlines = self.current_group.deadlines if self.current_group else {}
+        value = deadlines.get(phase)
+        if value is not None:
+            return max(0.5, value - time.time()) if value > 1e9 else float(value)
+        return self.run_info.phase_timeout if self.run_info else 30.0
+
+    def _arm_deadline(self) -> None:
+        phase = self.peer.waiting_for if self.peer is not None and self.peer.step is not None else None
+        if phase is None:
+            self.deadline_phase = None
+            return
+        if phase != self.deadline_phase:
+            self.deadline_phase = phase
+            self.deadline_at = asyncio.get_running_loop().time() + self._phase_timeout(phase)
+            busy = {"gradient": Status.validating if self.peer.role == "validator" else Status.training,
+                    "parts": Status.aggregating, "agg_result": Status.aggregating}.get(phase, Status.training)
+            self._set_status(busy, f"step {self.peer.step}: {phase}")
+
+    async def _on_group(self, group: Group) -> None:
+        from .btard.protocol import StepContext, part_bounds
+
+        if self.run_info is None:
+            return
+        ids = [p.peer_id for p in group.peers]
+        self.current_group = group
+        self.plane.set_directory({p.peer_id: (p.p2p_id, p.p2p_addrs) for p in list(group.peers)
+                                  + list(group.state_donors)})
+        self.status.group_size = len(ids)
+        if self.identity.peer_id not in ids:
+            self.status.step_roles = ["candidate (probation)"] if self.role == "candidate" else []
+            self._set_status(Status.waiting_for_group, f"step {group.step}: not in the group")
+            return
+        if self.state.step != group.step:
+            if not await self._download_state(group):
+                return
+        if self.r_prev is None:
+            from .btard.mprng import genesis_randomness
+
+            self.r_prev = genesis_randomness(self.run_name, self.run_info.seed)
+        numel = self.state.numel
+        self.layouts[group.step] = (ids, part_bounds(numel, len(ids)))
+        for old in [s for s in self.layouts if s < group.step - 1]:
+            del self.layouts[old]
+        self.plane.forget_before(group.step)
+        self.plane.notify_layout()
+        prev = self.prev_record if self.prev_record is not None and self.prev_record.step == group.step - 1 else None
+        ctx = StepContext(run=self.run_name, step=group.step, group=ids,
+                          public_keys={p.peer_id: p.public_key for p in group.peers}, r_prev=self.r_prev,
+                          numel=numel, model_ref=group.step, prev=prev,
+                          validators=dict(group.validators) if group.validators else None)
+        self.status.step = group.step
+        self.deadline_phase = None
+        actions = self.peer.begin_step(ctx)
+        roles = [f"aggregator of part {ids.index(self.identity.peer_id)}"]
+        validators = getattr(self.peer, "_s").validators if getattr(self.peer, "_s", None) else {}
+        if self.identity.peer_id in validators:
+            roles.append(f"validator of {validators[self.identity.peer_id][:8]}")
+        self.status.step_roles = roles
+        self._event("step", f"step {group.step} with {len(ids)} peers: {', '.join(roles)}", step=group.step)
+        await self._execute(actions)
+        early, self.pending_relays = self.pending_relays, []
+        for env in early:
+            if env.step >= group.step:
+                await self._execute(self.peer.on_broadcast(env))
+
+    async def _download_state(self, group: Group) -> bool:
+        """Bring the local model to the state of ``group.step``: the seeded initial model at step 0,
+        else a download from several of the step's donors at once."""
+        donors = [p.peer_id for p in group.state_donors if p.peer_id != self.identity.peer_id]
+        if group.step == 0 and self.state.step <= 0:
+            self.state.snapshot(0)  # every peer builds the same initial model from the run's seed
+            self.plane.publish_state(0, self.state.full_state(), meta={})
+            return True
+        if not donors:
+            self._event("error", f"at step {self.state.step}, the group is at {group.step} and nobody can "
+                                 f"send the state")
+            return False
+        self._set_status(Status.downloading_state, f"downloading the state of step {group.step} from "
+                                                   f"{len(donors)} peers")
+        try:
+            flat, per_donor, info = await self.plane.download_state(donors, step=group.step,
+                                                                    numel=2 * self.state.numel,
+                                                                    timeout=self._phase_timeout("state"))
+        except DataPlaneError as exc:
+            self._event("error", f"state download failed: {exc}")
+            return False
+        self.state.load_full_state(flat, group.step)
+        if info.get("r"):
+            self.r_prev = bytes.fromhex(info["r"])
+        self.prev_record = None
+        self._event("state", f"downloaded the state of step {group.step} from {len(per_donor)} peers "
+                             f"({sum(per_donor.values())} bytes)")
+        return True
+
+    async def _on_relay(self, relay: Relay) -> None:
+        env = relay.envelope
+        if self.peer is None or self.peer.step is None or env.step > self.peer.step + 1:
+            self.pending_relays.append(env)
+            del self.pending_relays[:-5000]
+            return
+        await self._execute(self.peer.on_broadcast(env))
+
+    def _on_ban(self, notice: BanNotice) -> None:
+        if notice.peer_id not in self.status.bans_seen:
+            self.status.bans_seen.append(notice.peer_id)
+        self._event("ban", f"peer {notice.peer_id[:8]} banned: {notice.reason}", peer=notice.peer_id)
+        if notice.peer_id == self.identity.peer_id:
+            self.exit_code, self.exit_message = EXIT_REFUSED, f"this worker was banned: {notice.reason}"
+
+    # ------------------------------------------------------------------ tensors
+    def _expect(self, step: int, kind: str, key: str, sender: str) -> int | None:
+        layout = self.layouts.get(step)
+        if layout is None or not key.isdigit():
+            return None
+        ids, bounds = layout
+        me = self.identity.peer_id
+        if sender not in ids or me not in ids or sender == me:
+            return None
+        j = int(key)
+        if kind == "part" and j == ids.index(me):
+            return bounds[j][1] - bounds[j][0]
+        if kind == "aggregate" and 0 <= j < len(ids) and ids[j] == sender:
+            return bounds[j][1] - bounds[j][0]
+        return None
+
+    def _deliver(self, step, kind, key, sender, data, header) -> None:
+        self.inputs.put_nowait(("tensor", step, kind, key, sender, data, header))
+
+    async def _on_tensor(self, step, kind, key, sender, data, header) -> None:
+        if self.peer is None:
+            return
+        parsed = None
+        if header:
+            try:
+                parsed = M.TensorHeader.model_validate(header)
+            except ValueError:
+                parsed = None
+        if kind == "part":
+            await self._execute(self.peer.on_part(sender, int(key), data, parsed, step=step))
+        elif kind == "aggregate":
+            await self._execute(self.peer.on_aggregate(sender, int(key), data, parsed, step=step))
+
+    async def _send_tensor(self, to: str, step: int, kind: str, part: int, data: bytes, header) -> None:
+        try:
+            await self.plane.send(to, step=step, kind=kind, key=str(part), data=data,
+                                  header=header.model_dump() if header is not None else None,
+                                  timeout=self._phase_timeout("parts"))
+        except DataPlaneError as exc:
+            # The receiver's deadline turns a missing tensor into an ELIMINATE; nothing to decide here.
+            log.info("sending %s %s of step %s to %s failed: %s", kind, part, step, to[:8], exc)
+
+    # ------------------------------------------------------------------ actions
+    async def _execute(self, actions) -> None:
+        from .btard import protocol as P
+
+        for action in actions:
+            if isinstance(action, P.Broadcast):
+                self.site.send(BroadcastMessage(envelope=action.envelope))
+            elif isinstance(action, P.SendPart):
+                self._spawn(self._send_tensor(action.to, self.peer.step, "part", action.part, action.data,
+                                              action.header))
+            elif isinstance(action, P.SendAggregate):
+                self._spawn(self._send_tensor(action.to, self.peer.step, "aggregate", action.part, action.data,
+                                              action.header))
+            elif isinstance(action, P.ComputeGradient):
+                self._spawn(self._compute(action, self.peer.step))
+            elif isinstance(action, P.Finish):
+                await self._finish(action.result)
+            else:  # pragma: no cover - a new action type the driver does not know yet
+                log.warning("ignoring unknown action %r", action)
+
+    async def _compute(self, request, current_step: int) -> None:
+        batch = self.run_info.batch_size
+        try:
+            g, loss = await asyncio.to_thread(self.state.gradient, request.model_ref, request.seed, batch,
+                                              request.flip_labels)
+        except Exception as exc:  # a missing snapshot or a task error: the core's deadline handles it
+            self.inputs.put_nowait(("gradient_failed", f"gradient for {request.request_id} failed: {exc}"))
+            return
+        if request.purpose == "own":
+            self.last_loss = loss
+        self.inputs.put_nowait(("gradient", current_step, request.request_id, g))
+
+    async def _finish(self, result) -> None:
+        step = result.step
+        self.r_prev = result.r
+        self.prev_record = result.record
+        banned = [b.peer for b in result.bans]
+        for peer in banned:
+            if peer not in self.status.bans_seen:
+                self.status.bans_seen.append(peer)
+        if result.outcome == "applied" and result.update is not None:
+            self.state.apply(result.update, step + 1)
+            self.status.steps_applied += 1
+        else:
+            self.state.snapshot(step + 1)
+            self.status.steps_dropped += 1
+        # Newcomers download the state of the next step from us (and from other peers at once).
+        self.plane.publish_state(step + 1, self.state.full_state(), meta={"r": self.r_prev.hex()})
+        accuracy = None
+        if self.config.evaluate_every and (step + 1) % self.config.evaluate_every == 0:
+            accuracy = await asyncio.to_thread(self.state.task.evaluate, self.state.model)
+            self.status.accuracy = accuracy
+        self.status.loss = self.last_loss
+        samples = self.run_info.batch_size if result.outcome == "applied" and result.role == "contributor" else 0
+        self.site.send(StepReport(step=step, outcome=result.outcome, loss=self.last_loss, accuracy=accuracy,
+                                  samples=samples, banned=banned[:64],
+                                  eliminated=[list(e) for e in result.eliminations][:64],
+                                  missing=list(result.silent)[:64]))
+        self._event("step_done", f"step {step} {result.outcome}" + (f": {result.reason}" if result.reason else ""),
+                    step=step, outcome=result.outcome, banned=banned)
+        self.deadline_phase = None
+        self.steps_done += 1
+        self._set_status(Status.waiting_for_group, f"step {step} {result.outcome}; waiting for step {step + 1}")
+        if self.config.max_steps is not None and self.steps_done >= self.config.max_steps:
+            self.exit_code, self.exit_message = EXIT_OK, f"finished {self.steps_done} steps"
+
+    async def _check_reachability(self, check: ReachabilityCheck) -> None:
+        try:
+            rtt = await self.plane.ping(check.p2p_id, check.p2p_addrs, timeout=10.0)
+            result = ReachabilityResult(request_id=check.request_id, reachable=True,
+                                        detail=f"dialled and answered in {rtt * 1000:.0f} ms")
+        except DataPlaneError as exc:
+            result = ReachabilityResult(request_id=check.request_id, reachable=False, detail=str(exc)[:500])
+        self.site.send(result)
+
+
+async def run_worker(config: WorkerConfig, view=None) -> int:
+    """Run a worker until ``max_steps``, a refusal by the site, or cancellation. Returns an exit code."""
+    return await Worker(config, view).run()
