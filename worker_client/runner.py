@@ -24,6 +24,7 @@ import torch
 from . import __version__
 from .btard import messages as M
 from .btard.crypto import Identity
+from .btard.tensors import tensor_hash
 from .control import (
     BanNotice,
     ErrorMessage,
@@ -202,6 +203,7 @@ class Worker:
         self.exit_code: int | None = None
         self.exit_message = ""
         self.fatal: FatalSiteError | None = None
+        self.probation_checks: list[dict] = []
 
     # ------------------------------------------------------------------ UI helpers
     def _event(self, kind: str, message: str, **fields) -> None:
@@ -397,10 +399,20 @@ class Worker:
         self.plane.set_directory({p.peer_id: (p.p2p_id, p.p2p_addrs) for p in list(group.peers)
                                   + list(group.state_donors)})
         self.status.group_size = len(ids)
-        if self.identity.peer_id not in ids:
-            self.status.step_roles = ["candidate (probation)"] if self.role == "candidate" else []
-            self._set_status(Status.waiting_for_group, f"step {group.step}: not in the group")
+        me = self.identity.peer_id
+        self.probation_checks = [c for c in group.candidates if c.get("validator") == me]
+        if me not in ids:
+            mine = next((c for c in group.candidates if c.get("peer_id") == me), None)
+            if mine is not None:
+                self.role = self.status.role = "candidate"
+                await self._probation_step(group, mine)
+            else:
+                self.status.step_roles = []
+                self._set_status(Status.waiting_for_group, f"step {group.step}: not in the group")
             return
+        if self.role != "active":
+            self.role = self.status.role = "active"
+            self._event("promoted", f"joined the group at step {group.step}")
         if self.state.step != group.step:
             if not await self._download_state(group):
                 return
@@ -418,7 +430,7 @@ class Worker:
         ctx = StepContext(run=self.run_name, step=group.step, group=ids,
                           public_keys={p.peer_id: p.public_key for p in group.peers}, r_prev=self.r_prev,
                           numel=numel, model_ref=group.step, prev=prev,
-                          validators=dict(group.validators) if group.validators else None)
+                          validators=dict(group.validators))
         self.status.step = group.step
         self.deadline_phase = None
         actions = self.peer.begin_step(ctx)
@@ -462,6 +474,69 @@ class Worker:
         self._event("state", f"downloaded the state of step {group.step} from {len(per_donor)} peers "
                              f"({sum(per_donor.values())} bytes)")
         return True
+
+    # ------------------------------------------------------------------ probation (ours)
+    # A candidate computes the gradient of the step's state on the public seed the site assigned,
+    # serves it on the data plane to its validator only (with a signed header) and reports
+    # ``probation``. The validator, an active member, fetches it after its own step, recomputes it and,
+    # on a mismatch, posts a signed ``validation`` envelope naming the candidate with ``ok: false``; the
+    # site then withholds the probation credit. Candidates are never aggregated (spec, Newcomers).
+    async def _probation_step(self, group: Group, mine: dict) -> None:
+        left = mine.get("probation_left", "?")
+        self.status.step, self.status.step_roles = group.step, [f"candidate ({left} probation steps left)"]
+        if self.state.step != group.step and not await self._download_state(group):
+            return
+        self._set_status(Status.training, f"probation step {group.step}: computing the assigned gradient")
+        seed = int(mine.get("seed", 0))
+        try:
+            g, loss = await asyncio.to_thread(self.state.gradient, group.step, seed, self.run_info.batch_size)
+        except Exception as exc:
+            self._event("error", f"probation gradient failed: {exc}")
+            return
+        data = g.numpy().astype("<f4").tobytes()
+        header = M.sign_tensor_header(self.identity, run=self.run_name, step=group.step, kind="part", part=0,
+                                      data=data)
+        validator = mine.get("validator")
+        self.plane.publish(group.step, "probation", self.identity.peer_id, data,
+                           allowed=[validator] if validator else None, header=header.model_dump())
+        self.last_loss = self.status.loss = loss
+        self.site.send(StepReport(step=group.step, outcome="probation", loss=loss,
+                                  samples=self.run_info.batch_size))
+        self._set_status(Status.waiting_for_group, f"probation step {group.step} done; waiting for the next step")
+
+    async def _validate_candidates(self, step: int) -> None:
+        """Recompute each candidate this peer validates at ``step``; post ``ok: false`` on a mismatch."""
+        from .btard.crypto import sign_envelope
+
+        for cand in self.probation_checks:
+            peer_id = cand.get("peer_id", "")
+            self.plane.set_directory({peer_id: (cand.get("p2p_id", ""), cand.get("p2p_addrs") or [])})
+            self._set_status(Status.validating, f"checking candidate {peer_id[:8]}'s probation gradient")
+            reason = ""
+            try:
+                data, header = await self.plane.fetch_bytes_with_header(
+                    peer_id, step=step, kind="probation", key=peer_id, numel=self.state.numel,
+                    timeout=self._phase_timeout("probation"))
+                claimed = torch.frombuffer(bytearray(data), dtype=torch.float32)
+                mine, _ = await asyncio.to_thread(self.state.gradient, step, int(cand.get("seed", 0)),
+                                                  self.run_info.batch_size)
+                tol = float(self.run_info.extra.get("recalc_rtol", 1e-3))
+                diff = float((mine - claimed).norm())
+                if not torch.isfinite(claimed).all() or diff > tol * (float(mine.norm()) + 1e-12):
+                    reason = f"recomputed gradient differs by {diff:.3g} (relative tolerance {tol})"
+            except DataPlaneError as exc:
+                reason = f"no probation gradient: {exc}"
+            except KeyError as exc:
+                self._event("error", f"cannot check candidate {peer_id[:8]}: {exc}")
+                continue
+            if reason:
+                env = sign_envelope(self.identity, run=self.run_name, step=step, phase="validation",
+                                    payload=M.payload_dict(M.ValidationPayload(target=peer_id, target_step=step,
+                                                                              ok=False)))
+                self.site.send(BroadcastMessage(envelope=env))
+                self._event("probation", f"candidate {peer_id[:8]} failed probation: {reason}")
+            else:
+                self._event("probation", f"candidate {peer_id[:8]} passed probation step {step}")
 
     async def _on_relay(self, relay: Relay) -> None:
         env = relay.envelope
@@ -568,6 +643,10 @@ class Worker:
             self.status.steps_dropped += 1
         # Newcomers download the state of the next step from us (and from other peers at once).
         self.plane.publish_state(step + 1, self.state.full_state(), meta={"r": self.r_prev.hex()})
+        if self.probation_checks:
+            # The model state of this step is still snapshotted; the report waits for the check.
+            await self._validate_candidates(step)
+            self.probation_checks = []
         accuracy = None
         if self.config.evaluate_every and (step + 1) % self.config.evaluate_every == 0:
             accuracy = await asyncio.to_thread(self.state.task.evaluate, self.state.model)
@@ -579,7 +658,8 @@ class Worker:
                                   eliminated=[list(e) for e in result.eliminations][:64],
                                   missing=list(result.silent)[:64]))
         self._event("step_done", f"step {step} {result.outcome}" + (f": {result.reason}" if result.reason else ""),
-                    step=step, outcome=result.outcome, banned=banned)
+                    step=step, outcome=result.outcome, banned=banned, loss=self.last_loss,
+                    params_sha256=tensor_hash(self.state.params()))
         self.deadline_phase = None
         self.steps_done += 1
         self._set_status(Status.waiting_for_group, f"step {step} {result.outcome}; waiting for step {step + 1}")
