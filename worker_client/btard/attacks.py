@@ -127,18 +127,16 @@ class RandomDirection(GradientAttack):
         return out
 
 
-class LabelFlip(GradientAttack):
+class LabelFlip(Byzantine):
     """Compute an honest gradient on flipped labels ``y -> C - 1 - y`` (overrides the request)."""
 
     name = "label_flip"
+    kind = "gradient"
 
     def hook_gradient_request(self, request: ComputeGradient) -> ComputeGradient:
         if self.active(request.step):
             return ComputeGradient(**{**request.__dict__, "flip_labels": True})
         return request
-
-    def hook_corrupt_gradient(self, gradient, s):
-        return gradient
 
 
 class Delayed(GradientAttack):

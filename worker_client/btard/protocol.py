@@ -426,7 +426,10 @@ class BtardPeer:
             validators = select_validators(ctx.r_prev, ctx.group, ctx.prev.contributors, self.params.validators)
         else:
             validators = {}
-        contributors = [p for p in ctx.group if p not in validators]
+        # (ours) validators contribute their own gradient as well: if they sat the step out, b
+        # attackers among n - m contributors could reach one half (7 of 14 for n = 16, b = 7, m = 2),
+        # where CenteredClip has no stable fixed point. The cost is m extra gradients per step.
+        contributors = list(ctx.group)
         role = "validator" if self.peer_id in validators else "contributor"
         self._s = s = _Step(ctx=ctx, n=n, index=ctx.group.index(self.peer_id),
                             bounds=part_bounds(ctx.numel, n), validators=validators,
@@ -435,12 +438,11 @@ class BtardPeer:
         actions: list[Action] = []
         commit = mprng_commitment(s.secret, run=ctx.run, step=ctx.step, sender=self.peer_id)
         actions += self._broadcast("mprng_commit", M.MprngCommitPayload(hash=commit))
-        if role == "contributor":
-            req = ComputeGradient(request_id=f"own:{ctx.step}",
-                                  seed=batch_seed(ctx.r_prev, ctx.run, ctx.step, self.peer_id),
-                                  model_ref=ctx.model_ref, step=ctx.step, peer=self.peer_id, purpose="own")
-            actions.append(self.hook_gradient_request(req))
-        else:
+        req = ComputeGradient(request_id=f"own:{ctx.step}",
+                              seed=batch_seed(ctx.r_prev, ctx.run, ctx.step, self.peer_id),
+                              model_ref=ctx.model_ref, step=ctx.step, peer=self.peer_id, purpose="own")
+        actions.append(self.hook_gradient_request(req))
+        if role == "validator":
             target = validators[self.peer_id]
             prev = ctx.prev
             if prev is None or target not in prev.seeds:
@@ -580,7 +582,7 @@ class BtardPeer:
             if not self._all(s, "validation", s.ctx.group):
                 return "validation"
             return "verdict"
-        if s.role == "contributor" and s.gradient is None and self.peer_id not in s.silent:
+        if s.gradient is None and self.peer_id in s.contributors:
             return "gradient"
         if not self._all(s, "commit", s.contributors):
             return "commit"
@@ -609,7 +611,7 @@ class BtardPeer:
             return []
         missing = lambda ph, who: [p for p in who if not s.got(ph, p) and p != self.peer_id]
         if phase == "gradient":
-            if s.role == "contributor" and s.gradient is None:
+            if s.gradient is None and self.peer_id in s.contributors:
                 s.silent.add(self.peer_id)
                 s.contributors = [p for p in s.contributors if p != self.peer_id]
             else:
@@ -834,7 +836,7 @@ class BtardPeer:
             return actions + self._advance_doomed()
 
         # 3. commit
-        if s.role == "contributor" and s.gradient is not None and "committed" not in s.flags:
+        if s.gradient is not None and "committed" not in s.flags and me in s.contributors:
             s.flags.add("committed")
             s.my_part_bytes = [tensor_to_bytes(s.gradient[a:b]) for a, b in s.bounds]
             actions += self._broadcast("commit", M.CommitPayload(hashes=[sha256_hex(d) for d in s.my_part_bytes]))
@@ -904,7 +906,7 @@ class BtardPeer:
 
         # 7. scalars s_ij and my check of the declared d_ij
         have_all_aggregates = len(s.aggregates) == s.n
-        if (s.role == "contributor" and s.r is not None and have_all_aggregates and s.gradient is not None
+        if (s.r is not None and have_all_aggregates and s.gradient is not None
                 and "scalars" not in s.flags and "committed" in s.flags):
             s.flags.add("scalars")
             actions += self._send_scalars()
