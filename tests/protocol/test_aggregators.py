@@ -294,3 +294,21 @@ def test_bulyan_averages_the_values_nearest_the_median_of_its_selection(n, f):
     med = sel.median(dim=0).values
     idx = (sel - med).abs().topk(n - 4 * f, dim=0, largest=False).indices
     assert torch.allclose(bulyan(x, f=f), sel.gather(0, idx).mean(dim=0), atol=1e-6)
+
+
+def test_centered_clip_from_a_mean_dragged_far_away_still_matches_the_textbook_iteration():
+    # the mean start sits ~1e5 honest spreads away (and tau=1 walks back slowly): the iteration
+    # re-centres on the way to keep its Gram distances exact
+    x, _ = _honest_and_outliers(n=10, b=3, d=300, seed=5, scale=1e6)
+    res = centered_clip_with_info(x, tau=1.0, eps=0, max_iters=200, init="mean")
+    ref = _exact_cc(x, 1.0, 200, init="mean")
+    assert res.iterations == 200
+    assert (res.v.double() - ref).norm() <= 1e-4 * float((x[3:].double() - ref).norm(dim=1).mean())
+
+
+def test_pairwise_distances_stay_exact_when_outliers_drag_the_mean_away():
+    x, _ = _honest_and_outliers(n=12, b=4, d=1000, seed=6, scale=1e5)
+    got = pairwise_sq_distances(x)
+    xd = x.double()
+    brute = torch.stack([((xd - xd[i]) ** 2).sum(dim=1) for i in range(12)])
+    assert torch.allclose(got, brute, rtol=1e-6, atol=0)

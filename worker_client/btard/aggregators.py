@@ -11,9 +11,12 @@ the inputs once on the starting point ``v0``, ``y_k = x_k - v0``, and build the 
 ``G = y y^T`` in one pass over ``x`` (column chunks, float64 accumulation). Every iterate stays of the
 form ``v = v0 + y^T c`` with ``c`` in R^n, so distances ``||x_k - v||^2 = G_kk - 2 (G c)_k + c^T G c``
 and step norms ``||y^T dc||^2 = dc^T G dc`` cost O(n^2) per iteration. Centring keeps cancellation to
-the scale of the spread rather than of ``||x_k||``. After the loop one vec-mat builds ``v`` and one
-more pass computes the reported distances ``||x_k - v||`` exactly. Krum/Bulyan take their pairwise
-distances from the same centred Gram matrix (with an exact recomputation for near-duplicate pairs).
+the scale of the spread rather than of ``||x_k||``; if the iterate drifts far from the centre (a mean
+start pulled away by outliers) the frame is re-centred on it with a fresh Gram pass. After the loop
+one vec-mat builds ``v`` and one more pass computes the reported distances ``||x_k - v||`` from the
+differences themselves. Krum/Bulyan take their pairwise distances from an exact (float64) Gram matrix
+centred on the mean, with a direct recomputation for near-duplicate pairs. Order statistics (median,
+trimmed mean, Bulyan) use a sorting network over rows rather than torch's median along dim 0.
 """
 
 from __future__ import annotations
@@ -96,43 +99,45 @@ def _chunks(d: int, size: int = _CHUNK):
 # shared linear algebra
 
 
-def _centered_chunks(x: torch.Tensor, center: torch.Tensor):
-    """Yield ``(a, b, y)`` with ``y = x[:, a:b] - center[a:b]`` in float64, reusing one buffer.
+def _centered_gram(x: torch.Tensor, center: torch.Tensor, *, exact: bool = False) -> torch.Tensor:
+    """``G = (x - center)(x - center)^T`` as float64 ``[n, n]``, in one pass over ``x`` by chunks.
 
-    float64 keeps the subtraction exact (the difference of two float32 numbers fits in a float64),
-    so later Gram products only lose digits when a point is ~1e5 times closer to the iterate than to
-    the centre (see the re-centring in :func:`_iterate`)."""
+    Default: float32 products per chunk, float64 across chunks (relative error ~1e-7 of
+    ``|y_i||y_j|``), which is enough when ``center`` is near the points that matter. ``exact=True``
+    subtracts and multiplies in float64 (~2.5x slower) for centres that may be far from them."""
     n, d = x.shape
-    buf = torch.empty(n, min(d, _CHUNK), dtype=torch.float64)
+    g = torch.zeros(n, n, dtype=torch.float64)
+    buf = torch.empty(n, min(d, _CHUNK), dtype=torch.float64 if exact else x.dtype)
     for a, b in _chunks(d):
         y = buf[:, : b - a]
-        y.copy_(x[:, a:b])
-        y.sub_(center[a:b])
-        yield a, b, y
-
-
-def _centered_gram(x: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
-    """``G = (x - center)(x - center)^T`` in float64, in one pass over ``x`` by column chunks."""
-    n, _ = x.shape
-    g = torch.zeros(n, n, dtype=torch.float64)
-    for _, _, y in _centered_chunks(x, center):
-        g += y @ y.T
+        if exact:
+            y.copy_(x[:, a:b])
+            y.sub_(center[a:b])
+            g += y @ y.T
+        else:
+            torch.sub(x[:, a:b], center[a:b], out=y)
+            g += (y @ y.T).to(torch.float64)
     return (g + g.T) / 2  # BLAS need not return an exactly symmetric product
 
 
 def _combine(x: torch.Tensor, center: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """``center + (x - center)^T c`` as float64 ``[d]``, one pass over ``x``."""
-    out = torch.empty(x.shape[1], dtype=torch.float64)
-    for a, b, y in _centered_chunks(x, center):
-        torch.add(center[a:b], c @ y, out=out[a:b])
-    return out
+    """``center + (x - center)^T c = (1 - sum c) center + c @ x``: one vec-mat over ``x``."""
+    return torch.add(c.to(x.dtype) @ x, center, alpha=1.0 - float(c.sum()))
 
 
 def _exact_sq_distances(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """``||x_k - v||^2`` for every row, float64, without cancellation (chunked, one pass)."""
-    out = torch.zeros(x.shape[0], dtype=torch.float64)
-    for _, _, y in _centered_chunks(x, v.to(torch.float64)):
-        out += y.mul_(y).sum(dim=1)
+    """``||x_k - v||^2`` for every row (float64), from the differences themselves: no cancellation.
+
+    One pass over ``x`` by chunks; float32 differences are exact to 6e-8 of themselves and each
+    chunk's sum of squares is accumulated in float64."""
+    n, d = x.shape
+    out = torch.zeros(n, dtype=torch.float64)
+    v = v.to(x.dtype)
+    buf = torch.empty(n, min(d, _CHUNK), dtype=x.dtype)
+    for a, b in _chunks(d):
+        y = buf[:, : b - a]
+        torch.sub(x[:, a:b], v[a:b], out=y)
+        out += y.mul_(y).sum(dim=1).to(torch.float64)
     return out
 
 
@@ -143,8 +148,9 @@ def _coef_sq_distances(g: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
 
 
 # A frame is re-centred on the current iterate when it has drifted this many times (squared) further
-# from the centre than from the nearest input: beyond it float64 Gram distances lose ~1e-8 relative.
-_RECENTER_RATIO = 1e8
+# from the centre than from the nearest input: beyond it, distances from the float32 Gram matrix
+# would lose more than ~1e-5 relative (cancellation in G_kk - 2 (Gc)_k + c^T G c).
+_RECENTER_RATIO = 1e2
 _MAX_FRAMES = 4
 
 
@@ -153,7 +159,7 @@ def _iterate(x: torch.Tensor, center: torch.Tensor, step, *, eps: float,
     """Run ``c <- step(c, dist2)`` in coefficient space (iterate ``v = center + y^T c``).
 
     Stops when an iteration moves ``v`` by less than ``eps`` (never when ``eps == 0``) or after
-    ``max_iters`` iterations in total; returns ``(v as float64 [d], iterations)``."""
+    ``max_iters`` iterations in total; returns ``(v [d] in x's dtype, iterations)``."""
     n = x.shape[0]
     iterations = 0
     for frame in range(_MAX_FRAMES):
@@ -188,13 +194,14 @@ def pairwise_sq_distances(x: torch.Tensor) -> torch.Tensor:
     exactly. The diagonal is exactly 0 and the matrix is symmetric.
     """
     n, d = _check(x, "pairwise_sq_distances")
-    g = _centered_gram(x, x.mean(dim=0).to(torch.float64))
+    # The mean can sit far from every cluster (outliers pull it), so this Gram matrix is exact.
+    g = _centered_gram(x, x.mean(dim=0), exact=True)
     diag = torch.diagonal(g)
     dist = (diag[:, None] + diag[None, :] - 2.0 * g).clamp_min_(0.0)
     scale = diag[:, None] + diag[None, :]
-    # float32 products carry ~1e-7 relative error of |y_i|^2 + |y_j|^2; below 1e-2 of that we
-    # cannot promise 1e-5 relative accuracy, so recompute those pairs directly.
-    suspicious = torch.nonzero(torch.triu(dist < 1e-2 * scale, diagonal=1))
+    # float64 products carry ~1e-15 relative error of |y_i|^2 + |y_j|^2; below 1e-9 of that we
+    # cannot promise 1e-6 relative accuracy, so recompute those (near-duplicate) pairs directly.
+    suspicious = torch.nonzero(torch.triu(dist < 1e-9 * scale, diagonal=1))
     for i, j in suspicious.tolist():
         diff = x[i] - x[j]
         dist[i, j] = dist[j, i] = float((diff * diff).sum(dtype=torch.float64))
@@ -217,7 +224,7 @@ def mean(x: torch.Tensor) -> torch.Tensor:
 # cache-sized column chunk) is 4-5x faster for the small n of a group, and pruning it to the order
 # statistics we need (e.g. only the median) drops the comparators that cannot affect them.
 _NETWORK_MAX_N = 64
-_NETWORK_CHUNK = 1 << 14
+_NETWORK_CHUNK = 1 << 16  # large enough for torch to split elementwise ops over threads
 
 
 @functools.lru_cache(maxsize=None)
@@ -413,7 +420,7 @@ def geometric_median(x: torch.Tensor, *, eps: float = 1e-6, max_iters: int = 100
     p = _check_weights("geometric_median", weights, n)
     if p is None:
         p = torch.full((n,), 1.0 / n, dtype=torch.float64)
-    v0 = (p.to(x.dtype) @ x).to(torch.float64)
+    v0 = p.to(x.dtype) @ x
     scale = float(_exact_sq_distances(x, v0).max().sqrt())
     floor = max(eps, 1e-12 * scale, 1e-30)
 
@@ -422,7 +429,7 @@ def geometric_median(x: torch.Tensor, *, eps: float = 1e-6, max_iters: int = 100
         return beta / beta.sum()
 
     v, _ = _iterate(x, v0, step, eps=eps, max_iters=max_iters)
-    return v.to(x.dtype)
+    return v
 
 
 def clip_weights(distances, tau: float) -> torch.Tensor:
@@ -479,8 +486,7 @@ def centered_clip_with_info(x: torch.Tensor, *, tau: float = 1.0, eps: float = 1
         w = p * clip_weights(dist2.sqrt(), tau)
         return c * (1.0 - w.sum()) + w
 
-    v64, iterations = _iterate(x, v0.to(torch.float64), step, eps=eps, max_iters=max_iters)
-    v = v64.to(x.dtype)
+    v, iterations = _iterate(x, v0, step, eps=eps, max_iters=max_iters)
     distances = _exact_sq_distances(x, v).sqrt_()
     return CenteredClipResult(v, iterations, distances)
 
@@ -501,9 +507,12 @@ def centered_clip_residual(x: torch.Tensor, v: torch.Tensor, *, tau: float,
     p = _check_weights("centered_clip_residual", weights, n)
     if p is None:
         p = torch.full((n,), 1.0 / n, dtype=torch.float64)
-    v64 = v.to(torch.float64)
-    w = p * clip_weights(_exact_sq_distances(x, v64).sqrt_(), tau)
-    return _combine(x, v64, w) - v64
+    w = p * clip_weights(_exact_sq_distances(x, v).sqrt_(), tau)
+    out = torch.empty(d, dtype=torch.float64)
+    v = v.to(x.dtype)
+    for a, b in _chunks(d):
+        out[a:b] = w @ (x[:, a:b] - v[a:b]).to(torch.float64)
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
