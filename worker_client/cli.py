@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                           max_steps=args.max_steps, threads=args.threads, phase_timeout=args.phase_timeout)
     view = make_view(json_logs=args.json_logs, quiet=args.quiet)
     with view:
-        view.event("start", where)
+        view.event("start", where, peer_id=identity.peer_id)
         try:
             return asyncio.run(run_worker(config, view))
         except KeyboardInterrupt:

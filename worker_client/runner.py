@@ -341,6 +341,10 @@ class Worker:
             task = get_task(welcome.run.task)
             if self.config.data_dir and hasattr(task, "data_dir"):
                 task.data_dir = self.config.data_dir
+            self._set_status(Status.waiting_for_group, f"loading the {welcome.run.task} data")
+            # Load the data set before the first step: a first gradient that also reads the data set
+            # could miss its deadline on a slow machine.
+            await asyncio.to_thread(lambda: task.data)
             self.state = ModelState(task, seed=welcome.run.seed, lr=welcome.run.lr, device=self.status.device)
             self.state.snapshot(0)
             self.state.step = -1  # not known to be current until a group or a download says so

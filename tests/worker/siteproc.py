@@ -1,0 +1,191 @@
+"""Real processes for the integration tests: the site under Daphne (own PostgreSQL database, Redis) and
+``btard-worker`` processes on loopback. Every process gets its own process group and is killed by
+PID (with its p2pd child) on exit, even when the test failed; the database is dropped and the
+``/tmp/hivemind-*`` sockets the test created are removed."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+ROOT = Path(__file__).resolve().parents[2]
+PY = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def kill_group(proc: subprocess.Popen, sig=signal.SIGKILL) -> None:
+    """Kill a process we started and everything in its process group (its p2pd daemon)."""
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+class WorkerProc:
+    def __init__(self, name: str, proc: subprocess.Popen, log_path: Path, err_path: Path):
+        self.name, self.proc, self.log_path, self.err_path = name, proc, log_path, err_path
+
+    def events(self) -> list[dict]:
+        out = []
+        if not self.log_path.exists():
+            return out
+        for line in self.log_path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+        return out
+
+    def steps_done(self) -> list[dict]:
+        return [e for e in self.events() if e.get("event") == "step_done"]
+
+    def stderr(self) -> str:
+        return self.err_path.read_text()[-4000:] if self.err_path.exists() else ""
+
+
+class SiteHarness:
+    """``with SiteHarness(postgres_url, redis_url, tmp_path) as site:`` migrate, demo run, Daphne."""
+
+    def __init__(self, postgres_url: str, redis_url: str, workdir: Path):
+        self.workdir = workdir
+        parts = urlsplit(postgres_url)
+        self.db_name = f"btard_it_{secrets.token_hex(4)}"
+        self.admin_url = urlunsplit((parts.scheme, parts.netloc, "/postgres", "", ""))
+        self.database_url = urlunsplit((parts.scheme, parts.netloc, f"/{self.db_name}", "", ""))
+        r = urlsplit(redis_url)
+        # a Redis database of our own, so other suites' channel groups never meet ours
+        self.redis_url = urlunsplit((r.scheme, r.netloc, f"/{8 + secrets.randbelow(8)}", "", ""))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.procs: list[subprocess.Popen] = []
+        self.workers: list[WorkerProc] = []
+        self.sockets_before = set(glob.glob("/tmp/hivemind-*"))
+        self.env = dict(os.environ, DATABASE_URL=self.database_url, REDIS_URL=self.redis_url,
+                        PYTHONPATH=f"{ROOT / 'platform'}:{ROOT}", DJANGO_SETTINGS_MODULE="btard_site.settings",
+                        CELERY_TASK_ALWAYS_EAGER="1", ALLOWED_HOSTS="127.0.0.1,localhost",
+                        HEARTBEAT_TIMEOUT_SECONDS="20", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+        self.run: dict = {}
+
+    # --- lifecycle -------------------------------------------------------------------------------
+    def _sql(self, statement: str) -> None:
+        import psycopg
+
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(statement)
+
+    def __enter__(self) -> "SiteHarness":
+        self._sql(f'CREATE DATABASE "{self.db_name}"')
+        try:
+            self.manage("migrate", "--noinput")
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for proc in self.procs:
+            kill_group(proc)
+        for path in set(glob.glob("/tmp/hivemind-*")) - self.sockets_before:
+            try:
+                os.remove(path)
+            except OSError:
+                pass
+        try:
+            self._sql(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
+        except Exception:
+            pass
+        try:
+            import redis
+
+            redis.Redis.from_url(self.redis_url).flushdb()
+        except Exception:
+            pass
+
+    def manage(self, *args: str, timeout: float = 120) -> str:
+        result = subprocess.run([PY, "manage.py", *args], cwd=ROOT, env=self.env, capture_output=True, text=True,
+                                timeout=timeout)
+        if result.returncode != 0:
+            raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+        return result.stdout
+
+    def shell(self, code: str) -> str:
+        return self.manage("shell", "-c", code)
+
+    def create_run(self, *, volunteers: int, policy: str = "open", **fields) -> dict:
+        out = self.manage("create_demo_run", "--volunteers", str(volunteers), "--policy", policy, "--json")
+        self.run = json.loads(out.strip().splitlines()[-1])
+        if fields:
+            args = ", ".join(f"{k}={v!r}" for k, v in fields.items())
+            self.shell(f"from runs.models import Run; Run.objects.filter(pk={self.run['run_id']}).update({args})")
+        return self.run
+
+    def start(self, timeout: float = 60) -> None:
+        log = open(self.workdir / "daphne.log", "w")
+        proc = subprocess.Popen([PY, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
+                                 "btard_site.asgi:application"], cwd=ROOT, env=self.env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(proc)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"daphne exited: {(self.workdir / 'daphne.log').read_text()[-3000:]}")
+            try:
+                urllib.request.urlopen(self.url + "/healthz", timeout=2)
+                return
+            except urllib.error.HTTPError:
+                return
+            except OSError:
+                time.sleep(0.3)
+        raise RuntimeError("daphne did not answer in time")
+
+    def start_worker(self, name: str, token: str, *, max_steps: int, behaviour: str | None = None,
+                     phase_timeout: float | None = None) -> WorkerProc:
+        config_dir = self.workdir / f"cfg-{name}"
+        log_path, err_path = self.workdir / f"{name}.jsonl", self.workdir / f"{name}.err"
+        cmd = [PY, "-m", "worker_client.cli", "--token", token, "--server", self.url, "--device", "cpu",
+               "--host-maddr", "/ip4/127.0.0.1/tcp/0", "--json", "--max-steps", str(max_steps), "--threads", "1",
+               "--config-dir", str(config_dir), "--log-level", "INFO"]
+        if behaviour:
+            cmd += ["--behaviour", behaviour]
+        if phase_timeout:
+            cmd += ["--phase-timeout", str(phase_timeout)]
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=open(log_path, "w"), stderr=open(err_path, "w"),
+                                start_new_session=True)
+        self.procs.append(proc)
+        worker = WorkerProc(name, proc, log_path, err_path)
+        self.workers.append(worker)
+        return worker
+
+    def api(self, path: str):
+        with urllib.request.urlopen(self.url + path, timeout=10) as response:
+            return json.loads(response.read())
+
+    def wait(self, predicate, timeout: float, what: str, poll: float = 0.5):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(poll)
+        details = "\n".join(f"--- {w.name} (rc={w.proc.poll()}):\n{w.stderr()[-1500:]}" for w in self.workers)
+        raise AssertionError(f"timed out waiting for {what}\n{details}\n--- daphne:\n"
+                             f"{(self.workdir / 'daphne.log').read_text()[-3000:]}")

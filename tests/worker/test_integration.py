@@ -1,0 +1,109 @@
+"""End to end: the site under Daphne (PostgreSQL + Redis) and ``btard-worker`` processes on loopback.
+
+Each test starts its own database, site and workers, trains digits-mlp for a few steps, and kills
+every process it started (by PID, with the workers' p2pd daemons) even when it fails.
+"""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from .siteproc import SiteHarness, kill_group
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+# Small deadlines keep a step that lost a peer short; epoch_steps=1 keeps an ELIMINATE pair out for
+# the rest of the (one-step) epoch only, so a run of a handful of peers is not starved by one crash.
+RUN_FIELDS = dict(phase_timeout=15.0, step_timeout=60.0, batch_size=16, validators_per_step=0, epoch_steps=1)
+
+
+def last_hash_at(worker, step: int) -> str | None:
+    for event in worker.steps_done():
+        if event["step"] == step:
+            return event["params_sha256"]
+    return None
+
+
+@pytest.fixture
+def site(postgres_url, redis_url, tmp_path):
+    with SiteHarness(postgres_url, redis_url, tmp_path) as harness:
+        yield harness
+
+
+def test_five_workers_ban_the_lying_aggregator_and_keep_identical_parameters(site):
+    run = site.create_run(volunteers=5, **RUN_FIELDS)
+    site.start()
+    tokens = [t["token"] for t in run["tokens"]]
+    steps = 4
+    honest = [site.start_worker(f"w{i}", tokens[i], max_steps=steps) for i in range(4)]
+    liar = site.start_worker("liar", tokens[4], max_steps=steps, behaviour="wrong_aggregate")
+    site.wait(lambda: all(w.proc.poll() is not None for w in honest), 150, "the honest workers to finish")
+    site.wait(lambda: liar.proc.poll() is not None, 30, "the attacker to exit")
+
+    assert [w.proc.returncode for w in honest] == [0, 0, 0, 0], [w.stderr() for w in honest]
+    assert liar.proc.returncode == 3  # told it is banned, exits with the refusal code
+    bans = site.api("/api/bans/")["bans"]
+    liar_peer = next(e for e in liar.events() if e.get("event") == "start")["peer_id"]
+    assert [b["peer"] for b in bans] == [liar_peer]
+    assert bans[0]["account"] == "volunteer5" and bans[0]["run"] == run["run_id"]
+    # the honest peers end every step with bit-identical parameters
+    final = steps - 1
+    hashes = {last_hash_at(w, final) for w in honest}
+    assert len(hashes) == 1 and None not in hashes
+    assert all(any(e["outcome"] == "applied" for e in w.steps_done()) for w in honest)
+    assert all(liar_peer in {p for e in w.steps_done() for p in e.get("banned", [])}
+               or any(e.get("event") == "ban" for e in w.events()) for w in honest)
+
+
+def test_the_others_go_on_when_an_honest_worker_is_killed_mid_step(site):
+    run = site.create_run(volunteers=4, **RUN_FIELDS)
+    site.start()
+    tokens = [t["token"] for t in run["tokens"]]
+    steps = 5
+    workers = [site.start_worker(f"w{i}", tokens[i], max_steps=steps) for i in range(4)]
+    victim = workers[3]
+    # kill the victim (and its p2pd) right after it started step 1
+    site.wait(lambda: any(e.get("event") == "step" and e.get("step") == 1 for e in victim.events()), 120,
+              "step 1 to start")
+    kill_group(victim.proc, signal.SIGKILL)
+    survivors = workers[:3]
+    site.wait(lambda: all(w.proc.poll() is not None for w in survivors), 180, "the survivors to finish")
+    assert [w.proc.returncode for w in survivors] == [0, 0, 0], [w.stderr() for w in survivors]
+    outcomes = {w.name: [e["outcome"] for e in w.steps_done()] for w in survivors}
+    assert all(len(o) == steps for o in outcomes.values()), outcomes
+    assert all(o[-1] == "applied" for o in outcomes.values()), outcomes  # training went on
+    final = steps - 1
+    assert len({last_hash_at(w, final) for w in survivors}) == 1
+    peers = {p["account"]: p for p in site.api(f"/api/runs/{run['run_id']}/")["peers"]}
+    assert peers["volunteer4"]["online"] is False and peers["volunteer4"]["status"] == "offline"
+    assert site.api("/api/bans/")["bans"] == []  # nobody honest is banned
+
+
+def test_a_newcomer_downloads_the_state_passes_probation_and_joins_the_group(site):
+    run = site.create_run(volunteers=4, policy="reputation", probation_steps=2, max_new_per_window=100,
+                          max_candidate_fraction=1.0, peers_per_group=8, min_peers=3, **RUN_FIELDS)
+    site.start()
+    tokens = [t["token"] for t in run["tokens"]]
+    founders = [site.start_worker(f"w{i}", tokens[i], max_steps=9) for i in range(3)]
+    site.wait(lambda: any(e.get("event") == "step_done" and e["step"] >= 1 for e in founders[0].events()), 120,
+              "the run to reach step 2")
+    newcomer = site.start_worker("newcomer", tokens[3], max_steps=2)
+    site.wait(lambda: newcomer.proc.poll() is not None, 200, "the newcomer to finish two steps in the group")
+    assert newcomer.proc.returncode == 0, newcomer.stderr()
+    events = newcomer.events()
+    kinds = [e.get("event") for e in events]
+    assert "state" in kinds  # downloaded the state from active peers
+    assert "promoted" in kinds
+    assert kinds.index("state") < kinds.index("promoted")
+    welcome = next(e for e in events if e.get("event") == "welcome")
+    assert "candidate" in welcome["message"]
+    done = newcomer.steps_done()
+    assert done and done[-1]["outcome"] == "applied"
+    # in the group it computes exactly what the founders compute
+    for event in done:
+        founder_hashes = {last_hash_at(w, event["step"]) for w in founders} - {None}
+        assert founder_hashes == {event["params_sha256"]}
+    for w in founders:
+        kill_group(w.proc, signal.SIGTERM)
