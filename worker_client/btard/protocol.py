@@ -361,6 +361,7 @@ class _Step:
     barriers: set = field(default_factory=set)
     fixed_point_margin: float = 0.0
     direct_seen: bool = False
+    members: frozenset = frozenset()
 
     def got(self, phase: str, sender: str) -> bool:
         return (phase, sender) in self.board
@@ -434,7 +435,7 @@ class BtardPeer:
         self._s = s = _Step(ctx=ctx, n=n, index=ctx.group.index(self.peer_id),
                             bounds=part_bounds(ctx.numel, n), validators=validators,
                             contributors=contributors, mprng_members=list(ctx.group), role=role,
-                            secret=self.entropy(32), majority=n // 2 + 1)
+                            secret=self.entropy(32), majority=n // 2 + 1, members=frozenset(ctx.group))
         actions: list[Action] = []
         commit = mprng_commitment(s.secret, run=ctx.run, step=ctx.step, sender=self.peer_id)
         actions += self._broadcast("mprng_commit", M.MprngCommitPayload(hash=commit))
@@ -740,7 +741,7 @@ class BtardPeer:
         if env.step != ctx.step:
             raise ProtocolError(f"message for step {env.step}, this is step {ctx.step}")
         key = ctx.public_keys.get(env.sender)
-        if key is None or env.sender not in ctx.group:
+        if key is None or env.sender not in s.members:
             raise ProtocolError(f"sender {env.sender[:8]} is not in this step's group")
         payload, digest = self.verifier.check(env, key)
         if env.sender == self.peer_id and digest in s.evidence:

@@ -1,0 +1,215 @@
+"""Wire robustness: malformed input is a clear ProtocolError, and invalid envelopes change nothing."""
+
+from __future__ import annotations
+
+import json
+import random
+import struct
+
+import pytest
+import torch
+
+from worker_client.btard import messages as M
+from worker_client.btard import protocol as P
+from worker_client.btard.crypto import (BROADCAST_PHASES, Identity, ProtocolError, decode_envelope,
+                                        sign_envelope)
+from worker_client.btard.mprng import genesis_randomness, mprng_commitment
+
+RUN = "wire-test"
+
+
+def _group(n=4):
+    ids = [Identity.from_seed(f"wire:{i}".encode()) for i in range(n)]
+    keys = {i.peer_id: i.public_key_b64 for i in ids}
+    return ids, keys
+
+
+def _peer_in_commit_phase():
+    ids, keys = _group()
+    peer = P.BtardPeer(ids[0], P.ProtocolParams(validators=0))
+    ctx = P.StepContext(run=RUN, step=3, group=[i.peer_id for i in ids], public_keys=keys,
+                        r_prev=genesis_randomness(RUN), numel=16, model_ref=0)
+    actions = peer.begin_step(ctx)
+    assert any(isinstance(a, P.ComputeGradient) for a in actions)
+    peer.on_gradient("own:3", torch.ones(16))
+    return peer, ids
+
+
+def _valid(ids, *, sender=1, run=RUN, step=3, phase="mprng_commit", payload=None, nonce=None):
+    ident = ids[sender]
+    if payload is None:
+        payload = {"type": "mprng_commit",
+                   "hash": mprng_commitment(b"\x01" * 32, run=run, step=step, sender=ident.peer_id)}
+    return sign_envelope(ident, run=run, step=step, phase=phase, payload=payload, nonce=nonce)
+
+
+def _snapshot(peer):
+    s = peer._s
+    return dict(s.board), dict(s.accusations), dict(s.verdicts), peer.waiting_for
+
+
+def test_a_valid_envelope_is_accepted_and_recorded():
+    peer, ids = _peer_in_commit_phase()
+    before = _snapshot(peer)
+    peer.on_broadcast(_valid(ids))
+    assert _snapshot(peer)[0] != before[0]
+    assert not peer.rejected
+
+
+@pytest.mark.parametrize("case", ["bad_signature", "wrong_run", "wrong_step", "wrong_phase", "replayed_nonce",
+                                  "stranger", "second_message_same_phase"])
+def test_invalid_envelopes_are_rejected_without_changing_state(case):
+    peer, ids = _peer_in_commit_phase()
+    good = _valid(ids)
+    if case == "bad_signature":
+        env = good.model_copy(update={"signature": _valid(ids, sender=2).signature})
+    elif case == "wrong_run":
+        env = _valid(ids, run="other-run")
+    elif case == "wrong_step":
+        env = _valid(ids, step=7)
+    elif case == "wrong_phase":
+        env = _valid(ids, phase="commit")  # an mprng_commit payload under the commit phase
+    elif case == "replayed_nonce":
+        peer.on_broadcast(good)
+        env = _valid(ids, nonce=good.nonce, payload={"type": "mprng_commit", "hash": "ab" * 32})
+    elif case == "stranger":
+        stranger = Identity.from_seed(b"stranger")
+        env = sign_envelope(stranger, run=RUN, step=3, phase="mprng_commit", payload=good.payload)
+    else:
+        peer.on_broadcast(good)
+        env = _valid(ids, payload={"type": "mprng_commit", "hash": "cd" * 32})
+    before = _snapshot(peer)
+    rejected = len(peer.rejected)
+    assert peer.on_broadcast(env) == []
+    assert _snapshot(peer) == before
+    assert len(peer.rejected) == rejected + 1
+
+
+def test_a_message_for_the_next_step_is_kept_for_later_not_rejected():
+    peer, ids = _peer_in_commit_phase()
+    early = _valid(ids, step=4)
+    assert peer.on_broadcast(early) == []
+    assert not peer.rejected
+
+
+def _random_json(rng: random.Random, depth=0):
+    choice = rng.randrange(9 if depth < 3 else 6)
+    if choice == 0:
+        return rng.randint(-10**40, 10**40)
+    if choice == 1:
+        return rng.choice([1e308 * 10, -1e308 * 10, float("nan"), 0.1, -0.0])
+    if choice == 2:
+        return "".join(rng.choice("abcdef0123456789\u00e9\x00\"") for _ in range(rng.randrange(70)))
+    if choice == 3:
+        return None
+    if choice == 4:
+        return rng.choice([True, False])
+    if choice == 5:
+        return "ab" * 32
+    if choice == 6:
+        return [_random_json(rng, depth + 1) for _ in range(rng.randrange(5))]
+    keys = ["type", "hashes", "hash", "part", "distances", "values", "accused", "kind", "evidence", "data",
+            "header", "target", "guilty", "accuser", "reason", "ok", "silent", "value", "x"]
+    return {rng.choice(keys): _random_json(rng, depth + 1) for _ in range(rng.randrange(6))}
+
+
+def test_fuzzed_bytes_and_json_never_escape_as_anything_but_protocol_error():
+    rng = random.Random(1234)
+    ids, _ = _group()
+    valid = _valid(ids).model_dump_json().encode()
+    samples = []
+    for _ in range(300):
+        samples.append(bytes(rng.randrange(256) for _ in range(rng.randrange(200))))  # random bytes
+        cut = rng.randrange(len(valid))
+        samples.append(valid[:cut])  # truncated JSON
+        obj = json.loads(valid)
+        obj[rng.choice(list(obj))] = _random_json(rng)  # wrong types / huge numbers
+        samples.append(json.dumps(obj).encode())
+    samples.append(b"x" * (300 * 1024))  # over the size limit
+    for data in samples:
+        try:
+            env = decode_envelope(data)
+        except ProtocolError:
+            continue
+        # a structurally valid envelope: its payload must still parse or fail cleanly
+        try:
+            M.parse_payload(env.phase, env.payload)
+        except ProtocolError:
+            pass
+
+
+@pytest.mark.parametrize("phase", BROADCAST_PHASES)
+def test_fuzzed_payloads_of_every_phase_raise_protocol_error_or_parse(phase):
+    rng = random.Random(hash(phase) & 0xFFFF)
+    for _ in range(300):
+        payload = _random_json(rng)
+        if isinstance(payload, dict) and rng.random() < 0.7:
+            payload["type"] = phase
+        try:
+            model = M.parse_payload(phase, payload)
+        except ProtocolError:
+            continue
+        assert model.type == phase
+
+
+def test_non_finite_and_huge_numbers_in_payloads_are_rejected():
+    bad = [
+        ("scalars", {"type": "scalars", "values": [1.0, float("nan")]}),
+        ("scalars", {"type": "scalars", "values": [float("inf")]}),
+        ("agg_result", {"type": "agg_result", "part": 0, "hash": "ab" * 32, "distances": {"a" * 40: -1.0}}),
+        ("agg_result", {"type": "agg_result", "part": 10**30, "hash": "ab" * 32, "distances": {}}),
+        ("commit", {"type": "commit", "hashes": ["zz" * 32]}),
+        ("commit", {"type": "commit", "hashes": ["ab" * 32] * 5000}),
+        ("verdict", {"type": "verdict", "guilty": "a" * 40, "accused": "a" * 40, "kind": "made_up"}),
+        ("eliminate", {"type": "eliminate", "target": "a" * 40, "reason": "x", "extra": 1}),
+        ("commit", {"type": "scalars", "values": [1.0]}),
+        ("nonsense", {"type": "nonsense"}),
+        ("commit", ["not", "an", "object"]),
+    ]
+    for phase, payload in bad:
+        with pytest.raises(ProtocolError):
+            M.parse_payload(phase, payload)
+
+
+def test_the_site_facing_payloads_keep_their_field_names():
+    v = M.VerdictPayload(guilty="a" * 40, accuser=None, accused="a" * 40, kind=M.FaultKind.recalc,
+                         evidence=["ab" * 32], reason="r")
+    assert set(M.payload_dict(v)) == {"type", "guilty", "accuser", "accused", "kind", "evidence", "reason"}
+    assert M.payload_dict(v)["kind"] == "recalc" and M.payload_dict(v)["accuser"] is None
+    e = M.EliminatePayload(target="b" * 40, reason="part never arrived")
+    assert M.payload_dict(e) == {"type": "eliminate", "target": "b" * 40, "reason": "part never arrived"}
+
+
+@pytest.mark.parametrize("data,numel", [
+    (struct.pack("<4f", 1.0, float("nan"), 2.0, 3.0), 4),
+    (struct.pack("<2f", float("inf"), 1.0), 2),
+    (b"\x00" * 15, 4),
+    (b"\x00" * 20, 4),
+    (b"", 1),
+])
+def test_tensor_decoding_rejects_nan_inf_and_wrong_sizes(data, numel):
+    with pytest.raises(ProtocolError):
+        P.decode_tensor(data, numel)
+
+
+def test_decoding_keeps_huge_finite_values():
+    data = struct.pack("<3f", 3e38, 3e38, -1.0)
+    t = P.decode_tensor(data, 3)
+    assert t.tolist()[2] == -1.0 and torch.isfinite(t).all()
+
+
+def test_a_malformed_part_from_a_peer_is_a_fault_not_a_crash():
+    peer, ids = _peer_in_commit_phase()
+    # peer 1 commits to the hash of a NaN part, then sends exactly that part: provable malformed_part
+    nan_part = struct.pack("<4f", float("nan"), 0.0, 0.0, 0.0)
+    import hashlib
+    hashes = [hashlib.sha256(nan_part).hexdigest()] * 4
+    for i in (1, 2, 3):
+        peer.on_broadcast(sign_envelope(ids[i], run=RUN, step=3, phase="commit",
+                                        payload={"type": "commit", "hashes": hashes}))
+    actions = peer.on_part(ids[1].peer_id, 0, nan_part)
+    accusations = [a for a in actions if isinstance(a, P.Broadcast) and a.envelope.phase == "accuse"]
+    assert accusations and accusations[0].envelope.payload["kind"] == "malformed_part"
+    # wrong-size garbage without a signature is simply not attributable: recorded, ignored
+    assert peer.on_part(ids[2].peer_id, 0, b"\x01\x02\x03") == []
+    assert peer.rejected
