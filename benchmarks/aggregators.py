@@ -24,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from worker_client.btard import aggregators as agg_module  # noqa: E402
 from worker_client.btard.aggregators import AGGREGATORS, centered_clip_with_info  # noqa: E402
 
 PARAMS = {
@@ -58,12 +59,25 @@ def textbook_iteration(x: torch.Tensor, v: torch.Tensor, sq: torch.Tensor, tau: 
     return v + (w.float() @ x) - float(w.sum()) * v
 
 
+def with_threads(threads: int | None, fn):
+    def run():
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads or previous)
+        try:
+            return fn()
+        finally:
+            torch.set_num_threads(previous)
+    return run
+
+
 def bench_shape(n: int, d: int, repeats: int, bandwidth: float, budget: float,
                 previous: dict[str, float] | None) -> dict[str, float]:
     x = make_stack(n, d)
     gbytes = x.numel() * x.element_size() / 1e9
-    sum_time = best_time(lambda: x.sum(), repeats + 2)
-    print(f"\n## {n} x {d:,} float32 ({gbytes * 1e3:.0f} MB); .sum() on it: {gbytes / sum_time:.2f} GB/s")
+    threads = agg_module.AGGREGATOR_THREADS
+    sum_time = best_time(with_threads(threads, lambda: x.sum()), repeats + 2)
+    print(f"\n## {n} x {d:,} float32 ({gbytes * 1e3:.0f} MB); .sum() on it: {gbytes / sum_time:.2f} GB/s "
+          f"(same threads as the rules)")
     print(f"{'rule':18s} {'time':>10s} {'GB/s':>8s} {'of .sum()':>10s} {'of big .sum()':>14s}")
     times: dict[str, float] = {}
     for name, fn in AGGREGATORS.items():
@@ -87,7 +101,7 @@ def bench_shape(n: int, d: int, repeats: int, bandwidth: float, budget: float,
     per_iter = max(t101 - t1, 0.0) / 100
     v = x.median(dim=0).values if d <= 1_000_000 else x[3].clone()
     sq = (x.double() ** 2).sum(dim=1) if d <= 1_000_000 else torch.stack([(r.double() ** 2).sum() for r in x])
-    tb = best_time(lambda: textbook_iteration(x, v, sq, 1.0), repeats)
+    tb = best_time(with_threads(threads, lambda: textbook_iteration(x, v, sq, 1.0)), repeats)
     print(f"centered_clip (tau=1): fixed cost {t1 * 1e3:.1f} ms (median start + Gram + combine + "
           f"distances), {per_iter * 1e6:.1f} us per iteration; converged in {res.iterations} iterations")
     print(f"  textbook iteration (mat-vec + vec-mat over x): {tb * 1e3:.1f} ms per iteration "
@@ -101,25 +115,33 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="only the 16 x 0.7M shard")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--agg-threads", default="1",
+                        help="AGGREGATOR_THREADS for the rules: an integer, or 'torch' for torch's setting")
     parser.add_argument("--budget", type=float, default=30.0,
                         help="skip a rule at 11M when its projected time exceeds this many seconds")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    agg_module.AGGREGATOR_THREADS = None if args.agg_threads == "torch" else int(args.agg_threads)
 
     print(f"# aggregators benchmark, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
-          f"{platform.processor() or platform.machine()}")
+          f"{platform.processor() or platform.machine()}; rules run with "
+          f"{agg_module.AGGREGATOR_THREADS or torch.get_num_threads()} thread(s)")
     try:
         print("load average (1/5/15 min): " + " ".join(f"{v:.2f}" for v in os.getloadavg()))
     except OSError:
         pass
 
     big = torch.ones(16, 11_000_000)
-    bw_time = best_time(lambda: big.sum(), 5)
-    bandwidth = big.numel() * 4 / 1e9 / bw_time
+    gb = big.numel() * 4 / 1e9
+    bw_all = gb / best_time(lambda: big.sum(), 5)
+    bw_one = gb / best_time(with_threads(1, lambda: big.sum()), 5)
     del big
-    print(f"memory bandwidth reference: .sum() over 704 MB: {bandwidth:.2f} GB/s")
+    bandwidth = bw_one if agg_module.AGGREGATOR_THREADS == 1 else bw_all
+    print(f"memory bandwidth reference, .sum() over 704 MB: {bw_one:.2f} GB/s on 1 thread, "
+          f"{bw_all:.2f} GB/s on {torch.get_num_threads()}; the 'of big .sum()' column uses "
+          f"{bandwidth:.2f}")
 
     small = bench_shape(16, 700_000, args.repeats, bandwidth, args.budget, None)
     if not args.quick:

@@ -271,7 +271,7 @@ def test_the_sorting_network_sorts_every_zero_one_input(n):
     # 0-1 principle: a comparator network that sorts all 2^n binary inputs sorts every input
     cols = torch.arange(2 ** n)
     rows = list(((cols[None, :] >> torch.arange(n)[:, None]) & 1).float())
-    out = torch.stack(agg._order_statistics(rows, tuple(range(n))))
+    out = torch.stack(agg._Sorter(n, 2 ** n, torch.float32, tuple(range(n)))(rows))
     assert bool((out[1:] >= out[:-1]).all())
 
 
@@ -312,3 +312,20 @@ def test_pairwise_distances_stay_exact_when_outliers_drag_the_mean_away():
     xd = x.double()
     brute = torch.stack([((xd - xd[i]) ** 2).sum(dim=1) for i in range(12)])
     assert torch.allclose(got, brute, rtol=1e-6, atol=0)
+
+
+def test_rules_run_single_threaded_and_restore_the_callers_thread_count(monkeypatch):
+    seen = []
+    original = agg._centered_gram
+    monkeypatch.setattr(agg, "_centered_gram", lambda *a, **k: (seen.append(torch.get_num_threads()),
+                                                                 original(*a, **k))[1])
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        centered_clip(torch.randn(5, 10))
+        assert seen == [1] and torch.get_num_threads() == 2
+        monkeypatch.setattr(agg, "AGGREGATOR_THREADS", None)
+        centered_clip(torch.randn(5, 10))
+        assert seen == [1, 2]
+    finally:
+        torch.set_num_threads(previous)

@@ -50,6 +50,30 @@ __all__ = [
 # Columns per chunk for the passes over x: a chunk of 16 rows is 4 MiB of float32, cache friendly.
 _CHUNK = 1 << 16
 
+# Intra-op threads while a rule runs (None: leave torch's setting). The rules are memory-bound, so a
+# second thread buys little on an idle machine, while on a loaded one (volunteers aggregate while
+# they train) every OpenMP/MKL region waits for descheduled threads: at load 3-6 on 2 cores we
+# measured 5-15x slow-downs at 2 threads against 1 (docs/performance.md, "Aggregators").
+AGGREGATOR_THREADS: int | None = 1
+
+
+def _threads(fn):
+    """Run ``fn`` with ``AGGREGATOR_THREADS`` intra-op threads, restoring the caller's setting."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        wanted = AGGREGATOR_THREADS
+        previous = torch.get_num_threads()
+        if wanted is None or wanted == previous:
+            return fn(*args, **kwargs)
+        torch.set_num_threads(wanted)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_num_threads(previous)
+
+    return wrapper
+
 
 # --------------------------------------------------------------------------------------------------
 # validation helpers
@@ -90,7 +114,8 @@ def _check_weights(rule: str, weights, n: int) -> torch.Tensor | None:
     return w / w.sum()
 
 
-def _chunks(d: int, size: int = _CHUNK):
+def _chunks(d: int, size: int | None = None):
+    size = size or _CHUNK
     for start in range(0, d, size):
         yield start, min(d, start + size)
 
@@ -186,6 +211,7 @@ def _iterate(x: torch.Tensor, center: torch.Tensor, step, *, eps: float,
     raise AssertionError("unreachable: the last frame never re-centres")
 
 
+@_threads
 def pairwise_sq_distances(x: torch.Tensor) -> torch.Tensor:
     """Squared Euclidean distances between the rows of ``x`` as an ``[n, n]`` float64 matrix.
 
@@ -213,6 +239,7 @@ def pairwise_sq_distances(x: torch.Tensor) -> torch.Tensor:
 # rules
 
 
+@_threads
 def mean(x: torch.Tensor) -> torch.Tensor:
     """Coordinate-wise average (what a plain all-reduce computes). Tolerates no Byzantine input."""
     _check(x, "mean")
@@ -224,7 +251,10 @@ def mean(x: torch.Tensor) -> torch.Tensor:
 # cache-sized column chunk) is 4-5x faster for the small n of a group, and pruning it to the order
 # statistics we need (e.g. only the median) drops the comparators that cannot affect them.
 _NETWORK_MAX_N = 64
-_NETWORK_CHUNK = 1 << 16  # large enough for torch to split elementwise ops over threads
+# 32768 = torch's parallel grain size: each min/max stays on one thread. Larger chunks make every
+# comparator an OpenMP region, and on a loaded machine (volunteers train while they aggregate) the
+# join waits for a descheduled thread: we measured 15x slow-downs at 2 threads, load 3 on 2 cores.
+_NETWORK_CHUNK = 1 << 15
 
 
 @functools.lru_cache(maxsize=None)
@@ -262,16 +292,34 @@ def _pruned_network(n: int, outputs: tuple[int, ...]) -> tuple[tuple[int, int], 
     return tuple(reversed(kept))
 
 
-def _order_statistics(rows: list[torch.Tensor], outputs: tuple[int, ...]) -> list[torch.Tensor]:
-    """Sort ``rows`` (equal-length 1-D tensors) per coordinate far enough that ``rows[i]`` for each
-    ``i`` in ``outputs`` holds the i-th smallest value; returns the (re-bound) list."""
-    rows = list(rows)
-    for lo, hi in _pruned_network(len(rows), outputs):
-        a, b = rows[lo], rows[hi]
-        rows[lo], rows[hi] = torch.minimum(a, b), torch.maximum(a, b)
-    return rows
+class _Sorter:
+    """Order statistics of row chunks by a pruned sorting network, without allocating per chunk.
+
+    Every chunk is copied into an owned ``[n, chunk]`` buffer and the compare-exchanges write into
+    one spare row, swapping references: large CPU tensors are malloc'd with mmap, and allocating
+    temporaries per comparator costs page faults that dwarf the arithmetic at 11M columns."""
+
+    def __init__(self, n: int, width: int, dtype: torch.dtype, outputs: tuple[int, ...]):
+        self.network = _pruned_network(n, outputs)
+        self.buf = torch.empty(n + 1, width, dtype=dtype)
+
+    def __call__(self, rows: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Rows sorted per coordinate far enough that ``result[i]`` holds the i-th smallest value for
+        every ``i`` in ``outputs`` (the result aliases the internal buffer until the next call)."""
+        width = rows[0].shape[0]
+        own = [self.buf[i, :width] for i in range(len(rows) + 1)]
+        for dst, src in zip(own, rows):
+            dst.copy_(src)
+        spare = own.pop()
+        for lo, hi in self.network:
+            a, b = own[lo], own[hi]
+            torch.minimum(a, b, out=spare)
+            torch.maximum(a, b, out=b)
+            own[lo], spare = spare, a
+        return own
 
 
+@_threads
 def median(x: torch.Tensor) -> torch.Tensor:
     """Coordinate-wise median. For even n this takes the LOWER of the two middle values (torch's
     convention), so every output coordinate is one of the input values. Robust for f < n/2."""
@@ -280,14 +328,17 @@ def median(x: torch.Tensor) -> torch.Tensor:
         return x[0].clone()
     out = torch.empty(d, dtype=x.dtype)
     mid = (n - 1) // 2
-    for a, b in _chunks(d, _NETWORK_CHUNK if n <= _NETWORK_MAX_N else 1 << 16):
-        if n <= _NETWORK_MAX_N:
-            out[a:b] = _order_statistics(list(x[:, a:b]), (mid,))[mid]
-        else:
+    if n > _NETWORK_MAX_N:
+        for a, b in _chunks(d):
             out[a:b] = x[:, a:b].median(dim=0).values
+        return out
+    sorter = _Sorter(n, min(d, _NETWORK_CHUNK), x.dtype, (mid,))
+    for a, b in _chunks(d, _NETWORK_CHUNK):
+        out[a:b] = sorter(list(x[:, a:b]))[mid]
     return out
 
 
+@_threads
 def trimmed_mean(x: torch.Tensor, *, beta: float = 0.1) -> torch.Tensor:
     """Per coordinate, drop the ``k = floor(beta * n)`` largest and ``k`` smallest values and average
     the rest. Needs ``0 <= beta < 1/2``; robust for ``f <= k``."""
@@ -298,16 +349,23 @@ def trimmed_mean(x: torch.Tensor, *, beta: float = 0.1) -> torch.Tensor:
     if k == 0:
         return x.mean(dim=0)
     out = torch.empty(d, dtype=x.dtype)
-    kept = tuple(range(k, n - k))
-    for a, b in _chunks(d, _NETWORK_CHUNK if n <= _NETWORK_MAX_N else 1 << 16):
-        if n <= _NETWORK_MAX_N:
-            rows = _order_statistics(list(x[:, a:b]), kept)
-            out[a:b] = torch.stack([rows[i] for i in kept]).mean(dim=0)
-        else:
+    if n > _NETWORK_MAX_N:
+        for a, b in _chunks(d):
             out[a:b] = x[:, a:b].sort(dim=0).values[k:n - k].mean(dim=0)
+        return out
+    kept = tuple(range(k, n - k))
+    sorter = _Sorter(n, min(d, _NETWORK_CHUNK), x.dtype, kept)
+    for a, b in _chunks(d, _NETWORK_CHUNK):
+        rows = sorter(list(x[:, a:b]))
+        acc = out[a:b]
+        acc.copy_(rows[k])
+        for i in kept[1:]:
+            acc.add_(rows[i])
+        acc.div_(len(kept))
     return out
 
 
+@_threads
 def krum_scores(x: torch.Tensor, *, f: int, dist: torch.Tensor | None = None) -> torch.Tensor:
     """Blanchard et al. (2017) Krum score of every input: the sum of its squared distances to its
     ``n - f - 2`` nearest other inputs (float64 ``[n]``). Needs ``n >= 2f + 3``."""
@@ -329,12 +387,14 @@ def _scores_from_dist(dist: torch.Tensor, k: int) -> torch.Tensor:
     return d.sort(dim=1).values[:, :k].sum(dim=1)
 
 
+@_threads
 def krum(x: torch.Tensor, *, f: int) -> torch.Tensor:
     """Krum: the input with the smallest Krum score (ties: the lowest index). Needs ``n >= 2f + 3``."""
     scores = krum_scores(x, f=f)
     return x[int(torch.argmin(scores))].clone()
 
 
+@_threads
 def multi_krum(x: torch.Tensor, *, f: int, m: int | None = None) -> torch.Tensor:
     """Multi-Krum: the mean of the ``m`` inputs with the smallest Krum scores (scores computed once;
     ties by lowest index). ``m`` defaults to ``n - f``; needs ``n >= 2f + 3`` and ``1 <= m <= n``."""
@@ -348,6 +408,7 @@ def multi_krum(x: torch.Tensor, *, f: int, m: int | None = None) -> torch.Tensor
     return x[order].mean(dim=0)
 
 
+@_threads
 def bulyan_selection(x: torch.Tensor, *, f: int, dist: torch.Tensor | None = None) -> list[int]:
     """Indices of the ``n - 2f`` inputs Bulyan selects by repeated Krum (El Mhamdi et al., 2018).
 
@@ -373,6 +434,7 @@ def bulyan_selection(x: torch.Tensor, *, f: int, dist: torch.Tensor | None = Non
     return selected
 
 
+@_threads
 def bulyan(x: torch.Tensor, *, f: int) -> torch.Tensor:
     """Bulyan: select ``theta = n - 2f`` inputs by repeated Krum, then per coordinate average the
     ``beta = theta - 2f = n - 4f`` selected values nearest to their coordinate-wise median (lower
@@ -386,27 +448,38 @@ def bulyan(x: torch.Tensor, *, f: int) -> torch.Tensor:
     first, last = max(0, mid - keep + 1), min(mid, theta - keep)
     needed = tuple(range(first, last + keep))
     out = torch.empty(d, dtype=x.dtype)
+    width = min(d, _NETWORK_CHUNK)
+    sorter = _Sorter(theta, width, x.dtype, needed) if theta <= _NETWORK_MAX_N else None
+    cost, best_cost, total = (torch.empty(width, dtype=x.dtype) for _ in range(3))
+    better = torch.empty(width, dtype=torch.bool)
     for a, b in _chunks(d, _NETWORK_CHUNK):
         chunk = [x[i, a:b] for i in selected]
-        if theta <= _NETWORK_MAX_N:
-            rows = _order_statistics(chunk, needed)
+        if sorter is not None:
+            rows = sorter(chunk)
         else:
             rows = list(torch.stack(chunk).sort(dim=0).values)
-        med = rows[mid]
-        best_cost = best_sum = None
+        med, w = rows[mid], b - a
+        best_sum = out[a:b]
         for start in range(first, last + 1):
-            cost = torch.maximum(med - rows[start], rows[start + keep - 1] - med)
-            total = torch.stack(rows[start:start + keep]).sum(dim=0)
-            if best_cost is None:
-                best_cost, best_sum = cost, total
+            c, t = cost[:w], total[:w]
+            torch.sub(med, rows[start], out=c)
+            torch.sub(rows[start + keep - 1], med, out=t)
+            torch.maximum(c, t, out=c)
+            t.copy_(rows[start])
+            for i in range(start + 1, start + keep):
+                t.add_(rows[i])
+            if start == first:
+                best_cost[:w].copy_(c)
+                best_sum.copy_(t)
             else:
-                better = cost < best_cost
-                best_cost = torch.where(better, cost, best_cost)
-                best_sum = torch.where(better, total, best_sum)
-        out[a:b] = best_sum / keep
+                torch.lt(c, best_cost[:w], out=better[:w])
+                torch.where(better[:w], c, best_cost[:w], out=best_cost[:w])
+                torch.where(better[:w], t, best_sum, out=best_sum)
+        best_sum.div_(keep)
     return out
 
 
+@_threads
 def geometric_median(x: torch.Tensor, *, eps: float = 1e-6, max_iters: int = 100,
                      weights=None) -> torch.Tensor:
     """Geometric median ``argmin_v sum_k w_k ||x_k - v||`` by Weiszfeld iterations from the mean.
@@ -451,6 +524,7 @@ class CenteredClipResult(NamedTuple):
     distances: torch.Tensor    # [n] float64, ||x_k - v|| computed exactly for the returned v
 
 
+@_threads
 def centered_clip_with_info(x: torch.Tensor, *, tau: float = 1.0, eps: float = 1e-6,
                             max_iters: int = 100, init: str = "median",
                             weights=None) -> CenteredClipResult:
@@ -498,6 +572,7 @@ def centered_clip(x: torch.Tensor, *, tau: float = 1.0, eps: float = 1e-6, max_i
                                    weights=weights).v
 
 
+@_threads
 def centered_clip_residual(x: torch.Tensor, v: torch.Tensor, *, tau: float,
                            weights=None) -> torch.Tensor:
     """The fixed-point residual ``sum_k p_k min(1, tau/||x_k - v||) (x_k - v)`` (``[d]``, float64).
