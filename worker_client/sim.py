@@ -228,10 +228,17 @@ def run_simulation(*, task: str = "mnist5k-mlp", peers: int = 16, byzantine: int
                     g = peer.hook_corrupt_gradient(g.clone(), fake)
                 rows.append(g)
             x = torch.stack(rows)
+            if not torch.isfinite(x).all():
+                # The model has already diverged (an earlier update blew it up): training is over.
+                stats["diverged_at"] = step
+                break
             if aggregator == "centered_clip":  # per part, like BTARD's aggregators (tau acts per part)
                 update = torch.cat([centered_clip(x[:, a:b], tau=tau, init="median") for a, b in bounds])
             else:
                 update = rule(x, **rule_params)
+            if not torch.isfinite(update).all():
+                stats["diverged_at"] = step
+                break
             apply_flat_update(model, update, optimizer)
             models.bump()
             r = hashlib.sha256(b"btard-baseline" + r).digest()
@@ -241,6 +248,11 @@ def run_simulation(*, task: str = "mnist5k-mlp", peers: int = 16, byzantine: int
             if bar:
                 bar.update(1)
         bans = []
+        if "diverged_at" in stats and eval_every:
+            # A diverged model stays diverged: record its (chance-level) accuracy at the remaining points.
+            acc = t_task.evaluate(model)
+            last = curve[-1][0] if curve else 0
+            curve.extend([s, acc] for s in range(last + eval_every, steps + 1, eval_every))
     if bar:
         bar.close()
     elapsed = time.perf_counter() - started

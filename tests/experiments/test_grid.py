@@ -1,0 +1,98 @@
+import json
+
+import pytest
+
+from worker_client import experiments
+from worker_client.experiments import GRIDS, Cell, last_ban_delay, load_results, markdown_table
+
+SIM_KEYS = {"final_accuracy", "accuracy_curve", "byzantine", "bans", "honest_banned", "seconds_per_step", "args"}
+GRID_KEYS = {"task", "peers", "attack", "aggregator", "tau", "seed", "attack_every"}
+
+
+@pytest.fixture(scope="module")
+def smoke_results(tmp_path_factory):
+    results_dir = tmp_path_factory.mktemp("results")
+    path = experiments.run_grid("smoke", results_dir=results_dir, jobs=2, progress=False)
+    return results_dir, path
+
+
+def test_the_smoke_grid_writes_one_line_per_cell_with_the_sim_and_grid_keys(smoke_results):
+    _, path = smoke_results
+    rows = load_results(path)
+    assert len(rows) == len(GRIDS["smoke"]())
+    for row in rows:
+        assert SIM_KEYS | GRID_KEYS <= set(row), set(SIM_KEYS | GRID_KEYS) - set(row)
+        assert 0.0 <= row["final_accuracy"] <= 1.0
+        assert row["accuracy_curve"][-1][0] <= row["steps"]
+    clean = {r["aggregator"]: r for r in rows if r["attack"] == "none"}
+    assert clean["btard"]["final_accuracy"] > 0.5, "the clean smoke run should learn"
+    attacked = [r for r in rows if r["aggregator"] == "btard" and r["attack"] != "none"]
+    assert attacked and all(r["honest_banned"] == 0 for r in attacked)
+    assert all(set(r["byzantine"]) <= {b["peer"] for b in r["bans"]} for r in attacked)
+
+
+def test_the_report_has_a_table_and_a_plot_per_attack(smoke_results):
+    results_dir, _ = smoke_results
+    md, plots = experiments.report("smoke", results_dir=results_dir)
+    text = md.read_text()
+    assert "| defence | none | sign_flip b=3 |" in text
+    assert "btard (tau 1)" in text and "banned@" in text
+    assert {p.name for p in plots} == {"smoke-none.png", "smoke-sign_flip_b3.png"}
+    for p in plots:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_finished_grid_resumes_without_rerunning_cells(smoke_results, monkeypatch):
+    results_dir, path = smoke_results
+    before = path.read_text()
+
+    def boom(cell):  # pragma: no cover - must not be called
+        raise AssertionError("a finished cell ran again")
+
+    monkeypatch.setattr(experiments, "_run_cell", boom)
+    experiments.run_grid("smoke", results_dir=results_dir, jobs=1, progress=False)
+    assert path.read_text() == before
+
+
+def test_a_torn_last_line_is_skipped_and_that_cell_reruns(tmp_path, capsys):
+    path = tmp_path / "x.jsonl"
+    path.write_text(json.dumps({"key": "a", "final_accuracy": 0.5}) + "\n{\"key\": \"b\", \"fin")
+    rows = load_results(path)
+    assert [r["key"] for r in rows] == ["a"]
+    assert "not valid JSON" in capsys.readouterr().err
+
+
+def test_the_paper_grid_covers_every_attack_and_defence_and_bulyan_only_where_it_can_run():
+    cells = GRIDS["paper"]()
+    attacks = {c.attack for c in cells}
+    assert attacks == {"none", "sign_flip", "random_direction", "label_flip", "delayed", "ipm", "alie"}
+    defences = {c.defence for c in cells}
+    assert {"mean", "median", "trimmed_mean", "krum", "geometric_median", "centered_clip (tau 1)",
+            "centered_clip (tau 10)", "btard (tau 1)", "btard (tau 10)"} <= defences
+    assert all(c.peers >= 4 * c.byzantine + 3 for c in cells if c.aggregator == "bulyan")
+    assert any(c.aggregator == "bulyan" for c in cells)
+    assert {c.seed for c in cells} == {0, 1, 2}
+    assert any(c.attack_every == 10 for c in cells)
+    assert len({c.key for c in cells}) == len(cells)
+
+
+def test_ban_delay_counts_from_the_attack_start_and_needs_every_attacker():
+    row = {"byzantine": ["p1", "p2"], "attack_start": 50,
+           "bans": [{"peer": "p1", "step": 60}, {"peer": "p2", "step": 75}]}
+    assert last_ban_delay(row) == 25
+    row["bans"].pop()
+    assert last_ban_delay(row) is None
+
+
+def test_the_table_shows_mean_and_std_over_seeds():
+    base = dict(task="t", peers=4, byzantine_count=0, attack="none", aggregator="mean", tau=1.0,
+                attack_every=1, byzantine=[], bans=[], honest_banned=0)
+    rows = [dict(base, seed=0, final_accuracy=0.80), dict(base, seed=1, final_accuracy=0.90)]
+    text = markdown_table(rows, title="t")
+    assert "| mean | 85.0 ± 7.1 |" in text
+
+
+def test_cells_are_keyed_by_what_defines_them():
+    a = Cell(task="t", peers=16, byzantine=7, attack="alie", aggregator="btard", tau=1.0, seed=0)
+    b = Cell(task="t", peers=16, byzantine=7, attack="alie", aggregator="btard", tau=1.0, seed=1)
+    assert a.key != b.key and a.defence == "btard (tau 1)" and a.column == "alie b=7"

@@ -1,0 +1,363 @@
+"""``btard-experiments``: run grids of ``btard-sim`` cells in parallel, resumably, and report them.
+
+Each cell is one simulated run (:func:`worker_client.sim.run_simulation`). Results go to
+``results/<grid>.jsonl`` (one JSON object per cell, appended as cells finish, so an interrupted grid
+resumes where it stopped), then a Markdown table ``results/<grid>.md`` and PNG plots
+``results/<grid>-<attack>.png`` are rebuilt from the whole file.
+
+    btard-experiments smoke            # a few cells, well under a minute
+    btard-experiments paper --jobs 2   # the robustness table (about an hour on 2 cores)
+    btard-experiments fashion          # Fashion-MNIST CNN (needs apt-get install dataset-fashion-mnist)
+    btard-experiments paper --report-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import statistics
+import sys
+import time
+from collections import defaultdict
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_RESULTS = ROOT / "results"
+
+GRADIENT_ATTACKS = ["none", "sign_flip", "random_direction", "label_flip", "delayed", "ipm", "alie"]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One simulated run. ``key`` identifies it in the results file (used to resume)."""
+
+    task: str
+    peers: int
+    byzantine: int
+    attack: str
+    aggregator: str
+    tau: float
+    seed: int
+    attack_every: int = 1
+    attack_start: int = 50
+    steps: int = 300
+    validators: int | None = None
+    extra: dict = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def key(self) -> str:
+        return json.dumps([self.task, self.peers, self.byzantine, self.attack, self.aggregator, self.tau,
+                           self.seed, self.attack_every, self.attack_start, self.steps, self.validators])
+
+    @property
+    def defence(self) -> str:
+        """Row label: aggregator, with tau where the rule has one."""
+        if self.aggregator in {"btard", "centered_clip"}:
+            return f"{self.aggregator} (tau {self.tau:g})"
+        return self.aggregator
+
+    @property
+    def column(self) -> str:
+        label = self.attack
+        if self.attack != "none" and self.attack_every != 1:
+            label += f" /{self.attack_every}"
+        if self.attack != "none":
+            label += f" b={self.byzantine}"
+        return label
+
+    def sim_kwargs(self) -> dict:
+        kwargs = dict(task=self.task, peers=self.peers, byzantine=self.byzantine, attack=self.attack,
+                      aggregator=self.aggregator, tau=self.tau, seed=self.seed, attack_every=self.attack_every,
+                      attack_start=self.attack_start, steps=self.steps, progress=False)
+        if self.validators is not None:
+            kwargs["validators"] = self.validators
+        kwargs.update(self.extra)
+        return kwargs
+
+
+def _cells(task: str, *, peers: int, byzantine: int, attacks: Iterable[str], defences: Iterable[tuple[str, float]],
+           seeds: Iterable[int], steps: int, attack_start: int, attack_every: int = 1, **extra) -> list[Cell]:
+    out = []
+    for seed in seeds:
+        for attack in attacks:
+            for aggregator, tau in defences:
+                b = 0 if attack == "none" else byzantine
+                if aggregator == "bulyan" and peers < 4 * max(b, 1) + 3:
+                    continue  # Bulyan needs n >= 4f+3
+                out.append(Cell(task=task, peers=peers, byzantine=b, attack=attack, aggregator=aggregator,
+                                tau=tau, seed=seed, attack_every=attack_every, attack_start=attack_start,
+                                steps=steps, extra=extra))
+    return out
+
+
+def grid_smoke() -> list[Cell]:
+    return _cells("mnist5k-mlp", peers=8, byzantine=3, attacks=["none", "sign_flip"],
+                  defences=[("mean", 1.0), ("btard", 1.0)], seeds=[0], steps=30, attack_start=10)
+
+
+PAPER_DEFENCES = [("mean", 1.0), ("median", 1.0), ("trimmed_mean", 1.0), ("krum", 1.0), ("geometric_median", 1.0),
+                  ("centered_clip", 1.0), ("centered_clip", 10.0), ("btard", 1.0), ("btard", 10.0)]
+
+
+def grid_paper() -> list[Cell]:
+    seeds = [0, 1, 2]
+    cells = _cells("mnist5k-mlp", peers=16, byzantine=7, attacks=GRADIENT_ATTACKS, defences=PAPER_DEFENCES,
+                   seeds=seeds, steps=300, attack_start=50)
+    subset_attacks = ["sign_flip", "ipm", "alie"]
+    subset_defences = [("mean", 1.0), ("median", 1.0), ("bulyan", 1.0), ("centered_clip", 1.0), ("btard", 1.0)]
+    # Rare strikes: every 10th step, 7 attackers.
+    cells += _cells("mnist5k-mlp", peers=16, byzantine=7, attacks=subset_attacks, defences=subset_defences,
+                    seeds=seeds, steps=300, attack_start=50, attack_every=10)
+    # 3 attackers, where Bulyan (n >= 4f+3) can run.
+    cells += _cells("mnist5k-mlp", peers=16, byzantine=3, attacks=subset_attacks, defences=subset_defences,
+                    seeds=seeds, steps=300, attack_start=50)
+    return cells
+
+
+def grid_fashion() -> list[Cell]:
+    return _cells("fashion-cnn", peers=16, byzantine=7, attacks=["none", "sign_flip", "ipm", "alie"],
+                  defences=[("mean", 1.0), ("centered_clip", 1.0), ("btard", 1.0)], seeds=[0], steps=600,
+                  attack_start=100)
+
+
+GRIDS: dict[str, Callable[[], list[Cell]]] = {"smoke": grid_smoke, "paper": grid_paper, "fashion": grid_fashion}
+
+
+# --- running -------------------------------------------------------------------------------------
+def _run_cell(cell: Cell) -> dict:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+    from worker_client.sim import run_simulation
+
+    started = time.time()
+    result = run_simulation(**cell.sim_kwargs())
+    result = dict(result)
+    result.update(task=cell.task, peers=cell.peers, attack=cell.attack, aggregator=cell.aggregator, tau=cell.tau,
+                  seed=cell.seed, attack_every=cell.attack_every, attack_start=cell.attack_start, steps=cell.steps,
+                  byzantine_count=cell.byzantine, wall_seconds=round(time.time() - started, 2), key=cell.key)
+    return result
+
+
+def load_results(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    rows = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            print(f"warning: {path}:{lineno} is not valid JSON (an interrupted write?); that cell will rerun",
+                  file=sys.stderr)
+    return rows
+
+
+def run_grid(name: str, *, results_dir: Path = DEFAULT_RESULTS, jobs: int | None = None, progress: bool = True,
+             limit: int | None = None) -> Path:
+    """Run every cell of grid ``name`` not yet in ``results/<name>.jsonl``; returns that path."""
+    if name not in GRIDS:
+        raise ValueError(f"unknown grid {name!r}; choose from {sorted(GRIDS)}")
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / f"{name}.jsonl"
+    done = {row.get("key") for row in load_results(path)}
+    cells = [c for c in GRIDS[name]() if c.key not in done]
+    if limit is not None:
+        cells = cells[:limit]
+    total = len(GRIDS[name]())
+    jobs = max(1, jobs or os.cpu_count() or 1)
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, initial=total - len(cells) if limit is None else len(done), desc=f"grid {name}",
+               unit="cell", disable=not progress, file=sys.stderr)
+    if not cells:
+        bar.close()
+        return path
+    with ProcessPoolExecutor(max_workers=min(jobs, len(cells)),
+                             mp_context=multiprocessing.get_context("spawn")) as pool, path.open("a") as out:
+        pending = {pool.submit(_run_cell, cell): cell for cell in cells}
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                cell = pending.pop(fut)
+                try:
+                    row = fut.result()
+                except Exception as exc:  # a failing cell is reported and left for the next resume
+                    print(f"\ncell failed: {cell.column} / {cell.defence} / seed {cell.seed}: {exc}", file=sys.stderr)
+                    bar.update(1)
+                    continue
+                out.write(json.dumps(row) + "\n")
+                out.flush()
+                bar.set_postfix_str(f"{cell.defence} vs {cell.column}: {100 * row['final_accuracy']:.1f}%")
+                bar.update(1)
+    bar.close()
+    return path
+
+
+# --- reporting -----------------------------------------------------------------------------------
+def _defence_label(row: dict) -> str:
+    return Cell(task=row["task"], peers=row["peers"], byzantine=row.get("byzantine_count", 0), attack=row["attack"],
+                aggregator=row["aggregator"], tau=row["tau"], seed=row["seed"]).defence
+
+
+def _column_label(row: dict) -> str:
+    return Cell(task=row["task"], peers=row["peers"], byzantine=row.get("byzantine_count", 0), attack=row["attack"],
+                aggregator=row["aggregator"], tau=row["tau"], seed=row["seed"],
+                attack_every=row.get("attack_every", 1)).column
+
+
+def last_ban_delay(row: dict) -> int | None:
+    """Steps from the attack start until the last attacker was banned (None: not every attacker was)."""
+    attackers = set(row.get("byzantine") or [])
+    if not attackers:
+        return None
+    ban_steps = {b["peer"]: b["step"] for b in row.get("bans", []) if b["peer"] in attackers}
+    if set(ban_steps) != attackers:
+        return None
+    return max(ban_steps.values()) - row.get("attack_start", 0)
+
+
+def summarise(rows: list[dict]) -> dict:
+    """{(defence, column): {"mean", "std", "n", "ban_delay", "all_banned", "honest_banned"}}."""
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for row in rows:
+        groups[(_defence_label(row), _column_label(row))].append(row)
+    out = {}
+    for key, members in groups.items():
+        accs = [100.0 * m["final_accuracy"] for m in members]
+        delays = [last_ban_delay(m) for m in members]
+        out[key] = {
+            "mean": statistics.fmean(accs),
+            "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+            "n": len(accs),
+            "ban_delays": delays,
+            "all_banned": all(d is not None for d in delays) and bool(members[0].get("byzantine")),
+            "honest_banned": sum(int(m.get("honest_banned", 0)) for m in members),
+        }
+    return out
+
+
+def _order(labels: Iterable[str], preferred: list[str]) -> list[str]:
+    labels = set(labels)
+
+    def rank(label: str):
+        base = label.split(" ")[0]
+        return (preferred.index(base) if base in preferred else len(preferred), label)
+
+    return sorted(labels, key=rank)
+
+
+def markdown_table(rows: list[dict], *, title: str) -> str:
+    summary = summarise(rows)
+    defences = _order({d for d, _ in summary}, [d for d, _ in PAPER_DEFENCES] + ["bulyan", "multi_krum"])
+    columns = _order({c for _, c in summary}, GRADIENT_ATTACKS)
+    lines = [f"## {title}", "",
+             "Test accuracy (%) at the last step, mean ± std over seeds. For BTARD, `banned@k` gives the steps from "
+             "the attack start until the last attacker was banned (worst seed); `✗` marks a seed where some attacker "
+             "was never banned; `H` counts honest peers banned. Bulyan appears only where n >= 4f+3.", "",
+             "| defence | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for defence in defences:
+        cells = []
+        for column in columns:
+            s = summary.get((defence, column))
+            if s is None:
+                cells.append("–")
+                continue
+            text = f"{s['mean']:.1f} ± {s['std']:.1f}" if s["n"] > 1 else f"{s['mean']:.1f}"
+            if defence.startswith("btard") and column != "none":
+                delays = s["ban_delays"]
+                if all(d is not None for d in delays) and delays:
+                    text += f" (banned@{max(delays)})"
+                elif delays:
+                    text += f" ({sum(d is None for d in delays)}✗)"
+            if s["honest_banned"]:
+                text += f" H{s['honest_banned']}"
+            cells.append(text)
+        lines.append(f"| {defence} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(rows: list[dict], out_dir: Path, grid: str) -> list[Path]:
+    """One PNG per attack column: accuracy vs step, one line per defence (seed-averaged), ban markers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_column: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        by_column[_column_label(row)][_defence_label(row)].append(row)
+    paths = []
+    for column, defences in sorted(by_column.items()):
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        for defence in _order(defences, [d for d, _ in PAPER_DEFENCES]):
+            members = defences[defence]
+            curves = [dict((int(s), float(a)) for s, a in m["accuracy_curve"]) for m in members]
+            steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+            if not steps:
+                continue
+            mean = [100 * statistics.fmean(c[s] for c in curves) for s in steps]
+            (line,) = ax.plot(steps, mean, label=defence, linewidth=1.6 if defence.startswith("btard") else 1.0)
+            ban_steps = sorted(b["step"] for m in members for b in m.get("bans", []))
+            if ban_steps:
+                ys = [mean[min(range(len(steps)), key=lambda i: abs(steps[i] - b))] for b in ban_steps]
+                ax.scatter(ban_steps, ys, marker="x", color=line.get_color(), s=22, zorder=3)
+        start = next(iter(next(iter(defences.values())))).get("attack_start")
+        if column != "none" and start:
+            ax.axvline(start, color="grey", linestyle=":", linewidth=1)
+        ax.set_title(f"{grid}: {column} (x = a ban)")
+        ax.set_xlabel("step")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+        fig.tight_layout()
+        safe = column.replace(" ", "_").replace("/", "every").replace("=", "")
+        path = out_dir / f"{grid}-{safe}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def report(name: str, *, results_dir: Path = DEFAULT_RESULTS) -> tuple[Path, list[Path]]:
+    rows = load_results(results_dir / f"{name}.jsonl")
+    if not rows:
+        raise SystemExit(f"no results in {results_dir / (name + '.jsonl')}: run `btard-experiments {name}` first")
+    md = results_dir / f"{name}.md"
+    task = rows[0]["task"]
+    md.write_text(markdown_table(rows, title=f"Grid `{name}` on `{task}` ({len(rows)} cells)"))
+    return md, plot_curves(rows, results_dir, name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="btard-experiments", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("grid", choices=sorted(GRIDS))
+    parser.add_argument("--jobs", type=int, default=None, help="parallel processes (default: CPU count)")
+    parser.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS)
+    parser.add_argument("--limit", type=int, default=None, help="run at most this many new cells, then report")
+    parser.add_argument("--report-only", action="store_true", help="rebuild the table and plots from the results")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    started = time.time()
+    if not args.report_only:
+        run_grid(args.grid, results_dir=args.results_dir, jobs=args.jobs, progress=not args.quiet, limit=args.limit)
+    md, plots = report(args.grid, results_dir=args.results_dir)
+    print(f"table: {md}")
+    for p in plots:
+        print(f"plot:  {p}")
+    print(f"wall time: {time.time() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
