@@ -139,6 +139,7 @@ USE_TZ = True
 STATIC_URL = "/static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = env_path("STATIC_ROOT", VAR_DIR / "staticfiles")
+SERVE_STATIC = env_bool("SERVE_STATIC", True)  # asgi.py serves /static/ under Daphne
 
 LOGIN_URL = "/login/"
 LOGIN_REDIRECT_URL = "/me/"
