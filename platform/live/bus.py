@@ -15,27 +15,44 @@ log = logging.getLogger(__name__)
 MESSAGE_TYPE = "live.event"
 
 
-def deliver(event: _Event) -> None:
-    """Send ``event`` to its groups now. Failures are logged: the database state is already committed."""
-    groups = event.groups()
-    if not groups:
-        return
-    layer = get_channel_layer()
+def build_message(event: _Event) -> dict:
+    return {"type": MESSAGE_TYPE, "event": event.model_dump(mode="json")}
+
+
+async def deliver_async(event: _Event, layer=None) -> None:
+    """Send ``event`` to its groups, and its control message (if any) to each recipient worker.
+
+    Worker messages (``Group``, ``Relay``) are serialised once and sent only to the recipients' own
+    groups (``workers.peer.<id>``), so a push costs O(recipients) whatever the size of the run.
+    """
+    import asyncio
+
+    from .events import peer_group
+
+    layer = layer or get_channel_layer()
     if layer is None:
         return
-    message = {"type": MESSAGE_TYPE, "event": event.model_dump(mode="json")}
+    sends = []
+    groups = event.groups()
+    if groups:
+        message = build_message(event)
+        sends += [layer.group_send(group, message) for group in groups]
     worker_message = getattr(event, "worker_message", None)
     if worker_message is not None:
-        # Fan-out fast path: the control message is serialised once here, and each worker socket only
-        # checks whether it is a recipient (no per-socket parsing).
-        message["worker"] = worker_message().model_dump_json()
-        message["recipients"] = sorted(event.recipients() if callable(event.recipients) else event.recipients)
-        message["sender"] = getattr(getattr(event, "envelope", None), "sender", None)
-    for group in groups:
-        try:
-            async_to_sync(layer.group_send)(group, message)
-        except Exception:  # a full channel or a Redis hiccup must not undo a committed write
-            log.exception("could not deliver %s to %s", event.type, group)
+        forward = {"type": "worker.forward", "text": worker_message().model_dump_json()}
+        sends += [layer.group_send(peer_group(pid), forward) for pid in event.worker_recipients()]
+    results = await asyncio.gather(*sends, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):  # a full channel must not undo a committed write
+            log.error("could not deliver %s: %r", event.type, result)
+
+
+def deliver(event: _Event) -> None:
+    """Deliver ``event`` now (sync callers). Failures are logged: the database state is committed."""
+    try:
+        async_to_sync(deliver_async)(event)
+    except Exception:
+        log.exception("could not deliver %s", event.type)
 
 
 def emit(event: _Event) -> _Event:

@@ -106,10 +106,6 @@ def _reachability_helper(peer) -> str | None:
     return helper
 
 
-def peer_group(peer_id: str) -> str:
-    return f"workers.peer.{peer_id}"
-
-
 class WorkerConsumer(AsyncWebsocketConsumer):
     """One ``btard-worker``. Refusals: the socket is accepted and closed at once with a
     ``CLOSE_*`` code and a reason, so the worker can tell the volunteer why."""
@@ -194,7 +190,7 @@ class WorkerConsumer(AsyncWebsocketConsumer):
         result = await database_sync_to_async(_join)(self.token, msg)
         self.peer = result.peer
         await self._group_add(ev.run_workers_group(result.run.pk))
-        await self._group_add(peer_group(self.peer.peer_id))
+        await self._group_add(ev.peer_group(self.peer.peer_id))
         await self.send_model(Welcome(peer_id=self.peer.peer_id, role=result.role, run=result.run.run_info(),
                                       step=result.run.current_step, probation_steps_left=result.probation_left))
         await database_sync_to_async(_tick)(self.peer.run_id, force=True)
@@ -215,7 +211,7 @@ class WorkerConsumer(AsyncWebsocketConsumer):
             return
         request_id = f"{self.peer.peer_id[:8]}-{id(msg):x}"
         cache.set(f"reach:{request_id}", self.channel_name, timeout=120)
-        await self.channel_layer.group_send(peer_group(helper), {
+        await self.channel_layer.group_send(ev.peer_group(helper), {
             "type": "worker.forward",
             "text": ReachabilityCheck(request_id=request_id, p2p_id=msg.p2p_id, p2p_addrs=msg.p2p_addrs)
             .model_dump_json()})
@@ -237,11 +233,6 @@ class WorkerConsumer(AsyncWebsocketConsumer):
             await self.close(code=CLOSE_REPLACED, reason=CLOSE_REASONS[CLOSE_REPLACED])
 
     async def live_event(self, message):
-        if "worker" in message:  # group and relay fan-out
-            me = self.peer.peer_id if self.peer is not None else None
-            if me is not None and me != message.get("sender") and me in message["recipients"]:
-                await self.send(text_data=message["worker"])
-            return
         try:
             event = ev.parse_event(message["event"])
         except ValidationError:
@@ -329,8 +320,6 @@ class LiveConsumer(AsyncWebsocketConsumer):
         return  # the htmx ws extension may send form data; these views take none
 
     async def live_event(self, message):
-        if "worker" in message:
-            return
         try:
             event = ev.parse_event(message["event"])
         except ValidationError:

@@ -43,6 +43,11 @@ def user_group(user_id: int) -> str:
     return f"workers.user.{user_id}"
 
 
+def peer_group(peer_id: str) -> str:
+    """The one worker socket of a peer (joined after ``hello``): groups and relays go here."""
+    return f"workers.peer.{peer_id}"
+
+
 class _Event(BaseModel):
     model_config = ConfigDict(extra="forbid")
     v: int = EVENT_VERSION
@@ -132,8 +137,11 @@ class GroupFormed(_Event):
         return Group(step=self.step, peers=self.peers, validators=self.validators, candidates=self.candidates,
                      deadlines=self.deadlines, state_donors=self.state_donors)
 
+    def worker_recipients(self) -> list[str]:
+        return sorted(self.recipients())
+
     def groups(self) -> list[str]:
-        return [run_workers_group(self.run_id), run_live_group(self.run_id)]
+        return [run_live_group(self.run_id)]
 
 
 class BroadcastRecorded(_Event):
@@ -150,8 +158,11 @@ class BroadcastRecorded(_Event):
 
         return Relay(envelope=self.envelope)
 
+    def worker_recipients(self) -> list[str]:
+        return [pid for pid in self.recipients if pid != self.envelope.sender]
+
     def groups(self) -> list[str]:
-        return [run_workers_group(self.run_id)]
+        return []
 
 
 class StepReported(_Event):
