@@ -26,6 +26,7 @@ import inspect
 import math
 from typing import Callable, NamedTuple
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -166,12 +167,6 @@ def _exact_sq_distances(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _coef_sq_distances(g: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """``||y_k - y^T c||^2`` for every k from the Gram matrix of ``y`` (float64, clamped at 0)."""
-    gc = g @ c
-    return (torch.diagonal(g) - 2.0 * gc + c @ gc).clamp_min_(0.0)
-
-
 # A frame is re-centred on the current iterate when it has drifted this many times (squared) further
 # from the centre than from the nearest input: beyond it, distances from the float32 Gram matrix
 # would lose more than ~1e-5 relative (cancellation in G_kk - 2 (Gc)_k + c^T G c).
@@ -183,19 +178,24 @@ def _iterate(x: torch.Tensor, center: torch.Tensor, step, *, eps: float,
              max_iters: int) -> tuple[torch.Tensor, int]:
     """Run ``c <- step(c, dist2)`` in coefficient space (iterate ``v = center + y^T c``).
 
-    Stops when an iteration moves ``v`` by less than ``eps`` (never when ``eps == 0``) or after
-    ``max_iters`` iterations in total; returns ``(v [d] in x's dtype, iterations)``."""
+    The loop works on n-vectors and the n x n Gram matrix in numpy float64 (a few microseconds per
+    iteration, where torch's per-op dispatch would dominate for small parts). Stops when an iteration
+    moves ``v`` by less than ``eps`` (never when ``eps == 0``) or after ``max_iters`` iterations in
+    total; returns ``(v [d] in x's dtype, iterations)``."""
     n = x.shape[0]
     iterations = 0
     for frame in range(_MAX_FRAMES):
-        g = _centered_gram(x, center)
-        c = torch.zeros(n, dtype=torch.float64)
+        g = _centered_gram(x, center).numpy()
+        diag = np.diagonal(g).copy()
+        c = np.zeros(n)
         drifted = False
         while iterations < max_iters:
-            dist2 = _coef_sq_distances(g, c)
-            nearest = dist2[dist2 > 0].min() if bool((dist2 > 0).any()) else None
-            if (frame + 1 < _MAX_FRAMES and nearest is not None
-                    and float(c @ g @ c) > _RECENTER_RATIO * float(nearest)):
+            gc = g @ c
+            cgc = float(c @ gc)
+            dist2 = np.maximum(diag - 2.0 * gc + cgc, 0.0)
+            positive = dist2[dist2 > 0]
+            if (frame + 1 < _MAX_FRAMES and positive.size
+                    and cgc > _RECENTER_RATIO * float(positive.min())):
                 drifted = True
                 break
             iterations += 1
@@ -203,8 +203,8 @@ def _iterate(x: torch.Tensor, center: torch.Tensor, step, *, eps: float,
             dc = new_c - c
             c = new_c
             if eps > 0 and float(dc @ g @ dc) < eps * eps:
-                return _combine(x, center, c), iterations
-        v = _combine(x, center, c)
+                return _combine(x, center, torch.from_numpy(c)), iterations
+        v = _combine(x, center, torch.from_numpy(c))
         if not drifted:
             return v, iterations
         center = v
@@ -497,8 +497,10 @@ def geometric_median(x: torch.Tensor, *, eps: float = 1e-6, max_iters: int = 100
     scale = float(_exact_sq_distances(x, v0).max().sqrt())
     floor = max(eps, 1e-12 * scale, 1e-30)
 
+    pn = p.numpy()
+
     def step(c, dist2):
-        beta = p / dist2.sqrt().clamp_min(floor)
+        beta = pn / np.maximum(np.sqrt(dist2), floor)
         return beta / beta.sum()
 
     v, _ = _iterate(x, v0, step, eps=eps, max_iters=max_iters)
@@ -555,9 +557,14 @@ def centered_clip_with_info(x: torch.Tensor, *, tau: float = 1.0, eps: float = 1
     else:
         raise ValueError(f"centered_clip: unknown init {init!r} (expected 'median' or 'mean')")
 
+    pn = p.numpy()
+
     def step(c, dist2):
         # v + sum_k p_k clip_k (y_k - v), written for the coefficients: c (1 - sum w) + w
-        w = p * clip_weights(dist2.sqrt(), tau)
+        dist = np.sqrt(dist2)
+        far = dist > tau  # min(1, tau/d) < 1 exactly there; d = 0 keeps weight 1
+        w = pn.copy()
+        w[far] *= tau / dist[far]
         return c * (1.0 - w.sum()) + w
 
     v, iterations = _iterate(x, v0, step, eps=eps, max_iters=max_iters)
