@@ -43,6 +43,7 @@ def skipped_randomness(r_prev: bytes, run: str, step: int) -> bytes:
     return _h(b"btard-skip", r_prev, run.encode(), str(step).encode())
 
 
+@functools.lru_cache(maxsize=4096)
 def mprng_commitment(x: bytes, *, run: str, step: int, sender: str) -> str:
     """``H(x_i)`` bound to the run, step and sender so nobody can copy another peer's commitment."""
     if len(x) != 32:
@@ -95,9 +96,16 @@ def select_validators(r_prev: bytes, group: list[str], prev_contributors: list[s
     Up to ``m`` validators are drawn from the group; each gets a distinct target among the previous
     step's contributors that are still in the group, never itself. Returns ``{validator: target}``
     (empty when there is nothing to validate)."""
-    candidates = [p for p in prev_contributors if p in set(group)]
+    return dict(_select_validators(r_prev, tuple(group), tuple(prev_contributors), m))
+
+
+@functools.lru_cache(maxsize=64)
+def _select_validators(r_prev: bytes, group: tuple[str, ...], prev_contributors: tuple[str, ...],
+                       m: int) -> tuple[tuple[str, str], ...]:
+    members = set(group)
+    candidates = [p for p in prev_contributors if p in members]
     if m <= 0 or not candidates or len(group) < 2:
-        return {}
+        return ()
     gen = torch.Generator().manual_seed(_torch_seed(r_prev, b"btard-validators"))
     order = [group[i] for i in torch.randperm(len(group), generator=gen).tolist()]
     targets_order = [candidates[i] for i in torch.randperm(len(candidates), generator=gen).tolist()]
@@ -111,4 +119,4 @@ def select_validators(r_prev: bytes, group: list[str], prev_contributors: list[s
             continue
         out[v] = target
         used.add(target)
-    return out
+    return tuple(out.items())
