@@ -204,6 +204,7 @@ class Worker:
         self.exit_message = ""
         self.fatal: FatalSiteError | None = None
         self.probation_checks: list[dict] = []
+        self.latest_group_step = -1
 
     # ------------------------------------------------------------------ UI helpers
     def _event(self, kind: str, message: str, **fields) -> None:
@@ -249,7 +250,7 @@ class Worker:
         hello = Hello(public_key=self.identity.public_key_b64, p2p_id=self.plane.p2p_id, p2p_addrs=addrs[:16],
                       device=self.status.device, client_version=__version__)
         self.site = SiteClient(self.config.server, self.config.token, hello=lambda: hello,
-                               heartbeat=self._heartbeat, on_message=self.inputs.put_nowait,
+                               heartbeat=self._heartbeat, on_message=self._on_site_message,
                                heartbeat_interval=self.config.heartbeat_interval,
                                on_state=self._on_connection_state)
         site_task = asyncio.create_task(self.site.run())
@@ -264,6 +265,11 @@ class Worker:
             site_task.cancel()
             await asyncio.gather(site_task, return_exceptions=True)
             await self.plane.shutdown()
+
+    def _on_site_message(self, message) -> None:
+        if isinstance(message, Group):
+            self.latest_group_step = max(self.latest_group_step, message.step)
+        self.inputs.put_nowait(message)
 
     def _on_connection_state(self, state: str) -> None:
         self.status.connection = state
@@ -398,6 +404,8 @@ class Worker:
 
         if self.run_info is None:
             return
+        if group.step < self.latest_group_step:
+            return  # a newer group is already queued (we were busy, e.g. loading the data set)
         ids = [p.peer_id for p in group.peers]
         self.current_group = group
         self.plane.set_directory({p.peer_id: (p.p2p_id, p.p2p_addrs) for p in list(group.peers)

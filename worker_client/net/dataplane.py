@@ -56,6 +56,11 @@ class DataPlaneError(ProtocolError):
         self.peer = peer
 
 
+def state_chunk_numel(numel: int) -> int:
+    """Values per state chunk: at most 4 MiB, at least 8 chunks for models above 2k values."""
+    return max(256, min(DEFAULT_STATE_CHUNK, -(-numel // 8)))
+
+
 def handler_name(run: str) -> str:
     return f"btard/{run}/v1/data"
 
@@ -513,16 +518,23 @@ class DataPlane:
         return loop.time() - t0
 
     # --- model state for newcomers -------------------------------------------------------------
-    def publish_state(self, step: int, flat_state: torch.Tensor, *, chunk_numel: int = DEFAULT_STATE_CHUNK,
+    def publish_state(self, step: int, flat_state: torch.Tensor, *, chunk_numel: int | None = None,
                       allowed: Iterable[str] | None = None, meta: dict | None = None) -> None:
-        """Serve this peer's flat model state as of ``step`` with per-chunk SHA-256 hashes."""
+        """Serve this peer's flat model state as of ``step`` with per-chunk SHA-256 hashes.
+
+        The chunking is a function of the size only (so every donor announces the same hashes): at
+        least 8 chunks, so even a small model is fetched from several donors at once. The state of
+        the previous step stays available too, for a newcomer that asked just as the step ended.
+        """
         data = tensor_to_bytes(flat_state)
         numel = len(data) // 4
+        if chunk_numel is None:
+            chunk_numel = state_chunk_numel(numel)
         hashes = [hashlib.sha256(data[4 * s: 4 * min(numel, s + chunk_numel)]).hexdigest()
                   for s in range(0, numel, chunk_numel)] or [hashlib.sha256(b"").hexdigest()]
         info = {"step": step, "numel": numel, "chunk_numel": chunk_numel, "chunks": hashes, **(meta or {})}
         # The key names the step so a newcomer never mixes chunks of two different states.
-        for k in [k for k in self._store if k[1] == "state"]:
+        for k in [k for k in self._store if k[1] == "state" and k[2] not in (f"s{step}", f"s{step - 1}")]:
             del self._store[k]
         self.publish(0, "state", f"s{step}", data, allowed=allowed, info=info)
 
