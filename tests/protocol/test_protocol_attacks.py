@@ -152,3 +152,28 @@ def test_attackers_respect_attack_start_and_attack_every():
     assert not swarm.board.banned
     swarm.step()
     assert swarm.ids[1] in swarm.board.banned
+
+
+class _MuteIn(P.BtardPeer):
+    """Never posts its broadcast of one phase (a crashed or censored peer, not an attack in the registry)."""
+
+    phase = "validation"
+
+    def hook_outgoing_broadcast(self, envelope, s):
+        return [] if envelope.phase == self.phase else [envelope]
+
+
+@pytest.mark.parametrize("phase,outcome", [("validation", "applied"), ("scalars", "dropped"),
+                                           ("agg_result", "dropped")])
+def test_a_missing_broadcast_removes_the_silent_peer_from_the_step_and_reports_it(phase, outcome):
+    swarm = Swarm(n=5, params=P.ProtocolParams(validators=0))
+    mute_id = swarm.ids[2]
+    mute = type("Mute", (_MuteIn,), {"phase": phase})(swarm.identities[2], swarm.params,
+                                                       verifier=swarm.verifier)
+    swarm.peers[mute_id] = mute
+    swarm.byzantine = {mute_id}
+    results = swarm.step()
+    honest = [results[p] for p in swarm.honest]
+    assert {r.outcome for r in honest} == {outcome}
+    assert all(mute_id in r.silent for r in honest)
+    assert not swarm.board.banned and not swarm.board.eliminated

@@ -1320,7 +1320,9 @@ class BtardPeer:
         complete = (s.r is not None and len(s.aggregates) == s.n and not s.eliminations
                     and "aggregated" in s.flags)
         if outcome is None:
-            if bans:
+            if self._doomed(s) and not bans:
+                outcome, reason = "dropped", reason or "a fault was raised and not resolved by a ban"
+            elif bans:
                 outcome, reason = "dropped", reason or f"banned during the step: {[b.peer[:8] for b in bans]}"
             elif not complete:
                 outcome, reason = "dropped", reason or "step incomplete"
