@@ -17,15 +17,15 @@ import os
 import platform
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from worker_client.btard import aggregators as agg_module  # noqa: E402
-from worker_client.btard.aggregators import AGGREGATORS, centered_clip_with_info  # noqa: E402
+from worker_client.btard import aggregators as agg_module
+from worker_client.btard.aggregators import AGGREGATORS, centered_clip_with_info
 
 PARAMS = {
     "mean": {}, "median": {}, "trimmed_mean": {"beta": 0.2}, "krum": {"f": 3},
@@ -88,7 +88,7 @@ def bench_shape(n: int, d: int, repeats: int, bandwidth: float, budget: float,
                       f"(budget {budget:.0f} s)")
                 continue
         params = PARAMS[name]
-        t = best_time(lambda: fn(x, **params), repeats)
+        t = best_time(lambda fn=fn, params=params: fn(x, **params), repeats)
         times[name] = t
         print(f"{name:18s} {t * 1e3:8.1f}ms {gbytes / t:8.2f} {sum_time / t:10.1%} "
               f"{gbytes / t / bandwidth:14.1%}")
@@ -104,6 +104,17 @@ def bench_shape(n: int, d: int, repeats: int, bandwidth: float, budget: float,
     tb = best_time(with_threads(threads, lambda: textbook_iteration(x, v, sq, 1.0)), repeats)
     print(f"centered_clip (tau=1): fixed cost {t1 * 1e3:.1f} ms (median start + Gram + combine + "
           f"distances), {per_iter * 1e6:.1f} us per iteration; converged in {res.iterations} iterations")
+    v0 = agg_module.median(x)
+    c = torch.full((n,), 1.0 / n, dtype=torch.float64)
+    parts = {
+        "input check": lambda: agg_module._check(x, "bench"),
+        "median start": lambda: agg_module.median(x),
+        "Gram pass": lambda: agg_module._centered_gram(x, v0),
+        "combine (vec-mat)": lambda: agg_module._combine(x, v0, c),
+        "exact distances": lambda: agg_module._exact_sq_distances(x, v0),
+    }
+    print("  fixed cost by part: " + ", ".join(
+        f"{name} {best_time(with_threads(threads, fn), repeats) * 1e3:.1f} ms" for name, fn in parts.items()))
     print(f"  textbook iteration (mat-vec + vec-mat over x): {tb * 1e3:.1f} ms per iteration "
           f"= {2 * gbytes / tb:.2f} GB/s for its two passes "
           f"({res.iterations} iterations would take {res.iterations * tb * 1e3:.0f} ms)")
@@ -124,7 +135,7 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     agg_module.AGGREGATOR_THREADS = None if args.agg_threads == "torch" else int(args.agg_threads)
 
-    print(f"# aggregators benchmark, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
+    print(f"# aggregators benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
           f"{platform.processor() or platform.machine()}; rules run with "
           f"{agg_module.AGGREGATOR_THREADS or torch.get_num_threads()} thread(s)")
@@ -133,11 +144,12 @@ def main(argv=None) -> None:
     except OSError:
         pass
 
-    big = torch.ones(16, 11_000_000)
-    gb = big.numel() * 4 / 1e9
-    bw_all = gb / best_time(lambda: big.sum(), 5)
-    bw_one = gb / best_time(with_threads(1, lambda: big.sum()), 5)
-    del big
+    def bandwidths() -> tuple[float, float]:
+        big = torch.ones(16, 11_000_000)
+        gb = big.numel() * 4 / 1e9
+        return gb / best_time(lambda: big.sum(), 5), gb / best_time(with_threads(1, lambda: big.sum()), 5)
+
+    bw_all, bw_one = bandwidths()
     bandwidth = bw_one if agg_module.AGGREGATOR_THREADS == 1 else bw_all
     print(f"memory bandwidth reference, .sum() over 704 MB: {bw_one:.2f} GB/s on 1 thread, "
           f"{bw_all:.2f} GB/s on {torch.get_num_threads()}; the 'of big .sum()' column uses "

@@ -11,6 +11,7 @@ from worker_client.tasks import (
     DatasetMissing,
     apply_flat_update,
     compute_gradient,
+    datasets,
     fashion_available,
     flatten_grads,
     flatten_params,
@@ -20,7 +21,6 @@ from worker_client.tasks import (
     param_slices,
     set_flat_grads,
 )
-from worker_client.tasks import datasets
 
 FAST_TASKS = ["digits-mlp", "mnist5k-mlp"]
 

@@ -24,7 +24,8 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -83,7 +84,7 @@ def _threads(fn):
 def _check(x: torch.Tensor, rule: str) -> tuple[int, int]:
     """Validate the input stack; returns ``(n, d)``."""
     if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{rule} expects a torch.Tensor, got {type(x).__name__}")
+        raise ValueError(f"{rule} expects a torch.Tensor, got {type(x).__name__}")  # noqa: TRY004
     if x.dim() != 2:
         raise ValueError(f"{rule} expects a 2-D [n, d] tensor, got shape {tuple(x.shape)}")
     if not x.is_floating_point():
@@ -219,7 +220,7 @@ def pairwise_sq_distances(x: torch.Tensor) -> torch.Tensor:
     distance is small relative to their norms, where the Gram formula loses digits, are recomputed
     exactly. The diagonal is exactly 0 and the matrix is symmetric.
     """
-    n, d = _check(x, "pairwise_sq_distances")
+    _check(x, "pairwise_sq_distances")
     # The mean can sit far from every cluster (outliers pull it), so this Gram matrix is exact.
     g = _centered_gram(x, x.mean(dim=0), exact=True)
     diag = torch.diagonal(g)
@@ -257,7 +258,7 @@ _NETWORK_MAX_N = 64
 _NETWORK_CHUNK = 1 << 15
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sorting_network(n: int) -> tuple[tuple[int, int], ...]:
     """Batcher's odd-even merge sort on n wires as (low, high) compare-exchanges: the network for the
     next power of two with the comparators touching a wire >= n dropped (those act on +inf padding)."""
@@ -280,7 +281,7 @@ def _sorting_network(n: int) -> tuple[tuple[int, int], ...]:
     return tuple(pairs)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _pruned_network(n: int, outputs: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
     """The comparators of :func:`_sorting_network` that can influence the wires in ``outputs``."""
     needed = set(outputs)
@@ -345,7 +346,7 @@ def trimmed_mean(x: torch.Tensor, *, beta: float = 0.1) -> torch.Tensor:
     n, d = _check(x, "trimmed_mean")
     if not (0.0 <= beta < 0.5):
         raise ValueError(f"trimmed_mean needs 0 <= beta < 0.5, got beta={beta}")
-    k = int(math.floor(beta * n))
+    k = math.floor(beta * n)
     if k == 0:
         return x.mean(dim=0)
     out = torch.empty(d, dtype=x.dtype)
@@ -487,7 +488,7 @@ def geometric_median(x: torch.Tensor, *, eps: float = 1e-6, max_iters: int = 100
     Stops when an iteration moves ``v`` by less than ``eps`` (absolute) or after ``max_iters``
     iterations. Distances are floored at ``max(eps, 1e-12 * spread)`` so an iterate landing on an
     input does not divide by zero. Robust for f < n/2."""
-    n, d = _check(x, "geometric_median")
+    n, _ = _check(x, "geometric_median")
     if max_iters < 0 or eps < 0:
         raise ValueError(f"geometric_median needs eps >= 0 and max_iters >= 0, got {eps}, {max_iters}")
     p = _check_weights("geometric_median", weights, n)
@@ -541,7 +542,7 @@ def centered_clip_with_info(x: torch.Tensor, *, tau: float = 1.0, eps: float = 1
 
     Raises ValueError on bad input, ``tau <= 0``, ``eps < 0``, ``max_iters < 0`` or an unknown init.
     """
-    n, d = _check(x, "centered_clip")
+    n, _ = _check(x, "centered_clip")
     if not (tau > 0):
         raise ValueError(f"centered_clip needs tau > 0, got tau={tau}")
     if eps < 0 or max_iters < 0:

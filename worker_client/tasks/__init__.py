@@ -34,7 +34,20 @@ def get_task(name: str, **kw) -> Task:
 
 
 __all__ = [
-    "TASKS", "Task", "get_task", "DatasetMissing", "fashion_available", "DigitsMLP", "Mnist5kMLP",
-    "FashionCNN", "apply_flat_update", "compute_gradient", "flatten_grads", "flatten_params",
-    "load_flat_params", "num_params", "param_slices", "set_flat_grads",
+    "TASKS",
+    "DatasetMissing",
+    "DigitsMLP",
+    "FashionCNN",
+    "Mnist5kMLP",
+    "Task",
+    "apply_flat_update",
+    "compute_gradient",
+    "fashion_available",
+    "flatten_grads",
+    "flatten_params",
+    "get_task",
+    "load_flat_params",
+    "num_params",
+    "param_slices",
+    "set_flat_grads",
 ]

