@@ -116,7 +116,8 @@ def grid_paper() -> list[Cell]:
     # 3 attackers, where Bulyan (n >= 4f+3) can run.
     cells += _cells("mnist5k-mlp", peers=16, byzantine=3, attacks=subset_attacks, defences=subset_defences,
                     seeds=seeds, steps=300, attack_start=50)
-    return cells
+    # Seed-major order: an interrupted run still has whole tables for its first seeds.
+    return sorted(cells, key=lambda c: c.seed)
 
 
 def grid_fashion() -> list[Cell]:
