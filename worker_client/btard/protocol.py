@@ -249,9 +249,10 @@ def part_sums(x: torch.Tensor, n: int) -> torch.Tensor:
     """Sum of every contiguous part of ``x`` (split as :func:`part_bounds`)."""
     base, extra = divmod(x.numel(), n)
     head = extra * (base + 1)
-    out = [x[:head].view(extra, base + 1).sum(dim=1)] if extra else []
+    f64 = torch.float64
+    out = [x[:head].view(extra, base + 1).sum(dim=1, dtype=f64)] if extra else []
     if n - extra:
-        out.append(x[head:].view(n - extra, base).sum(dim=1) if base else torch.zeros(n - extra, dtype=x.dtype))
+        out.append(x[head:].view(n - extra, base).sum(dim=1, dtype=f64) if base else torch.zeros(n - extra, dtype=f64))
     return torch.cat(out)
 
 
@@ -259,8 +260,8 @@ def per_part_scalars_and_distances(z: torch.Tensor, g: torch.Tensor, a: torch.Te
                                    n: int) -> tuple[list[float], list[float]]:
     """``s_j = <z[j], g[j] - a[j]>`` and ``d_j = ||g[j] - a[j]||`` for every part j of full vectors."""
     diff = g - a
-    s = part_sums(z * diff.to(torch.float64), n)
-    sq = part_sums((diff * diff).to(torch.float64), n)
+    s = part_sums(z * diff, n)
+    sq = part_sums(diff * diff, n)
     return s.tolist(), sq.sqrt().tolist()
 
 
@@ -280,8 +281,8 @@ def _dist(x: torch.Tensor, a: torch.Tensor) -> float:
 
 
 def _scalar(z: torch.Tensor, x: torch.Tensor, a: torch.Tensor) -> float:
-    """``<z, x - a>``: float32 difference, float64 dot."""
-    return float(torch.dot(z, (x - a).to(torch.float64)))
+    """``<z, x - a>``: float32 difference and products, float64 sum (the same formula everywhere)."""
+    return float((z * (x - a)).sum(dtype=torch.float64))
 
 
 def recalc_mismatch(g: torch.Tensor, record: StepRecord, target: str, rtol: float) -> str | None:
@@ -472,7 +473,7 @@ class BtardPeer:
             return []
         if request_id == f"own:{s.ctx.step}" and s.gradient is None:
             g = self.hook_corrupt_gradient(g.clone(), s)
-            if not bool(torch.isfinite(g).all()):
+            if not math.isfinite(float(g.sum())) and not bool(torch.isfinite(g).all()):
                 # never commit to NaN/inf ourselves: a numerically broken peer sits the step out
                 s.silent.add(self.peer_id)
                 s.contributors = [p for p in s.contributors if p != self.peer_id]
@@ -1010,9 +1011,12 @@ class BtardPeer:
             s.aggregate_faulted.add(part)
             return self._direct_verdict(sender, M.FaultKind.bad_broadcast, [rdigest],
                                         f"aggregator of part {part} published a result for part {res.part}")
-        if sha256_hex(data) == res.hash:
+        digest, tensor, error = _shared_decode(data, s.bounds[part][1] - s.bounds[part][0])
+        if digest == res.hash:
             try:
-                s.aggregates[part] = self._part_tensor(sender, part, data)
+                if error is not None:
+                    raise error
+                s.aggregates[part] = tensor
             except ProtocolError as exc:
                 s.aggregate_faulted.add(part)
                 return self._direct_verdict(sender, M.FaultKind.bad_aggregate, [rdigest],
@@ -1089,7 +1093,7 @@ class BtardPeer:
                     ks.append(k)
             if ks:
                 diff = torch.stack([s.received[k] for k in ks]) - s.my_aggregate
-                expected = diff.to(torch.float64) @ zj
+                expected = (diff * zj).sum(dim=1, dtype=torch.float64)
                 norms = (diff * diff).sum(dim=1, dtype=torch.float64).sqrt()
                 declared = torch.tensor([s.payload("scalars", k).values[s.index] for k in ks], dtype=torch.float64)
                 tol = self.params.exact_rtol * float(zj.norm()) * norms + 1e-12
@@ -1349,6 +1353,27 @@ class BtardPeer:
                               r=r, record=record, reason=reason, role=s.role)
         self.results.append(s.result)
         return [Finish(s.result)]
+
+
+_DECODED: dict[int, tuple[bytes, int, str, torch.Tensor | None, ProtocolError | None]] = {}
+
+
+def _shared_decode(data: bytes, numel: int) -> tuple[str, torch.Tensor | None, ProtocolError | None]:
+    """Hash and decode an all-gathered aggregate once per bytes object (every receiver in one process
+    gets the same immutable object; the entry holds it, so its id cannot be reused). The tensor is
+    shared read-only."""
+    hit = _DECODED.get(id(data))
+    if hit is not None and hit[0] is data and hit[1] == numel:
+        return hit[2], hit[3], hit[4]
+    digest = sha256_hex(data)
+    try:
+        tensor, error = decode_tensor(data, numel), None
+    except ProtocolError as exc:
+        tensor, error = None, exc
+    if len(_DECODED) > 4096:
+        _DECODED.clear()
+    _DECODED[id(data)] = (data, numel, digest, tensor, error)
+    return digest, tensor, error
 
 
 _FIXED_POINT_CACHE: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
