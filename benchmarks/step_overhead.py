@@ -148,6 +148,8 @@ async def btard_step(step: int, planes, ids, grads, peers, r_prev: bytes, board_
                                                           data=action.data))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
+                # a send still in flight when the daemons shut down at the end may fail: not a result
+                task.add_done_callback(lambda t: t.cancelled() or t.exception())
             elif isinstance(action, P.ComputeGradient):
                 queue.put_nowait((i, "gradient", action.request_id))
             elif isinstance(action, P.Finish):
