@@ -169,3 +169,24 @@ def test_mnist5k_mlp_uses_the_calibrated_learning_rate_and_learns():
     for step in range(40):
         apply_flat_update(model, compute_gradient(task, model, step, 32), opt)
     assert task.evaluate(model) > 0.6
+
+
+def test_another_process_recomputes_the_same_gradient_bit_for_bit():
+    """What validation by recalculation relies on: a peer on the same machine gets identical bytes."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    from worker_client.btard.tensors import tensor_hash
+
+    code = (
+        "import torch; torch.set_num_threads(1)\n"
+        "from worker_client.tasks import get_task, compute_gradient\n"
+        "from worker_client.btard.tensors import tensor_hash\n"
+        "t = get_task('mnist5k-mlp'); m = t.build_model(3)\n"
+        "print(tensor_hash(compute_gradient(t, m, 2**70 + 5, 32)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=ROOT, check=True)
+    task = get_task("mnist5k-mlp")
+    assert out.stdout.strip() == tensor_hash(compute_gradient(task, task.build_model(3), 2**70 + 5, 32))
