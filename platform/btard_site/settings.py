@@ -90,6 +90,11 @@ if DATABASE_URL:
 else:
     VAR_DIR.mkdir(parents=True, exist_ok=True)
     DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": str(VAR_DIR / "db.sqlite3")}}
+if DATABASES["default"]["ENGINE"].endswith("postgresql"):
+    # Daphne runs every database call of every socket in one thread: keep its connection open
+    # instead of reconnecting per message (heartbeats would pay a PostgreSQL handshake each).
+    DATABASES["default"]["CONN_MAX_AGE"] = env_int("DB_CONN_MAX_AGE", 300, minimum=0)
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # Daphne serves many sockets from one process; give SQLite room to wait for the writer.
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20

@@ -19,15 +19,28 @@ def build_message(event: _Event) -> dict:
     return {"type": MESSAGE_TYPE, "event": event.model_dump(mode="json")}
 
 
-async def deliver_async(event: _Event, layer=None) -> None:
-    """Send ``event`` to its groups, and its control message (if any) to each recipient worker.
-
-    Worker messages (``Group``, ``Relay``) are serialised once and sent only to the recipients' own
-    groups (``workers.peer.<id>``), so a push costs O(recipients) whatever the size of the run.
-    """
+async def register_step_members(layer, *, group: str, peer_ids: list[str]) -> int:
+    """Add the live sockets of ``peer_ids`` to a step's channel group; returns how many were online."""
     import asyncio
 
-    from .events import peer_group
+    from django.core.cache import cache
+
+    from .events import peer_channel_key
+
+    channels = await cache.aget_many([peer_channel_key(pid) for pid in peer_ids])
+    await asyncio.gather(*(layer.group_add(group, channel) for channel in channels.values()))
+    return len(channels)
+
+
+async def deliver_async(event: _Event, layer=None) -> None:
+    """Send ``event`` to its live-view groups, and its control message (if any) to the step's workers.
+
+    ``GroupFormed`` first puts the recipients' sockets into the step's channel group, then sends one
+    ``Group`` message to it; ``BroadcastRecorded`` sends one ``Relay`` to the same group (its sender
+    skips it). The worker message is serialised once per push, and with Redis one copy per Daphne
+    process crosses the channel layer, whatever the number of recipients.
+    """
+    import asyncio
 
     layer = layer or get_channel_layer()
     if layer is None:
@@ -39,8 +52,14 @@ async def deliver_async(event: _Event, layer=None) -> None:
         sends += [layer.group_send(group, message) for group in groups]
     worker_message = getattr(event, "worker_message", None)
     if worker_message is not None:
+        group = event.worker_group()
+        if hasattr(event, "worker_recipients"):
+            await register_step_members(layer, group=group, peer_ids=event.worker_recipients())
         forward = {"type": "worker.forward", "text": worker_message().model_dump_json()}
-        sends += [layer.group_send(peer_group(pid), forward) for pid in event.worker_recipients()]
+        sender = getattr(getattr(event, "envelope", None), "sender", None)
+        if sender:
+            forward["skip"] = sender
+        sends.append(layer.group_send(group, forward))
     results = await asyncio.gather(*sends, return_exceptions=True)
     for result in results:
         if isinstance(result, BaseException):  # a full channel must not undo a committed write

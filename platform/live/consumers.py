@@ -23,6 +23,8 @@ from . import events as ev
 
 log = logging.getLogger(__name__)
 TICK_THROTTLE_SECONDS = 1
+# A steady heartbeat (same status) is written at most this often; a status change is written at once.
+HEARTBEAT_WRITE_SECONDS = 5.0
 
 
 def _close_reason(text: str) -> str:
@@ -49,9 +51,14 @@ def _authenticate(raw):
 
 
 def _join(token, hello):
+    from runs.models import StepRecord
     from runs.services import join_run
 
     result = join_run(token=token, hello=hello)
+    run = result.run
+    record = StepRecord.objects.filter(run=run, step=run.current_step).first() if run.step_in_progress else None
+    result.current_step_group = (ev.step_group(run.id, record.step)
+                                 if record is not None and result.peer.peer_id in record.recipients() else None)
     return result
 
 
@@ -65,6 +72,15 @@ def _tick(run_id: int, *, force: bool = False) -> None:
     run = Run.objects.filter(pk=run_id).first()
     if run is not None:
         tick_run(run=run)
+
+
+def _start_step_if_ready(run_id: int) -> None:
+    from runs.models import Run
+    from runs.services import start_step_if_ready
+
+    run = Run.objects.filter(pk=run_id).first()
+    if run is not None and not run.step_in_progress:
+        start_step_if_ready(run=run)
 
 
 def _heartbeat(peer, heartbeat) -> None:
@@ -140,6 +156,9 @@ class WorkerConsumer(AsyncWebsocketConsumer):
         for group in getattr(self, "joined", []):
             await self.channel_layer.group_discard(group, self.channel_name)
         if self.peer is not None and not self.replaced:
+            key = ev.peer_channel_key(self.peer.peer_id)
+            if await cache.aget(key) == self.channel_name:
+                await cache.adelete(key)
             try:
                 await database_sync_to_async(_disconnect)(self.peer)
             except Exception:
@@ -191,12 +210,22 @@ class WorkerConsumer(AsyncWebsocketConsumer):
         self.peer = result.peer
         await self._group_add(ev.run_workers_group(result.run.pk))
         await self._group_add(ev.peer_group(self.peer.peer_id))
+        await cache.aset(ev.peer_channel_key(self.peer.peer_id), self.channel_name, timeout=None)
+        if result.current_step_group is not None:  # reconnected mid-step: keep receiving its relays
+            await self._group_add(result.current_step_group)
         await self.send_model(Welcome(peer_id=self.peer.peer_id, role=result.role, run=result.run.run_info(),
                                       step=result.run.current_step, probation_steps_left=result.probation_left))
-        await database_sync_to_async(_tick)(self.peer.run_id, force=True)
+        await database_sync_to_async(_start_step_if_ready)(self.peer.run_id)
 
     async def on_heartbeat(self, msg):
+        import time
+
+        key = (msg.status.value, msg.detail)
+        now = time.monotonic()
+        if key == getattr(self, "_last_beat", None) and now - self._last_beat_at < HEARTBEAT_WRITE_SECONDS:
+            return  # coalesced: the stale-peer timeout is far longer than the write interval
         await database_sync_to_async(_heartbeat)(self.peer, msg)
+        self._last_beat, self._last_beat_at = key, now
 
     async def on_broadcast(self, msg):
         await database_sync_to_async(_broadcast)(self.peer, msg.envelope)
@@ -225,6 +254,8 @@ class WorkerConsumer(AsyncWebsocketConsumer):
 
     # --- channel-layer messages -----------------------------------------------------------------------
     async def worker_forward(self, message):
+        if self.peer is not None and message.get("skip") == self.peer.peer_id:
+            return  # a relay of this worker's own broadcast
         await self.send(text_data=message["text"])
 
     async def worker_replaced(self, message):

@@ -43,6 +43,17 @@ def user_group(user_id: int) -> str:
     return f"workers.user.{user_id}"
 
 
+def step_group(run_id: int, step: int) -> str:
+    """The worker sockets of one step's group (members and candidates), filled by the site when it
+    pushes the group, so relays of the step cost one channel-layer send however large the run."""
+    return f"workers.step.{run_id}.{step}"
+
+
+def peer_channel_key(peer_id: str) -> str:
+    """Cache key holding the channel name of a peer's live worker socket."""
+    return f"peer-channel:{peer_id}"
+
+
 def peer_group(peer_id: str) -> str:
     """The one worker socket of a peer (joined after ``hello``): groups and relays go here."""
     return f"workers.peer.{peer_id}"
@@ -140,6 +151,9 @@ class GroupFormed(_Event):
     def worker_recipients(self) -> list[str]:
         return sorted(self.recipients())
 
+    def worker_group(self) -> str:
+        return step_group(self.run_id, self.step)
+
     def groups(self) -> list[str]:
         return [run_live_group(self.run_id)]
 
@@ -158,8 +172,8 @@ class BroadcastRecorded(_Event):
 
         return Relay(envelope=self.envelope)
 
-    def worker_recipients(self) -> list[str]:
-        return [pid for pid in self.recipients if pid != self.envelope.sender]
+    def worker_group(self) -> str:
+        return step_group(self.run_id, self.step)
 
     def groups(self) -> list[str]:
         return []

@@ -9,6 +9,15 @@ from django.utils import timezone
 from tests.factories import UserFactory
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _no_persistent_connections_in_tests():
+    """Consumers run their queries in a worker thread; a kept-alive connection there would keep the
+    test database busy at teardown."""
+    from django.db import connections
+
+    connections.settings["default"]["CONN_MAX_AGE"] = 0
+
+
 @pytest.fixture(autouse=True)
 def _in_memory_layer_and_clean_cache(settings):
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}

@@ -224,3 +224,41 @@ async def test_a_second_connection_with_the_same_token_replaces_the_first(run, a
     second, _, _ = await join(raw, b"alice-x")
     await expect_close_after_messages(first, CLOSE_REPLACED)
     await second.disconnect()
+
+
+@pytest.fixture
+def redis_layer(redis_url, settings):
+    """The Redis channel layer (a private prefix so parallel runs do not meet)."""
+    import uuid
+
+    from channels.layers import channel_layers
+
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
+                                           "CONFIG": {"hosts": [redis_url], "prefix": f"t{uuid.uuid4().hex[:8]}"}}}
+    channel_layers.backends.pop("default", None)
+    yield
+    channel_layers.backends.pop("default", None)
+
+
+async def test_groups_and_relays_travel_through_the_redis_channel_layer(redis_layer, run, alice, bob):
+    (ca, ia, _), (cb, ib, _), groups = await two_member_group(run, alice, bob)
+    run_now = await database_sync_to_async(Run.objects.get)(pk=run.pk)
+    env = envelope(ib, run_now, phase="mprng_commit", payload={"hash": "aa" * 32})
+    await cb.send_to(text_data=json.dumps({"type": "broadcast", "envelope": env.model_dump()}))
+    assert (await receive_type(ca, "relay"))["envelope"]["nonce"] == env.nonce
+    for comm in (ca, cb):
+        await comm.disconnect()
+
+
+async def test_a_peer_reconnecting_mid_step_still_receives_the_step_relays(run, alice, bob):
+    (ca, ia, _), (cb, ib, _), _ = await two_member_group(run, alice, bob)
+    await cb.disconnect()
+    cb2 = await open_worker(await database_sync_to_async(token_for)(bob, "again"))
+    await cb2.send_to(text_data=Hello(public_key=ib.public_key_b64).model_dump_json())
+    assert (await cb2.receive_json_from(timeout=T))["type"] == "welcome"
+    run_now = await database_sync_to_async(Run.objects.get)(pk=run.pk)
+    env = envelope(ia, run_now)
+    await ca.send_to(text_data=json.dumps({"type": "broadcast", "envelope": env.model_dump()}))
+    assert (await receive_type(cb2, "relay"))["envelope"]["nonce"] == env.nonce
+    for comm in (ca, cb2):
+        await comm.disconnect()
