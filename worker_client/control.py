@@ -6,6 +6,25 @@ JSON with a ``type`` discriminator and the protocol version ``v``. Protocol broa
 their signature against the sender's registered key, rejects replays, stores them and relays them to
 the step's group unchanged.
 
+Refusals: the site *accepts* the websocket and closes it at once with one of the close codes below
+and a human-readable reason (close frames carry both; a refusal before accept would only show the
+worker an HTTP 403). ``GET /api/worker/check`` with the same ``Authorization: Bearer`` header answers
+200, or 401 (missing/unknown token) / 403 (revoked/banned) with ``{"ok": false, "code": 4004,
+"reason": "token revoked: ..."}``, for tools that want to ask before connecting.
+
+After ``hello`` the site answers ``welcome`` with the role: ``active``, ``candidate`` (probation:
+the peer appears in ``Group.candidates`` with its seed and validator) or ``waiting`` (the admission
+limits are full; the peer is admitted at a later step boundary and then appears as a candidate).
+``Group`` goes to the step's members and candidates; a ``broadcast`` is verified, stored and relayed
+unchanged as ``relay`` to the other members and candidates of its step (not back to its sender).
+Every rejected message gets an ``error`` with a stable ``code`` (``malformed``, ``schema``,
+``version``, ``too_large``, ``hello_first``, ``sender``, ``signature``, ``wrong_run``, ``phase``,
+``stale_step``, ``not_in_group``, ``payload``, ``replay``, ``duplicate``, ``banned``, ``internal``) and
+changes nothing. A ban closes the banned account's sockets with ``CLOSE_BANNED`` after a ``ban``
+notice; the other workers of the run get the ``ban`` notice. Revoking a token closes its socket with
+``CLOSE_REVOKED_TOKEN``; a second connection with the same token closes the first with
+``CLOSE_REPLACED``.
+
 Close codes used by the site when it refuses or ends a worker connection (4000-4999 is the range the
 websocket spec leaves to applications):
 """
@@ -150,7 +169,7 @@ class RunInfo(BaseModel):
 class Welcome(_Msg):
     type: Literal["welcome"] = "welcome"
     peer_id: str
-    role: Literal["candidate", "active"]
+    role: Literal["candidate", "active", "waiting"]
     run: RunInfo
     step: int
     probation_steps_left: int = 0

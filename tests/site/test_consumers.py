@@ -262,3 +262,10 @@ async def test_a_peer_reconnecting_mid_step_still_receives_the_step_relays(run, 
     assert (await receive_type(cb2, "relay"))["envelope"]["nonce"] == env.nonce
     for comm in (ca, cb2):
         await comm.disconnect()
+
+
+async def test_a_newcomer_beyond_the_admission_limits_is_welcomed_as_waiting(run, alice):
+    await database_sync_to_async(Run.objects.filter(pk=run.pk).update)(current_step=5, max_new_per_window=0)
+    comm, _, welcome = await join(await database_sync_to_async(token_for)(alice), b"alice-late")
+    assert welcome["role"] == "waiting" and welcome["probation_steps_left"] == run.probation_steps
+    await comm.disconnect()
