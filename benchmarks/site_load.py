@@ -42,8 +42,9 @@ def pct(values: list[float], q: float) -> float:
 
 
 def ensure_database(url: str) -> None:
-    import psycopg
     from urllib.parse import urlparse
+
+    import psycopg
 
     parsed = urlparse(url)
     name = parsed.path.lstrip("/")
@@ -67,10 +68,10 @@ def setup_site(n: int):
     django.setup()
     call_command("migrate", verbosity=0)
     from django.contrib.auth import get_user_model
-
     from runs.models import Run
     from volunteers.models import Volunteer, WorkerToken
     from volunteers.services import TOKEN_PREFIX, hash_token
+
     from worker_client.btard.crypto import Identity
 
     stamp = time.strftime("%Y%m%d%H%M%S")
@@ -94,6 +95,7 @@ def setup_site(n: int):
 def start_daphne(port: int, env: dict, log_path: Path) -> subprocess.Popen:
     log = open(log_path, "w")
     proc = subprocess.Popen([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "-v", "0",
+                             "--websocket_connect_timeout", "120",
                              "btard_site.asgi:application"], cwd=ROOT, env=env, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
     for _ in range(240):
@@ -164,9 +166,9 @@ async def redis_rtt(url: str, n: int = 200) -> float:
 
 async def bench(args, run, raws, identities, port: int) -> dict:
     from channels.layers import get_channel_layer
-
     from live.bus import deliver_async, register_step_members
     from live.events import BroadcastRecorded, step_group
+
     from worker_client.btard.crypto import sign_envelope
     from worker_client.control import Heartbeat
 
@@ -251,7 +253,7 @@ def main(argv=None) -> int:
     parser.add_argument("--pause", type=float, default=0.2, help="seconds between broadcast rounds")
     parser.add_argument("--heartbeats", type=int, default=5, help="per socket")
     parser.add_argument("--change-status", action="store_true", help="heartbeats alternate status (events)")
-    parser.add_argument("--connect-concurrency", type=int, default=50)
+    parser.add_argument("--connect-concurrency", type=int, default=20)
     parser.add_argument("--database-url", default="postgres://postgres@127.0.0.1:5432/btard_bench")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/5")
     parser.add_argument("--json", type=Path, help="also write the figures here")

@@ -11,7 +11,7 @@ from datetime import timedelta
 
 from django.utils import timezone
 
-POLICIES: dict[str, "AdmissionPolicy"] = {}
+POLICIES: dict[str, AdmissionPolicy] = {}
 
 
 def register(cls):
@@ -19,7 +19,7 @@ def register(cls):
     return cls
 
 
-def get_policy(name: str) -> "AdmissionPolicy":
+def get_policy(name: str) -> AdmissionPolicy:
     try:
         return POLICIES[name]
     except KeyError:

@@ -9,15 +9,24 @@ from __future__ import annotations
 import logging
 from urllib.parse import parse_qs
 
-from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.core.cache import cache
 from pydantic import ValidationError
 
-from worker_client.control import (CLOSE_PROTOCOL_VERSION, CLOSE_REASONS, CLOSE_REPLACED, CLOSE_REVOKED_TOKEN,
-                                   BanNotice, ControlError, ErrorMessage, ReachabilityCheck,
-                                   ReachabilityResult, Welcome, parse_worker_message)
+from worker_client.control import (
+    CLOSE_PROTOCOL_VERSION,
+    CLOSE_REASONS,
+    CLOSE_REPLACED,
+    CLOSE_REVOKED_TOKEN,
+    BanNotice,
+    ControlError,
+    ErrorMessage,
+    ReachabilityCheck,
+    ReachabilityResult,
+    Welcome,
+    parse_worker_message,
+)
 
 from . import events as ev
 
@@ -25,6 +34,15 @@ log = logging.getLogger(__name__)
 TICK_THROTTLE_SECONDS = 1
 # A steady heartbeat (same status) is written at most this often; a status change is written at once.
 HEARTBEAT_WRITE_SECONDS = 5.0
+
+
+def _db(func):
+    """Run ``func`` in the thread pool. With PostgreSQL calls run in parallel threads (each with its own
+    connection, row locks serialise what must be serialised); SQLite keeps one writer thread."""
+    from channels.db import DatabaseSyncToAsync
+    from django.db import connections
+
+    return DatabaseSyncToAsync(func, thread_sensitive=connections["default"].vendor == "sqlite")
 
 
 def _close_reason(text: str) -> str:
@@ -135,7 +153,7 @@ class WorkerConsumer(AsyncWebsocketConsumer):
 
         self.joined: list[str] = []
         try:
-            self.token = await database_sync_to_async(_authenticate)(bearer_token(self.scope))
+            self.token = await _db(_authenticate)(bearer_token(self.scope))
         except TokenRefused as exc:
             log.info("worker refused (%s): %s", exc.close_code, exc.reason)
             await self.accept()
@@ -160,7 +178,7 @@ class WorkerConsumer(AsyncWebsocketConsumer):
             if await cache.aget(key) == self.channel_name:
                 await cache.adelete(key)
             try:
-                await database_sync_to_async(_disconnect)(self.peer)
+                await _db(_disconnect)(self.peer)
             except Exception:
                 log.exception("could not mark %s offline", self.peer.peer_id[:8])
 
@@ -206,7 +224,7 @@ class WorkerConsumer(AsyncWebsocketConsumer):
         if self.peer is not None:
             await self.send_error("already_joined", "hello was already received on this connection")
             return
-        result = await database_sync_to_async(_join)(self.token, msg)
+        result = await _db(_join)(self.token, msg)
         self.peer = result.peer
         await self._group_add(ev.run_workers_group(result.run.pk))
         await self._group_add(ev.peer_group(self.peer.peer_id))
@@ -215,7 +233,7 @@ class WorkerConsumer(AsyncWebsocketConsumer):
             await self._group_add(result.current_step_group)
         await self.send_model(Welcome(peer_id=self.peer.peer_id, role=result.role, run=result.run.run_info(),
                                       step=result.run.current_step, probation_steps_left=result.probation_left))
-        await database_sync_to_async(_start_step_if_ready)(self.peer.run_id)
+        await _db(_start_step_if_ready)(self.peer.run_id)
 
     async def on_heartbeat(self, msg):
         import time
@@ -224,17 +242,17 @@ class WorkerConsumer(AsyncWebsocketConsumer):
         now = time.monotonic()
         if key == getattr(self, "_last_beat", None) and now - self._last_beat_at < HEARTBEAT_WRITE_SECONDS:
             return  # coalesced: the stale-peer timeout is far longer than the write interval
-        await database_sync_to_async(_heartbeat)(self.peer, msg)
+        await _db(_heartbeat)(self.peer, msg)
         self._last_beat, self._last_beat_at = key, now
 
     async def on_broadcast(self, msg):
-        await database_sync_to_async(_broadcast)(self.peer, msg.envelope)
+        await _db(_broadcast)(self.peer, msg.envelope)
 
     async def on_step_report(self, msg):
-        await database_sync_to_async(_step_report)(self.peer, msg)
+        await _db(_step_report)(self.peer, msg)
 
     async def on_reachability_request(self, msg):
-        helper = await database_sync_to_async(_reachability_helper)(self.peer)
+        helper = await _db(_reachability_helper)(self.peer)
         if helper is None:
             await self.send_error("no_helper", "no other active peer is online to test your address")
             return
@@ -295,7 +313,6 @@ def render_fragment(event, *, view: str, run_id: int | None) -> str:
     Uses the same partial templates as the pages, so a push and a reload look the same.
     """
     from django.template.loader import render_to_string
-
     from moderation.models import Ban
     from moderation.selectors import ban_row
 
@@ -356,6 +373,6 @@ class LiveConsumer(AsyncWebsocketConsumer):
         except ValidationError:
             log.exception("undecodable live event")
             return
-        html = await database_sync_to_async(render_fragment)(event, view=self.view, run_id=self.run_id)
+        html = await _db(render_fragment)(event, view=self.view, run_id=self.run_id)
         if html:
             await self.send(text_data=html)

@@ -9,7 +9,7 @@ partial) and a control-plane message for workers (``live.consumers.WorkerConsume
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
@@ -299,9 +299,7 @@ class HousekeepingDone(_Event):
 
 
 LiveEvent = Annotated[
-    Union[TokenCreated, TokenRevoked, VolunteerSignedUp, ReputationChanged, PeerJoined, PeerStatusChanged,
-          GroupFormed, BroadcastRecorded, StepReported, StepAdvanced, PeersPromoted, PeersAdmitted, PeerBanned,
-          PeerUnbanned, CaseOpened, CaseResolved, HousekeepingDone],
+    TokenCreated | TokenRevoked | VolunteerSignedUp | ReputationChanged | PeerJoined | PeerStatusChanged | GroupFormed | BroadcastRecorded | StepReported | StepAdvanced | PeersPromoted | PeersAdmitted | PeerBanned | PeerUnbanned | CaseOpened | CaseResolved | HousekeepingDone,
     Field(discriminator="type"),
 ]
 event_adapter: TypeAdapter = TypeAdapter(LiveEvent)

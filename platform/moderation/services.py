@@ -10,7 +10,6 @@ from __future__ import annotations
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.utils import timezone
-
 from live.bus import emit
 from live.events import CaseOpened, CaseResolved, PeerBanned, PeerUnbanned
 
@@ -39,6 +38,7 @@ def ban_peer(*, peer, reason: str, evidence_kind: str, evidence: dict, source: s
     from runs.models import Peer
     from volunteers.models import Volunteer
 
+    Peer.objects.select_for_update().filter(pk=peer.pk).first()  # concurrent verdicts ban once
     existing = Ban.objects.filter(peer_id=peer.peer_id, lifted_at=None).first()
     if existing is not None:
         return existing

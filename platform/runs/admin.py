@@ -22,9 +22,8 @@ class RunAdmin(admin.ModelAdmin):
 
     def formfield_for_dbfield(self, db_field, request, **kwargs):
         if db_field.name == "admission_policy":
-            from django import forms
-
             from admission.policies import POLICIES
+            from django import forms
 
             return forms.ChoiceField(choices=[(n, n) for n in sorted(POLICIES)], initial="reputation")
         return super().formfield_for_dbfield(db_field, request, **kwargs)

@@ -12,18 +12,33 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
+from admission.policies import get_policy
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
+from live.bus import emit
+from live.events import (
+    BroadcastRecorded,
+    GroupFormed,
+    HousekeepingDone,
+    PeerJoined,
+    PeersAdmitted,
+    PeersPromoted,
+    PeerStatusChanged,
+    StepAdvanced,
+    StepReported,
+)
 from pydantic import ValidationError
 
-from admission.policies import get_policy
-from live.bus import emit
-from live.events import (BroadcastRecorded, GroupFormed, HousekeepingDone, PeerJoined, PeersAdmitted,
-                         PeersPromoted, PeerStatusChanged, StepAdvanced, StepReported)
-from worker_client.btard.crypto import BROADCAST_PHASES, Envelope, ProtocolError, b64d, peer_id_from_public_key
-from worker_client.btard.crypto import verify_envelope
+from worker_client.btard.crypto import (
+    BROADCAST_PHASES,
+    Envelope,
+    ProtocolError,
+    b64d,
+    peer_id_from_public_key,
+    verify_envelope,
+)
 from worker_client.control import CLOSE_BANNED, CLOSE_NO_RUN, CLOSE_REASONS, Heartbeat, Hello, StepReport
 
 from .models import BroadcastLog, Peer, Run, StepRecord, StepReportRecord

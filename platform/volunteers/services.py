@@ -16,7 +16,6 @@ from django.core.cache import cache
 from django.db import transaction
 from django.db.models import Sum
 from django.utils import timezone
-
 from live.bus import emit
 from live.events import ReputationChanged, TokenCreated, TokenRevoked, VolunteerSignedUp
 
@@ -136,8 +135,13 @@ def authenticate_worker_token(raw: str | None) -> WorkerToken:
 
     Read-only apart from ``last_used_at`` (not a state change anyone watches, so no event).
     """
-    from worker_client.control import (CLOSE_BAD_TOKEN, CLOSE_BANNED, CLOSE_NO_TOKEN, CLOSE_REASONS,
-                                       CLOSE_REVOKED_TOKEN)
+    from worker_client.control import (
+        CLOSE_BAD_TOKEN,
+        CLOSE_BANNED,
+        CLOSE_NO_TOKEN,
+        CLOSE_REASONS,
+        CLOSE_REVOKED_TOKEN,
+    )
 
     if not raw:
         raise TokenRefused(CLOSE_NO_TOKEN, CLOSE_REASONS[CLOSE_NO_TOKEN])

@@ -72,6 +72,7 @@ def pending_case(db, settings):
     """A staff member and an ELIMINATE case against bob's peer, ready to be confirmed."""
     from moderation import services as moderation
     from runs import services as runs
+
     from tests.factories import RunFactory, UserFactory, make_peer
     from tests.site.helpers import envelope
 

@@ -6,18 +6,26 @@ import asyncio
 import json
 
 import pytest
+from btard_site.routing import websocket_urlpatterns
 from channels.db import database_sync_to_async
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
-
-from btard_site.routing import websocket_urlpatterns
 from runs.models import BroadcastLog, Peer, Run
+from volunteers import services as volunteers
+
 from tests.factories import RunFactory
 from tests.site.helpers import envelope, verdict
-from volunteers import services as volunteers
 from worker_client.btard.crypto import Identity
-from worker_client.control import (CLOSE_BAD_TOKEN, CLOSE_BANNED, CLOSE_NO_TOKEN, CLOSE_REPLACED,
-                                   CLOSE_REVOKED_TOKEN, Heartbeat, Hello, StepReport)
+from worker_client.control import (
+    CLOSE_BAD_TOKEN,
+    CLOSE_BANNED,
+    CLOSE_NO_TOKEN,
+    CLOSE_REPLACED,
+    CLOSE_REVOKED_TOKEN,
+    Heartbeat,
+    Hello,
+    StepReport,
+)
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
 T = 10  # generous receive timeout: other CPU-heavy work shares this machine

@@ -7,13 +7,13 @@ import re
 
 import pytest
 from django.core import mail
-
 from moderation import services as moderation
 from moderation.models import AuditLog, ModerationCase
 from runs import services as runs
-from tests.factories import UserFactory, make_peer
 from volunteers import services as volunteers
 from volunteers.models import WorkerToken
+
+from tests.factories import UserFactory, make_peer
 
 pytestmark = pytest.mark.django_db
 

@@ -7,19 +7,27 @@ from datetime import timedelta
 import pytest
 from django.contrib.auth import authenticate
 from django.utils import timezone
-
 from live import events as ev
 from moderation import services as moderation
 from moderation.models import AuditLog, Ban, ModerationCase
 from runs import services as runs
 from runs.models import BroadcastLog, Peer
-from tests.factories import RunFactory, UserFactory, make_peer
-from tests.site.helpers import envelope, verdict
 from volunteers import services as volunteers
 from volunteers.models import ReputationEvent
+
+from tests.factories import RunFactory, UserFactory, make_peer
+from tests.site.helpers import envelope, verdict
 from worker_client.btard.crypto import Identity
-from worker_client.control import (CLOSE_BAD_TOKEN, CLOSE_BANNED, CLOSE_NO_RUN, CLOSE_NO_TOKEN,
-                                   CLOSE_REVOKED_TOKEN, Heartbeat, Hello, StepReport)
+from worker_client.control import (
+    CLOSE_BAD_TOKEN,
+    CLOSE_BANNED,
+    CLOSE_NO_RUN,
+    CLOSE_NO_TOKEN,
+    CLOSE_REVOKED_TOKEN,
+    Heartbeat,
+    Hello,
+    StepReport,
+)
 
 pytestmark = pytest.mark.django_db
 

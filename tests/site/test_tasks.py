@@ -9,16 +9,16 @@ from io import StringIO
 
 import pytest
 from django.core.management import call_command
-from django.db import close_old_connections
+from django.db import connections
 from django.utils import timezone
-
 from runs import services as runs
 from runs import tasks
 from runs.models import BroadcastLog, Peer, Run
-from tests.factories import RunFactory, UserFactory, make_peer
-from tests.site.helpers import envelope
 from volunteers import services as volunteers
 from volunteers import tasks as volunteer_tasks
+
+from tests.factories import RunFactory, UserFactory, make_peer
+from tests.site.helpers import envelope
 from worker_client.btard.crypto import Identity
 from worker_client.control import Hello
 
@@ -141,7 +141,7 @@ def test_concurrent_joins_cannot_exceed_the_candidate_cap(postgres_url):
                 runs.join_run(token=tokens[i], hello=Hello(public_key=Identity.from_seed(f"r{i}".encode())
                                                            .public_key_b64))
         finally:
-            close_old_connections()
+            connections.close_all()
 
     threads = [threading.Thread(target=worker, args=(range(k, 12, 6),)) for k in range(6)]
     for t in threads:

@@ -11,10 +11,10 @@ import json
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from django.db import transaction
-
-from runs.models import Run
 from volunteers.models import Volunteer, WorkerToken
 from volunteers.services import create_worker_token
+
+from runs.models import Run
 
 DEMO_TOKEN_NAME = "demo-worker"
 
