@@ -277,3 +277,19 @@ async def test_a_newcomer_beyond_the_admission_limits_is_welcomed_as_waiting(run
     comm, _, welcome = await join(await database_sync_to_async(token_for)(alice), b"alice-late")
     assert welcome["role"] == "waiting" and welcome["probation_steps_left"] == run.probation_steps
     await comm.disconnect()
+
+
+async def test_the_run_dashboard_receives_its_partial_when_the_step_advances(run, alice, bob):
+    browser = WebsocketCommunicator(application, f"/ws/live/?run={run.pk}")
+    assert (await browser.connect(timeout=T))[0]
+    (ca, _, _), (cb, _, _), _ = await two_member_group(run, alice, bob)
+    for comm in (ca, cb):
+        await comm.send_to(text_data=StepReport(step=0, outcome="applied", loss=1.5, accuracy=0.42,
+                                                samples=16).model_dump_json())
+    while True:
+        html = await browser.receive_from(timeout=T)
+        if 'id="run-step">1<' in html:
+            break
+    assert 'id="run-dashboard" hx-swap-oob="true"' in html and "0.420" in html
+    for comm in (ca, cb, browser):
+        await comm.disconnect()

@@ -425,3 +425,15 @@ def test_old_broadcast_logs_expire_after_the_run_retention(run, group):
 
 def test_other_users_do_not_see_a_user_created_elsewhere():
     assert UserFactory(username="zed").volunteer.reputation == 0.0
+
+
+@pytest.mark.parametrize("name", sorted(__import__("admission.policies", fromlist=["POLICIES"]).POLICIES))
+def test_every_admission_policy_admits_founders_and_respects_its_own_probation(name):
+    from admission.policies import get_policy
+
+    policy = get_policy(name)
+    run = RunFactory.build(probation_steps=3, current_step=0, step_in_progress=False, peers_per_group=4)
+    assert policy.founders_active(run, active_count=0)
+    steps = policy.probation_steps(run, reputation=0.0)
+    assert 0 <= steps <= run.probation_steps
+    assert policy.probation_steps(run, reputation=1e6) <= steps  # reputation never lengthens probation
