@@ -33,10 +33,10 @@ def clean_run():
 
 
 def test_an_honest_swarm_bans_nobody_and_learns_like_plain_mean():
-    btard = run_simulation(**COMMON, steps=200, validators=2)
-    mean = run_simulation(**COMMON, steps=200, aggregator="mean")
+    btard = run_simulation(**{**COMMON, "eval_every": 50}, steps=150, validators=2)
+    mean = run_simulation(**{**COMMON, "eval_every": 50}, steps=150, aggregator="mean")
     assert btard["bans"] == [] and btard["honest_banned"] == 0
-    assert btard["applied_steps"] == 200 and btard["dropped_steps"] == 0
+    assert btard["applied_steps"] == 150 and btard["dropped_steps"] == 0
     assert btard["final_accuracy"] > 0.9
     assert abs(btard["final_accuracy"] - mean["final_accuracy"]) <= 0.02
 
