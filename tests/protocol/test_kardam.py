@@ -160,3 +160,15 @@ def test_preconditions_and_bad_submissions():
     with pytest.raises(ValueError, match="staleness"):
         server.submit(0, torch.zeros(2), 1)  # version is 0
     assert server.submit(0, torch.tensor([math.nan, 0.0]), 0).reason == "non-finite"
+
+
+def test_known_limit_a_constant_vector_passes_the_lipschitz_filter_but_is_frequency_capped():
+    """Documented weakness: L_p = 0 for an attacker that repeats one vector; the frequency filter still
+    caps its share at f of any 2f+1 accepted updates."""
+    attack_vector = torch.full((D,), 3.0)
+    _, decisions, _, _ = _async_run(attackers=(0,), attack=lambda g: attack_vector, n=4, f=1)
+    attacker = [d for w, d in decisions if w == 0]
+    assert any(d.accepted and d.reason == "accepted" and d.lipschitz == 0.0 for d in attacker)
+    accepted = [w for w, d in decisions if d.accepted]
+    for start in range(len(accepted) - 2):
+        assert accepted[start:start + 3].count(0) <= 1
