@@ -5,7 +5,8 @@ Every rule is a plain function ``fn(x, **params)`` with keyword-only parameters,
 Each rule raises :class:`ValueError` (naming the rule and the condition) when ``x`` is not a 2-D
 floating tensor, has no rows, contains NaN/inf, or when its precondition on ``n`` and ``f`` fails.
 
-Speed (CenteredClip is on the protocol's critical path, paper Sec. 3.1, Alg. 2 line "CenteredClip"):
+Speed (CenteredClip is on the protocol's critical path: every aggregator runs it on its part, step 5
+of docs/btard-protocol.md):
 the iterative rules (CenteredClip, geometric median) never touch ``x`` inside their loops. We centre
 the inputs once on the starting point ``v0``, ``y_k = x_k - v0``, and build the ``n x n`` Gram matrix
 ``G = y y^T`` in one pass over ``x`` (column chunks, float64 accumulation). Every iterate stays of the
@@ -545,7 +546,7 @@ class CenteredClipResult(NamedTuple):
 def centered_clip_with_info(x: torch.Tensor, *, tau: float = 1.0, eps: float = 1e-6,
                             max_iters: int = 100, init: str = "median",
                             weights=None) -> CenteredClipResult:
-    """CenteredClip (Karimireddy et al., 2021; BTARD paper Eq. 2 / Alg. 2), to its fixed point.
+    """CenteredClip (Karimireddy et al., 2021; the BTARD aggregators' rule), to its fixed point.
 
     Iterates ``v <- v + sum_k p_k (x_k - v) * min(1, tau / ||x_k - v||)`` with ``p_k = 1/n`` (or the
     normalised ``weights``) starting from the coordinate-wise median (``init="median"``) or the mean
