@@ -177,3 +177,25 @@ def test_a_missing_broadcast_removes_the_silent_peer_from_the_step_and_reports_i
     assert {r.outcome for r in honest} == {outcome}
     assert all(mute_id in r.silent for r in honest)
     assert not swarm.board.banned and not swarm.board.eliminated
+
+
+class _Huge(P.BtardPeer):
+    """Commits honestly to a gradient at the edge of float32 (not in the registry: a stress case)."""
+
+    def hook_corrupt_gradient(self, gradient, s):
+        out = torch.full_like(gradient, 3.4e38)
+        out[::2] = -3.4e38
+        return out
+
+
+def test_a_gradient_at_the_float32_limit_neither_crashes_nor_poisons_the_step():
+    swarm = Swarm(n=5, params=P.ProtocolParams(validators=0))
+    huge_id = swarm.ids[1]
+    swarm.peers[huge_id] = _Huge(swarm.identities[1], swarm.params, verifier=swarm.verifier)
+    swarm.byzantine = {huge_id}
+    results = swarm.step()
+    honest = [results[p] for p in swarm.honest]
+    assert {r.outcome for r in honest} == {"applied"}
+    update = honest[0].update
+    assert torch.isfinite(update).all() and float(update.abs().max()) < 10.0
+    assert not swarm.board.banned

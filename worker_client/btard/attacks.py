@@ -25,7 +25,7 @@ import torch
 
 from . import messages as M
 from .crypto import Envelope
-from .protocol import BtardPeer, ComputeGradient, SendAggregate, SendPart, _Step
+from .protocol import BtardPeer, ComputeGradient, SendAggregate, SendPart, _Step, distances_to
 from .tensors import tensor_to_bytes
 
 
@@ -88,7 +88,7 @@ class GradientAttack(Byzantine):
             return gradient
         bad = self.attack(gradient, s)
         # huge but finite: float32 overflow would turn an attack into NaN, which is a different fault
-        return torch.nan_to_num(bad, nan=0.0, posinf=3e38, neginf=-3e38).clamp_(-3e38, 3e38)
+        return torch.nan_to_num(bad, nan=0.0, posinf=1e30, neginf=-1e30).clamp_(-1e30, 1e30)
 
     def remember(self, gradient: torch.Tensor, step: int) -> None:
         pass
@@ -216,8 +216,7 @@ class WrongAggregate(Byzantine):
         gen = torch.Generator().manual_seed(s.ctx.step + 7)
         delta = torch.randn(v.numel(), generator=gen)
         v = v + delta * (self.shift * self.params.tau / float(delta.norm()))
-        d = (x - v).pow(2).sum(dim=1, dtype=torch.float64).sqrt()
-        return v, d.tolist()
+        return v, distances_to(x, v).tolist()
 
 
 class Equivocate(Byzantine):

@@ -72,7 +72,7 @@ _Z_CACHE_SIZE = 4
 
 
 def projection(r: bytes, numel: int) -> torch.Tensor:
-    """``z ~ N(0, I)`` of length ``numel`` (float32), a pure function of ``r``.
+    """``z ~ N(0, I)`` of length ``numel`` (float64), a pure function of ``r``.
 
     Cached (the simulator runs many peers in one process; every peer derives the same ``z``). The
     returned tensor is shared: callers must not modify it."""
@@ -80,7 +80,7 @@ def projection(r: bytes, numel: int) -> torch.Tensor:
     z = _Z_CACHE.get(key)
     if z is None:
         gen = torch.Generator().manual_seed(_torch_seed(r, b"btard-z"))
-        z = torch.randn(numel, generator=gen, dtype=torch.float32)
+        z = torch.randn(numel, generator=gen, dtype=torch.float32).to(torch.float64)
         _Z_CACHE[key] = z
         while len(_Z_CACHE) > _Z_CACHE_SIZE:
             _Z_CACHE.popitem(last=False)

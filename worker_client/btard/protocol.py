@@ -259,10 +259,16 @@ def part_sums(x: torch.Tensor, n: int) -> torch.Tensor:
 def per_part_scalars_and_distances(z: torch.Tensor, g: torch.Tensor, a: torch.Tensor,
                                    n: int) -> tuple[list[float], list[float]]:
     """``s_j = <z[j], g[j] - a[j]>`` and ``d_j = ||g[j] - a[j]||`` for every part j of full vectors."""
-    diff = g - a
+    diff = g.to(torch.float64) - a.to(torch.float64)
     s = part_sums(z * diff, n)
     sq = part_sums(diff * diff, n)
     return s.tolist(), sq.sqrt().tolist()
+
+
+def distances_to(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """``||x_k - a||`` for every row of ``x`` (float64 throughout: no overflow for any finite float32)."""
+    diff = x.to(torch.float64) - a.to(torch.float64)
+    return (diff * diff).sum(dim=-1).sqrt()
 
 
 def clip_w(d: torch.Tensor, tau: float) -> torch.Tensor:
@@ -275,14 +281,13 @@ def sha256_hex(data: bytes) -> str:
 
 
 def _dist(x: torch.Tensor, a: torch.Tensor) -> float:
-    """``||x - a||``: float32 difference, float64 sum (the same formula on every peer)."""
-    diff = x - a
-    return math.sqrt(float((diff * diff).sum(dtype=torch.float64)))
+    """``||x - a||`` in float64 (the same formula on every peer)."""
+    return float(distances_to(x, a))
 
 
 def _scalar(z: torch.Tensor, x: torch.Tensor, a: torch.Tensor) -> float:
-    """``<z, x - a>``: float32 difference and products, float64 sum (the same formula everywhere)."""
-    return float((z * (x - a)).sum(dtype=torch.float64))
+    """``<z, x - a>`` in float64 (the same formula on every peer)."""
+    return float((z * (x.to(torch.float64) - a.to(torch.float64))).sum())
 
 
 def recalc_mismatch(g: torch.Tensor, record: StepRecord, target: str, rtol: float) -> str | None:
@@ -682,9 +687,13 @@ class BtardPeer:
         return SendAggregate(to=to, part=part, data=data)
 
     def hook_aggregate(self, x: torch.Tensor, s: _Step) -> tuple[torch.Tensor, list[float]]:
+        """CenteredClip of the received parts (float64 inside, so huge finite inputs cannot overflow),
+        published as float32 with the distances to the published value."""
         p = self.params
-        res = centered_clip_with_info(x, tau=p.tau, eps=p.cc_eps, max_iters=p.cc_max_iters, init=p.cc_init)
-        return res.v, res.distances.tolist()
+        res = centered_clip_with_info(x.to(torch.float64), tau=p.tau, eps=p.cc_eps, max_iters=p.cc_max_iters,
+                                      init=p.cc_init)
+        a = res.v.to(torch.float32)
+        return a, distances_to(x, a).tolist()
 
     def hook_scalars(self, values: list[float], s: _Step) -> list[float]:
         return values
@@ -1092,9 +1101,9 @@ class BtardPeer:
                 else:
                     ks.append(k)
             if ks:
-                diff = torch.stack([s.received[k] for k in ks]) - s.my_aggregate
-                expected = (diff * zj).sum(dim=1, dtype=torch.float64)
-                norms = (diff * diff).sum(dim=1, dtype=torch.float64).sqrt()
+                diff = torch.stack([s.received[k] for k in ks]).to(torch.float64) - s.my_aggregate.to(torch.float64)
+                expected = diff @ zj
+                norms = (diff * diff).sum(dim=1).sqrt()
                 declared = torch.tensor([s.payload("scalars", k).values[s.index] for k in ks], dtype=torch.float64)
                 tol = self.params.exact_rtol * float(zj.norm()) * norms + 1e-12
                 for i in torch.nonzero(~((expected - declared).abs() <= tol)).flatten().tolist():
