@@ -425,6 +425,13 @@ class Worker:
         if self.role != "active":
             self.role = self.status.role = "active"
             self._event("promoted", f"joined the group at step {group.step}")
+        if self.peer is not None and self.peer.step is not None and not self.peer.finished \
+                and self.peer.step < group.step and self.state.step == self.peer.step:
+            # The site closed our unfinished step at its deadline: nothing was applied here.
+            self._event("step_abandoned", f"step {self.peer.step} abandoned: the site closed it",
+                        step=self.peer.step)
+            self.deadline_phase = None
+            self._carry_state_over(group.step, f"step {self.peer.step} was closed by the site")
         if self.state.step != group.step:
             if not await self._download_state(group):
                 return
@@ -477,6 +484,8 @@ class Worker:
                                                                     numel=2 * self.state.numel,
                                                                     timeout=self._phase_timeout("state"))
         except DataPlaneError as exc:
+            if self.state.step >= 0 and self.role == "active":
+                return self._carry_state_over(group.step, f"no donor has the state of step {group.step} ({exc})")
             self._event("error", f"state download failed: {exc}")
             return False
         self.state.load_full_state(flat, group.step)
@@ -549,6 +558,24 @@ class Worker:
                 self._event("probation", f"candidate {peer_id[:8]} failed probation: {reason}")
             else:
                 self._event("probation", f"candidate {peer_id[:8]} passed probation step {step}")
+
+    def _carry_state_over(self, step: int, why: str) -> bool:
+        """The site moved on past steps this peer did not finish (it closed them at their deadline):
+        those steps applied nothing here, so our state is the state of ``step``; the randomness chain
+        follows the public skip rule for the steps in between (see ``mprng.skipped_randomness``)."""
+        from .btard.mprng import genesis_randomness, skipped_randomness
+
+        start = self.state.step
+        r = self.r_prev or genesis_randomness(self.run_name, self.run_info.seed)
+        for skipped in range(max(start, 0), step):
+            r = skipped_randomness(r, self.run_name, skipped)
+        self.r_prev = r
+        self.prev_record = None
+        self.state.snapshot(step)
+        self.plane.publish_state(step, self.state.full_state(), meta={"r": r.hex()})
+        self._event("state", f"{why}; continuing from our own state of step {start} (steps {start}..{step - 1} "
+                             f"were not applied here)")
+        return True
 
     async def _on_relay(self, relay: Relay) -> None:
         env = relay.envelope

@@ -175,6 +175,21 @@ class SiteHarness:
         self.workers.append(worker)
         return worker
 
+    def run_doctor(self, token: str, *, config_dir: Path, timeout: float = 120) -> dict:
+        result = subprocess.run([PY, "-m", "worker_client.cli", "doctor", "--token", token, "--server", self.url,
+                                 "--host-maddr", "/ip4/127.0.0.1/tcp/0", "--json", "--timeout", "20",
+                                 "--config-dir", str(config_dir)], cwd=ROOT, env=self.env, capture_output=True,
+                                text=True, timeout=timeout, start_new_session=True)
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    def start_when_ready(self, workers: list["WorkerProc"], min_peers: int, timeout: float = 120) -> None:
+        """Let the run start once every worker has its data loaded (its ``welcome`` event): a worker
+        still importing torch on a busy machine would miss the first step's deadlines otherwise."""
+        self.wait(lambda: all(any(e.get("event") == "welcome" for e in w.events()) for w in workers), timeout,
+                  "every worker to be welcomed")
+        self.shell(f"from runs.models import Run; Run.objects.filter(pk={self.run['run_id']})"
+                   f".update(min_peers={min_peers})")
+
     def api(self, path: str):
         with urllib.request.urlopen(self.url + path, timeout=10) as response:
             return json.loads(response.read())

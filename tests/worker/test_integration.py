@@ -33,12 +33,13 @@ def site(postgres_url, redis_url, tmp_path):
 
 
 def test_five_workers_ban_the_lying_aggregator_and_keep_identical_parameters(site):
-    run = site.create_run(volunteers=5, **RUN_FIELDS)
+    run = site.create_run(volunteers=5, **(RUN_FIELDS | dict(min_peers=99)))
     site.start()
     tokens = [t["token"] for t in run["tokens"]]
     steps = 4
     honest = [site.start_worker(f"w{i}", tokens[i], max_steps=steps) for i in range(4)]
     liar = site.start_worker("liar", tokens[4], max_steps=steps, behaviour="wrong_aggregate")
+    site.start_when_ready(honest + [liar], min_peers=4)
     site.wait(lambda: all(w.proc.poll() is not None for w in honest), 150, "the honest workers to finish")
     site.wait(lambda: liar.proc.poll() is not None, 30, "the attacker to exit")
 
@@ -58,16 +59,15 @@ def test_five_workers_ban_the_lying_aggregator_and_keep_identical_parameters(sit
 
 
 def test_the_others_go_on_when_an_honest_worker_is_killed_mid_step(site):
-    run = site.create_run(volunteers=4, **(RUN_FIELDS | dict(min_peers=4, step_timeout=20.0)))
+    run = site.create_run(volunteers=4, **(RUN_FIELDS | dict(min_peers=99, phase_timeout=10.0, step_timeout=15.0)))
     site.start()
     tokens = [t["token"] for t in run["tokens"]]
     steps = 4
     workers = [site.start_worker(f"w{i}", tokens[i], max_steps=steps) for i in range(4)]
     victim, survivors = workers[3], workers[:3]
-    site.wait(lambda: any(e.get("event") == "step" and e.get("step") == 0 for e in victim.events()), 120,
-              "step 0 to start with everyone")
-    # from now on three peers are enough; the step the victim never reports closes at step_timeout
-    site.shell(f"from runs.models import Run; Run.objects.filter(pk={run['run_id']}).update(min_peers=3)")
+    # once all four are ready three peers are enough: the run goes on without the victim, and the
+    # step the victim never reports closes at step_timeout
+    site.start_when_ready(workers, min_peers=3)
     site.wait(lambda: any(e.get("event") == "step" and e.get("step") == 1 for e in victim.events()), 60,
               "step 1 to start")
     kill_group(victim.proc, signal.SIGKILL)  # the worker and its p2pd, mid-step
@@ -85,15 +85,22 @@ def test_the_others_go_on_when_an_honest_worker_is_killed_mid_step(site):
     banned_accounts = {b["account"] for b in site.api("/api/bans/")["bans"]}
     assert not banned_accounts & {"volunteer1", "volunteer2", "volunteer3"}
 
+    # a token the site does not know: a clear message and exit code 3, no retry loop
+    stranger = site.start_worker("stranger", "btard_nope_0000000000000000", max_steps=1)
+    site.wait(lambda: stranger.proc.poll() is not None, 60, "the worker with a bad token to exit")
+    assert stranger.proc.returncode == 3
+    fatal = [e for e in stranger.events() if e.get("event") == "fatal"]
+    assert fatal and "token" in fatal[0]["message"]
+
 
 def test_a_newcomer_downloads_the_state_passes_probation_and_joins_the_group(site):
     run = site.create_run(volunteers=4, policy="reputation", probation_steps=2, max_new_per_window=100,
-                          max_candidate_fraction=1.0, peers_per_group=8, min_peers=3, **RUN_FIELDS)
+                          max_candidate_fraction=1.0, peers_per_group=8, min_peers=99, **RUN_FIELDS)
     site.start()
     tokens = [t["token"] for t in run["tokens"]]
     founders = [site.start_worker(f"w{i}", tokens[i], max_steps=40) for i in range(3)]
-    site.wait(lambda: any(e.get("event") == "step_done" and e["step"] >= 1 for e in founders[0].events()), 120,
-              "the run to reach step 2")
+    site.start_when_ready(founders, min_peers=3)
+    site.wait(lambda: any(e.get("event") == "step" for e in founders[0].events()), 120, "the run to start")
     newcomer = site.start_worker("newcomer", tokens[3], max_steps=2)
     site.wait(lambda: newcomer.proc.poll() is not None, 200, "the newcomer to finish two steps in the group")
     assert newcomer.proc.returncode == 0, newcomer.stderr()
@@ -112,5 +119,12 @@ def test_a_newcomer_downloads_the_state_passes_probation_and_joins_the_group(sit
     for event in done:
         founder_hashes = {last_hash_at(w, event["step"]) for w in founders} - {None}
         assert founder_hashes == {event["params_sha256"]}
+
+    # doctor, against the real site while the founders are active: one of them dials our address
+    doctor = site.run_doctor(tokens[3], config_dir=site.workdir / "cfg-newcomer")
+    checks = {c["name"]: c for c in doctor["checks"]}
+    assert checks["site"]["result"] == "ok" and checks["token"]["result"] == "ok"
+    assert checks["hivemind"]["result"] == "ok"
+    assert checks["reachability"]["result"] == "ok", checks["reachability"]
     for w in founders:
         kill_group(w.proc, signal.SIGTERM)
