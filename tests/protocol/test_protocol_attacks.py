@@ -199,3 +199,19 @@ def test_a_gradient_at_the_float32_limit_neither_crashes_nor_poisons_the_step():
     update = honest[0].update
     assert torch.isfinite(update).all() and float(update.abs().max()) < 10.0
     assert not swarm.board.banned
+
+
+@pytest.mark.parametrize("attack", PROTOCOL_ATTACKS)
+def test_three_colluding_protocol_attackers_of_seven_are_all_removed_and_no_honest_peer_is_banned(attack):
+    swarm = Swarm(n=7, attack=attack, byzantine=(1, 4, 5), attack_start=1, params=P.ProtocolParams(validators=2))
+    swarm.run(5)
+    removed = set(swarm.board.banned) | swarm.board.eliminated
+    assert swarm.byzantine <= removed
+    assert not set(swarm.board.banned) - swarm.byzantine
+    if attack == "withhold_part":
+        # every removed pair holds an attacker, so the honest share never drops
+        effective = [e for e in swarm.board.moderation_queue if e["effective"]]
+        assert all(e["target"] in swarm.byzantine for e in effective)
+        assert len(effective) == 3
+    # once they are gone, honest steps apply again
+    assert {r.outcome for r in swarm.history[-1].values()} == {"applied"}
