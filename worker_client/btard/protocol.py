@@ -130,6 +130,7 @@ class StepResult:
     record: StepRecord | None
     reason: str = ""
     role: str = "contributor"
+    contributed: bool = False                 # this peer's gradient was aggregated (validators too)
 
 
 @dataclass(frozen=True)
@@ -1359,7 +1360,8 @@ class BtardPeer:
         r = s.r if s.r is not None else skipped_randomness(s.ctx.r_prev, s.ctx.run, s.ctx.step)
         s.result = StepResult(step=s.ctx.step, outcome=outcome, update=update, bans=bans,
                               eliminations=list(dict.fromkeys(s.eliminations)), silent=sorted(s.silent),
-                              r=r, record=record, reason=reason, role=s.role)
+                              r=r, record=record, reason=reason, role=s.role,
+                              contributed="committed" in s.flags and self.peer_id in s.contributors)
         self.results.append(s.result)
         return [Finish(s.result)]
 
