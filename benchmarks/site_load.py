@@ -92,9 +92,10 @@ def setup_site(n: int):
     return run, raws, identities
 
 
-def start_daphne(port: int, env: dict, log_path: Path) -> subprocess.Popen:
+def start_daphne(port: int, env: dict, log_path: Path, profile: Path | None = None) -> subprocess.Popen:
     log = open(log_path, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "-v", "0",
+    prefix = ["-m", "cProfile", "-o", str(profile)] if profile else []
+    proc = subprocess.Popen([sys.executable, *prefix, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "-v", "0",
                              "--websocket_connect_timeout", "120",
                              "btard_site.asgi:application"], cwd=ROOT, env=env, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
@@ -109,9 +110,9 @@ def start_daphne(port: int, env: dict, log_path: Path) -> subprocess.Popen:
     raise SystemExit("daphne did not come up")
 
 
-def stop(proc: subprocess.Popen) -> None:
+def stop(proc: subprocess.Popen, sig=signal.SIGTERM) -> None:
     try:
-        os.killpg(proc.pid, signal.SIGTERM)
+        os.killpg(proc.pid, sig)
         proc.wait(timeout=15)
     except ProcessLookupError:
         pass
@@ -257,6 +258,7 @@ def main(argv=None) -> int:
     parser.add_argument("--database-url", default="postgres://postgres@127.0.0.1:5432/btard_bench")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/5")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--profile", type=Path, help="run Daphne under cProfile, stats written here")
     args = parser.parse_args(argv)
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -271,11 +273,11 @@ def main(argv=None) -> int:
     port = free_port()
     log_path = ROOT / "var" / "site_load_daphne.log"
     log_path.parent.mkdir(exist_ok=True)
-    proc = start_daphne(port, env, log_path)
+    proc = start_daphne(port, env, log_path, args.profile)
     try:
         result = asyncio.run(bench(args, run, raws, identities, port))
     finally:
-        stop(proc)
+        stop(proc, signal.SIGINT if args.profile else signal.SIGTERM)
     result["cpu_count"] = os.cpu_count()
     print(json.dumps(result, indent=2))
     print(f"\nfan-out to every one of {result['sockets']} sockets: p50 {result['fanout_to_every_socket_ms']['p50']:.1f} ms, "

@@ -230,9 +230,13 @@ def promote_candidates(*, run: Run) -> list[str]:
 
 
 # --- the step loop --------------------------------------------------------------------------------
+def _eligible(run: Run, step: int):
+    return (run.peers.filter(role="active", online=True)
+            .filter(Q(excluded_until_step=None) | Q(excluded_until_step__lte=step)))
+
+
 def _choose_members(run: Run, step: int) -> list[Peer]:
-    eligible = list(run.peers.filter(role="active", online=True)
-                    .filter(Q(excluded_until_step=None) | Q(excluded_until_step__lte=step)))
+    eligible = list(_eligible(run, step))
     if len(eligible) > run.peers_per_group:
         # deterministic rotation so every active peer takes part over time
         eligible.sort(key=lambda p: _h("group", run.id, run.seed, step, p.peer_id))
@@ -248,6 +252,8 @@ def start_step_if_ready(*, run: Run) -> StepRecord | None:
     if run.state != "open" or run.step_in_progress:
         return None
     step = run.current_step
+    if _eligible(run, step).count() < max(1, run.min_peers):
+        return None  # cheap early exit: joins call this on every hello
     members = _choose_members(run, step)
     if len(members) < max(1, run.min_peers):
         return None
