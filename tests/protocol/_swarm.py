@@ -40,7 +40,7 @@ class Swarm:
         self.params = params or P.ProtocolParams(tau=1.0, validators=1)
         self.verifier = P.EnvelopeVerifier()
         rng = random.Random(seed)
-        entropy = lambda k: rng.getrandbits(8 * k).to_bytes(k, "little")  # noqa: E731
+        entropy = lambda k: rng.getrandbits(8 * k).to_bytes(k, "little")
         self.peers: dict[str, P.BtardPeer] = {}
         for ident in self.identities:
             if ident.peer_id in self.byzantine:

@@ -11,8 +11,13 @@ import torch
 
 from worker_client.btard import messages as M
 from worker_client.btard import protocol as P
-from worker_client.btard.crypto import (BROADCAST_PHASES, Identity, ProtocolError, decode_envelope,
-                                        sign_envelope)
+from worker_client.btard.crypto import (
+    BROADCAST_PHASES,
+    Identity,
+    ProtocolError,
+    decode_envelope,
+    sign_envelope,
+)
 from worker_client.btard.mprng import genesis_randomness, mprng_commitment
 
 RUN = "wire-test"

@@ -49,8 +49,8 @@ def test_honest_aggregate_is_centered_clip_of_the_honest_gradients():
     results = swarm.step()
     update = next(iter(results.values())).update
     ctx = swarm.contexts()  # same group; step 0 had no validators, all contributed
-    from worker_client.btard.mprng import batch_seed, genesis_randomness
     from worker_client.btard.aggregators import centered_clip
+    from worker_client.btard.mprng import batch_seed, genesis_randomness
 
     from ._swarm import RUN, synthetic_gradient
     r0 = genesis_randomness(RUN, 0)

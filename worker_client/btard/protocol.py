@@ -970,14 +970,14 @@ class BtardPeer:
                 actions += self._judge(digest)
 
         # finish when every case I voted on is resolved
-        if "fixed_point" in s.flags and all(d in s.judged for d in s.accusations) and not s.judging:
-            if all(self._resolved(case) for case in s.my_cases):
-                actions += self._finish(None, "")
+        if ("fixed_point" in s.flags and all(d in s.judged for d in s.accusations) and not s.judging
+                and all(self._resolved(case) for case in s.my_cases)):
+            actions += self._finish(None, "")
         return actions
 
     def _check_part(self, sender: str, part: int, data: bytes, header: M.TensorHeader | None) -> list[Action]:
         s = self._s
-        env, commit, cdigest = s.board[("commit", sender)]
+        _, commit, cdigest = s.board[("commit", sender)]
         if len(commit.hashes) != s.n:
             s.faulted.add(sender)
             return self._direct_verdict(sender, M.FaultKind.bad_broadcast, [cdigest],
@@ -1016,7 +1016,7 @@ class BtardPeer:
 
     def _check_aggregate(self, sender: str, part: int, data: bytes, header: M.TensorHeader | None) -> list[Action]:
         s = self._s
-        env, res, rdigest = s.board[("agg_result", sender)]
+        _, res, rdigest = s.board[("agg_result", sender)]
         if res.part != part:
             s.aggregate_faulted.add(part)
             return self._direct_verdict(sender, M.FaultKind.bad_broadcast, [rdigest],
@@ -1095,7 +1095,7 @@ class BtardPeer:
             for k in s.contributors:
                 if k == me or k not in s.received or not s.got("scalars", k):
                     continue
-                env, sc, sdigest = s.board[("scalars", k)]
+                _, sc, sdigest = s.board[("scalars", k)]
                 if len(sc.values) != s.n:
                     actions += self._direct_verdict(k, M.FaultKind.bad_broadcast, [sdigest],
                                                     f"{len(sc.values)} scalars for {s.n} parts")
@@ -1321,7 +1321,7 @@ class BtardPeer:
         bans = []
         for guilty, votes in s.guilty_votes.items():
             if len(votes) >= s.majority:
-                env, v = next(iter(votes.values()))
+                _, v = next(iter(votes.values()))
                 bans.append(Ban(peer=guilty, kind=v.kind.value, reason=v.reason, evidence=list(v.evidence),
                                 accuser=v.accuser))
         return bans
