@@ -34,11 +34,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from worker_client.btard import protocol as P  # noqa: E402
-from worker_client.btard.crypto import Identity  # noqa: E402
-from worker_client.btard.mprng import genesis_randomness  # noqa: E402
-from worker_client.btard.tensors import tensor_to_bytes  # noqa: E402
-from worker_client.net import DataPlane  # noqa: E402
+from worker_client.btard import protocol as P
+from worker_client.btard.crypto import Identity
+from worker_client.btard.mprng import genesis_randomness
+from worker_client.btard.tensors import tensor_to_bytes
+from worker_client.net import DataPlane
 
 RUN = "bench"
 
@@ -66,9 +66,9 @@ def delta(after, before) -> list[tuple[int, int]]:
 async def butterfly_step(step: int, planes, ids, grads) -> None:
     n = len(planes)
     bounds = P.part_bounds(grads[0].numel(), n)
-    inbox: list[dict] = [dict() for _ in range(n)]
+    inbox: list[dict] = [{} for _ in range(n)]
     done = [asyncio.Event() for _ in range(n)]
-    gathered: list[dict] = [dict() for _ in range(n)]
+    gathered: list[dict] = [{} for _ in range(n)]
     gathered_done = [asyncio.Event() for _ in range(n)]
 
     for i, plane in enumerate(planes):
@@ -112,7 +112,6 @@ async def butterfly_step(step: int, planes, ids, grads) -> None:
 async def btard_step(step: int, planes, ids, grads, peers, r_prev: bytes, board_bytes: list[list[int]]) -> bytes:
     n = len(planes)
     group = [ident.peer_id for ident in ids]
-    index = {pid: i for i, pid in enumerate(group)}
     numel = grads[0].numel()
     bounds = P.part_bounds(numel, n)
     queue: asyncio.Queue = asyncio.Queue()

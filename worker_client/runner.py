@@ -14,6 +14,7 @@ post their results back to that queue.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -242,7 +243,7 @@ class Worker:
         try:
             self.plane = await DataPlane.create(None, host_maddrs=self.config.host_maddrs,
                                                 announce_maddrs=self.config.announce_maddrs)
-        except Exception as exc:  # P2PDaemonError and OS errors: the user needs the text, not the type
+        except Exception as exc:  # noqa: BLE001 - P2PDaemonError and OS errors: the user needs the text, not the type
             self._event("fatal", f"the hivemind p2p daemon did not start: {exc} (run btard-worker doctor)")
             return EXIT_STARTUP
         self.plane.set_receiver(self._expect, self._deliver)
@@ -283,7 +284,7 @@ class Worker:
                 timeout = max(0.0, self.deadline_at - loop.time())
             try:
                 item = await asyncio.wait_for(self.inputs.get(), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 phase, self.deadline_phase = self.deadline_phase, None
                 log.info("deadline of %s passed at step %s", phase, self.peer.step if self.peer else None)
                 await self._execute(self.peer.on_deadline(phase))
@@ -454,7 +455,7 @@ class Worker:
         self.deadline_phase = None
         actions = self.peer.begin_step(ctx)
         roles = [f"aggregator of part {ids.index(self.identity.peer_id)}"]
-        validators = getattr(self.peer, "_s").validators if getattr(self.peer, "_s", None) else {}
+        validators = self.peer._s.validators if getattr(self.peer, "_s", None) else {}
         if self.identity.peer_id in validators:
             roles.append(f"validator of {validators[self.identity.peer_id][:8]}")
         self.status.step_roles = roles
@@ -511,7 +512,7 @@ class Worker:
         seed = int(mine.get("seed", 0))
         try:
             g, loss = await asyncio.to_thread(self.state.gradient, group.step, seed, self.run_info.batch_size)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any task error: the candidate reports nothing
             self._event("error", f"probation gradient failed: {exc}")
             return
         data = g.numpy().astype("<f4").tobytes()
@@ -538,6 +539,11 @@ class Worker:
                 data, header = await self.plane.fetch_bytes_with_header(
                     peer_id, step=step, kind="probation", key=peer_id, numel=self.state.numel,
                     timeout=self._phase_timeout("probation"))
+                # The signed header makes a wrong gradient attributable to the candidate.
+                signed = M.TensorHeader.model_validate(header or {})
+                if signed.sender != peer_id or signed.sha256 != hashlib.sha256(data).hexdigest():
+                    raise DataPlaneError("malformed", "the gradient does not match its signed header", peer=peer_id)
+                signed.verify(cand.get("public_key", ""))
                 claimed = torch.frombuffer(bytearray(data), dtype=torch.float32)
                 mine, _ = await asyncio.to_thread(self.state.gradient, step, int(cand.get("seed", 0)),
                                                   self.run_info.batch_size)
@@ -545,8 +551,8 @@ class Worker:
                 diff = float((mine - claimed).norm())
                 if not torch.isfinite(claimed).all() or diff > tol * (float(mine.norm()) + 1e-12):
                     reason = f"recomputed gradient differs by {diff:.3g} (relative tolerance {tol})"
-            except DataPlaneError as exc:
-                reason = f"no probation gradient: {exc}"
+            except (DataPlaneError, ValueError) as exc:  # ProtocolError and pydantic's errors are ValueErrors
+                reason = f"no usable probation gradient: {exc}"
             except KeyError as exc:
                 self._event("error", f"cannot check candidate {peer_id[:8]}: {exc}")
                 continue
@@ -659,7 +665,7 @@ class Worker:
         try:
             g, loss = await asyncio.to_thread(self.state.gradient, request.model_ref, request.seed, batch,
                                               request.flip_labels)
-        except Exception as exc:  # a missing snapshot or a task error: the core's deadline handles it
+        except Exception as exc:  # noqa: BLE001 - a missing snapshot or a task error: the deadline handles it
             self.inputs.put_nowait(("gradient_failed", f"gradient for {request.request_id} failed: {exc}"))
             return
         if request.purpose == "own":

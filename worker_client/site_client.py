@@ -14,7 +14,7 @@ import inspect
 import logging
 import random
 from collections import deque
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel
@@ -146,7 +146,7 @@ class SiteClient:
                 if code == CLOSE_NO_RUN:
                     attempt = max(attempt, 4)  # no run yet: check back slowly
                 log.info("connection closed (%s %s); reconnecting", code, reason)
-            except (OSError, asyncio.TimeoutError, InvalidHandshake, EOFError) as exc:
+            except (TimeoutError, OSError, InvalidHandshake, EOFError) as exc:
                 log.info("cannot reach %s: %s", self.url, exc)
             finally:
                 self._ws = None
@@ -159,7 +159,7 @@ class SiteClient:
             self._on_state(f"reconnecting in {delay:.1f}s")
             try:
                 await asyncio.wait_for(self._closed_event(), delay)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def _closed_event(self) -> None:

@@ -92,7 +92,7 @@ class SiteHarness:
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
             conn.execute(statement)
 
-    def __enter__(self) -> "SiteHarness":
+    def __enter__(self) -> SiteHarness:
         self._sql(f'CREATE DATABASE "{self.db_name}"')
         try:
             self.manage("migrate", "--noinput")
@@ -182,7 +182,7 @@ class SiteHarness:
                                 text=True, timeout=timeout, start_new_session=True)
         return json.loads(result.stdout.strip().splitlines()[-1])
 
-    def start_when_ready(self, workers: list["WorkerProc"], min_peers: int, timeout: float = 120) -> None:
+    def start_when_ready(self, workers: list[WorkerProc], min_peers: int, timeout: float = 120) -> None:
         """Let the run start once every worker has its data loaded (its ``welcome`` event): a worker
         still importing torch on a busy machine would miss the first step's deadlines otherwise."""
         self.wait(lambda: all(any(e.get("event") == "welcome" for e in w.events()) for w in workers), timeout,

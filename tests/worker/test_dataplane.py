@@ -10,8 +10,8 @@ import pytest
 import pytest_asyncio
 import torch
 
-from worker_client.net import DataPlane, DataPlaneError
 from worker_client.btard.crypto import ProtocolError
+from worker_client.net import DataPlane, DataPlaneError
 from worker_client.net.wire import MAX_HEADER_BYTES, read_body, read_request
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -64,7 +64,7 @@ async def test_it_refuses_a_part_to_a_peer_that_is_not_its_aggregator(planes):
 
 
 async def test_it_all_gathers_aggregated_parts_published_after_the_request(planes):
-    a, b, c = planes["a"], planes["b"], planes["c"]
+    a, b = planes["a"], planes["b"]
     results = {name: torch.full((5,), float(i)) for i, name in enumerate("abcd")}
 
     async def publish_later():

@@ -55,3 +55,26 @@ async def test_it_bans_the_aggregator_that_lies_about_its_result():
     params = [w.state.params() for w in honest]
     assert all(torch.equal(params[0], p) for p in params[1:])
     assert all(liar.identity.peer_id in w.status.bans_seen for w in honest)
+
+
+def test_a_downloaded_state_with_momentum_makes_the_next_update_bit_identical():
+    from worker_client.runner import ModelState
+    from worker_client.tasks import get_task
+
+    torch.set_num_threads(1)
+    task = get_task("digits-mlp")
+    donor = ModelState(task, seed=3, lr=0.05, device="cpu")
+    donor.snapshot(0)
+    for step in range(2):  # momentum buffers are non-zero after an update
+        g, _ = donor.gradient(step, seed=step, batch_size=8)
+        donor.apply(g, step + 1)
+    newcomer = ModelState(task, seed=99, lr=0.05, device="cpu")  # a different initial model
+    newcomer.load_full_state(donor.full_state(), step=2)
+    assert torch.equal(newcomer.params(), donor.params())
+    update, _ = donor.gradient(2, seed=7, batch_size=8)
+    donor.apply(update, 3)
+    newcomer.apply(update, 3)
+    assert torch.equal(newcomer.params(), donor.params())
+    # and a worker recomputes another's gradient of an earlier step from its snapshot
+    again, _ = newcomer.gradient(2, seed=7, batch_size=8)
+    assert torch.equal(again, update)

@@ -18,8 +18,8 @@ from worker_client.control import (
     Hello,
     RunInfo,
     Status,
-    Welcome,
     StepReport,
+    Welcome,
 )
 from worker_client.site_client import FatalSiteError, SiteClient, backoff_delay, ws_url
 

@@ -21,8 +21,8 @@ import json
 import logging
 import secrets
 from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping
 
 import torch
 
@@ -116,7 +116,7 @@ class DataPlane:
     async def create(cls, run: str | None, *, host_maddrs: Iterable[str] = ("/ip4/127.0.0.1/tcp/0",),
                      announce_maddrs: Iterable[str] | None = None, identity_path: str | None = None,
                      nat_port_map: bool = False, call_timeout: float = 30.0, max_wait: float = 60.0,
-                     startup_timeout: float = 20.0, **p2p_kwargs) -> "DataPlane":
+                     startup_timeout: float = 20.0, **p2p_kwargs) -> DataPlane:
         """Start a p2pd daemon listening on ``host_maddrs`` and register the run's handlers.
 
         Raises ``hivemind.p2p.P2PDaemonError`` when the daemon cannot start.
@@ -155,7 +155,7 @@ class DataPlane:
             event.set()
         await self.p2p.shutdown()
 
-    async def __aenter__(self) -> "DataPlane":
+    async def __aenter__(self) -> DataPlane:
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -257,7 +257,7 @@ class DataPlane:
         event = self._events.setdefault(k, asyncio.Event())
         try:
             await asyncio.wait_for(event.wait(), min(wait, self.max_wait))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         return self._store.get(k)
 
@@ -267,7 +267,7 @@ class DataPlane:
             if not isinstance(req, PingRequest):
                 raise ProtocolError("expected a ping")
             await self._respond(writer, FetchResponse(ok=True, info={"p2p_id": self.p2p_id, "nonce": req.nonce}))
-        except (ProtocolError, asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError) as exc:
+        except (TimeoutError, ProtocolError, asyncio.IncompleteReadError, ConnectionError) as exc:
             log.debug("ping from %s failed: %s", info.peer_id, exc)
         finally:
             writer.close()
@@ -311,7 +311,7 @@ class DataPlane:
             body = memoryview(data)[4 * req.start: 4 * (req.start + req.numel)]
             self.traffic.requests_served += 1
             await self._respond(writer, FetchResponse(ok=True, numel=req.numel, header=header), body)
-        except (ProtocolError, asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError) as exc:
+        except (TimeoutError, ProtocolError, asyncio.IncompleteReadError, ConnectionError) as exc:
             log.debug("request from %s failed: %s", remote_p2p, exc)
         finally:
             writer.close()
@@ -327,7 +327,7 @@ class DataPlane:
                 break
             try:
                 await asyncio.wait_for(self._layout.wait(), remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         if expected is None:
             self.traffic.requests_refused += 1
@@ -360,7 +360,7 @@ class DataPlane:
         try:
             await asyncio.wait_for(self.p2p._client.connect(PeerID.from_base58(p2p_id), maddrs),
                                    timeout or self.call_timeout)
-        except (asyncio.TimeoutError, Exception) as exc:  # the daemon reports dial errors as ControlFailure
+        except Exception as exc:  # noqa: BLE001 - timeouts, and the daemon reports dial errors as ControlFailure
             raise DataPlaneError("unreachable", f"cannot dial {p2p_id[:12]}: {exc or 'timed out'}",
                                  peer=self._by_p2p.get(p2p_id, p2p_id)) from None
         self._connected.add(p2p_id)
@@ -372,7 +372,7 @@ class DataPlane:
             await self.connect(p2p_id, addrs)
         try:
             _, reader, writer = await self.p2p.call_binary_stream_handler(PeerID.from_base58(p2p_id), name)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the daemon reports dial errors as ControlFailure
             self._connected.discard(p2p_id)
             raise DataPlaneError("unreachable", f"cannot open a stream to {peer[:8]}: {exc}", peer=peer) from None
         return reader, writer
@@ -403,7 +403,7 @@ class DataPlane:
 
         try:
             return await asyncio.wait_for(go(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise DataPlaneError("timeout", f"{peer[:8]} did not answer in {timeout:.1f}s", peer=peer) from None
         except asyncio.IncompleteReadError:
             raise DataPlaneError("unreachable", f"{peer[:8]} closed the stream early", peer=peer) from None
@@ -443,7 +443,7 @@ class DataPlane:
 
         try:
             response = await asyncio.wait_for(go(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise DataPlaneError("timeout", f"{peer[:8]} did not accept in {timeout:.1f}s", peer=peer) from None
         except asyncio.IncompleteReadError:
             raise DataPlaneError("unreachable", f"{peer[:8]} closed the stream early", peer=peer) from None
