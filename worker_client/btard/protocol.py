@@ -537,12 +537,16 @@ class BtardPeer:
         if s is None:
             return []
         if step is not None and step == s.ctx.step + 1:
-            self._future.append(("on_part", (step, sender, part, data, header, step)))
+            if len(self._future) < 10_000:
+                self._future.append(("on_part", (step, sender, part, data, header, step)))
             return []
         if s.result is not None or (step is not None and step != s.ctx.step):
             return []
         if sender not in s.contributors or part != s.index or sender == self.peer_id:
             self._reject(f"unexpected part {part} from {sender[:8]}")
+            return []
+        if len(data) > 8 * (s.bounds[part][1] - s.bounds[part][0]) + 1024:
+            self._reject(f"part {part} from {sender[:8]} is far larger than a part")
             return []
         if sender in s.received or sender in s.faulted:
             return []
@@ -561,12 +565,16 @@ class BtardPeer:
         if s is None:
             return []
         if step is not None and step == s.ctx.step + 1:
-            self._future.append(("on_aggregate", (step, sender, part, data, header, step)))
+            if len(self._future) < 10_000:
+                self._future.append(("on_aggregate", (step, sender, part, data, header, step)))
             return []
         if s.result is not None or (step is not None and step != s.ctx.step):
             return []
         if not (0 <= part < s.n) or s.ctx.group[part] != sender or sender == self.peer_id:
             self._reject(f"unexpected aggregate {part} from {sender[:8]}")
+            return []
+        if len(data) > 8 * (s.bounds[part][1] - s.bounds[part][0]) + 1024:
+            self._reject(f"aggregate {part} from {sender[:8]} is far larger than a part")
             return []
         if part in s.aggregates or part in s.aggregate_faulted:
             return []
