@@ -468,6 +468,8 @@ class BtardPeer:
         actions += self._advance()
         return actions
 
+    start = begin_step  # the name the brief used; same method
+
     def on_gradient(self, request_id: str, gradient: torch.Tensor) -> list[Action]:
         """The driver's answer to a :class:`ComputeGradient` (a flat float32 tensor of ``numel``)."""
         s = self._s
