@@ -961,6 +961,11 @@ class BtardPeer:
         """A fault is pending: report, judge every accusation, finish once the cases are resolved."""
         s = self._s
         actions: list[Action] = []
+        # aggregates that arrived before their H(a_j) are still needed to judge accusations
+        for part in list(s.pending_aggregates):
+            if s.got("agg_result", s.ctx.group[part]):
+                sender, data, header = s.pending_aggregates.pop(part)
+                actions += self._check_aggregate(sender, part, data, header)
         validation_done = s.role != "validator" or s.validation_ok is not None or bool(s.validation_reason)
         if "checked" not in s.flags and validation_done:
             s.flags.add("checked")
