@@ -121,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.behaviour not in names:
             parser.error(f"unknown --behaviour {args.behaviour!r}; known: {', '.join(sorted(names)) or 'none'}")
     _setup_logging(args.log_level)
+    if args.data_dir:
+        # the task registry's data sets and caches live there (worker_client.tasks.datasets.cache_dir)
+        os.environ["BTARD_CACHE_DIR"] = os.path.abspath(os.path.expanduser(args.data_dir))
     loaded = _identity(args)
     if loaded is None:
         return EXIT_STARTUP

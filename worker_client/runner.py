@@ -346,8 +346,6 @@ class Worker:
             self.run_name = run_key(welcome.run)
             await self.plane.set_run(self.run_name)
             task = get_task(welcome.run.task)
-            if self.config.data_dir and hasattr(task, "data_dir"):
-                task.data_dir = self.config.data_dir
             self._set_status(Status.waiting_for_group, f"loading the {welcome.run.task} data")
             # Load the data set before the first step: a first gradient that also reads the data set
             # could miss its deadline on a slow machine.
@@ -454,10 +452,10 @@ class Worker:
         self.status.step = group.step
         self.deadline_phase = None
         actions = self.peer.begin_step(ctx)
-        roles = [f"aggregator of part {ids.index(self.identity.peer_id)}"]
-        validators = self.peer._s.validators if getattr(self.peer, "_s", None) else {}
-        if self.identity.peer_id in validators:
-            roles.append(f"validator of {validators[self.identity.peer_id][:8]}")
+        roles = [f"aggregator of part {ids.index(me)}"]
+        if me in group.validators:
+            roles.append(f"validator of {group.validators[me][:8]}")
+        roles += [f"probation validator of {c.get('peer_id', '')[:8]}" for c in self.probation_checks]
         self.status.step_roles = roles
         self._event("step", f"step {group.step} with {len(ids)} peers: {', '.join(roles)}", step=group.step)
         await self._execute(actions)

@@ -65,9 +65,19 @@ class FakeSite:
             pass
 
     async def _start_step(self) -> None:
-        self.group = [p for p in self.peers if p not in self.banned][: self.group_size]
+        previous = self.group
+        self.group = sorted(p for p in self.peers if p not in self.banned)[: self.group_size]
         donors = [self.peers[p] for p in self.group]
-        group = Group(step=self.step, peers=[self.peers[p] for p in self.group], state_donors=donors)
+        validators = {}
+        outcomes = {r.outcome for r in self.reports.get(self.step - 1, {}).values()}
+        if self.run.validators_per_step and self.step > 0 and outcomes == {"applied"}:
+            # like the site: validators recompute contributors of the previous step (here by rotation)
+            n = len(self.group)
+            validator, target = self.group[self.step % n], self.group[(self.step + 1) % n]
+            if target in previous:
+                validators[validator] = target
+        group = Group(step=self.step, peers=[self.peers[p] for p in self.group], state_donors=donors,
+                      validators=validators)
         for peer_id in list(self.sockets):
             await self._send(peer_id, group)
 
