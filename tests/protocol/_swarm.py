@@ -30,7 +30,7 @@ class Swarm:
 
     def __init__(self, n: int = 5, *, attack: str | None = None, byzantine: tuple[int, ...] = (),
                  numel: int = 48, params: P.ProtocolParams | None = None, attack_start: int = 0,
-                 attack_every: int = 1, seed: int = 0, **attack_params):
+                 attack_every: int = 1, seed: int = 0, shuffle: bool = False, **attack_params):
         self.numel = numel
         self.identities = [Identity.from_seed(f"test:{seed}:{i}".encode()) for i in range(n)]
         self.ids = [i.peer_id for i in self.identities]
@@ -52,7 +52,8 @@ class Swarm:
                 self.peers[ident.peer_id] = make_peer(None, ident, self.params, entropy=entropy,
                                                       verifier=self.verifier)
         self.board = BulletinBoard(run=RUN, public_keys=self.keys, members=self.ids, verifier=self.verifier)
-        self.memory = MemorySwarm(self.peers, self.board, self._gradients, before_gradients=self._collude)
+        self.memory = MemorySwarm(self.peers, self.board, self._gradients, before_gradients=self._collude,
+                                  shuffle=random.Random(seed + 99) if shuffle else None)
         self.r = genesis_randomness(RUN, seed)
         self.version = 0
         self.records: dict[str, P.StepRecord | None] = {p: None for p in self.ids}

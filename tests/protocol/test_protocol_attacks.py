@@ -215,3 +215,20 @@ def test_three_colluding_protocol_attackers_of_seven_are_all_removed_and_no_hone
         assert len(effective) == 3
     # once they are gone, honest steps apply again
     assert {r.outcome for r in swarm.history[-1].values()} == {"applied"}
+
+
+@pytest.mark.parametrize("attack", [None, *PROTOCOL_ATTACKS, "sign_flip"])
+def test_outcomes_do_not_depend_on_the_delivery_order(attack):
+    # messages, parts and aggregates delivered in random order (a part before its commitment, an
+    # aggregate before H(a_j), a report before the accusation it lists, ...)
+    byz = (2,) if attack else ()
+    swarm = Swarm(n=5, attack=attack, byzantine=byz, attack_start=1, shuffle=True,
+                  params=P.ProtocolParams(validators=2))
+    swarm.run(5)
+    assert not set(swarm.board.banned) - swarm.byzantine
+    removed = set(swarm.board.banned) | swarm.board.eliminated
+    if attack is not None:
+        assert swarm.ids[2] in removed
+    else:
+        assert not removed
+        assert all({r.outcome for r in h.values()} == {"applied"} for h in swarm.history)

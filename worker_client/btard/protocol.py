@@ -730,6 +730,13 @@ class BtardPeer:
             return len(s.mprng_members)
         return s.n
 
+    def _reported_accusations_in(self) -> bool:
+        """Every accusation named in a validation report is on this peer's board (a transport need not
+        keep one sender's messages in order)."""
+        s = self._s
+        return all(d in s.accusations for p in s.ctx.group if s.got("validation", p)
+                   for d in s.payload("validation", p).accusations)
+
     @staticmethod
     def _doomed(s: _Step) -> bool:
         """The step cannot be applied any more (a fault is pending): skip to reports and verdicts.
@@ -950,7 +957,7 @@ class BtardPeer:
 
         # fixed-point checks once everyone has reported (all accusations about parts are known)
         if ("fixed_point" not in s.flags and "checked" in s.flags
-                and self._all(s, "validation", ctx.group)):
+                and self._all(s, "validation", ctx.group) and self._reported_accusations_in()):
             s.flags.add("fixed_point")
             if not s.mprng_failed:
                 actions += self._fixed_point_checks()

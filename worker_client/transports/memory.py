@@ -12,6 +12,7 @@ deadline does once everyone who could answer has answered.
 
 from __future__ import annotations
 
+import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -128,12 +129,13 @@ class MemorySwarm:
 
     def __init__(self, peers: dict[str, P.BtardPeer], board: BulletinBoard, gradient_fn: GradientFn,
                  *, before_gradients: Callable[[int, dict[str, torch.Tensor]], None] | None = None,
-                 max_deadline_rounds: int = 64):
+                 max_deadline_rounds: int = 64, shuffle: random.Random | None = None):
         self.peers = peers
         self.board = board
         self.gradient_fn = gradient_fn
         self.before_gradients = before_gradients
         self.max_deadline_rounds = max_deadline_rounds
+        self.shuffle = shuffle  # deliver in random order (tests: the protocol must not rely on order)
         self.bytes_sent = 0
         self.messages = 0
 
@@ -184,6 +186,8 @@ class MemorySwarm:
         rounds = 0
         while True:
             while queue:
+                if self.shuffle is not None:
+                    queue.rotate(-self.shuffle.randrange(len(queue)))
                 target, method, args = queue.popleft()
                 handle(target, getattr(self.peers[target], method)(*args))
             if compute:
