@@ -87,6 +87,32 @@ def _identity(args) -> tuple[object, str] | None:
     return identity, ("new identity key at " if created else "identity key ") + str(path)
 
 
+async def _run_until_signal(coro, view) -> int:
+    """Run the worker; SIGTERM (a service manager stopping it) cancels it like Ctrl-C does, so the
+    p2p daemon is shut down either way."""
+    import signal
+
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    stopped = []
+
+    def stop() -> None:
+        stopped.append(True)
+        task.cancel()
+
+    try:
+        loop.add_signal_handler(signal.SIGTERM, stop)
+    except (NotImplementedError, RuntimeError):  # pragma: no cover - not on this platform
+        pass
+    try:
+        return await coro
+    except asyncio.CancelledError:
+        if not stopped:
+            raise
+        view.event("exit", "stopped by SIGTERM")
+        return EXIT_OK
+
+
 def doctor_main(argv: list[str]) -> int:
     from .doctor import print_report, run_doctor
 
@@ -140,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     with view:
         view.event("start", where, peer_id=identity.peer_id)
         try:
-            return asyncio.run(run_worker(config, view))
+            return asyncio.run(_run_until_signal(run_worker(config, view), view))
         except KeyboardInterrupt:
             view.event("exit", "stopped by Ctrl-C")
             return EXIT_OK
