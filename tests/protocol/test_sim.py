@@ -29,7 +29,7 @@ def test_btard_sim_writes_the_json_summary(tmp_path, capsys):
     for key in ("final_accuracy", "accuracy_curve", "byzantine", "bans", "honest_banned", "seconds_per_step", "args"):
         assert key in data
     assert [s for s, _ in data["accuracy_curve"]] == [3, 6]
-    assert len(data["byzantine"]) == 1 and data["honest_banned"] == 0
+    assert len(data["byzantine"]) == 1 and data["honest_banned"] == 0 and data["honest_disagreements"] == 0
     assert data["args"]["attack"] == "sign_flip" and data["args"]["tau"] == 0.5
     assert json.loads(capsys.readouterr().out)["final_accuracy"] == data["final_accuracy"]
 

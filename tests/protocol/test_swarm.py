@@ -35,7 +35,7 @@ def clean_run():
 def test_an_honest_swarm_bans_nobody_and_learns_like_plain_mean():
     btard = run_simulation(**{**COMMON, "eval_every": 50}, steps=150, validators=2)
     mean = run_simulation(**{**COMMON, "eval_every": 50}, steps=150, aggregator="mean")
-    assert btard["bans"] == [] and btard["honest_banned"] == 0
+    assert btard["bans"] == [] and btard["honest_banned"] == 0 and btard["honest_disagreements"] == 0
     assert btard["applied_steps"] == 150 and btard["dropped_steps"] == 0
     assert btard["final_accuracy"] > 0.9
     assert abs(btard["final_accuracy"] - mean["final_accuracy"]) <= 0.02
@@ -44,7 +44,7 @@ def test_an_honest_swarm_bans_nobody_and_learns_like_plain_mean():
 @pytest.mark.parametrize("attack", GRADIENT_ATTACKS)
 def test_seven_of_sixteen_gradient_attackers_are_banned_and_accuracy_holds(attack, clean_run):
     out = run_simulation(**ATTACKED, attack=attack)
-    assert out["honest_banned"] == 0
+    assert out["honest_banned"] == 0 and out["honest_disagreements"] == 0
     assert {b["peer"] for b in out["bans"]} == set(out["byzantine"])
     assert {b["kind"] for b in out["bans"]} == {"recalc"}
     assert out["final_accuracy"] >= clean_run["final_accuracy"] - 0.02
