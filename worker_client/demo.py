@@ -69,8 +69,13 @@ class Demo:
         self.say("migrating the database")
         self.manage("migrate", "--noinput")
         out = self.manage("create_demo_run", "--volunteers", str(self.args.peers), "--task", self.args.task,
-                          "--run-name", self.args.run_name, "--min-peers", str(self.args.peers), "--json")
+                          "--run-name", self.args.run_name, "--min-peers", str(self._min_peers()), "--json")
         return json.loads(out.strip().splitlines()[-1])
+
+    def _min_peers(self) -> int:
+        # Steps need this many online peers. Banned attackers leave, so it must not exceed the
+        # honest peers, or the run would stall after the first ban.
+        return max(2, self.args.peers - self.args.byzantine)
 
     def spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
         log = open(self.logs / f"{name}.log", "w")
@@ -141,6 +146,12 @@ class Demo:
             self.start_site()
             plan = self.start_workers(run)
             attackers = [f"{n} ({b})" for n, b in plan if b]
+            # Who is who, for scripts and the end-to-end test (the site itself does not know).
+            (self.var / "swarm.json").write_text(json.dumps({
+                "url": self.url, "run_id": run["run_id"], "dashboard": f"{self.url}/runs/{run['run_id']}/",
+                "peers": [{"account": n, "behaviour": b, "pid": p.pid}
+                          for (n, b), (_, p) in zip(plan, self.procs[1:])],
+                "site_pid": self.procs[0][1].pid}, indent=1))
             print(
                 "\n"
                 f"  BTARD Swarm demo is running.\n"
