@@ -40,7 +40,6 @@ class RunFactory(factory.django.DjangoModelFactory):
 def make_peer(*, run, user=None, seed: str | None = None, role: str = "active", online: bool = True, **kw):
     """A peer plus its identity: ``peer, identity = make_peer(run=run)``."""
     from django.utils import timezone
-
     from runs.models import Peer
 
     user = user or UserFactory()
