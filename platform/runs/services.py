@@ -357,7 +357,11 @@ def accept_broadcast(*, peer: Peer, envelope: Envelope) -> BroadcastLog:
 def record_step_report(*, peer: Peer, report: StepReport) -> StepReportRecord:
     """Store the end-of-step report of a group member or candidate. Raises :class:`Rejected`."""
     run = Run.objects.get(pk=peer.run_id)
-    if not run.step_in_progress or report.step != run.current_step:
+    current = run.step_in_progress and report.step == run.current_step
+    # A step closes when its members reported; a candidate (who first downloads the state) may report
+    # its probation step just after that, and still gets the step counted.
+    late_candidate = not current and report.step == run.current_step - 1 and peer.role == "candidate"
+    if not current and not late_candidate:
         raise Rejected("stale_step", f"report for step {report.step}, but the current step is {run.current_step}"
                                      f"{'' if run.step_in_progress else ' (not started)'}")
     record = StepRecord.objects.get(run=run, step=report.step)
@@ -371,10 +375,23 @@ def record_step_report(*, peer: Peer, report: StepReport) -> StepReportRecord:
                 details={"banned": report.banned, "eliminated": report.eliminated, "missing": report.missing})
     except IntegrityError:
         raise Rejected("duplicate", f"a report for step {report.step} was already received") from None
+    if late_candidate and record.finished_at is not None:
+        _credit_probation(run=run, record=record, peer=peer)
     reported = record.reports.count()
     emit(StepReported(run_id=run.id, step=record.step, peer_id=peer.peer_id, reported=reported,
                       expected=len(record.recipients())))
     return entry
+
+
+def _credit_probation(*, run: Run, record: StepRecord, peer: Peer) -> bool:
+    """Count a candidate's probation step that was reported after its step closed (unless accused)."""
+    from volunteers.services import _apply_reputation
+
+    if peer.peer_id in _accused_in_step(run, record.step):
+        return False
+    Peer.objects.filter(pk=peer.pk).update(probation_done=F("probation_done") + 1)
+    _apply_reputation(peer.user_id, kind="probation_step", run=run, step=record.step)
+    return True
 
 
 def step_complete(record: StepRecord) -> bool:

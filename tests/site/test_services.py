@@ -437,3 +437,19 @@ def test_every_admission_policy_admits_founders_and_respects_its_own_probation(n
     steps = policy.probation_steps(run, reputation=0.0)
     assert 0 <= steps <= run.probation_steps
     assert policy.probation_steps(run, reputation=1e6) <= steps  # reputation never lengthens probation
+
+
+def test_a_candidate_reporting_just_after_its_step_closed_still_gets_the_probation_step(run, group):
+    cand, _ = make_peer(run=run, seed="slow-cand", role="candidate", probation_required=1)
+    runs.close_step(run=run, force=True)
+    runs.start_step_if_ready(run=run)
+    for peer, _ in group:
+        runs.record_step_report(peer=peer, report=StepReport(step=1, outcome="applied", samples=8))
+    runs.close_step(run=run)  # the members are done; the candidate is still downloading the state
+    runs.record_step_report(peer=cand, report=StepReport(step=1, outcome="probation", samples=8))
+    cand.refresh_from_db()
+    assert cand.probation_done == 1
+    assert runs.promote_candidates(run=run) == [cand.peer_id]
+    outsider, _ = make_peer(run=run, seed="not-a-candidate", role="candidate")
+    with pytest.raises(runs.Rejected):
+        runs.record_step_report(peer=outsider, report=StepReport(step=1, outcome="probation"))
