@@ -102,15 +102,22 @@ def record_elimination(*, entry) -> ModerationCase:
     payload = EliminatePayload.model_validate(entry.envelope["payload"])
     run = entry.run
     epoch_end = (entry.step // max(1, run.epoch_steps) + 1) * max(1, run.epoch_steps)
-    pair = list(Peer.objects.filter(run=run, peer_id__in=[entry.sender_peer_id, payload.target]))
-    Peer.objects.filter(pk__in=[p.pk for p in pair]).update(excluded_until_step=epoch_end)
-    rep_ids = [_apply_reputation(p.user_id, kind="eliminated", run=run, step=entry.step,
-                                 note=f"ELIMINATE pair at step {entry.step}").id for p in pair]
+    pair = list(Peer.objects.select_for_update().filter(run=run, peer_id__in=[entry.sender_peer_id,
+                                                                                payload.target]))
+    # Only the first ELIMINATE naming a peer removes a pair (docs/protocol.md): later ones against a
+    # peer already out are queued but remove nobody, so every removed pair holds a faulty peer.
+    already_out = any(p.excluded_until_step is not None and p.excluded_until_step > entry.step for p in pair)
+    rep_ids = []
+    if not already_out:
+        Peer.objects.filter(pk__in=[p.pk for p in pair]).update(excluded_until_step=epoch_end)
+        rep_ids = [_apply_reputation(p.user_id, kind="eliminated", run=run, step=entry.step,
+                                     note=f"ELIMINATE pair at step {entry.step}").id for p in pair]
     case = ModerationCase.objects.create(
         run=run, kind="eliminate", step=entry.step,
         summary=f"{entry.sender_peer_id[:8]} eliminated {payload.target[:8]} at step {entry.step}: "
                 f"{payload.reason}"[:300],
-        evidence={"eliminate": entry.envelope, "excluded_until_step": epoch_end}, reputation_event_ids=rep_ids)
+        evidence={"eliminate": entry.envelope, "excluded_until_step": None if already_out else epoch_end,
+                  "removed_pair": not already_out}, reputation_event_ids=rep_ids)
     case.peers.set(pair)
     emit(CaseOpened(case_id=case.id, run_id=run.id, kind="eliminate", peer_ids=[p.peer_id for p in pair]))
     return case
@@ -130,6 +137,24 @@ def open_timeout_case_quietly(*, run, peer, step: int) -> ModerationCase:
         reputation_event_ids=rep_ids)
     case.peers.set([peer])
     return case
+
+
+SILENCE_LIMIT = 3  # steps reported silent by a majority of the group (BulletinBoard.silence_limit)
+
+
+@transaction.atomic
+def ban_silent_peers(*, run) -> list[Ban]:
+    """Ban the peers a majority of their group reported silent in ``SILENCE_LIMIT`` steps: a missing
+    broadcast is publicly visible on the board, so this is a protocol ban, not a staff case."""
+    from runs.models import Peer
+
+    bans = []
+    for peer in Peer.objects.select_related("run", "user").filter(run=run, silent_steps__gte=SILENCE_LIMIT)\
+            .exclude(role="banned"):
+        bans.append(ban_peer(peer=peer, step=run.current_step - 1, source="verdict", evidence_kind="silence",
+                             reason=f"reported silent by a majority of its group in {peer.silent_steps} steps",
+                             evidence={"silent_steps": peer.silent_steps}))
+    return bans
 
 
 @transaction.atomic

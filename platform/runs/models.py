@@ -85,6 +85,7 @@ class Peer(models.Model):
     probation_done = models.PositiveIntegerField(default=0)
     excluded_until_step = models.IntegerField(null=True, blank=True, help_text="ELIMINATE: out of groups until")
     missed_deadlines = models.PositiveIntegerField(default=0, help_text="consecutive missed step reports")
+    silent_steps = models.PositiveIntegerField(default=0, help_text="steps a majority of the group reported it silent")
 
     class Meta:
         ordering = ["peer_id"]

@@ -462,6 +462,11 @@ def close_step(*, run: Run, force: bool = False, now=None) -> StepRecord | None:
         probation.append(p.user_id)
     credit_step(run=run, step=record.step, samples_by_user=samples_by_user, validated_user_ids=validated,
                 probation_user_ids=probation, quiet=True)
+    # silence as the group saw it (docs/protocol.md, "Silence"): a majority of the member reports list it
+    for pid in record.members:
+        votes = sum(1 for r in member_reports if pid in (r.details or {}).get("missing", []))
+        if votes * 2 > len(record.members) and pid in peers:
+            Peer.objects.filter(pk=peers[pid].pk).update(silent_steps=F("silent_steps") + 1)
     missing = [pid for pid in record.members if pid not in reports]
     for pid in record.members:
         p = peers.get(pid)
@@ -500,10 +505,14 @@ def expire_broadcasts(*, now=None) -> int:
 
 
 def tick_run(*, run: Run) -> None:
-    """Drive one run forward: stale peers offline, overdue step closed, admissions, promotions, next
-    group. Each part is its own service (and event); safe to call often and concurrently."""
+    """Drive one run forward: stale peers offline, overdue step closed (and peers silent too often
+    banned), admissions, promotions, next group. Each part is its own service (and event); safe to call
+    often and concurrently."""
+    from moderation.services import ban_silent_peers
+
     mark_stale_peers_offline(run=run)
-    close_step(run=run)
+    if close_step(run=run) is not None:
+        ban_silent_peers(run=run)
     admit_waiting_peers(run=run)
     promote_candidates(run=run)
     start_step_if_ready(run=run)

@@ -453,3 +453,31 @@ def test_a_candidate_reporting_just_after_its_step_closed_still_gets_the_probati
     outsider, _ = make_peer(run=run, seed="not-a-candidate", role="candidate")
     with pytest.raises(runs.Rejected):
         runs.record_step_report(peer=outsider, report=StepReport(step=1, outcome="probation"))
+
+
+def test_a_peer_reported_silent_by_a_majority_in_three_steps_is_banned(run, group, events):
+    (p0, _), (p1, _), (quiet, _) = group
+    for step in range(3):
+        if step:
+            runs.start_step_if_ready(run=run)
+        for peer in (p0, p1):
+            runs.record_step_report(peer=peer, report=StepReport(step=step, outcome="dropped",
+                                                                 missing=[quiet.peer_id]))
+        runs.record_step_report(peer=quiet, report=StepReport(step=step, outcome="dropped"))
+        runs.tick_run(run=run)
+    ban = Ban.objects.get()
+    assert (ban.peer_id, ban.evidence_kind, ban.source) == (quiet.peer_id, "silence", "verdict")
+
+
+def test_only_the_first_elimination_naming_a_peer_removes_a_pair(run, events):
+    peers = [make_peer(run=run, seed=f"e{i}") for i in range(4)]
+    runs.start_step_if_ready(run=run)
+    (a, ia), (b, ib), (c, _), _ = peers
+    first = moderation.record_elimination(entry=runs.accept_broadcast(peer=a, envelope=envelope(
+        ia, run, phase="eliminate", payload={"type": "eliminate", "target": c.peer_id})))
+    second = moderation.record_elimination(entry=runs.accept_broadcast(peer=b, envelope=envelope(
+        ib, run, phase="eliminate", payload={"type": "eliminate", "target": c.peer_id})))
+    assert first.evidence["removed_pair"] and not second.evidence["removed_pair"]
+    b.refresh_from_db()
+    assert b.excluded_until_step is None  # still in the group
+    assert ModerationCase.objects.count() == 2
