@@ -104,11 +104,9 @@ class SiteHarness:
     def __exit__(self, *exc) -> None:
         for proc in self.procs:
             kill_group(proc)
-        for path in set(glob.glob("/tmp/hivemind-*")) - self.sockets_before:
-            try:
-                os.remove(path)
-            except OSError:
-                pass
+        from .conftest import remove_stale_hivemind_sockets
+
+        remove_stale_hivemind_sockets(set(glob.glob("/tmp/hivemind-*")) - self.sockets_before)
         try:
             self._sql(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
         except Exception:

@@ -122,7 +122,7 @@ async def test_doctor_reports_a_reachable_peer_when_an_active_peer_dialled_it(cl
     server, url = await _fake_site(site)
     try:
         report = await run_doctor(server=url, token="t", identity=Identity.from_seed(b"doc"),
-                                  host_maddrs=["/ip4/127.0.0.1/tcp/0"], announce_maddrs=None, timeout=10)
+                                  host_maddrs=["/ip4/127.0.0.1/tcp/0"], announce_maddrs=None, timeout=30)
     finally:
         server.close()
         await server.wait_closed()
@@ -140,7 +140,7 @@ async def test_doctor_says_what_to_fix_for_a_revoked_token_and_an_unreachable_si
     server, url = await _fake_site(site)
     try:
         report = await run_doctor(server=url, token="t", identity=Identity.from_seed(b"doc"),
-                                  host_maddrs=["/ip4/127.0.0.1/tcp/0"], announce_maddrs=None, timeout=10)
+                                  host_maddrs=["/ip4/127.0.0.1/tcp/0"], announce_maddrs=None, timeout=30)
     finally:
         server.close()
         await server.wait_closed()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import glob
-import os
 
 import pytest
 import pytest_asyncio
@@ -12,6 +11,8 @@ import torch
 
 from worker_client.btard.crypto import ProtocolError
 from worker_client.net import DataPlane, DataPlaneError
+
+from .conftest import remove_stale_hivemind_sockets
 from worker_client.net.wire import MAX_HEADER_BYTES, read_body, read_request
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -25,7 +26,7 @@ async def planes():
     created: list[DataPlane] = []
     try:
         for _ in range(4):
-            created.append(await DataPlane.create(RUN, call_timeout=15.0, max_wait=5.0))
+            created.append(await DataPlane.create(RUN, call_timeout=60.0, max_wait=30.0))
         directory = {}
         for name, plane in zip("abcd", created):
             directory[name] = (plane.p2p_id, await plane.addrs())
@@ -35,11 +36,7 @@ async def planes():
     finally:
         for plane in created:
             await plane.shutdown()
-        for path in set(glob.glob("/tmp/hivemind-*")) - before:
-            try:
-                os.remove(path)
-            except OSError:
-                pass
+        remove_stale_hivemind_sockets(set(glob.glob("/tmp/hivemind-*")) - before)
 
 
 async def test_it_scatters_gradient_parts_to_their_aggregators(planes):
@@ -72,8 +69,8 @@ async def test_it_all_gathers_aggregated_parts_published_after_the_request(plane
         for name, plane in planes.items():
             plane.publish(3, "agg", name, results[name])
 
-    fetches = [a.fetch(owner, step=3, kind="agg", key=owner, numel=5, wait=3.0) for owner in "bc"]
-    fetches += [b.fetch("c", step=3, kind="agg", key="c", numel=5, wait=3.0)]
+    fetches = [a.fetch(owner, step=3, kind="agg", key=owner, numel=5, wait=30.0) for owner in "bc"]
+    fetches += [b.fetch("c", step=3, kind="agg", key="c", numel=5, wait=30.0)]
     _, got_b, got_c, got_c_by_b = await asyncio.gather(publish_later(), *fetches)
     assert torch.equal(got_b, results["b"]) and torch.equal(got_c, results["c"])
     assert torch.equal(got_c_by_b, results["c"])
@@ -134,7 +131,7 @@ async def test_a_newcomer_downloads_the_state_from_several_donors_and_outvotes_a
 
 async def test_it_pings_a_peer_at_its_announced_address_and_reports_a_dead_one(planes):
     a, b = planes["a"], planes["b"]
-    rtt = await a.ping(b.p2p_id, await b.addrs(), timeout=5.0)
+    rtt = await a.ping(b.p2p_id, await b.addrs(), timeout=60.0)
     assert rtt >= 0
     gone = await DataPlane.create("other-run", call_timeout=3.0)
     gone_id, gone_addrs = gone.p2p_id, await gone.addrs()
@@ -175,7 +172,7 @@ async def test_pushed_parts_are_accepted_only_in_the_size_the_layout_expects(pla
 
     part = torch.arange(4, dtype=torch.float32)
     await asyncio.gather(learn_the_step_later(),
-                         a.send("b", step=10, kind="part", key="1", data=part, header={"sha256": "x"}, wait=3.0))
+                         a.send("b", step=10, kind="part", key="1", data=part, header={"sha256": "x"}, wait=30.0))
     assert inbox == [(10, "part", "1", "a", part.numpy().tobytes(), {"sha256": "x"})]
 
     with pytest.raises(DataPlaneError) as err:  # wrong size: refused before the body is read

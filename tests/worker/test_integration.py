@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 # Small deadlines keep a step that lost a peer short; epoch_steps=1 keeps an ELIMINATE pair out for
 # the rest of the (one-step) epoch only, so a run of a handful of peers is not starved by one crash.
-RUN_FIELDS = dict(phase_timeout=15.0, step_timeout=60.0, batch_size=16, validators_per_step=0, epoch_steps=1)
+RUN_FIELDS = dict(phase_timeout=30.0, step_timeout=90.0, batch_size=16, validators_per_step=0, epoch_steps=1)
 
 
 def last_hash_at(worker, step: int) -> str | None:
@@ -59,7 +59,7 @@ def test_five_workers_ban_the_lying_aggregator_and_keep_identical_parameters(sit
 
 
 def test_the_others_go_on_when_an_honest_worker_is_killed_mid_step(site):
-    run = site.create_run(volunteers=4, **(RUN_FIELDS | dict(min_peers=99, phase_timeout=10.0, step_timeout=15.0)))
+    run = site.create_run(volunteers=4, **(RUN_FIELDS | dict(min_peers=99, phase_timeout=12.0, step_timeout=20.0)))
     site.start()
     tokens = [t["token"] for t in run["tokens"]]
     steps = 4

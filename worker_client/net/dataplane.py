@@ -116,7 +116,7 @@ class DataPlane:
     async def create(cls, run: str | None, *, host_maddrs: Iterable[str] = ("/ip4/127.0.0.1/tcp/0",),
                      announce_maddrs: Iterable[str] | None = None, identity_path: str | None = None,
                      nat_port_map: bool = False, call_timeout: float = 30.0, max_wait: float = 60.0,
-                     startup_timeout: float = 20.0, **p2p_kwargs) -> DataPlane:
+                     startup_timeout: float = 60.0, **p2p_kwargs) -> DataPlane:
         """Start a p2pd daemon listening on ``host_maddrs`` and register the run's handlers.
 
         Raises ``hivemind.p2p.P2PDaemonError`` when the daemon cannot start.
