@@ -423,8 +423,9 @@ def test_old_broadcast_logs_expire_after_the_run_retention(run, group):
     assert runs.expire_broadcasts(now=timezone.now() + timedelta(hours=run.broadcast_retention_hours + 1)) == 1
 
 
-def test_other_users_do_not_see_a_user_created_elsewhere():
-    assert UserFactory(username="zed").volunteer.reputation == 0.0
+def test_a_new_volunteer_starts_with_no_reputation_contribution_or_ban():
+    volunteer = UserFactory(username="zed").volunteer
+    assert (volunteer.reputation, volunteer.contribution_samples, volunteer.is_banned) == (0.0, 0, False)
 
 
 @pytest.mark.parametrize("name", sorted(__import__("admission.policies", fromlist=["POLICIES"]).POLICIES))
