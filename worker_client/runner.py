@@ -88,7 +88,7 @@ class WorkerConfig:
     threads: int | None = None
     phase_timeout: float | None = None
     heartbeat_interval: float = 5.0
-    evaluate_every: int = 10
+    evaluate_every: int = 5
 
 
 class ModelState:
@@ -695,7 +695,7 @@ class Worker:
             accuracy = await asyncio.to_thread(self.state.task.evaluate, self.state.model)
             self.status.accuracy = accuracy
         self.status.loss = self.last_loss
-        samples = self.run_info.batch_size if result.outcome == "applied" and result.role == "contributor" else 0
+        samples = self.run_info.batch_size if result.outcome == "applied" and result.contributed else 0
         self.site.send(StepReport(step=step, outcome=result.outcome, loss=self.last_loss, accuracy=accuracy,
                                   samples=samples, banned=banned[:64],
                                   eliminated=[list(e) for e in result.eliminations][:64],
