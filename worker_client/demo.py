@@ -16,6 +16,7 @@ import glob
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -32,6 +33,28 @@ def _kill(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
         os.killpg(proc.pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _listening(path: str) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
+def remove_stale_sockets(paths) -> None:
+    """Remove hivemind sockets no daemon listens on; a live one belongs to someone else's daemon."""
+    for path in paths:
+        if not _listening(path):
+            try:
+                os.remove(path)
+            except OSError:
+                pass
 
 
 class Demo:
@@ -134,11 +157,7 @@ class Demo:
                 proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 pass
-        for path in set(glob.glob("/tmp/hivemind-*")) - self.sockets_before:
-            try:
-                os.remove(path)
-            except OSError:
-                pass
+        remove_stale_sockets(set(glob.glob("/tmp/hivemind-*")) - self.sockets_before)
 
     def run(self) -> int:
         run = self.prepare()
