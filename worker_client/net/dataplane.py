@@ -73,6 +73,22 @@ def split_p2p_addr(addr: str) -> tuple[str | None, str]:
     return None, addr
 
 
+async def _bounded(coro, *, peer: str, timeout: float, what: str):
+    """Await ``coro`` within ``timeout``; every transport failure becomes a :class:`DataPlaneError`."""
+    try:
+        return await asyncio.wait_for(coro, timeout)
+    except TimeoutError:
+        raise DataPlaneError("timeout", f"{peer[:8]} did not {what} in {timeout:.1f}s", peer=peer) from None
+    except asyncio.IncompleteReadError:
+        raise DataPlaneError("unreachable", f"{peer[:8]} closed the stream early", peer=peer) from None
+    except DataPlaneError:
+        raise
+    except ProtocolError as exc:
+        raise DataPlaneError("malformed", f"{peer[:8]}: {exc}", peer=peer) from None
+    except (ConnectionError, OSError) as exc:
+        raise DataPlaneError("unreachable", f"{peer[:8]}: {exc}", peer=peer) from None
+
+
 @dataclass
 class _Entry:
     data: bytes
@@ -401,18 +417,7 @@ class DataPlane:
             finally:
                 writer.close()
 
-        try:
-            return await asyncio.wait_for(go(), timeout)
-        except TimeoutError:
-            raise DataPlaneError("timeout", f"{peer[:8]} did not answer in {timeout:.1f}s", peer=peer) from None
-        except asyncio.IncompleteReadError:
-            raise DataPlaneError("unreachable", f"{peer[:8]} closed the stream early", peer=peer) from None
-        except DataPlaneError:
-            raise
-        except ProtocolError as exc:
-            raise DataPlaneError("malformed", f"{peer[:8]}: {exc}", peer=peer) from None
-        except (ConnectionError, OSError) as exc:
-            raise DataPlaneError("unreachable", f"{peer[:8]}: {exc}", peer=peer) from None
+        return await _bounded(go(), peer=peer, timeout=timeout, what="answer")
 
     async def send(self, peer: str, *, step: int, kind: str, key: str, data: bytes | torch.Tensor,
                    header: dict | None = None, wait: float | None = None, timeout: float | None = None) -> None:
@@ -441,18 +446,7 @@ class DataPlane:
             finally:
                 writer.close()
 
-        try:
-            response = await asyncio.wait_for(go(), timeout)
-        except TimeoutError:
-            raise DataPlaneError("timeout", f"{peer[:8]} did not accept in {timeout:.1f}s", peer=peer) from None
-        except asyncio.IncompleteReadError:
-            raise DataPlaneError("unreachable", f"{peer[:8]} closed the stream early", peer=peer) from None
-        except DataPlaneError:
-            raise
-        except ProtocolError as exc:
-            raise DataPlaneError("malformed", f"{peer[:8]}: {exc}", peer=peer) from None
-        except (ConnectionError, OSError) as exc:
-            raise DataPlaneError("unreachable", f"{peer[:8]}: {exc}", peer=peer) from None
+        response = await _bounded(go(), peer=peer, timeout=timeout, what="accept")
         if not response.ok:
             raise DataPlaneError(response.code or "refused", f"{peer[:8]}: {response.message}", peer=peer)
 
