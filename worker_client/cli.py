@@ -46,6 +46,9 @@ def build_parser(show_test_options: bool = False) -> argparse.ArgumentParser:
                         help="override device detection (default: cuda when available)")
     parser.add_argument("--data-dir", default=None, help="where datasets and caches live")
     parser.add_argument("--quiet", action="store_true", help="no live view: only errors and bans, as JSON lines")
+    parser.add_argument("--new-key", action="store_true",
+                        help="retire this site's identity key and start with a new one (after a key ban, "
+                             "or a lost or leaked key: a new probation, your account and reputation are kept)")
     parser.add_argument("--max-steps", type=int, default=None,
                         help="stop after this many steps (default: run until Ctrl-C)")
     parser.add_argument("--show-test-options", action="store_true",
@@ -150,6 +153,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.data_dir:
         # the task registry's data sets and caches live there (worker_client.tasks.datasets.cache_dir)
         os.environ["BTARD_CACHE_DIR"] = os.path.abspath(os.path.expanduser(args.data_dir))
+    if args.new_key:
+        from .identity import retire_identity
+
+        retired = retire_identity(args.server, args.config_dir)
+        if retired is not None:
+            print(f"btard-worker: the old identity key was moved to {retired}", file=sys.stderr)
     loaded = _identity(args)
     if loaded is None:
         return EXIT_STARTUP

@@ -58,6 +58,15 @@ CLOSE_REASONS = {
     CLOSE_REPLACED: "another worker connected with the same token",
 }
 # Codes after which retrying cannot help: the worker exits with a message instead of reconnecting.
+# What to do when other peers cannot dial this worker (doctor and the worker's start-up check say it).
+REACHABILITY_ADVICE = ("open the TCP port of --host-maddr in your firewall/router (port forwarding), "
+                       "announce your public address with --announce-maddr /ip4/<public ip>/tcp/<port>, "
+                       "or run on a machine with a public IP")
+
+# A fault an honest crash also produces (a withheld reveal, silence) bans the worker key, not the account.
+KEY_BAN_ADVICE = ("this worker key is banned, your account is not: start again with a new key "
+                  "(btard-worker --new-key; a new probation, your reputation is kept)")
+
 FATAL_CLOSE_CODES = {CLOSE_NO_TOKEN, CLOSE_BAD_TOKEN, CLOSE_REVOKED_TOKEN, CLOSE_BANNED,
                      CLOSE_PROTOCOL_VERSION}
 
@@ -119,6 +128,8 @@ class StepReport(_Msg):
     banned: list[str] = Field(default_factory=list, max_length=64)
     eliminated: list[list[str]] = Field(default_factory=list, max_length=64)
     missing: list[str] = Field(default_factory=list, max_length=64)
+    # at checkpoint steps: sha256 of the model state as safetensors bytes (worker_client.checkpoint)
+    state_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
 
 
 class ReachabilityRequest(_Msg):
@@ -163,6 +174,7 @@ class RunInfo(BaseModel):
     lr: float = 0.05
     seed: int = 0
     phase_timeout: float = 30.0
+    checkpoint_every: int = 0  # > 0: after every such step the group reports its state hash, one member uploads
     extra: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -204,6 +216,7 @@ class BanNotice(_Msg):
     peer_id: str
     step: int | None = None
     reason: str
+    scope: Literal["account", "key"] = "account"  # "key": only that worker key is banned
 
 
 class ErrorMessage(_Msg):

@@ -57,6 +57,22 @@ def remove_stale_sockets(paths) -> None:
                 pass
 
 
+
+def wait_for_site(url: str, proc, *, timeout: float) -> str:
+    """Poll ``url``/healthz until the site answers: ``"up"``, ``"exited"`` (``proc`` died) or ``"timeout"``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return "exited"
+        try:
+            urllib.request.urlopen(url + "/healthz", timeout=2)
+            return "up"
+        except urllib.error.HTTPError:
+            return "up"  # it answered
+        except OSError:
+            time.sleep(0.3)
+    return "timeout"
+
 class Demo:
     def __init__(self, args: argparse.Namespace):
         self.args = args
@@ -111,19 +127,12 @@ class Demo:
         self.say(f"starting the site under Daphne on {self.url}")
         proc = self.spawn("daphne", [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.args.port),
                                      "btard_site.asgi:application"])
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise SystemExit(f"the site exited; see {self.logs / 'daphne.log'}:\n"
-                                 f"{(self.logs / 'daphne.log').read_text()[-2000:]}")
-            try:
-                urllib.request.urlopen(self.url + "/healthz", timeout=2)
-                return
-            except urllib.error.HTTPError:
-                return
-            except OSError:
-                time.sleep(0.3)
-        raise SystemExit("the site did not answer within 60 s")
+        outcome = wait_for_site(self.url, proc, timeout=60)
+        if outcome == "exited":
+            raise SystemExit(f"the site exited; see {self.logs / 'daphne.log'}:\n"
+                             f"{(self.logs / 'daphne.log').read_text()[-2000:]}")
+        if outcome == "timeout":
+            raise SystemExit("the site did not answer within 60 s")
 
     def start_workers(self, run: dict) -> list[tuple[str, str | None]]:
         behaviours = self.args.behaviours or DEFAULT_BEHAVIOURS

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from .control import (
     CLOSE_REASONS,
     FATAL_CLOSE_CODES,
+    REACHABILITY_ADVICE,
     ControlError,
     ErrorMessage,
     Hello,
@@ -140,9 +141,7 @@ async def check_site_and_reachability(server: str, token: str, hello: Hello, *, 
                                                f"{message.detail}")
             else:
                 report.add("reachability", FAIL, f"other peers cannot reach you: {message.detail}",
-                           fix="open the TCP port of --host-maddr in your firewall/router (port forwarding), "
-                               "announce your public address with --announce-maddr /ip4/<public ip>/tcp/<port>, "
-                               "or run on a machine with a public IP")
+                           fix=REACHABILITY_ADVICE)
     except InvalidStatus as exc:
         status = exc.response.status_code
         if status in (401, 403):

@@ -30,6 +30,16 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RESULTS = ROOT / "results"
 
 GRADIENT_ATTACKS = ["none", "sign_flip", "random_direction", "label_flip", "delayed", "ipm", "alie"]
+SIM_DEFAULT_VALIDATORS = 2  # run_simulation's default m
+# m for BTARD in the paper and fashion grids. The spec's calibration (and our first paper run with m = 2,
+# results/ablation-btard-m2.jsonl) shows ALIE is the binding attack and that the number of validators per
+# step sets how long attackers stay in; m = 4 bans all 7 in about 5 steps instead of about 12.
+PAPER_VALIDATORS = 4
+# BTARD in the paper and fashion grids keeps the step's batch at 16 x 32 samples however many peers are
+# banned (ProtocolParams.global_batch). With a per-peer batch, banning 7 of 16 attackers leaves steps of
+# 9 x 32 samples: on the still-learning Fashion-MNIST CNN that alone cost 1.0-1.3 points
+# (results/ablation-fashion-per-peer-batch.jsonl); the baselines never lose peers, so for them it is the same.
+PAPER_BATCH = 32
 
 
 @dataclass(frozen=True)
@@ -47,19 +57,21 @@ class Cell:
     attack_start: int = 50
     steps: int = 300
     validators: int | None = None
+    global_batch: int = 0
     extra: dict = field(default_factory=dict, hash=False, compare=False)
 
     @property
     def key(self) -> str:
-        return json.dumps([self.task, self.peers, self.byzantine, self.attack, self.aggregator, self.tau,
-                           self.seed, self.attack_every, self.attack_start, self.steps, self.validators])
+        fields = [self.task, self.peers, self.byzantine, self.attack, self.aggregator, self.tau, self.seed,
+                  self.attack_every, self.attack_start, self.steps, self.validators]
+        if self.global_batch:  # appended only when set, so the keys of older results stay valid
+            fields.append({"global_batch": self.global_batch})
+        return json.dumps(fields)
 
     @property
     def defence(self) -> str:
-        """Row label: aggregator, with tau where the rule has one."""
-        if self.aggregator in {"btard", "centered_clip"}:
-            return f"{self.aggregator} (tau {self.tau:g})"
-        return self.aggregator
+        """Row label: aggregator, with tau where the rule has one (and m, validators per step, for BTARD)."""
+        return defence_label(self.aggregator, self.tau, self.validators, self.global_batch)
 
     @property
     def column(self) -> str:
@@ -76,12 +88,24 @@ class Cell:
                       attack_start=self.attack_start, steps=self.steps, progress=False)
         if self.validators is not None:
             kwargs["validators"] = self.validators
+        if self.global_batch:
+            kwargs["global_batch"] = self.global_batch
         kwargs.update(self.extra)
         return kwargs
 
 
+def defence_label(aggregator: str, tau: float, validators: int | None = None, global_batch: int = 0) -> str:
+    if aggregator == "btard":
+        m = SIM_DEFAULT_VALIDATORS if validators is None else validators
+        return f"btard (tau {tau:g}, m={m}{', B=' + str(global_batch) if global_batch else ''})"
+    if aggregator == "centered_clip":
+        return f"centered_clip (tau {tau:g})"
+    return aggregator
+
+
 def _cells(task: str, *, peers: int, byzantine: int, attacks: Iterable[str], defences: Iterable[tuple[str, float]],
-           seeds: Iterable[int], steps: int, attack_start: int, attack_every: int = 1, **extra) -> list[Cell]:
+           seeds: Iterable[int], steps: int, attack_start: int, attack_every: int = 1,
+           btard_validators: int | None = None, btard_global_batch: int = 0, **extra) -> list[Cell]:
     out = []
     for seed in seeds:
         for attack in attacks:
@@ -91,7 +115,8 @@ def _cells(task: str, *, peers: int, byzantine: int, attacks: Iterable[str], def
                     continue  # Bulyan needs n >= 4f+3
                 out.append(Cell(task=task, peers=peers, byzantine=b, attack=attack, aggregator=aggregator,
                                 tau=tau, seed=seed, attack_every=attack_every, attack_start=attack_start,
-                                steps=steps, extra=extra))
+                                steps=steps, validators=btard_validators if aggregator == "btard" else None,
+                                global_batch=btard_global_batch if aggregator == "btard" else 0, extra=extra))
     return out
 
 
@@ -106,16 +131,17 @@ PAPER_DEFENCES = [("mean", 1.0), ("median", 1.0), ("trimmed_mean", 1.0), ("krum"
 
 def grid_paper() -> list[Cell]:
     seeds = [0, 1, 2]
+    m, gb = PAPER_VALIDATORS, 16 * PAPER_BATCH
     cells = _cells("mnist5k-mlp", peers=16, byzantine=7, attacks=GRADIENT_ATTACKS, defences=PAPER_DEFENCES,
-                   seeds=seeds, steps=300, attack_start=50)
+                   seeds=seeds, steps=300, attack_start=50, btard_validators=m, btard_global_batch=gb)
     subset_attacks = ["sign_flip", "ipm", "alie"]
     subset_defences = [("mean", 1.0), ("median", 1.0), ("bulyan", 1.0), ("centered_clip", 1.0), ("btard", 1.0)]
     # Rare strikes: every 10th step, 7 attackers.
     cells += _cells("mnist5k-mlp", peers=16, byzantine=7, attacks=subset_attacks, defences=subset_defences,
-                    seeds=seeds, steps=300, attack_start=50, attack_every=10)
+                    seeds=seeds, steps=300, attack_start=50, attack_every=10, btard_validators=m, btard_global_batch=gb)
     # 3 attackers, where Bulyan (n >= 4f+3) can run.
     cells += _cells("mnist5k-mlp", peers=16, byzantine=3, attacks=subset_attacks, defences=subset_defences,
-                    seeds=seeds, steps=300, attack_start=50)
+                    seeds=seeds, steps=300, attack_start=50, btard_validators=m, btard_global_batch=gb)
     # Seed-major order: an interrupted run still has whole tables for its first seeds.
     return sorted(cells, key=lambda c: c.seed)
 
@@ -123,7 +149,8 @@ def grid_paper() -> list[Cell]:
 def grid_fashion() -> list[Cell]:
     return _cells("fashion-cnn", peers=16, byzantine=7, attacks=["none", "sign_flip", "ipm", "alie"],
                   defences=[("mean", 1.0), ("centered_clip", 1.0), ("btard", 1.0)], seeds=[0], steps=600,
-                  attack_start=100)
+                  attack_start=100, btard_validators=PAPER_VALIDATORS,
+                  btard_global_batch=16 * PAPER_BATCH)
 
 
 GRIDS: dict[str, Callable[[], list[Cell]]] = {"smoke": grid_smoke, "paper": grid_paper, "fashion": grid_fashion}
@@ -142,7 +169,7 @@ def _run_cell(cell: Cell) -> dict:
     result = dict(result)
     result.update(task=cell.task, peers=cell.peers, attack=cell.attack, aggregator=cell.aggregator, tau=cell.tau,
                   seed=cell.seed, attack_every=cell.attack_every, attack_start=cell.attack_start, steps=cell.steps,
-                  byzantine_count=cell.byzantine, wall_seconds=round(time.time() - started, 2), key=cell.key)
+                  byzantine_count=cell.byzantine, validators=result["args"]["validators"], wall_seconds=round(time.time() - started, 2), key=cell.key)
     return result
 
 
@@ -205,8 +232,9 @@ def run_grid(name: str, *, results_dir: Path = DEFAULT_RESULTS, jobs: int | None
 
 # --- reporting -----------------------------------------------------------------------------------
 def _defence_label(row: dict) -> str:
-    return Cell(task=row["task"], peers=row["peers"], byzantine=row.get("byzantine_count", 0), attack=row["attack"],
-                aggregator=row["aggregator"], tau=row["tau"], seed=row["seed"]).defence
+    args = row.get("args") or {}
+    validators = row.get("validators", args.get("validators"))
+    return defence_label(row["aggregator"], row["tau"], validators, int(args.get("global_batch") or 0))
 
 
 def _column_label(row: dict) -> str:
@@ -256,6 +284,27 @@ def _order(labels: Iterable[str], preferred: list[str]) -> list[str]:
     return sorted(labels, key=rank)
 
 
+def _grid_lines(cells: dict[tuple[str, str], str], defences: list[str], columns: list[str]) -> list[str]:
+    """A Markdown table: one row per defence, one column per attack, ``–`` where a cell has not run."""
+    lines = ["| defence | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for defence in defences:
+        lines.append(f"| {defence} | " + " | ".join(cells.get((defence, c), "–") for c in columns) + " |")
+    return lines
+
+
+def _accuracy_cell(defence: str, column: str, s: dict) -> str:
+    text = f"{s['mean']:.1f} ± {s['std']:.1f}" if s["n"] > 1 else f"{s['mean']:.1f}"
+    if defence.startswith("btard") and column != "none":
+        delays = s["ban_delays"]
+        if all(d is not None for d in delays) and delays:
+            text += f" (banned@{max(delays)})"
+        elif delays:
+            text += f" ({sum(d is None for d in delays)}✗)"
+    if s["honest_banned"]:
+        text += f" H{s['honest_banned']}"
+    return text
+
+
 def markdown_table(rows: list[dict], *, title: str) -> str:
     summary = summarise(rows)
     defences = _order({d for d, _ in summary}, [d for d, _ in PAPER_DEFENCES] + ["bulyan", "multi_krum"])
@@ -263,27 +312,53 @@ def markdown_table(rows: list[dict], *, title: str) -> str:
     lines = [f"## {title}", "",
              "Test accuracy (%) at the last step, mean ± std over seeds. For BTARD, `banned@k` gives the steps from "
              "the attack start until the last attacker was banned (worst seed); `✗` marks a seed where some attacker "
-             "was never banned; `H` counts honest peers banned. Bulyan appears only where n >= 4f+3.", "",
-             "| defence | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
-    for defence in defences:
-        cells = []
-        for column in columns:
-            s = summary.get((defence, column))
-            if s is None:
-                cells.append("–")
-                continue
-            text = f"{s['mean']:.1f} ± {s['std']:.1f}" if s["n"] > 1 else f"{s['mean']:.1f}"
-            if defence.startswith("btard") and column != "none":
-                delays = s["ban_delays"]
-                if all(d is not None for d in delays) and delays:
-                    text += f" (banned@{max(delays)})"
-                elif delays:
-                    text += f" ({sum(d is None for d in delays)}✗)"
-            if s["honest_banned"]:
-                text += f" H{s['honest_banned']}"
-            cells.append(text)
-        lines.append(f"| {defence} | " + " | ".join(cells) + " |")
+             "was never banned; `H` counts honest peers banned. Bulyan appears only where n >= 4f+3.", ""]
+    lines += _grid_lines({key: _accuracy_cell(*key, s) for key, s in summary.items()}, defences, columns)
+    paired = paired_gap_table(rows)
+    if paired:
+        lines += ["", paired]
     return "\n".join(lines) + "\n"
+
+
+def tail_accuracy(row: dict, evaluations: int = 5) -> float:
+    """Mean test accuracy over the last ``evaluations`` points of the curve (less noisy than the last one)."""
+    curve = [float(a) for _, a in row.get("accuracy_curve") or []][-evaluations:]
+    return statistics.fmean(curve) if curve else float(row["final_accuracy"])
+
+
+def paired_gaps(rows: list[dict]) -> dict[tuple[str, str], list[tuple[float, float]]]:
+    """For BTARD rows under attack: (last-step gap, last-five gap) in points against the clean run of the same
+    defence and seed, per (defence, column). A single evaluation on 1,000 test images has a standard error
+    near 0.9 point, so comparing seed with seed and over the last five evaluations removes most of that noise."""
+    clean = {(_defence_label(r), r["seed"]): r for r in rows if r["attack"] == "none"}
+    out: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
+    for r in rows:
+        defence = _defence_label(r)
+        if r["attack"] == "none" or not defence.startswith("btard"):
+            continue
+        base = clean.get((defence, r["seed"]))
+        if base is None:
+            continue
+        out[(defence, _column_label(r))].append(
+            (100.0 * (r["final_accuracy"] - base["final_accuracy"]), 100.0 * (tail_accuracy(r) - tail_accuracy(base))))
+    return out
+
+
+def paired_gap_table(rows: list[dict]) -> str:
+    gaps = paired_gaps(rows)
+    if not gaps:
+        return ""
+    defences = _order({d for d, _ in gaps}, ["btard"])
+    columns = _order({c for _, c in gaps}, GRADIENT_ATTACKS)
+    cells = {}
+    for key, pairs in gaps.items():
+        last = [a for a, _ in pairs]
+        tail = [b for _, b in pairs]
+        cells[key] = (f"{statistics.fmean(last):+.1f} ({min(last):+.1f}) / "
+                      f"{statistics.fmean(tail):+.1f} ({min(tail):+.1f})")
+    lines = ["BTARD against its own clean run of the same seed, in points, mean over seeds (worst seed in brackets): "
+             "first at the last step, then over the last five evaluations.", ""]
+    return "\n".join(lines + _grid_lines(cells, defences, columns)) + "\n"
 
 
 def plot_curves(rows: list[dict], out_dir: Path, grid: str) -> list[Path]:

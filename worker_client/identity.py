@@ -66,3 +66,16 @@ def load_identity(server: str, override_dir: str | os.PathLike | None = None) ->
     except OSError as exc:
         raise IdentityFileError(f"cannot use the identity key at {path}: {exc}") from None
     return identity, path, created
+
+
+def retire_identity(server: str, override_dir: str | os.PathLike | None = None) -> Path | None:
+    """Move this site's key aside (``identity-<site>.key.retired-<n>``, kept for the record) so the next
+    start creates a new one. Returns where it went, or ``None`` when there was no key."""
+    path = identity_path(server, override_dir)
+    if not path.exists():
+        return None
+    n = 1
+    while (target := path.with_name(f"{path.name}.retired-{n}")).exists():
+        n += 1
+    path.rename(target)
+    return target

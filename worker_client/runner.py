@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,13 +27,17 @@ from . import __version__
 from .btard import messages as M
 from .btard.crypto import Identity
 from .btard.tensors import tensor_hash
+from .checkpoint import is_checkpoint_step, state_bytes, state_digest
 from .control import (
+    KEY_BAN_ADVICE,
+    REACHABILITY_ADVICE,
     BanNotice,
     ErrorMessage,
     Group,
     Heartbeat,
     Hello,
     ReachabilityCheck,
+    ReachabilityRequest,
     ReachabilityResult,
     Relay,
     RunInfo,
@@ -112,6 +117,9 @@ class ModelState:
         self.step = 0
         self._scratch = task.build_model(seed=seed)
         self._flatten = flatten_params
+        # Gradients run in worker threads (asyncio.to_thread) and share the scratch model: a validator's
+        # recalculation and its own gradient would otherwise overwrite each other's weights mid-backward.
+        self._scratch_lock = threading.Lock()
 
     def params(self) -> torch.Tensor:
         return self._flatten(self.model).clone()
@@ -151,6 +159,10 @@ class ModelState:
         flat = self.snapshots.get(model_ref)
         if flat is None:
             raise KeyError(f"no model state for step {model_ref}")
+        with self._scratch_lock:
+            return self._gradient_locked(flat, seed, batch_size, flip_labels, load_flat_params)
+
+    def _gradient_locked(self, flat, seed, batch_size, flip_labels, load_flat_params) -> tuple[torch.Tensor, float]:
         model = self._scratch
         load_flat_params(model, flat)
         params = list(model.parameters())
@@ -196,6 +208,11 @@ class Worker:
         self.current_group: Group | None = None
         self.layouts: dict[int, tuple[list[str], list[tuple[int, int]]]] = {}
         self.pending_relays: list = []
+        self.own_batch = 0  # samples of this peer's own gradient in the current step
+        self.uploads: set[asyncio.Task] = set()
+        self.hello: Hello | None = None
+        self.reachable: bool | None = None  # can other peers dial us? (asked once joined; None: not known)
+        self.reachability_asked = 0
         self.deadline_phase: str | None = None
         self.deadline_at: float = 0.0
         self.steps_done = 0
@@ -231,6 +248,24 @@ class Worker:
                          step=self.status.step, bytes_sent=self.status.bytes_sent,
                          bytes_received=self.status.bytes_received)
 
+    def _upload_checkpoint(self, step: int, data: bytes) -> None:
+        """Upload this step's state in the background; the site keeps it once the group's hashes agree."""
+        from .checkpoint import http_base, upload, upload_url
+
+        url = upload_url(http_base(self.config.server), self.run_info.id, step)
+
+        async def go() -> None:
+            try:
+                await asyncio.to_thread(upload, url, self.config.token, data)
+                self._event("checkpoint", f"checkpoint of step {step} stored on the site "
+                                          f"({len(data) / 1e6:.2f} MB)", step=step)
+            except Exception as exc:  # noqa: BLE001 - a failed upload costs one checkpoint, never the run
+                self._event("error", f"checkpoint upload for step {step} failed: {exc}")
+
+        task = asyncio.create_task(go())
+        self.uploads.add(task)
+        task.add_done_callback(self.uploads.discard)
+
     def _spawn(self, coro) -> None:
         task = asyncio.create_task(coro)
         self.side_tasks.add(task)
@@ -250,6 +285,7 @@ class Worker:
         addrs = await self.plane.addrs()
         hello = Hello(public_key=self.identity.public_key_b64, p2p_id=self.plane.p2p_id, p2p_addrs=addrs[:16],
                       device=self.status.device, client_version=__version__)
+        self.hello = hello
         self.site = SiteClient(self.config.server, self.config.token, hello=lambda: hello,
                                heartbeat=self._heartbeat, on_message=self._on_site_message,
                                heartbeat_interval=self.config.heartbeat_interval,
@@ -259,6 +295,8 @@ class Worker:
         try:
             return await self._main()
         finally:
+            if self.uploads:  # let a checkpoint upload in flight finish (bounded)
+                await asyncio.wait(list(self.uploads), timeout=30)
             for task in list(self.side_tasks):
                 task.cancel()
             await asyncio.gather(*self.side_tasks, return_exceptions=True)
@@ -332,6 +370,10 @@ class Worker:
             self._on_ban(item)
         elif isinstance(item, ReachabilityCheck):
             self._spawn(self._check_reachability(item))
+        elif isinstance(item, ReachabilityResult):
+            self._on_reachability(item)
+        elif isinstance(item, ErrorMessage) and item.code == "no_helper":
+            self._event("reachability", f"not checked yet ({item.message}); asking again after the first step")
         elif isinstance(item, ErrorMessage):
             self._event("error", f"site: {item.code}: {item.message}")
         self._arm_deadline()
@@ -353,7 +395,13 @@ class Worker:
             self.state = ModelState(task, seed=welcome.run.seed, lr=welcome.run.lr, device=self.status.device)
             self.state.snapshot(0)
             self.state.step = -1  # not known to be current until a group or a download says so
-            self.peer = self._make_peer()
+            try:
+                self.peer = self._make_peer()
+            except ValueError as exc:  # the run's settings (admin-edited ``extra``) are unusable
+                self._event("fatal", f"run {welcome.run.name!r} has invalid settings: {exc}")
+                self.exit_code, self.exit_message = EXIT_STARTUP, f"invalid run settings: {exc}"
+                return
+            self._ask_reachability()
             self.status.run, self.status.task = welcome.run.name, welcome.run.task
         self._event("welcome", f"{welcome.role} in run {welcome.run.name!r} (task {welcome.run.task}) at step "
                                f"{welcome.step}")
@@ -364,9 +412,10 @@ class Worker:
 
         info = self.run_info
         extra = info.extra
-        params = ProtocolParams(tau=info.tau, validators=info.validators_per_step,
-                                **{k: extra[k] for k in ("recalc_rtol", "exact_rtol", "fixed_point_rtol",
-                                                         "cc_init") if k in extra})
+        tuning = {k: extra[k] for k in ("recalc_rtol", "exact_rtol", "fixed_point_rtol", "cc_init") if k in extra}
+        if "global_batch" in extra:  # ProtocolParams refuses anything but a whole number >= 0, with the reason
+            tuning["global_batch"] = extra["global_batch"]
+        params = ProtocolParams(tau=info.tau, validators=info.validators_per_step, **tuning)
         behaviour = self.config.behaviour
         if behaviour:
             from .btard.attacks import make_peer
@@ -384,6 +433,8 @@ class Worker:
         value = deadlines.get(phase)
         if value is not None:
             return max(0.5, value - time.time()) if value > 1e9 else float(value)
+        if deadlines.get("phase_timeout"):  # the site's, which follows the measured step time
+            return float(deadlines["phase_timeout"])
         return self.run_info.phase_timeout if self.run_info else 30.0
 
     def _arm_deadline(self) -> None:
@@ -405,6 +456,9 @@ class Worker:
             return
         if group.step < self.latest_group_step:
             return  # a newer group is already queued (we were busy, e.g. loading the data set)
+        if self.current_group is not None and self.current_group.step == group.step and self.peer is not None \
+                and self.peer.step == group.step:
+            return  # the same group again (a reconnect): the step is already running here
         ids = [p.peer_id for p in group.peers]
         self.current_group = group
         self.plane.set_directory({p.peer_id: (p.p2p_id, p.p2p_addrs) for p in list(group.peers)
@@ -594,7 +648,8 @@ class Worker:
             self.status.bans_seen.append(notice.peer_id)
         self._event("ban", f"peer {notice.peer_id[:8]} banned: {notice.reason}", peer=notice.peer_id)
         if notice.peer_id == self.identity.peer_id:
-            self.exit_code, self.exit_message = EXIT_REFUSED, f"this worker was banned: {notice.reason}"
+            advice = f". {KEY_BAN_ADVICE[0].upper()}{KEY_BAN_ADVICE[1:]}" if notice.scope == "key" else ""
+            self.exit_code, self.exit_message = EXIT_REFUSED, f"this worker was banned: {notice.reason}{advice}"
 
     # ------------------------------------------------------------------ tensors
     def _expect(self, step: int, kind: str, key: str, sender: str) -> int | None:
@@ -659,7 +714,9 @@ class Worker:
                 log.warning("ignoring unknown action %r", action)
 
     async def _compute(self, request, current_step: int) -> None:
-        batch = self.run_info.batch_size
+        batch = request.batch_size or self.run_info.batch_size  # the run's global batch split over the group
+        if request.purpose == "own":
+            self.own_batch = batch
         try:
             g, loss = await asyncio.to_thread(self.state.gradient, request.model_ref, request.seed, batch,
                                               request.flip_labels)
@@ -695,19 +752,42 @@ class Worker:
             accuracy = await asyncio.to_thread(self.state.task.evaluate, self.state.model)
             self.status.accuracy = accuracy
         self.status.loss = self.last_loss
-        samples = self.run_info.batch_size if result.outcome == "applied" and result.contributed else 0
+        contributed = result.outcome == "applied" and result.contributed
+        samples = (self.own_batch or self.run_info.batch_size) if contributed else 0
+        state_sha = None
+        if result.outcome == "applied" and is_checkpoint_step(step, self.run_info.checkpoint_every):
+            data = await asyncio.to_thread(state_bytes, self.state.model)
+            state_sha = state_digest(data)
+            group = self.current_group
+            if group is not None and group.peers and min(p.peer_id for p in group.peers) == self.identity.peer_id:
+                self._upload_checkpoint(step, data)
         self.site.send(StepReport(step=step, outcome=result.outcome, loss=self.last_loss, accuracy=accuracy,
                                   samples=samples, banned=banned[:64],
                                   eliminated=[list(e) for e in result.eliminations][:64],
-                                  missing=list(result.silent)[:64]))
+                                  missing=list(result.silent)[:64], state_sha256=state_sha))
         self._event("step_done", f"step {step} {result.outcome}" + (f": {result.reason}" if result.reason else ""),
                     step=step, outcome=result.outcome, banned=banned, loss=self.last_loss,
                     params_sha256=tensor_hash(self.state.params()))
         self.deadline_phase = None
         self.steps_done += 1
+        self._ask_reachability()  # again if nobody could check at start-up (no other peer was online)
         self._set_status(Status.waiting_for_group, f"step {step} {result.outcome}; waiting for step {step + 1}")
         if self.config.max_steps is not None and self.steps_done >= self.config.max_steps:
             self.exit_code, self.exit_message = EXIT_OK, f"finished {self.steps_done} steps"
+
+    def _ask_reachability(self) -> None:
+        """Like Petals at start-up: have another peer dial our announced address, and say what to fix."""
+        if self.hello is None or self.site is None or self.reachable is not None or self.reachability_asked >= 2:
+            return
+        self.reachability_asked += 1
+        self.site.send(ReachabilityRequest(p2p_id=self.hello.p2p_id, p2p_addrs=self.hello.p2p_addrs))
+
+    def _on_reachability(self, result: ReachabilityResult) -> None:
+        self.reachable = result.reachable
+        if result.reachable:
+            self._event("reachability", f"another peer dialled this worker: {result.detail}")
+        else:
+            self._event("warning", f"other peers cannot reach this worker ({result.detail}): {REACHABILITY_ADVICE}")
 
     async def _check_reachability(self, check: ReachabilityCheck) -> None:
         try:

@@ -18,6 +18,7 @@ import copy
 import gc
 import hashlib
 import json
+import math
 import random
 import sys
 import time
@@ -75,8 +76,9 @@ class _Models:
         while len(self.states) > self.keep:
             self.states.popitem(last=False)
 
-    def gradient(self, version: int, seed: int, flip: bool) -> torch.Tensor:
-        key = (version, seed, flip)
+    def gradient(self, version: int, seed: int, flip: bool, batch_size: int = 0) -> torch.Tensor:
+        batch_size = batch_size or self.batch_size
+        key = (version, seed, flip, batch_size)
         g = self.cache.get(key)
         if g is None:
             if version == self.version:
@@ -84,7 +86,7 @@ class _Models:
             else:
                 load_flat_params(self.scratch, self.states[version])
                 model = self.scratch
-            g = compute_gradient(self.task, model, seed, self.batch_size, flip_labels=flip)
+            g = compute_gradient(self.task, model, seed, batch_size, flip_labels=flip)
             self.computed += 1
             self.cache[key] = g
             while len(self.cache) > 256:
@@ -92,19 +94,21 @@ class _Models:
         return g
 
     def batch(self, requests: list[tuple[str, P.ComputeGradient]]) -> list[torch.Tensor]:
-        return [self.gradient(req.model_ref, req.seed, req.flip_labels) for _, req in requests]
+        return [self.gradient(req.model_ref, req.seed, req.flip_labels, req.batch_size) for _, req in requests]
 
 
 def run_simulation(*, task: str = "mnist5k-mlp", peers: int = 16, byzantine: int = 0, attack: str = "none",
                    attack_start: int = 0, attack_every: int = 1, aggregator: str = "btard", steps: int = 300,
                    seed: int = 0, tau: float = 1.0, validators: int = 2, batch_size: int = 32,
+                   global_batch: int = 0,
                    lr: float | None = None, eval_every: int = 10, progress: bool = False,
                    attack_params: dict | None = None, threads: int | None = None,
                    protocol_params: dict | None = None, json_path: str | Path | None = None) -> dict:
     """Simulate ``steps`` steps and return the run summary (see ``docs/protocol.md``, "btard-sim")."""
     args = dict(task=task, peers=peers, byzantine=byzantine, attack=attack, attack_start=attack_start,
                 attack_every=attack_every, aggregator=aggregator, steps=steps, seed=seed, tau=tau,
-                validators=validators, batch_size=batch_size, lr=lr, eval_every=eval_every,
+                validators=validators, batch_size=batch_size, global_batch=global_batch, lr=lr,
+                eval_every=eval_every,
                 attack_params=attack_params or {}, protocol_params=protocol_params or {})
     if aggregator != "btard" and aggregator not in AGGREGATORS:
         raise ValueError(f"unknown aggregator {aggregator!r}; use btard or one of {sorted(AGGREGATORS)}")
@@ -132,7 +136,9 @@ def run_simulation(*, task: str = "mnist5k-mlp", peers: int = 16, byzantine: int
     byz_ids = set(rng.sample(ids, byzantine))
     keys = {i.peer_id: i.public_key_b64 for i in identities}
     collusion = Collusion(members=set(byz_ids), seed=seed, segments=param_slices(model))
-    params = P.ProtocolParams(tau=tau, validators=validators, **(protocol_params or {}))
+    params = P.ProtocolParams(tau=tau, validators=validators, global_batch=global_batch, **(protocol_params or {}))
+    # without bans every step has all peers: the baselines use the same per-peer batch BTARD starts with
+    base_batch = params.global_batch and math.ceil(params.global_batch / peers)
     verifier = P.EnvelopeVerifier()
     entropy_rng = random.Random(seed * 7919 + 1)
     entropy = lambda k: entropy_rng.getrandbits(8 * k).to_bytes(k, "little")
@@ -217,15 +223,16 @@ def run_simulation(*, task: str = "mnist5k-mlp", peers: int = 16, byzantine: int
             flips: dict[str, bool] = {}
             for p in ids:
                 req = P.ComputeGradient(request_id="own", seed=batch_seed(r, RUN, step, p), model_ref=models.version,
-                                        step=step, peer=p, purpose="own")
+                                        step=step, peer=p, purpose="own", batch_size=base_batch)
                 peer = peer_objs[p]
                 req2 = peer.hook_gradient_request(req)
                 flips[p] = req2.flip_labels
-                honest[p] = models.gradient(models.version, req.seed, False)
+                honest[p] = models.gradient(models.version, req.seed, False, base_batch)
             collusion.step, collusion.honest = step, honest
             rows = []
             for p in ids:
-                g = models.gradient(models.version, batch_seed(r, RUN, step, p), True) if flips[p] else honest[p]
+                g = (models.gradient(models.version, batch_seed(r, RUN, step, p), True, base_batch) if flips[p]
+                     else honest[p])
                 peer = peer_objs[p]
                 if isinstance(peer, Byzantine):
                     g = peer.hook_corrupt_gradient(g.clone(), fake)
@@ -310,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--tau", type=float, default=1.0, help="CenteredClip tau per part")
     ap.add_argument("--validators", type=int, default=2, help="validators per step (m)")
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--global-batch", type=int, default=0,
+                    help="samples per step split across the group (keeps the step's batch when peers are banned)")
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--eval-every", type=int, default=10)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")

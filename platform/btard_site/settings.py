@@ -159,6 +159,10 @@ DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "btard-swarm@localhost")
 
 # Websocket message limits (bytes) for /ws/worker/.
 WORKER_MAX_MESSAGE_BYTES = env_int("WORKER_MAX_MESSAGE_BYTES", 256 * 1024, minimum=1024)
+# model checkpoints uploaded by workers (runs.checkpoints): where, how large at most, how many per run
+CHECKPOINT_DIR = env_path("BTARD_CHECKPOINT_DIR", VAR_DIR / "checkpoints")
+CHECKPOINT_MAX_BYTES = env_int("CHECKPOINT_MAX_BYTES", 512 * 1024 * 1024, minimum=1024)
+CHECKPOINTS_KEPT = env_int("CHECKPOINTS_KEPT", 2, minimum=1)
 # Sign-up rate limits.
 SIGNUP_LIMIT_PER_ADDRESS = env_int("SIGNUP_LIMIT_PER_ADDRESS", 5, minimum=1)
 SIGNUP_LIMIT_GLOBAL = env_int("SIGNUP_LIMIT_GLOBAL", 200, minimum=1)

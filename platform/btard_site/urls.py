@@ -1,7 +1,6 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import path
-
 from moderation import views as moderation_views
 from runs import views as runs_views
 from volunteers import views as volunteer_views
@@ -32,6 +31,8 @@ urlpatterns = [
     # public JSON
     path("api/runs/", runs_views.api_runs, name="api-runs"),
     path("api/runs/<int:pk>/", runs_views.api_run, name="api-run"),
+    path("api/runs/<int:pk>/checkpoints/<int:step>/", runs_views.api_checkpoint_upload, name="api-checkpoint-upload"),
+    path("runs/<int:pk>/checkpoint/", runs_views.checkpoint_download, name="run-checkpoint"),
     path("api/bans/", moderation_views.api_bans, name="api-bans"),
     path("api/worker/check", volunteer_views.worker_check, name="api-worker-check"),
     path("admin/", admin.site.urls),

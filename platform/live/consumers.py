@@ -6,7 +6,10 @@ understands (control-plane JSON for workers, htmx out-of-band fragments for brow
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
+import time
 from urllib.parse import parse_qs
 
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -66,6 +69,15 @@ def _authenticate(raw):
     from volunteers.services import authenticate_worker_token
 
     return authenticate_worker_token(raw)
+
+
+def _peer_key_for_hello(hello) -> str | None:
+    from worker_client.btard.crypto import ProtocolError, b64d, peer_id_from_public_key
+
+    try:
+        return ev.peer_channel_key(peer_id_from_public_key(b64d(hello.public_key, what="public key")))
+    except (ProtocolError, ValueError):
+        return None  # the join rejects the key with its own message
 
 
 def _join(token, hello):
@@ -224,11 +236,20 @@ class WorkerConsumer(AsyncWebsocketConsumer):
         if self.peer is not None:
             await self.send_error("already_joined", "hello was already received on this connection")
             return
-        result = await _db(_join)(self.token, msg)
+        # Register this socket as the peer's before the join commits: once the peer is active and online,
+        # any consumer may form a group with it, and the Group message finds its socket through this key.
+        early_key = _peer_key_for_hello(msg)
+        if early_key is not None:
+            await cache.aset(early_key, self.channel_name, timeout=None)
+        try:
+            result = await _db(_join)(self.token, msg)
+        except BaseException:
+            if early_key is not None and await cache.aget(early_key) == self.channel_name:
+                await cache.adelete(early_key)
+            raise
         self.peer = result.peer
         await self._group_add(ev.run_workers_group(result.run.pk))
         await self._group_add(ev.peer_group(self.peer.peer_id))
-        await cache.aset(ev.peer_channel_key(self.peer.peer_id), self.channel_name, timeout=None)
         if result.current_step_group is not None:  # reconnected mid-step: keep receiving its relays
             await self._group_add(result.current_step_group)
         await self.send_model(Welcome(peer_id=self.peer.peer_id, role=result.role, run=result.run.run_info(),
@@ -257,18 +278,23 @@ class WorkerConsumer(AsyncWebsocketConsumer):
             await self.send_error("no_helper", "no other active peer is online to test your address")
             return
         request_id = f"{self.peer.peer_id[:8]}-{id(msg):x}"
-        cache.set(f"reach:{request_id}", self.channel_name, timeout=120)
+        cache.set(f"reach:{request_id}", {"channel": self.channel_name, "peer": self.peer.pk}, timeout=120)
         await self.channel_layer.group_send(ev.peer_group(helper), {
             "type": "worker.forward",
             "text": ReachabilityCheck(request_id=request_id, p2p_id=msg.p2p_id, p2p_addrs=msg.p2p_addrs)
             .model_dump_json()})
 
     async def on_reachability_result(self, msg):
-        channel = cache.get(f"reach:{msg.request_id}")
-        if channel is None:
+        pending = cache.get(f"reach:{msg.request_id}")
+        if not isinstance(pending, dict):
             await self.send_error("unknown_request", "no such reachability request (expired?)")
             return
-        await self.channel_layer.send(channel, {"type": "worker.forward", "text": msg.model_dump_json()})
+        cache.delete(f"reach:{msg.request_id}")  # one answer per request
+        from runs.services import record_reachability
+
+        # stored before the asker hears the answer, so the dashboard is never behind the worker
+        await _db(record_reachability)(peer_pk=pending["peer"], reachable=msg.reachable, detail=msg.detail)
+        await self.channel_layer.send(pending["channel"], {"type": "worker.forward", "text": msg.model_dump_json()})
 
     # --- channel-layer messages -----------------------------------------------------------------------
     async def worker_forward(self, message):
@@ -292,14 +318,20 @@ class WorkerConsumer(AsyncWebsocketConsumer):
             await self.close(code=CLOSE_REVOKED_TOKEN,
                              reason=_close_reason(f"token revoked: btard_{event.prefix}_... was revoked"))
         elif event.type == "peer_banned":
-            if self.token is not None and event.user_id == self.token.user_id:
+            notice = BanNotice(peer_id=event.peer_id, step=event.step, reason=event.reason, scope=event.scope)
+            if event.scope == "key" and me == event.peer_id:
+                await self.send_model(notice)
+                from worker_client.control import CLOSE_BANNED, KEY_BAN_ADVICE
+
+                await self.close(code=CLOSE_BANNED, reason=_close_reason(f"{KEY_BAN_ADVICE} ({event.reason})"))
+            elif event.scope == "account" and self.token is not None and event.user_id == self.token.user_id:
                 if me is not None:
-                    await self.send_model(BanNotice(peer_id=event.peer_id, step=event.step, reason=event.reason))
+                    await self.send_model(notice)
                 from worker_client.control import CLOSE_BANNED
 
                 await self.close(code=CLOSE_BANNED, reason=_close_reason(f"banned: {event.reason}"))
             elif me is not None:
-                await self.send_model(BanNotice(peer_id=event.peer_id, step=event.step, reason=event.reason))
+                await self.send_model(notice)
 
 
 
@@ -332,6 +364,38 @@ def render_fragment(event, *, view: str, run_id: int | None) -> str:
             return ""
         return render_to_string("runs/_dashboard.html", {"state": run_state(run), "oob": True})
     return ""
+
+
+class _FragmentMemo:
+    """Every browser socket of a view gets the same fragment for an event: render it once per process
+    (the dashboard's state takes several queries) and hand the same HTML to the other sockets."""
+
+    def __init__(self, ttl: float = 5.0, size: int = 256):
+        self.ttl, self.size = ttl, size
+        self.entries: dict[tuple, tuple[float, asyncio.Future]] = {}
+
+    async def get(self, key: tuple, render) -> str:
+        now = time.monotonic()
+        hit = self.entries.get(key)
+        if hit is not None and now - hit[0] < self.ttl:
+            return await asyncio.shield(hit[1])
+        future = asyncio.get_running_loop().create_future()
+        self.entries[key] = (now, future)
+        if len(self.entries) > self.size:
+            for old in sorted(self.entries, key=lambda k: self.entries[k][0])[: len(self.entries) - self.size]:
+                self.entries.pop(old, None)
+        try:
+            html = await render()
+        except BaseException as exc:
+            self.entries.pop(key, None)
+            future.set_exception(exc)
+            future.exception()  # retrieved: a failed render is not an unhandled error of the memo
+            raise
+        future.set_result(html)
+        return html
+
+
+fragment_memo = _FragmentMemo()
 
 
 class LiveConsumer(AsyncWebsocketConsumer):
@@ -373,6 +437,8 @@ class LiveConsumer(AsyncWebsocketConsumer):
         except ValidationError:
             log.exception("undecodable live event")
             return
-        html = await _db(render_fragment)(event, view=self.view, run_id=self.run_id)
+        key = (json.dumps(message["event"], sort_keys=True, default=str), self.view, self.run_id)
+        html = await fragment_memo.get(
+            key, lambda: _db(render_fragment)(event, view=self.view, run_id=self.run_id))
         if html:
             await self.send(text_data=html)

@@ -215,6 +215,32 @@ class PeersPromoted(_Event):
         return [run_live_group(self.run_id)]
 
 
+class PeerReachability(_Event):
+    """Another active peer tried to dial this peer's announced address (worker start-up or doctor)."""
+
+    type: Literal["peer_reachability"] = "peer_reachability"
+    run_id: int
+    peer_id: str
+    reachable: bool
+    detail: str
+
+    def groups(self) -> list[str]:
+        return [run_live_group(self.run_id)]
+
+
+class ExclusionsEnded(_Event):
+    """Peers benched by an ELIMINATE came back before their epoch ended, because without them the run
+    could not form a group (the epoch is counted in steps, so it would never have ended)."""
+
+    type: Literal["exclusions_ended"] = "exclusions_ended"
+    run_id: int
+    step: int
+    peer_ids: list[str]
+
+    def groups(self) -> list[str]:
+        return [run_live_group(self.run_id)]
+
+
 class PeersAdmitted(_Event):
     type: Literal["peers_admitted"] = "peers_admitted"
     run_id: int
@@ -240,6 +266,7 @@ class PeerBanned(_Event):
     evidence_kind: str
     source: str
     created: datetime
+    scope: Literal["account", "key"] = "account"  # "key": only this worker key, the account may go on
 
     def groups(self) -> list[str]:
         groups = [bans_group()]
@@ -298,8 +325,22 @@ class HousekeepingDone(_Event):
         return []
 
 
+class CheckpointStored(_Event):
+    """A worker's checkpoint upload was confirmed by the group's state hashes and stored."""
+
+    type: Literal["checkpoint_stored"] = "checkpoint_stored"
+    run_id: int
+    step: int
+    sha256: str
+    size: int
+    peer_id: str
+
+    def groups(self) -> list[str]:
+        return [run_live_group(self.run_id)]
+
+
 LiveEvent = Annotated[
-    TokenCreated | TokenRevoked | VolunteerSignedUp | ReputationChanged | PeerJoined | PeerStatusChanged | GroupFormed | BroadcastRecorded | StepReported | StepAdvanced | PeersPromoted | PeersAdmitted | PeerBanned | PeerUnbanned | CaseOpened | CaseResolved | HousekeepingDone,
+    CheckpointStored | ExclusionsEnded | PeerReachability | TokenCreated | TokenRevoked | VolunteerSignedUp | ReputationChanged | PeerJoined | PeerStatusChanged | GroupFormed | BroadcastRecorded | StepReported | StepAdvanced | PeersPromoted | PeersAdmitted | PeerBanned | PeerUnbanned | CaseOpened | CaseResolved | HousekeepingDone,
     Field(discriminator="type"),
 ]
 event_adapter: TypeAdapter = TypeAdapter(LiveEvent)

@@ -8,6 +8,7 @@ from django.db import models
 
 class Ban(models.Model):
     SOURCES = [("verdict", "protocol verdict"), ("staff", "staff decision")]
+    SCOPES = [("account", "account"), ("key", "worker key only")]
 
     run = models.ForeignKey("runs.Run", null=True, blank=True, on_delete=models.SET_NULL, related_name="bans")
     run_peer = models.ForeignKey("runs.Peer", null=True, blank=True, on_delete=models.SET_NULL, related_name="bans")
@@ -19,6 +20,9 @@ class Ban(models.Model):
     evidence_kind = models.CharField(max_length=64)
     evidence = models.JSONField(default=dict, blank=True)
     source = models.CharField(max_length=16, choices=SOURCES)
+    # "account": every key of the account is banned and its tokens refused; "key": only this worker key
+    # (a fault an honest crash also produces; see moderation.services.KEY_ONLY_KINDS)
+    scope = models.CharField(max_length=8, choices=SCOPES, default="account")
     created_at = models.DateTimeField(auto_now_add=True)
     lifted_at = models.DateTimeField(null=True, blank=True)
     lifted_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
@@ -37,7 +41,8 @@ class Ban(models.Model):
 
 
 class ModerationCase(models.Model):
-    KINDS = [("eliminate", "ELIMINATE pair"), ("timeouts", "repeated timeouts")]
+    KINDS = [("eliminate", "ELIMINATE pair"), ("timeouts", "repeated timeouts"),
+             ("crash", "crash or abort (worker key banned)")]
     STATUSES = [("open", "open"), ("banned", "ban confirmed"), ("cleared", "cleared")]
 
     run = models.ForeignKey("runs.Run", on_delete=models.CASCADE, related_name="cases")

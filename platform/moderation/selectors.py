@@ -45,5 +45,6 @@ def ban_row(ban: Ban) -> dict:
         "reason": ban.reason,
         "evidence_kind": ban.evidence_kind,
         "source": ban.source,
+        "scope": ban.scope,
         "time": ban.created_at.isoformat(),
     }

@@ -1,7 +1,9 @@
 """Writes for moderation: protocol verdicts, bans, ELIMINATE cases, and staff actions.
 
 A verdict signed by a strict majority of a step's group is a provable fault: the peer and its account
-are banned at once. Unprovable incidents (ELIMINATE pairs, repeated timeouts) become cases for staff,
+are banned at once. Faults an honest crash also produces (a withheld MPRNG reveal, silence) ban only the
+worker key at first: the volunteer starts again with a new key and a new probation, and staff get a case
+to escalate. The account's ``KEY_BANS_BEFORE_ACCOUNT + 1``-th such ban bans the account. Unprovable incidents (ELIMINATE pairs, repeated timeouts) become cases for staff,
 who confirm a ban, clear the peer (restoring reputation) or unban; every staff action is audited.
 """
 
@@ -15,6 +17,20 @@ from live.events import CaseOpened, CaseResolved, PeerBanned, PeerUnbanned
 
 from .models import AuditLog, Ban, ModerationCase
 from .schemas import EliminatePayload, VerdictPayload
+
+# Faults that a worker crashing mid-step produces as well as a cheater: the protocol must remove the key
+# (an aborted reveal could bias the shared randomness), but the account pays only when it keeps happening.
+KEY_ONLY_KINDS = frozenset({"withheld_reveal", "silence"})
+KEY_BANS_BEFORE_ACCOUNT = 2
+
+
+def ban_scope_for(*, user, evidence_kind: str) -> str:
+    """``"key"`` for a crash-like fault while the account has fewer than ``KEY_BANS_BEFORE_ACCOUNT`` active
+    key bans, else ``"account"``."""
+    if evidence_kind not in KEY_ONLY_KINDS or user is None:
+        return "account"
+    earlier = Ban.objects.filter(user=user, scope="key", lifted_at=None).count()
+    return "key" if earlier < KEY_BANS_BEFORE_ACCOUNT else "account"
 
 
 def _require_staff(actor, reason: str) -> str:
@@ -32,28 +48,66 @@ def _audit(*, actor, action: str, target: str, reason: str, **details) -> AuditL
 
 @transaction.atomic
 def ban_peer(*, peer, reason: str, evidence_kind: str, evidence: dict, source: str, step: int | None = None,
-             actor=None) -> Ban:
-    """Ban ``peer`` and its account: every peer of the account is banned, its sockets close with
-    ``CLOSE_BANNED``, and the ban appears on the ban list. Idempotent for an already banned peer."""
+             actor=None, scope: str = "account") -> Ban:
+    """Ban ``peer``; with ``scope="account"`` also its account: every peer of the account is banned and
+    its sockets close with ``CLOSE_BANNED``. With ``scope="key"`` only this worker key is out. The ban
+    appears on the ban list. Idempotent for an already banned peer, except that an account ban on a peer
+    whose key alone was banned widens that ban to the account."""
     from runs.models import Peer
     from volunteers.models import Volunteer
 
+    if scope not in {"account", "key"}:
+        raise ValueError(f"unknown ban scope {scope!r}")
     Peer.objects.select_for_update().filter(pk=peer.pk).first()  # concurrent verdicts ban once
     existing = Ban.objects.filter(peer_id=peer.peer_id, lifted_at=None).first()
-    if existing is not None:
+    if existing is not None and (existing.scope == "account" or scope == "key"):
         return existing
     now = timezone.now()
-    ban = Ban.objects.create(run=peer.run, run_peer=peer, user=peer.user, peer_id=peer.peer_id, step=step,
-                             reason=reason[:2000], evidence_kind=evidence_kind[:64], evidence=evidence,
-                             source=source)
-    Peer.objects.filter(user=peer.user).update(role="banned", online=False)
-    Volunteer.objects.get_or_create(user=peer.user)
-    Volunteer.objects.filter(user=peer.user).update(banned_at=now, ban_reason=f"{evidence_kind}: {reason}"[:2000])
+    if existing is not None:  # key ban widened to the account (staff confirming a crash case)
+        ban = existing
+        ban.scope, ban.source = "account", source
+        ban.reason, ban.evidence_kind = reason[:2000], evidence_kind[:64]
+        ban.evidence = {**(ban.evidence or {}), "widened": evidence}
+        ban.save(update_fields=["scope", "source", "reason", "evidence_kind", "evidence"])
+    else:
+        ban = Ban.objects.create(run=peer.run, run_peer=peer, user=peer.user, peer_id=peer.peer_id, step=step,
+                                 reason=reason[:2000], evidence_kind=evidence_kind[:64], evidence=evidence,
+                                 source=source, scope=scope)
+    if scope == "account":
+        Peer.objects.filter(user=peer.user).update(role="banned", online=False)
+        Volunteer.objects.get_or_create(user=peer.user)
+        Volunteer.objects.filter(user=peer.user).update(banned_at=now,
+                                                        ban_reason=f"{evidence_kind}: {reason}"[:2000])
+    else:
+        Peer.objects.filter(pk=peer.pk).update(role="banned", online=False)
     if actor is not None:
         _audit(actor=actor, action="ban", target=f"peer {peer.peer_id}", reason=reason, ban_id=ban.id)
     emit(PeerBanned(ban_id=ban.id, run_id=peer.run_id, run_name=peer.run.name, step=step, peer_id=peer.peer_id,
                     user_id=peer.user_id, username=peer.user.username, reason=ban.reason,
-                    evidence_kind=ban.evidence_kind, source=source, created=ban.created_at))
+                    evidence_kind=ban.evidence_kind, source=source, created=ban.created_at, scope=scope))
+    return ban
+
+
+def _open_crash_case(*, ban: Ban, peer) -> ModerationCase:
+    """A key-only ban goes to the staff queue too: staff may widen it to the account."""
+    case = ModerationCase.objects.create(
+        run=peer.run, kind="crash", step=ban.step,
+        summary=f"{peer.peer_id[:8]} ({peer.user.username}): worker key banned for {ban.evidence_kind} at step "
+                f"{ban.step}; a crash looks the same, so the account was not banned"[:300],
+        evidence={"ban": ban.id, "evidence_kind": ban.evidence_kind, "reason": ban.reason})
+    case.peers.set([peer])
+    emit(CaseOpened(case_id=case.id, run_id=peer.run_id, kind="crash", peer_ids=[peer.peer_id]))
+    return case
+
+
+def ban_for_fault(*, peer, reason: str, evidence_kind: str, evidence: dict, step: int | None) -> Ban:
+    """A protocol ban (majority verdict or board silence), scoped by :func:`ban_scope_for`."""
+    scope = ban_scope_for(user=peer.user, evidence_kind=evidence_kind)
+    already = Ban.objects.filter(peer_id=peer.peer_id, lifted_at=None).exists()
+    ban = ban_peer(peer=peer, step=step, reason=reason, evidence_kind=evidence_kind, source="verdict",
+                   evidence=evidence, scope=scope)
+    if scope == "key" and not already:
+        _open_crash_case(ban=ban, peer=peer)
     return ban
 
 
@@ -87,9 +141,9 @@ def consider_verdict(*, entry) -> Ban | None:
     if peer is None:
         return None
     reason = payload.reason or f"{payload.kind}: accused by {payload.accuser or 'the protocol'}"
-    return ban_peer(peer=peer, step=entry.step, reason=reason, evidence_kind=payload.kind, source="verdict",
-                    evidence={"verdicts": signed, "evidence_digests": payload.evidence,
-                              "signers": len(signed), "group_size": group_size})
+    return ban_for_fault(peer=peer, step=entry.step, reason=reason, evidence_kind=payload.kind,
+                         evidence={"verdicts": signed, "evidence_digests": payload.evidence,
+                                   "signers": len(signed), "group_size": group_size})
 
 
 @transaction.atomic
@@ -151,9 +205,9 @@ def ban_silent_peers(*, run) -> list[Ban]:
     bans = []
     for peer in Peer.objects.select_related("run", "user").filter(run=run, silent_steps__gte=SILENCE_LIMIT)\
             .exclude(role="banned"):
-        bans.append(ban_peer(peer=peer, step=run.current_step - 1, source="verdict", evidence_kind="silence",
-                             reason=f"reported silent by a majority of its group in {peer.silent_steps} steps",
-                             evidence={"silent_steps": peer.silent_steps}))
+        bans.append(ban_for_fault(peer=peer, step=run.current_step - 1, evidence_kind="silence",
+                                  reason=f"reported silent by a majority of its group in {peer.silent_steps} steps",
+                                  evidence={"silent_steps": peer.silent_steps}))
     return bans
 
 
@@ -167,7 +221,7 @@ def confirm_case_ban(*, case: ModerationCase, peer, actor, reason: str) -> Ban:
     if not case.peers.filter(pk=peer.pk).exists():
         raise ValueError("that peer is not part of this case")
     ban = ban_peer(peer=peer, reason=reason, evidence_kind=f"staff:{case.kind}", source="staff", step=case.step,
-                   evidence={"case": case.pk, **case.evidence})
+                   evidence={"case": case.pk, **case.evidence}, scope="account")
     case.status, case.resolved_at, case.resolved_by, case.resolution_reason = "banned", timezone.now(), actor, reason
     case.save()
     _audit(actor=actor, action="confirm_ban", target=f"case #{case.pk}", reason=reason, peer=peer.peer_id,
@@ -210,13 +264,19 @@ def unban(*, ban: Ban, actor, reason: str) -> Ban:
         raise ValueError("this ban is already lifted")
     ban.lifted_at, ban.lifted_by, ban.lift_reason = timezone.now(), actor, reason
     ban.save()
-    if ban.user_id and not Ban.objects.filter(user_id=ban.user_id, lifted_at=None).exists():
+    if ban.scope == "key":
+        restart = Peer.objects.select_related("run").filter(peer_id=ban.peer_id, role="banned")
+    elif ban.user_id and not Ban.objects.filter(user_id=ban.user_id, lifted_at=None, scope="account").exists():
         Volunteer.objects.filter(user_id=ban.user_id).update(banned_at=None, ban_reason="")
-        # banned peers start over as waiting candidates (a new probation), keeping account reputation
-        for peer in Peer.objects.select_related("run").filter(user_id=ban.user_id, role="banned"):
-            peer.role, peer.probation_done, peer.admitted_at, peer.promoted_at = "waiting", 0, None, None
-            peer.probation_required = max(1, peer.run.probation_steps)
-            peer.save(update_fields=["role", "probation_done", "admitted_at", "promoted_at", "probation_required"])
+        restart = Peer.objects.select_related("run").filter(user_id=ban.user_id, role="banned") \
+            .exclude(peer_id__in=Ban.objects.filter(user_id=ban.user_id, lifted_at=None).values("peer_id"))
+    else:
+        restart = Peer.objects.none()
+    # banned peers start over as waiting candidates (a new probation), keeping account reputation
+    for peer in restart:
+        peer.role, peer.probation_done, peer.admitted_at, peer.promoted_at = "waiting", 0, None, None
+        peer.probation_required = max(1, peer.run.probation_steps)
+        peer.save(update_fields=["role", "probation_done", "admitted_at", "promoted_at", "probation_required"])
     _audit(actor=actor, action="unban", target=f"peer {ban.peer_id}", reason=reason, ban_id=ban.id)
     emit(PeerUnbanned(ban_id=ban.id, run_id=ban.run_id, peer_id=ban.peer_id,
                       username=ban.user.username if ban.user_id else "", reason=reason))

@@ -25,6 +25,8 @@ class Run(models.Model):
     step_timeout = models.FloatField(default=120.0, help_text="seconds before a step is closed without reports")
     min_peers = models.PositiveIntegerField(default=2, help_text="online active peers needed to start a step")
     epoch_steps = models.PositiveIntegerField(default=50, help_text="an ELIMINATE pair sits out until the epoch ends")
+    checkpoint_every = models.PositiveIntegerField(
+        default=50, help_text="keep a checkpoint of the model after every such step (0: none)")
     extra = models.JSONField(default=dict, blank=True)
     # admission
     admission_policy = models.CharField(max_length=32, default="reputation")
@@ -52,7 +54,8 @@ class Run(models.Model):
         return RunInfo(id=self.id, name=self.name, task=self.task, aggregator=self.aggregator, tau=self.tau,
                        peers_per_group=self.peers_per_group, validators_per_step=self.validators_per_step,
                        probation_steps=self.probation_steps, batch_size=self.batch_size, lr=self.lr,
-                       seed=self.seed, phase_timeout=self.phase_timeout, extra=self.extra or {})
+                       seed=self.seed, phase_timeout=self.phase_timeout, checkpoint_every=self.checkpoint_every,
+                       extra=self.extra or {})
 
     @property
     def epoch(self) -> int:
@@ -78,6 +81,10 @@ class Peer(models.Model):
     status = models.CharField(max_length=32, default="waiting_for_group")
     status_detail = models.CharField(max_length=500, blank=True)
     last_heartbeat = models.DateTimeField(null=True, blank=True)
+    # can other peers dial this peer's announced address? (another active peer tried; None: not checked)
+    reachable = models.BooleanField(null=True, blank=True)
+    reachability_detail = models.CharField(max_length=500, blank=True)
+    reachability_checked_at = models.DateTimeField(null=True, blank=True)
     joined_at = models.DateTimeField(auto_now_add=True)
     admitted_at = models.DateTimeField(null=True, blank=True)
     promoted_at = models.DateTimeField(null=True, blank=True)
@@ -157,3 +164,25 @@ class BroadcastLog(models.Model):
         ordering = ["id"]
         constraints = [models.UniqueConstraint(fields=["run", "sender_peer_id", "nonce"], name="no_replayed_nonce")]
         indexes = [models.Index(fields=["run", "step", "phase"]), models.Index(fields=["created_at"])]
+
+
+class Checkpoint(models.Model):
+    """The model state after a step, as safetensors bytes on disk (``CHECKPOINT_DIR``). Stored only when a
+    strict majority of the step's group reported the same state hash (``runs.checkpoints``)."""
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="checkpoints")
+    step = models.IntegerField()
+    sha256 = models.CharField(max_length=64)
+    size = models.BigIntegerField()
+    path = models.CharField(max_length=500)
+    uploaded_by = models.ForeignKey(Peer, null=True, on_delete=models.SET_NULL, related_name="+")
+    confirmations = models.PositiveIntegerField(default=0)
+    group_size = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-step"]
+        constraints = [models.UniqueConstraint(fields=["run", "step"], name="one_checkpoint_per_step")]
+
+    def __str__(self) -> str:
+        return f"checkpoint {self.run.name} step {self.step}"

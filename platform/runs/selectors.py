@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.utils import timezone
 
+from .deadlines import effective_deadlines
 from .models import Peer, Run, StepRecord
 
 CURVE_POINTS = 200
@@ -29,6 +30,8 @@ def peer_row(peer: Peer) -> dict:
         "probation": f"{peer.probation_done}/{peer.probation_required}" if peer.role == "candidate" else "",
         "excluded_until_step": peer.excluded_until_step,
         "p2p_addrs": list(peer.p2p_addrs or []),
+        "reachable": peer.reachable,
+        "reachability_detail": peer.reachability_detail,
     }
 
 
@@ -72,6 +75,9 @@ def run_state(run: Run) -> dict:
             "admission_policy": run.admission_policy, "max_new_per_window": run.max_new_per_window,
             "admission_window_seconds": run.admission_window_seconds,
             "max_candidate_fraction": run.max_candidate_fraction},
+        "deadlines": effective_deadlines(run).as_dict(),
+        "checkpoint": _checkpoint_row(run),
+        "checkpoint_every": run.checkpoint_every,
         "active_peers": sum(1 for p in peers if p.role == "active" and p.online),
         "candidates": sum(1 for p in peers if p.role == "candidate"),
         "waiting": sum(1 for p in peers if p.role == "waiting"),
@@ -93,3 +99,13 @@ def run_list_row(run: Run) -> dict:
 
 def peers_of_user(user):
     return Peer.objects.filter(user=user).select_related("run").order_by("-online", "-joined_at")
+
+
+def _checkpoint_row(run: Run) -> dict | None:
+    from .checkpoints import latest_checkpoint
+
+    c = latest_checkpoint(run)
+    if c is None:
+        return None
+    return {"step": c.step, "sha256": c.sha256, "size": c.size, "confirmations": c.confirmations,
+            "group_size": c.group_size, "created": c.created_at.isoformat(), "url": f"/runs/{run.id}/checkpoint/"}

@@ -20,9 +20,11 @@ from django.utils import timezone
 from live.bus import emit
 from live.events import (
     BroadcastRecorded,
+    ExclusionsEnded,
     GroupFormed,
     HousekeepingDone,
     PeerJoined,
+    PeerReachability,
     PeersAdmitted,
     PeersPromoted,
     PeerStatusChanged,
@@ -39,8 +41,17 @@ from worker_client.btard.crypto import (
     peer_id_from_public_key,
     verify_envelope,
 )
-from worker_client.control import CLOSE_BANNED, CLOSE_NO_RUN, CLOSE_REASONS, Heartbeat, Hello, StepReport
+from worker_client.control import (
+    CLOSE_BANNED,
+    CLOSE_NO_RUN,
+    CLOSE_REASONS,
+    KEY_BAN_ADVICE,
+    Heartbeat,
+    Hello,
+    StepReport,
+)
 
+from .deadlines import effective_deadlines
 from .models import BroadcastLog, Peer, Run, StepRecord, StepReportRecord
 
 log = logging.getLogger(__name__)
@@ -96,6 +107,7 @@ def join_run(*, token, hello: Hello) -> JoinResult:
     Raises :class:`JoinRefused` (no run, banned key or account) or :class:`Rejected` (bad key, key
     registered to another account).
     """
+    from moderation.models import Ban
     from moderation.selectors import is_peer_id_banned
     from volunteers.services import volunteer_for
 
@@ -108,8 +120,11 @@ def join_run(*, token, hello: Hello) -> JoinResult:
         raise JoinRefused(CLOSE_NO_RUN, CLOSE_REASONS[CLOSE_NO_RUN])
     run = Run.objects.select_for_update().get(pk=run.pk)  # serialises admission decisions per run
     volunteer = volunteer_for(token.user)
-    if volunteer.is_banned or is_peer_id_banned(peer_id):
+    if volunteer.is_banned:
         raise JoinRefused(CLOSE_BANNED, CLOSE_REASONS[CLOSE_BANNED])
+    if is_peer_id_banned(peer_id):
+        key_only = not Ban.objects.filter(peer_id=peer_id, lifted_at=None, scope="account").exists()
+        raise JoinRefused(CLOSE_BANNED, KEY_BAN_ADVICE if key_only else CLOSE_REASONS[CLOSE_BANNED])
     now = timezone.now()
     peer = Peer.objects.filter(run=run, peer_id=peer_id).first()
     if peer is not None and peer.user_id != token.user_id:
@@ -244,6 +259,22 @@ def _choose_members(run: Run, step: int) -> list[Peer]:
     return sorted(eligible, key=lambda p: p.peer_id)
 
 
+def _end_exclusions_if_stalled(run: Run, step: int) -> bool:
+    """An ELIMINATE benches a pair until its epoch ends, and epochs are counted in steps. When the benched
+    peers are what keeps the run from reaching ``min_peers``, no step would ever run and the epoch would
+    never end: bring them back now (their reputation hit and the staff case stay). True if that makes the
+    group possible."""
+    online_active = run.peers.filter(role="active", online=True)
+    benched = list(online_active.filter(excluded_until_step__gt=step))
+    if not benched or online_active.count() < max(1, run.min_peers):
+        return False
+    Peer.objects.filter(pk__in=[p.pk for p in benched]).update(excluded_until_step=None)
+    emit(ExclusionsEnded(run_id=run.id, step=step, peer_ids=sorted(p.peer_id for p in benched)))
+    log.info("run %s step %s: ended the ELIMINATE exclusions of %d peers early (too few peers otherwise)",
+             run.id, step, len(benched))
+    return True
+
+
 @transaction.atomic
 def start_step_if_ready(*, run: Run) -> StepRecord | None:
     """Form the group of the run's current step when none is in progress and enough active peers are
@@ -252,7 +283,7 @@ def start_step_if_ready(*, run: Run) -> StepRecord | None:
     if run.state != "open" or run.step_in_progress:
         return None
     step = run.current_step
-    if _eligible(run, step).count() < max(1, run.min_peers):
+    if _eligible(run, step).count() < max(1, run.min_peers) and not _end_exclusions_if_stalled(run, step):
         return None  # cheap early exit: joins call this on every hello
     members = _choose_members(run, step)
     if len(members) < max(1, run.min_peers):
@@ -279,14 +310,15 @@ def start_step_if_ready(*, run: Run) -> StepRecord | None:
                     probation_left=max(0, cand.probation_required - cand.probation_done))
         candidates.append(info)
     now = timezone.now()
-    deadline = now + timedelta(seconds=run.step_timeout)
+    timeouts = effective_deadlines(run)  # the organiser's values, raised when the swarm is slower
+    deadline = now + timedelta(seconds=timeouts.step_timeout)
     record = StepRecord.objects.create(run=run, step=step, members=ids, validators=validators,
                                        candidates=candidates, deadline=deadline)
     run.step_in_progress, run.step_started_at, run.step_deadline = True, now, deadline
     run.save(update_fields=["step_in_progress", "step_started_at", "step_deadline"])
     emit(GroupFormed(run_id=run.id, step=step, peers=[p.peer_info() for p in members], validators=validators,
                      candidates=candidates,
-                     deadlines={"step": deadline.timestamp(), "phase_timeout": run.phase_timeout},
+                     deadlines={"step": deadline.timestamp(), "phase_timeout": timeouts.phase_timeout},
                      state_donors=[p.peer_info() for p in members[:3]]))
     return record
 
@@ -372,7 +404,8 @@ def record_step_report(*, peer: Peer, report: StepReport) -> StepReportRecord:
             entry = StepReportRecord.objects.create(
                 step_record=record, peer=peer, outcome=report.outcome, loss=report.loss, accuracy=report.accuracy,
                 samples=report.samples,
-                details={"banned": report.banned, "eliminated": report.eliminated, "missing": report.missing})
+                details={"banned": report.banned, "eliminated": report.eliminated, "missing": report.missing,
+                         **({"state_sha256": report.state_sha256} if report.state_sha256 else {})})
     except IntegrityError:
         raise Rejected("duplicate", f"a report for step {report.step} was already received") from None
     if late_candidate and record.finished_at is not None:
@@ -516,3 +549,16 @@ def tick_run(*, run: Run) -> None:
     admit_waiting_peers(run=run)
     promote_candidates(run=run)
     start_step_if_ready(run=run)
+
+
+def record_reachability(*, peer_pk: int, reachable: bool, detail: str) -> Peer | None:
+    """Store the result of another peer dialling ``peer_pk``'s address; the dashboard lists it."""
+    peer = Peer.objects.filter(pk=peer_pk).first()
+    if peer is None:
+        return None
+    peer.reachable, peer.reachability_detail = bool(reachable), (detail or "")[:500]
+    peer.reachability_checked_at = timezone.now()
+    peer.save(update_fields=["reachable", "reachability_detail", "reachability_checked_at"])
+    emit(PeerReachability(run_id=peer.run_id, peer_id=peer.peer_id, reachable=peer.reachable,
+                          detail=peer.reachability_detail))
+    return peer

@@ -48,6 +48,13 @@ class TokenRefused(Exception):
         self.close_code = close_code
         self.reason = reason
 
+    @property
+    def http_status(self) -> int:
+        """401 for a missing or unknown token, 403 for a known one that may not work (revoked, banned)."""
+        from worker_client.control import CLOSE_BAD_TOKEN, CLOSE_NO_TOKEN
+
+        return 401 if self.close_code in (CLOSE_NO_TOKEN, CLOSE_BAD_TOKEN) else 403
+
 
 def volunteer_for(user) -> Volunteer:
     volunteer, _ = Volunteer.objects.get_or_create(user=user)
@@ -128,6 +135,13 @@ def revoke_worker_token(*, token: WorkerToken, actor) -> WorkerToken:
         token.save(update_fields=["revoked_at"])
     emit(TokenRevoked(token_id=token.id, user_id=token.user_id, prefix=token.prefix))
     return token
+
+
+def authenticate_bearer(authorization: str | None) -> WorkerToken:
+    """:func:`authenticate_worker_token` for an HTTP ``Authorization: Bearer <token>`` header value."""
+    header = authorization or ""
+    raw = header[7:].strip() if header.lower().startswith("bearer ") else None
+    return authenticate_worker_token(raw)
 
 
 def authenticate_worker_token(raw: str | None) -> WorkerToken:

@@ -72,14 +72,9 @@ def revoke_token(request, pk: int):
 def worker_check(request):
     """``GET /api/worker/check`` with ``Authorization: Bearer <token>``: 200, or 401/403 with the close
     code the websocket would use and a reason for humans."""
-    from worker_client.control import CLOSE_BAD_TOKEN, CLOSE_NO_TOKEN
-
-    header = request.headers.get("Authorization", "")
-    raw = header[7:].strip() if header.lower().startswith("bearer ") else None
     try:
-        token = services.authenticate_worker_token(raw)
+        token = services.authenticate_bearer(request.headers.get("Authorization"))
     except services.TokenRefused as exc:
-        status = 401 if exc.close_code in (CLOSE_NO_TOKEN, CLOSE_BAD_TOKEN) else 403
-        return JsonResponse({"ok": False, "code": exc.close_code, "reason": exc.reason}, status=status)
+        return JsonResponse({"ok": False, "code": exc.close_code, "reason": exc.reason}, status=exc.http_status)
     return JsonResponse({"ok": True, "account": token.user.username, "token": f"btard_{token.prefix}_...",
                          "name": token.name})

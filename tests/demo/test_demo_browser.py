@@ -13,7 +13,6 @@ import glob
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,19 +20,9 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import CHROMIUM_ARGS, ROOT, free_port
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(900)]
-
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-gpu", "--no-first-run",
-                 "--disable-component-update", "--disable-sync"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _alive(pid: int) -> bool:
     try:
@@ -49,7 +38,7 @@ def _alive(pid: int) -> bool:
 
 @pytest.fixture
 def demo(tmp_path, output_dir):
-    port = _free_port()
+    port = free_port()
     sockets_before = set(glob.glob("/tmp/hivemind-*"))
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     log = open(output_dir / "demo.log", "w")

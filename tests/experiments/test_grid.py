@@ -3,7 +3,15 @@ import json
 import pytest
 
 from worker_client import experiments
-from worker_client.experiments import GRIDS, Cell, last_ban_delay, load_results, markdown_table
+from worker_client.experiments import (
+    GRIDS,
+    PAPER_VALIDATORS,
+    Cell,
+    last_ban_delay,
+    load_results,
+    markdown_table,
+    paired_gaps,
+)
 
 SIM_KEYS = {"final_accuracy", "accuracy_curve", "byzantine", "bans", "honest_banned", "seconds_per_step", "args"}
 GRID_KEYS = {"task", "peers", "attack", "aggregator", "tau", "seed", "attack_every"}
@@ -36,7 +44,8 @@ def test_the_report_has_a_table_and_a_plot_per_attack(smoke_results):
     md, plots = experiments.report("smoke", results_dir=results_dir)
     text = md.read_text()
     assert "| defence | none | sign_flip b=3 |" in text
-    assert "btard (tau 1)" in text and "banned@" in text
+    assert "btard (tau 1, m=2)" in text and "banned@" in text
+    assert "same seed" in text and "last five evaluations" in text
     assert {p.name for p in plots} == {"smoke-none.png", "smoke-sign_flip_b3.png"}
     for p in plots:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -68,7 +77,10 @@ def test_the_paper_grid_covers_every_attack_and_defence_and_bulyan_only_where_it
     assert attacks == {"none", "sign_flip", "random_direction", "label_flip", "delayed", "ipm", "alie"}
     defences = {c.defence for c in cells}
     assert {"mean", "median", "trimmed_mean", "krum", "geometric_median", "centered_clip (tau 1)",
-            "centered_clip (tau 10)", "btard (tau 1)", "btard (tau 10)"} <= defences
+            "centered_clip (tau 10)", f"btard (tau 1, m={PAPER_VALIDATORS}, B=512)",
+            f"btard (tau 10, m={PAPER_VALIDATORS}, B=512)"} <= defences
+    assert all(c.validators == PAPER_VALIDATORS and c.global_batch == 16 * 32 for c in cells if c.aggregator == "btard")
+    assert all(c.validators is None and not c.global_batch for c in cells if c.aggregator != "btard")
     assert all(c.peers >= 4 * c.byzantine + 3 for c in cells if c.aggregator == "bulyan")
     assert any(c.aggregator == "bulyan" for c in cells)
     assert {c.seed for c in cells} == {0, 1, 2}
@@ -95,4 +107,31 @@ def test_the_table_shows_mean_and_std_over_seeds():
 def test_cells_are_keyed_by_what_defines_them():
     a = Cell(task="t", peers=16, byzantine=7, attack="alie", aggregator="btard", tau=1.0, seed=0)
     b = Cell(task="t", peers=16, byzantine=7, attack="alie", aggregator="btard", tau=1.0, seed=1)
-    assert a.key != b.key and a.defence == "btard (tau 1)" and a.column == "alie b=7"
+    assert a.key != b.key and a.defence == "btard (tau 1, m=2)" and a.column == "alie b=7"
+    m4 = Cell(task="t", peers=16, byzantine=7, attack="alie", aggregator="btard", tau=1.0, seed=0, validators=4)
+    assert m4.key != a.key and m4.defence == "btard (tau 1, m=4)"
+    split = Cell(task="t", peers=16, byzantine=7, attack="alie", aggregator="btard", tau=1.0, seed=0, validators=4,
+                 global_batch=512)
+    assert split.key != m4.key and split.defence == "btard (tau 1, m=4, B=512)"
+    assert split.sim_kwargs()["global_batch"] == 512 and "global_batch" not in m4.key
+
+
+def _row(attack, seed, curve, aggregator="btard", validators=4):
+    return dict(task="t", peers=16, byzantine_count=0 if attack == "none" else 7, attack=attack,
+                aggregator=aggregator, tau=1.0, attack_every=1, seed=seed, validators=validators,
+                byzantine=[], bans=[], honest_banned=0, final_accuracy=curve[-1],
+                accuracy_curve=[[10 * (i + 1), a] for i, a in enumerate(curve)])
+
+
+def test_btard_is_compared_with_the_clean_run_of_the_same_seed_and_validator_count():
+    rows = [_row("none", 0, [0.5, 0.90, 0.90, 0.90, 0.90, 0.92]), _row("none", 1, [0.5, 0.80, 0.80, 0.80, 0.80, 0.80]),
+            _row("none", 0, [0.1] * 6, validators=2),  # another m: not this row's baseline
+            _row("alie", 0, [0.5, 0.90, 0.90, 0.90, 0.90, 0.90]), _row("alie", 1, [0.5, 0.79, 0.79, 0.79, 0.79, 0.79]),
+            _row("alie", 0, [0.9] * 6, aggregator="mean")]  # not BTARD: no paired gap
+    gaps = paired_gaps(rows)
+    assert set(gaps) == {("btard (tau 1, m=4)", "alie b=7")}
+    (last0, tail0), (last1, tail1) = sorted(gaps[("btard (tau 1, m=4)", "alie b=7")], key=lambda g: g[0])
+    assert round(last0, 6) == -2.0 and round(tail0, 6) == -0.4
+    assert round(last1, 6) == -1.0 and round(tail1, 6) == -1.0
+    text = markdown_table(rows, title="t")
+    assert "| btard (tau 1, m=4) | -1.5 (-2.0) / -0.7 (-1.0) |" in text

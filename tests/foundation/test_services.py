@@ -2,10 +2,9 @@ import asyncio
 import uuid
 
 import pytest
+from btard_site.tasks import ping
 from channels.layers import get_channel_layer
 from django.test import override_settings
-
-from btard_site.tasks import ping
 
 
 def test_the_channel_layer_round_trips_a_message_through_redis(redis_url, settings):
@@ -42,9 +41,8 @@ def test_a_celery_task_runs_in_process_by_default():
 
 
 def test_a_celery_task_runs_on_a_real_worker_through_redis(redis_url):
-    from celery.contrib.testing.worker import start_worker
-
     from btard_site.celery import app
+    from celery.contrib.testing.worker import start_worker
 
     old = dict(app.conf)
     app.conf.update(

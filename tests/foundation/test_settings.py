@@ -4,10 +4,10 @@ import subprocess
 import sys
 
 import pytest
+from btard_site.env import env_bool, env_int, parse_database_url
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connection
 
-from btard_site.env import env_bool, env_int, parse_database_url
 from tests.conftest import ROOT
 
 

@@ -232,3 +232,19 @@ def test_outcomes_do_not_depend_on_the_delivery_order(attack):
     else:
         assert not removed
         assert all({r.outcome for r in h.values()} == {"applied"} for h in swarm.history)
+
+
+def test_alie_derives_z_from_the_group_it_is_in_not_from_colluders_already_banned():
+    from types import SimpleNamespace
+
+    from worker_client.btard.attacks import ALIE, Collusion
+
+    colluders = {f"b{i}" for i in range(7)}
+    honest = [f"h{i}" for i in range(9)]
+    attacker = SimpleNamespace(collusion=Collusion(members=set(colluders)), default_z=ALIE.default_z)
+    full = honest + sorted(colluders)
+    assert abs(ALIE.z_for_group(attacker, full) - 1.15) < 0.01  # Baruch et al. for n = 16, b = 7
+    after_bans = honest + ["b0", "b1", "b2"]  # four colluders banned: n = 12, b = 3
+    z = ALIE.z_for_group(attacker, after_bans)
+    assert abs(z - ALIE.default_z(12, 3)) < 1e-12 and z < 1.0
+    assert ALIE.default_z(12, 7) > 4.0  # what pairing the smaller group with all 7 colluders would give

@@ -55,3 +55,48 @@ def test_a_baseline_without_validation_visibly_fails_under_alie_and_ipm(attack, 
     finals = {rule: run_simulation(**ATTACKED, attack=attack, aggregator=rule)["final_accuracy"]
               for rule in ("mean", "median", "centered_clip")}
     assert min(finals.values()) <= clean_run["final_accuracy"] - 0.05, finals
+
+
+def test_a_global_batch_keeps_each_steps_samples_when_attackers_are_banned(monkeypatch):
+    import math
+
+    import worker_client.sim as sim
+
+    sizes: list[int] = []
+    real = sim.compute_gradient
+
+    def recording(task, model, seed, batch_size, **kw):
+        sizes.append(batch_size)
+        return real(task, model, seed, batch_size, **kw)
+
+    monkeypatch.setattr(sim, "compute_gradient", recording)
+    small = dict(task="digits-mlp", peers=8, tau=0.25, seed=1, eval_every=10, steps=30, validators=4)
+    out = run_simulation(**small, byzantine=3, attack="sign_flip", attack_start=2, global_batch=128)
+    assert {b["peer"] for b in out["bans"]} == set(out["byzantine"]) and out["honest_banned"] == 0
+    # 8 peers share 128 samples (16 each); once the 3 attackers are out, 5 peers compute 26 each
+    assert set(sizes) <= {math.ceil(128 / n) for n in range(5, 9)} and {16, 26} <= set(sizes)
+    sizes.clear()
+    clean_split = run_simulation(**small, global_batch=128)
+    clean_fixed = run_simulation(**small, batch_size=16)
+    assert set(sizes) == {16}  # without bans the split equals the per-peer batch: the same run
+    assert clean_split["accuracy_curve"] == clean_fixed["accuracy_curve"]
+
+
+def test_a_peer_splits_the_global_batch_by_the_group_size():
+    from worker_client.btard import protocol as P
+    from worker_client.btard.crypto import Identity
+
+    ident = Identity.from_seed(b"split")
+    assert P.BtardPeer(ident, P.ProtocolParams(global_batch=512)).batch_for(16) == 32
+    assert P.BtardPeer(ident, P.ProtocolParams(global_batch=512)).batch_for(9) == 57
+    assert P.BtardPeer(ident, P.ProtocolParams()).batch_for(9) == 0  # off: the driver's batch size
+
+
+@pytest.mark.parametrize("bad", [-1, 2.5, "512", True])
+def test_a_global_batch_that_is_not_a_whole_number_of_samples_is_refused_with_the_reason(bad):
+    from worker_client.btard import protocol as P
+
+    with pytest.raises(ValueError, match="global_batch must be a whole number"):
+        P.ProtocolParams(global_batch=bad)
+    with pytest.raises(ValueError, match="global_batch"):
+        run_simulation(task="digits-mlp", peers=4, steps=1, global_batch=bad)

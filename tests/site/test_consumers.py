@@ -211,6 +211,30 @@ async def test_a_majority_verdict_bans_live_closes_the_socket_and_reaches_the_ba
         await comm.disconnect()
 
 
+async def test_a_key_ban_closes_only_that_key_and_tells_it_how_to_start_again(run, alice, bob, carol):
+    await database_sync_to_async(Run.objects.filter(pk=run.pk).update)(min_peers=3, peers_per_group=3)
+    members = []
+    for user, seed in ((alice, b"alice-k"), (bob, b"bob-k"), (carol, b"carol-k")):
+        members.append(await join(await database_sync_to_async(token_for)(user), seed))
+    for comm, _, _ in members:
+        await receive_type(comm, "group")
+    spare, _, welcome = await join(await database_sync_to_async(token_for)(carol, name="second box"), b"carol-k2")
+    assert welcome["role"] != "banned"
+    run_now = await database_sync_to_async(Run.objects.get)(pk=run.pk)
+    (ca, ia, _), (cb, ib, _), (cc, ic, _) = members
+    for comm, identity in ((ca, ia), (cb, ib)):
+        env = verdict(identity, run_now, guilty=ic.peer_id, kind="withheld_reveal")
+        await comm.send_to(text_data=json.dumps({"type": "broadcast", "envelope": env.model_dump()}))
+    reason = await expect_close_after_messages(cc, CLOSE_BANNED)
+    assert "your account is not" in reason and "--new-key" in reason
+    notice = await receive_type(spare, "ban")  # carol's other worker hears of it and keeps working
+    assert notice["peer_id"] == ic.peer_id and notice["scope"] == "key"
+    while not await spare.receive_nothing(timeout=0.3):  # later messages, but no close
+        assert (await spare.receive_output(timeout=T))["type"] != "websocket.close"
+    for comm in (ca, cb, spare):
+        await comm.disconnect()
+
+
 async def expect_close_after_messages(comm, code):
     while True:
         out = await comm.receive_output(timeout=T)
@@ -293,3 +317,55 @@ async def test_the_run_dashboard_receives_its_partial_when_the_step_advances(run
     assert 'id="run-dashboard" hx-swap-oob="true"' in html and "0.420" in html
     for comm in (ca, cb, browser):
         await comm.disconnect()
+
+
+async def test_another_peer_dials_a_newcomer_and_the_dashboard_lists_it_as_unreachable(run, alice, bob, client):
+    await database_sync_to_async(Run.objects.filter(pk=run.pk).update)(min_peers=99)  # no steps: just joins
+    ca, _, _ = await join(await database_sync_to_async(token_for)(alice), b"alice-reach")
+    cb, ib, _ = await join(await database_sync_to_async(token_for)(bob), b"bob-reach")
+    await cb.send_to(text_data=json.dumps({"type": "reachability_request", "p2p_id": "QmBob",
+                                            "p2p_addrs": ["/ip4/10.0.0.7/tcp/4001"]}))
+    check = await receive_type(ca, "reachability_check")  # alice, an active peer, is asked to dial bob
+    assert check["p2p_id"] == "QmBob" and check["p2p_addrs"] == ["/ip4/10.0.0.7/tcp/4001"]
+    answer = {"type": "reachability_result", "request_id": check["request_id"], "reachable": False,
+              "detail": "dial timed out after 10 s"}
+    await ca.send_to(text_data=json.dumps(answer))
+    result = await receive_type(cb, "reachability_result")
+    assert result["reachable"] is False and "timed out" in result["detail"]
+    peer = await database_sync_to_async(Peer.objects.get)(peer_id=ib.peer_id)
+    assert peer.reachable is False and peer.reachability_detail == "dial timed out after 10 s"
+    html = (await database_sync_to_async(client.get)(f"/runs/{run.pk}/", HTTP_HX_REQUEST="true")).content.decode()
+    assert "dial timed out after 10 s" in html
+    await ca.send_to(text_data=json.dumps(answer))  # a second answer to the same request is refused
+    error = await receive_type(ca, "error")
+    assert error["code"] == "unknown_request"
+    for comm in (ca, cb):
+        await comm.disconnect()
+
+
+async def test_many_viewers_of_a_dashboard_share_one_render_per_event(run, monkeypatch):
+    from live import consumers
+    from live.bus import emit
+    from live.events import PeersPromoted
+
+    renders = []
+    real = consumers.render_fragment
+
+    def counting(event, **kw):
+        renders.append(event.type)
+        return real(event, **kw)
+
+    monkeypatch.setattr(consumers, "render_fragment", counting)
+    viewers = [WebsocketCommunicator(application, f"/ws/live/?run={run.pk}") for _ in range(5)]
+    for v in viewers:
+        assert (await v.connect(timeout=T))[0]
+    await database_sync_to_async(emit)(PeersPromoted(run_id=run.pk, peer_ids=["p-shared-render"]))
+    pages = [await v.receive_from(timeout=T) for v in viewers]
+    assert len(set(pages)) == 1 and 'id="run-dashboard" hx-swap-oob="true"' in pages[0]
+    assert renders == ["peers_promoted"]  # five sockets, one render
+    await database_sync_to_async(emit)(PeersPromoted(run_id=run.pk, peer_ids=["p-second"]))
+    for v in viewers:
+        await v.receive_from(timeout=T)
+    assert renders == ["peers_promoted"] * 2  # a new event renders again
+    for v in viewers:
+        await v.disconnect()

@@ -482,3 +482,32 @@ def test_only_the_first_elimination_naming_a_peer_removes_a_pair(run, events):
     b.refresh_from_db()
     assert b.excluded_until_step is None  # still in the group
     assert ModerationCase.objects.count() == 2
+
+
+def test_benched_peers_come_back_early_when_the_run_would_stall_without_them(run, events):
+    type(run).objects.filter(pk=run.pk).update(min_peers=3, epoch_steps=1000)
+    peers = [make_peer(run=run, seed=f"st{i}")[0] for i in range(3)]
+    Peer.objects.filter(pk__in=[peers[0].pk, peers[1].pk]).update(excluded_until_step=1000)  # an ELIMINATE pair
+    record = runs.start_step_if_ready(run=run)
+    assert record is not None and record.members == sorted(p.peer_id for p in peers)
+    ended = [e for e in events() if e.type == "exclusions_ended"]
+    assert len(ended) == 1 and ended[0].peer_ids == sorted([peers[0].peer_id, peers[1].peer_id])
+    assert not Peer.objects.filter(excluded_until_step__isnull=False).exists()
+
+
+def test_benched_peers_stay_out_when_the_others_are_enough(run, events):
+    type(run).objects.filter(pk=run.pk).update(min_peers=2, epoch_steps=1000)
+    peers = [make_peer(run=run, seed=f"ok{i}")[0] for i in range(4)]
+    Peer.objects.filter(pk__in=[peers[0].pk, peers[1].pk]).update(excluded_until_step=1000)
+    record = runs.start_step_if_ready(run=run)
+    assert record.members == sorted([peers[2].peer_id, peers[3].peer_id])
+    assert not [e for e in events() if e.type == "exclusions_ended"]
+
+
+def test_a_run_too_small_even_with_its_benched_peers_waits_and_keeps_them_benched(run):
+    type(run).objects.filter(pk=run.pk).update(min_peers=4, epoch_steps=1000)
+    peers = [make_peer(run=run, seed=f"sm{i}")[0] for i in range(3)]
+    Peer.objects.filter(pk=peers[0].pk).update(excluded_until_step=1000)
+    assert runs.start_step_if_ready(run=run) is None
+    assert Peer.objects.get(pk=peers[0].pk).excluded_until_step == 1000
+

@@ -10,7 +10,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,14 +17,11 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from tests.conftest import free_port
+from worker_client.demo import wait_for_site
+
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def kill_group(proc: subprocess.Popen, sig=signal.SIGKILL) -> None:
@@ -82,7 +78,8 @@ class SiteHarness:
         self.env = dict(os.environ, DATABASE_URL=self.database_url, REDIS_URL=self.redis_url,
                         PYTHONPATH=f"{ROOT / 'platform'}:{ROOT}", DJANGO_SETTINGS_MODULE="btard_site.settings",
                         CELERY_TASK_ALWAYS_EAGER="1", ALLOWED_HOSTS="127.0.0.1,localhost",
-                        HEARTBEAT_TIMEOUT_SECONDS="20", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+                        HEARTBEAT_TIMEOUT_SECONDS="20", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1",
+                        BTARD_CHECKPOINT_DIR=str(self.workdir / "checkpoints"))
         self.run: dict = {}
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -142,18 +139,11 @@ class SiteHarness:
                                  "btard_site.asgi:application"], cwd=ROOT, env=self.env, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append(proc)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"daphne exited: {(self.workdir / 'daphne.log').read_text()[-3000:]}")
-            try:
-                urllib.request.urlopen(self.url + "/healthz", timeout=2)
-                return
-            except urllib.error.HTTPError:
-                return
-            except OSError:
-                time.sleep(0.3)
-        raise RuntimeError("daphne did not answer in time")
+        outcome = wait_for_site(self.url, proc, timeout=timeout)
+        if outcome == "exited":
+            raise RuntimeError(f"daphne exited: {(self.workdir / 'daphne.log').read_text()[-3000:]}")
+        if outcome == "timeout":
+            raise RuntimeError("daphne did not answer in time")
 
     def start_worker(self, name: str, token: str, *, max_steps: int, behaviour: str | None = None,
                      phase_timeout: float | None = None) -> WorkerProc:

@@ -34,6 +34,18 @@ def test_the_identity_key_is_created_0600_and_reused_across_restarts(tmp_path):
     assert other.peer_id != first.peer_id  # one key per site
 
 
+def test_a_new_key_retires_the_old_one_and_gives_a_new_peer_id(tmp_path):
+    from worker_client.identity import retire_identity
+
+    first, path, _ = load_identity("http://site:8000", tmp_path)
+    assert retire_identity("http://site:8000", tmp_path) == path.with_name(path.name + ".retired-1")
+    second, _, created = load_identity("http://site:8000", tmp_path)
+    assert created and second.peer_id != first.peer_id
+    assert retire_identity("http://site:8000", tmp_path).name.endswith(".retired-2")  # the first is kept
+    assert retire_identity("http://site:8000", tmp_path) is None  # nothing left to retire
+    assert stat.S_IMODE(path.with_name(path.name + ".retired-1").stat().st_mode) == 0o600
+
+
 def test_it_refuses_a_key_file_others_can_read(tmp_path):
     _, path, _ = load_identity("http://127.0.0.1:8000", tmp_path)
     os.chmod(path, 0o644)

@@ -11,9 +11,9 @@ import torch
 
 from worker_client.btard.crypto import ProtocolError
 from worker_client.net import DataPlane, DataPlaneError
+from worker_client.net.wire import MAX_HEADER_BYTES, read_body, read_request
 
 from .conftest import remove_stale_hivemind_sockets
-from worker_client.net.wire import MAX_HEADER_BYTES, read_body, read_request
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

@@ -79,3 +79,44 @@ def test_a_downloaded_state_with_momentum_makes_the_next_update_bit_identical():
     again, _ = newcomer.gradient(2, seed=7, batch_size=8)
     assert torch.equal(again, update)
 
+
+
+def test_phase_deadlines_come_from_the_group_then_the_run_and_a_cli_override_wins():
+    from worker_client.control import Group, RunInfo
+
+    worker = Worker(WorkerConfig(server="ws://127.0.0.1:1", token="t", identity=Identity.from_seed(b"deadlines")))
+    worker.run_info = RunInfo(id=1, name="r", task="digits-mlp", phase_timeout=30.0)
+    assert worker._phase_timeout("parts") == 30.0  # no group yet: the run's value
+    worker.current_group = Group(step=3, peers=[], deadlines={"step": 1e10, "phase_timeout": 75.0})
+    assert worker._phase_timeout("parts") == 75.0  # the site raised it from the measured step time
+    worker.config.phase_timeout = 5.0
+    assert worker._phase_timeout("parts") == 5.0
+
+
+def test_concurrent_gradients_on_different_states_match_sequential_ones():
+    """A validator computes its own gradient and its target's at once, in two threads, on one scratch model."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from worker_client.runner import ModelState
+    from worker_client.tasks import get_task
+
+    state = ModelState(get_task("digits-mlp"), seed=0, lr=0.05, device="cpu")
+    state.snapshot(0)
+    state.apply(torch.randn(state.numel) * 0.1, 1)  # a second, different model state
+    jobs = [(step, seed) for seed in range(12) for step in (0, 1)]
+    expected = {job: state.gradient(job[0], job[1], 64)[0] for job in jobs}
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for _ in range(3):
+            results = dict(zip(jobs, pool.map(lambda job: state.gradient(job[0], job[1], 64)[0], jobs)))
+            assert all(torch.equal(results[job], expected[job]) for job in jobs)
+
+
+def test_a_run_with_an_unusable_global_batch_is_refused_with_the_reason():
+    from worker_client.control import RunInfo
+
+    worker = Worker(WorkerConfig(server="ws://127.0.0.1:1", token="t", identity=Identity.from_seed(b"bad-extra")))
+    worker.run_info = RunInfo(id=1, name="r", task="digits-mlp", extra={"global_batch": "lots"})
+    with pytest.raises(ValueError, match="global_batch must be a whole number.*'lots'"):
+        worker._make_peer()
+    worker.run_info = RunInfo(id=1, name="r", task="digits-mlp", extra={"global_batch": 512})
+    assert worker._make_peer().params.global_batch == 512

@@ -179,7 +179,9 @@ class IPM(GradientAttack):
 class ALIE(GradientAttack):
     """A little is enough (Baruch et al. 2019): ``mean - z_max * std`` per coordinate over the honest
     gradients, with ``z_max = Phi^{-1}((n - s) / n)`` and ``s = floor(n/2 + 1) - b`` for n peers of
-    which b are Byzantine (n = 16, b = 7 gives s = 2, z_max ~ 1.15)."""
+    which b are Byzantine (n = 16, b = 7 gives s = 2, z_max ~ 1.15). n and b are those of the step's
+    group: once some colluders are banned, the rest recompute z for the smaller group they are in (pairing
+    the shrunken n with the original b would push z to ~4.75, a different, large-deviation attack)."""
 
     name = "alie"
     z_max = -1.0  # < 0: derive from n and b as above
@@ -194,8 +196,11 @@ class ALIE(GradientAttack):
         honest = self.collusion.honest_stack()
         if honest is None or honest.shape[0] < 2:
             return g
-        z = self.z_max if self.z_max >= 0 else self.default_z(len(s.ctx.group), len(self.collusion.members))
+        z = self.z_max if self.z_max >= 0 else self.z_for_group(s.ctx.group)
         return honest.mean(dim=0) - z * honest.std(dim=0)
+
+    def z_for_group(self, group) -> float:
+        return self.default_z(len(group), sum(1 for p in group if p in self.collusion.members))
 
 
 # ------------------------------------------------------------------------------------------------

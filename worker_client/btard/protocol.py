@@ -62,10 +62,19 @@ class ProtocolParams:
     cc_max_iters: int = 200
     cc_init: str = "median"
     validators: int = 2
+    # > 0: the samples one step averages over, split evenly across the step's group (each peer computes
+    # ceil(global_batch / group size)), so banning or losing peers does not shrink the step's batch, as
+    # with hivemind's target batch size. 0: every peer uses the driver's own batch size.
+    global_batch: int = 0
     exact_rtol: float = 1e-6
     recalc_rtol: float = 1e-3
     fixed_point_rtol: float = 1e-5
     fixed_point_sigmas: float = 8.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.global_batch, bool) or not isinstance(self.global_batch, int) or self.global_batch < 0:
+            raise ValueError(f"global_batch must be a whole number of samples >= 0 (0: off), "
+                             f"not {self.global_batch!r}")
 
 
 @dataclass
@@ -178,6 +187,7 @@ class ComputeGradient(Action):
     peer: str
     purpose: str
     flip_labels: bool = False
+    batch_size: int = 0  # 0: the driver's batch size; else this many samples (ProtocolParams.global_batch)
 
 
 @dataclass(frozen=True)
@@ -424,6 +434,11 @@ class BtardPeer:
     def role(self) -> str:
         return self._s.role if self._s else ""
 
+    def batch_for(self, group_size: int) -> int:
+        """Samples per peer in a step of ``group_size`` peers (0: the driver's own batch size)."""
+        g = self.params.global_batch
+        return 0 if g <= 0 else max(1, math.ceil(g / max(1, group_size)))
+
     def begin_step(self, ctx: StepContext) -> list[Action]:
         """Start step ``ctx.step``; any unfinished previous step is abandoned."""
         if self.peer_id not in ctx.group:
@@ -449,7 +464,8 @@ class BtardPeer:
         actions += self._broadcast("mprng_commit", M.MprngCommitPayload(hash=commit))
         req = ComputeGradient(request_id=f"own:{ctx.step}",
                               seed=batch_seed(ctx.r_prev, ctx.run, ctx.step, self.peer_id),
-                              model_ref=ctx.model_ref, step=ctx.step, peer=self.peer_id, purpose="own")
+                              model_ref=ctx.model_ref, step=ctx.step, peer=self.peer_id, purpose="own",
+                              batch_size=self.batch_for(n))
         actions.append(self.hook_gradient_request(req))
         if role == "validator":
             target = validators[self.peer_id]
@@ -459,7 +475,7 @@ class BtardPeer:
             else:
                 actions.append(ComputeGradient(request_id=f"validate:{ctx.step}", seed=prev.seeds[target],
                                                model_ref=prev.model_ref, step=prev.step, peer=target,
-                                               purpose="validate"))
+                                               purpose="validate", batch_size=self.batch_for(len(prev.group))))
         # inputs for this step that arrived early
         early, self._future = self._future, []
         for kind, args in early:
@@ -1220,7 +1236,8 @@ class BtardPeer:
                 return self._verdict(digest, accuser, "the accuser was not assigned this target/step")
             s.judging.add(digest)
             return [ComputeGradient(request_id=f"verdict:{digest}", seed=prev.seeds[accused],
-                                    model_ref=prev.model_ref, step=prev.step, peer=accused, purpose="verdict")]
+                                    model_ref=prev.model_ref, step=prev.step, peer=accused, purpose="verdict",
+                                    batch_size=self.batch_for(len(prev.group)))]
         try:
             guilty_is_accused, why = self._evaluate(accuser, acc)
         except _NotReady:

@@ -44,7 +44,7 @@ class Command(BaseCommand):
         run, _ = Run.objects.get_or_create(name=opts["run_name"], defaults={
             "task": opts["task"], "admission_policy": opts["policy"], "peers_per_group": max(2, n),
             "min_peers": opts["min_peers"] or max(2, min(n, 4)), "probation_steps": 2, "step_timeout": 60.0,
-            "phase_timeout": 15.0, "batch_size": 32, "lr": 0.05})
+            "phase_timeout": 15.0, "batch_size": 32, "lr": 0.05, "checkpoint_every": 20})
         tokens = []
         for i in range(n):
             user, created = User.objects.get_or_create(username=f"volunteer{i + 1}",

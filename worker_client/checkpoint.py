@@ -1,0 +1,78 @@
+"""Model checkpoints: the model state as safetensors bytes, their hash, and the upload to the site.
+
+At a checkpoint step (``RunInfo.checkpoint_every``) every member reports the sha256 of its state in its
+``StepReport``; honest peers hold bit-identical states, so their hashes agree. One member (the first of
+the group by peer id) uploads the bytes over HTTP with its worker token. The site keeps the upload only
+when a strict majority of the step's group reported the same hash, so no single peer can plant a model.
+safetensors carries tensors and nothing else: loading one never runs code (no pickle).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import urllib.error
+import urllib.request
+
+import torch
+
+
+def state_bytes(model: torch.nn.Module) -> bytes:
+    """The model's parameters and buffers as safetensors bytes (deterministic for equal tensors)."""
+    from safetensors.torch import save
+
+    tensors = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
+    return save(tensors, metadata={"format": "pt"})
+
+
+def state_digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def is_checkpoint_step(step: int, every: int) -> bool:
+    return every > 0 and (step + 1) % every == 0
+
+
+def upload_url(http_base: str, run_id: int, step: int) -> str:
+    return f"{http_base.rstrip('/')}/api/runs/{run_id}/checkpoints/{step}/"
+
+
+class UploadRefused(RuntimeError):
+    def __init__(self, status: int, code: str, reason: str):
+        super().__init__(f"{status} {code}: {reason}")
+        self.status, self.code, self.reason = status, code, reason
+
+
+def upload(url: str, token: str, data: bytes, *, attempts: int = 6, wait: float = 2.0,
+           timeout: float = 60.0) -> dict:
+    """POST ``data`` to ``url``. Retries while the site answers 409 ``unconfirmed`` (the group's reports
+    are still arriving) and on network errors; any other refusal is final. Returns the site's JSON."""
+    last: Exception | None = None
+    for attempt in range(attempts):
+        request = urllib.request.Request(url, data=data, method="POST", headers={
+            "Authorization": f"Bearer {token}", "Content-Type": "application/octet-stream"})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - the site's URL
+                return json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            try:
+                body = json.loads(exc.read() or b"{}")
+            except ValueError:
+                body = {}
+            last = UploadRefused(exc.code, body.get("code", "http"), body.get("reason", exc.reason or ""))
+            if not (exc.code == 409 and body.get("code") == "unconfirmed"):
+                raise last from None
+        except (urllib.error.URLError, OSError) as exc:
+            last = exc
+        time.sleep(wait * (attempt + 1))
+    raise last if last else RuntimeError("upload failed")
+
+
+def http_base(server: str) -> str:
+    """The site's HTTP origin for ``--server`` (``ws(s)://`` is mapped back to ``http(s)://``)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(server if "://" in server else f"http://{server}")
+    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
+    return urlunsplit((scheme, parts.netloc, "", "", ""))
