@@ -147,8 +147,33 @@ class ReachabilityResult(_Msg):
     detail: str = Field(default="", max_length=500)
 
 
+# Broadcast phases whose deadline the site decides (the bulletin board is the only view every peer
+# shares): peers ask to close one at their own deadline; once a majority of the step's group asked, the
+# site fixes who had posted and tells everyone, so no two honest peers act on different senders.
+BOARD_PHASES = ("commit", "mprng_commit", "agg_result", "mprng_reveal", "scalars", "validation")
+BoardPhase = Literal["commit", "mprng_commit", "agg_result", "mprng_reveal", "scalars", "validation"]
+
+
+class PhaseCloseRequest(_Msg):
+    """This peer's deadline for ``phase`` of ``step`` passed while it still waits for broadcasts."""
+
+    type: Literal["phase_close"] = "phase_close"
+    step: int = Field(ge=0)
+    phase: BoardPhase
+
+
+class BoardRequest(_Msg):
+    """Send me again the stored broadcasts of ``phase`` at ``step`` (a relay went missing)."""
+
+    type: Literal["board_request"] = "board_request"
+    step: int = Field(ge=0)
+    phase: BoardPhase
+    senders: list[str] = Field(default_factory=list, max_length=256)
+
+
 WorkerMessage = Annotated[
-    Union[Hello, Heartbeat, Broadcast, StepReport, ReachabilityRequest, ReachabilityResult],
+    Union[Hello, Heartbeat, Broadcast, StepReport, ReachabilityRequest, ReachabilityResult, PhaseCloseRequest,
+          BoardRequest],
     Field(discriminator="type"),
 ]
 
@@ -236,8 +261,18 @@ class ReachabilityCheck(_Msg):
     p2p_addrs: list[str]
 
 
+class PhaseClosed(_Msg):
+    """The site closed ``phase`` of ``step``: ``senders`` are exactly the peers whose broadcast of that
+    phase it had stored; later ones are refused. Everyone else in the phase is late."""
+
+    type: Literal["phase_closed"] = "phase_closed"
+    step: int = Field(ge=0)
+    phase: BoardPhase
+    senders: list[str] = Field(default_factory=list, max_length=256)
+
+
 SiteMessage = Annotated[
-    Union[Welcome, Group, Relay, BanNotice, ErrorMessage, ReachabilityCheck, ReachabilityResult],
+    Union[Welcome, Group, Relay, BanNotice, ErrorMessage, ReachabilityCheck, ReachabilityResult, PhaseClosed],
     Field(discriminator="type"),
 ]
 

@@ -29,6 +29,7 @@ from .btard.crypto import Identity
 from .btard.tensors import tensor_hash
 from .checkpoint import is_checkpoint_step, state_bytes, state_digest
 from .control import (
+    BOARD_PHASES,
     KEY_BAN_ADVICE,
     REACHABILITY_ADVICE,
     BanNotice,
@@ -36,6 +37,9 @@ from .control import (
     Group,
     Heartbeat,
     Hello,
+    BoardRequest,
+    PhaseClosed,
+    PhaseCloseRequest,
     ReachabilityCheck,
     ReachabilityRequest,
     ReachabilityResult,
@@ -223,6 +227,8 @@ class Worker:
         self.fatal: FatalSiteError | None = None
         self.probation_checks: list[dict] = []
         self.latest_group_step = -1
+        # board phases the site closed and this peer has not acted on yet: (step, phase) -> senders
+        self.site_closes: dict[tuple[int, str], list[str]] = {}
 
     # ------------------------------------------------------------------ UI helpers
     def _event(self, kind: str, message: str, **fields) -> None:
@@ -324,7 +330,18 @@ class Worker:
                 item = await asyncio.wait_for(self.inputs.get(), timeout)
             except TimeoutError:
                 phase, self.deadline_phase = self.deadline_phase, None
-                log.info("deadline of %s passed at step %s", phase, self.peer.step if self.peer else None)
+                step = self.peer.step if self.peer else None
+                if phase in BOARD_PHASES and step is not None:
+                    # Who posted in time is the board's call, not this peer's clock: ask the site to close
+                    # the phase (it does once a majority asked) and go on when it says who was late.
+                    log.info("deadline of %s passed at step %s: asking the site to close the phase", phase, step)
+                    self.site.send(PhaseCloseRequest(step=step, phase=phase))
+                    self._set_status(Status(self.status.status), f"step {step}: {phase} overdue; waiting for "
+                                                                 f"the group to close it")
+                    self.deadline_phase = phase  # ask again after another timeout (the request may be lost)
+                    self.deadline_at = loop.time() + self._phase_timeout(phase)
+                    continue
+                log.info("deadline of %s passed at step %s", phase, step)
                 await self._execute(self.peer.on_deadline(phase))
                 self._arm_deadline()
                 continue
@@ -358,6 +375,7 @@ class Worker:
                     await self._execute(self.peer.on_gradient(request_id, g))
             elif kind == "gradient_failed":
                 self._event("error", item[1])
+            await self._apply_site_closes()
             self._arm_deadline()
             return
         if isinstance(item, Welcome):
@@ -372,11 +390,33 @@ class Worker:
             self._spawn(self._check_reachability(item))
         elif isinstance(item, ReachabilityResult):
             self._on_reachability(item)
+        elif isinstance(item, PhaseClosed):
+            self.site_closes[(item.step, item.phase)] = list(item.senders)
+        elif isinstance(item, ErrorMessage) and item.code == "phase_closed":
+            self._event("late", f"a broadcast of ours came after the site closed its phase: {item.message}")
         elif isinstance(item, ErrorMessage) and item.code == "no_helper":
             self._event("reachability", f"not checked yet ({item.message}); asking again after the first step")
         elif isinstance(item, ErrorMessage):
             self._event("error", f"site: {item.code}: {item.message}")
+        await self._apply_site_closes()
         self._arm_deadline()
+
+    async def _apply_site_closes(self) -> None:
+        """Act on the site's close of the phase this peer waits in (possibly several in a row)."""
+        while self.peer is not None and self.peer.step is not None and not self.peer.finished:
+            step, phase = self.peer.step, self.peer.waiting_for
+            senders = self.site_closes.pop((step, phase), None)
+            if senders is None:
+                return
+            missing = self.peer.missing_broadcasts(phase, senders)
+            late = [p for p in (self.current_group.peers if self.current_group else []) if p.peer_id not in senders]
+            log.info("the site closed %s of step %s (late: %s)", phase, step,
+                     [p.peer_id[:8] for p in late] or "nobody")
+            if missing:  # stored on the site, but their relays have not reached us (yet): ask for copies
+                self.site.send(BoardRequest(step=step, phase=phase, senders=missing[:256]))
+            await self._execute(self.peer.on_deadline(phase, senders))
+            if self.peer.step == step and self.peer.waiting_for == phase:
+                return  # still waiting for the senders' messages
 
     async def _on_welcome(self, welcome: Welcome) -> None:
         from .tasks import get_task
@@ -415,7 +455,8 @@ class Worker:
         tuning = {k: extra[k] for k in ("recalc_rtol", "exact_rtol", "fixed_point_rtol", "cc_init") if k in extra}
         if "global_batch" in extra:  # ProtocolParams refuses anything but a whole number >= 0, with the reason
             tuning["global_batch"] = extra["global_batch"]
-        params = ProtocolParams(tau=info.tau, validators=info.validators_per_step, **tuning)
+        # board_echo: the site sends each stored broadcast back to its sender and closes board phases
+        params = ProtocolParams(tau=info.tau, validators=info.validators_per_step, board_echo=True, **tuning)
         behaviour = self.config.behaviour
         if behaviour:
             from .btard.attacks import make_peer
@@ -496,6 +537,8 @@ class Worker:
         self.layouts[group.step] = (ids, part_bounds(numel, len(ids)))
         for old in [s for s in self.layouts if s < group.step - 1]:
             del self.layouts[old]
+        for key in [k for k in self.site_closes if k[0] < group.step]:
+            del self.site_closes[key]
         self.plane.forget_before(group.step)
         self.plane.notify_layout()
         prev = self.prev_record if self.prev_record is not None and self.prev_record.step == group.step - 1 else None

@@ -9,6 +9,8 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import transaction
 
+from worker_client.control import BOARD_PHASES
+
 from .events import _Event
 
 log = logging.getLogger(__name__)
@@ -56,9 +58,11 @@ async def deliver_async(event: _Event, layer=None) -> None:
         if hasattr(event, "worker_recipients"):
             await register_step_members(layer, group=group, peer_ids=event.worker_recipients())
         forward = {"type": "worker.forward", "text": worker_message().model_dump_json()}
-        sender = getattr(getattr(event, "envelope", None), "sender", None)
-        if sender:
-            forward["skip"] = sender
+        envelope = getattr(event, "envelope", None)
+        if envelope is not None and envelope.phase not in BOARD_PHASES:
+            # a board-phase broadcast goes back to its sender too: the echo tells it the site stored it
+            # before the phase closed (see worker_client.control.BOARD_PHASES)
+            forward["skip"] = envelope.sender
         sends.append(layer.group_send(group, forward))
     results = await asyncio.gather(*sends, return_exceptions=True)
     for result in results:

@@ -138,6 +138,18 @@ def _step_report(peer, report) -> None:
     _tick(peer.run_id, force=True)
 
 
+def _phase_close(peer, msg) -> None:
+    from runs.services import request_phase_close
+
+    request_phase_close(peer=peer, step=msg.step, phase=msg.phase)
+
+
+def _board(peer, msg) -> list[dict]:
+    from runs.services import board_envelopes
+
+    return board_envelopes(peer=peer, step=msg.step, phase=msg.phase, senders=msg.senders)
+
+
 def _disconnect(peer) -> None:
     from runs.services import disconnect_peer
 
@@ -271,6 +283,15 @@ class WorkerConsumer(AsyncWebsocketConsumer):
 
     async def on_step_report(self, msg):
         await _db(_step_report)(self.peer, msg)
+
+    async def on_phase_close(self, msg):
+        await _db(_phase_close)(self.peer, msg)
+
+    async def on_board_request(self, msg):
+        from worker_client.control import Relay
+
+        for envelope in await _db(_board)(self.peer, msg):
+            await self.send(text_data=Relay.model_validate({"envelope": envelope}).model_dump_json())
 
     async def on_reachability_request(self, msg):
         helper = await _db(_reachability_helper)(self.peer)

@@ -179,6 +179,28 @@ class BroadcastRecorded(_Event):
         return []
 
 
+class PhaseClosed(_Event):
+    """A majority of the step's group passed its deadline for a board phase; ``senders`` posted in time."""
+
+    type: Literal["phase_closed"] = "phase_closed"
+    run_id: int
+    step: int
+    phase: str
+    senders: list[str]
+    late: list[str]
+
+    def worker_message(self):
+        from worker_client.control import PhaseClosed as PhaseClosedMessage
+
+        return PhaseClosedMessage(step=self.step, phase=self.phase, senders=self.senders)
+
+    def worker_group(self) -> str:
+        return step_group(self.run_id, self.step)
+
+    def groups(self) -> list[str]:
+        return []
+
+
 class StepReported(_Event):
     type: Literal["step_reported"] = "step_reported"
     run_id: int
@@ -340,7 +362,7 @@ class CheckpointStored(_Event):
 
 
 LiveEvent = Annotated[
-    CheckpointStored | ExclusionsEnded | PeerReachability | TokenCreated | TokenRevoked | VolunteerSignedUp | ReputationChanged | PeerJoined | PeerStatusChanged | GroupFormed | BroadcastRecorded | StepReported | StepAdvanced | PeersPromoted | PeersAdmitted | PeerBanned | PeerUnbanned | CaseOpened | CaseResolved | HousekeepingDone,
+    CheckpointStored | PhaseClosed | ExclusionsEnded | PeerReachability | TokenCreated | TokenRevoked | VolunteerSignedUp | ReputationChanged | PeerJoined | PeerStatusChanged | GroupFormed | BroadcastRecorded | StepReported | StepAdvanced | PeersPromoted | PeersAdmitted | PeerBanned | PeerUnbanned | CaseOpened | CaseResolved | HousekeepingDone,
     Field(discriminator="type"),
 ]
 event_adapter: TypeAdapter = TypeAdapter(LiveEvent)

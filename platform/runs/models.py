@@ -124,6 +124,9 @@ class StepRecord(models.Model):
     loss = models.FloatField(null=True, blank=True)
     accuracy = models.FloatField(null=True, blank=True)
     samples = models.IntegerField(default=0)
+    # board phases closed by the site: phase -> peers that asked (until a majority), and phase -> senders
+    close_requests = models.JSONField(default=dict, blank=True)
+    closed_phases = models.JSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ["run", "step"]

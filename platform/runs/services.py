@@ -28,6 +28,7 @@ from live.events import (
     PeersAdmitted,
     PeersPromoted,
     PeerStatusChanged,
+    PhaseClosed,
     StepAdvanced,
     StepReported,
 )
@@ -45,6 +46,7 @@ from worker_client.control import (
     CLOSE_BANNED,
     CLOSE_NO_RUN,
     CLOSE_REASONS,
+    BOARD_PHASES,
     KEY_BAN_ADVICE,
     Heartbeat,
     Hello,
@@ -381,8 +383,68 @@ def accept_broadcast(*, peer: Peer, envelope: Envelope) -> BroadcastLog:
                                                 digest=envelope.digest(), envelope=envelope.model_dump(mode="json"))
     except IntegrityError:  # a concurrent copy of the same message won the race
         raise Rejected("replay", f"replayed message (nonce {envelope.nonce[:8]})") from None
+    if envelope.phase in BOARD_PHASES:
+        # Serialised with request_phase_close by the step's row (taken after the insert, which already
+        # holds the run's key lock: the same order as close_step, run then step). A phase the site closed
+        # takes no more messages, so every peer's view of who posted in time is the site's.
+        closed = StepRecord.objects.select_for_update().values_list("closed_phases", flat=True).get(pk=record.pk)
+        if envelope.phase in (closed or {}):
+            raise Rejected("phase_closed", f"{envelope.phase} of step {envelope.step} was closed at its deadline "
+                                           f"before this message arrived; the group continues without it")
     emit(BroadcastRecorded(run_id=run.id, step=envelope.step, envelope=envelope, recipients=record.recipients()))
     return entry
+
+
+def _majority(n: int) -> int:
+    return n // 2 + 1
+
+
+@transaction.atomic
+def request_phase_close(*, peer: Peer, step: int, phase: str) -> PhaseClosed | None:
+    """``peer``'s deadline for board ``phase`` of ``step`` passed. Once a majority of the step's group
+    asked, the phase closes: the peers whose broadcast of it is stored are its senders, later broadcasts
+    of it are refused, and the group is told (:class:`PhaseClosed`). Asking again after the close sends
+    the same answer again. Raises :class:`Rejected` for a step not in progress or a stranger."""
+    if phase not in BOARD_PHASES:
+        raise Rejected("phase", f"{phase!r} is not a phase the site closes; those are: {', '.join(BOARD_PHASES)}")
+    run = Run.objects.get(pk=peer.run_id)
+    if not run.step_in_progress or step != run.current_step:
+        raise Rejected("stale_step", f"step {step} is not in progress (current step {run.current_step})")
+    record = StepRecord.objects.select_for_update().get(run=run, step=step)
+    if peer.peer_id not in record.members:
+        raise Rejected("not_in_group", f"{peer.peer_id[:8]} is not in the group of step {step}")
+    closed = dict(record.closed_phases or {})
+    if phase in closed:
+        senders = closed[phase]
+    else:
+        requests = dict(record.close_requests or {})
+        asked = sorted(set(requests.get(phase, [])) | {peer.peer_id})
+        requests[phase] = asked
+        record.close_requests = requests
+        if len(asked) < _majority(len(record.members)):
+            record.save(update_fields=["close_requests"])
+            return None
+        senders = sorted(set(BroadcastLog.objects.filter(run=run, step=step, phase=phase)
+                             .values_list("sender_peer_id", flat=True)) & set(record.recipients()))
+        closed[phase] = senders
+        record.closed_phases = closed
+        record.save(update_fields=["close_requests", "closed_phases"])
+        late = [p for p in record.members if p not in senders]
+        log.info("run %s step %s: %s closed at the group's deadline; late: %s", run.id, step, phase,
+                 [p[:8] for p in late] or "nobody")
+    late = [p for p in record.members if p not in senders]
+    return emit(PhaseClosed(run_id=run.id, step=step, phase=phase, senders=senders, late=late))
+
+
+def board_envelopes(*, peer: Peer, step: int, phase: str, senders: list[str]) -> list[dict]:
+    """The stored broadcasts of ``phase`` at ``step`` (of ``senders`` if given) for a member of that step."""
+    record = StepRecord.objects.filter(run_id=peer.run_id, step=step).first()
+    if record is None or peer.peer_id not in record.recipients():
+        raise Rejected("not_in_group", f"{peer.peer_id[:8]} is not in the group of step {step}")
+    rows = BroadcastLog.objects.filter(run_id=peer.run_id, step=step, phase=phase)
+    if senders:
+        rows = rows.filter(sender_peer_id__in=senders)
+    return list(rows.order_by("pk").values_list("envelope", flat=True)[:256])
 
 
 @transaction.atomic

@@ -18,7 +18,7 @@ import os
 import secrets
 import sys
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +41,8 @@ from .tensors import bytes_to_tensor, tensor_to_bytes
 PHASE_ORDER = ("gradient", "commit", "mprng_commit", "parts", "agg_result", "mprng_reveal", "aggregates",
                "scalars", "validation", "verdict")
 SINGLE_PHASES = ("commit", "agg_result", "mprng_commit", "mprng_reveal", "scalars", "validation")
+# phases whose deadline the bulletin board decides (the site closes them; see ``on_deadline``)
+BOARD_PHASES = SINGLE_PHASES
 
 
 # --------------------------------------------------------------------------------------------------
@@ -68,6 +70,10 @@ class ProtocolParams:
     global_batch: int = 0
     exact_rtol: float = 1e-6
     recalc_rtol: float = 1e-3
+    # True (the networked worker): this peer's own broadcast of a board phase counts towards that phase's
+    # barrier only once the board sent it back (stored). A message that reaches the site after the site
+    # closed the phase is refused, so the peer never goes on believing it posted in time (ours).
+    board_echo: bool = False
     fixed_point_rtol: float = 1e-5
     fixed_point_sigmas: float = 8.0
 
@@ -529,7 +535,12 @@ class BtardPeer:
         except ProtocolError as exc:
             self._reject(str(exc))
             return []
-        if digest is None:  # echo of our own broadcast
+        if digest is None:  # echo of our own broadcast: the board stored it
+            if self.params.board_echo and envelope.phase in SINGLE_PHASES and s.got(envelope.phase, self.peer_id):
+                confirmed = s.senders.setdefault(envelope.phase, set())
+                if self.peer_id not in confirmed:
+                    confirmed.add(self.peer_id)
+                    return self._advance()
             return []
         self._store(envelope, payload, digest)
         phase = envelope.phase
@@ -639,26 +650,31 @@ class BtardPeer:
             return "validation"
         return "verdict"
 
-    def on_deadline(self, phase: str) -> list[Action]:
-        """The deadline of ``phase`` passed (the driver or the site closed it). Stale calls are ignored."""
+    def on_deadline(self, phase: str, senders: Collection[str] | None = None) -> list[Action]:
+        """The deadline of ``phase`` passed. Stale calls (not the phase waited for) are ignored.
+
+        For a board phase (:data:`BOARD_PHASES`), ``senders`` are the peers whose broadcast of the phase
+        the bulletin board holds, as the site fixed them when it closed the phase: every peer then drops
+        the same late peers (this one included, if its own broadcast came too late). Senders whose
+        message has not reached us yet are waited for. Without ``senders`` (the simulator, where every
+        peer shares one view) the peers this peer has heard from, and itself, count as present.
+        """
         s = self._s
         if s is None or s.result is not None or phase != self.waiting_for:
             return []
-        missing = lambda ph, who: [p for p in who if not s.got(ph, p) and p != self.peer_id]
+        if phase in BOARD_PHASES:
+            who = self._phase_members(phase)
+            if senders is None:
+                senders = {p for p in who if s.got(phase, p)}
+                if phase != "mprng_reveal":  # a peer that kept its own reveal back fails the MPRNG itself
+                    senders.add(self.peer_id)
+            return self._close_board_phase(phase, who, set(senders))
         if phase == "gradient":
             if s.gradient is None and self.peer_id in s.contributors:
                 s.silent.add(self.peer_id)
                 s.contributors = [p for p in s.contributors if p != self.peer_id]
             else:
                 s.validation_reason = "recalculation did not finish in time"
-        elif phase == "commit":
-            late = missing("commit", s.contributors)
-            s.silent.update(late)
-            s.contributors = [p for p in s.contributors if p not in late]
-        elif phase == "mprng_commit":
-            late = missing("mprng_commit", s.mprng_members)
-            s.silent.update(late)
-            s.mprng_members = [p for p in s.mprng_members if p not in late]
         elif phase == "parts":
             late = [p for p in s.contributors if p not in s.received and p not in s.faulted
                     and p != self.peer_id]
@@ -668,19 +684,6 @@ class BtardPeer:
             if late:
                 return actions + self._finish("dropped", "eliminated: missing parts")
             s.flags.add("parts_timeout")
-        elif phase == "agg_result":
-            late = missing("agg_result", s.ctx.group)
-            s.silent.update(late)
-            return self._finish("dropped", f"aggregators {[p[:8] for p in late]} never published a result")
-        elif phase == "mprng_reveal":
-            late = missing("mprng_reveal", s.mprng_members)
-            s.mprng_failed = True
-            actions = []
-            for p in late:
-                digest = s.board[("mprng_commit", p)][2] if s.got("mprng_commit", p) else None
-                actions += self._direct_verdict(p, M.FaultKind.withheld_reveal, [digest] if digest else [],
-                                                "MPRNG reveal withheld past its deadline")
-            return actions + self._advance()
         elif phase == "aggregates":
             late = [j for j in range(s.n) if j not in s.aggregates and j not in s.aggregate_faulted]
             actions = []
@@ -688,16 +691,53 @@ class BtardPeer:
                 actions += self._eliminate(s.ctx.group[j], f"aggregate {j} of step {s.ctx.step} never arrived")
             if late:
                 return actions + self._finish("dropped", "eliminated: missing aggregates")
-        elif phase == "scalars":
-            late = missing("scalars", s.contributors)
-            s.silent.update(late)
-            return self._finish("dropped", f"contributors {[p[:8] for p in late]} never published scalars")
-        elif phase == "validation":
-            late = missing("validation", s.ctx.group)
-            s.silent.update(late)
-            s.flags.add("validation_timeout")
         elif phase == "verdict":
             return self._finish(None, "verdict deadline")
+        return self._advance()
+
+    def missing_broadcasts(self, phase: str, senders: Collection[str]) -> list[str]:
+        """Of ``senders``, those whose ``phase`` broadcast of the current step has not reached this peer."""
+        s = self._s
+        if s is None:
+            return []
+        return [p for p in senders if not s.got(phase, p)]
+
+    def _phase_members(self, phase: str) -> list[str]:
+        s = self._s
+        if phase in ("commit", "scalars"):
+            return list(s.contributors)
+        if phase in ("mprng_commit", "mprng_reveal"):
+            return list(s.mprng_members)
+        return list(s.ctx.group)
+
+    def _close_board_phase(self, phase: str, who: list[str], senders: set[str]) -> list[Action]:
+        s = self._s
+        late = [p for p in who if p not in senders]
+        if self.peer_id in senders and s.got(phase, self.peer_id):
+            s.senders.setdefault(phase, set()).add(self.peer_id)  # the board has ours, echo or not
+        if not late:
+            return self._advance()  # everyone posted in time; what has not reached us is on its way
+        s.silent.update(late)
+        if phase == "commit":
+            s.contributors = [p for p in s.contributors if p not in late]
+        elif phase == "mprng_commit":
+            s.mprng_members = [p for p in s.mprng_members if p not in late]
+        elif phase == "agg_result":
+            return self._finish("dropped", f"aggregators {[p[:8] for p in late]} never published a result")
+        elif phase == "mprng_reveal":
+            s.mprng_failed = True
+            actions: list[Action] = []
+            for p in late:
+                if p == self.peer_id:
+                    continue  # our own reveal came too late: the others decide
+                digest = s.board[("mprng_commit", p)][2] if s.got("mprng_commit", p) else None
+                actions += self._direct_verdict(p, M.FaultKind.withheld_reveal, [digest] if digest else [],
+                                                "MPRNG reveal withheld past its deadline")
+            return actions + self._advance()
+        elif phase == "scalars":
+            return self._finish("dropped", f"contributors {[p[:8] for p in late]} never published scalars")
+        elif phase == "validation":
+            s.flags.add("validation_timeout")
         return self._advance()
 
     # ------------------------------------------------------------------ hooks (attacks override one)
@@ -801,7 +841,9 @@ class BtardPeer:
         s.evidence[digest] = env
         if env.phase in SINGLE_PHASES:
             s.board[(env.phase, env.sender)] = (env, payload, digest)
-            s.senders.setdefault(env.phase, set()).add(env.sender)
+            senders = s.senders.setdefault(env.phase, set())
+            if env.sender != self.peer_id or not self.params.board_echo:
+                senders.add(env.sender)  # our own counts once the board echoes it (on_broadcast)
         elif isinstance(payload, M.AccusePayload):
             s.accusations[digest] = (env, payload)
         elif isinstance(payload, M.VerdictPayload):
@@ -894,7 +936,7 @@ class BtardPeer:
 
         # 4. scatter, after the barrier on every commitment
         commits_in = self._all(s, "commit", s.contributors)
-        if "committed" in s.flags and "scattered" not in s.flags and commits_in:
+        if "committed" in s.flags and "scattered" not in s.flags and commits_in and me in s.contributors:
             s.flags.add("scattered")
             for j, peer in enumerate(ctx.group):
                 if peer != me:
@@ -956,7 +998,7 @@ class BtardPeer:
         # 7. scalars s_ij and my check of the declared d_ij
         have_all_aggregates = len(s.aggregates) == s.n
         if (s.r is not None and have_all_aggregates and s.gradient is not None
-                and "scalars" not in s.flags and "committed" in s.flags):
+                and "scalars" not in s.flags and "committed" in s.flags and me in s.contributors):
             s.flags.add("scalars")
             actions += self._send_scalars()
 

@@ -73,6 +73,14 @@ class BulletinBoard:
     def open_step(self, step: int, group: list[str]) -> None:
         self.step, self.group = step, list(group)
         self._votes = {}
+        self._posted: dict[str, set[str]] = {}
+        self.closed: dict[str, list[str]] = {}
+
+    def close_phase(self, phase: str) -> list[str]:
+        """Close a board phase as the site does: who posted it so far; later posts of it are refused."""
+        if phase not in self.closed:
+            self.closed[phase] = sorted(self._posted.get(phase, ()))
+        return self.closed[phase]
 
     def post(self, connection: str, envelope: Envelope) -> bool:
         """A broadcast posted by the peer on ``connection``; True when stored and to be relayed."""
@@ -85,11 +93,15 @@ class BulletinBoard:
                 raise ProtocolError(f"unknown phase {envelope.phase!r}")
             if connection not in self.group:
                 raise ProtocolError("poster is not in the step's group")
+            if envelope.phase in getattr(self, "closed", {}):
+                raise ProtocolError(f"{envelope.phase} of step {envelope.step} is closed")
             payload, _ = self.verifier.check(envelope, self.public_keys[connection])
             self._guard.check_and_remember(envelope)
         except ProtocolError as exc:
             self.rejected.append((connection, str(exc)))
             return False
+        if hasattr(self, "_posted"):
+            self._posted.setdefault(envelope.phase, set()).add(connection)
         if self.keep_log:
             self.log.append(envelope)
         if isinstance(payload, VerdictPayload):
@@ -129,13 +141,19 @@ class MemorySwarm:
 
     def __init__(self, peers: dict[str, P.BtardPeer], board: BulletinBoard, gradient_fn: GradientFn,
                  *, before_gradients: Callable[[int, dict[str, torch.Tensor]], None] | None = None,
-                 max_deadline_rounds: int = 64, shuffle: random.Random | None = None):
+                 max_deadline_rounds: int = 64, shuffle: random.Random | None = None,
+                 site_closes: bool = False, late: Callable[[str, Envelope], bool] | None = None):
         self.peers = peers
         self.board = board
         self.gradient_fn = gradient_fn
         self.before_gradients = before_gradients
         self.max_deadline_rounds = max_deadline_rounds
         self.shuffle = shuffle  # deliver in random order (tests: the protocol must not rely on order)
+        # As the networked site does: board phases close with the board's list of senders, and the board
+        # echoes every stored broadcast to its sender (for peers with ``board_echo``). ``late`` picks
+        # broadcasts the network holds back until the next deadline (a slow link or a busy machine).
+        self.site_closes = site_closes
+        self.late = late
         self.bytes_sent = 0
         self.messages = 0
 
@@ -148,14 +166,24 @@ class MemorySwarm:
         compute: list[tuple[str, P.ComputeGradient]] = []
         results: dict[str, P.StepResult] = {}
 
+        held: list[tuple[str, Envelope]] = []
+        closes: dict[str, list[str]] = {}  # board phases closed in this step -> senders
+        acted: set[tuple[str, str]] = set()
+
+        def post(sender: str, envelope: Envelope) -> None:
+            if self.board.post(sender, envelope):
+                self.messages += 1
+                for q in group:
+                    if q != sender or self.site_closes:
+                        queue.append((q, "on_broadcast", (envelope,)))
+
         def handle(sender: str, actions: list[P.Action]) -> None:
             for a in actions:
                 if isinstance(a, P.Broadcast):
-                    if self.board.post(sender, a.envelope):
-                        self.messages += 1
-                        for q in group:
-                            if q != sender:
-                                queue.append((q, "on_broadcast", (a.envelope,)))
+                    if self.late is not None and self.late(sender, a.envelope):
+                        held.append((sender, a.envelope))
+                    else:
+                        post(sender, a.envelope)
                 elif isinstance(a, P.SendPart):
                     if a.to in contexts:
                         self.bytes_sent += len(a.data)
@@ -196,11 +224,26 @@ class MemorySwarm:
             waiting = {p: self.peers[p].waiting_for for p in group if not self.peers[p].finished}
             if not waiting:
                 break
+            if self.site_closes:
+                applied = False
+                for p, phase in waiting.items():  # a close reaches every peer; each acts on it in that phase
+                    if phase in closes and (p, phase) not in acted:
+                        acted.add((p, phase))
+                        handle(p, self.peers[p].on_deadline(phase, closes[phase]))
+                        applied = True
+                if applied:
+                    continue
             rounds += 1
             if rounds > self.max_deadline_rounds:
                 raise RuntimeError(f"step {step} does not converge: {waiting}")
             earliest = min(waiting.values(), key=P.PHASE_ORDER.index)
-            for p, phase in waiting.items():
-                if phase == earliest:
-                    handle(p, self.peers[p].on_deadline(phase))
+            if self.site_closes and earliest in P.BOARD_PHASES:
+                closes[earliest] = self.board.close_phase(earliest)
+            else:
+                for p, phase in waiting.items():
+                    if phase == earliest:
+                        handle(p, self.peers[p].on_deadline(phase))
+            for sender, envelope in held:  # what the network held back arrives now, after the deadline
+                post(sender, envelope)
+            held.clear()
         return results
