@@ -60,7 +60,26 @@ def build_parser(show_test_options: bool = False) -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None, help=hidden("torch threads (tests)"))
     parser.add_argument("--phase-timeout", type=float, default=None,
                         help=hidden("override the run's per-phase timeout in seconds (tests)"))
+    parser.add_argument("--hold-broadcast", action="append", default=[], metavar="PHASE=SECONDS",
+                        type=_hold_spec,
+                        help=hidden("TESTING ONLY: send this peer's broadcasts of PHASE that many seconds late "
+                                    "(a slow link); honest otherwise"))
     return parser
+
+
+def _hold_spec(text: str) -> tuple[str, float]:
+    from .control import BOARD_PHASES
+
+    phase, sep, seconds = text.partition("=")
+    if not sep or phase not in BOARD_PHASES:
+        raise argparse.ArgumentTypeError(f"expected PHASE=SECONDS with PHASE one of {', '.join(BOARD_PHASES)}")
+    try:
+        value = float(seconds)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{seconds!r} is not a number of seconds") from None
+    if not 0 <= value <= 3600:
+        raise argparse.ArgumentTypeError("SECONDS must be between 0 and 3600")
+    return phase, value
 
 
 def build_doctor_parser() -> argparse.ArgumentParser:
@@ -170,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     config = WorkerConfig(server=args.server, token=args.token, identity=identity, device=args.device,
                           data_dir=args.data_dir, host_maddrs=args.host_maddr or ["/ip4/0.0.0.0/tcp/0"],
                           announce_maddrs=args.announce_maddr, behaviour=args.behaviour,
-                          max_steps=args.max_steps, threads=args.threads, phase_timeout=args.phase_timeout)
+                          max_steps=args.max_steps, threads=args.threads, phase_timeout=args.phase_timeout,
+                          hold_broadcasts=dict(args.hold_broadcast))
     view = make_view(json_logs=args.json_logs, quiet=args.quiet)
     with view:
         view.event("start", where, peer_id=identity.peer_id)

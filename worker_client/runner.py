@@ -97,6 +97,7 @@ class WorkerConfig:
     threads: int | None = None
     phase_timeout: float | None = None
     heartbeat_interval: float = 5.0
+    hold_broadcasts: dict[str, float] = field(default_factory=dict)  # tests: phase -> seconds of delay
     evaluate_every: int = 5
 
 
@@ -412,6 +413,9 @@ class Worker:
             late = [p for p in (self.current_group.peers if self.current_group else []) if p.peer_id not in senders]
             log.info("the site closed %s of step %s (late: %s)", phase, step,
                      [p.peer_id[:8] for p in late] or "nobody")
+            if any(p.peer_id == self.identity.peer_id for p in late):
+                self._event("late", f"our {phase} of step {step} reached the site after the group's deadline: "
+                                    f"this step goes on without it (a slow link or a busy machine?)", step=step)
             if missing:  # stored on the site, but their relays have not reached us (yet): ask for copies
                 self.site.send(BoardRequest(step=step, phase=phase, senders=missing[:256]))
             await self._execute(self.peer.on_deadline(phase, senders))
@@ -742,7 +746,11 @@ class Worker:
 
         for action in actions:
             if isinstance(action, P.Broadcast):
-                self.site.send(BroadcastMessage(envelope=action.envelope))
+                hold = self.config.hold_broadcasts.get(action.envelope.phase)
+                if hold:
+                    self._spawn(self._send_later(BroadcastMessage(envelope=action.envelope), hold))
+                else:
+                    self.site.send(BroadcastMessage(envelope=action.envelope))
             elif isinstance(action, P.SendPart):
                 self._spawn(self._send_tensor(action.to, self.peer.step, "part", action.part, action.data,
                                               action.header))
@@ -755,6 +763,10 @@ class Worker:
                 await self._finish(action.result)
             else:  # pragma: no cover - a new action type the driver does not know yet
                 log.warning("ignoring unknown action %r", action)
+
+    async def _send_later(self, message, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        self.site.send(message)
 
     async def _compute(self, request, current_step: int) -> None:
         batch = request.batch_size or self.run_info.batch_size  # the run's global batch split over the group

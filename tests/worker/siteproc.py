@@ -146,7 +146,7 @@ class SiteHarness:
             raise RuntimeError("daphne did not answer in time")
 
     def start_worker(self, name: str, token: str, *, max_steps: int, behaviour: str | None = None,
-                     phase_timeout: float | None = None) -> WorkerProc:
+                     phase_timeout: float | None = None, hold: dict[str, float] | None = None) -> WorkerProc:
         config_dir = self.workdir / f"cfg-{name}"
         log_path, err_path = self.workdir / f"{name}.jsonl", self.workdir / f"{name}.err"
         cmd = [PY, "-m", "worker_client.cli", "--token", token, "--server", self.url, "--device", "cpu",
@@ -156,6 +156,8 @@ class SiteHarness:
             cmd += ["--behaviour", behaviour]
         if phase_timeout:
             cmd += ["--phase-timeout", str(phase_timeout)]
+        for phase, seconds in (hold or {}).items():
+            cmd += ["--hold-broadcast", f"{phase}={seconds}"]
         proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=open(log_path, "w"), stderr=open(err_path, "w"),
                                 start_new_session=True)
         self.procs.append(proc)

@@ -101,6 +101,28 @@ def test_the_others_go_on_when_an_honest_worker_is_killed_mid_step(site):
     assert fatal and "token" in fatal[0]["message"]
 
 
+def test_a_worker_whose_randomness_commitment_arrives_late_is_left_out_of_it_and_nobody_is_banned(site):
+    """A slow link, not an attack: the site closes the MPRNG commitments at the group's deadline, every
+    peer leaves the latecomer's value out alike, and its gradient still counts."""
+    run = site.create_run(volunteers=4, **(RUN_FIELDS | dict(min_peers=99, step_timeout=60.0)))
+    site.start()
+    tokens = [t["token"] for t in run["tokens"]]
+    steps, timeout = 2, 6.0
+    workers = [site.start_worker(f"w{i}", tokens[i], max_steps=steps, phase_timeout=timeout) for i in range(3)]
+    slow = site.start_worker("slow", tokens[3], max_steps=steps, phase_timeout=timeout,
+                             hold={"mprng_commit": timeout + 4})
+    workers.append(slow)
+    site.start_when_ready(workers, min_peers=4)
+    site.wait(lambda: all(w.proc.poll() is not None for w in workers), 150, "the workers to finish")
+    assert [w.proc.returncode for w in workers] == [0, 0, 0, 0], [w.stderr() for w in workers]
+    outcomes = {w.name: [e["outcome"] for e in w.steps_done()] for w in workers}
+    assert all(o == ["applied"] * steps for o in outcomes.values()), outcomes
+    assert len({last_hash_at(w, steps - 1) for w in workers}) == 1
+    # the slow worker was told, each step, with the reason
+    assert sorted(e["step"] for e in slow.events() if e.get("event") == "late") == list(range(steps))
+    assert site.api("/api/bans/")["bans"] == []
+
+
 def test_a_newcomer_downloads_the_state_passes_probation_and_joins_the_group(site):
     run = site.create_run(volunteers=4, policy="reputation", probation_steps=2, max_new_per_window=100,
                           max_candidate_fraction=1.0, peers_per_group=8, min_peers=99, **RUN_FIELDS)
