@@ -102,7 +102,12 @@ class SiteClient:
         self._pending.append(message.model_dump_json())
         self._wake.set()
 
-    async def close(self) -> None:
+    async def close(self, flush_timeout: float = 5.0) -> None:
+        """Stop; messages still queued (a last step report) get ``flush_timeout`` seconds to go out."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + flush_timeout
+        while self._pending and self._ws is not None and self.connected.is_set() and loop.time() < until:
+            await asyncio.sleep(0.05)
         self._closing = True
         self._wake.set()
         if self._ws is not None:

@@ -93,7 +93,7 @@ class LiveView:
         self._live.update(render(status))
 
     def event(self, kind: str, message: str, **fields: Any) -> None:
-        style = {"error": "red", "ban": "bold red", "fatal": "bold red", "warning": "yellow"}.get(kind, "dim")
+        style = {"error": "red", "ban": "bold red", "fatal": "bold red", "warning": "yellow", "late": "yellow"}.get(kind, "dim")
         self._live.console.print(f"[{style}]{time.strftime('%H:%M:%S')} {kind}: {message}[/{style}]")
 
 

@@ -177,3 +177,25 @@ def test_ws_url_maps_http_to_ws_and_https_to_wss():
     assert ws_url("http://127.0.0.1:8000/") == "ws://127.0.0.1:8000/ws/worker/"
     with pytest.raises(ValueError):
         ws_url("ftp://x")
+
+
+async def test_a_report_queued_just_before_close_still_reaches_the_site():
+    """A worker stops right after its last step: that step's report must not be lost on the way out."""
+    async def behaviour(site, ws, record):
+        async for raw in ws:
+            record["messages"].append(json.loads(raw))
+
+    site = FakeSite(behaviour)
+
+    async def scenario(port):
+        client = make_client(port, received=[])
+        task = asyncio.create_task(client.run())
+        await client.connected.wait()
+        client.send(StepReport(step=7, outcome="applied", loss=0.5, samples=32))
+        await client.close()
+        await asyncio.wait_for(task, 5)
+        await asyncio.sleep(0.2)
+
+    await run_site(site, scenario)
+    sent = [m for c in site.connections for m in c["messages"]]
+    assert any(m["type"] == "step_report" and m["step"] == 7 for m in sent), sent
