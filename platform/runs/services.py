@@ -402,7 +402,7 @@ def _majority(n: int) -> int:
 @transaction.atomic
 def request_phase_close(*, peer: Peer, step: int, phase: str) -> PhaseClosed | None:
     """``peer``'s deadline for board ``phase`` of ``step`` passed. Once a majority of the step's group
-    asked, the phase closes: the peers whose broadcast of it is stored are its senders, later broadcasts
+    that is still online asked, the phase closes: the peers whose broadcast of it is stored are its senders, later broadcasts
     of it are refused, and the group is told (:class:`PhaseClosed`). Asking again after the close sends
     the same answer again. Raises :class:`Rejected` for a step not in progress or a stranger."""
     if phase not in BOARD_PHASES:
@@ -421,7 +421,9 @@ def request_phase_close(*, peer: Peer, step: int, phase: str) -> PhaseClosed | N
         asked = sorted(set(requests.get(phase, [])) | {peer.peer_id})
         requests[phase] = asked
         record.close_requests = requests
-        if len(asked) < _majority(len(record.members)):
+        # a majority of the members still here: a crashed peer's socket is gone, and it cannot ask
+        present = Peer.objects.filter(run=run, peer_id__in=record.members, online=True).exclude(role="banned")
+        if len(asked) < _majority(max(1, present.count())):
             record.save(update_fields=["close_requests"])
             return None
         senders = sorted(set(BroadcastLog.objects.filter(run=run, step=step, phase=phase)

@@ -91,3 +91,29 @@ async def test_closing_a_step_that_is_not_running_or_an_unknown_phase_is_refused
     assert error["code"] == "schema" and "phase" in error["message"]
     for comm in (ca, cb, cc):
         await comm.disconnect()
+
+
+@pytest.mark.django_db(transaction=False)
+def test_peers_that_went_offline_do_not_count_towards_the_majority_and_a_minority_cannot_close():
+    from runs.models import Peer
+    from runs.services import accept_broadcast, request_phase_close, start_step_if_ready
+
+    from tests.factories import RunFactory, make_peer
+
+    run = RunFactory(min_peers=5, peers_per_group=5)
+    peers = [make_peer(run=run) for _ in range(5)]
+    record = start_step_if_ready(run=run)
+    assert record is not None and len(record.members) == 5
+    by_id = {p.peer_id: (p, ident) for p, ident in peers}
+    order = [by_id[pid] for pid in record.members]
+    run.refresh_from_db()
+    for peer, ident in order[:2]:
+        accept_broadcast(peer=peer, envelope=envelope(ident, run, phase="scalars", payload={"values": [0.0] * 5}))
+    # two of five online members asking is a minority: nothing closes
+    assert request_phase_close(peer=order[0][0], step=0, phase="scalars") is None
+    assert request_phase_close(peer=order[1][0], step=0, phase="scalars") is None
+    # two members crash (their sockets close): two of the three still here are a majority
+    Peer.objects.filter(peer_id__in=[order[3][0].peer_id, order[4][0].peer_id]).update(online=False)
+    closed = request_phase_close(peer=order[0][0], step=0, phase="scalars")
+    assert closed is not None and closed.senders == sorted([order[0][0].peer_id, order[1][0].peer_id])
+    assert sorted(closed.late) == sorted(p.peer_id for p, _ in order[2:])
