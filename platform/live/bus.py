@@ -21,28 +21,17 @@ def build_message(event: _Event) -> dict:
     return {"type": MESSAGE_TYPE, "event": event.model_dump(mode="json")}
 
 
-async def register_step_members(layer, *, group: str, peer_ids: list[str]) -> int:
-    """Add the live sockets of ``peer_ids`` to a step's channel group; returns how many were online."""
-    import asyncio
-
-    from django.core.cache import cache
-
-    from .events import peer_channel_key
-
-    channels = await cache.aget_many([peer_channel_key(pid) for pid in peer_ids])
-    await asyncio.gather(*(layer.group_add(group, channel) for channel in channels.values()))
-    return len(channels)
-
-
 async def deliver_async(event: _Event, layer=None) -> None:
     """Send ``event`` to its live-view groups, and its control message (if any) to the step's workers.
 
-    ``GroupFormed`` first puts the recipients' sockets into the step's channel group, then sends one
-    ``Group`` message to it; ``BroadcastRecorded`` sends one ``Relay`` to the same group (its sender
-    skips it). The worker message is serialised once per push, and with Redis one copy per Daphne
-    process crosses the channel layer, whatever the number of recipients.
+    A step's messages (``Group``, ``Relay``, ``PhaseClosed``) go to its members' sockets through the
+    per-process hubs of :mod:`live.fanout`: the message is serialised once and one copy per Daphne process
+    crosses the channel layer, whatever the number of recipients. A board-phase broadcast goes back to its
+    sender too (the echo says the site stored it before the phase closed); other relays skip the sender.
     """
     import asyncio
+
+    from .fanout import fan_out
 
     layer = layer or get_channel_layer()
     if layer is None:
@@ -54,16 +43,10 @@ async def deliver_async(event: _Event, layer=None) -> None:
         sends += [layer.group_send(group, message) for group in groups]
     worker_message = getattr(event, "worker_message", None)
     if worker_message is not None:
-        group = event.worker_group()
-        if hasattr(event, "worker_recipients"):
-            await register_step_members(layer, group=group, peer_ids=event.worker_recipients())
-        forward = {"type": "worker.forward", "text": worker_message().model_dump_json()}
         envelope = getattr(event, "envelope", None)
-        if envelope is not None and envelope.phase not in BOARD_PHASES:
-            # a board-phase broadcast goes back to its sender too: the echo tells it the site stored it
-            # before the phase closed (see worker_client.control.BOARD_PHASES)
-            forward["skip"] = envelope.sender
-        sends.append(layer.group_send(group, forward))
+        skip = envelope.sender if envelope is not None and envelope.phase not in BOARD_PHASES else None
+        sends.append(fan_out(layer, peer_ids=event.worker_recipients(), text=worker_message().model_dump_json(),
+                             skip=skip))
     results = await asyncio.gather(*sends, return_exceptions=True)
     for result in results:
         if isinstance(result, BaseException):  # a full channel must not undo a committed write

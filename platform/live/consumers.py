@@ -32,6 +32,7 @@ from worker_client.control import (
 )
 
 from . import events as ev
+from . import fanout
 
 log = logging.getLogger(__name__)
 TICK_THROTTLE_SECONDS = 1
@@ -81,15 +82,9 @@ def _peer_key_for_hello(hello) -> str | None:
 
 
 def _join(token, hello):
-    from runs.models import StepRecord
     from runs.services import join_run
 
-    result = join_run(token=token, hello=hello)
-    run = result.run
-    record = StepRecord.objects.filter(run=run, step=run.current_step).first() if run.step_in_progress else None
-    result.current_step_group = (ev.step_group(run.id, record.step)
-                                 if record is not None and result.peer.peer_id in record.recipients() else None)
-    return result
+    return join_run(token=token, hello=hello)
 
 
 def _tick(run_id: int, *, force: bool = False) -> None:
@@ -164,7 +159,27 @@ def _reachability_helper(peer) -> str | None:
     return helper
 
 
-class WorkerConsumer(AsyncWebsocketConsumer):
+# Channel-layer messages whose handlers never touch the database directly (they only write to the socket,
+# or go through ``_db``, whose thread closes stale connections itself).
+NO_DB_MESSAGES = frozenset({"worker.forward", "worker.replaced", "live.event"})
+
+
+class FastDispatchMixin:
+    """Channels runs ``close_old_connections`` in the one thread-sensitive sync thread before *every*
+    message. A step's relay reaches every member socket at once, so with 1,000 sockets that is 1,000
+    thread hops queued behind each other (about two thirds of the fan-out time in
+    ``benchmarks/site_load.py``). Messages that do not use the database skip it."""
+
+    async def dispatch(self, message):
+        if message.get("type") in NO_DB_MESSAGES:
+            handler = getattr(self, message["type"].replace(".", "_"), None)
+            if handler is not None:
+                await handler(message)
+                return
+        await super().dispatch(message)
+
+
+class WorkerConsumer(FastDispatchMixin, AsyncWebsocketConsumer):
     """One ``btard-worker``. Refusals: the socket is accepted and closed at once with a
     ``CLOSE_*`` code and a reason, so the worker can tell the volunteer why."""
 
@@ -195,6 +210,7 @@ class WorkerConsumer(AsyncWebsocketConsumer):
         self.joined.append(group)
 
     async def disconnect(self, code):
+        fanout.detach(self)
         for group in getattr(self, "joined", []):
             await self.channel_layer.group_discard(group, self.channel_name)
         if self.peer is not None and not self.replaced:
@@ -252,6 +268,7 @@ class WorkerConsumer(AsyncWebsocketConsumer):
         # any consumer may form a group with it, and the Group message finds its socket through this key.
         early_key = _peer_key_for_hello(msg)
         if early_key is not None:
+            fanout.attach(self)  # a step's messages find this socket through the key (live.fanout)
             await cache.aset(early_key, self.channel_name, timeout=None)
         try:
             result = await _db(_join)(self.token, msg)
@@ -262,8 +279,6 @@ class WorkerConsumer(AsyncWebsocketConsumer):
         self.peer = result.peer
         await self._group_add(ev.run_workers_group(result.run.pk))
         await self._group_add(ev.peer_group(self.peer.peer_id))
-        if result.current_step_group is not None:  # reconnected mid-step: keep receiving its relays
-            await self._group_add(result.current_step_group)
         await self.send_model(Welcome(peer_id=self.peer.peer_id, role=result.role, run=result.run.run_info(),
                                       step=result.run.current_step, probation_steps_left=result.probation_left))
         await _db(_start_step_if_ready)(self.peer.run_id)
@@ -319,9 +334,13 @@ class WorkerConsumer(AsyncWebsocketConsumer):
 
     # --- channel-layer messages -----------------------------------------------------------------------
     async def worker_forward(self, message):
-        if self.peer is not None and message.get("skip") == self.peer.peer_id:
+        await self.forward_text(message["text"], skip=message.get("skip"))
+
+    async def forward_text(self, text: str, *, skip: str | None = None) -> None:
+        """A control message for this worker, already serialised (also called by this process's hub)."""
+        if self.peer is not None and skip == self.peer.peer_id:
             return  # a relay of this worker's own broadcast
-        await self.send(text_data=message["text"])
+        await self.send(text_data=text)
 
     async def worker_replaced(self, message):
         if message["channel"] != self.channel_name:
@@ -419,7 +438,7 @@ class _FragmentMemo:
 fragment_memo = _FragmentMemo()
 
 
-class LiveConsumer(AsyncWebsocketConsumer):
+class LiveConsumer(FastDispatchMixin, AsyncWebsocketConsumer):
     """``/ws/live/?view=bans`` (ban list) or ``/ws/live/?run=<id>`` (run dashboard): pushes the page's
     partials as htmx out-of-band swaps. Read-only; anyone may watch the public views."""
 

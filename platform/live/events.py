@@ -43,12 +43,6 @@ def user_group(user_id: int) -> str:
     return f"workers.user.{user_id}"
 
 
-def step_group(run_id: int, step: int) -> str:
-    """The worker sockets of one step's group (members and candidates), filled by the site when it
-    pushes the group, so relays of the step cost one channel-layer send however large the run."""
-    return f"workers.step.{run_id}.{step}"
-
-
 def peer_channel_key(peer_id: str) -> str:
     """Cache key holding the channel name of a peer's live worker socket."""
     return f"peer-channel:{peer_id}"
@@ -151,9 +145,6 @@ class GroupFormed(_Event):
     def worker_recipients(self) -> list[str]:
         return sorted(self.recipients())
 
-    def worker_group(self) -> str:
-        return step_group(self.run_id, self.step)
-
     def groups(self) -> list[str]:
         return [run_live_group(self.run_id)]
 
@@ -172,8 +163,8 @@ class BroadcastRecorded(_Event):
 
         return Relay(envelope=self.envelope)
 
-    def worker_group(self) -> str:
-        return step_group(self.run_id, self.step)
+    def worker_recipients(self) -> list[str]:
+        return list(self.recipients)
 
     def groups(self) -> list[str]:
         return []
@@ -188,14 +179,15 @@ class PhaseClosed(_Event):
     phase: str
     senders: list[str]
     late: list[str]
+    recipients: list[str]
 
     def worker_message(self):
         from worker_client.control import PhaseClosed as PhaseClosedMessage
 
         return PhaseClosedMessage(step=self.step, phase=self.phase, senders=self.senders)
 
-    def worker_group(self) -> str:
-        return step_group(self.run_id, self.step)
+    def worker_recipients(self) -> list[str]:
+        return list(self.recipients)
 
     def groups(self) -> list[str]:
         return []

@@ -435,7 +435,8 @@ def request_phase_close(*, peer: Peer, step: int, phase: str) -> PhaseClosed | N
         log.info("run %s step %s: %s closed at the group's deadline; late: %s", run.id, step, phase,
                  [p[:8] for p in late] or "nobody")
     late = [p for p in record.members if p not in senders]
-    return emit(PhaseClosed(run_id=run.id, step=step, phase=phase, senders=senders, late=late))
+    return emit(PhaseClosed(run_id=run.id, step=step, phase=phase, senders=senders, late=late,
+                            recipients=record.recipients()))
 
 
 def board_envelopes(*, peer: Peer, step: int, phase: str, senders: list[str]) -> list[dict]:
