@@ -210,6 +210,7 @@ class WorkerConsumer(FastDispatchMixin, AsyncWebsocketConsumer):
         self.joined.append(group)
 
     async def disconnect(self, code):
+        self.gone = True
         fanout.detach(self)
         for group in getattr(self, "joined", []):
             await self.channel_layer.group_discard(group, self.channel_name)
@@ -221,6 +222,17 @@ class WorkerConsumer(FastDispatchMixin, AsyncWebsocketConsumer):
                 await _db(_disconnect)(self.peer)
             except Exception:
                 log.exception("could not mark %s offline", self.peer.peer_id[:8])
+
+    async def send(self, text_data=None, bytes_data=None, close=False):
+        """Write to the worker; a socket the worker already left is not an error of the site (a ban
+        notice or relay can cross the worker's disconnect)."""
+        if getattr(self, "gone", False):
+            return
+        try:
+            await super().send(text_data=text_data, bytes_data=bytes_data, close=close)
+        except Exception as exc:  # noqa: BLE001 - the server's own "closed" error type differs per server
+            self.gone = True
+            log.info("socket of %s closed before a send could go out (%s)", self._who(), exc)
 
     async def send_model(self, model) -> None:
         await self.send(text_data=model.model_dump_json())
@@ -257,7 +269,9 @@ class WorkerConsumer(FastDispatchMixin, AsyncWebsocketConsumer):
             await self.send_error("internal", "the site could not process this message; nothing changed")
 
     def _who(self) -> str:
-        return self.peer.peer_id[:8] if self.peer is not None else f"token {self.token.prefix}"
+        if self.peer is not None:
+            return self.peer.peer_id[:8]
+        return f"token {self.token.prefix}" if self.token is not None else "an unauthenticated socket"
 
     # --- worker messages ------------------------------------------------------------------------------
     async def on_hello(self, msg):

@@ -76,3 +76,20 @@ async def test_the_hub_stops_when_the_last_worker_socket_of_the_process_closes(r
         await comm.disconnect()
     await asyncio.sleep(0)
     assert loop not in fanout._hubs
+
+
+async def test_a_notice_for_a_worker_that_already_left_is_dropped_quietly(run, caplog):
+    from live.consumers import WorkerConsumer
+
+    class ClosedTransport(Exception):
+        pass
+
+    async def closed_send(message):
+        raise ClosedTransport("Attempt to send on a closed protocol")
+
+    consumer = WorkerConsumer()
+    consumer.base_send = closed_send
+    await consumer.send(text_data="{}")  # no exception reaches the server
+    assert consumer.gone
+    await consumer.send(text_data="{}")  # and later writes are skipped
+    assert "closed before a send" in caplog.text
