@@ -273,19 +273,79 @@ def part_sums(x: torch.Tensor, n: int) -> torch.Tensor:
     return torch.cat(out)
 
 
-def per_part_scalars_and_distances(z: torch.Tensor, g: torch.Tensor, a: torch.Tensor,
+# Above this many values, the float64 reductions below run in chunks of a reused float64 buffer that
+# stays in cache, instead of allocating (and page-faulting) full-size float64 temporaries.
+_CHUNKED_ABOVE = 1 << 20
+_CHUNK = 1 << 16
+
+
+def per_part_scalars_and_distances(z: torch.Tensor, g: torch.Tensor, a: torch.Tensor | list[torch.Tensor],
                                    n: int) -> tuple[list[float], list[float]]:
-    """``s_j = <z[j], g[j] - a[j]>`` and ``d_j = ||g[j] - a[j]||`` for every part j of full vectors."""
-    diff = g.to(torch.float64) - a.to(torch.float64)
-    s = part_sums(z * diff, n)
-    sq = part_sums(diff * diff, n)
-    return s.tolist(), sq.sqrt().tolist()
+    """``s_j = <z[j], g[j] - a[j]>`` and ``d_j = ||g[j] - a[j]||`` for every part j of full vectors.
+    ``a`` is the full aggregate or the list of its n parts (no full-size copy needed)."""
+    if g.numel() <= _CHUNKED_ABOVE:
+        if isinstance(a, list):
+            a = torch.cat(a)
+        diff = g.to(torch.float64) - a.to(torch.float64)
+        s = part_sums(z * diff, n)
+        sq = part_sums(diff * diff, n)
+        return s.tolist(), sq.sqrt().tolist()
+    buf = torch.empty(_CHUNK, dtype=torch.float64)
+    scalars, dists = [], []
+    for j, (lo, hi) in enumerate(part_bounds(g.numel(), n)):
+        aj = a[j] if isinstance(a, list) else a[lo:hi]
+        acc_s = acc_q = 0.0
+        for c0 in range(lo, hi, _CHUNK):
+            c1 = min(hi, c0 + _CHUNK)
+            b = buf[: c1 - c0]
+            b.copy_(g[c0:c1]).sub_(aj[c0 - lo:c1 - lo])
+            acc_s += float(torch.dot(z[c0:c1], b))
+            acc_q += float(torch.dot(b, b))
+        scalars.append(acc_s)
+        dists.append(math.sqrt(acc_q))
+    return scalars, dists
+
+
+def rows_scalars_and_norms(rows: list[torch.Tensor], a: torch.Tensor, z: torch.Tensor
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``<z, x_k - a>`` and ``||x_k - a||`` (float64) for every row ``x_k`` of ``rows``."""
+    if sum(r.numel() for r in rows) <= _CHUNKED_ABOVE:
+        diff = torch.stack(rows).to(torch.float64) - a.to(torch.float64)
+        return diff @ z, (diff * diff).sum(dim=1).sqrt()
+    m = a.numel()
+    buf = torch.empty(min(_CHUNK, max(1, m)), dtype=torch.float64)
+    scalars = torch.empty(len(rows), dtype=torch.float64)
+    norms = torch.empty(len(rows), dtype=torch.float64)
+    for k, row in enumerate(rows):
+        acc_s = acc_q = 0.0
+        for c0 in range(0, m, _CHUNK):
+            c1 = min(m, c0 + _CHUNK)
+            b = buf[: c1 - c0]
+            b.copy_(row[c0:c1]).sub_(a[c0:c1])
+            acc_s += float(torch.dot(z[c0:c1], b))
+            acc_q += float(torch.dot(b, b))
+        scalars[k], norms[k] = acc_s, math.sqrt(acc_q)
+    return scalars, norms
 
 
 def distances_to(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     """``||x_k - a||`` for every row of ``x`` (float64 throughout: no overflow for any finite float32)."""
-    diff = x.to(torch.float64) - a.to(torch.float64)
-    return (diff * diff).sum(dim=-1).sqrt()
+    if x.numel() <= _CHUNKED_ABOVE:
+        diff = x.to(torch.float64) - a.to(torch.float64)
+        return (diff * diff).sum(dim=-1).sqrt()
+    rows = x.reshape(-1, x.shape[-1])
+    m = rows.shape[1]
+    buf = torch.empty(min(_CHUNK, max(1, m)), dtype=torch.float64)
+    out = torch.empty(rows.shape[0], dtype=torch.float64)
+    for k in range(rows.shape[0]):
+        acc = 0.0
+        for c0 in range(0, m, _CHUNK):
+            c1 = min(m, c0 + _CHUNK)
+            b = buf[: c1 - c0]
+            b.copy_(rows[k, c0:c1]).sub_(a[c0:c1])
+            acc += float(torch.dot(b, b))
+        out[k] = math.sqrt(acc)
+    return out.reshape(x.shape[:-1])
 
 
 def clip_w(d: torch.Tensor, tau: float) -> torch.Tensor:
@@ -1141,8 +1201,7 @@ class BtardPeer:
     def _send_scalars(self) -> list[Action]:
         s = self._s
         z = projection(s.r, s.ctx.numel)
-        full_a = torch.cat([s.aggregates[j] for j in range(s.n)])
-        values, dists = per_part_scalars_and_distances(z, s.gradient, full_a, s.n)
+        values, dists = per_part_scalars_and_distances(z, s.gradient, [s.aggregates[j] for j in range(s.n)], s.n)
         actions: list[Action] = []
         for j, agg in enumerate(s.ctx.group):
             res_entry = s.board.get(("agg_result", agg))
@@ -1182,9 +1241,7 @@ class BtardPeer:
                 else:
                     ks.append(k)
             if ks:
-                diff = torch.stack([s.received[k] for k in ks]).to(torch.float64) - s.my_aggregate.to(torch.float64)
-                expected = diff @ zj
-                norms = (diff * diff).sum(dim=1).sqrt()
+                expected, norms = rows_scalars_and_norms([s.received[k] for k in ks], s.my_aggregate, zj)
                 declared = torch.tensor([s.payload("scalars", k).values[s.index] for k in ks], dtype=torch.float64)
                 tol = self.params.exact_rtol * float(zj.norm()) * norms + 1e-12
                 for i in torch.nonzero(~((expected - declared).abs() <= tol)).flatten().tolist():
