@@ -37,7 +37,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from .btard.crypto import PROTOCOL_VERSION, Envelope
+from .btard.crypto import BOARD_PHASES, PROTOCOL_VERSION, Envelope
 
 # --- close codes -------------------------------------------------------------------------------
 CLOSE_NO_TOKEN = 4001  # no Authorization: Bearer header
@@ -150,8 +150,7 @@ class ReachabilityResult(_Msg):
 # Broadcast phases whose deadline the site decides (the bulletin board is the only view every peer
 # shares): peers ask to close one at their own deadline; once a majority of the step's group asked, the
 # site fixes who had posted and tells everyone, so no two honest peers act on different senders.
-BOARD_PHASES = ("commit", "mprng_commit", "agg_result", "mprng_reveal", "scalars", "validation")
-BoardPhase = Literal["commit", "mprng_commit", "agg_result", "mprng_reveal", "scalars", "validation"]
+BoardPhase = Literal[BOARD_PHASES]
 
 
 class PhaseCloseRequest(_Msg):

@@ -33,11 +33,11 @@ from .control import (
     KEY_BAN_ADVICE,
     REACHABILITY_ADVICE,
     BanNotice,
+    BoardRequest,
     ErrorMessage,
     Group,
     Heartbeat,
     Hello,
-    BoardRequest,
     PhaseClosed,
     PhaseCloseRequest,
     ReachabilityCheck,
@@ -404,7 +404,7 @@ class Worker:
 
     async def _apply_site_closes(self) -> None:
         """Act on the site's close of the phase this peer waits in (possibly several in a row)."""
-        while self.peer is not None and self.peer.step is not None and not self.peer.finished:
+        while self.site_closes and self.peer is not None and self.peer.step is not None and not self.peer.finished:
             step, phase = self.peer.step, self.peer.waiting_for
             senders = self.site_closes.pop((step, phase), None)
             if senders is None:

@@ -12,6 +12,7 @@ import logging
 import time
 from urllib.parse import parse_qs
 
+from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.core.cache import cache
@@ -172,7 +173,7 @@ class FastDispatchMixin:
 
     async def dispatch(self, message):
         if message.get("type") in NO_DB_MESSAGES:
-            handler = getattr(self, message["type"].replace(".", "_"), None)
+            handler = getattr(self, get_handler_name(message), None)
             if handler is not None:
                 await handler(message)
                 return

@@ -25,6 +25,7 @@ MESSAGE_TYPE = "hub.fanout"
 
 _sockets: dict[str, tuple[object, asyncio.AbstractEventLoop]] = {}  # channel name -> (consumer, its loop)
 _hubs: dict[asyncio.AbstractEventLoop, asyncio.Task] = {}
+_open: dict[asyncio.AbstractEventLoop, int] = {}  # sockets registered per event loop
 
 
 def hub_of(channel_name: str) -> str | None:
@@ -37,6 +38,8 @@ def hub_of(channel_name: str) -> str | None:
 def attach(consumer) -> None:
     """Register a worker socket of this process and make sure this process's hub is running."""
     loop = asyncio.get_running_loop()
+    if consumer.channel_name not in _sockets:
+        _open[loop] = _open.get(loop, 0) + 1
     _sockets[consumer.channel_name] = (consumer, loop)
     task = _hubs.get(loop)
     hub = hub_of(consumer.channel_name)
@@ -46,12 +49,13 @@ def attach(consumer) -> None:
 
 def detach(consumer) -> None:
     """Forget a closed socket; the hub stops when this event loop has no socket left."""
-    _sockets.pop(getattr(consumer, "channel_name", None), None)
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
+    entry = _sockets.pop(getattr(consumer, "channel_name", None), None)
+    if entry is None:
         return
-    if not any(owner is loop for _, owner in _sockets.values()):
+    loop = entry[1]
+    _open[loop] -= 1
+    if _open[loop] <= 0:
+        del _open[loop]
         task = _hubs.pop(loop, None)
         if task is not None:
             task.cancel()
@@ -63,7 +67,7 @@ async def _serve(layer, hub: str) -> None:
             message = await layer.receive(hub)
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - a broken layer connection: retry, the sockets stay up
+        except Exception:  # a broken layer connection: retry, the sockets stay up
             log.exception("fan-out hub %s could not receive; retrying", hub)
             await asyncio.sleep(0.5)
             continue
@@ -75,7 +79,7 @@ async def _serve(layer, hub: str) -> None:
             consumer = entry[0]
             try:
                 await consumer.forward_text(text, skip=skip)
-            except Exception:  # noqa: BLE001 - one socket's failure must not stop the others' messages
+            except Exception:  # one socket's failure must not stop the others' messages
                 log.exception("fan-out to %s failed", channel)
 
 

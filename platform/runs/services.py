@@ -35,6 +35,7 @@ from live.events import (
 from pydantic import ValidationError
 
 from worker_client.btard.crypto import (
+    BOARD_PHASES,
     BROADCAST_PHASES,
     Envelope,
     ProtocolError,
@@ -46,7 +47,6 @@ from worker_client.control import (
     CLOSE_BANNED,
     CLOSE_NO_RUN,
     CLOSE_REASONS,
-    BOARD_PHASES,
     KEY_BAN_ADVICE,
     Heartbeat,
     Hello,
@@ -414,7 +414,8 @@ def request_phase_close(*, peer: Peer, step: int, phase: str) -> PhaseClosed | N
     if peer.peer_id not in record.members:
         raise Rejected("not_in_group", f"{peer.peer_id[:8]} is not in the group of step {step}")
     closed = dict(record.closed_phases or {})
-    if phase in closed:
+    just_closed = phase not in closed
+    if not just_closed:
         senders = closed[phase]
     else:
         requests = dict(record.close_requests or {})
@@ -431,10 +432,10 @@ def request_phase_close(*, peer: Peer, step: int, phase: str) -> PhaseClosed | N
         closed[phase] = senders
         record.closed_phases = closed
         record.save(update_fields=["close_requests", "closed_phases"])
-        late = [p for p in record.members if p not in senders]
+    late = [p for p in record.members if p not in senders]
+    if just_closed:
         log.info("run %s step %s: %s closed at the group's deadline; late: %s", run.id, step, phase,
                  [p[:8] for p in late] or "nobody")
-    late = [p for p in record.members if p not in senders]
     return emit(PhaseClosed(run_id=run.id, step=step, phase=phase, senders=senders, late=late,
                             recipients=record.recipients()))
 

@@ -10,7 +10,7 @@ from channels.db import database_sync_to_async
 from runs.models import BroadcastLog, Run, StepRecord
 
 from tests.site.helpers import envelope
-from tests.site.test_consumers import application, join, receive_type, token_for  # noqa: F401 - shared helpers
+from tests.site.test_consumers import join, receive_type, token_for
 from worker_client.control import BoardRequest, PhaseCloseRequest
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
@@ -71,7 +71,7 @@ async def test_a_majority_closes_the_phase_and_everyone_hears_the_same_senders(r
 
 
 async def test_a_peer_missing_a_relay_gets_the_stored_broadcasts_again(run, alice, bob, carol):
-    (ca, ia, _), (cb, ib, _), (cc, ic, _) = await three_members(run, alice, bob, carol)
+    (ca, _, _), (cb, ib, _), (cc, _, _) = await three_members(run, alice, bob, carol)
     run_now = await database_sync_to_async(Run.objects.get)(pk=run.pk)
     env_b = await post(cb, ib, run_now)
     await receive_type(cc, "relay")
@@ -83,7 +83,7 @@ async def test_a_peer_missing_a_relay_gets_the_stored_broadcasts_again(run, alic
 
 
 async def test_closing_a_step_that_is_not_running_or_an_unknown_phase_is_refused(run, alice, bob, carol):
-    (ca, ia, _), (cb, _, _), (cc, _, _) = await three_members(run, alice, bob, carol)
+    (ca, _, _), (cb, _, _), (cc, _, _) = await three_members(run, alice, bob, carol)
     await ca.send_to(text_data=PhaseCloseRequest(step=5, phase="commit").model_dump_json())
     assert (await receive_type(ca, "error"))["code"] == "stale_step"
     await ca.send_to(text_data=json.dumps({"type": "phase_close", "step": 0, "phase": "verdict"}))
@@ -117,3 +117,24 @@ def test_peers_that_went_offline_do_not_count_towards_the_majority_and_a_minorit
     closed = request_phase_close(peer=order[0][0], step=0, phase="scalars")
     assert closed is not None and closed.senders == sorted([order[0][0].peer_id, order[1][0].peer_id])
     assert sorted(closed.late) == sorted(p.peer_id for p, _ in order[2:])
+
+
+@pytest.mark.django_db(transaction=False)
+def test_a_peer_outside_the_step_can_neither_close_a_phase_nor_read_its_board():
+    from runs.services import Rejected, board_envelopes, request_phase_close, start_step_if_ready
+
+    from tests.factories import RunFactory, make_peer
+
+    run = RunFactory(min_peers=2, peers_per_group=2)
+    members = [make_peer(run=run)[0] for _ in range(2)]
+    assert start_step_if_ready(run=run) is not None
+    stranger, _ = make_peer(run=run, role="waiting")
+    with pytest.raises(Rejected) as closing:
+        request_phase_close(peer=stranger, step=0, phase="commit")
+    assert closing.value.code == "not_in_group"
+    with pytest.raises(Rejected) as reading:
+        board_envelopes(peer=stranger, step=0, phase="commit", senders=[])
+    assert reading.value.code == "not_in_group"
+    with pytest.raises(Rejected) as unknown:
+        request_phase_close(peer=members[0], step=0, phase="verdict")
+    assert unknown.value.code == "phase" and "commit" in unknown.value.message

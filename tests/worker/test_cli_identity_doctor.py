@@ -87,6 +87,14 @@ def test_it_requires_a_token(capsys, monkeypatch):
     assert err.value.code == 2 and "--token is required" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("spec,says", [("verdict=3", "PHASE one of"), ("commit", "PHASE=SECONDS"),
+                                       ("commit=soon", "not a number"), ("commit=-1", "between 0 and 3600")])
+def test_a_bad_hold_broadcast_spec_is_refused_with_the_reason(spec, says, capsys):
+    with pytest.raises(SystemExit) as err:
+        cli.main(["--token", "t", "--hold-broadcast", spec])
+    assert err.value.code == 2 and says in capsys.readouterr().err
+
+
 def test_the_live_view_shows_step_loss_group_role_bytes_and_bans():
     from rich.console import Console
 

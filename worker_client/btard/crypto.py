@@ -202,3 +202,6 @@ BROADCAST_PHASES = (
     "verdict",       # a peer's signed verdict on an accusation; the site bans on a majority
     "validation",    # validator's report on its target (probation and recalculation)
 )
+# One message per peer and step, and the bulletin board decides who posted in time: the site closes these
+# phases at the group's deadline (``worker_client.control.PhaseClosed``) and every peer acts on its list.
+BOARD_PHASES = ("commit", "agg_result", "mprng_commit", "mprng_reveal", "scalars", "validation")

@@ -26,7 +26,16 @@ import torch
 
 from . import messages as M
 from .aggregators import centered_clip_with_info
-from .crypto import PROTOCOL_VERSION, Envelope, Identity, ProtocolError, ReplayGuard, b64e, verify_envelope
+from .crypto import (
+    BOARD_PHASES,
+    PROTOCOL_VERSION,
+    Envelope,
+    Identity,
+    ProtocolError,
+    ReplayGuard,
+    b64e,
+    verify_envelope,
+)
 from .mprng import (
     batch_seed,
     combine_reveals,
@@ -40,9 +49,8 @@ from .tensors import bytes_to_tensor, tensor_to_bytes
 # The order in which a step's deadlines expire (a driver fires the earliest pending one first).
 PHASE_ORDER = ("gradient", "commit", "mprng_commit", "parts", "agg_result", "mprng_reveal", "aggregates",
                "scalars", "validation", "verdict")
-SINGLE_PHASES = ("commit", "agg_result", "mprng_commit", "mprng_reveal", "scalars", "validation")
-# phases whose deadline the bulletin board decides (the site closes them; see ``on_deadline``)
-BOARD_PHASES = SINGLE_PHASES
+# one message per peer and step; their deadlines are the bulletin board's call (see ``on_deadline``)
+SINGLE_PHASES = BOARD_PHASES
 
 
 # --------------------------------------------------------------------------------------------------
@@ -279,6 +287,26 @@ _CHUNKED_ABOVE = 1 << 20
 _CHUNK = 1 << 16
 
 
+def _chunked_dot_and_sq(x: torch.Tensor, a: torch.Tensor, z: torch.Tensor | None,
+                        buf: torch.Tensor) -> tuple[float, float]:
+    """``<z, x - a>`` (0 without ``z``) and ``||x - a||^2`` of 1-D ``x`` and ``a``, in float64 over chunks
+    of ``buf``."""
+    acc_s = acc_q = 0.0
+    m = x.numel()
+    for c0 in range(0, m, _CHUNK):
+        c1 = min(m, c0 + _CHUNK)
+        b = buf[: c1 - c0]
+        b.copy_(x[c0:c1]).sub_(a[c0:c1])
+        if z is not None:
+            acc_s += float(torch.dot(z[c0:c1], b))
+        acc_q += float(torch.dot(b, b))
+    return acc_s, acc_q
+
+
+def _chunk_buffer() -> torch.Tensor:
+    return torch.empty(_CHUNK, dtype=torch.float64)
+
+
 def per_part_scalars_and_distances(z: torch.Tensor, g: torch.Tensor, a: torch.Tensor | list[torch.Tensor],
                                    n: int) -> tuple[list[float], list[float]]:
     """``s_j = <z[j], g[j] - a[j]>`` and ``d_j = ||g[j] - a[j]||`` for every part j of full vectors.
@@ -290,19 +318,12 @@ def per_part_scalars_and_distances(z: torch.Tensor, g: torch.Tensor, a: torch.Te
         s = part_sums(z * diff, n)
         sq = part_sums(diff * diff, n)
         return s.tolist(), sq.sqrt().tolist()
-    buf = torch.empty(_CHUNK, dtype=torch.float64)
+    buf = _chunk_buffer()
     scalars, dists = [], []
     for j, (lo, hi) in enumerate(part_bounds(g.numel(), n)):
-        aj = a[j] if isinstance(a, list) else a[lo:hi]
-        acc_s = acc_q = 0.0
-        for c0 in range(lo, hi, _CHUNK):
-            c1 = min(hi, c0 + _CHUNK)
-            b = buf[: c1 - c0]
-            b.copy_(g[c0:c1]).sub_(aj[c0 - lo:c1 - lo])
-            acc_s += float(torch.dot(z[c0:c1], b))
-            acc_q += float(torch.dot(b, b))
-        scalars.append(acc_s)
-        dists.append(math.sqrt(acc_q))
+        s_j, q_j = _chunked_dot_and_sq(g[lo:hi], a[j] if isinstance(a, list) else a[lo:hi], z[lo:hi], buf)
+        scalars.append(s_j)
+        dists.append(math.sqrt(q_j))
     return scalars, dists
 
 
@@ -312,20 +333,10 @@ def rows_scalars_and_norms(rows: list[torch.Tensor], a: torch.Tensor, z: torch.T
     if sum(r.numel() for r in rows) <= _CHUNKED_ABOVE:
         diff = torch.stack(rows).to(torch.float64) - a.to(torch.float64)
         return diff @ z, (diff * diff).sum(dim=1).sqrt()
-    m = a.numel()
-    buf = torch.empty(min(_CHUNK, max(1, m)), dtype=torch.float64)
-    scalars = torch.empty(len(rows), dtype=torch.float64)
-    norms = torch.empty(len(rows), dtype=torch.float64)
-    for k, row in enumerate(rows):
-        acc_s = acc_q = 0.0
-        for c0 in range(0, m, _CHUNK):
-            c1 = min(m, c0 + _CHUNK)
-            b = buf[: c1 - c0]
-            b.copy_(row[c0:c1]).sub_(a[c0:c1])
-            acc_s += float(torch.dot(z[c0:c1], b))
-            acc_q += float(torch.dot(b, b))
-        scalars[k], norms[k] = acc_s, math.sqrt(acc_q)
-    return scalars, norms
+    buf = _chunk_buffer()
+    pairs = [_chunked_dot_and_sq(row, a, z, buf) for row in rows]
+    return (torch.tensor([p[0] for p in pairs], dtype=torch.float64),
+            torch.tensor([p[1] for p in pairs], dtype=torch.float64).sqrt())
 
 
 def distances_to(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
@@ -333,19 +344,10 @@ def distances_to(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     if x.numel() <= _CHUNKED_ABOVE:
         diff = x.to(torch.float64) - a.to(torch.float64)
         return (diff * diff).sum(dim=-1).sqrt()
+    buf = _chunk_buffer()
     rows = x.reshape(-1, x.shape[-1])
-    m = rows.shape[1]
-    buf = torch.empty(min(_CHUNK, max(1, m)), dtype=torch.float64)
-    out = torch.empty(rows.shape[0], dtype=torch.float64)
-    for k in range(rows.shape[0]):
-        acc = 0.0
-        for c0 in range(0, m, _CHUNK):
-            c1 = min(m, c0 + _CHUNK)
-            b = buf[: c1 - c0]
-            b.copy_(rows[k, c0:c1]).sub_(a[c0:c1])
-            acc += float(torch.dot(b, b))
-        out[k] = math.sqrt(acc)
-    return out.reshape(x.shape[:-1])
+    sq = torch.tensor([_chunked_dot_and_sq(row, a, None, buf)[1] for row in rows], dtype=torch.float64)
+    return sq.sqrt().reshape(x.shape[:-1])
 
 
 def clip_w(d: torch.Tensor, tau: float) -> torch.Tensor:

@@ -66,6 +66,8 @@ class BulletinBoard:
     def __post_init__(self):
         self._guard = ReplayGuard()
         self._votes: dict[str, dict[str, VerdictPayload]] = {}
+        self._posted: dict[str, set[str]] = {}  # this step: phase -> who posted it
+        self.closed: dict[str, list[str]] = {}  # this step: board phases closed -> their senders
 
     def next_group(self) -> list[str]:
         return [p for p in self.members if p not in self.banned and p not in self.eliminated]
@@ -73,8 +75,8 @@ class BulletinBoard:
     def open_step(self, step: int, group: list[str]) -> None:
         self.step, self.group = step, list(group)
         self._votes = {}
-        self._posted: dict[str, set[str]] = {}
-        self.closed: dict[str, list[str]] = {}
+        self._posted = {}
+        self.closed = {}
 
     def close_phase(self, phase: str) -> list[str]:
         """Close a board phase as the site does: who posted it so far; later posts of it are refused."""
@@ -93,15 +95,14 @@ class BulletinBoard:
                 raise ProtocolError(f"unknown phase {envelope.phase!r}")
             if connection not in self.group:
                 raise ProtocolError("poster is not in the step's group")
-            if envelope.phase in getattr(self, "closed", {}):
+            if envelope.phase in self.closed:
                 raise ProtocolError(f"{envelope.phase} of step {envelope.step} is closed")
             payload, _ = self.verifier.check(envelope, self.public_keys[connection])
             self._guard.check_and_remember(envelope)
         except ProtocolError as exc:
             self.rejected.append((connection, str(exc)))
             return False
-        if hasattr(self, "_posted"):
-            self._posted.setdefault(envelope.phase, set()).add(connection)
+        self._posted.setdefault(envelope.phase, set()).add(connection)
         if self.keep_log:
             self.log.append(envelope)
         if isinstance(payload, VerdictPayload):
@@ -167,7 +168,6 @@ class MemorySwarm:
         results: dict[str, P.StepResult] = {}
 
         held: list[tuple[str, Envelope]] = []
-        closes: dict[str, list[str]] = {}  # board phases closed in this step -> senders
         acted: set[tuple[str, str]] = set()
 
         def post(sender: str, envelope: Envelope) -> None:
@@ -227,9 +227,9 @@ class MemorySwarm:
             if self.site_closes:
                 applied = False
                 for p, phase in waiting.items():  # a close reaches every peer; each acts on it in that phase
-                    if phase in closes and (p, phase) not in acted:
+                    if phase in self.board.closed and (p, phase) not in acted:
                         acted.add((p, phase))
-                        handle(p, self.peers[p].on_deadline(phase, closes[phase]))
+                        handle(p, self.peers[p].on_deadline(phase, self.board.closed[phase]))
                         applied = True
                 if applied:
                     continue
@@ -238,7 +238,7 @@ class MemorySwarm:
                 raise RuntimeError(f"step {step} does not converge: {waiting}")
             earliest = min(waiting.values(), key=P.PHASE_ORDER.index)
             if self.site_closes and earliest in P.BOARD_PHASES:
-                closes[earliest] = self.board.close_phase(earliest)
+                self.board.close_phase(earliest)
             else:
                 for p, phase in waiting.items():
                     if phase == earliest:
