@@ -1,0 +1,144 @@
+"""The bulletin board's rules as pure functions over plain data (peer ids, sets, mappings).
+
+One place for the rules the site (``platform/``), the in-memory board of the simulator
+(``worker_client.transports.memory.BulletinBoard``) and the fake site of the worker tests must agree on
+(docs/protocol.md: "Payloads of the broadcast phases", "Deadlines and their outcomes", Sec. 3.3):
+
+- :func:`verdict_majority` / :func:`verdict_bans`: a peer is banned once a strict majority of the step's
+  group signed verdicts naming it guilty; only members of the step count, each once;
+- :func:`elimination_removes`: the first ELIMINATE naming a peer removes the pair; only between two
+  active members of the step (a candidate's ELIMINATE removes nobody);
+- :func:`reported_silent`, :func:`next_silence_count`, :func:`silence_banned`: a peer is silent in a step
+  when a strict majority of the members' reports list it; it is banned after ``SILENCE_LIMIT``
+  *consecutive* silent steps (a step it took part in without being reported silent resets the count);
+- :func:`close_quorum`: a board phase closes once a strict majority of the step's members that are
+  still online asked (askers that went offline no longer count), so a minority cannot force a close;
+- :func:`mprng_output` and :func:`validator_assignment`: ``r_t`` from the board's commitments and
+  reveals in group order, with the core's rule for a missing or bad reveal (no ``r_t``: nothing is
+  validated in that step), and the validators of step t with their targets (contributors of step t-1)
+  drawn from it (:func:`btard_wire.randomness.draw_validators`).
+
+Nothing here reads a database, a clock or a socket; each caller gathers the facts from its own store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping
+
+from .randomness import combine_reveals, draw_validators, mprng_commitment
+
+SILENCE_LIMIT = 3  # consecutive steps reported silent by a majority of the group before a ban
+
+
+def majority(n: int) -> int:
+    """The smallest strict majority of ``n`` (``n // 2 + 1``)."""
+    return n // 2 + 1
+
+
+def verdict_majority(signers: Iterable[str], *, members: Collection[str]) -> bool:
+    """Whether ``signers`` (the senders of verdicts naming the same guilty peer) are a strict majority
+    of the step's ``members``. Non-members are ignored and every signer counts once."""
+    group = set(members)
+    if not group:
+        return False
+    return len(set(signers) & group) >= majority(len(group))
+
+
+def verdict_bans(votes: Iterable[tuple[str, str]], *, members: Collection[str]) -> list[str]:
+    """The guilty peers of ``votes`` (``(signer, guilty)`` pairs of one step) that a strict majority of
+    ``members`` named, in the order their majority was first reached."""
+    signers: dict[str, set[str]] = {}
+    out: list[str] = []
+    for signer, guilty in votes:
+        signers.setdefault(guilty, set()).add(signer)
+        if guilty not in out and verdict_majority(signers[guilty], members=members):
+            out.append(guilty)
+    return out
+
+
+def elimination_removes(*, eliminator: str, target: str, members: Collection[str],
+                        removed: Collection[str], active: Collection[str] | None = None) -> bool:
+    """Whether ELIMINATE(``eliminator``, ``target``) removes the pair.
+
+    Only when both are members of the step (and, where ``active`` is given, active peers: a candidate
+    on probation is no member), they differ, and neither is already ``removed``: the first ELIMINATE
+    naming a peer removes the pair; later ones against a peer already out remove nobody, so every
+    removed pair holds a faulty peer and the honest share never drops."""
+    pair = {eliminator, target}
+    if eliminator == target or not pair <= set(members):
+        return False
+    if active is not None and not pair <= set(active):
+        return False
+    return not (pair & set(removed))
+
+
+def reported_silent(reports: Mapping[str, Iterable[str]], *, members: Collection[str]) -> set[str]:
+    """The members that a strict majority of ``members`` listed as silent in their step reports
+    (``reports``: reporter -> the peers it reports missing). Reports of non-members do not count."""
+    group = set(members)
+    counts: dict[str, int] = {}
+    for reporter, silent in reports.items():
+        if reporter not in group:
+            continue
+        for p in set(silent):
+            counts[p] = counts.get(p, 0) + 1
+    need = majority(len(group))
+    return {p for p, c in counts.items() if p in group and c >= need}
+
+
+def next_silence_count(previous: int, *, silent: bool) -> int:
+    """A member's count of consecutive silent steps after a step it took part in: one more when the
+    group reported it silent, back to 0 when it spoke (silence counts decay; SR finding 11)."""
+    return previous + 1 if silent else 0
+
+
+def silence_banned(count: int, *, limit: int = SILENCE_LIMIT) -> bool:
+    """Whether ``count`` consecutive silent steps ban the peer."""
+    return count >= limit
+
+
+def close_quorum(*, asked: Collection[str], members: Collection[str], online: Collection[str]) -> bool:
+    """Whether the close requests ``asked`` close a board phase: a strict majority of the step's
+    ``members`` that are ``online`` asked. Only members that are online count as askers, so a
+    minority can neither close a phase early nor shrink the quorum by going offline after asking."""
+    present = set(members) & set(online)
+    askers = set(asked) & present
+    return len(askers) >= majority(max(1, len(present)))
+
+
+def mprng_output(*, run: str, step: int, members: Iterable[str], commitments: Mapping[str, str],
+                 reveals: Mapping[str, str | bytes]) -> bytes | None:
+    """``r_t`` from the board: ``members`` are the MPRNG members in group order (the peers whose
+    ``mprng_commit`` the board holds), ``commitments`` their ``H(x_i)`` (hex), ``reveals`` their ``x_i``
+    (hex or bytes). ``None`` when a member's reveal is missing, malformed or does not match its
+    commitment, as in the core: the step then has no ``r_t``."""
+    values: list[bytes] = []
+    for p in members:
+        commit, reveal = commitments.get(p), reveals.get(p)
+        if commit is None or reveal is None:
+            return None
+        try:
+            x = bytes.fromhex(reveal) if isinstance(reveal, str) else bytes(reveal)
+            if mprng_commitment(x, run=run, step=step, sender=p) != commit:
+                return None
+        except ValueError:
+            return None
+        values.append(x)
+    if not values:
+        return None
+    return combine_reveals(values)
+
+
+def validator_assignment(*, run: str, step: int, group: Iterable[str], commitments: Mapping[str, str],
+                         reveals: Mapping[str, str | bytes], prev_contributors: Collection[str],
+                         m: int) -> dict[str, str]:
+    """The validators of step ``step`` and their targets (``prev_contributors``: the contributors of
+    step ``step - 1``), drawn from the step's own ``r_t`` (:func:`mprng_output`); empty when the step
+    has no ``r_t``. ``group`` is the step's group in order; its MPRNG members are those with a
+    commitment on the board."""
+    order = list(group)
+    members = [p for p in order if p in commitments]
+    r = mprng_output(run=run, step=step, members=members, commitments=commitments, reveals=reveals)
+    if r is None:
+        return {}
+    return draw_validators(r, group=order, targets=prev_contributors, m=m)
