@@ -1,0 +1,67 @@
+"""CenteredClip runs to the tolerance the fixed-point check uses, for every tau (security review,
+finding 13): an iteration cap must never convict an honest aggregator."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from worker_client.btard import protocol as P
+from worker_client.btard.aggregators import centered_clip_residual, centered_clip_with_info
+
+from ._swarm import Swarm
+
+TAUS = [1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0]
+
+
+def _stack(n=16, d=2000, seed=0, outliers=5):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=gen) * 0.05 + 0.02
+    x[:outliers] += torch.randn(outliers, d, generator=gen) * 3.0
+    return x
+
+
+@pytest.mark.parametrize("tau", TAUS)
+def test_irls_and_the_papers_step_reach_the_same_fixed_point(tau):
+    x = _stack(n=10, d=300, seed=1)
+    fast = centered_clip_with_info(x.double(), tau=tau, eps=1e-12, max_iters=20_000, method="irls")
+    slow = centered_clip_with_info(x.double(), tau=tau, eps=1e-12, max_iters=400_000, method="clip")
+    spread = float((x.double() - fast.v).norm(dim=1).median())
+    assert (fast.v - slow.v).norm() <= 1e-6 * spread
+    assert fast.iterations < slow.iterations or tau >= 1.0
+
+
+@pytest.mark.parametrize("tau", TAUS)
+def test_the_protocols_aggregator_stops_within_the_fixed_point_tolerance_for_any_tau(tau):
+    params = P.ProtocolParams(tau=tau)
+    x = _stack()
+    res = centered_clip_with_info(x.double(), tau=tau, eps=params.cc_eps, max_iters=params.cc_max_iters,
+                                  init=params.cc_init, method=params.cc_method,
+                                  rtol=params.cc_stop_margin * params.fixed_point_rtol)
+    assert res.iterations < params.cc_max_iters
+    residual = centered_clip_residual(x, res.v.float(), tau=tau)
+    w = torch.clamp(tau / res.distances, max=1.0) / x.shape[0]
+    allowed = params.cc_eps + params.fixed_point_rtol * float((w * res.distances).sum())
+    # the check passes |<R, z>| <= 8 * allowed with z ~ N(0, I): R itself is well inside one sigma
+    assert float(residual.norm()) <= allowed
+
+
+@pytest.mark.parametrize("tau", [1e-4, 1e-2, 1.0, 100.0])
+def test_an_honest_swarm_bans_nobody_for_any_tau(tau):
+    swarm = Swarm(n=6, numel=240, params=P.ProtocolParams(tau=tau, validators=1))
+    for _ in range(4):
+        results = swarm.step()
+        assert {r.outcome for r in results.values()} == {"applied"}
+    assert swarm.board.banned == {}
+
+
+def test_the_old_iteration_cap_convicted_honest_aggregators_at_a_small_tau():
+    # the setting the review measured (the paper's step, 200 iterations): the check catches the
+    # unconverged honest aggregate, which is why the aggregator must run to the check's tolerance
+    old = dataclasses.replace(P.ProtocolParams(tau=1e-4, validators=1), cc_method="clip", cc_max_iters=200,
+                              cc_stop_margin=0.0)
+    swarm = Swarm(n=6, numel=240, params=old)
+    swarm.step()
+    assert set(swarm.board.banned) & set(swarm.ids)
