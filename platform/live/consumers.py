@@ -96,8 +96,12 @@ def _tick(run_id: int, *, force: bool = False) -> None:
     if not force and not cache.add(f"tick-run:{run_id}", 1, timeout=TICK_THROTTLE_SECONDS):
         return
     run = Run.objects.filter(pk=run_id).first()
-    if run is not None:
+    if run is None:
+        return
+    try:
         tick_run(run=run)
+    except Exception:  # housekeeping for the whole run: the worker's own message was already stored
+        log.exception("tick of run %s after a worker message failed", run_id)
 
 
 def _start_step_if_ready(run_id: int) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
+import statistics
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -451,6 +453,34 @@ def board_envelopes(*, peer: Peer, step: int, phase: str, senders: list[str]) ->
     return list(rows.order_by("pk").values_list("envelope", flat=True)[:256])
 
 
+# A step report is a self-claim: the site stores and shows only bounded, finite values (docs/threat-model.md,
+# "Site"). Credit comes from the batch size the site knows (``samples_per_peer``), never from the claim.
+MAX_REPORTED_LOSS = 1e9
+MAX_SAMPLE_CLAIM_FACTOR = 1000
+
+
+def samples_per_peer(run: Run, group_size: int) -> int:
+    """The samples one peer's gradient covers at a step of ``group_size`` members, as the site knows it:
+    ``ceil(global_batch / group size)`` when the run fixes a global batch, else the run's batch size."""
+    global_batch = (run.extra or {}).get("global_batch")
+    if isinstance(global_batch, int) and not isinstance(global_batch, bool) and global_batch > 0:
+        return -(-global_batch // max(1, group_size))
+    return int(run.batch_size)
+
+
+def _check_report_bounds(run: Run, record: StepRecord, report: StepReport) -> None:
+    import math
+
+    limit = samples_per_peer(run, len(record.members)) * MAX_SAMPLE_CLAIM_FACTOR
+    if report.samples > limit:
+        raise Rejected("samples", f"samples={report.samples} is more than this run's peers can compute in a step "
+                                  f"(at most {limit}); the site credits its own batch size anyway")
+    for name in ("loss", "accuracy"):
+        value = getattr(report, name)
+        if value is not None and (not math.isfinite(value) or abs(value) > MAX_REPORTED_LOSS):
+            raise Rejected(name, f"{name} must be a finite number of magnitude at most {MAX_REPORTED_LOSS:g}")
+
+
 @transaction.atomic
 def record_step_report(*, peer: Peer, report: StepReport) -> StepReportRecord:
     """Store the end-of-step report of a group member or candidate. Raises :class:`Rejected`."""
@@ -465,6 +495,7 @@ def record_step_report(*, peer: Peer, report: StepReport) -> StepReportRecord:
     record = StepRecord.objects.get(run=run, step=report.step)
     if peer.peer_id not in record.recipients():
         raise Rejected("not_in_group", f"{peer.peer_id[:8]} is not in the group of step {report.step}")
+    _check_report_bounds(run, record, report)
     try:
         with transaction.atomic():
             entry = StepReportRecord.objects.create(
@@ -532,11 +563,15 @@ def close_step(*, run: Run, force: bool = False, now=None) -> StepRecord | None:
     member_reports = [reports[pid] for pid in record.members if pid in reports]
     applied = [r for r in member_reports if r.outcome == "applied"]
     outcome = "applied" if applied and len(applied) * 2 > len(member_reports) else "dropped"
-    losses = [r.loss for r in member_reports if r.loss is not None]
-    accs = [r.accuracy for r in member_reports if r.accuracy is not None]
-    record.loss = sum(losses) / len(losses) if losses else None
-    record.accuracy = sum(accs) / len(accs) if accs else None
-    record.samples = sum(r.samples for r in applied) if outcome == "applied" else 0
+    # The public curve is the median of the members' claims (one liar cannot move it far), and only finite
+    # values count; credit is the site's own batch size per applied member, never the claimed count.
+    losses = [r.loss for r in member_reports if r.loss is not None and math.isfinite(r.loss)]
+    accs = [r.accuracy for r in member_reports if r.accuracy is not None and math.isfinite(r.accuracy)]
+    record.loss = statistics.median(losses) if losses else None
+    record.accuracy = statistics.median(accs) if accs else None
+    per_peer = samples_per_peer(run, len(record.members))
+    credited = {r.pk: min(max(0, r.samples), per_peer) for r in applied}
+    record.samples = sum(credited.values()) if outcome == "applied" else 0
     record.outcome, record.finished_at = outcome, now
     record.save()
 
@@ -550,7 +585,7 @@ def close_step(*, run: Run, force: bool = False, now=None) -> StepRecord | None:
             p = peers[r.peer.peer_id]
             if p.role == "banned":
                 continue
-            samples_by_user[p.user_id] = samples_by_user.get(p.user_id, 0) + r.samples
+            samples_by_user[p.user_id] = samples_by_user.get(p.user_id, 0) + credited[r.pk]
             validated.append(p.user_id)
     for cand in record.candidates:
         p = peers.get(cand["peer_id"])

@@ -1,17 +1,26 @@
 """Periodic tasks (django-celery-beat schedule in settings.CELERY_BEAT_SCHEDULE). Thin: call services."""
 
+import logging
+
 from celery import shared_task
 
 from . import services
 from .models import Run
 
+log = logging.getLogger(__name__)
+
 
 @shared_task(name="runs.tick_runs")
 def tick_runs() -> int:
-    """Close overdue steps, admit, promote and form the next group in every open run."""
+    """Close overdue steps, admit, promote and form the next group in every open run. One run whose tick
+    raises is logged and skipped: the runs after it are still ticked. Returns the runs ticked cleanly."""
     count = 0
     for run in Run.objects.filter(state="open"):
-        services.tick_run(run=run)
+        try:
+            services.tick_run(run=run)
+        except Exception:
+            log.exception("tick of run %s (%s) failed; the other runs are still ticked", run.pk, run.name)
+            continue
         count += 1
     return count
 
