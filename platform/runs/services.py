@@ -12,7 +12,7 @@ import logging
 import math
 import statistics
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from admission.policies import get_policy
 from django.conf import settings
@@ -280,9 +280,10 @@ def _end_exclusions_if_stalled(run: Run, step: int) -> bool:
 
 
 @transaction.atomic
-def start_step_if_ready(*, run: Run) -> StepRecord | None:
+def start_step_if_ready(*, run: Run, now: datetime | None = None) -> StepRecord | None:
     """Form the group of the run's current step when none is in progress and enough active peers are
-    online; push it to members and candidates. Returns the new step record or ``None``."""
+    online; push it to members and candidates. ``now`` (default: the current time) starts the step's
+    deadline. Returns the new step record or ``None``."""
     run = Run.objects.select_for_update().get(pk=run.pk)
     if run.state != "open" or run.step_in_progress:
         return None
@@ -313,7 +314,7 @@ def start_step_if_ready(*, run: Run) -> StepRecord | None:
         info.update(seed=probation_seed(run, step, cand.peer_id), validator=ids[i % len(ids)],
                     probation_left=max(0, cand.probation_required - cand.probation_done))
         candidates.append(info)
-    now = timezone.now()
+    now = now or timezone.now()
     timeouts = effective_deadlines(run)  # the organiser's values, raised when the swarm is slower
     deadline = now + timedelta(seconds=timeouts.step_timeout)
     record = StepRecord.objects.create(run=run, step=step, members=ids, validators=validators,
