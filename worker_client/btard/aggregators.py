@@ -177,7 +177,7 @@ _MAX_FRAMES = 4
 
 
 def _iterate(x: torch.Tensor, center: torch.Tensor, step, *, eps: float,
-             max_iters: int) -> tuple[torch.Tensor, int]:
+             max_iters: int, stop=None) -> tuple[torch.Tensor, int]:
     """Run ``c <- step(c, dist2)`` in coefficient space (iterate ``v = center + y^T c``).
 
     The loop works on n-vectors and the n x n Gram matrix in numpy float64 (a few microseconds per
@@ -204,7 +204,9 @@ def _iterate(x: torch.Tensor, center: torch.Tensor, step, *, eps: float,
             new_c = step(c, dist2)
             dc = new_c - c
             c = new_c
-            if eps > 0 and float(dc @ g @ dc) < eps * eps:
+            moved2 = float(dc @ g @ dc)
+            if (stop(math.sqrt(max(moved2, 0.0)), dist2) if stop is not None
+                    else eps > 0 and moved2 < eps * eps):
                 return _combine(x, center, torch.from_numpy(c)), iterations
         v = _combine(x, center, torch.from_numpy(c))
         if not drifted:
@@ -545,24 +547,37 @@ class CenteredClipResult(NamedTuple):
 @_threads
 def centered_clip_with_info(x: torch.Tensor, *, tau: float = 1.0, eps: float = 1e-6,
                             max_iters: int = 100, init: str = "median",
-                            weights=None) -> CenteredClipResult:
+                            weights=None, method: str = "clip", rtol: float = 0.0) -> CenteredClipResult:
     """CenteredClip (Karimireddy et al., 2021; the BTARD aggregators' rule), to its fixed point.
 
-    Iterates ``v <- v + sum_k p_k (x_k - v) * min(1, tau / ||x_k - v||)`` with ``p_k = 1/n`` (or the
-    normalised ``weights``) starting from the coordinate-wise median (``init="median"``) or the mean
-    (``init="mean"``), until one step moves ``v`` by less than ``eps`` (absolute), or for exactly
-    ``max_iters`` iterations when ``eps == 0``. Returns ``(v, iterations, distances)`` where
-    ``distances[k] = ||x_k - v||`` is recomputed exactly for the returned ``v``: the values an
-    aggregator broadcasts and the ones the fixed-point check ``sum_k p_k clip_k (x_k - v) ~ 0`` uses.
+    The fixed point ``v`` solves ``R(v) = sum_k p_k min(1, tau / ||x_k - v||) (x_k - v) = 0`` with
+    ``p_k = 1/n`` (or the normalised ``weights``); it minimises the convex ``sum_k p_k huber_tau(
+    ||x_k - v||)``. Two iterations reach it from the coordinate-wise median (``init="median"``) or the
+    mean (``init="mean"``):
 
-    Raises ValueError on bad input, ``tau <= 0``, ``eps < 0``, ``max_iters < 0`` or an unknown init.
+    - ``method="clip"``, the paper's step ``v <- v + R(v)``: moves at most ``tau`` per iteration, so a
+      small ``tau`` needs ``distance / tau`` iterations;
+    - ``method="irls"``, the weighted mean ``v <- sum_k w_k x_k / sum_k w_k`` with ``w_k = p_k min(1,
+      tau / ||x_k - v||)`` (iteratively reweighted least squares, the classic MM algorithm for Huber's
+      location estimate: each step decreases the objective, same fixed points), fast for any ``tau``.
+
+    Both stop when the residual ``||R(v)||`` of the iterate falls below ``eps + rtol * sum_k w_k
+    ||x_k - v||`` (``rtol`` scales the stop with the spread, as the protocol's fixed-point check does),
+    or after exactly ``max_iters`` iterations when ``eps == rtol == 0``. Returns ``(v, iterations,
+    distances)`` where ``distances[k] = ||x_k - v||`` is recomputed exactly for the returned ``v``: the
+    values an aggregator broadcasts and the ones the fixed-point check uses.
+
+    Raises ValueError on bad input, ``tau <= 0``, ``eps < 0``, ``rtol < 0``, ``max_iters < 0``, an unknown
+    init or method.
     """
     n, _ = _check(x, "centered_clip")
     if not (tau > 0):
         raise ValueError(f"centered_clip needs tau > 0, got tau={tau}")
-    if eps < 0 or max_iters < 0:
-        raise ValueError(f"centered_clip needs eps >= 0 and max_iters >= 0, got eps={eps}, "
-                         f"max_iters={max_iters}")
+    if eps < 0 or max_iters < 0 or not (rtol >= 0):
+        raise ValueError(f"centered_clip needs eps >= 0, rtol >= 0 and max_iters >= 0, got eps={eps}, "
+                         f"rtol={rtol}, max_iters={max_iters}")
+    if method not in CENTERED_CLIP_METHODS:
+        raise ValueError(f"centered_clip: unknown method {method!r} (expected one of {CENTERED_CLIP_METHODS})")
     p = _check_weights("centered_clip", weights, n)
     if p is None:
         p = torch.full((n,), 1.0 / n, dtype=torch.float64)
@@ -589,10 +604,13 @@ def centered_clip_with_info(x: torch.Tensor, *, tau: float = 1.0, eps: float = 1
 
 
 def centered_clip(x: torch.Tensor, *, tau: float = 1.0, eps: float = 1e-6, max_iters: int = 100,
-                  init: str = "median", weights=None) -> torch.Tensor:
+                  init: str = "median", weights=None, method: str = "clip", rtol: float = 0.0) -> torch.Tensor:
     """CenteredClip's result only; see :func:`centered_clip_with_info`."""
     return centered_clip_with_info(x, tau=tau, eps=eps, max_iters=max_iters, init=init,
-                                   weights=weights).v
+                                   weights=weights, method=method, rtol=rtol).v
+
+
+CENTERED_CLIP_METHODS = ("clip", "irls")
 
 
 @_threads
