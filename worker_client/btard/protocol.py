@@ -69,8 +69,14 @@ class ProtocolParams:
 
     tau: float = 1.0
     cc_eps: float = 1e-6
-    cc_max_iters: int = 200
+    # CenteredClip runs to the tolerance the fixed-point check uses (IRLS steps: microseconds each in
+    # Gram space), so an honest aggregator never stops short of it for any tau; the cap only bounds
+    # a pathological input (security review, finding 13)
+    cc_max_iters: int = 20_000
     cc_init: str = "median"
+    cc_method: str = "irls"
+    # the aggregator stops at this fraction of the check's relative tolerance (fixed_point_rtol)
+    cc_stop_margin: float = 0.1
     validators: int = 2
     # > 0: the samples one step averages over, split evenly across the step's group (each peer computes
     # ceil(global_batch / group size)), so banning or losing peers does not shrink the step's batch, as
@@ -820,7 +826,8 @@ class BtardPeer:
         published as float32 with the distances to the published value."""
         p = self.params
         res = centered_clip_with_info(x.to(torch.float64), tau=p.tau, eps=p.cc_eps, max_iters=p.cc_max_iters,
-                                      init=p.cc_init)
+                                      init=p.cc_init, method=p.cc_method,
+                                      rtol=p.cc_stop_margin * p.fixed_point_rtol)
         a = res.v.to(torch.float32)
         return a, distances_to(x, a).tolist()
 
