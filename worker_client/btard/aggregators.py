@@ -182,8 +182,10 @@ def _iterate(x: torch.Tensor, center: torch.Tensor, step, *, eps: float,
 
     The loop works on n-vectors and the n x n Gram matrix in numpy float64 (a few microseconds per
     iteration, where torch's per-op dispatch would dominate for small parts). Stops when an iteration
-    moves ``v`` by less than ``eps`` (never when ``eps == 0``) or after ``max_iters`` iterations in
-    total; returns ``(v [d] in x's dtype, iterations)``."""
+    moves ``v`` by less than ``eps`` (never when ``eps == 0``), or, when ``stop`` is given, when
+    ``stop(move, dist2)`` is true for the length ``move`` of that iteration's step and the squared
+    distances it started from; or after ``max_iters`` iterations in total. Returns
+    ``(v [d] in x's dtype, iterations)``."""
     n = x.shape[0]
     iterations = 0
     for frame in range(_MAX_FRAMES):
@@ -544,6 +546,9 @@ class CenteredClipResult(NamedTuple):
     distances: torch.Tensor    # [n] float64, ||x_k - v|| computed exactly for the returned v
 
 
+CENTERED_CLIP_METHODS = ("clip", "irls")
+
+
 @_threads
 def centered_clip_with_info(x: torch.Tensor, *, tau: float = 1.0, eps: float = 1e-6,
                             max_iters: int = 100, init: str = "median",
@@ -589,16 +594,35 @@ def centered_clip_with_info(x: torch.Tensor, *, tau: float = 1.0, eps: float = 1
         raise ValueError(f"centered_clip: unknown init {init!r} (expected 'median' or 'mean')")
 
     pn = p.numpy()
+    last = {}
 
-    def step(c, dist2):
-        # v + sum_k p_k clip_k (y_k - v), written for the coefficients: c (1 - sum w) + w
+    def weights_at(dist2):
         dist = np.sqrt(dist2)
         far = dist > tau  # min(1, tau/d) < 1 exactly there; d = 0 keeps weight 1
         w = pn.copy()
         w[far] *= tau / dist[far]
-        return c * (1.0 - w.sum()) + w
+        last["w"], last["dist"] = w, dist
+        return w
 
-    v, iterations = _iterate(x, v0, step, eps=eps, max_iters=max_iters)
+    if method == "clip":
+        def step(c, dist2):
+            # v + sum_k p_k clip_k (y_k - v), written for the coefficients: c (1 - sum w) + w
+            w = weights_at(dist2)
+            return c * (1.0 - w.sum()) + w
+    else:
+        def step(c, dist2):
+            w = weights_at(dist2)
+            return w / w.sum()
+
+    def stop(move, dist2):
+        # the residual R at the iterate the step started from: the clip step is R itself, the IRLS
+        # step is R / sum w
+        w = last["w"]
+        residual = move if method == "clip" else move * float(w.sum())
+        return residual < eps + rtol * float(w @ last["dist"])
+
+    v, iterations = _iterate(x, v0, step, eps=eps, max_iters=max_iters,
+                             stop=stop if (eps > 0 or rtol > 0) else (lambda move, dist2: False))
     distances = _exact_sq_distances(x, v).sqrt_()
     return CenteredClipResult(v, iterations, distances)
 
@@ -608,9 +632,6 @@ def centered_clip(x: torch.Tensor, *, tau: float = 1.0, eps: float = 1e-6, max_i
     """CenteredClip's result only; see :func:`centered_clip_with_info`."""
     return centered_clip_with_info(x, tau=tau, eps=eps, max_iters=max_iters, init=init,
                                    weights=weights, method=method, rtol=rtol).v
-
-
-CENTERED_CLIP_METHODS = ("clip", "irls")
 
 
 @_threads
