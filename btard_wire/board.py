@@ -129,11 +129,19 @@ def mprng_output(*, run: str, step: int, members: Iterable[str], commitments: Ma
     return combine_reveals(values)
 
 
+def checkable_targets(*, contributors: Iterable[str], scalars_senders: Collection[str]) -> list[str]:
+    """The contributors of a step that validation may target: those whose signed scalars of that step
+    are on the board (a contributor that never published scalars has nothing to check, and its step
+    was dropped for it already)."""
+    sent = set(scalars_senders)
+    return [p for p in contributors if p in sent]
+
+
 def validator_assignment(*, run: str, step: int, group: Iterable[str], commitments: Mapping[str, str],
                          reveals: Mapping[str, str | bytes], prev_contributors: Collection[str],
                          m: int) -> dict[str, str]:
     """The validators of step ``step`` and their targets (``prev_contributors``: the contributors of
-    step ``step - 1``), drawn from the step's own ``r_t`` (:func:`mprng_output`); empty when the step
+    step ``step - 1`` with scalars on the board, :func:`checkable_targets`), drawn from the step's own ``r_t`` (:func:`mprng_output`); empty when the step
     has no ``r_t``. ``group`` is the step's group in order; its MPRNG members are those with a
     commitment on the board."""
     order = list(group)
@@ -142,3 +150,47 @@ def validator_assignment(*, run: str, step: int, group: Iterable[str], commitmen
     if r is None:
         return {}
     return draw_validators(r, group=order, targets=prev_contributors, m=m)
+
+
+# ---------------------------------------------------------------------------------------------------
+# what decides a step (security review, findings 1, 6, 7; docs/protocol.md "What decides a step")
+
+
+def unheld_listed(listed: Iterable[str], *, stored: Collection[str]) -> list[str]:
+    """The digests a validation report lists (``listed``: the accusations and ELIMINATEs its sender
+    saw) that the board does not hold (``stored``: digests of this step's stored ``accuse`` and
+    ``eliminate`` broadcasts). A report naming one is refused: a phantom digest would make every peer
+    wait for an accusation that never comes instead of running the step's checks (finding 1)."""
+    held = set(stored)
+    return [d for d in listed if d not in held]
+
+
+def unlisted_own(own: Iterable[str], *, listed: Collection[str]) -> list[str]:
+    """The sender's own stored ``accuse``/``eliminate`` digests (``own``) its validation report does not
+    list. A report must list them: the reports fix the set of accusations and ELIMINATEs that decide
+    the step, so an accuser cannot keep its own accusation out of that set (finding 6)."""
+    names = set(listed)
+    return [d for d in own if d not in names]
+
+
+def moderation_refused(*, phase: str, sender_reported: bool, validation_closed: bool) -> str | None:
+    """Why an ``accuse`` or ``eliminate`` broadcast is refused (None: accepted). Once its sender's own
+    validation report is stored, or the validation phase is closed, the set that decides the step is
+    fixed: a later accusation or ELIMINATE would reach some peers before they finish and others after
+    (finding 6), so it is refused (a fault of the next step is raised in the next step)."""
+    if phase not in ("accuse", "eliminate"):
+        return None
+    if validation_closed:
+        return f"{phase} after the step's validation phase closed"
+    if sender_reported:
+        return f"{phase} after the sender's own validation report"
+    return None
+
+
+def slot_conflict(*, phase: str, board_phases: Collection[str], stored_digest: str | None,
+                  digest: str) -> bool:
+    """Whether a broadcast is a second, different signed message in a single-message slot ``(step,
+    phase, sender)`` of ``board_phases`` whose first message has ``stored_digest``. Such a pair is
+    refused and is itself proof of equivocation: two signatures of one sender on one slot (finding 7).
+    The same message again (same digest) is a harmless resend, not a conflict."""
+    return phase in board_phases and stored_digest is not None and stored_digest != digest

@@ -12,6 +12,7 @@ from ._swarm import Swarm
 
 EXPECTED_KIND = {
     "wrong_aggregate": "bad_aggregate",
+    "phantom_digest": "bad_aggregate",
     "equivocate": "aggregate_mismatch",
     "bad_commitment": "part_mismatch",
     "lie_scalars": "wrong_scalar",
@@ -23,7 +24,7 @@ EXPECTED_KIND = {
 
 def test_the_registry_covers_every_behaviour_of_the_spec():
     assert set(GRADIENT_ATTACKS) == {"sign_flip", "random_direction", "label_flip", "delayed", "ipm", "alie"}
-    assert set(PROTOCOL_ATTACKS) == {"wrong_aggregate", "equivocate", "bad_commitment", "lie_scalars",
+    assert set(PROTOCOL_ATTACKS) == {"wrong_aggregate", "phantom_digest", "equivocate", "bad_commitment", "lie_scalars",
                                      "false_accuse", "withhold_part", "withhold_reveal", "replay"}
     for name, cls in ATTACKS.items():
         hooks = [k for k in dir(cls) if k.startswith("hook_") and getattr(cls, k) is not getattr(P.BtardPeer, k)]

@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
-from . import messages as M
-from .crypto import Envelope
+from btard_wire import payloads as M
+from btard_wire.envelope import Envelope
 from .protocol import BtardPeer, ComputeGradient, SendAggregate, SendPart, _Step, distances_to
 from .tensors import tensor_to_bytes
 
@@ -55,6 +55,9 @@ class Byzantine(BtardPeer):
     name = "byzantine"
     byzantine = True
     kind = "protocol"
+    rational = False          # a behaviour of the rational threat model (docs/threat-model.md)
+    outcome = "banned"        # what the defence achieves: "banned", or "bounded" (gain under ``bound``)
+    bound = 0.0               # relative model drift from the paired clean run allowed when "bounded"
 
     def __init__(self, *args, collusion: Collusion | None = None, attack_start: int = 0,
                  attack_every: int = 1, **params: Any):
@@ -224,6 +227,27 @@ class WrongAggregate(Byzantine):
         return v, distances_to(x, v).tolist()
 
 
+class PhantomDigest(Byzantine):
+    """Rational forger (security review, finding 1): publishes any aggregate of its part (``-scale * a_j``,
+    with distances consistent with it) and lists an accusation digest that was never broadcast in its
+    own report, so that every peer waits for it instead of running the fixed-point check. Defeated by
+    invariant 1 (a step is applied only once every check ran and passed): the step is dropped, the
+    report is provably false (``bad_broadcast``), and a board that refuses reports naming digests it does
+    not hold leaves the forged aggregate to the fixed-point check (``bad_aggregate``)."""
+
+    name = "phantom_digest"
+    rational = True
+    scale = 1.0
+
+    def hook_aggregate(self, x, s):
+        v, dists = super().hook_aggregate(x, s)
+        if not self.active(s.ctx.step):
+            return v, dists
+        v = v * (-self.scale)
+        s.my_accusations.append("ab" * 32)  # listed in the validation report, never broadcast
+        return v, distances_to(x, v).tolist()
+
+
 class Equivocate(Byzantine):
     """Aggregator sends a different (signed) aggregate to every other peer of the group. Caught by the
     receivers' check of ``a_j`` against the broadcast ``H(a_j)``: ``aggregate_mismatch``."""
@@ -330,8 +354,11 @@ class Replay(Byzantine):
 
 ATTACKS: dict[str, type[Byzantine]] = {cls.name: cls for cls in (
     SignFlip, RandomDirection, LabelFlip, Delayed, IPM, ALIE,
-    WrongAggregate, Equivocate, BadCommitment, LieScalars, FalseAccuse, WithholdPart, WithholdReveal, Replay,
+    WrongAggregate, PhantomDigest, Equivocate, BadCommitment, LieScalars, FalseAccuse, WithholdPart, WithholdReveal, Replay,
 )}
+# behaviours of a rational attacker (security review 2026-12): each declares whether it ends banned
+# (``outcome = "banned"``) or with its gain bounded (``outcome = "bounded"`` and its ``bound``)
+RATIONAL_ATTACKS = [name for name, cls in ATTACKS.items() if cls.rational]
 GRADIENT_ATTACKS = [name for name, cls in ATTACKS.items() if cls.kind == "gradient"]
 PROTOCOL_ATTACKS = [name for name, cls in ATTACKS.items() if cls.kind == "protocol"]
 

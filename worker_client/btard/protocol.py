@@ -24,18 +24,13 @@ from typing import Any
 
 import torch
 
-from . import messages as M
+from btard_wire import payloads as M
 from .aggregators import centered_clip_with_info
-from .crypto import (
-    BOARD_PHASES,
-    PROTOCOL_VERSION,
-    Envelope,
-    Identity,
-    ProtocolError,
-    ReplayGuard,
-    b64e,
-    verify_envelope,
-)
+from btard_wire import BOARD_PHASES, PROTOCOL_VERSION
+from btard_wire.envelope import Envelope, Identity, ReplayGuard, b64e, verify_envelope
+from btard_wire.errors import ProtocolError
+from btard_wire.board import checkable_targets
+
 from .mprng import (
     batch_seed,
     combine_reveals,
@@ -121,7 +116,8 @@ class StepContext:
 
     ``group`` is ordered; peer ``group[j]`` aggregates part j. ``r_prev`` is ``r_{t-1}`` (see
     :mod:`.mprng`). ``prev`` is this peer's :class:`StepRecord` of step t-1 (None: nothing to
-    validate). ``validators`` may be assigned by the site; by default they are drawn from ``r_prev``.
+    validate). ``validators`` may be fixed by the driver (tests, benchmarks); by default they are drawn
+    from this step's ``r_t`` once it is revealed (Sec. 3.3).
     ``model_ref`` is an opaque token the driver maps back to the model state of this step.
     """
 
@@ -518,12 +514,11 @@ class BtardPeer:
         if self.peer_id not in ctx.group:
             raise ValueError("this peer is not in the step's group")
         n = len(ctx.group)
-        if ctx.validators is not None:
-            validators = dict(ctx.validators)
-        elif ctx.prev is not None and ctx.prev.step == ctx.step - 1:
-            validators = select_validators(ctx.r_prev, ctx.group, ctx.prev.contributors, self.params.validators)
-        else:
-            validators = {}
+        # Validators of this step and their targets (step t-1's contributors) are drawn from r_t, this
+        # step's MPRNG output, once it is revealed (``_draw_validators``): nobody can know them before
+        # step t-1's scalars are on the board (Sec. 3.3; security review, findings 2-3). A driver may
+        # still fix them (``ctx.validators``: tests, benchmarks).
+        validators = dict(ctx.validators) if ctx.validators is not None else {}
         # (ours) validators contribute their own gradient as well: if they sat the step out, b
         # attackers among n - m contributors could reach one half (7 of 14 for n = 16, b = 7, m = 2),
         # where CenteredClip has no stable fixed point. The cost is m extra gradients per step.
@@ -542,14 +537,7 @@ class BtardPeer:
                               batch_size=self.batch_for(n))
         actions.append(self.hook_gradient_request(req))
         if role == "validator":
-            target = validators[self.peer_id]
-            prev = ctx.prev
-            if prev is None or target not in prev.seeds:
-                s.validation_ok, s.validation_reason = None, "no record of the target"
-            else:
-                actions.append(ComputeGradient(request_id=f"validate:{ctx.step}", seed=prev.seeds[target],
-                                               model_ref=prev.model_ref, step=prev.step, peer=target,
-                                               purpose="validate", batch_size=self.batch_for(len(prev.group))))
+            actions += self._request_recalc()
         # inputs for this step that arrived early
         early, self._future = self._future, []
         for kind, args in early:
@@ -559,6 +547,34 @@ class BtardPeer:
         return actions
 
     start = begin_step  # the name the brief used; same method
+
+    def _draw_validators(self) -> list[Action]:
+        """r_t is known: draw this step's validators and their targets among step t-1's contributors
+        (:func:`btard_wire.randomness.draw_validators`, the rule the site and the boards use too) and,
+        if this peer is one, ask for the recomputation of its target's step t-1 gradient."""
+        s = self._s
+        ctx = s.ctx
+        if ctx.validators is not None or s.r is None or "validators_drawn" in s.flags:
+            return []
+        s.flags.add("validators_drawn")
+        if ctx.prev is None or ctx.prev.step != ctx.step - 1:
+            return []
+        s.validators = select_validators(s.r, ctx.group, checkable_targets(
+            contributors=ctx.prev.contributors, scalars_senders=ctx.prev.scalars), self.params.validators)
+        if self.peer_id not in s.validators:
+            return []
+        s.role = "validator"
+        return self._request_recalc()
+
+    def _request_recalc(self) -> list[Action]:
+        s = self._s
+        target, prev = s.validators[self.peer_id], s.ctx.prev
+        if prev is None or target not in prev.seeds:
+            s.validation_ok, s.validation_reason = None, "no record of the target"
+            return []
+        return [ComputeGradient(request_id=f"validate:{s.ctx.step}", seed=prev.seeds[target],
+                                model_ref=prev.model_ref, step=prev.step, peer=target,
+                                purpose="validate", batch_size=self.batch_for(len(prev.group)))]
 
     def on_gradient(self, request_id: str, gradient: torch.Tensor) -> list[Action]:
         """The driver's answer to a :class:`ComputeGradient` (a flat float32 tensor of ``numel``)."""
@@ -760,7 +776,7 @@ class BtardPeer:
             if late:
                 return actions + self._finish("dropped", "eliminated: missing aggregates")
         elif phase == "verdict":
-            return self._finish(None, "verdict deadline")
+            return self._phantom_verdicts() + self._finish(None, "verdict deadline")
         return self._advance()
 
     def missing_broadcasts(self, phase: str, senders: Collection[str]) -> list[str]:
@@ -861,6 +877,22 @@ class BtardPeer:
         s = self._s
         return all(d in s.accusations for p in s.ctx.group if s.got("validation", p)
                    for d in s.payload("validation", p).accusations)
+
+    def _phantom_verdicts(self) -> list[Action]:
+        """At the verdict deadline: a report naming an accusation the board never relayed is the
+        reporter's provable fault (its signed report names a digest nobody holds; security review,
+        finding 1). The step is dropped either way (``_finish`` needs every listed accusation)."""
+        s = self._s
+        actions: list[Action] = []
+        for p in s.ctx.group:
+            if not s.got("validation", p):
+                continue
+            missing = [d for d in s.payload("validation", p).accusations if d not in s.accusations]
+            if missing:
+                actions += self._direct_verdict(p, M.FaultKind.bad_broadcast, [s.board[("validation", p)][2]],
+                                                f"report lists {len(missing)} accusation(s) never broadcast: "
+                                                f"{missing[0][:16]}")
+        return actions
 
     @staticmethod
     def _doomed(s: _Step) -> bool:
@@ -1205,6 +1237,7 @@ class BtardPeer:
             values.append(x)
         if not s.mprng_failed:
             s.r = combine_reveals(values)
+            actions += self._draw_validators()
         return actions
 
     def _send_scalars(self) -> list[Action]:
@@ -1323,7 +1356,11 @@ class BtardPeer:
             _FIXED_POINT_CACHE[key] = cached = (totals, tol)
         totals, tol = cached
         s.fixed_point_margin = float((totals.abs() / tol).max())
-        for i in torch.nonzero(~(totals.abs() <= tol)).flatten().tolist():
+        failed = torch.nonzero(~(totals.abs() <= tol)).flatten().tolist()
+        if not failed and not actions and parts == list(range(s.n)):
+            # invariant 1: the step may be applied only once this check ran over every part and passed
+            s.flags.add("fixed_point_passed")
+        for i in failed:
             j = parts[i]
             agg = s.ctx.group[j]
             digests = [s.board[("agg_result", agg)][2]] + [s.board[("scalars", k)][2] for k in contributors]
@@ -1338,6 +1375,12 @@ class BtardPeer:
         env, acc = s.accusations[digest]
         accuser, accused = env.sender, acc.accused
         if acc.kind == M.FaultKind.recalc:
+            if s.r is None and not s.mprng_failed and s.ctx.validators is None:
+                # the validators are drawn from r_t: a peer doomed before it combined the reveals
+                # combines them now, or waits for the ones still on their way
+                if not self._all(s, "mprng_reveal", s.mprng_members):
+                    return []
+                return self._combine_randomness() + self._judge(digest)
             prev = s.ctx.prev
             if (prev is None or acc.target_step != prev.step or s.validators.get(accuser) != accused
                     or accused not in prev.seeds):
@@ -1478,8 +1521,11 @@ class BtardPeer:
         if s.result is not None:
             return []
         bans = self._bans()
+        # Invariant 1 (security review, finding 1): "applied" needs every check of the step to have run
+        # and passed, the fixed-point check over every part included; reaching a deadline is not enough.
         complete = (s.r is not None and len(s.aggregates) == s.n and not s.eliminations
-                    and "aggregated" in s.flags)
+                    and "aggregated" in s.flags and "fixed_point_passed" in s.flags
+                    and self._reported_accusations_in())
         if outcome is None:
             if self._doomed(s) and not bans:
                 outcome, reason = "dropped", reason or "a fault was raised and not resolved by a ban"

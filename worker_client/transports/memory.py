@@ -20,8 +20,12 @@ from dataclasses import dataclass, field
 import torch
 
 from ..btard import protocol as P
-from ..btard.crypto import BROADCAST_PHASES, Envelope, ProtocolError, ReplayGuard
-from ..btard.messages import EliminatePayload, VerdictPayload
+from btard_wire import BROADCAST_PHASES
+from btard_wire.envelope import Envelope, ReplayGuard
+from btard_wire.errors import ProtocolError
+from btard_wire import BOARD_PHASES
+from btard_wire import board as rules
+from btard_wire.payloads import AccusePayload, EliminatePayload, ValidationPayload, VerdictPayload
 
 GradientFn = Callable[[list[tuple[str, P.ComputeGradient]]], list[torch.Tensor]]
 
@@ -62,12 +66,18 @@ class BulletinBoard:
     silence: dict[str, int] = field(default_factory=dict)
     log: list[Envelope] = field(default_factory=list)
     keep_log: bool = False
+    # the board rules on what decides a step (btard_wire.board; findings 1, 6): a report lists only
+    # accusations and ELIMINATEs the board holds and every one of its sender's own; none after it.
+    # False models a board without them (tests of the core's own defence).
+    check_reports: bool = True
 
     def __post_init__(self):
         self._guard = ReplayGuard()
         self._votes: dict[str, dict[str, VerdictPayload]] = {}
         self._posted: dict[str, set[str]] = {}  # this step: phase -> who posted it
         self.closed: dict[str, list[str]] = {}  # this step: board phases closed -> their senders
+        self._slots: dict[tuple[str, str], str] = {}  # this step: (phase, sender) -> digest stored
+        self._moderation: dict[str, list[str]] = {}  # this step: sender -> its accuse/eliminate digests
 
     def next_group(self) -> list[str]:
         return [p for p in self.members if p not in self.banned and p not in self.eliminated]
@@ -77,6 +87,8 @@ class BulletinBoard:
         self._votes = {}
         self._posted = {}
         self.closed = {}
+        self._slots = {}
+        self._moderation = {}
 
     def close_phase(self, phase: str) -> list[str]:
         """Close a board phase as the site does: who posted it so far; later posts of it are refused."""
@@ -97,12 +109,17 @@ class BulletinBoard:
                 raise ProtocolError("poster is not in the step's group")
             if envelope.phase in self.closed:
                 raise ProtocolError(f"{envelope.phase} of step {envelope.step} is closed")
-            payload, _ = self.verifier.check(envelope, self.public_keys[connection])
+            payload, digest = self.verifier.check(envelope, self.public_keys[connection])
             self._guard.check_and_remember(envelope)
+            self._check_decisive(connection, envelope.phase, payload, digest)
         except ProtocolError as exc:
             self.rejected.append((connection, str(exc)))
             return False
         self._posted.setdefault(envelope.phase, set()).add(connection)
+        if envelope.phase in BOARD_PHASES:
+            self._slots[(envelope.phase, connection)] = digest
+        if isinstance(payload, (AccusePayload, EliminatePayload)):
+            self._moderation.setdefault(connection, []).append(digest)
         if self.keep_log:
             self.log.append(envelope)
         if isinstance(payload, VerdictPayload):
@@ -122,6 +139,32 @@ class BulletinBoard:
             if effective:
                 self.eliminated.update({connection, payload.target})
         return True
+
+    def _check_decisive(self, sender: str, phase: str, payload, digest: str) -> None:
+        """The board rules that fix what decides the step (btard_wire.board); raises ProtocolError."""
+        first = self._slots.get((phase, sender))
+        if rules.slot_conflict(phase=phase, board_phases=BOARD_PHASES, stored_digest=first, digest=digest):
+            # two signatures of one sender on one slot: refused, and proof of equivocation (finding 7)
+            if sender not in self.banned:
+                self.banned[sender] = BanRecord(peer=sender, step=self.step, kind="equivocation",
+                                                evidence=[first, digest],
+                                                reason=f"two different signed {phase} messages in one slot")
+            raise ProtocolError(f"second {phase} message from {sender[:8]} in step {self.step}: equivocation")
+        if not self.check_reports:
+            return
+        reported = ("validation", sender) in self._slots
+        closed = "validation" in self.closed or len(self._posted.get("validation", ())) >= len(self.group)
+        why = rules.moderation_refused(phase=phase, sender_reported=reported, validation_closed=closed)
+        if why is not None:
+            raise ProtocolError(why)
+        if isinstance(payload, ValidationPayload):
+            stored = [d for ds in self._moderation.values() for d in ds]
+            phantom = rules.unheld_listed(payload.accusations, stored=stored)
+            if phantom:
+                raise ProtocolError(f"report lists {len(phantom)} digest(s) the board does not hold")
+            unlisted = rules.unlisted_own(self._moderation.get(sender, ()), listed=payload.accusations)
+            if unlisted:
+                raise ProtocolError(f"report leaves out {len(unlisted)} of the sender's own accusations")
 
     def report_silence(self, reports: dict[str, list[str]]) -> None:
         """Peers' end-of-step reports of who missed a deadline; a majority makes it count."""

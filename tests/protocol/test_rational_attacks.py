@@ -1,0 +1,83 @@
+"""Rational attackers (security review 2026-12): each registered behaviour overrides one hook and never
+signs the evidence of its own deviation where an unprovable alternative exists. For every one, in memory
+and in random delivery order: no honest peer is banned, every honest peer reaches the same outcome and
+the same update in every step, the attacker is banned or its gain is bounded, and the run keeps applying
+steps (docs/threat-model.md, "Protocol")."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from worker_client.btard import protocol as P
+from worker_client.btard.attacks import ATTACKS, RATIONAL_ATTACKS
+
+from ._swarm import Swarm
+
+STEPS = 7
+
+
+def _model(swarm: Swarm, peer: str | None = None) -> torch.Tensor:
+    """The sum of the updates applied by ``peer`` (the first honest peer by default): the model's path."""
+    total = torch.zeros(swarm.numel)
+    for results in swarm.history:
+        r = results.get(peer) if peer else next((results[p] for p in swarm.honest if p in results), None)
+        if r is not None and r.outcome == "applied":
+            total += r.update
+    return total
+
+
+def _assert_agreement(swarm: Swarm) -> None:
+    for t, results in enumerate(swarm.history):
+        honest = [results[p] for p in swarm.honest if p in results]
+        assert len({r.outcome for r in honest}) == 1, (t, {p[:6]: results[p].outcome for p in results})
+        updates = [r.update for r in honest if r.outcome == "applied"]
+        assert all(torch.equal(u, updates[0]) for u in updates), t
+
+
+def _run(attack: str, *, n: int = 7, byzantine=(1, 4), seed: int = 0, board_rules: bool = True,
+         steps: int = STEPS, **kw) -> Swarm:
+    swarm = Swarm(n=n, attack=attack, byzantine=byzantine, attack_start=1, shuffle=True, seed=seed,
+                  params=P.ProtocolParams(validators=2), **kw)
+    swarm.board.check_reports = board_rules
+    swarm.run(steps)
+    return swarm
+
+
+@pytest.mark.parametrize("attack", RATIONAL_ATTACKS)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_it_bans_no_honest_peer_keeps_honest_peers_agreed_and_bounds_the_attacker(attack, seed):
+    swarm = _run(attack, seed=seed)
+    assert not set(swarm.board.banned) - swarm.byzantine, swarm.board.banned
+    _assert_agreement(swarm)
+    removed = set(swarm.board.banned) | swarm.board.eliminated
+    cls = ATTACKS[attack]
+    if cls.outcome == "banned":
+        assert swarm.byzantine <= removed, (attack, swarm.board.banned)
+    else:  # gain bounded: the model stays within the bound of the clean run's
+        clean = Swarm(n=7, seed=seed, shuffle=True, params=P.ProtocolParams(validators=2))
+        clean.run(STEPS)
+        drift = float((_model(swarm) - _model(clean)).norm() / (_model(clean).norm() + 1e-12))
+        assert drift <= cls.bound, (attack, drift)
+    last = swarm.history[-2:]
+    assert any(r.outcome == "applied" for results in last for r in results.values()), attack
+
+
+def test_it_never_applies_a_step_whose_report_names_a_phantom_accusation_even_on_a_lax_board():
+    """Invariant 1 in the core alone: with a board that relays the phantom report, every attacked step
+    is dropped (the fixed-point check never ran), and the report is the reporter's provable fault."""
+    swarm = _run("phantom_digest", byzantine=(2,), board_rules=False, steps=4)
+    attacker = swarm.ids[2]
+    assert set(swarm.board.banned) == {attacker}
+    assert swarm.board.banned[attacker].kind == "bad_broadcast"
+    _assert_agreement(swarm)
+    attacked = swarm.history[1]
+    assert {attacked[p].outcome for p in swarm.honest} == {"dropped"}
+    assert {r.outcome for r in swarm.history[-1].values()} == {"applied"}
+
+
+def test_a_board_refuses_a_report_that_names_a_phantom_digest_and_the_forgery_is_caught():
+    swarm = _run("phantom_digest", byzantine=(2,), steps=4)
+    attacker = swarm.ids[2]
+    assert swarm.board.banned[attacker].kind == "bad_aggregate"
+    assert any("does not hold" in why for who, why in swarm.board.rejected if who == attacker)
