@@ -17,6 +17,7 @@ import argparse
 import copy
 import gc
 import hashlib
+import inspect
 import json
 import math
 import random
@@ -30,7 +31,7 @@ from typing import Any
 import torch
 
 from .btard import protocol as P
-from .btard.aggregators import AGGREGATORS, centered_clip
+from .btard.aggregators import AGGREGATORS, bucketing, centered_clip
 from .btard.attacks import ATTACKS, Byzantine, Collusion, make_peer
 from .btard.crypto import Identity
 from .btard.mprng import batch_seed, genesis_randomness
@@ -47,13 +48,32 @@ from .transports.memory import BulletinBoard, MemorySwarm
 RUN = "sim"
 
 
-def _f_for(rule: str, n: int, b: int) -> dict:
-    """The ``f`` a robust rule is told: the number of attackers, capped by the rule's precondition."""
-    if rule in ("krum", "multi_krum"):
-        return {"f": max(0, min(b, (n - 3) // 2))}
-    if rule == "bulyan":
-        return {"f": max(0, min(b, (n - 3) // 4))}
-    return {}
+def baseline_params(rule: str, *, f: int) -> dict:
+    """What a baseline rule is told, as its authors intend: ``f``, the true number of attackers, for
+    every rule that takes one (trimmed mean trims f per side; Krum, Multi-Krum, Bulyan, NNM). A rule
+    whose precondition fails for this n and f raises its ValueError at the first step: we do not
+    quietly tell it a smaller f. (tau and bucketing's per-step seed are set by the simulator.)"""
+    fn = AGGREGATORS[rule]
+    accepted = {p.name for p in inspect.signature(fn).parameters.values()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    return {"f": f} if "f" in accepted else {}
+
+
+def _baseline_update(rule: str, x: torch.Tensor, params: dict, *, tau: float, bounds, seed: int) -> torch.Tensor:
+    """One trusted-server aggregation. A final CenteredClip runs per part like BTARD's aggregators (tau
+    acts per part), after any pre-aggregation of the whole vectors; bucketing reshuffles every step."""
+    fn = AGGREGATORS[rule]
+    pre = getattr(fn, "pre", None)
+    final = getattr(fn, "rule_name", rule)
+    if pre is bucketing:
+        params = {**params, "seed": seed}
+    if final != "centered_clip":
+        return fn(x, **params)
+    if pre is not None:
+        pre_params = {k: v for k, v in params.items()
+                      if k in inspect.signature(pre).parameters}
+        x = pre(x, **pre_params)
+    return torch.cat([centered_clip(x[:, a:b], tau=tau, init="median") for a, b in bounds])
 
 
 class _Models:
@@ -102,13 +122,13 @@ def run_simulation(*, task: str = "mnist5k-mlp", peers: int = 16, byzantine: int
                    seed: int = 0, tau: float = 1.0, validators: int = 2, batch_size: int = 32,
                    global_batch: int = 0,
                    lr: float | None = None, eval_every: int = 10, progress: bool = False,
-                   attack_params: dict | None = None, threads: int | None = None,
+                   attack_params: dict | None = None, threads: int | None = None, rule_f: int | None = None,
                    protocol_params: dict | None = None, json_path: str | Path | None = None) -> dict:
     """Simulate ``steps`` steps and return the run summary (see ``docs/protocol.md``, "btard-sim")."""
     args = dict(task=task, peers=peers, byzantine=byzantine, attack=attack, attack_start=attack_start,
                 attack_every=attack_every, aggregator=aggregator, steps=steps, seed=seed, tau=tau,
                 validators=validators, batch_size=batch_size, global_batch=global_batch, lr=lr,
-                eval_every=eval_every,
+                eval_every=eval_every, rule_f=rule_f,
                 attack_params=attack_params or {}, protocol_params=protocol_params or {})
     if aggregator != "btard" and aggregator not in AGGREGATORS:
         raise ValueError(f"unknown aggregator {aggregator!r}; use btard or one of {sorted(AGGREGATORS)}")
@@ -118,6 +138,12 @@ def run_simulation(*, task: str = "mnist5k-mlp", peers: int = 16, byzantine: int
         byzantine = 0
     if not (0 <= byzantine < peers):
         raise ValueError("need 0 <= byzantine < peers")
+    if rule_f is not None and (not isinstance(rule_f, int) or rule_f < 0):
+        raise ValueError(f"rule_f must be an integer >= 0, got {rule_f!r}")
+    if aggregator != "btard":  # a failed precondition (e.g. Krum's n >= 2f+3) is an error before step 0
+        _baseline_update(aggregator, torch.randn(peers, 4, generator=torch.Generator().manual_seed(0)),
+                         baseline_params(aggregator, f=byzantine if rule_f is None else rule_f),
+                         tau=tau, bounds=[(0, 4)], seed=0)
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -212,8 +238,7 @@ def run_simulation(*, task: str = "mnist5k-mlp", peers: int = 16, byzantine: int
         stats["messages"] = swarm.messages
         stats["bytes_p2p"] = swarm.bytes_sent
     else:
-        rule = AGGREGATORS[aggregator]
-        rule_params = _f_for(aggregator, peers, byzantine)
+        rule_params = baseline_params(aggregator, f=byzantine if rule_f is None else rule_f)
         r = genesis_randomness(RUN, seed)
         bounds = P.part_bounds(numel, peers)
         for step in range(steps):
@@ -242,10 +267,8 @@ def run_simulation(*, task: str = "mnist5k-mlp", peers: int = 16, byzantine: int
                 # The model has already diverged (an earlier update blew it up): training is over.
                 stats["diverged_at"] = step
                 break
-            if aggregator == "centered_clip":  # per part, like BTARD's aggregators (tau acts per part)
-                update = torch.cat([centered_clip(x[:, a:b], tau=tau, init="median") for a, b in bounds])
-            else:
-                update = rule(x, **rule_params)
+            update = _baseline_update(aggregator, x, rule_params, tau=tau, bounds=bounds,
+                                      seed=int.from_bytes(r[:8], "little"))
             if not torch.isfinite(update).all():
                 stats["diverged_at"] = step
                 break
@@ -315,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tau", type=float, default=1.0, help="CenteredClip tau per part")
+    ap.add_argument("--rule-f", type=int, default=None,
+                    help="f told to a baseline rule that takes one (default: the true number of attackers)")
     ap.add_argument("--validators", type=int, default=2, help="validators per step (m)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--global-batch", type=int, default=0,

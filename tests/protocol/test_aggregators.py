@@ -29,9 +29,12 @@ from worker_client.btard.aggregators import (
 
 # parameters that make every registered rule valid on n=16 inputs with up to 3 attackers
 PARAMS = {
-    "mean": {}, "median": {}, "trimmed_mean": {"beta": 0.25}, "krum": {"f": 3},
+    "mean": {}, "median": {}, "trimmed_mean": {"f": 3}, "krum": {"f": 3},
     "multi_krum": {"f": 3, "m": 10}, "bulyan": {"f": 3}, "geometric_median": {},
     "centered_clip": {"tau": 1.0},
+    "nnm+krum": {"f": 3}, "nnm+median": {"f": 3}, "nnm+centered_clip": {"f": 3, "tau": 1.0},
+    # 16 inputs in buckets of 2 leave 8 rows, too few for Krum with f=3 (needs 9): buckets of 1 here
+    "bucketing+krum": {"f": 3, "s": 1}, "bucketing+median": {"s": 2}, "bucketing+centered_clip": {"s": 2, "tau": 1.0},
 }
 
 
@@ -47,7 +50,7 @@ def _honest_and_outliers(n=16, b=3, d=200, seed=0, scale=1000.0):
 def _exact_cc(x, tau, iters, init="median"):
     """The textbook CenteredClip iteration in float64 with n x d temporaries (reference)."""
     xd = x.double()
-    v = x.median(dim=0).values.double() if init == "median" else xd.mean(dim=0)
+    v = xd.quantile(0.5, dim=0) if init == "median" else xd.mean(dim=0)
     for _ in range(iters):
         dist = (xd - v).norm(dim=1)
         w = torch.where(dist > 0, torch.clamp(tau / dist, max=1.0), torch.ones_like(dist))
@@ -65,18 +68,21 @@ def test_mean_is_the_plain_average():
     assert torch.equal(mean(x), torch.tensor([3.0, 3.0]))
 
 
-def test_median_takes_the_middle_value_per_coordinate_and_the_lower_one_for_even_n():
+def test_median_takes_the_middle_value_and_averages_the_two_middle_ones_for_even_n():
     x = torch.tensor([[1.0, 9.0, -1.0], [5.0, 2.0, 0.0], [3.0, 4.0, 7.0]])
     assert torch.equal(median(x), torch.tensor([3.0, 4.0, 0.0]))
     even = torch.tensor([[1.0, 10.0], [4.0, 2.0], [2.0, 30.0], [3.0, 20.0]])
-    assert torch.equal(median(even), torch.tensor([2.0, 10.0]))
+    assert torch.equal(median(even), torch.tensor([2.5, 15.0]))
 
 
-def test_trimmed_mean_drops_the_beta_n_extremes_per_coordinate():
+def test_trimmed_mean_drops_f_values_on_each_side_per_coordinate():
     x = torch.tensor([[1.0, 100.0], [2.0, 0.0], [3.0, 3.0], [4.0, 5.0], [100.0, -50.0]])
-    # beta=0.2, n=5 -> drop 1 largest and 1 smallest per coordinate
-    assert torch.allclose(trimmed_mean(x, beta=0.2), torch.tensor([3.0, (0.0 + 3.0 + 5.0) / 3]))
-    assert torch.allclose(trimmed_mean(x, beta=0.1), x.mean(dim=0))  # floor(0.5) = 0 -> plain mean
+    assert torch.allclose(trimmed_mean(x, f=1), torch.tensor([3.0, (0.0 + 3.0 + 5.0) / 3]))
+    assert torch.equal(trimmed_mean(x, f=2), torch.tensor([3.0, 3.0]))
+    assert torch.allclose(trimmed_mean(x, f=0), x.mean(dim=0))
+    # f = b, not a fraction of n: 7 of 16 trimmed per side leave the two middle values
+    y = torch.arange(16.0)[:, None]
+    assert torch.equal(trimmed_mean(y, f=7), torch.tensor([7.5]))
 
 
 def test_krum_picks_the_input_in_the_middle_of_the_cluster():
@@ -111,6 +117,50 @@ def test_bulyan_on_seven_inputs_with_one_attacker_matches_the_hand_computation()
     # the first five rows; their median is row 2 and the three nearest values are rows 1..3.
     assert sorted(selected) == [0, 1, 2, 3, 4]
     assert torch.equal(bulyan(x, f=1), torch.tensor([3.0, 12.0]))
+
+
+def test_bulyan_averages_the_values_nearest_the_median_when_values_repeat():
+    # colluders send equal vectors: the three values nearest the median 0 of the selection
+    # {-1, -1, 0, 0.5, 3} are 0, 0.5 and one -1 (which one does not matter), not the window {-1, -1, 0}
+    x = torch.tensor([[-1.0], [-1.0], [0.0], [0.5], [3.0], [100.0], [-100.0]])
+    assert sorted(bulyan_selection(x, f=1)) == [0, 1, 2, 3, 4]
+    assert bulyan(x, f=1).item() == pytest.approx(-1.0 / 6.0)
+
+
+def test_bulyan_breaks_an_equal_distance_tie_towards_the_lower_value():
+    # selection {-3, -1, 0, 0.5, 1}: median 0, then 0.5, then -1 and 1 tie for the third place
+    x = torch.tensor([[-3.0], [-1.0], [0.0], [0.5], [1.0], [300.0], [-300.0]])
+    assert sorted(bulyan_selection(x, f=1)) == [0, 1, 2, 3, 4]
+    assert bulyan(x, f=1).item() == pytest.approx((0.0 + 0.5 - 1.0) / 3)
+
+
+def test_nnm_replaces_every_input_by_the_mean_of_its_n_minus_f_nearest():
+    x = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]])
+    # ByzFL's documented example (NNM(1))
+    expected = torch.tensor([[2.5, 3.5, 4.5], [2.5, 3.5, 4.5], [5.5, 6.5, 7.5]])
+    assert torch.allclose(agg.nnm(x, f=1), expected)
+    assert torch.allclose(agg.nnm(x, f=0), x.mean(dim=0).expand(3, -1))
+
+
+def test_bucketing_averages_shuffled_buckets_of_s_inputs():
+    x = torch.arange(7.0)[:, None] * torch.tensor([[1.0, 10.0]])
+    out = agg.bucketing(x, s=2, seed=3)
+    assert out.shape == (4, 2)  # 3 full buckets and 1 of a single input
+    assert torch.allclose(out.sum(dim=0), x.sum(dim=0) / 2 + out[-1] / 2)  # every input once
+    assert torch.equal(out, agg.bucketing(x, s=2, seed=3))
+    assert not torch.equal(out, agg.bucketing(x, s=2, seed=4))
+    assert torch.equal(agg.bucketing(x, s=7, seed=0), x.mean(dim=0, keepdim=True))
+
+
+def test_pre_aggregated_rules_run_the_pre_aggregation_then_the_rule():
+    x, _ = _honest_and_outliers(n=16, b=3, d=40, seed=2)
+    assert torch.equal(AGGREGATORS["nnm+krum"](x, f=3), krum(agg.nnm(x, f=3), f=3))
+    assert torch.equal(AGGREGATORS["nnm+median"](x, f=3), median(agg.nnm(x, f=3)))
+    assert torch.equal(AGGREGATORS["bucketing+median"](x, s=2, seed=5), median(agg.bucketing(x, s=2, seed=5)))
+    assert torch.equal(make_aggregator("bucketing+centered_clip", s=2, seed=1, tau=0.5)(x),
+                       centered_clip(agg.bucketing(x, s=2, seed=1), tau=0.5))
+    with pytest.raises(ValueError, match="does not take"):
+        make_aggregator("nnm+median", s=2)
 
 
 def test_geometric_median_of_a_symmetric_configuration_is_its_centre():
@@ -234,7 +284,13 @@ def test_overflowing_but_finite_input_is_not_mistaken_for_nan():
     (lambda x: multi_krum(x[:8], f=3, m=2), r"krum needs n >= 2f\+3, got n=8, f=3"),
     (lambda x: bulyan(x, f=4), r"bulyan needs n >= 4f\+3, got n=16, f=4"),
     (lambda x: multi_krum(x, f=3, m=17), r"multi_krum needs 1 <= m <= n"),
-    (lambda x: trimmed_mean(x, beta=0.5), r"trimmed_mean needs 0 <= beta < 0.5"),
+    (lambda x: trimmed_mean(x, f=8), r"trimmed_mean needs n > 2f, got n=16, f=8"),
+    (lambda x: trimmed_mean(x, f=0.2), r"trimmed_mean needs an integer f >= 0"),
+    (lambda x: bulyan(x[:10], f=2), r"bulyan needs n >= 4f\+3, got n=10, f=2"),
+    (lambda x: agg.nnm(x, f=8), r"nnm needs n > 2f, got n=16, f=8"),
+    (lambda x: agg.bucketing(x, s=0), r"bucketing needs an integer bucket size s >= 1"),
+    (lambda x: AGGREGATORS["bucketing+krum"](x, f=3, s=2),
+     r"bucketing\+krum \(on the 8 rows bucketing returned\): krum needs n >= 2f\+3, got n=8, f=3"),
     (lambda x: krum(x, f=-1), r"krum needs an integer f >= 0"),
     (lambda x: centered_clip(x, tau=0.0), r"tau > 0"),
     (lambda x: centered_clip(x, init="zero"), r"unknown init"),
@@ -260,7 +316,7 @@ def test_aggregators_handle_more_columns_than_one_chunk():
     d = agg._CHUNK * 2 + 123
     x = torch.randn(7, d, generator=gen)
     assert torch.allclose(median(x), x.median(dim=0).values)
-    assert torch.allclose(trimmed_mean(x, beta=0.15), x.sort(dim=0).values[1:6].mean(dim=0))
+    assert torch.allclose(trimmed_mean(x, f=1), x.sort(dim=0).values[1:6].mean(dim=0))
     res = centered_clip_with_info(x, tau=5.0, eps=0, max_iters=5)
     ref = _exact_cc(x, 5.0, 5)
     assert (res.v.double() - ref).norm() <= 1e-5 * ref.norm()
@@ -280,9 +336,9 @@ def test_order_statistic_rules_match_torch_sort_for_any_n(n):
     gen = torch.Generator().manual_seed(n)
     x = torch.randn(n, 3001, generator=gen)
     ordered = x.sort(dim=0).values
-    assert torch.equal(median(x), ordered[(n - 1) // 2])
+    assert torch.equal(median(x), (ordered[(n - 1) // 2] + ordered[n // 2]) / 2)
     k = int(0.2 * n)
-    assert torch.allclose(trimmed_mean(x, beta=0.2), ordered[k:n - k].mean(dim=0), atol=1e-6)
+    assert torch.allclose(trimmed_mean(x, f=k), ordered[k:n - k].mean(dim=0), atol=1e-6)
 
 
 @pytest.mark.parametrize("n, f", [(7, 1), (11, 2), (16, 3), (20, 4)])
@@ -291,7 +347,7 @@ def test_bulyan_averages_the_values_nearest_the_median_of_its_selection(n, f):
     x = torch.randn(n, 2000, generator=gen)
     x[:f] *= 50.0
     sel = x[sorted(bulyan_selection(x, f=f))]
-    med = sel.median(dim=0).values
+    med = sel.quantile(0.5, dim=0)
     idx = (sel - med).abs().topk(n - 4 * f, dim=0, largest=False).indices
     assert torch.allclose(bulyan(x, f=f), sel.gather(0, idx).mean(dim=0), atol=1e-6)
 

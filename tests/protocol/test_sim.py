@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 
 import pytest
@@ -41,12 +42,60 @@ def test_unknown_names_are_a_clear_error(capsys):
         run_simulation(task="digits-mlp", peers=4, byzantine=1, attack="nope", steps=1)
 
 
-@pytest.mark.parametrize("rule", sorted(AGGREGATORS))
-def test_every_baseline_rule_runs_on_a_trusted_server_with_attackers(rule):
-    out = run_simulation(task="digits-mlp", peers=8, byzantine=1, attack="sign_flip", aggregator=rule, steps=3,
-                         eval_every=0, seed=1)
-    assert out["bans"] == [] and out["applied_steps"] == 3
-    assert 0.0 <= out["final_accuracy"] <= 1.0
+@pytest.fixture(scope="module")
+def mean_under_sign_flip():
+    return run_simulation(**SIGN_FLIP, aggregator="mean")
+
+
+SIGN_FLIP = {"task": "digits-mlp", "peers": 10, "byzantine": 1, "attack": "sign_flip", "steps": 20,
+             "eval_every": 0, "seed": 1, "tau": 0.1}
+
+
+@pytest.mark.parametrize("rule", sorted(set(AGGREGATORS) - {"mean"}))
+def test_every_robust_baseline_learns_under_sign_flip_where_the_mean_collapses(rule, mean_under_sign_flip):
+    out = run_simulation(**SIGN_FLIP, aggregator=rule)
+    assert out["bans"] == [] and out["applied_steps"] == 20
+    # one attacker sending -1000 x its gradient: the mean is at chance (10 classes), every robust rule learns
+    assert mean_under_sign_flip["final_accuracy"] < 0.2
+    assert out["final_accuracy"] > 0.45, (rule, out["final_accuracy"])
+
+
+@pytest.mark.parametrize("rule", ["trimmed_mean", "krum", "multi_krum", "bulyan", "nnm+krum", "bucketing+krum"])
+def test_every_rule_that_takes_f_is_told_the_true_number_of_attackers(rule, monkeypatch):
+    from worker_client import sim
+
+    seen = []
+    real = AGGREGATORS[rule]
+
+    def spy(x, **params):
+        seen.append(params["f"])
+        return real(x, **params)
+
+    spy.__signature__ = inspect.signature(real)
+    for attr in ("pre", "rule_name"):
+        if hasattr(real, attr):
+            setattr(spy, attr, getattr(real, attr))
+    monkeypatch.setitem(sim.AGGREGATORS, rule, spy)
+    peers, b = (16, 3) if rule in ("bulyan", "bucketing+krum") else (16, 6)
+    kw = {"task": "digits-mlp", "peers": peers, "byzantine": b, "attack": "sign_flip", "aggregator": rule,
+          "steps": 2, "eval_every": 0}
+    if rule == "bucketing+krum":
+        kw["byzantine"] = 1  # 16 inputs in buckets of 2: 8 rows, enough for Krum with f <= 2
+    run_simulation(**kw)
+    assert seen and set(seen) == {kw["byzantine"]}
+    seen.clear()
+    run_simulation(**kw, rule_f=0)
+    assert set(seen) == {0}
+
+
+def test_a_rule_whose_precondition_fails_is_a_clear_error_before_training(capsys):
+    with pytest.raises(ValueError, match=r"krum needs n >= 2f\+3, got n=16, f=7"):
+        run_simulation(task="digits-mlp", peers=16, byzantine=7, attack="sign_flip", aggregator="krum", steps=1)
+    with pytest.raises(ValueError, match=r"bulyan needs n >= 4f\+3, got n=16, f=4"):
+        run_simulation(task="digits-mlp", peers=16, byzantine=4, attack="alie", aggregator="bulyan", steps=1)
+    assert main(["--task", "digits-mlp", "--peers", "16", "--byzantine", "7", "--attack", "ipm",
+                 "--aggregator", "trimmed_mean", "--rule-f", "8", "--steps", "1", "--no-progress"]) == 2
+    assert "trimmed_mean needs n > 2f, got n=16, f=8" in capsys.readouterr().err
 
 
 def test_the_same_seed_gives_the_same_run():

@@ -33,12 +33,15 @@ import torch
 
 __all__ = [
     "AGGREGATORS",
+    "PRE_AGGREGATORS",
     "CenteredClipResult",
+    "bucketing",
     "bulyan",
     "centered_clip",
     "centered_clip_residual",
     "centered_clip_with_info",
     "clip_weights",
+    "compose",
     "geometric_median",
     "krum",
     "krum_scores",
@@ -46,6 +49,7 @@ __all__ = [
     "mean",
     "median",
     "multi_krum",
+    "nnm",
     "pairwise_sq_distances",
     "trimmed_mean",
 ]
@@ -339,33 +343,47 @@ class _Sorter:
         return [torch.from_numpy(r) for r in own] if self.numpy else own
 
 
+def _middle(lo: torch.Tensor, hi: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``(lo + hi) / 2`` into ``out`` without overflow for huge finite values (halving is exact)."""
+    torch.mul(lo, 0.5, out=out)
+    return out.add_(hi, alpha=0.5)
+
+
 @_threads
 def median(x: torch.Tensor) -> torch.Tensor:
-    """Coordinate-wise median. For even n this takes the LOWER of the two middle values (torch's
-    convention), so every output coordinate is one of the input values. Robust for f < n/2."""
+    """Coordinate-wise median, the usual definition: the middle value for odd n, the average of the
+    two middle values for even n (numpy's ``median``; torch's ``median`` takes the lower one).
+    Robust for f < n/2. CenteredClip's ``init="median"`` starts from this point."""
     n, d = _check(x, "median")
     if n == 1:
         return x[0].clone()
     out = torch.empty(d, dtype=x.dtype)
-    mid = (n - 1) // 2
+    lo, hi = (n - 1) // 2, n // 2
     if n > _NETWORK_MAX_N:
         for a, b in _chunks(d):
-            out[a:b] = x[:, a:b].median(dim=0).values
+            rows = x[:, a:b].sort(dim=0).values
+            _middle(rows[lo], rows[hi], out[a:b])
         return out
-    sorter = _Sorter(n, min(d, _NETWORK_CHUNK), x.dtype, (mid,))
+    sorter = _Sorter(n, min(d, _NETWORK_CHUNK), x.dtype, tuple(sorted({lo, hi})))
     for a, b in _chunks(d, _NETWORK_CHUNK):
-        out[a:b] = sorter(list(x[:, a:b]))[mid]
+        rows = sorter(list(x[:, a:b]))
+        if lo == hi:
+            out[a:b] = rows[lo]
+        else:
+            _middle(rows[lo], rows[hi], out[a:b])
     return out
 
 
 @_threads
-def trimmed_mean(x: torch.Tensor, *, beta: float = 0.1) -> torch.Tensor:
-    """Per coordinate, drop the ``k = floor(beta * n)`` largest and ``k`` smallest values and average
-    the rest. Needs ``0 <= beta < 1/2``; robust for ``f <= k``."""
+def trimmed_mean(x: torch.Tensor, *, f: int) -> torch.Tensor:
+    """Per coordinate, drop the ``f`` largest and the ``f`` smallest values and average the other
+    ``n - 2f`` (Yin et al., 2018, with the trim set to the number of attackers ``f``). Needs an
+    integer ``f`` with ``n > 2f``; ``f = 0`` is the mean."""
     n, d = _check(x, "trimmed_mean")
-    if not (0.0 <= beta < 0.5):
-        raise ValueError(f"trimmed_mean needs 0 <= beta < 0.5, got beta={beta}")
-    k = math.floor(beta * n)
+    _check_f("trimmed_mean", f)
+    if not n > 2 * f:
+        raise ValueError(f"trimmed_mean needs n > 2f, got n={n}, f={f}")
+    k = f
     if k == 0:
         return x.mean(dim=0)
     out = torch.empty(d, dtype=x.dtype)
@@ -456,47 +474,113 @@ def bulyan_selection(x: torch.Tensor, *, f: int, dist: torch.Tensor | None = Non
 
 @_threads
 def bulyan(x: torch.Tensor, *, f: int) -> torch.Tensor:
-    """Bulyan: select ``theta = n - 2f`` inputs by repeated Krum, then per coordinate average the
-    ``beta = theta - 2f = n - 4f`` selected values nearest to their coordinate-wise median (lower
-    middle for even theta). In one dimension those values are a window of ``beta`` consecutive
-    order statistics around the median: the window whose farthest value is nearest (ties: the
-    lower window). Needs ``n >= 4f + 3``."""
+    """Bulyan (El Mhamdi et al., 2018): select ``theta = n - 2f`` inputs by repeated Krum, then per
+    coordinate average the ``beta = theta - 2f = n - 4f`` selected values nearest to the selection's
+    coordinate-wise median (:func:`median`: the average of the two middle values for even theta).
+
+    Values at equal distance from the median are taken lowest value first; equal values (colluders
+    all send the same vector) are interchangeable, so a tie among them never changes the result.
+    Needs ``n >= 4f + 3``."""
     selected = sorted(bulyan_selection(x, f=f))
     n, d = x.shape
     theta, keep = len(selected), n - 4 * f
-    mid = (theta - 1) // 2
-    first, last = max(0, mid - keep + 1), min(mid, theta - keep)
-    needed = tuple(range(first, last + keep))
+    lo, hi = (theta - 1) // 2, theta // 2
     out = torch.empty(d, dtype=x.dtype)
     width = min(d, _NETWORK_CHUNK)
-    sorter = _Sorter(theta, width, x.dtype, needed) if theta <= _NETWORK_MAX_N else None
-    cost, best_cost, total = (torch.empty(width, dtype=x.dtype) for _ in range(3))
-    better = torch.empty(width, dtype=torch.bool)
+    sorter = _Sorter(theta, width, x.dtype, tuple(range(theta))) if theta <= _NETWORK_MAX_N else None
+    med = torch.empty(width, dtype=x.dtype)
     for a, b in _chunks(d, _NETWORK_CHUNK):
         chunk = [x[i, a:b] for i in selected]
         if sorter is not None:
-            rows = sorter(chunk)
+            rows = torch.stack(sorter(chunk))
         else:
-            rows = list(torch.stack(chunk).sort(dim=0).values)
-        med, w = rows[mid], b - a
-        best_sum = out[a:b]
-        for start in range(first, last + 1):
-            c, t = cost[:w], total[:w]
-            torch.sub(med, rows[start], out=c)
-            torch.sub(rows[start + keep - 1], med, out=t)
-            torch.maximum(c, t, out=c)
-            t.copy_(rows[start])
-            for i in range(start + 1, start + keep):
-                t.add_(rows[i])
-            if start == first:
-                best_cost[:w].copy_(c)
-                best_sum.copy_(t)
-            else:
-                torch.lt(c, best_cost[:w], out=better[:w])
-                torch.where(better[:w], c, best_cost[:w], out=best_cost[:w])
-                torch.where(better[:w], t, best_sum, out=best_sum)
-        best_sum.div_(keep)
+            rows = torch.stack(chunk).sort(dim=0).values
+        m = med[: b - a]
+        if lo == hi:
+            m.copy_(rows[lo])
+        else:
+            _middle(rows[lo], rows[hi], m)
+        # On sorted values the distance to the median falls then rises, so a stable sort by distance
+        # puts the nearest first and, among equal distances, the lower value first.
+        order = (rows - m).abs_().sort(dim=0, stable=True).indices[:keep]
+        out[a:b] = rows.gather(0, order).mean(dim=0)
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# pre-aggregation: [n, d] -> [n', d], then any rule above (registered as "nnm+krum", "bucketing+median", ...)
+
+
+@_threads
+def nnm(x: torch.Tensor, *, f: int) -> torch.Tensor:
+    """Nearest-neighbour mixing (Allouah et al., 2023): row i of the result is the average of the
+    ``n - f`` inputs nearest to ``x_i`` (itself included; equal distances: lowest index first).
+    Returns ``[n, d]``. Needs an integer ``f`` with ``n > 2f``."""
+    n, _ = _check(x, "nnm")
+    _check_f("nnm", f)
+    if not n > 2 * f:
+        raise ValueError(f"nnm needs n > 2f, got n={n}, f={f}")
+    if f == 0:
+        return x.mean(dim=0, keepdim=True).expand(n, -1).clone()
+    dist = pairwise_sq_distances(x)
+    nearest = torch.sort(dist, dim=1, stable=True).indices[:, : n - f]
+    weights = torch.zeros(n, n, dtype=torch.float64)
+    weights.scatter_(1, nearest, 1.0 / (n - f))
+    return weights.to(x.dtype) @ x
+
+
+@_threads
+def bucketing(x: torch.Tensor, *, s: int = 2, seed: int = 0) -> torch.Tensor:
+    """Bucketing (Karimireddy, He and Jaggi, 2022): shuffle the inputs with ``seed``, cut them into
+    ``ceil(n / s)`` buckets of ``s`` consecutive inputs (the last one may be smaller) and return each
+    bucket's average (``[ceil(n / s), d]``). At most ``f`` buckets hold an attacker, so the rule
+    after it is told the same ``f``. Needs an integer ``s >= 1``; ``s = 1`` only shuffles."""
+    n, _ = _check(x, "bucketing")
+    if not isinstance(s, int) or isinstance(s, bool) or s < 1:
+        raise ValueError(f"bucketing needs an integer bucket size s >= 1, got s={s!r}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
+    buckets = [perm[i:i + s] for i in range(0, n, s)]
+    return torch.stack([x[b].mean(dim=0) for b in buckets])
+
+
+PRE_AGGREGATORS: dict[str, Callable[..., torch.Tensor]] = {"nnm": nnm, "bucketing": bucketing}
+
+
+def _keyword_only(fn) -> dict[str, inspect.Parameter]:
+    return {p.name: p for p in inspect.signature(fn).parameters.values()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def compose(pre_name: str, rule_name: str) -> Callable[..., torch.Tensor]:
+    """The rule ``"<pre>+<rule>"``: pre-aggregation ``pre_name`` then ``rule_name``.
+
+    It takes the keyword-only parameters of both (a name both take, such as ``f``, goes to both);
+    a failed precondition of the rule names the composite (its ``n`` counts the rows the
+    pre-aggregation returned, e.g. the buckets). ``composite.pre`` and ``composite.rule_name`` say
+    what it is made of (the simulator runs a final CenteredClip per part)."""
+    pre, rule = PRE_AGGREGATORS[pre_name], AGGREGATORS[rule_name]
+    pre_params, rule_params = _keyword_only(pre), _keyword_only(rule)
+    name = f"{pre_name}+{rule_name}"
+
+    def composite(x: torch.Tensor, **params) -> torch.Tensor:
+        unknown = set(params) - set(pre_params) - set(rule_params)
+        if unknown:
+            raise TypeError(f"{name} got unexpected parameters {sorted(unknown)}")
+        y = pre(x, **{k: v for k, v in params.items() if k in pre_params})
+        try:
+            return rule(y, **{k: v for k, v in params.items() if k in rule_params})
+        except ValueError as exc:
+            raise ValueError(f"{name} (on the {y.shape[0]} rows {pre_name} returned): {exc}") from None
+
+    merged = {**rule_params, **pre_params}
+    merged = [merged[k] for k in sorted(merged, key=lambda k: merged[k].default is not inspect.Parameter.empty)]
+    composite.__signature__ = inspect.Signature(
+        [inspect.Parameter("x", inspect.Parameter.POSITIONAL_OR_KEYWORD), *merged])
+    composite.__name__ = composite.__qualname__ = name
+    composite.__doc__ = f"{pre_name} pre-aggregation, then {rule_name}."
+    composite.pre = pre
+    composite.rule_name = rule_name
+    return composite
 
 
 @_threads
@@ -665,6 +749,10 @@ AGGREGATORS: dict[str, Callable[..., torch.Tensor]] = {
     "geometric_median": geometric_median,
     "centered_clip": centered_clip,
 }
+# Pre-aggregation in front of the rules the literature pairs it with (Allouah et al., 2023;
+# Karimireddy et al., 2022): "nnm+krum", "bucketing+median", ...
+AGGREGATORS.update({f"{pre}+{rule}": compose(pre, rule) for pre in PRE_AGGREGATORS
+                    for rule in ("centered_clip", "krum", "median")})
 
 
 def make_aggregator(name: str, **params) -> Callable[[torch.Tensor], torch.Tensor]:
