@@ -1,5 +1,8 @@
 """Training tasks by name: model + data + optimizer config, deterministic by seed.
 
+Tasks are plugins found through the entry-point group ``btard_swarm.tasks`` (see :mod:`.registry`);
+the built-in ones register the same way.
+
     task = get_task("mnist5k-mlp")
     model = task.build_model(seed=0)
     g = compute_gradient(task, model, seed=public_seed, batch_size=32)   # flat float32
@@ -7,11 +10,12 @@
 
 from __future__ import annotations
 
-from .base import Task
+from .base import Task, derived_seed, seeded_init
 from .builtin import DigitsMLP, FashionCNN, Mnist5kMLP
 from .datasets import DatasetMissing, fashion_available
 from .flat import (
     apply_flat_update,
+    batch_gradient,
     compute_gradient,
     flatten_grads,
     flatten_params,
@@ -21,25 +25,48 @@ from .flat import (
     set_flat_grads,
 )
 
-TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (DigitsMLP, Mnist5kMLP, FashionCNN)}
+from .optim import (
+    TaskOptimizer,
+    load_optimizer_state_vector,
+    lr_factor,
+    optimizer_state_numel,
+    optimizer_state_vector,
+)
+from .registry import (
+    ENTRY_POINT_GROUP,
+    TaskMapping,
+    TaskUnavailable,
+    discover,
+    get_task,
+    load_run_task,
+    run_task_extra,
+    task_entry,
+)
 
-
-def get_task(name: str, **kw) -> Task:
-    """An instance of the task registered as ``name``; ValueError for an unknown name."""
-    try:
-        cls = TASKS[name]
-    except KeyError:
-        raise ValueError(f"unknown task {name!r}; known: {', '.join(sorted(TASKS))}") from None
-    return cls(**kw)
+TASKS = TaskMapping()  # name -> Task subclass, every installed task (entry points read on access)
 
 
 __all__ = [
+    "ENTRY_POINT_GROUP",
     "TASKS",
+    "TaskUnavailable",
+    "discover",
+    "load_run_task",
+    "run_task_extra",
+    "task_entry",
     "DatasetMissing",
     "DigitsMLP",
     "FashionCNN",
     "Mnist5kMLP",
     "Task",
+    "TaskOptimizer",
+    "batch_gradient",
+    "derived_seed",
+    "load_optimizer_state_vector",
+    "lr_factor",
+    "optimizer_state_numel",
+    "optimizer_state_vector",
+    "seeded_init",
     "apply_flat_update",
     "compute_gradient",
     "fashion_available",

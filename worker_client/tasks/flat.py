@@ -66,17 +66,41 @@ def apply_flat_update(model_or_params, flat_grad: torch.Tensor, optimizer: torch
     optimizer.step()
 
 
+def batch_gradient(task, model: nn.Module, x, y, params: list[torch.Tensor] | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The flat float32 gradient of ``task.loss`` on ``(x, y)`` and the loss, on the model's device.
+
+    With ``task.micro_batch`` set and smaller than the batch, the batch is processed in chunks of that
+    many samples (gradient accumulation: a peer's share of a large global batch fits in memory); each
+    chunk's loss is weighted by its share of the batch, so the result is the gradient of the batch mean.
+    Leaves ``.grad`` untouched (``torch.autograd.grad``)."""
+    params = list(model.parameters()) if params is None else params
+    n = len(y)
+    micro = int(getattr(task, "micro_batch", 0) or 0)
+    if micro <= 0 or micro >= n:
+        loss = task.loss(model, x, y)
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        flat = torch.cat([(g.reshape(-1) if g is not None else torch.zeros(p.numel(), device=p.device))
+                          .to(torch.float32) for g, p in zip(grads, params)])
+        return flat, loss.detach()
+    flat = None
+    total = None
+    for start in range(0, n, micro):
+        xs, ys = x[start:start + micro], y[start:start + micro]
+        loss = task.loss(model, xs, ys) * (len(ys) / n)
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        part = torch.cat([(g.reshape(-1) if g is not None else torch.zeros(p.numel(), device=p.device))
+                          .to(torch.float32) for g, p in zip(grads, params)])
+        flat = part if flat is None else flat.add_(part)
+        total = loss.detach() if total is None else total + loss.detach()
+    return flat, total
+
+
 def compute_gradient(task, model: nn.Module, seed: int, batch_size: int | None = None, *,
                      flip_labels: bool = False) -> torch.Tensor:
     """The flat float32 gradient of ``task.loss`` on the batch of public ``seed``.
 
     Leaves ``.grad`` untouched (uses ``torch.autograd.grad``), so any peer can recompute another
     peer's gradient: on the same machine and thread count the result is bit-exact."""
-    params = [p for p in model.parameters()]
     x, y = task.batch(seed, batch_size, flip_labels=flip_labels)
-    loss = task.loss(model, x, y)
-    grads = torch.autograd.grad(loss, params, allow_unused=True)
-    return torch.cat([
-        (g.reshape(-1) if g is not None else torch.zeros(p.numel())).to(torch.float32)
-        for g, p in zip(grads, params)
-    ])
+    return batch_gradient(task, model, x, y)[0]
