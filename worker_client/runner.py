@@ -423,15 +423,19 @@ class Worker:
                 return  # still waiting for the senders' messages
 
     async def _on_welcome(self, welcome: Welcome) -> None:
-        from .tasks import get_task
+        from .tasks import TaskUnavailable, load_run_task
 
         self.role = welcome.role
         self.status.role = welcome.role
         if self.run_info is None or self.run_info.id != welcome.run.id:
+            try:  # the task's package (and version, and data) must be the run's
+                task = load_run_task(welcome.run)
+            except TaskUnavailable as exc:
+                self.exit_code, self.exit_message = EXIT_REFUSED, f"cannot join run {welcome.run.name!r}: {exc}"
+                return
             self.run_info = welcome.run
             self.run_name = run_key(welcome.run)
             await self.plane.set_run(self.run_name)
-            task = get_task(welcome.run.task)
             self._set_status(Status.waiting_for_group, f"loading the {welcome.run.task} data")
             # Load the data set before the first step: a first gradient that also reads the data set
             # could miss its deadline on a slow machine.
