@@ -81,3 +81,21 @@ def test_a_board_refuses_a_report_that_names_a_phantom_digest_and_the_forgery_is
     attacker = swarm.ids[2]
     assert swarm.board.banned[attacker].kind == "bad_aggregate"
     assert any("does not hold" in why for who, why in swarm.board.rejected if who == attacker)
+
+
+def test_two_signed_messages_in_one_slot_are_refused_by_the_board_and_ban_their_sender():
+    swarm = _run("duplicate_slot", byzantine=(2,), steps=4)
+    attacker = swarm.ids[2]
+    assert set(swarm.board.banned) == {attacker}
+    assert swarm.board.banned[attacker].kind == "equivocation"
+    assert len(swarm.board.banned[attacker].evidence) == 2
+    assert any("equivocation" in why for who, why in swarm.board.rejected if who == attacker)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_on_a_board_that_relays_both_copies_the_peers_ban_the_equivocator_and_never_an_honest_aggregator(seed):
+    swarm = _run("duplicate_slot", byzantine=(2,), board_rules=False, steps=3, seed=seed)
+    attacker = swarm.ids[2]
+    assert set(swarm.board.banned) == {attacker}
+    assert swarm.board.banned[attacker].kind == "bad_broadcast"
+    assert "equivocation" in swarm.board.banned[attacker].reason

@@ -280,6 +280,27 @@ class BadCommitment(Byzantine):
         return SendPart(to=to, part=part, data=fake, header=header)
 
 
+class DuplicateSlot(Byzantine):
+    """Rational framer (security review, finding 7): posts two differently signed ``scalars`` messages,
+    one honest and one lying about ``s_Bj`` for an honest aggregator X's part, in an order that varies
+    by step, hoping that peers holding different copies convict X (``false_accusation`` or
+    ``bad_aggregate``) or fork. Defeated by the board refusing the second message of a single-message
+    slot as proof of equivocation (ban), and by judges resolving evidence by the digests it names."""
+
+    name = "duplicate_slot"
+    rational = True
+
+    def hook_outgoing_broadcast(self, envelope, s):
+        victim = self._honest_victim(s)
+        if envelope.phase != "scalars" or not self.active(s.ctx.step) or victim is None:
+            return [envelope]
+        j = s.ctx.group.index(victim)
+        values = list(envelope.payload["values"])
+        values[j] = values[j] + 1.0 + abs(values[j])
+        other, _ = self._sign("scalars", M.ScalarsPayload(values=values))
+        return [envelope, other] if (s.ctx.step + self.collusion.seed) % 2 else [other, envelope]
+
+
 class LieScalars(Byzantine):
     """Contributor broadcasts wrong ``s_ij``. Caught by the aggregators' recomputation: ``wrong_scalar``."""
 
@@ -354,7 +375,7 @@ class Replay(Byzantine):
 
 ATTACKS: dict[str, type[Byzantine]] = {cls.name: cls for cls in (
     SignFlip, RandomDirection, LabelFlip, Delayed, IPM, ALIE,
-    WrongAggregate, PhantomDigest, Equivocate, BadCommitment, LieScalars, FalseAccuse, WithholdPart, WithholdReveal, Replay,
+    WrongAggregate, PhantomDigest, Equivocate, BadCommitment, DuplicateSlot, LieScalars, FalseAccuse, WithholdPart, WithholdReveal, Replay,
 )}
 # behaviours of a rational attacker (security review 2026-12): each declares whether it ends banned
 # (``outcome = "banned"``) or with its gain bounded (``outcome = "bounded"`` and its ``bound``)

@@ -616,6 +616,12 @@ class BtardPeer:
             return []
         try:
             payload, digest = self._accept_envelope(envelope)
+        except _Equivocation as exc:
+            # two different signed messages in one single-message slot: refused, and themselves proof
+            # of equivocation (security review, finding 7); the first one received stays in the slot
+            self._reject(str(exc))
+            return self._direct_verdict(exc.sender, M.FaultKind.bad_broadcast, [exc.first, exc.second],
+                                        f"equivocation: two signed {exc.phase} messages in one slot") + self._advance()
         except ProtocolError as exc:
             self._reject(str(exc))
             return []
@@ -934,6 +940,10 @@ class BtardPeer:
             return payload, None
         self.replay_guard.check_and_remember(env)
         if env.phase in SINGLE_PHASES and (env.phase, env.sender) in s.board:
+            first = s.board[(env.phase, env.sender)][2]
+            if first != digest:
+                s.evidence[digest] = env  # the second signature is the proof (judges resolve by digest)
+                raise _Equivocation(env.sender, env.phase, first, digest)
             raise ProtocolError(f"second {env.phase} message from {env.sender[:8]}")
         return payload, digest
 
@@ -1418,6 +1428,20 @@ class BtardPeer:
             guilty=guilty, accuser=env.sender, accused=acc.accused, kind=kind,
             evidence=[digest] + list(acc.evidence)[:63], reason=why[:500]))
 
+    def _named(self, acc: M.AccusePayload, phase: str, sender: str) -> Any:
+        """The payload of ``sender``'s ``phase`` broadcast that the accusation names by digest, never this
+        peer's own copy of the slot (two signed copies may exist; security review, finding 7). None
+        when the evidence names none; raises _NotReady when it names one this peer does not hold yet."""
+        s = self._s
+        for d in acc.evidence:
+            env = s.evidence.get(d)
+            if env is not None and env.phase == phase and env.sender == sender:
+                payload, _ = self.verifier.check(env, s.ctx.public_keys[sender])
+                return payload
+        if not s.got(phase, sender) and any(d not in s.evidence for d in acc.evidence):
+            raise _NotReady  # it names a message that has not reached us yet
+        return None
+
     def _evaluate(self, accuser: str, acc: M.AccusePayload) -> tuple[bool, str]:
         """Check an accusation's evidence; (True, why) when the accused is guilty. Raises _NotReady."""
         s = self._s
@@ -1429,7 +1453,7 @@ class BtardPeer:
         if kind in (M.FaultKind.part_mismatch, M.FaultKind.malformed_part, M.FaultKind.wrong_scalar):
             # accuser aggregates its own part; the accused is a contributor
             part = group.index(accuser)
-            commit = s.payload("commit", accused)
+            commit = self._named(acc, "commit", accused)
             if commit is None or part >= len(commit.hashes):
                 return False, "accused has no commitment for the part"
             if kind == M.FaultKind.part_mismatch:
@@ -1452,12 +1476,15 @@ class BtardPeer:
                 if s.mprng_failed:
                     return False, "no shared randomness this step"
                 raise _NotReady
-            if part not in s.aggregates or not s.got("scalars", accused):
+            if part not in s.aggregates:
                 raise _NotReady
+            scalars = self._named(acc, "scalars", accused)
+            if scalars is None:
+                return False, "the accusation names no scalars of the accused"
             g = self._part_tensor(accused, part, data)
             a0, a1 = s.bounds[part]
             zj = projection(s.r, s.ctx.numel)[a0:a1]
-            sc = s.payload("scalars", accused).values
+            sc = scalars.values
             if len(sc) != s.n:
                 return True, "scalars of the wrong length"
             expected = _scalar(zj, g, s.aggregates[part])
@@ -1467,7 +1494,7 @@ class BtardPeer:
             return True, f"s_kj declared {sc[part]:.9g}, recomputed {expected:.9g}"
         if kind == M.FaultKind.aggregate_mismatch:
             part = group.index(accused)
-            res = s.payload("agg_result", accused)
+            res = self._named(acc, "agg_result", accused)
             h = acc.header
             if res is None or h is None or not self._header_ok(h, accused, "aggregate", part, None):
                 return False, "no valid signed aggregate header from the accused"
@@ -1476,8 +1503,8 @@ class BtardPeer:
             return True, "signed aggregate contradicts the published H(a_j)"
         if kind == M.FaultKind.wrong_distance:
             part = group.index(accused)
-            commit = s.payload("commit", accuser)
-            res = s.payload("agg_result", accused)
+            commit = self._named(acc, "commit", accuser)
+            res = self._named(acc, "agg_result", accused)
             if commit is None or res is None or acc.part != part:
                 return False, "evidence incomplete"
             data = M.decode_inline_tensor(acc.data)
@@ -1581,6 +1608,14 @@ def _shared_decode(data: bytes, numel: int) -> tuple[str, torch.Tensor | None, P
 
 
 _FIXED_POINT_CACHE: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+class _Equivocation(ProtocolError):
+    """A second, different signed message in a single-message slot ``(step, phase, sender)``."""
+
+    def __init__(self, sender: str, phase: str, first: str, second: str):
+        super().__init__(f"second {phase} message from {sender[:8]}: equivocation")
+        self.sender, self.phase, self.first, self.second = sender, phase, first, second
 
 
 class _NotReady(Exception):

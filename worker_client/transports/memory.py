@@ -50,13 +50,14 @@ class BulletinBoard:
 
     Bans a peer once a strict majority of the step's group has posted a signed verdict naming it
     guilty; puts ELIMINATE pairs in :attr:`moderation_queue` and removes both from later groups;
-    bans a peer reported silent by a majority of its group in ``silence_limit`` steps."""
+    bans a peer reported silent by a majority of its group in ``silence_limit`` consecutive steps. The
+    rules are :mod:`btard_wire.board`'s, the ones the site runs."""
 
     run: str
     public_keys: dict[str, str]
     members: list[str]
     verifier: P.EnvelopeVerifier = field(default_factory=P.EnvelopeVerifier)
-    silence_limit: int = 3
+    silence_limit: int = rules.SILENCE_LIMIT
     step: int = 0
     group: list[str] = field(default_factory=list)
     banned: dict[str, BanRecord] = field(default_factory=dict)
@@ -66,15 +67,19 @@ class BulletinBoard:
     silence: dict[str, int] = field(default_factory=dict)
     log: list[Envelope] = field(default_factory=list)
     keep_log: bool = False
-    # the board rules on what decides a step (btard_wire.board; findings 1, 6): a report lists only
-    # accusations and ELIMINATEs the board holds and every one of its sender's own; none after it.
-    # False models a board without them (tests of the core's own defence).
+    # the board rules on what decides a step (btard_wire.board; findings 1, 6, 7): one message per
+    # single-message slot (a second one is refused and bans its sender for equivocation); a report
+    # lists only accusations and ELIMINATEs the board holds and every one of its sender's own; none
+    # after it. False models a board without them (tests of the core's own defence).
     check_reports: bool = True
 
     def __post_init__(self):
         self._guard = ReplayGuard()
         self._votes: dict[str, dict[str, VerdictPayload]] = {}
         self._posted: dict[str, set[str]] = {}  # this step: phase -> who posted it
+        self._prev_posted: dict[str, set[str]] = {}  # the same for the previous step
+        self._mprng: dict[str, dict[str, str]] = {"mprng_commit": {}, "mprng_reveal": {}}  # phase -> sender -> hex
+        self._asked: dict[str, set[str]] = {}  # this step: phase -> members whose deadline passed
         self.closed: dict[str, list[str]] = {}  # this step: board phases closed -> their senders
         self._slots: dict[tuple[str, str], str] = {}  # this step: (phase, sender) -> digest stored
         self._moderation: dict[str, list[str]] = {}  # this step: sender -> its accuse/eliminate digests
@@ -83,9 +88,13 @@ class BulletinBoard:
         return [p for p in self.members if p not in self.banned and p not in self.eliminated]
 
     def open_step(self, step: int, group: list[str]) -> None:
+        # what validation at this step needs of the previous one: who committed and published scalars
+        self._prev_posted = self._posted if step == self.step + 1 else {}
         self.step, self.group = step, list(group)
         self._votes = {}
         self._posted = {}
+        self._mprng = {"mprng_commit": {}, "mprng_reveal": {}}
+        self._asked = {}
         self.closed = {}
         self._slots = {}
         self._moderation = {}
@@ -95,6 +104,31 @@ class BulletinBoard:
         if phase not in self.closed:
             self.closed[phase] = sorted(self._posted.get(phase, ()))
         return self.closed[phase]
+
+    def request_close(self, peer: str, phase: str, online: list[str] | None = None) -> list[str] | None:
+        """``peer``'s deadline for ``phase`` passed: the phase closes once a strict majority of the
+        group's members still online asked (:func:`btard_wire.board.close_quorum`); returns its senders
+        once closed, else None."""
+        if phase in self.closed:
+            return self.closed[phase]
+        if peer not in self.group:
+            return None
+        asked = self._asked.setdefault(phase, set())
+        asked.add(peer)
+        if rules.close_quorum(asked=asked, members=self.group, online=self.group if online is None else online):
+            return self.close_phase(phase)
+        return None
+
+    def validators(self, m: int) -> dict[str, str]:
+        """The validators of the current step and their targets, computed from the board alone (this
+        step's MPRNG commitments and reveals, the previous step's commitments and scalars) with
+        :func:`btard_wire.board.validator_assignment`: what every peer draws from ``r_t``."""
+        prev = self._prev_posted
+        targets = rules.checkable_targets(contributors=[p for p in sorted(prev.get("commit", ()))],
+                                          scalars_senders=prev.get("scalars", ()))
+        return rules.validator_assignment(run=self.run, step=self.step, group=self.group,
+                                          commitments=self._mprng["mprng_commit"],
+                                          reveals=self._mprng["mprng_reveal"], prev_contributors=targets, m=m)
 
     def post(self, connection: str, envelope: Envelope) -> bool:
         """A broadcast posted by the peer on ``connection``; True when stored and to be relayed."""
@@ -116,6 +150,8 @@ class BulletinBoard:
             self.rejected.append((connection, str(exc)))
             return False
         self._posted.setdefault(envelope.phase, set()).add(connection)
+        if envelope.phase in self._mprng:
+            self._mprng[envelope.phase][connection] = payload.hash if envelope.phase == "mprng_commit" else payload.value
         if envelope.phase in BOARD_PHASES:
             self._slots[(envelope.phase, connection)] = digest
         if isinstance(payload, (AccusePayload, EliminatePayload)):
@@ -125,7 +161,7 @@ class BulletinBoard:
         if isinstance(payload, VerdictPayload):
             votes = self._votes.setdefault(payload.guilty, {})
             votes[connection] = payload
-            if len(votes) >= len(self.group) // 2 + 1 and payload.guilty not in self.banned:
+            if rules.verdict_majority(votes, members=self.group) and payload.guilty not in self.banned:
                 self.banned[payload.guilty] = BanRecord(
                     peer=payload.guilty, step=self.step, reason=payload.reason, kind=payload.kind.value,
                     evidence=list(payload.evidence), accuser=payload.accuser)
@@ -133,7 +169,8 @@ class BulletinBoard:
             # The first ELIMINATE naming a peer removes the pair; later ones against a peer already
             # removed are queued but remove nobody else, so every removed pair holds a faulty peer
             # and the honest share never drops (ours).
-            effective = connection not in self.eliminated and payload.target not in self.eliminated
+            effective = rules.elimination_removes(eliminator=connection, target=payload.target,
+                                                  members=self.group, removed=self.eliminated)
             self.moderation_queue.append({"step": self.step, "eliminator": connection, "target": payload.target,
                                           "reason": payload.reason, "effective": effective})
             if effective:
@@ -142,6 +179,8 @@ class BulletinBoard:
 
     def _check_decisive(self, sender: str, phase: str, payload, digest: str) -> None:
         """The board rules that fix what decides the step (btard_wire.board); raises ProtocolError."""
+        if not self.check_reports:
+            return
         first = self._slots.get((phase, sender))
         if rules.slot_conflict(phase=phase, board_phases=BOARD_PHASES, stored_digest=first, digest=digest):
             # two signatures of one sender on one slot: refused, and proof of equivocation (finding 7)
@@ -150,8 +189,6 @@ class BulletinBoard:
                                                 evidence=[first, digest],
                                                 reason=f"two different signed {phase} messages in one slot")
             raise ProtocolError(f"second {phase} message from {sender[:8]} in step {self.step}: equivocation")
-        if not self.check_reports:
-            return
         reported = ("validation", sender) in self._slots
         closed = "validation" in self.closed or len(self._posted.get("validation", ())) >= len(self.group)
         why = rules.moderation_refused(phase=phase, sender_reported=reported, validation_closed=closed)
@@ -167,17 +204,16 @@ class BulletinBoard:
                 raise ProtocolError(f"report leaves out {len(unlisted)} of the sender's own accusations")
 
     def report_silence(self, reports: dict[str, list[str]]) -> None:
-        """Peers' end-of-step reports of who missed a deadline; a majority makes it count."""
-        counts: dict[str, int] = {}
-        for silent in reports.values():
-            for p in set(silent):
-                counts[p] = counts.get(p, 0) + 1
-        for p, c in counts.items():
-            if c >= len(self.group) // 2 + 1 and p not in self.banned:
-                self.silence[p] = self.silence.get(p, 0) + 1
-                if self.silence[p] >= self.silence_limit:
-                    self.banned[p] = BanRecord(peer=p, step=self.step, kind="silence", evidence=[],
-                                               reason=f"missed deadlines in {self.silence[p]} steps")
+        """Peers' end-of-step reports of who missed a deadline; a majority of the group makes it count,
+        and ``silence_limit`` consecutive silent steps ban (a step the peer spoke in resets its count)."""
+        silent = rules.reported_silent(reports, members=self.group)
+        for p in self.group:
+            if p in self.banned:
+                continue
+            self.silence[p] = rules.next_silence_count(self.silence.get(p, 0), silent=p in silent)
+            if rules.silence_banned(self.silence[p], limit=self.silence_limit):
+                self.banned[p] = BanRecord(peer=p, step=self.step, kind="silence", evidence=[],
+                                           reason=f"missed deadlines in {self.silence[p]} consecutive steps")
 
 
 class MemorySwarm:
@@ -281,7 +317,9 @@ class MemorySwarm:
                 raise RuntimeError(f"step {step} does not converge: {waiting}")
             earliest = min(waiting.values(), key=P.PHASE_ORDER.index)
             if self.site_closes and earliest in P.BOARD_PHASES:
-                self.board.close_phase(earliest)
+                for p, phase in waiting.items():  # every peer waiting in it asks the board to close it
+                    if phase == earliest:
+                        self.board.request_close(p, phase)
             else:
                 for p, phase in waiting.items():
                     if phase == earliest:
