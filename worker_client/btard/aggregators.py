@@ -488,21 +488,19 @@ def bulyan(x: torch.Tensor, *, f: int) -> torch.Tensor:
     out = torch.empty(d, dtype=x.dtype)
     width = min(d, _NETWORK_CHUNK)
     sorter = _Sorter(theta, width, x.dtype, tuple(range(theta))) if theta <= _NETWORK_MAX_N else None
-    med = torch.empty(width, dtype=x.dtype)
     for a, b in _chunks(d, _NETWORK_CHUNK):
         chunk = [x[i, a:b] for i in selected]
         if sorter is not None:
             rows = torch.stack(sorter(chunk))
         else:
             rows = torch.stack(chunk).sort(dim=0).values
-        m = med[: b - a]
-        if lo == hi:
-            m.copy_(rows[lo])
-        else:
-            _middle(rows[lo], rows[hi], m)
+        # Distances in float64, where the difference of two float32 values and the median (half the
+        # sum of two of them) are exact: a float32 rounding must not turn a nearer value into a tie.
+        wide = rows.to(torch.float64)
+        med = (wide[lo] + wide[hi]) * 0.5
         # On sorted values the distance to the median falls then rises, so a stable sort by distance
         # puts the nearest first and, among equal distances, the lower value first.
-        order = (rows - m).abs_().sort(dim=0, stable=True).indices[:keep]
+        order = (wide - med).abs_().sort(dim=0, stable=True).indices[:keep]
         out[a:b] = rows.gather(0, order).mean(dim=0)
     return out
 
