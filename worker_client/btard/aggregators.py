@@ -149,6 +149,9 @@ def _centered_gram(x: torch.Tensor, center: torch.Tensor, *, exact: bool = False
         else:
             torch.sub(x[:, a:b], center[a:b], out=y)
             g += (y @ y.T).to(torch.float64)
+    if not exact and not bool(torch.isfinite(g).all()):
+        # float32 products overflowed (finite inputs beyond ~1e19): float64 holds any finite float32
+        return _centered_gram(x, center, exact=True)
     return (g + g.T) / 2  # BLAS need not return an exactly symmetric product
 
 
@@ -180,16 +183,17 @@ _RECENTER_RATIO = 1e2
 _MAX_FRAMES = 4
 
 
-def _iterate(x: torch.Tensor, center: torch.Tensor, step, *, eps: float,
-             max_iters: int, stop=None) -> tuple[torch.Tensor, int]:
-    """Run ``c <- step(c, dist2)`` in coefficient space (iterate ``v = center + y^T c``).
+def _iterate_coefficients(x: torch.Tensor, center: torch.Tensor, step, *, eps: float,
+                          max_iters: int, stop=None) -> tuple[torch.Tensor, np.ndarray, int]:
+    """Run ``c <- step(c, dist2)`` in coefficient space (iterate ``v = center + y^T c``, ``y = x - center``).
 
     The loop works on n-vectors and the n x n Gram matrix in numpy float64 (a few microseconds per
     iteration, where torch's per-op dispatch would dominate for small parts). Stops when an iteration
     moves ``v`` by less than ``eps`` (never when ``eps == 0``), or, when ``stop`` is given, when
     ``stop(move, dist2)`` is true for the length ``move`` of that iteration's step and the squared
-    distances it started from; or after ``max_iters`` iterations in total. Returns
-    ``(v [d] in x's dtype, iterations)``."""
+    distances it started from; or after ``max_iters`` iterations in total. Returns ``(center, c,
+    iterations)``: the final frame's centre and coefficients, so the caller builds ``v`` in the pass it
+    needs anyway (:func:`_combine`, or :func:`_combine_with_distances`)."""
     n = x.shape[0]
     iterations = 0
     for frame in range(_MAX_FRAMES):
@@ -213,12 +217,66 @@ def _iterate(x: torch.Tensor, center: torch.Tensor, step, *, eps: float,
             moved2 = float(dc @ g @ dc)
             if (stop(math.sqrt(max(moved2, 0.0)), dist2) if stop is not None
                     else eps > 0 and moved2 < eps * eps):
-                return _combine(x, center, torch.from_numpy(c)), iterations
-        v = _combine(x, center, torch.from_numpy(c))
+                return center, c, iterations
         if not drifted:
-            return v, iterations
-        center = v
+            return center, c, iterations
+        center = _combine(x, center, torch.from_numpy(c))
     raise AssertionError("unreachable: the last frame never re-centres")
+
+
+def _iterate(x: torch.Tensor, center: torch.Tensor, step, *, eps: float,
+             max_iters: int, stop=None) -> tuple[torch.Tensor, int]:
+    """:func:`_iterate_coefficients`, returning ``(v [d] in x's dtype, iterations)``."""
+    center, c, iterations = _iterate_coefficients(x, center, step, eps=eps, max_iters=max_iters, stop=stop)
+    return _combine(x, center, torch.from_numpy(c)), iterations
+
+
+_SUM_BLOCK = 4096  # float32 partial sums of squares this long (relative error ~3e-8), then float64
+
+
+def _combine_with_distances(x: torch.Tensor, center: torch.Tensor,
+                            c: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """``v = center + (x - center)^T c`` (x's dtype) and ``||x_k - v||^2`` (float64) in ONE pass over x.
+
+    Each chunk of ``v`` is built and the chunk's differences to it are squared while the chunk is still
+    in cache: the distances are those of the returned ``v`` (what an aggregator broadcasts and every
+    contributor re-checks to 1e-6). Squares are summed in float32 over blocks of ``_SUM_BLOCK`` values and
+    the blocks in float64: relative error ~3e-8 (a float64 copy of the chunk would double the pass)."""
+    n, d = x.shape
+    ct = torch.from_numpy(c).to(x.dtype)
+    keep = 1.0 - float(c.sum())
+    v = torch.empty(d, dtype=x.dtype)
+    sq = torch.zeros(n, dtype=torch.float64)
+    buf = torch.empty(n, min(d, _CHUNK), dtype=x.dtype)
+    for a, b in _chunks(d):
+        vc = v[a:b]
+        torch.mv(x[:, a:b].T, ct, out=vc)
+        if keep != 0.0:
+            vc.add_(center[a:b], alpha=keep)
+        y = buf[:, : b - a]
+        torch.sub(x[:, a:b], vc, out=y)
+        whole = (b - a) // _SUM_BLOCK * _SUM_BLOCK
+        if whole:
+            norms = torch.linalg.vector_norm(y[:, :whole].reshape(n, -1, _SUM_BLOCK), dim=-1)
+            sq += norms.to(torch.float64).square_().sum(dim=-1)
+        if whole < b - a:
+            sq += torch.linalg.vector_norm(y[:, whole:], dim=1).to(torch.float64).square_()
+    if not bool(torch.isfinite(sq).all()):
+        # float32 squares overflowed (finite differences beyond ~1e17): redo them in float64
+        sq.zero_()
+        for a, b in _chunks(d):
+            diff = x[:, a:b].to(torch.float64) - v[a:b].to(torch.float64)
+            sq += diff.square_().sum(dim=1)
+    return v, sq
+
+
+def sample_medoid(x: torch.Tensor, *, samples: int = 4096) -> int:
+    """The row with the smallest sum of distances to the others, measured on ``samples`` evenly spaced
+    coordinates (float64): a cheap start near the majority for an iteration that re-centres anyway."""
+    n, d = x.shape
+    idx = torch.linspace(0, d - 1, min(d, samples)).round().long()
+    sub = x[:, idx].to(torch.float64)
+    return int(torch.cdist(sub, sub).sum(dim=1).argmin())
 
 
 @_threads
@@ -640,7 +698,8 @@ def centered_clip_with_info(x: torch.Tensor, *, tau: float = 1.0, eps: float = 1
     The fixed point ``v`` solves ``R(v) = sum_k p_k min(1, tau / ||x_k - v||) (x_k - v) = 0`` with
     ``p_k = 1/n`` (or the normalised ``weights``); it minimises the convex ``sum_k p_k huber_tau(
     ||x_k - v||)``. Two iterations reach it from the coordinate-wise median (``init="median"``) or the
-    mean (``init="mean"``):
+    mean (``init="mean"``), or the input nearest the others on a sample of coordinates (``init=
+    "medoid"``, the cheapest; the start changes the path, not the fixed point):
 
     - ``method="clip"``, the paper's step ``v <- v + R(v)``: moves at most ``tau`` per iteration, so a
       small ``tau`` needs ``distance / tau`` iterations;
@@ -672,8 +731,10 @@ def centered_clip_with_info(x: torch.Tensor, *, tau: float = 1.0, eps: float = 1
         v0 = median(x)
     elif init == "mean":
         v0 = p.to(x.dtype) @ x
+    elif init == "medoid":
+        v0 = x[sample_medoid(x)]
     else:
-        raise ValueError(f"centered_clip: unknown init {init!r} (expected 'median' or 'mean')")
+        raise ValueError(f"centered_clip: unknown init {init!r} (expected 'median', 'mean' or 'medoid')")
 
     pn = p.numpy()
     last = {}
@@ -703,10 +764,11 @@ def centered_clip_with_info(x: torch.Tensor, *, tau: float = 1.0, eps: float = 1
         residual = move if method == "clip" else move * float(w.sum())
         return residual < eps + rtol * float(w @ last["dist"])
 
-    v, iterations = _iterate(x, v0, step, eps=eps, max_iters=max_iters,
-                             stop=stop if (eps > 0 or rtol > 0) else (lambda move, dist2: False))
-    distances = _exact_sq_distances(x, v).sqrt_()
-    return CenteredClipResult(v, iterations, distances)
+    center, c, iterations = _iterate_coefficients(
+        x, v0, step, eps=eps, max_iters=max_iters,
+        stop=stop if (eps > 0 or rtol > 0) else (lambda move, dist2: False))
+    v, sq = _combine_with_distances(x, center, c)
+    return CenteredClipResult(v, iterations, sq.sqrt_())
 
 
 def centered_clip(x: torch.Tensor, *, tau: float = 1.0, eps: float = 1e-6, max_iters: int = 100,
