@@ -68,7 +68,7 @@ class ProtocolParams:
     # Gram space), so an honest aggregator never stops short of it for any tau; the cap only bounds
     # a pathological input (security review, finding 13)
     cc_max_iters: int = 20_000
-    cc_init: str = "median"
+    cc_init: str = "medoid"
     cc_method: str = "irls"
     # the aggregator stops at this fraction of the check's relative tolerance (fixed_point_rtol)
     cc_stop_margin: float = 0.1
@@ -844,14 +844,15 @@ class BtardPeer:
         return SendAggregate(to=to, part=part, data=data)
 
     def hook_aggregate(self, x: torch.Tensor, s: _Step) -> tuple[torch.Tensor, list[float]]:
-        """CenteredClip of the received parts (float64 inside, so huge finite inputs cannot overflow),
-        published as float32 with the distances to the published value."""
+        """CenteredClip of the received float32 parts, published as float32 with the exact (float64)
+        distances to the published value. No float64 copy of the parts: the Gram pass falls back to
+        float64 products only when float32 ones overflow (huge finite inputs), and the last pass builds
+        the aggregate and its distances together."""
         p = self.params
-        res = centered_clip_with_info(x.to(torch.float64), tau=p.tau, eps=p.cc_eps, max_iters=p.cc_max_iters,
+        res = centered_clip_with_info(x.to(torch.float32), tau=p.tau, eps=p.cc_eps, max_iters=p.cc_max_iters,
                                       init=p.cc_init, method=p.cc_method,
                                       rtol=p.cc_stop_margin * p.fixed_point_rtol)
-        a = res.v.to(torch.float32)
-        return a, distances_to(x, a).tolist()
+        return res.v, res.distances.tolist()
 
     def hook_scalars(self, values: list[float], s: _Step) -> list[float]:
         return values
