@@ -65,3 +65,35 @@ def test_the_old_iteration_cap_convicted_honest_aggregators_at_a_small_tau():
     swarm = Swarm(n=6, numel=240, params=old)
     swarm.step()
     assert set(swarm.board.banned) & set(swarm.ids)
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3, 1e18, 1e37])
+def test_the_aggregate_and_its_distances_come_from_one_pass_exact_for_any_finite_scale(scale):
+    import numpy as np
+
+    from worker_client.btard import aggregators as agg
+
+    x = torch.randn(7, agg._CHUNK + agg._SUM_BLOCK * 3 + 17, generator=torch.Generator().manual_seed(3)) * scale
+    c = np.random.default_rng(0).random(7)
+    c /= c.sum()
+    v, sq = agg._combine_with_distances(x, x[2], c)
+    expected_v = x[2].double() + (x.double() - x[2].double()).T @ torch.from_numpy(c)
+    assert torch.allclose(v.double(), expected_v, rtol=1e-5, atol=1e-6 * scale)
+    exact = ((x.double() - v.double()) ** 2).sum(dim=1)  # distances to the returned float32 v
+    assert bool(torch.isfinite(sq).all())
+    assert float(((sq - exact) / exact).abs().max()) < 1e-7  # contributors re-check to 1e-6
+
+
+@pytest.mark.parametrize("init", ["median", "mean", "medoid"])
+def test_the_start_changes_the_path_not_the_fixed_point(init):
+    x = _stack(n=12, d=4000, seed=4)
+    ref = centered_clip_with_info(x.double(), tau=0.3, eps=1e-12, max_iters=20_000, method="irls").v
+    v = centered_clip_with_info(x, tau=0.3, eps=1e-9, max_iters=20_000, method="irls", init=init).v
+    assert (v.double() - ref).norm() <= 1e-5 * float((x.double() - ref).norm(dim=1).median())
+
+
+def test_the_medoid_start_is_an_honest_input_when_outliers_are_far():
+    from worker_client.btard.aggregators import sample_medoid
+
+    x = _stack(n=16, d=50_000, seed=5, outliers=7)
+    assert sample_medoid(x) >= 7
