@@ -332,6 +332,53 @@ class FalseAccuse(Byzantine):
         return [M.AccusePayload(accused=victim, kind=M.FaultKind.part_mismatch, reason="fabricated")]
 
 
+class LateAccusation(Byzantine):
+    """Rational forker (security review, finding 6): posts a fabricated accusation against an honest
+    peer right after its own validation report, so that it reaches some honest peers before they finish
+    and others after. Defeated by the reports fixing what decides the step: the board refuses an
+    accusation after its sender's report, and no report lists it, so no peer counts it."""
+
+    name = "late_accusation"
+    rational = True
+    outcome = "bounded"
+    bound = 1e-6
+    before_report = False  # True: post it just before the report and leave it out of the report
+
+    def hook_outgoing_broadcast(self, envelope, s):
+        victim = self._honest_victim(s)
+        if envelope.phase != "validation" or not self.active(s.ctx.step) or victim is None:
+            return [envelope]
+        late, _ = self._sign(self.late_phase, self.late_payload(victim, s))
+        return [late, envelope] if self.before_report else [envelope, late]
+
+    late_phase = "accuse"
+
+    def late_payload(self, victim, s):
+        return M.AccusePayload(accused=victim, kind=M.FaultKind.part_mismatch, reason="fabricated, late")
+
+
+class LateEliminate(LateAccusation):
+    """Same timing with an ELIMINATE of an honest peer (free: no evidence to fail). Refused after the
+    sender's report; counted by nobody when no report lists it."""
+
+    name = "late_eliminate"
+    late_phase = "eliminate"
+
+    def late_payload(self, victim, s):
+        return M.EliminatePayload(target=victim, reason="fabricated, late")
+
+
+class UnlistedAccusation(LateAccusation):
+    """Posts a fabricated accusation just before its report and leaves it out of the report, so that only
+    the honest peers that see it before their own report count it. The board refuses a report that
+    omits its sender's own accusation; the peers that saw the accusation list it, so every peer counts
+    it (and convicts the accuser) or none does."""
+
+    name = "unlisted_accusation"
+    outcome = "banned_or_bounded"
+    before_report = True
+
+
 class WithholdPart(Byzantine):
     """Never sends its part to one honest aggregator. Unprovable on a private channel: the aggregator
     ELIMINATEs the pair at the parts deadline."""
@@ -375,7 +422,7 @@ class Replay(Byzantine):
 
 ATTACKS: dict[str, type[Byzantine]] = {cls.name: cls for cls in (
     SignFlip, RandomDirection, LabelFlip, Delayed, IPM, ALIE,
-    WrongAggregate, PhantomDigest, Equivocate, BadCommitment, DuplicateSlot, LieScalars, FalseAccuse, WithholdPart, WithholdReveal, Replay,
+    WrongAggregate, PhantomDigest, Equivocate, BadCommitment, DuplicateSlot, LieScalars, FalseAccuse, LateAccusation, LateEliminate, UnlistedAccusation, WithholdPart, WithholdReveal, Replay,
 )}
 # behaviours of a rational attacker (security review 2026-12): each declares whether it ends banned
 # (``outcome = "banned"``) or with its gain bounded (``outcome = "bounded"`` and its ``bound``)

@@ -424,6 +424,13 @@ class _Step:
     guilty_votes: dict[str, dict[str, tuple[Envelope, M.VerdictPayload]]] = field(default_factory=dict)
     my_cases: set[str] = field(default_factory=set)
     my_accusations: list[str] = field(default_factory=list)
+    # What decides the step (finding 6): the accusations and ELIMINATEs that the step's validation
+    # reports list. ``eliminates``: ELIMINATE broadcasts by digest; ``early``: accuse/eliminate digests
+    # this peer saw before its own report (its report lists them); ``listed``: the union of the
+    # digests listed in the reports this peer holds (the closed set of reports fixes it for everyone).
+    eliminates: dict[str, tuple[Envelope, M.EliminatePayload]] = field(default_factory=dict)
+    early: set[str] = field(default_factory=set)
+    listed: set[str] = field(default_factory=set)
     silent: set[str] = field(default_factory=set)
     gradient: torch.Tensor | None = None
     my_part_bytes: list[bytes] = field(default_factory=list)
@@ -643,10 +650,9 @@ class BtardPeer:
                 return self._advance()
             if len(s.senders[phase]) + (len(s.silent) if phase == "validation" else 0) < self._needed(phase):
                 return []
-        if isinstance(payload, M.EliminatePayload):
-            s.eliminations.append((envelope.sender, payload.target))
-            return self._finish("dropped", f"ELIMINATE({envelope.sender[:8]}, {payload.target[:8]}): "
-                                           f"{payload.reason}")
+        # an ELIMINATE (like an accusation) decides the step only if a validation report lists it: every
+        # peer saw it before reporting or its sender listed it (finding 6), so it dooms the step here
+        # only when it came before this peer's report; later ones count once a report lists them
         return self._advance()
 
     def on_part(self, sender: str, part: int, data: bytes, header: M.TensorHeader | None = None,
@@ -771,8 +777,8 @@ class BtardPeer:
             actions: list[Action] = []
             for p in late:
                 actions += self._eliminate(p, f"part {s.index} of step {s.ctx.step} never arrived")
-            if late:
-                return actions + self._finish("dropped", "eliminated: missing parts")
+            if late:  # the step is doomed: report (listing the ELIMINATEs), then finish with the others
+                return actions + self._advance()
             s.flags.add("parts_timeout")
         elif phase == "aggregates":
             late = [j for j in range(s.n) if j not in s.aggregates and j not in s.aggregate_faulted]
@@ -780,7 +786,7 @@ class BtardPeer:
             for j in late:
                 actions += self._eliminate(s.ctx.group[j], f"aggregate {j} of step {s.ctx.step} never arrived")
             if late:
-                return actions + self._finish("dropped", "eliminated: missing aggregates")
+                return actions + self._advance()
         elif phase == "verdict":
             return self._phantom_verdicts() + self._finish(None, "verdict deadline")
         return self._advance()
@@ -879,11 +885,10 @@ class BtardPeer:
         return s.n
 
     def _reported_accusations_in(self) -> bool:
-        """Every accusation named in a validation report is on this peer's board (a transport need not
-        keep one sender's messages in order)."""
+        """Every accusation and ELIMINATE named in a validation report is on this peer's board (a
+        transport need not keep one sender's messages in order)."""
         s = self._s
-        return all(d in s.accusations for p in s.ctx.group if s.got("validation", p)
-                   for d in s.payload("validation", p).accusations)
+        return all(d in s.accusations or d in s.eliminates for d in s.listed)
 
     def _phantom_verdicts(self) -> list[Action]:
         """At the verdict deadline: a report naming an accusation the board never relayed is the
@@ -894,7 +899,8 @@ class BtardPeer:
         for p in s.ctx.group:
             if not s.got("validation", p):
                 continue
-            missing = [d for d in s.payload("validation", p).accusations if d not in s.accusations]
+            missing = [d for d in s.payload("validation", p).accusations
+                       if d not in s.accusations and d not in s.eliminates]
             if missing:
                 actions += self._direct_verdict(p, M.FaultKind.bad_broadcast, [s.board[("validation", p)][2]],
                                                 f"report lists {len(missing)} accusation(s) never broadcast: "
@@ -905,10 +911,11 @@ class BtardPeer:
     def _doomed(s: _Step) -> bool:
         """The step cannot be applied any more (a fault is pending): skip to reports and verdicts.
 
-        Any accusation dooms it (either the accused or the false accuser gets banned), as does a
-        fault this peer itself saw on the board. Direct verdicts posted by others do not (ours: a
-        Byzantine peer could otherwise stall every step for free)."""
-        return bool(s.accusations) or s.mprng_failed or bool(s.faulted) or bool(s.aggregate_faulted) or s.direct_seen
+        An accusation or ELIMINATE dooms it when this peer saw it before its own report (its report
+        lists it) or a report lists it; one that came later and that no report lists does not decide
+        the step (finding 6). So does a fault this peer itself saw on the board. Direct verdicts posted
+        by others do not (ours: a Byzantine peer could otherwise stall every step for free)."""
+        return bool(s.early) or bool(s.listed) or s.mprng_failed or bool(s.faulted) or bool(s.aggregate_faulted) or s.direct_seen
 
     @staticmethod
     def _all(s: _Step, phase: str, who: list[str]) -> bool:
@@ -953,11 +960,19 @@ class BtardPeer:
         s.evidence[digest] = env
         if env.phase in SINGLE_PHASES:
             s.board[(env.phase, env.sender)] = (env, payload, digest)
+            if isinstance(payload, M.ValidationPayload):
+                s.listed.update(payload.accusations)
             senders = s.senders.setdefault(env.phase, set())
             if env.sender != self.peer_id or not self.params.board_echo:
                 senders.add(env.sender)  # our own counts once the board echoes it (on_broadcast)
         elif isinstance(payload, M.AccusePayload):
             s.accusations[digest] = (env, payload)
+            if "reported" not in s.flags:
+                s.early.add(digest)
+        elif isinstance(payload, M.EliminatePayload):
+            s.eliminates[digest] = (env, payload)
+            if "reported" not in s.flags:
+                s.early.add(digest)
         elif isinstance(payload, M.VerdictPayload):
             case = self._case_of(payload)
             s.verdicts.setdefault(case, {})[env.sender] = payload.guilty
@@ -1003,12 +1018,15 @@ class BtardPeer:
                                   target_step=target_step)
         actions = self._broadcast("accuse", payload)
         s.my_accusations.append(s.last_digest)
+        s.early.add(s.last_digest)
         return actions
 
     def _eliminate(self, target: str, reason: str) -> list[Action]:
         s = self._s
-        s.eliminations.append((self.peer_id, target))
-        return self._broadcast("eliminate", M.EliminatePayload(target=target, reason=reason))
+        actions = self._broadcast("eliminate", M.EliminatePayload(target=target, reason=reason))
+        s.my_accusations.append(s.last_digest)
+        s.early.add(s.last_digest)
+        return actions
 
     def _direct_verdict(self, guilty: str, kind: M.FaultKind, evidence: list[str], reason: str) -> list[Action]:
         """A verdict on a fault every peer sees on the board (no accuser)."""
@@ -1147,7 +1165,8 @@ class BtardPeer:
         if "checked" not in s.flags and validation_done:
             s.flags.add("checked")
             actions += self._checks_and_report()
-        if "fixed_point" not in s.flags and "checked" in s.flags and self._all(s, "validation", s.ctx.group):
+        if ("fixed_point" not in s.flags and "checked" in s.flags and self._all(s, "validation", s.ctx.group)
+                and self._reported_accusations_in()):
             s.flags.add("fixed_point")
         return actions + self._judge_and_finish()
 
@@ -1156,13 +1175,14 @@ class BtardPeer:
         actions: list[Action] = []
         if s.result is not None:
             return actions
-        # judge accusations
-        for digest in list(s.accusations):
+        # judge the accusations that decide the step (seen before this peer's report, or listed in one)
+        deciding = [d for d in s.accusations if d in s.early or d in s.listed]
+        for digest in deciding:
             if digest not in s.judged and digest not in s.judging:
                 actions += self._judge(digest)
 
         # finish when every case I voted on is resolved
-        if ("fixed_point" in s.flags and all(d in s.judged for d in s.accusations) and not s.judging
+        if ("fixed_point" in s.flags and all(d in s.judged for d in deciding) and not s.judging
                 and all(self._resolved(case) for case in s.my_cases)):
             actions += self._finish(None, "")
         return actions
@@ -1315,10 +1335,15 @@ class BtardPeer:
         for acc in self.hook_extra_accusations(s):
             actions += self._broadcast("accuse", acc)
             s.my_accusations.append(s.last_digest)
+            s.early.add(s.last_digest)
         prev_step = s.ctx.prev.step if (target is not None and s.ctx.prev is not None) else None
+        # the report fixes which accusations and ELIMINATEs decide the step (finding 6): this peer's own
+        # and every other one it saw before reporting; later ones count only if another report lists them
+        listed = list(dict.fromkeys(s.my_accusations + sorted(s.early - set(s.my_accusations))))
+        s.flags.add("reported")
         actions += self._broadcast("validation", M.ValidationPayload(
             target=target, target_step=prev_step, ok=s.validation_ok if target else None,
-            accusations=s.my_accusations[:64], silent=sorted(s.silent)))
+            accusations=listed[:64], silent=sorted(s.silent)))
         return actions
 
     def _fixed_point_checks(self) -> list[Action]:
@@ -1327,7 +1352,9 @@ class BtardPeer:
         actions: list[Action] = []
         p = self.params
         accused_parts = set()
-        for env, acc in s.accusations.values():
+        for digest, (env, acc) in s.accusations.items():
+            if digest not in s.early and digest not in s.listed:
+                continue  # a late accusation no report lists decides nothing (finding 6)
             if acc.kind in (M.FaultKind.part_mismatch, M.FaultKind.malformed_part):
                 accused_parts.add(s.ctx.group.index(env.sender))
             elif acc.kind in (M.FaultKind.wrong_scalar, M.FaultKind.wrong_distance) and acc.part is not None:
@@ -1551,11 +1578,16 @@ class BtardPeer:
         bans = self._bans()
         # Invariant 1 (security review, finding 1): "applied" needs every check of the step to have run
         # and passed, the fixed-point check over every part included; reaching a deadline is not enough.
-        complete = (s.r is not None and len(s.aggregates) == s.n and not s.eliminations
+        eliminations = [(env.sender, e.target) for d, (env, e) in s.eliminates.items()
+                        if d in s.listed or d in s.early]
+        complete = (s.r is not None and len(s.aggregates) == s.n and not eliminations and not s.listed
                     and "aggregated" in s.flags and "fixed_point_passed" in s.flags
                     and self._reported_accusations_in())
         if outcome is None:
-            if self._doomed(s) and not bans:
+            if eliminations and not bans:
+                e = eliminations[0]
+                outcome, reason = "dropped", reason or f"ELIMINATE({e[0][:8]}, {e[1][:8]})"
+            elif self._doomed(s) and not bans:
                 outcome, reason = "dropped", reason or "a fault was raised and not resolved by a ban"
             elif bans:
                 outcome, reason = "dropped", reason or f"banned during the step: {[b.peer[:8] for b in bans]}"
@@ -1580,7 +1612,7 @@ class BtardPeer:
                 digests={key: entry[2] for key, entry in s.board.items()})
         r = s.r if s.r is not None else skipped_randomness(s.ctx.r_prev, s.ctx.run, s.ctx.step)
         s.result = StepResult(step=s.ctx.step, outcome=outcome, update=update, bans=bans,
-                              eliminations=list(dict.fromkeys(s.eliminations)), silent=sorted(s.silent),
+                              eliminations=list(dict.fromkeys(eliminations)), silent=sorted(s.silent),
                               r=r, record=record, reason=reason, role=s.role,
                               contributed="committed" in s.flags and self.peer_id in s.contributors)
         self.results.append(s.result)
