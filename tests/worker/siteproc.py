@@ -67,15 +67,19 @@ class SiteHarness:
         self.db_name = f"btard_it_{secrets.token_hex(4)}"
         self.admin_url = urlunsplit((parts.scheme, parts.netloc, "/postgres", "", ""))
         self.database_url = urlunsplit((parts.scheme, parts.netloc, f"/{self.db_name}", "", ""))
-        r = urlsplit(redis_url)
-        # a Redis database of our own, so other suites' channel groups never meet ours
-        self.redis_url = urlunsplit((r.scheme, r.netloc, f"/{8 + secrets.randbelow(8)}", "", ""))
+        # The site namespaces its channel groups and cache keys by its database name (REDIS_NAMESPACE), which
+        # is ours alone, so a concurrent suite on the same Redis database never meets our keys, and on exit we
+        # delete only ours (never FLUSHDB a database someone else may be using).
+        self.redis_url = redis_url
+        self.redis_namespace = self.db_name
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.procs: list[subprocess.Popen] = []
         self.workers: list[WorkerProc] = []
+        self.files: list = []  # log files handed to child processes, closed on exit
         self.sockets_before = set(glob.glob("/tmp/hivemind-*"))
         self.env = dict(os.environ, DATABASE_URL=self.database_url, REDIS_URL=self.redis_url,
+                        REDIS_NAMESPACE=self.redis_namespace,
                         PYTHONPATH=f"{ROOT / 'platform'}:{ROOT}", DJANGO_SETTINGS_MODULE="btard_site.settings",
                         CELERY_TASK_ALWAYS_EAGER="1", ALLOWED_HOSTS="127.0.0.1,localhost",
                         HEARTBEAT_TIMEOUT_SECONDS="20", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1",
@@ -101,6 +105,8 @@ class SiteHarness:
     def __exit__(self, *exc) -> None:
         for proc in self.procs:
             kill_group(proc)
+        for f in self.files:
+            f.close()
         from .conftest import remove_stale_hivemind_sockets
 
         remove_stale_hivemind_sockets(set(glob.glob("/tmp/hivemind-*")) - self.sockets_before)
@@ -111,9 +117,16 @@ class SiteHarness:
         try:
             import redis
 
-            redis.Redis.from_url(self.redis_url).flushdb()
+            client = redis.Redis.from_url(self.redis_url)
+            for key in client.scan_iter(match=f"*{self.redis_namespace}*", count=1000):
+                client.delete(key)
         except Exception:
             pass
+
+    def _log(self, path: Path):
+        f = open(path, "w")
+        self.files.append(f)
+        return f
 
     def manage(self, *args: str, timeout: float = 120) -> str:
         result = subprocess.run([PY, "manage.py", *args], cwd=ROOT, env=self.env, capture_output=True, text=True,
@@ -134,7 +147,7 @@ class SiteHarness:
         return self.run
 
     def start(self, timeout: float = 60) -> None:
-        log = open(self.workdir / "daphne.log", "w")
+        log = self._log(self.workdir / "daphne.log")
         proc = subprocess.Popen([PY, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
                                  "btard_site.asgi:application"], cwd=ROOT, env=self.env, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
@@ -158,7 +171,7 @@ class SiteHarness:
             cmd += ["--phase-timeout", str(phase_timeout)]
         for phase, seconds in (hold or {}).items():
             cmd += ["--hold-broadcast", f"{phase}={seconds}"]
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=open(log_path, "w"), stderr=open(err_path, "w"),
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=self._log(log_path), stderr=self._log(err_path),
                                 start_new_session=True)
         self.procs.append(proc)
         worker = WorkerProc(name, proc, log_path, err_path)
