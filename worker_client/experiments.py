@@ -14,6 +14,7 @@ resumes where it stopped), then a Markdown table ``results/<grid>.md`` and PNG p
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import multiprocessing
 import os
@@ -40,6 +41,11 @@ PAPER_VALIDATORS = 4
 # 9 x 32 samples: on the still-learning Fashion-MNIST CNN that alone cost 1.0-1.3 points
 # (results/ablation-fashion-per-peer-batch.jsonl); the baselines never lose peers, so for them it is the same.
 PAPER_BATCH = 32
+# Baselines whose configuration changed in baseline version 2 (worker_client.sim.BASELINE_VERSION): told
+# the true f (trimmed mean trimmed floor(0.1 n) per side before; Krum and Bulyan had f capped by their
+# preconditions), the usual median for even n, Bulyan fixed for repeated values. Their cells carry the
+# version in their key, so a grid reruns them; the report leaves the version-1 rows out.
+RECONFIGURED_BASELINES = ("median", "trimmed_mean", "krum", "multi_krum", "bulyan")
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,8 @@ class Cell:
                   self.attack_every, self.attack_start, self.steps, self.validators]
         if self.global_batch:  # appended only when set, so the keys of older results stay valid
             fields.append({"global_batch": self.global_batch})
+        if self.aggregator in RECONFIGURED_BASELINES:
+            fields.append({"baselines": 2})
         return json.dumps(fields)
 
     @property
@@ -111,13 +119,27 @@ def _cells(task: str, *, peers: int, byzantine: int, attacks: Iterable[str], def
         for attack in attacks:
             for aggregator, tau in defences:
                 b = 0 if attack == "none" else byzantine
-                if aggregator == "bulyan" and peers < 4 * max(b, 1) + 3:
-                    continue  # Bulyan needs n >= 4f+3
+                if not _can_run(aggregator, peers, b):
+                    continue  # e.g. Krum needs n >= 2f+3, Bulyan n >= 4f+3: told the true f, it cannot run
                 out.append(Cell(task=task, peers=peers, byzantine=b, attack=attack, aggregator=aggregator,
                                 tau=tau, seed=seed, attack_every=attack_every, attack_start=attack_start,
                                 steps=steps, validators=btard_validators if aggregator == "btard" else None,
                                 global_batch=btard_global_batch if aggregator == "btard" else 0, extra=extra))
     return out
+
+
+@functools.cache
+def _can_run(aggregator: str, peers: int, byzantine: int) -> bool:
+    """Whether a baseline told the true number of attackers meets its precondition (BTARD always runs)."""
+    if aggregator == "btard":
+        return True
+    from worker_client.sim import check_baseline  # imports torch: only when a grid has baselines
+
+    try:
+        check_baseline(aggregator, peers=peers, f=byzantine)
+    except ValueError:
+        return False
+    return True
 
 
 def grid_smoke() -> list[Cell]:
@@ -136,11 +158,13 @@ def grid_paper() -> list[Cell]:
                    seeds=seeds, steps=300, attack_start=50, btard_validators=m, btard_global_batch=gb)
     subset_attacks = ["sign_flip", "ipm", "alie"]
     subset_defences = [("mean", 1.0), ("median", 1.0), ("bulyan", 1.0), ("centered_clip", 1.0), ("btard", 1.0)]
+    # Krum told f = 7 needs n >= 17: it runs in the b=3 columns only (and without attackers)
+    b3_defences = [*subset_defences, ("krum", 1.0)]
     # Rare strikes: every 10th step, 7 attackers.
     cells += _cells("mnist5k-mlp", peers=16, byzantine=7, attacks=subset_attacks, defences=subset_defences,
                     seeds=seeds, steps=300, attack_start=50, attack_every=10, btard_validators=m, btard_global_batch=gb)
-    # 3 attackers, where Bulyan (n >= 4f+3) can run.
-    cells += _cells("mnist5k-mlp", peers=16, byzantine=3, attacks=subset_attacks, defences=subset_defences,
+    # 3 attackers, where Bulyan (n >= 4f+3) and Krum (n >= 2f+3) can run.
+    cells += _cells("mnist5k-mlp", peers=16, byzantine=3, attacks=subset_attacks, defences=b3_defences,
                     seeds=seeds, steps=300, attack_start=50, btard_validators=m, btard_global_batch=gb)
     # Seed-major order: an interrupted run still has whole tables for its first seeds.
     return sorted(cells, key=lambda c: c.seed)
@@ -153,7 +177,24 @@ def grid_fashion() -> list[Cell]:
                   btard_global_batch=16 * PAPER_BATCH)
 
 
-GRIDS: dict[str, Callable[[], list[Cell]]] = {"smoke": grid_smoke, "paper": grid_paper, "fashion": grid_fashion}
+PREAGG_DEFENCES = [(f"{pre}+{rule}", tau) for pre in ("nnm", "bucketing")
+                   for rule, tau in (("centered_clip", 1.0), ("krum", 1.0), ("median", 1.0))]
+
+
+def grid_preagg() -> list[Cell]:
+    """Pre-aggregation baselines (NNM, bucketing with buckets of 2) on the paper's setting, seed 0.
+    Compositions whose rule cannot run when told the true f (Krum on 16 NNM rows with f = 7, on 8
+    buckets with f >= 3) are left out."""
+    cells = []
+    for b in (7, 3):
+        cells += _cells("mnist5k-mlp", peers=16, byzantine=b, attacks=["none", "sign_flip", "ipm", "alie"] if b == 7
+                        else ["sign_flip", "ipm", "alie"], defences=PREAGG_DEFENCES, seeds=[0], steps=300,
+                        attack_start=50)
+    return cells
+
+
+GRIDS: dict[str, Callable[[], list[Cell]]] = {"smoke": grid_smoke, "paper": grid_paper, "fashion": grid_fashion,
+                                              "preagg": grid_preagg}
 
 
 # --- running -------------------------------------------------------------------------------------
@@ -404,13 +445,25 @@ def plot_curves(rows: list[dict], out_dir: Path, grid: str) -> list[Path]:
     return paths
 
 
+def superseded(row: dict) -> bool:
+    """A baseline row measured before baseline version 2 with a rule whose configuration changed since."""
+    return row.get("aggregator") in RECONFIGURED_BASELINES and int(row.get("baseline_version") or 1) < 2
+
+
 def report(name: str, *, results_dir: Path = DEFAULT_RESULTS) -> tuple[Path, list[Path]]:
     rows = load_results(results_dir / f"{name}.jsonl")
     if not rows:
         raise SystemExit(f"no results in {results_dir / (name + '.jsonl')}: run `btard-experiments {name}` first")
+    old = [r for r in rows if superseded(r)]
+    rows = [r for r in rows if not superseded(r)]
     md = results_dir / f"{name}.md"
-    task = rows[0]["task"]
-    md.write_text(markdown_table(rows, title=f"Grid `{name}` on `{task}` ({len(rows)} cells)"))
+    task = rows[0]["task"] if rows else old[0]["task"]
+    text = markdown_table(rows, title=f"Grid `{name}` on `{task}` ({len(rows)} cells)") if rows else f"## Grid `{name}`\n"
+    if old:
+        text += (f"\n{len(old)} cells of {', '.join(sorted({r['aggregator'] for r in old}))} measured with the version-1 "
+                 "baselines (f capped or trimmed mean at beta 0.1, lower-middle median, Bulyan's tie bug) are left out; "
+                 f"they stay in `{name}.jsonl`.\n")
+    md.write_text(text)
     return md, plot_curves(rows, results_dir, name)
 
 

@@ -46,6 +46,11 @@ from .tasks import (
 from .transports.memory import BulletinBoard, MemorySwarm
 
 RUN = "sim"
+# Recorded in every baseline run's summary. 2: every rule that takes f is told the true number of
+# attackers (trimmed mean trims f per side), the median averages the two middle values for even n,
+# Bulyan averages the values nearest the median even when values repeat. Runs without it (version 1)
+# told trimmed mean beta = 0.1, Krum and Bulyan an f capped by their preconditions.
+BASELINE_VERSION = 2
 
 
 def baseline_params(rule: str, *, f: int) -> dict:
@@ -57,6 +62,14 @@ def baseline_params(rule: str, *, f: int) -> dict:
     accepted = {p.name for p in inspect.signature(fn).parameters.values()
                 if p.kind is inspect.Parameter.KEYWORD_ONLY}
     return {"f": f} if "f" in accepted else {}
+
+
+def check_baseline(rule: str, *, peers: int, f: int) -> None:
+    """Raise the rule's own ValueError if it cannot run on ``peers`` inputs when told ``f``."""
+    if rule not in AGGREGATORS:
+        raise ValueError(f"unknown aggregator {rule!r}; use btard or one of {sorted(AGGREGATORS)}")
+    x = torch.randn(peers, 4, generator=torch.Generator().manual_seed(0))
+    _baseline_update(rule, x, baseline_params(rule, f=f), tau=1.0, bounds=[(0, 4)], seed=0)
 
 
 def _baseline_update(rule: str, x: torch.Tensor, params: dict, *, tau: float, bounds, seed: int) -> torch.Tensor:
@@ -141,9 +154,7 @@ def run_simulation(*, task: str = "mnist5k-mlp", peers: int = 16, byzantine: int
     if rule_f is not None and (not isinstance(rule_f, int) or rule_f < 0):
         raise ValueError(f"rule_f must be an integer >= 0, got {rule_f!r}")
     if aggregator != "btard":  # a failed precondition (e.g. Krum's n >= 2f+3) is an error before step 0
-        _baseline_update(aggregator, torch.randn(peers, 4, generator=torch.Generator().manual_seed(0)),
-                         baseline_params(aggregator, f=byzantine if rule_f is None else rule_f),
-                         tau=tau, bounds=[(0, 4)], seed=0)
+        check_baseline(aggregator, peers=peers, f=byzantine if rule_f is None else rule_f)
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -239,6 +250,8 @@ def run_simulation(*, task: str = "mnist5k-mlp", peers: int = 16, byzantine: int
         stats["bytes_p2p"] = swarm.bytes_sent
     else:
         rule_params = baseline_params(aggregator, f=byzantine if rule_f is None else rule_f)
+        stats["rule_params"] = dict(rule_params)
+        stats["baseline_version"] = BASELINE_VERSION
         r = genesis_randomness(RUN, seed)
         bounds = P.part_bounds(numel, peers)
         for step in range(steps):

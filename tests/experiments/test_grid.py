@@ -135,3 +135,32 @@ def test_btard_is_compared_with_the_clean_run_of_the_same_seed_and_validator_cou
     assert round(last1, 6) == -1.0 and round(tail1, 6) == -1.0
     text = markdown_table(rows, title="t")
     assert "| btard (tau 1, m=4) | -1.5 (-2.0) / -0.7 (-1.0) |" in text
+
+
+def test_baselines_told_the_true_f_run_only_where_their_precondition_holds():
+    cells = GRIDS["paper"]()
+    krum = [c for c in cells if c.aggregator == "krum"]
+    assert krum and all(c.peers >= 2 * c.byzantine + 3 for c in krum)
+    assert {c.byzantine for c in krum} == {0, 3}  # 7 attackers need n >= 17
+    assert {c.byzantine for c in cells if c.aggregator == "trimmed_mean"} == {0, 7}  # n > 2f holds for 7 of 16
+    preagg = GRIDS["preagg"]()
+    assert {c.aggregator for c in preagg} == {f"{p}+{r}" for p in ("nnm", "bucketing")
+                                             for r in ("centered_clip", "krum", "median")}
+    assert not any(c.aggregator == "nnm+krum" and c.byzantine == 7 for c in preagg)
+    assert not any(c.aggregator == "bucketing+krum" and c.byzantine >= 3 for c in preagg)
+
+
+def test_reconfigured_baselines_get_a_new_key_and_their_old_rows_leave_the_table(tmp_path):
+    old = Cell(task="t", peers=16, byzantine=7, attack="alie", aggregator="mean", tau=1.0, seed=0)
+    new = Cell(task="t", peers=16, byzantine=7, attack="alie", aggregator="trimmed_mean", tau=1.0, seed=0)
+    assert '{"baselines": 2}' in new.key and "baselines" not in old.key
+    base = {"task": "t", "peers": 16, "byzantine_count": 7, "attack": "sign_flip", "tau": 1.0, "attack_every": 1,
+            "seed": 0, "byzantine": [], "bans": [], "honest_banned": 0, "accuracy_curve": [[10, 0.5]]}
+    rows = [dict(base, aggregator="trimmed_mean", final_accuracy=0.108),                      # version 1
+            dict(base, aggregator="trimmed_mean", final_accuracy=0.85, baseline_version=2),
+            dict(base, aggregator="mean", final_accuracy=0.10)]                                # unchanged rule
+    (tmp_path / "g.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    md, _ = experiments.report("g", results_dir=tmp_path)
+    text = md.read_text()
+    assert "| trimmed_mean | 85.0 |" in text and "10.8" not in text and "| mean | 10.0 |" in text
+    assert "1 cells of trimmed_mean measured with the version-1 baselines" in text
