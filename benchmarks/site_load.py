@@ -142,7 +142,11 @@ class Worker:
 
         self.ws = await connect(url, additional_headers={"Authorization": f"Bearer {self.raw}"},
                                 open_timeout=120, ping_interval=None, max_size=2 ** 22)
-        await self.ws.send(Hello(public_key=self.identity.public_key_b64, p2p_id="bench").model_dump_json())
+        from btard_wire.control import hello_proof
+
+        challenge = json.loads(await asyncio.wait_for(self.ws.recv(), 120))
+        await self.ws.send(Hello(public_key=self.identity.public_key_b64, p2p_id="bench",
+                                 proof=hello_proof(self.identity, challenge["nonce"])).model_dump_json())
         welcome = json.loads(await asyncio.wait_for(self.ws.recv(), 120))
         if welcome.get("type") != "welcome":
             raise RuntimeError(f"no welcome: {welcome}")

@@ -102,6 +102,8 @@ class Hello(_Msg):
     device: str = Field(default="cpu", max_length=64)
     client_version: str = Field(default="", max_length=32)
     run_id: int | None = None
+    # proof of key possession: base64 Ed25519 signature of hello_proof_bytes(challenge nonce, public_key)
+    proof: str = Field(default="", max_length=128)
 
 
 class Heartbeat(_Msg):
@@ -274,6 +276,39 @@ class PhaseClosed(_Msg):
     senders: list[str] = Field(default_factory=list, max_length=256)
 
 
+class Challenge(_Msg):
+    """Site -> worker, first message after accept: ``hello`` must carry ``proof``, the signature of
+    :func:`hello_proof_bytes` over this nonce with the key it announces (proof of key possession)."""
+
+    type: Literal["challenge"] = "challenge"
+    nonce: str = Field(min_length=16, max_length=128)
+
+
+def hello_proof_bytes(nonce: str, public_key_b64: str) -> bytes:
+    return f"btard-hello|v{PROTOCOL_VERSION}|{nonce}|{public_key_b64}".encode()
+
+
+def hello_proof(identity, nonce: str) -> str:
+    """The ``Hello.proof`` of ``identity`` (a :class:`btard_wire.envelope.Identity`) for the site's nonce."""
+    from .envelope import b64e
+
+    return b64e(identity.sign(hello_proof_bytes(nonce, identity.public_key_b64)))
+
+
+def hello_proof_valid(*, nonce: str, public_key_b64: str, proof: str) -> bool:
+    """Whether ``proof`` is the signature of the key ``public_key_b64`` over ``nonce``."""
+    from cryptography.exceptions import InvalidSignature
+
+    from .envelope import b64d, load_public_key
+    from .errors import ProtocolError
+
+    try:
+        load_public_key(public_key_b64).verify(b64d(proof, what="proof"), hello_proof_bytes(nonce, public_key_b64))
+    except (InvalidSignature, ProtocolError, ValueError):
+        return False
+    return True
+
+
 class RunNotice(_Msg):
     """The organisers changed the run or posted an announcement: show ``message`` to the volunteer.
     ``kind``: ``paused`` (no new steps until resumed; stay connected), ``resumed``, ``finished`` (the
@@ -288,7 +323,7 @@ class RunNotice(_Msg):
 
 SiteMessage = Annotated[
     Union[Welcome, Group, Relay, BanNotice, ErrorMessage, ReachabilityCheck, ReachabilityResult, PhaseClosed,
-          RunNotice],
+          RunNotice, Challenge],
     Field(discriminator="type"),
 ]
 

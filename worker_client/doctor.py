@@ -88,7 +88,7 @@ def check_gpu() -> Check:
 
 
 async def check_site_and_reachability(server: str, token: str, hello: Hello, *, timeout: float,
-                                      report: Report) -> None:
+                                      report: Report, identity=None) -> None:
     """Token check over the websocket, then the reachability request (needs the p2p addresses in ``hello``)."""
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
@@ -96,6 +96,13 @@ async def check_site_and_reachability(server: str, token: str, hello: Hello, *, 
     try:
         async with connect(ws_url(server), additional_headers={"Authorization": f"Bearer {token}"},
                            open_timeout=timeout) as ws:
+            if identity is not None:  # the site's challenge first: the hello proves possession of the key
+                from btard_wire.control import hello_proof
+
+                from .site_client import answer_challenge
+
+                hello = await answer_challenge(ws, hello, lambda nonce: hello_proof(identity, nonce),
+                                               timeout=min(timeout, 5.0))
             await ws.send(hello.model_dump_json())
             welcome = None
             loop = asyncio.get_running_loop()
@@ -190,7 +197,8 @@ async def run_doctor(*, server: str, token: str | None, identity, host_maddrs: l
 
             hello = Hello(public_key=identity.public_key_b64, p2p_id=p2p_id, p2p_addrs=addrs,
                           client_version=__version__)
-            await check_site_and_reachability(server, token, hello, timeout=timeout, report=report)
+            await check_site_and_reachability(server, token, hello, timeout=timeout, report=report,
+                                              identity=identity)
     finally:
         if plane is not None:
             await plane.shutdown()

@@ -52,6 +52,7 @@ from .control import (
 from .control import Broadcast as BroadcastMessage
 from .net import DataPlane, DataPlaneError
 from .site_client import FatalSiteError, SiteClient
+from btard_wire.control import hello_proof  # noqa: E402 - proof of key possession on hello
 from .ui import WorkerStatus
 
 log = logging.getLogger(__name__)
@@ -296,7 +297,8 @@ class Worker:
         self.site = SiteClient(self.config.server, self.config.token, hello=lambda: hello,
                                heartbeat=self._heartbeat, on_message=self._on_site_message,
                                heartbeat_interval=self.config.heartbeat_interval,
-                               on_state=self._on_connection_state)
+                               on_state=self._on_connection_state,
+                               prove=lambda nonce: hello_proof(self.identity, nonce))
         site_task = asyncio.create_task(self.site.run())
         site_task.add_done_callback(lambda t: self.inputs.put_nowait(("site_done", t)))
         try:

@@ -68,14 +68,38 @@ def backoff_delay(attempt: int, *, base: float, cap: float, rng: random.Random) 
 MessageHandler = Callable[[BaseModel], Awaitable[None] | None]
 
 
+async def answer_challenge(ws, hello: Hello, prove: Callable[[str], str], *, timeout: float) -> Hello:
+    """Wait for the site's ``challenge`` (its first message) and return ``hello`` carrying the proof; a site
+    that sends none within ``timeout`` gets the hello as it is."""
+    from btard_wire.control import Challenge, parse_site_message
+
+    try:
+        raw = await asyncio.wait_for(ws.recv(), timeout)
+    except TimeoutError:
+        log.info("the site sent no challenge; saying hello without a proof of key possession")
+        return hello
+    try:
+        message = parse_site_message(raw)
+    except ControlError as exc:
+        log.warning("ignoring a malformed first message from the site: %s", exc)
+        return hello
+    if isinstance(message, Challenge):
+        return hello.model_copy(update={"proof": prove(message.nonce)})
+    return hello
+
+
 class SiteClient:
     """Keeps a worker connected to the site. Run :meth:`run` as a task; :meth:`close` ends it."""
 
     def __init__(self, server: str, token: str, *, hello: Callable[[], Hello], heartbeat: Callable[[], Heartbeat],
                  on_message: MessageHandler, heartbeat_interval: float = 5.0, backoff_base: float = 0.5,
                  backoff_cap: float = 30.0, open_timeout: float = 10.0, rng: random.Random | None = None,
-                 on_state: Callable[[str], None] | None = None):
+                 on_state: Callable[[str], None] | None = None, prove: Callable[[str], str] | None = None,
+                 challenge_timeout: float = 5.0):
         self.url = ws_url(server)
+        # proof of key possession: the site's first message is a challenge; the hello signs its nonce
+        self._prove = prove
+        self.challenge_timeout = challenge_timeout
         self._token = token
         self._hello = hello
         self._heartbeat = heartbeat
@@ -177,7 +201,10 @@ class SiteClient:
         self.bytes_sent += len(text)
 
     async def _serve(self, ws) -> None:
-        await self._send_now(ws, self._hello().model_dump_json())
+        hello = self._hello()
+        if self._prove is not None:
+            hello = await answer_challenge(ws, hello, self._prove, timeout=self.challenge_timeout)
+        await self._send_now(ws, hello.model_dump_json())
         self.connected.set()
         self._on_state("connected")
         tasks = [asyncio.create_task(self._reader(ws)), asyncio.create_task(self._writer(ws)),

@@ -45,8 +45,8 @@ async def deliver_async(event: _Event, layer=None) -> None:
     if worker_message is not None:
         envelope = getattr(event, "envelope", None)
         skip = envelope.sender if envelope is not None and envelope.phase not in BOARD_PHASES else None
-        sends.append(fan_out(layer, peer_ids=event.worker_recipients(), text=worker_message().model_dump_json(),
-                             skip=skip))
+        sends.append(fan_out(layer, run_id=event.run_id, peer_ids=event.worker_recipients(),
+                             text=worker_message().model_dump_json(), skip=skip))
     results = await asyncio.gather(*sends, return_exceptions=True)
     for result in results:
         if isinstance(result, BaseException):  # a full channel must not undo a committed write

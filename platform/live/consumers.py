@@ -32,6 +32,8 @@ from worker_client.control import (
     parse_worker_message,
 )
 
+from btard_wire import PROTOCOL_VERSION
+
 from . import events as ev
 from . import fanout
 
@@ -73,13 +75,33 @@ def _authenticate(raw):
     return authenticate_worker_token(raw)
 
 
-def _peer_key_for_hello(hello) -> str | None:
+def _peer_id_of_hello(hello) -> str | None:
     from worker_client.btard.crypto import ProtocolError, b64d, peer_id_from_public_key
 
     try:
-        return ev.peer_channel_key(peer_id_from_public_key(b64d(hello.public_key, what="public key")))
+        return peer_id_from_public_key(b64d(hello.public_key, what="public key"))
     except (ProtocolError, ValueError):
         return None  # the join rejects the key with its own message
+
+
+def _group_of_step_in_progress(peer, *, since) -> tuple[int, str] | None:
+    """The ``Group`` of the run's step in progress if ``peer`` is in it and it formed at or after ``since``
+    (while this socket's routing entry was not written yet): ``(step, json)``."""
+    from runs.deadlines import effective_deadlines
+    from runs.models import Peer, Run, StepRecord
+
+    run = Run.objects.filter(pk=peer.run_id, step_in_progress=True).first()
+    record = run and StepRecord.objects.filter(run=run, step=run.current_step, started_at__gte=since).first()
+    if not record or peer.peer_id not in record.recipients():
+        return None
+    by_id = {p.peer_id: p for p in Peer.objects.filter(run=run, peer_id__in=record.members)}
+    members = [by_id[pid].peer_info() for pid in record.members if pid in by_id]
+    event = ev.GroupFormed(run_id=run.id, step=record.step, peers=members, validators=record.validators,
+                           candidates=record.candidates,
+                           deadlines={"step": record.deadline.timestamp(),
+                                      "phase_timeout": effective_deadlines(run).phase_timeout},
+                           state_donors=members[:3])
+    return record.step, event.worker_message().model_dump_json()
 
 
 def _join(token, hello):
@@ -164,6 +186,9 @@ def _reachability_helper(peer) -> str | None:
     return helper
 
 
+_GROUP_PREFIX = '{"v":%d,"type":"group"' % PROTOCOL_VERSION
+
+
 # Channel-layer messages whose handlers never touch the database directly (they only write to the socket,
 # or go through ``_db``, whose thread closes stale connections itself).
 NO_DB_MESSAGES = frozenset({"worker.forward", "worker.replaced", "live.event"})
@@ -192,6 +217,10 @@ class WorkerConsumer(FastDispatchMixin, AsyncWebsocketConsumer):
     token = None
     replaced = False
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.group_steps: set[int] = set()
+
     async def connect(self):
         from volunteers.services import TokenRefused
 
@@ -204,6 +233,13 @@ class WorkerConsumer(FastDispatchMixin, AsyncWebsocketConsumer):
             await self.close(code=exc.close_code, reason=_close_reason(exc.reason))
             return
         await self.accept()
+        # proof of key possession: the hello must sign this nonce with the key it announces
+        import secrets
+
+        from btard_wire.control import Challenge
+
+        self.nonce = secrets.token_urlsafe(24)
+        await self.send_model(Challenge(nonce=self.nonce))
         # one live worker per token: an older connection is told to close
         await self.channel_layer.group_send(ev.token_group(self.token.pk),
                                             {"type": "worker.replaced", "channel": self.channel_name})
@@ -220,7 +256,7 @@ class WorkerConsumer(FastDispatchMixin, AsyncWebsocketConsumer):
         for group in getattr(self, "joined", []):
             await self.channel_layer.group_discard(group, self.channel_name)
         if self.peer is not None and not self.replaced:
-            key = ev.peer_channel_key(self.peer.peer_id)
+            key = ev.peer_channel_key(self.peer.peer_id, self.peer.run_id)
             if await cache.aget(key) == self.channel_name:
                 await cache.adelete(key)
             try:
@@ -283,23 +319,29 @@ class WorkerConsumer(FastDispatchMixin, AsyncWebsocketConsumer):
         if self.peer is not None:
             await self.send_error("already_joined", "hello was already received on this connection")
             return
-        # Register this socket as the peer's before the join commits: once the peer is active and online,
-        # any consumer may form a group with it, and the Group message finds its socket through this key.
-        early_key = _peer_key_for_hello(msg)
-        if early_key is not None:
-            fanout.attach(self)  # a step's messages find this socket through the key (live.fanout)
-            await cache.aset(early_key, self.channel_name, timeout=None)
-        try:
-            result = await _db(_join)(self.token, msg)
-        except BaseException:
-            if early_key is not None and await cache.aget(early_key) == self.channel_name:
-                await cache.adelete(early_key)
-            raise
+        from btard_wire.control import hello_proof_valid
+        from django.utils import timezone
+
+        if _peer_id_of_hello(msg) is not None and not hello_proof_valid(
+                nonce=getattr(self, "nonce", ""), public_key_b64=msg.public_key, proof=msg.proof):
+            await self.send_error("proof", "hello.proof must be the signature of this connection's challenge "
+                                           "with the announced key (upgrade btard-worker)")
+            return
+        # The routing entry of (run, key) is written only once the join succeeded: a refused hello never
+        # redirects another peer's traffic. A group formed in between is sent here (once per step).
+        since = timezone.now()
+        result = await _db(_join)(self.token, msg)
         self.peer = result.peer
+        fanout.attach(self)  # a step's messages find this socket through the key (live.fanout)
+        await cache.aset(ev.peer_channel_key(self.peer.peer_id, result.run.pk), self.channel_name, timeout=None)
         await self._group_add(ev.run_workers_group(result.run.pk))
-        await self._group_add(ev.peer_group(self.peer.peer_id))
+        await self._group_add(ev.peer_group(self.peer.peer_id, result.run.pk))
         await self.send_model(Welcome(peer_id=self.peer.peer_id, role=result.role, run=result.run.run_info(),
                                       step=result.run.current_step, probation_steps_left=result.probation_left))
+        missed = await _db(_group_of_step_in_progress)(self.peer, since=since)
+        if missed is not None and missed[0] not in self.group_steps:
+            self.group_steps.add(missed[0])
+            await self.send(text_data=missed[1])
         await _db(_start_step_if_ready)(self.peer.run_id)
 
     async def on_heartbeat(self, msg):
@@ -334,7 +376,7 @@ class WorkerConsumer(FastDispatchMixin, AsyncWebsocketConsumer):
             return
         request_id = f"{self.peer.peer_id[:8]}-{id(msg):x}"
         cache.set(f"reach:{request_id}", {"channel": self.channel_name, "peer": self.peer.pk}, timeout=120)
-        await self.channel_layer.group_send(ev.peer_group(helper), {
+        await self.channel_layer.group_send(ev.peer_group(helper, self.peer.run_id), {
             "type": "worker.forward",
             "text": ReachabilityCheck(request_id=request_id, p2p_id=msg.p2p_id, p2p_addrs=msg.p2p_addrs)
             .model_dump_json()})
@@ -359,6 +401,11 @@ class WorkerConsumer(FastDispatchMixin, AsyncWebsocketConsumer):
         """A control message for this worker, already serialised (also called by this process's hub)."""
         if self.peer is not None and skip == self.peer.peer_id:
             return  # a relay of this worker's own broadcast
+        if text.startswith(_GROUP_PREFIX):  # once per step (on_hello may have sent a group it formed meanwhile)
+            step = json.loads(text).get("step")
+            if step in self.group_steps:
+                return
+            self.group_steps.add(step)
         await self.send(text_data=text)
 
     async def worker_replaced(self, message):

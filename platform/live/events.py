@@ -43,14 +43,15 @@ def user_group(user_id: int) -> str:
     return f"workers.user.{user_id}"
 
 
-def peer_channel_key(peer_id: str) -> str:
-    """Cache key holding the channel name of a peer's live worker socket."""
-    return f"peer-channel:{peer_id}"
+def peer_channel_key(peer_id: str, run_id: int) -> str:
+    """Cache key holding the channel name of a peer's live worker socket in one run (written only once
+    its join succeeded: a refused ``hello`` cannot redirect another peer's traffic)."""
+    return f"peer-channel:{int(run_id)}:{peer_id}"
 
 
-def peer_group(peer_id: str) -> str:
-    """The one worker socket of a peer (joined after ``hello``): groups and relays go here."""
-    return f"workers.peer.{peer_id}"
+def peer_group(peer_id: str, run_id: int) -> str:
+    """The one worker socket of a peer in a run (joined after ``hello``): groups and relays go here."""
+    return f"workers.peer.{int(run_id)}.{peer_id}"
 
 
 class _Event(BaseModel):

@@ -5,8 +5,8 @@ step at once. Sending one channel-layer message per member socket costs one Redi
 decode per member, all on the one event loop of a Daphne process. Instead, each process that holds
 worker sockets runs one *hub*: a channel named after the process's own channel prefix (so any process
 can address it without a lookup), served by one task that hands the text to the local sockets itself.
-A push then costs one cache ``MGET`` of the members' socket names (``peer-channel:<peer>``, set on
-``hello``) and **one channel-layer message per Daphne process**, however many members it has.
+A push then costs one cache ``MGET`` of the members' socket names (``peer-channel:<run>:<peer>``, set
+once a ``hello`` joined) and **one channel-layer message per Daphne process**, however many members it has.
 
 Membership is resolved when a message is sent, so a worker that reconnects mid-step (a new socket, a new
 cache entry) gets the rest of the step's messages with no group bookkeeping.
@@ -83,7 +83,7 @@ async def _serve(layer, hub: str) -> None:
                 log.exception("fan-out to %s failed", channel)
 
 
-async def fan_out(layer, *, peer_ids: list[str], text: str, skip: str | None = None) -> int:
+async def fan_out(layer, *, run_id: int, peer_ids: list[str], text: str, skip: str | None = None) -> int:
     """Send ``text`` to the live worker sockets of ``peer_ids`` (except ``skip``'s); returns how many
     sockets it was addressed to. One channel-layer message per process holding any of them."""
     from asgiref.sync import sync_to_async
@@ -93,7 +93,8 @@ async def fan_out(layer, *, peer_ids: list[str], text: str, skip: str | None = N
 
     # One MGET in one thread hop: Django's ``aget_many`` awaits one ``aget`` (and one thread hop) per
     # key, which for 1,000 members took longer than the whole fan-out.
-    names = await sync_to_async(cache.get_many, thread_sensitive=False)([peer_channel_key(p) for p in peer_ids])
+    names = await sync_to_async(cache.get_many, thread_sensitive=False)([peer_channel_key(p, run_id)
+                                                                         for p in peer_ids])
     by_hub: dict[str, list[str]] = defaultdict(list)
     for channel in names.values():
         hub = hub_of(channel) if isinstance(channel, str) else None

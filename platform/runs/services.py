@@ -131,7 +131,8 @@ def join_run(*, token, hello: Hello) -> JoinResult:
         raise JoinRefused(CLOSE_BANNED, KEY_BAN_ADVICE if key_only else CLOSE_REASONS[CLOSE_BANNED])
     now = timezone.now()
     peer = Peer.objects.filter(run=run, peer_id=peer_id).first()
-    if peer is not None and peer.user_id != token.user_id:
+    # a key belongs to the first account that used it, in every run (the hello proved possession)
+    if Peer.objects.filter(peer_id=peer_id).exclude(user_id=token.user_id).exists():
         raise Rejected("key_taken", "this worker key is registered to another account; use a new key")
     if peer is not None and peer.role == "banned":
         raise JoinRefused(CLOSE_BANNED, CLOSE_REASONS[CLOSE_BANNED])

@@ -57,10 +57,20 @@ async def expect_close(comm, code):
     return out.get("reason", "")
 
 
+async def signed_hello(comm, identity, **fields) -> str:
+    """The hello for ``identity``, signing the challenge the site sends first (proof of key possession)."""
+    from btard_wire.control import hello_proof
+
+    challenge = await comm.receive_json_from(timeout=T)
+    assert challenge["type"] == "challenge", challenge
+    return Hello(public_key=identity.public_key_b64, proof=hello_proof(identity, challenge["nonce"]),
+                 **fields).model_dump_json()
+
+
 async def join(raw: str, seed: bytes):
     comm = await open_worker(raw)
     identity = Identity.from_seed(seed)
-    await comm.send_to(text_data=Hello(public_key=identity.public_key_b64, p2p_id="Qm" + seed.decode()).model_dump_json())
+    await comm.send_to(text_data=await signed_hello(comm, identity, p2p_id="Qm" + seed.decode()))
     welcome = await comm.receive_json_from(timeout=T)
     assert welcome["type"] == "welcome", welcome
     return comm, identity, welcome
@@ -136,7 +146,7 @@ async def test_malformed_messages_get_an_error_and_change_nothing(payload, code,
 async def test_messages_before_hello_are_refused(run, alice):
     comm = await open_worker(await database_sync_to_async(token_for)(alice))
     await comm.send_to(text_data=Heartbeat(status="training").model_dump_json())
-    assert (await comm.receive_json_from(timeout=T))["code"] == "hello_first"
+    assert (await receive_type(comm, "error"))["code"] == "hello_first"
     await comm.disconnect()
 
 
@@ -286,7 +296,7 @@ async def test_a_peer_reconnecting_mid_step_still_receives_the_step_relays(run, 
     (ca, ia, _), (cb, ib, _), _ = await two_member_group(run, alice, bob)
     await cb.disconnect()
     cb2 = await open_worker(await database_sync_to_async(token_for)(bob, "again"))
-    await cb2.send_to(text_data=Hello(public_key=ib.public_key_b64).model_dump_json())
+    await cb2.send_to(text_data=await signed_hello(cb2, ib))
     assert (await cb2.receive_json_from(timeout=T))["type"] == "welcome"
     run_now = await database_sync_to_async(Run.objects.get)(pk=run.pk)
     env = envelope(ia, run_now)

@@ -51,10 +51,8 @@ def hello_for(identity: Identity, challenge: dict | None, **fields) -> dict:
     return message
 
 
-async def challenge_of(comm) -> dict | None:
-    """The site's ``challenge`` (sent right after accept), or ``None`` when the site sends none."""
-    if await comm.receive_nothing(timeout=0.05):
-        return None
+async def challenge_of(comm) -> dict:
+    """The site's ``challenge``, its first message after accept (proof of key possession, F2)."""
     msg = await comm.receive_json_from(timeout=T)
     assert msg["type"] == "challenge", msg
     return msg

@@ -82,6 +82,9 @@ class FakeSite:
             await self._send(peer_id, group)
 
     async def handler(self, ws):
+        from btard_wire.control import Challenge
+
+        await ws.send(Challenge(nonce="fake-site-nonce-0123456789").model_dump_json())
         hello = parse_worker_message(await ws.recv())
         peer_id = peer_id_from_public_key(b64d(hello.public_key))
         if peer_id in self.banned:
