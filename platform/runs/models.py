@@ -16,7 +16,7 @@ class Run(models.Model):
     aggregator = models.CharField(max_length=32, default="btard")
     tau = models.FloatField(default=1.0)
     peers_per_group = models.PositiveIntegerField(default=16)
-    validators_per_step = models.PositiveIntegerField(default=1)
+    validators_per_step = models.PositiveIntegerField(default=2)  # m >= 2, as the protocol core's default
     probation_steps = models.PositiveIntegerField(default=5)
     batch_size = models.PositiveIntegerField(default=32)
     lr = models.FloatField(default=0.05)
@@ -49,7 +49,7 @@ class Run(models.Model):
         return self.name
 
     def run_info(self):
-        from worker_client.control import RunInfo
+        from btard_wire.control import RunInfo
 
         return RunInfo(id=self.id, name=self.name, task=self.task, aggregator=self.aggregator, tau=self.tau,
                        peers_per_group=self.peers_per_group, validators_per_step=self.validators_per_step,
@@ -103,7 +103,7 @@ class Peer(models.Model):
         return f"{self.peer_id[:8]} ({self.user.username if self.user_id else '?'})"
 
     def peer_info(self):
-        from worker_client.control import PeerInfo
+        from btard_wire.control import PeerInfo
 
         return PeerInfo(peer_id=self.peer_id, public_key=self.public_key, p2p_id=self.p2p_id,
                         p2p_addrs=list(self.p2p_addrs or []))

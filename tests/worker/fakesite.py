@@ -1,9 +1,10 @@
-"""A minimal site speaking the ``/ws/worker/`` contract (worker_client.control), for driving real workers.
+"""A minimal site speaking the ``/ws/worker/`` contract (btard_wire.control), for driving real workers.
 
 It is a real websocket server (``websockets.serve``) with the membership logic cut to the bone: every
 token is accepted, the first ``group_size`` peers form the group, each step's group is sent when the
 previous one has reported, broadcasts are relayed to the group unchanged, and a peer is banned once a
-majority of the step's group signed verdicts naming it. The real site lives in ``platform/``; the
+majority of the step's group signed verdicts naming it (``btard_wire.board``, the site's rules); it can
+tell the validators every peer drew from a step's r_t (:meth:`FakeSite.validators_for`). The real site lives in ``platform/``; the
 Daphne integration tests run against it.
 """
 
@@ -14,8 +15,10 @@ from collections import defaultdict
 
 from websockets.asyncio.server import serve
 
-from worker_client.btard.crypto import b64d, peer_id_from_public_key
-from worker_client.control import (
+from btard_wire import BOARD_PHASES
+from btard_wire import board as rules
+from btard_wire.envelope import b64d, peer_id_from_public_key
+from btard_wire.control import (
     CLOSE_BANNED,
     BanNotice,
     Group,
@@ -40,6 +43,9 @@ class FakeSite:
         self.group: list[str] = []
         self.reports: dict[int, dict[str, object]] = defaultdict(dict)
         self.verdicts: dict[int, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+        self.groups: dict[int, list[str]] = {}
+        # step -> phase -> sender -> payload of the first stored message (board phases only)
+        self.board: dict[int, dict[str, dict[str, dict]]] = defaultdict(lambda: defaultdict(dict))
         self.broadcasts = 0
         self.heartbeats: list = []
         self.server = None
@@ -64,20 +70,25 @@ class FakeSite:
         except Exception:
             pass
 
+    def validators_for(self, step: int) -> dict[str, str]:
+        """The validators of ``step`` as the peers draw them from its r_t, from this board alone (the
+        rule of the site and the in-memory board: ``btard_wire.board.validator_assignment``)."""
+        board, prev = self.board.get(step, {}), self.board.get(step - 1, {})
+        commits = {p: v["hash"] for p, v in board.get("mprng_commit", {}).items()}
+        reveals = {p: v["value"] for p, v in board.get("mprng_reveal", {}).items()}
+        targets = rules.checkable_targets(contributors=list(prev.get("commit", {})),
+                                          scalars_senders=prev.get("scalars", {}))
+        run = str(self.run.extra.get("key") or self.run.id)  # what peers sign (runner.run_key)
+        return rules.validator_assignment(run=run, step=step, group=self.groups.get(step, []), commitments=commits,
+                                          reveals=reveals, prev_contributors=targets,
+                                          m=self.run.validators_per_step)
+
     async def _start_step(self) -> None:
-        previous = self.group
         self.group = sorted(p for p in self.peers if p not in self.banned)[: self.group_size]
+        self.groups[self.step] = list(self.group)
         donors = [self.peers[p] for p in self.group]
-        validators = {}
-        outcomes = {r.outcome for r in self.reports.get(self.step - 1, {}).values()}
-        if self.run.validators_per_step and self.step > 0 and outcomes == {"applied"}:
-            # like the site: validators recompute contributors of the previous step (here by rotation)
-            n = len(self.group)
-            validator, target = self.group[self.step % n], self.group[(self.step + 1) % n]
-            if target in previous:
-                validators[validator] = target
-        group = Group(step=self.step, peers=[self.peers[p] for p in self.group], state_donors=donors,
-                      validators=validators)
+        # validators are not assigned here: every peer draws them from the step's r_t (Sec. 3.3)
+        group = Group(step=self.step, peers=[self.peers[p] for p in self.group], state_donors=donors)
         for peer_id in list(self.sockets):
             await self._send(peer_id, group)
 
@@ -114,13 +125,16 @@ class FakeSite:
             if env.sender != peer_id or peer_id in self.banned:
                 return
             self.broadcasts += 1
+            if env.phase in BOARD_PHASES:
+                self.board[env.step][env.phase].setdefault(peer_id, dict(env.payload))
             for member in self.group:
                 await self._send(member, Relay(envelope=env))
             if env.phase == "verdict":
                 guilty = env.payload.get("guilty")
                 signers = self.verdicts[env.step][guilty]
                 signers.add(peer_id)
-                if guilty not in self.banned and len(signers) * 2 > len(self.group):
+                if guilty not in self.banned and rules.verdict_majority(
+                        signers, members=self.groups.get(env.step, self.group)):
                     self.banned.add(guilty)
                     for member in list(self.sockets):
                         await self._send(member, BanNotice(peer_id=guilty, step=env.step, reason=env.payload.get(

@@ -1,0 +1,96 @@
+"""One validator rule everywhere: the site (real services on the database), the simulator's in-memory
+swarm and the fake site of the worker tests give the identical assignment for the same board."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+from runs import services as runs
+from runs.models import StepRecord
+
+from btard_wire.control import Broadcast, StepReport
+from tests.factories import RunFactory, make_peer
+from tests.protocol._swarm import synthetic_gradient
+from tests.worker.fakesite import FakeSite
+from worker_client.btard import protocol as P
+from worker_client.btard.mprng import genesis_randomness
+from worker_client.transports.memory import BulletinBoard, MemorySwarm
+
+pytestmark = pytest.mark.django_db
+
+NUMEL = 40
+M = 2
+
+
+class _Swarm:
+    """The site's members as in-memory BTARD peers, in the networked worker's mode (board echo,
+    board-closed phases), signing envelopes for the site's run."""
+
+    def __init__(self, run, identities):
+        self.run_key = str(run.id)
+        self.identities = sorted(identities, key=lambda i: i.peer_id)
+        self.ids = [i.peer_id for i in self.identities]
+        self.keys = {i.peer_id: i.public_key_b64 for i in self.identities}
+        params = P.ProtocolParams(tau=1.0, validators=M, board_echo=True)
+        rng = random.Random(7)
+        entropy = lambda k: rng.getrandbits(8 * k).to_bytes(k, "little")  # noqa: E731
+        self.peers = {i.peer_id: P.BtardPeer(i, params, entropy=entropy) for i in self.identities}
+        self.board = BulletinBoard(run=self.run_key, public_keys=self.keys, members=self.ids, keep_log=True)
+        self.memory = MemorySwarm(self.peers, self.board, self._gradients, site_closes=True)
+        self.r = genesis_randomness(self.run_key, 0)
+        self.records = {p: None for p in self.ids}
+        self.version = 0
+
+    @staticmethod
+    def _gradients(requests):
+        return [synthetic_gradient(req.model_ref, req.seed, NUMEL) for _, req in requests]
+
+    def step(self, step: int, group: list[str]) -> dict[str, P.StepResult]:
+        self.board.log.clear()
+        contexts = {p: P.StepContext(run=self.run_key, step=step, group=group, public_keys=self.keys, r_prev=self.r,
+                                     numel=NUMEL, model_ref=self.version, prev=self.records[p]) for p in group}
+        results = self.memory.run_step(contexts)
+        for p, r in results.items():
+            self.records[p] = r.record
+        self.r = results[group[0]].r
+        self.version += results[group[0]].outcome == "applied"
+        return results
+
+
+def test_the_site_the_memory_board_and_the_fake_site_draw_the_same_validators_as_the_peers():
+    run = RunFactory(name="draw", peers_per_group=5, min_peers=5, validators_per_step=M)
+    made = [make_peer(run=run, seed=f"draw-{i}") for i in range(5)]
+    peers = {peer.peer_id: peer for peer, _ in made}
+    swarm = _Swarm(run, [identity for _, identity in made])
+    fake = FakeSite(group_size=5, validators=M)
+    fake.run = fake.run.model_copy(update={"id": run.id})
+    seen = []
+    for step in range(5):
+        record = runs.start_step_if_ready(run=run)
+        assert record is not None and record.members == swarm.ids  # the group order every peer uses
+        assert record.validators == {}  # nobody can know them when the group forms
+        results = swarm.step(step, record.members)
+        assert {r.outcome for r in results.values()} == {"applied"}
+        drawn = {p: dict(peer._s.validators) for p, peer in swarm.peers.items()}
+        peers_view = drawn[swarm.ids[0]]
+        assert all(v == peers_view for v in drawn.values())  # every peer drew the same
+        roles = {p for p, r in results.items() if r.role == "validator"}
+        assert roles == set(peers_view)
+        fake.groups[step] = list(record.members)
+        for env in swarm.board.log:  # the board's envelopes, replayed into the site and the fake site
+            runs.accept_broadcast(peer=peers[env.sender], envelope=env)
+            asyncio.run(fake._on_message(env.sender, Broadcast(envelope=env)))
+        assert runs.step_validators(run=run, step=step) == peers_view
+        assert swarm.board.validators(M) == peers_view
+        assert fake.validators_for(step) == peers_view
+        for pid in record.members:
+            runs.record_step_report(peer=peers[pid], report=StepReport(step=step, outcome="applied", loss=1.0,
+                                                                       samples=32))
+        closed = runs.close_step(run=run)
+        assert StepRecord.objects.get(pk=closed.pk).validators == peers_view  # kept for the history
+        seen.append(peers_view)
+    assert seen[0] == {}  # step 0 has nothing to validate
+    assert all(len(v) == M for v in seen[1:])
+    assert len({tuple(sorted(v.items())) for v in seen[1:]}) > 1  # it changes from step to step
