@@ -27,6 +27,9 @@ BUILTIN_ENTRY_POINTS: dict[str, str] = {
     "digits-mlp": "worker_client.tasks.builtin:DigitsMLP",
     "mnist5k-mlp": "worker_client.tasks.builtin:Mnist5kMLP",
     "fashion-cnn": "worker_client.tasks.builtin:FashionCNN",
+    "fashion-resnet": "worker_client.tasks.vision:FashionResNet",
+    "gpt-char": "worker_client.tasks.lm:GptChar",
+    "gpt-char-small": "worker_client.tasks.lm:GptCharSmall",
 }
 
 
