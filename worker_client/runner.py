@@ -105,8 +105,9 @@ class WorkerConfig:
 class ModelState:
     """The task's model and optimizer, plus flat snapshots by step for recalculation (Sec. 3.3).
 
-    The flat *state* a newcomer downloads is ``concat(params, momentum buffers)``: with both, its next
-    update is bit-identical to the peers it joins.
+    The flat *state* a newcomer downloads is ``concat(params, optimizer state)`` (momentum buffers for
+    SGD; Adam moments and the update counter, which drives the schedule, for AdamW/LAMB: see
+    ``tasks.optim.optimizer_state_vector``): with both, its next update is bit-identical to the peers it joins.
     """
 
     def __init__(self, task, *, seed: int, lr: float, device: str):
@@ -119,6 +120,9 @@ class ModelState:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.numel = sum(p.numel() for p in self.model.parameters())
+        from .tasks import optimizer_state_numel
+
+        self.state_numel = self.numel + optimizer_state_numel(self.optimizer)  # what a newcomer downloads
         self.snapshots: dict[int, torch.Tensor] = {}
         self.step = 0
         self._scratch = task.build_model(seed=seed)
@@ -144,17 +148,17 @@ class ModelState:
         return torch.cat(bufs)
 
     def full_state(self) -> torch.Tensor:
-        return torch.cat([self.params(), self.momentum()])
+        from .tasks import optimizer_state_vector
+
+        return torch.cat([self.params(), optimizer_state_vector(self.optimizer)])
 
     def load_full_state(self, flat: torch.Tensor, step: int) -> None:
-        from .tasks import load_flat_params, param_slices
+        from .tasks import load_flat_params, load_optimizer_state_vector
 
-        if flat.numel() != 2 * self.numel:
-            raise ValueError(f"state has {flat.numel()} values, expected {2 * self.numel}")
+        if flat.numel() != self.state_numel:
+            raise ValueError(f"state has {flat.numel()} values, expected {self.state_numel}")
         load_flat_params(self.model, flat[: self.numel])
-        mom = flat[self.numel:]
-        for p, sl in zip(self.model.parameters(), param_slices(self.model)):
-            self.optimizer.state[p]["momentum_buffer"] = mom[sl].view_as(p).clone()
+        load_optimizer_state_vector(self.optimizer, flat[self.numel:])
         self.snapshot(step)
 
     def gradient(self, model_ref: int, seed: int, batch_size: int, flip_labels: bool = False
@@ -177,10 +181,10 @@ class ModelState:
             model.to(self.device)
             x, y = x.to(self.device), y.to(self.device)
             params = list(model.parameters())
-        loss = self.task.loss(model, x, y)
-        grads = torch.autograd.grad(loss, params, allow_unused=True)
-        g = torch.cat([(gr.reshape(-1) if gr is not None else torch.zeros(p.numel(), device=p.device))
-                       .to(torch.float32) for gr, p in zip(grads, params)]).cpu()
+        from .tasks import batch_gradient  # in micro-batches when the task accumulates
+
+        g, loss = batch_gradient(self.task, model, x, y, params)
+        g = g.cpu()
         if self.device != "cpu":
             model.to("cpu")
         return g, float(loss.detach())
@@ -587,16 +591,20 @@ class Worker:
                                                    f"{len(donors)} peers")
         try:
             flat, per_donor, info = await self.plane.download_state(donors, step=group.step,
-                                                                    numel=2 * self.state.numel,
+                                                                    numel=self.state.state_numel,
                                                                     timeout=self._phase_timeout("state"))
         except DataPlaneError as exc:
             if self.state.step >= 0 and self.role == "active":
                 return self._carry_state_over(group.step, f"no donor has the state of step {group.step} ({exc})")
             self._event("error", f"state download failed: {exc}")
             return False
+        r = info.get("r")
+        if r and not (isinstance(r, str) and len(r) == 64 and all(c in "0123456789abcdef" for c in r)):
+            self._event("error", "state download failed: the donors' randomness chain is not 64 hex digits")
+            return False
         self.state.load_full_state(flat, group.step)
-        if info.get("r"):
-            self.r_prev = bytes.fromhex(info["r"])
+        if r:
+            self.r_prev = bytes.fromhex(r)
         self.prev_record = None
         self._event("state", f"downloaded the state of step {group.step} from {len(per_donor)} peers "
                              f"({sum(per_donor.values())} bytes)")
