@@ -326,9 +326,11 @@ class FalseAccuse(Byzantine):
             return []
         if s.role == "contributor" and s.gradient is not None:
             j = s.ctx.group.index(victim)
-            return [M.AccusePayload(accused=victim, kind=M.FaultKind.wrong_distance, part=j,
-                                    data=M.encode_inline_tensor(s.my_part_bytes[j]),
-                                    reason="fabricated: distance is wrong")]
+            data = s.my_part_bytes[j]  # inline when it fits, else judges fetch it by its committed hash
+            evidence = [s.board[key][2] for key in (("commit", self.peer_id), ("agg_result", victim)) if key in s.board]
+            return [M.AccusePayload(accused=victim, kind=M.FaultKind.wrong_distance, part=j, evidence=evidence,
+                                    data=M.encode_inline_tensor(data) if len(data) <= 4 * M.MAX_INLINE_FLOATS
+                                    else None, reason="fabricated: distance is wrong")]
         return [M.AccusePayload(accused=victim, kind=M.FaultKind.part_mismatch, reason="fabricated")]
 
 

@@ -207,6 +207,19 @@ class ComputeGradient(Action):
 
 
 @dataclass(frozen=True)
+class FetchTensor(Action):
+    """Fetch the tensor whose SHA-256 is ``sha256`` (a committed part named as evidence, too large to
+    travel inline) from any of ``holders`` and hand it back with :meth:`BtardPeer.on_tensor`. Content
+    addressed: any copy with that hash will do, from any holder (:meth:`BtardPeer.serve_tensor`); the
+    in-memory transport asks the holders directly, the networked worker maps it to the data plane."""
+
+    sha256: str
+    holders: tuple[str, ...]
+    step: int
+    numel: int
+
+
+@dataclass(frozen=True)
 class Finish(Action):
     result: StepResult
 
@@ -440,6 +453,9 @@ class _Step:
     pending_parts: dict[str, tuple[int, bytes, M.TensorHeader | None]] = field(default_factory=dict)
     aggregates: dict[int, torch.Tensor] = field(default_factory=dict)
     pending_aggregates: dict[int, tuple[str, bytes, M.TensorHeader | None]] = field(default_factory=dict)
+    fetched: dict[str, bytes] = field(default_factory=dict)       # evidence tensors fetched by hash
+    fetch_requested: set[str] = field(default_factory=set)
+    fetch_queue: list[FetchTensor] = field(default_factory=list)
     aggregate_faulted: set[int] = field(default_factory=set)
     my_aggregate: torch.Tensor | None = None
     r: bytes | None = None
@@ -682,6 +698,54 @@ class BtardPeer:
                 return actions + self._advance()
             return actions
         return []
+
+    def on_tensor(self, sha256: str, data: bytes, step: int | None = None) -> list[Action]:
+        """A tensor this peer asked for with :class:`FetchTensor` (evidence fetched by its hash). Anything
+        that does not hash to a requested value is ignored."""
+        s = self._s
+        if s is None or s.result is not None or (step is not None and step != s.ctx.step):
+            return []
+        if sha256 not in s.fetch_requested or sha256 in s.fetched or sha256_hex(data) != sha256:
+            self._reject(f"unrequested or wrong tensor for hash {sha256[:16]}")
+            return []
+        s.fetched[sha256] = data
+        return self._advance()
+
+    def serve_tensor(self, sha256: str, step: int | None = None) -> bytes | None:
+        """The bytes this peer holds for the current step whose SHA-256 is ``sha256`` (its own parts, the
+        parts it received, evidence it fetched), for a peer's :class:`FetchTensor`; None otherwise."""
+        s = self._s
+        if s is None or (step is not None and step != s.ctx.step):
+            return None
+        return self._held_tensor(sha256)
+
+    def _held_tensor(self, sha256: str) -> bytes | None:
+        s = self._s
+        if sha256 in s.fetched:
+            return s.fetched[sha256]
+        mine = s.payload("commit", self.peer_id)
+        if mine is not None and sha256 in mine.hashes and s.my_part_bytes:
+            return s.my_part_bytes[mine.hashes.index(sha256)]
+        for sender, data in s.received_bytes.items():
+            commit = s.payload("commit", sender)
+            if commit is not None and s.index < len(commit.hashes) and commit.hashes[s.index] == sha256:
+                return data
+        return None
+
+    def _evidence_bytes(self, acc: M.AccusePayload, sha256: str, holders: tuple[str, ...], part: int) -> bytes:
+        """The contested part of an accusation: inline, else held here, else fetched by its committed hash
+        (finding 4: nobody is convicted on missing evidence). Raises _NotReady until it is here."""
+        if acc.data is not None:
+            return M.decode_inline_tensor(acc.data)
+        data = self._held_tensor(sha256)
+        if data is not None:
+            return data
+        s = self._s
+        if sha256 not in s.fetch_requested:
+            s.fetch_requested.add(sha256)
+            a, b = s.bounds[part]
+            s.fetch_queue.append(FetchTensor(sha256=sha256, holders=holders, step=s.ctx.step, numel=b - a))
+        raise _NotReady
 
     def on_aggregate(self, sender: str, part: int, data: bytes, header: M.TensorHeader | None = None,
                      step: int | None = None) -> list[Action]:
@@ -1180,6 +1244,9 @@ class BtardPeer:
         for digest in deciding:
             if digest not in s.judged and digest not in s.judging:
                 actions += self._judge(digest)
+        if s.fetch_queue:  # evidence too large to inline: judges abstain until they hold it
+            actions += s.fetch_queue
+            s.fetch_queue = []
 
         # finish when every case I voted on is resolved
         if ("fixed_point" in s.flags and all(d in s.judged for d in deciding) and not s.judging
@@ -1199,6 +1266,7 @@ class BtardPeer:
                 t = self._part_tensor(sender, part, data)
             except ProtocolError as exc:
                 s.faulted.add(sender)
+                s.fetched[commit.hashes[part]] = data  # evidence others may fetch by its hash
                 return self._accuse(sender, M.FaultKind.malformed_part, f"committed part is malformed: {exc}",
                                     evidence=[cdigest], part=part, data=data)
             s.received[sender] = t
@@ -1491,7 +1559,7 @@ class BtardPeer:
                 if h.sha256 == commit.hashes[part]:
                     return False, "the signed part matches the commitment"
                 return True, "signed part contradicts the signed commitment"
-            data = M.decode_inline_tensor(acc.data)
+            data = self._evidence_bytes(acc, commit.hashes[part], (accuser, accused), part)
             if sha256_hex(data) != commit.hashes[part]:
                 return False, "inline part does not match the accused's commitment"
             if kind == M.FaultKind.malformed_part:
@@ -1535,8 +1603,10 @@ class BtardPeer:
             res = self._named(acc, "agg_result", accused)
             if commit is None or res is None or acc.part != part:
                 return False, "evidence incomplete"
-            data = M.decode_inline_tensor(acc.data)
-            if part >= len(commit.hashes) or sha256_hex(data) != commit.hashes[part]:
+            if part >= len(commit.hashes):
+                return False, "the accuser's commitment has no such part"
+            data = self._evidence_bytes(acc, commit.hashes[part], (accuser, accused), part)
+            if sha256_hex(data) != commit.hashes[part]:
                 return False, "inline part does not match the accuser's commitment"
             if part not in s.aggregates:
                 if part in s.aggregate_faulted:

@@ -234,6 +234,7 @@ class MemorySwarm:
         # broadcasts the network holds back until the next deadline (a slow link or a busy machine).
         self.site_closes = site_closes
         self.late = late
+        self.serve_evidence = True  # False: no holder serves a fetched tensor (evidence unavailable)
         self.bytes_sent = 0
         self.messages = 0
 
@@ -271,6 +272,15 @@ class MemorySwarm:
                     if a.to in contexts:
                         self.bytes_sent += len(a.data)
                         queue.append((a.to, "on_aggregate", (sender, a.part, a.data, a.header)))
+                elif isinstance(a, P.FetchTensor):
+                    # content-addressed fetch of evidence: the first holder that serves a copy
+                    for holder in a.holders:
+                        if holder in contexts and holder != sender and self.serve_evidence:
+                            data = self.peers[holder].serve_tensor(a.sha256, a.step)
+                            if data is not None:
+                                self.bytes_sent += len(data)
+                                queue.append((sender, "on_tensor", (a.sha256, data, a.step)))
+                                break
                 elif isinstance(a, P.ComputeGradient):
                     compute.append((sender, a))
                 elif isinstance(a, P.Finish):
