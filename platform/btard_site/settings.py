@@ -52,7 +52,7 @@ INSTALLED_APPS = [
     "btard_site",
 ]
 # Domain apps register themselves here (kept in one list so ordering is obvious).
-DOMAIN_APPS: list[str] = ["volunteers", "runs", "admission", "moderation", "live"]
+DOMAIN_APPS: list[str] = ["volunteers", "runs", "admission", "moderation", "live", "organiser", "credit"]
 INSTALLED_APPS += DOMAIN_APPS
 
 MIDDLEWARE = [

@@ -1,11 +1,13 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
+from credit import views as credit_views
 from django.urls import path
 from moderation import views as moderation_views
+from organiser import views as organiser_views
 from runs import views as runs_views
 from volunteers import views as volunteer_views
 
-from . import views
+from . import status_views, views
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -35,5 +37,19 @@ urlpatterns = [
     path("runs/<int:pk>/checkpoint/", runs_views.checkpoint_download, name="run-checkpoint"),
     path("api/bans/", moderation_views.api_bans, name="api-bans"),
     path("api/worker/check", volunteer_views.worker_check, name="api-worker-check"),
+    # credit, network status, trust (public)
+    path("leaderboard/", credit_views.leaderboard_page, name="leaderboard"),
+    path("api/leaderboard/", credit_views.api_leaderboard, name="api-leaderboard"),
+    path("network/", status_views.network, name="network"),
+    path("trust/", status_views.trust, name="trust"),
+    path("trust/bans/<int:pk>/", status_views.ban_evidence, name="ban-evidence"),
+    # run control for organisers (staff)
+    path("organise/", organiser_views.organise, name="organise"),
+    path("organise/runs/new/", organiser_views.create_run, name="organise-create"),
+    path("organise/runs/<int:pk>/min-version/", organiser_views.min_version, name="organise-min-version"),
+    path("organise/runs/<int:pk>/announce/", organiser_views.announce, name="organise-announce"),
+    path("organise/runs/<int:pk>/<str:action>/", organiser_views.run_action, name="organise-run-action"),
+    # the worker wheel the join box installs
+    path("dist/<str:filename>", organiser_views.worker_wheel, name="worker-wheel"),
     path("admin/", admin.site.urls),
 ]

@@ -438,6 +438,23 @@ class WorkerConsumer(FastDispatchMixin, AsyncWebsocketConsumer):
                 await self.close(code=CLOSE_BANNED, reason=_close_reason(f"banned: {event.reason}"))
             elif me is not None:
                 await self.send_model(notice)
+        elif event.type in ("run_control_changed", "announcement_posted") and self.peer is not None \
+                and self.peer.run_id == event.run_id:
+            await self._run_notice(event)
+
+    async def _run_notice(self, event) -> None:
+        """An organiser's change or announcement (``organiser.services``): tell the volunteer; a finished
+        run's sockets close (the worker exits with the sentence)."""
+        from btard_wire.control import CLOSE_RUN_FINISHED, RunNotice
+
+        if event.type == "announcement_posted":
+            await self.send_model(RunNotice(run_id=event.run_id, kind="announcement", message=event.text))
+            return
+        if event.action == "created":
+            return
+        await self.send_model(RunNotice(run_id=event.run_id, kind=event.action, message=event.message[:1000]))
+        if event.action == "finished":
+            await self.close(code=CLOSE_RUN_FINISHED, reason=_close_reason(event.message))
 
 
 
@@ -469,6 +486,12 @@ def render_fragment(event, *, view: str, run_id: int | None) -> str:
         if run is None:
             return ""
         return render_to_string("runs/_dashboard.html", {"state": run_state(run), "oob": True})
+    if view == "leaderboard" and event.type in ("step_advanced", "peer_banned", "peer_unbanned"):
+        if run_id is not None and getattr(event, "run_id", None) != run_id:
+            return ""
+        from credit.views import leaderboard_fragment
+
+        return leaderboard_fragment(run_id=run_id)
     return ""
 
 
@@ -522,6 +545,13 @@ class LiveConsumer(FastDispatchMixin, AsyncWebsocketConsumer):
                 await self.close(code=4400)
                 return
             groups.append(ev.run_live_group(self.run_id))
+        elif self.view == "leaderboard":  # every run's steps and bans; ``run`` narrows the board to one
+            raw = query.get("run", [""])[0]
+            if raw and not raw.isdigit():
+                await self.close(code=4400)
+                return
+            self.run_id = int(raw) if raw else None
+            groups.append(ev.runs_group())
         else:
             await self.close(code=4400)
             return

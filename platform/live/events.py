@@ -31,6 +31,11 @@ def moderation_group() -> str:
     return "live.moderation"
 
 
+def runs_group() -> str:
+    """Pages about every run at once (leaderboard, network status)."""
+    return "live.runs"
+
+
 def run_workers_group(run_id: int) -> str:
     return f"workers.run.{run_id}"
 
@@ -218,7 +223,7 @@ class StepAdvanced(_Event):
     missing: list[str] = Field(default_factory=list)
 
     def groups(self) -> list[str]:
-        return [run_live_group(self.run_id)]
+        return [run_live_group(self.run_id), runs_group()]  # runs_group: the leaderboard
 
 
 class PeersPromoted(_Event):
@@ -284,7 +289,7 @@ class PeerBanned(_Event):
     scope: Literal["account", "key"] = "account"  # "key": only this worker key, the account may go on
 
     def groups(self) -> list[str]:
-        groups = [bans_group()]
+        groups = [bans_group(), runs_group()]
         if self.run_id is not None:
             groups += [run_live_group(self.run_id), run_workers_group(self.run_id)]
         if self.user_id is not None:
@@ -301,7 +306,7 @@ class PeerUnbanned(_Event):
     reason: str
 
     def groups(self) -> list[str]:
-        groups = [bans_group()]
+        groups = [bans_group(), runs_group()]
         if self.run_id is not None:
             groups.append(run_live_group(self.run_id))
         return groups
@@ -354,8 +359,35 @@ class CheckpointStored(_Event):
         return [run_live_group(self.run_id)]
 
 
+class RunControlChanged(_Event):
+    """An organiser created, paused, resumed or finished a run, or set its minimum worker version. The
+    run page updates; the run's workers get a ``RunNotice`` (and a finished run closes their sockets)."""
+
+    type: Literal["run_control_changed"] = "run_control_changed"
+    run_id: int
+    action: Literal["created", "paused", "resumed", "finished", "min_version"]
+    state: str
+    min_worker_version: str = ""
+    message: str = ""
+
+    def groups(self) -> list[str]:
+        return [run_live_group(self.run_id), run_workers_group(self.run_id), runs_group()]
+
+
+class AnnouncementPosted(_Event):
+    """An organiser's announcement: on the run page and in every worker's terminal (``RunNotice``)."""
+
+    type: Literal["announcement_posted"] = "announcement_posted"
+    run_id: int
+    announcement_id: int
+    text: str
+
+    def groups(self) -> list[str]:
+        return [run_live_group(self.run_id), run_workers_group(self.run_id)]
+
+
 LiveEvent = Annotated[
-    CheckpointStored | PhaseClosed | ExclusionsEnded | PeerReachability | TokenCreated | TokenRevoked | VolunteerSignedUp | ReputationChanged | PeerJoined | PeerStatusChanged | GroupFormed | BroadcastRecorded | StepReported | StepAdvanced | PeersPromoted | PeersAdmitted | PeerBanned | PeerUnbanned | CaseOpened | CaseResolved | HousekeepingDone,
+    AnnouncementPosted | RunControlChanged | CheckpointStored | PhaseClosed | ExclusionsEnded | PeerReachability | TokenCreated | TokenRevoked | VolunteerSignedUp | ReputationChanged | PeerJoined | PeerStatusChanged | GroupFormed | BroadcastRecorded | StepReported | StepAdvanced | PeersPromoted | PeersAdmitted | PeerBanned | PeerUnbanned | CaseOpened | CaseResolved | HousekeepingDone,
     Field(discriminator="type"),
 ]
 event_adapter: TypeAdapter = TypeAdapter(LiveEvent)

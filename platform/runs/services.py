@@ -119,9 +119,12 @@ def join_run(*, token, hello: Hello) -> JoinResult:
         peer_id = peer_id_from_public_key(b64d(hello.public_key, what="public key"))
     except ProtocolError as exc:
         raise Rejected("bad_key", str(exc)) from None
+    from organiser.gate import check_worker_version, refusal_for_run
+
     run = _open_run(hello.run_id)
     if run is None:
-        raise JoinRefused(CLOSE_NO_RUN, CLOSE_REASONS[CLOSE_NO_RUN])
+        raise refusal_for_run(hello.run_id) or JoinRefused(CLOSE_NO_RUN, CLOSE_REASONS[CLOSE_NO_RUN])
+    check_worker_version(run=run, client_version=hello.client_version)
     run = Run.objects.select_for_update().get(pk=run.pk)  # serialises admission decisions per run
     volunteer = volunteer_for(token.user)
     if volunteer.is_banned:

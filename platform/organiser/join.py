@@ -1,0 +1,55 @@
+"""The "Join this run" box: the exact commands for this site, and what the run needs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from django.conf import settings
+
+from .catalog import INSTALL_SIZE, task_info
+
+WHEEL_NAME = re.compile(r"^btard_swarm-[0-9A-Za-z.+]+-py3-none-any\.whl$")
+
+
+def dist_dir() -> Path:
+    """Where the deploy puts the worker wheel it built (``pip wheel --no-deps -w dist .``)."""
+    return Path(getattr(settings, "WORKER_DIST_DIR", settings.BASE_DIR / "dist"))
+
+
+def served_wheel(version: str) -> str | None:
+    """The file name of the worker wheel of ``version`` the site serves under ``/dist/``, if any."""
+    folder = dist_dir()
+    if not folder.is_dir():
+        return None
+    names = sorted(p.name for p in folder.glob(f"btard_swarm-{version}-*.whl") if WHEEL_NAME.match(p.name))
+    return names[-1] if names else None
+
+
+def server_url(request) -> str:
+    return request.build_absolute_uri("/").rstrip("/")
+
+
+def join_info(*, request, run) -> dict:
+    """Everything the join box shows for ``run`` as seen from ``request`` (its host is the server URL)."""
+    from runs.selectors import open_runs
+    from worker_client import __version__
+
+    from .models import RunControl
+
+    server = server_url(request)
+    wheel = served_wheel(__version__)
+    install = f'pip install "{server}/dist/{wheel}"' if wheel else f'pip install "btard-swarm=={__version__}"'
+    minimum = RunControl.objects.filter(run=run).values_list("min_worker_version", flat=True).first() or ""
+    newest = open_runs().values_list("pk", flat=True).first()
+    info = task_info(run.task)
+    commands = "\n".join([
+        "python3.11 -m venv btard-env && . btard-env/bin/activate",
+        install,
+        'read -rsp "Worker token: " BTARD_TOKEN && export BTARD_TOKEN',
+        f"btard-worker doctor --server {server}",
+        f"btard-worker --server {server}",
+    ])
+    return {"server": server, "commands": commands, "install": install, "wheel": wheel, "version": __version__,
+            "min_version": minimum, "task": info, "install_size": INSTALL_SIZE, "run": run,
+            "joins_this_run": newest == run.pk, "open": run.state == "open", "state": run.state}
