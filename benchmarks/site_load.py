@@ -72,7 +72,7 @@ def setup_site(n: int):
     from volunteers.models import Volunteer, WorkerToken
     from volunteers.services import TOKEN_PREFIX, hash_token
 
-    from worker_client.btard.crypto import Identity
+    from btard_wire.envelope import Identity
 
     stamp = time.strftime("%Y%m%d%H%M%S")
     # min_peers above n: the benchmark, not the join traffic, decides when to broadcast
@@ -138,7 +138,7 @@ class Worker:
     async def open(self, url: str) -> None:
         from websockets.asyncio.client import connect
 
-        from worker_client.control import Hello
+        from btard_wire.control import Hello
 
         self.ws = await connect(url, additional_headers={"Authorization": f"Bearer {self.raw}"},
                                 open_timeout=120, ping_interval=None, max_size=2 ** 22)
@@ -180,8 +180,8 @@ async def bench(args, run, raws, identities, port: int) -> dict:
     from live.bus import deliver_async
     from live.events import BroadcastRecorded
 
-    from worker_client.btard.crypto import sign_envelope
-    from worker_client.control import Heartbeat
+    from btard_wire.envelope import sign_envelope
+    from btard_wire.control import Heartbeat
 
     url = f"ws://127.0.0.1:{port}/ws/worker/"
     workers = [Worker(raw, ident) for raw, ident in zip(raws, identities)]

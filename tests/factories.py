@@ -5,7 +5,7 @@ from __future__ import annotations
 import factory
 from django.contrib.auth import get_user_model
 
-from worker_client.btard.crypto import Identity
+from btard_wire.envelope import Identity
 
 
 class UserFactory(factory.django.DjangoModelFactory):

@@ -17,6 +17,8 @@ import urllib.request
 
 import torch
 
+from btard_wire.errors import CodedError
+
 
 def state_bytes(model: torch.nn.Module) -> bytes:
     """The model's parameters and buffers as safetensors bytes (deterministic for equal tensors)."""
@@ -38,10 +40,15 @@ def upload_url(http_base: str, run_id: int, step: int) -> str:
     return f"{http_base.rstrip('/')}/api/runs/{run_id}/checkpoints/{step}/"
 
 
-class UploadRefused(RuntimeError):
+class UploadRefused(CodedError, RuntimeError):
+    """The site refused a checkpoint upload: HTTP ``status``, the site's ``code`` and ``reason``."""
+
     def __init__(self, status: int, code: str, reason: str):
-        super().__init__(f"{status} {code}: {reason}")
-        self.status, self.code, self.reason = status, code, reason
+        super().__init__(code, reason)
+        self.status, self.reason = status, reason
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.code}: {self.reason}"
 
 
 def upload(url: str, token: str, data: bytes, *, attempts: int = 6, wait: float = 2.0,

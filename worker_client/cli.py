@@ -68,7 +68,7 @@ def build_parser(show_test_options: bool = False) -> argparse.ArgumentParser:
 
 
 def _hold_spec(text: str) -> tuple[str, float]:
-    from .control import BOARD_PHASES
+    from btard_wire import BOARD_PHASES
 
     phase, sep, seconds = text.partition("=")
     if not sep or phase not in BOARD_PHASES:

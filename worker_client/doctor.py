@@ -13,11 +13,10 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 
-from .control import (
+from btard_wire.control import (
     CLOSE_REASONS,
     FATAL_CLOSE_CODES,
     REACHABILITY_ADVICE,
-    ControlError,
     ErrorMessage,
     Hello,
     ReachabilityRequest,
@@ -25,6 +24,7 @@ from .control import (
     Welcome,
     parse_site_message,
 )
+from btard_wire.errors import ControlError
 from .site_client import ws_url
 
 OK, FAIL, UNKNOWN = "ok", "fail", "unknown"

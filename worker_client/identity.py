@@ -13,7 +13,8 @@ import stat
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .btard.crypto import Identity, ProtocolError
+from btard_wire.envelope import Identity
+from btard_wire.errors import ProtocolError
 
 APP_DIR = "btard-swarm"
 
@@ -45,6 +46,25 @@ class IdentityFileError(RuntimeError):
     """The key file exists but cannot be used; the message says what to do."""
 
 
+def save_identity(identity: Identity, path: Path) -> None:
+    """Write the raw private key with 0600 permissions (created that way, never world-readable)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(identity.private_bytes())
+    os.chmod(path, 0o600)
+
+
+def load_or_create_identity(path: Path) -> Identity:
+    """The identity stored at ``path``, or a new one saved there. Raises :class:`ProtocolError` when the
+    file is not a 32-byte Ed25519 private key."""
+    if path.exists():
+        return Identity.from_private_bytes(path.read_bytes(), what=str(path))
+    identity = Identity.generate()
+    save_identity(identity, path)
+    return identity
+
+
 def load_identity(server: str, override_dir: str | os.PathLike | None = None) -> tuple[Identity, Path, bool]:
     """Load this site's identity key or create it (0600). Returns ``(identity, path, created)``.
 
@@ -59,7 +79,7 @@ def load_identity(server: str, override_dir: str | os.PathLike | None = None) ->
                 f"{path} is readable by other users (mode {mode:o}): run `chmod 600 {path}` and start again")
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        identity = Identity.load_or_create(path)
+        identity = load_or_create_identity(path)
     except ProtocolError as exc:
         raise IdentityFileError(f"{exc}. Move it away to start with a new key (you will go through "
                                 f"probation again; your account and reputation are kept)") from None

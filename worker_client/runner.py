@@ -24,12 +24,12 @@ from typing import Any
 import torch
 
 from . import __version__
-from .btard import messages as M
-from .btard.crypto import Identity
+from btard_wire import payloads as M
+from btard_wire.envelope import Identity
 from .btard.tensors import tensor_hash
 from .checkpoint import is_checkpoint_step, state_bytes, state_digest
-from .control import (
-    BOARD_PHASES,
+from btard_wire import BOARD_PHASES
+from btard_wire.control import (
     KEY_BAN_ADVICE,
     REACHABILITY_ADVICE,
     BanNotice,
@@ -49,7 +49,7 @@ from .control import (
     StepReport,
     Welcome,
 )
-from .control import Broadcast as BroadcastMessage
+from btard_wire.control import Broadcast as BroadcastMessage
 from .net import DataPlane, DataPlaneError
 from .site_client import FatalSiteError, SiteClient
 from btard_wire.control import hello_proof  # noqa: E402 - proof of key possession on hello
@@ -641,7 +641,7 @@ class Worker:
 
     async def _validate_candidates(self, step: int) -> None:
         """Recompute each candidate this peer validates at ``step``; post ``ok: false`` on a mismatch."""
-        from .btard.crypto import sign_envelope
+        from btard_wire.envelope import sign_envelope
 
         for cand in self.probation_checks:
             peer_id = cand.get("peer_id", "")

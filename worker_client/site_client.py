@@ -1,4 +1,4 @@
-"""The worker's control plane: one websocket to the site's ``/ws/worker/`` (see :mod:`worker_client.control`).
+"""The worker's control plane: one websocket to the site's ``/ws/worker/`` (see :mod:`btard_wire.control`).
 
 :class:`SiteClient` keeps the connection up: it sends ``Hello`` on every (re)connect, heartbeats with a
 status reason, and every message the runner queues (signed broadcasts, step reports) in order, keeping
@@ -19,17 +19,17 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel
 
-from .control import (
+from btard_wire.control import (
     CLOSE_BAD_TOKEN,
     CLOSE_NO_RUN,
     CLOSE_REASONS,
     CLOSE_REPLACED,
     FATAL_CLOSE_CODES,
-    ControlError,
     Heartbeat,
     Hello,
     parse_site_message,
 )
+from btard_wire.errors import CodedError, ControlError
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +39,9 @@ EXIT_CLOSE_CODES = set(FATAL_CLOSE_CODES) | {CLOSE_REPLACED}
 MAX_PENDING = 2000
 
 
-class FatalSiteError(RuntimeError):
-    """The site refused this worker for a reason retrying cannot fix. ``str()`` is for humans."""
-
-    def __init__(self, code: int, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
+class FatalSiteError(CodedError, RuntimeError):
+    """The site refused this worker for a reason retrying cannot fix (``code``: the close code).
+    ``str()`` is for humans."""
 
 
 def ws_url(server: str) -> str:

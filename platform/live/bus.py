@@ -9,7 +9,7 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import transaction
 
-from worker_client.control import BOARD_PHASES
+from btard_wire import BOARD_PHASES
 
 from .events import _Event
 

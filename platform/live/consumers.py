@@ -18,19 +18,19 @@ from django.conf import settings
 from django.core.cache import cache
 from pydantic import ValidationError
 
-from worker_client.control import (
+from btard_wire.control import (
     CLOSE_PROTOCOL_VERSION,
     CLOSE_REASONS,
     CLOSE_REPLACED,
     CLOSE_REVOKED_TOKEN,
     BanNotice,
-    ControlError,
     ErrorMessage,
     ReachabilityCheck,
     ReachabilityResult,
     Welcome,
     parse_worker_message,
 )
+from btard_wire.errors import ControlError
 
 from btard_wire import PROTOCOL_VERSION
 
@@ -76,7 +76,8 @@ def _authenticate(raw):
 
 
 def _peer_id_of_hello(hello) -> str | None:
-    from worker_client.btard.crypto import ProtocolError, b64d, peer_id_from_public_key
+    from btard_wire.envelope import b64d, peer_id_from_public_key
+    from btard_wire.errors import ProtocolError
 
     try:
         return peer_id_from_public_key(b64d(hello.public_key, what="public key"))
@@ -364,7 +365,7 @@ class WorkerConsumer(FastDispatchMixin, AsyncWebsocketConsumer):
         await _db(_phase_close)(self.peer, msg)
 
     async def on_board_request(self, msg):
-        from worker_client.control import Relay
+        from btard_wire.control import Relay
 
         for envelope in await _db(_board)(self.peer, msg):
             await self.send(text_data=Relay.model_validate({"envelope": envelope}).model_dump_json())
@@ -427,13 +428,13 @@ class WorkerConsumer(FastDispatchMixin, AsyncWebsocketConsumer):
             notice = BanNotice(peer_id=event.peer_id, step=event.step, reason=event.reason, scope=event.scope)
             if event.scope == "key" and me == event.peer_id:
                 await self.send_model(notice)
-                from worker_client.control import CLOSE_BANNED, KEY_BAN_ADVICE
+                from btard_wire.control import CLOSE_BANNED, KEY_BAN_ADVICE
 
                 await self.close(code=CLOSE_BANNED, reason=_close_reason(f"{KEY_BAN_ADVICE} ({event.reason})"))
             elif event.scope == "account" and self.token is not None and event.user_id == self.token.user_id:
                 if me is not None:
                     await self.send_model(notice)
-                from worker_client.control import CLOSE_BANNED
+                from btard_wire.control import CLOSE_BANNED
 
                 await self.close(code=CLOSE_BANNED, reason=_close_reason(f"banned: {event.reason}"))
             elif me is not None:

@@ -3,7 +3,7 @@
 Every service emits exactly one of these events after its transaction commits (:func:`emit`). The same
 pydantic object becomes an htmx fragment for browsers (``live.consumers.LiveConsumer`` renders the page's
 partial) and a control-plane message for workers (``live.consumers.WorkerConsumer`` turns it into a
-``worker_client.control`` message). ``groups()`` names the channel-layer groups an event goes to.
+``btard_wire.control`` message). ``groups()`` names the channel-layer groups an event goes to.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from worker_client.btard.crypto import Envelope
-from worker_client.control import PeerInfo
+from btard_wire.envelope import Envelope
+from btard_wire.control import PeerInfo
 
 EVENT_VERSION = 1
 
@@ -143,7 +143,7 @@ class GroupFormed(_Event):
         return {p.peer_id for p in self.peers} | {c["peer_id"] for c in self.candidates}
 
     def worker_message(self):
-        from worker_client.control import Group
+        from btard_wire.control import Group
 
         return Group(step=self.step, peers=self.peers, validators=self.validators, candidates=self.candidates,
                      deadlines=self.deadlines, state_donors=self.state_donors)
@@ -165,7 +165,7 @@ class BroadcastRecorded(_Event):
     recipients: list[str]
 
     def worker_message(self):
-        from worker_client.control import Relay
+        from btard_wire.control import Relay
 
         return Relay(envelope=self.envelope)
 
@@ -188,7 +188,7 @@ class PhaseClosed(_Event):
     recipients: list[str]
 
     def worker_message(self):
-        from worker_client.control import PhaseClosed as PhaseClosedMessage
+        from btard_wire.control import PhaseClosed as PhaseClosedMessage
 
         return PhaseClosedMessage(step=self.step, phase=self.phase, senders=self.senders)
 

@@ -15,8 +15,9 @@ from django.utils import timezone
 from live.bus import emit
 from live.events import CaseOpened, CaseResolved, PeerBanned, PeerUnbanned
 
+from btard_wire.payloads import EliminatePayload, VerdictPayload
+
 from .models import AuditLog, Ban, ModerationCase
-from .schemas import EliminatePayload, VerdictPayload
 
 # Faults that a worker crashing mid-step produces as well as a cheater: the protocol must remove the key
 # (an aborted reveal could bias the shared randomness), but the account pays only when it keeps happening.

@@ -34,18 +34,9 @@ from live.events import (
     StepAdvanced,
     StepReported,
 )
-from pydantic import ValidationError
 
-from worker_client.btard.crypto import (
-    BOARD_PHASES,
-    BROADCAST_PHASES,
-    Envelope,
-    ProtocolError,
-    b64d,
-    peer_id_from_public_key,
-    verify_envelope,
-)
-from worker_client.control import (
+from btard_wire import BOARD_PHASES, BROADCAST_PHASES
+from btard_wire.control import (
     CLOSE_BANNED,
     CLOSE_NO_RUN,
     CLOSE_REASONS,
@@ -54,6 +45,9 @@ from worker_client.control import (
     Hello,
     StepReport,
 )
+from btard_wire.envelope import Envelope, b64d, peer_id_from_public_key, verify_envelope
+from btard_wire.errors import CodedError, ProtocolError
+from btard_wire.payloads import parse_payload
 
 from .deadlines import effective_deadlines
 from .models import BroadcastLog, Peer, Run, StepRecord, StepReportRecord
@@ -61,20 +55,15 @@ from .models import BroadcastLog, Peer, Run, StepRecord, StepReportRecord
 log = logging.getLogger(__name__)
 
 
-class Rejected(Exception):
+class Rejected(CodedError):
     """A worker message the site refuses; nothing changed. ``code`` is stable, ``message`` for humans."""
 
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
-
-class JoinRefused(Exception):
-    """The worker cannot join; the socket closes with ``close_code``."""
+class JoinRefused(CodedError):
+    """The worker cannot join; the socket closes with ``close_code`` (also ``code``)."""
 
     def __init__(self, close_code: int, reason: str):
-        super().__init__(reason)
+        super().__init__(close_code, reason)
         self.close_code = close_code
         self.reason = reason
 
@@ -333,17 +322,12 @@ def start_step_if_ready(*, run: Run, now: datetime | None = None) -> StepRecord 
 
 
 def _check_special_payload(envelope: Envelope, record: StepRecord) -> None:
-    from moderation.schemas import EliminatePayload, VerdictPayload
-
-    schema = {"verdict": VerdictPayload, "eliminate": EliminatePayload}.get(envelope.phase)
-    if schema is None:
+    if envelope.phase not in ("verdict", "eliminate"):
         return
     try:
-        payload = schema.model_validate(envelope.payload)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "payload"
-        raise Rejected("payload", f"invalid {envelope.phase} payload: {where}: {first['msg']}") from None
+        payload = parse_payload(envelope.phase, envelope.payload)
+    except ProtocolError as exc:
+        raise Rejected("payload", str(exc)) from None
     named = payload.target if envelope.phase == "eliminate" else payload.guilty
     if named not in record.recipients():
         raise Rejected("payload", f"{envelope.phase} names {named[:8]}, who is not in the group of step "

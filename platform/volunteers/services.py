@@ -19,6 +19,8 @@ from django.utils import timezone
 from live.bus import emit
 from live.events import ReputationChanged, TokenCreated, TokenRevoked, VolunteerSignedUp
 
+from btard_wire.errors import CodedError
+
 from .models import ContributionEvent, ReputationEvent, Volunteer, WorkerToken
 
 TOKEN_PREFIX = "btard"
@@ -40,18 +42,18 @@ class SignupLimited(Exception):
         self.retry_after = retry_after
 
 
-class TokenRefused(Exception):
-    """A worker token cannot be used; ``close_code`` is one of ``worker_client.control.CLOSE_*``."""
+class TokenRefused(CodedError):
+    """A worker token cannot be used; ``close_code`` (also ``code``) is one of ``btard_wire.control.CLOSE_*``."""
 
     def __init__(self, close_code: int, reason: str):
-        super().__init__(reason)
+        super().__init__(close_code, reason)
         self.close_code = close_code
         self.reason = reason
 
     @property
     def http_status(self) -> int:
         """401 for a missing or unknown token, 403 for a known one that may not work (revoked, banned)."""
-        from worker_client.control import CLOSE_BAD_TOKEN, CLOSE_NO_TOKEN
+        from btard_wire.control import CLOSE_BAD_TOKEN, CLOSE_NO_TOKEN
 
         return 401 if self.close_code in (CLOSE_NO_TOKEN, CLOSE_BAD_TOKEN) else 403
 
@@ -149,7 +151,7 @@ def authenticate_worker_token(raw: str | None) -> WorkerToken:
 
     Read-only apart from ``last_used_at`` (not a state change anyone watches, so no event).
     """
-    from worker_client.control import (
+    from btard_wire.control import (
         CLOSE_BAD_TOKEN,
         CLOSE_BANNED,
         CLOSE_NO_TOKEN,

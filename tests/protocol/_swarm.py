@@ -12,7 +12,7 @@ import torch
 
 from worker_client.btard import protocol as P
 from worker_client.btard.attacks import Collusion, make_peer
-from worker_client.btard.crypto import Identity
+from btard_wire.envelope import Identity
 from worker_client.btard.mprng import genesis_randomness
 from worker_client.transports.memory import BulletinBoard, MemorySwarm
 

@@ -9,15 +9,11 @@ import struct
 import pytest
 import torch
 
-from worker_client.btard import messages as M
+from btard_wire import payloads as M
 from worker_client.btard import protocol as P
-from worker_client.btard.crypto import (
-    BROADCAST_PHASES,
-    Identity,
-    ProtocolError,
-    decode_envelope,
-    sign_envelope,
-)
+from btard_wire import BROADCAST_PHASES
+from btard_wire.envelope import Identity, decode_envelope, sign_envelope
+from btard_wire.errors import ProtocolError
 from worker_client.btard.mprng import genesis_randomness, mprng_commitment
 
 RUN = "wire-test"

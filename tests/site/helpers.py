@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from worker_client.btard.crypto import sign_envelope
+from btard_wire.envelope import sign_envelope
 
 
 def envelope(identity, run, *, step=None, phase="commit", payload=None, nonce=None):
@@ -10,7 +10,7 @@ def envelope(identity, run, *, step=None, phase="commit", payload=None, nonce=No
                          payload=payload if payload is not None else {"hashes": ["00" * 32]}, nonce=nonce)
 
 
-def verdict(identity, run, *, guilty, step=None, kind="bad_commitment", nonce=None):
+def verdict(identity, run, *, guilty, step=None, kind="part_mismatch", nonce=None):
     return envelope(identity, run, step=step, phase="verdict", nonce=nonce,
                     payload={"type": "verdict", "guilty": guilty, "accuser": identity.peer_id, "accused": guilty,
                              "kind": kind, "evidence": ["ab" * 32], "reason": "part does not match commitment"})

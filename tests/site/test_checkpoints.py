@@ -11,7 +11,7 @@ from volunteers import services as volunteers
 
 from tests.factories import UserFactory, make_peer
 from worker_client.checkpoint import state_bytes, state_digest
-from worker_client.control import StepReport
+from btard_wire.control import StepReport
 
 pytestmark = pytest.mark.django_db
 STEP = 1  # checkpoint_every = 2: the state after step 1 is a checkpoint

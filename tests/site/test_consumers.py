@@ -15,8 +15,8 @@ from volunteers import services as volunteers
 
 from tests.factories import RunFactory
 from tests.site.helpers import envelope, verdict
-from worker_client.btard.crypto import Identity
-from worker_client.control import (
+from btard_wire.envelope import Identity
+from btard_wire.control import (
     CLOSE_BAD_TOKEN,
     CLOSE_BANNED,
     CLOSE_NO_TOKEN,
@@ -216,7 +216,7 @@ async def test_a_majority_verdict_bans_live_closes_the_socket_and_reaches_the_ba
     assert notice["peer_id"] == ic.peer_id
     assert "banned" in await expect_close_after_messages(cc, CLOSE_BANNED)
     html = await browser.receive_from(timeout=T)
-    assert "carol" in html and 'hx-swap-oob="afterbegin"' in html and "bad_commitment" in html
+    assert "carol" in html and 'hx-swap-oob="afterbegin"' in html and "part_mismatch" in html
     for comm in (ca, cb, browser):
         await comm.disconnect()
 

@@ -10,8 +10,8 @@ from runs.models import Peer
 
 from tests.factories import UserFactory, make_peer
 from tests.site.helpers import verdict
-from worker_client.btard.crypto import Identity
-from worker_client.control import CLOSE_BANNED, KEY_BAN_ADVICE, Hello
+from btard_wire.envelope import Identity
+from btard_wire.control import CLOSE_BANNED, KEY_BAN_ADVICE, Hello
 
 pytestmark = pytest.mark.django_db
 
@@ -75,7 +75,7 @@ def test_the_third_crash_like_ban_of_an_account_bans_the_account(run):
 
 def test_a_provable_cheat_still_bans_the_account_at_once(run):
     liar, _ = make_peer(run=run, seed="liar")
-    ban = _majority_verdict(run, guilty=liar, kind="bad_commitment", seed="c")
+    ban = _majority_verdict(run, guilty=liar, kind="part_mismatch", seed="c")
     liar.user.volunteer.refresh_from_db()
     assert ban.scope == "account" and liar.user.volunteer.is_banned
     assert not ModerationCase.objects.filter(kind="crash").exists()

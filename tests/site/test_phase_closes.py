@@ -11,7 +11,7 @@ from runs.models import BroadcastLog, Run, StepRecord
 
 from tests.site.helpers import envelope
 from tests.site.test_consumers import join, receive_type, token_for
-from worker_client.control import BoardRequest, PhaseCloseRequest
+from btard_wire.control import BoardRequest, PhaseCloseRequest
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
 

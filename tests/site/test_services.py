@@ -17,8 +17,8 @@ from volunteers.models import ReputationEvent
 
 from tests.factories import RunFactory, UserFactory, make_peer
 from tests.site.helpers import envelope, verdict
-from worker_client.btard.crypto import Identity
-from worker_client.control import (
+from btard_wire.envelope import Identity
+from btard_wire.control import (
     CLOSE_BAD_TOKEN,
     CLOSE_BANNED,
     CLOSE_NO_RUN,
@@ -273,7 +273,7 @@ def test_a_strict_majority_of_signed_verdicts_bans_the_peer_and_its_account(run,
         # 1 and 2 of 4 are not a strict majority; 3 of 4 is
         assert (ban is not None) == (n == 2)
     assert ban.user == guilty_peer.user and ban.evidence["signers"] == 3
-    assert ban.evidence_kind == "bad_commitment" and len(ban.evidence["verdicts"]) == 3
+    assert ban.evidence_kind == "part_mismatch" and len(ban.evidence["verdicts"]) == 3
     assert set(Peer.objects.filter(user=guilty_peer.user).values_list("role", flat=True)) == {"banned"}
     guilty_peer.user.volunteer.refresh_from_db()
     assert guilty_peer.user.volunteer.is_banned and second_key.pk

@@ -19,8 +19,8 @@ from volunteers import tasks as volunteer_tasks
 
 from tests.factories import RunFactory, UserFactory, make_peer
 from tests.site.helpers import envelope
-from worker_client.btard.crypto import Identity
-from worker_client.control import Hello
+from btard_wire.envelope import Identity
+from btard_wire.control import Hello
 
 pytestmark = pytest.mark.django_db
 

@@ -9,7 +9,7 @@ import pytest
 import pytest_asyncio
 import torch
 
-from worker_client.btard.crypto import ProtocolError
+from btard_wire.errors import ProtocolError
 from worker_client.net import DataPlane, DataPlaneError
 from worker_client.net.wire import MAX_HEADER_BYTES, read_body, read_request
 

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 import torch
 
-from worker_client.btard.crypto import Identity
+from btard_wire.envelope import Identity
 from worker_client.runner import Worker, WorkerConfig
 
 from .fakesite import FakeSite
@@ -82,7 +82,7 @@ def test_a_downloaded_state_with_momentum_makes_the_next_update_bit_identical():
 
 
 def test_phase_deadlines_come_from_the_group_then_the_run_and_a_cli_override_wins():
-    from worker_client.control import Group, RunInfo
+    from btard_wire.control import Group, RunInfo
 
     worker = Worker(WorkerConfig(server="ws://127.0.0.1:1", token="t", identity=Identity.from_seed(b"deadlines")))
     worker.run_info = RunInfo(id=1, name="r", task="digits-mlp", phase_timeout=30.0)
@@ -112,7 +112,7 @@ def test_concurrent_gradients_on_different_states_match_sequential_ones():
 
 
 def test_a_run_with_an_unusable_global_batch_is_refused_with_the_reason():
-    from worker_client.control import RunInfo
+    from btard_wire.control import RunInfo
 
     worker = Worker(WorkerConfig(server="ws://127.0.0.1:1", token="t", identity=Identity.from_seed(b"bad-extra")))
     worker.run_info = RunInfo(id=1, name="r", task="digits-mlp", extra={"global_batch": "lots"})

@@ -10,8 +10,8 @@ from http import HTTPStatus
 import pytest
 from websockets.asyncio.server import serve
 
-from worker_client.btard.crypto import Identity
-from worker_client.control import (
+from btard_wire.envelope import Identity
+from btard_wire.control import (
     CLOSE_BANNED,
     CLOSE_REVOKED_TOKEN,
     Heartbeat,

@@ -7,7 +7,7 @@ import hashlib
 import numpy as np
 import torch
 
-from .crypto import ProtocolError
+from btard_wire.errors import ProtocolError
 
 
 def tensor_to_bytes(t: torch.Tensor) -> bytes:

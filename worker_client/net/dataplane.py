@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..btard.crypto import ProtocolError
+from btard_wire.errors import ProtocolError
 from ..btard.tensors import bytes_to_tensor, tensor_to_bytes
 from .wire import (
     FetchRequest,
@@ -51,9 +51,12 @@ class DataPlaneError(ProtocolError):
     """A data-plane call failed. ``code`` is stable; ``peer`` is the protocol peer id (or p2p id) at fault."""
 
     def __init__(self, code: str, message: str, *, peer: str = ""):
-        super().__init__(message)
-        self.code = code
+        super().__init__(message, code=code)
         self.peer = peer
+
+    @classmethod
+    def coded(cls, code: str, message: str) -> DataPlaneError:
+        return cls(code, message)
 
 
 def state_chunk_numel(numel: int) -> int:

@@ -13,12 +13,13 @@ length against that before it reads or allocates anything. Nothing here is ever 
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from ..btard.crypto import PROTOCOL_VERSION, ProtocolError
+from btard_wire import PROTOCOL_VERSION
+from btard_wire.errors import ProtocolError
+from btard_wire.json import load_object, validate
 
 MAX_HEADER_BYTES = 16 * 1024
 # A hard ceiling on one body whatever a peer claims (1 GiB = 256M float32 values).
@@ -91,7 +92,7 @@ class FetchResponse(_Frame):
     code: str = Field(default="", max_length=64)
     message: str = Field(default="", max_length=500)
     info: dict | None = None
-    # The sender's signed header over the body (``btard.messages.TensorHeader``), when it published one.
+    # The sender's signed header over the body (``btard_wire.payloads.TensorHeader``), when it published one.
     header: dict | None = None
 
 
@@ -108,38 +109,20 @@ def encode_header(model: BaseModel) -> bytes:
 async def read_header_json(reader: asyncio.StreamReader) -> dict:
     size = int.from_bytes(await reader.readexactly(4), "big")
     if size > MAX_HEADER_BYTES:
-        raise ProtocolError(f"header of {size} bytes exceeds {MAX_HEADER_BYTES}")
-    raw = await reader.readexactly(size)
-    try:
-        obj = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"header is not valid JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise ProtocolError("header must be a JSON object")
-    if obj.get("v", PROTOCOL_VERSION) != PROTOCOL_VERSION:
-        raise ProtocolError(f"data-plane version {obj.get('v')!r} is not supported")
-    return obj
+        raise ProtocolError(f"header of {size} bytes exceeds {MAX_HEADER_BYTES}", code="too_large")
+    return load_object(await reader.readexactly(size), max_bytes=MAX_HEADER_BYTES, what="header")
 
 
 async def read_request(reader: asyncio.StreamReader) -> FetchRequest | InfoRequest | PingRequest | PutRequest:
     obj = await read_header_json(reader)
     model = REQUEST_TYPES.get(obj.get("type"))
     if model is None:
-        raise ProtocolError(f"unknown request type {obj.get('type')!r}")
-    try:
-        return model.model_validate(obj)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise ProtocolError(f"invalid request: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        raise ProtocolError(f"unknown request type {obj.get('type')!r}", code="schema")
+    return validate(model, obj, what="request")
 
 
 async def read_response(reader: asyncio.StreamReader) -> FetchResponse:
-    obj = await read_header_json(reader)
-    try:
-        return FetchResponse.model_validate(obj)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise ProtocolError(f"invalid response: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    return validate(FetchResponse, await read_header_json(reader), what="response")
 
 
 async def read_body(reader: asyncio.StreamReader, *, expected_bytes: int) -> bytes:
