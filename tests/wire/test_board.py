@@ -1,0 +1,174 @@
+"""The board rules (btard_wire.board) as the site, the in-memory board and the fake site run them."""
+
+from __future__ import annotations
+
+import pytest
+
+from btard_wire import board as rules
+from btard_wire.randomness import combine_reveals, draw_validators, mprng_commitment
+
+GROUP = ["a", "b", "c", "d"]
+
+
+# --- verdict majority -----------------------------------------------------------------------------
+@pytest.mark.parametrize("n, signers, banned", [(4, 2, False), (4, 3, True), (5, 2, False), (5, 3, True),
+                                                (6, 3, False), (6, 4, True), (1, 1, True)])
+def test_it_bans_only_on_a_strict_majority_of_the_group(n, signers, banned):
+    members = [f"p{i}" for i in range(n)]
+    assert rules.verdict_majority(members[:signers], members=members) is banned
+
+
+def test_it_ignores_verdicts_of_non_members_and_counts_each_signer_once():
+    assert not rules.verdict_majority(["a", "a", "a", "x", "y", "z"], members=GROUP)
+    assert not rules.verdict_majority(["a", "b", "candidate"], members=GROUP)
+    assert rules.verdict_majority(["a", "b", "c", "candidate"], members=GROUP)
+    assert not rules.verdict_majority(["a"], members=[])
+
+
+def test_it_lists_the_guilty_in_the_order_their_majority_was_reached():
+    votes = [("a", "x"), ("b", "y"), ("c", "y"), ("a", "y"), ("b", "x"), ("c", "x"), ("d", "x")]
+    assert rules.verdict_bans(votes, members=GROUP) == ["y", "x"]
+    assert rules.verdict_bans([("a", "x"), ("b", "x")], members=GROUP) == []
+
+
+# --- ELIMINATE ------------------------------------------------------------------------------------
+def test_the_first_eliminate_naming_a_peer_removes_the_pair_and_later_ones_remove_nobody():
+    removed: set[str] = set()
+    assert rules.elimination_removes(eliminator="a", target="b", members=GROUP, removed=removed)
+    removed |= {"a", "b"}
+    assert not rules.elimination_removes(eliminator="c", target="b", members=GROUP, removed=removed)
+    assert not rules.elimination_removes(eliminator="a", target="c", members=GROUP, removed=removed)
+    assert rules.elimination_removes(eliminator="c", target="d", members=GROUP, removed=removed)
+
+
+def test_a_candidates_eliminate_removes_nobody():
+    # a candidate is no member of the step; and where the site lists it as a recipient, it is not active
+    assert not rules.elimination_removes(eliminator="cand", target="a", members=GROUP, removed=())
+    assert not rules.elimination_removes(eliminator="cand", target="a", members=GROUP + ["cand"],
+                                         active=GROUP, removed=())
+    assert not rules.elimination_removes(eliminator="a", target="cand", members=GROUP + ["cand"],
+                                         active=GROUP, removed=())
+    assert rules.elimination_removes(eliminator="a", target="b", members=GROUP + ["cand"], active=GROUP,
+                                     removed=())
+
+
+def test_a_peer_cannot_eliminate_itself_or_a_stranger():
+    assert not rules.elimination_removes(eliminator="a", target="a", members=GROUP, removed=())
+    assert not rules.elimination_removes(eliminator="a", target="stranger", members=GROUP, removed=())
+
+
+# --- silence --------------------------------------------------------------------------------------
+def test_silence_needs_a_majority_of_member_reports():
+    reports = {"a": ["d"], "b": ["d"], "c": [], "x": ["c"], "y": ["c"], "z": ["c"]}
+    assert rules.reported_silent(reports, members=GROUP) == set()  # 2 of 4 is no majority; x, y, z are no members
+    reports["c"] = ["d", "d"]
+    assert rules.reported_silent(reports, members=GROUP) == {"d"}
+    assert rules.reported_silent({"a": ["x"], "b": ["x"], "c": ["x"]}, members=GROUP) == set()  # not a member
+
+
+def test_silence_counts_consecutive_steps_and_decays_when_the_peer_speaks():
+    count, banned_at = 0, None
+    for step, silent in enumerate([True, True, False, True, True, False, True, True, True]):
+        count = rules.next_silence_count(count, silent=silent)
+        if banned_at is None and rules.silence_banned(count):
+            banned_at = step
+    assert banned_at == 8  # two silent steps, then speaking, twice: never three in a row until the end
+    assert not rules.silence_banned(2) and rules.silence_banned(rules.SILENCE_LIMIT)
+
+
+def test_the_memory_board_resets_silence_on_a_step_the_peer_spoke_in():
+    from worker_client.transports.memory import BulletinBoard
+
+    board = BulletinBoard(run="r", public_keys={}, members=GROUP)
+    board.open_step(0, GROUP)
+    majority_says_d = {"a": ["d"], "b": ["d"], "c": ["d"]}
+    for _ in range(2):
+        board.report_silence(majority_says_d)
+    board.report_silence({"a": [], "b": [], "c": []})
+    for _ in range(2):
+        board.report_silence(majority_says_d)
+    assert "d" not in board.banned and board.silence["d"] == 2
+    board.report_silence(majority_says_d)
+    assert board.banned["d"].kind == "silence"
+
+
+# --- phase-close quorum ---------------------------------------------------------------------------
+def test_a_phase_closes_on_a_strict_majority_of_the_online_members():
+    members = ["a", "b", "c", "d", "e"]
+    assert not rules.close_quorum(asked=["a", "b"], members=members, online=members)
+    assert rules.close_quorum(asked=["a", "b", "c"], members=members, online=members)
+    # two crashed: 2 of the 3 still online close it
+    assert rules.close_quorum(asked=["a", "b"], members=members, online=["a", "b", "c"])
+    assert not rules.close_quorum(asked=["a"], members=members, online=["a", "b", "c"])
+
+
+def test_a_minority_cannot_force_a_close_by_asking_and_going_offline():
+    members = [f"p{i}" for i in range(16)]
+    byzantine = members[:7]
+    # all 7 ask, then 6 of them disconnect: the 10 left online are the quorum, 1 asker among them
+    assert not rules.close_quorum(asked=byzantine, members=members, online=members[6:])
+    assert not rules.close_quorum(asked=byzantine + ["stranger", "x", "y"], members=members, online=members)
+
+
+def test_the_memory_board_closes_a_phase_only_on_a_quorum_of_requests():
+    from worker_client.transports.memory import BulletinBoard
+
+    board = BulletinBoard(run="r", public_keys={}, members=GROUP)
+    board.open_step(0, GROUP)
+    assert board.request_close("a", "commit") is None
+    assert board.request_close("b", "commit") is None
+    assert board.request_close("stranger", "commit") is None
+    assert board.request_close("c", "commit") == []
+    assert "commit" in board.closed
+
+
+# --- MPRNG output and the assignment from the board -----------------------------------------------
+def _board(step=3, run="r"):
+    secrets = {p: bytes([i + 1]) * 32 for i, p in enumerate(GROUP)}
+    commits = {p: mprng_commitment(x, run=run, step=step, sender=p) for p, x in secrets.items()}
+    reveals = {p: x.hex() for p, x in secrets.items()}
+    return secrets, commits, reveals
+
+
+def test_mprng_output_combines_the_reveals_in_group_order():
+    secrets, commits, reveals = _board()
+    r = rules.mprng_output(run="r", step=3, members=GROUP, commitments=commits, reveals=reveals)
+    assert r == combine_reveals([secrets[p] for p in GROUP])
+    assert rules.mprng_output(run="r", step=3, members=GROUP[::-1], commitments=commits, reveals=reveals) != r
+
+
+@pytest.mark.parametrize("spoil", ["missing", "mismatch", "malformed", "other_step"])
+def test_a_missing_or_bad_reveal_leaves_the_step_without_randomness_or_validators(spoil):
+    secrets, commits, reveals = _board()
+    if spoil == "missing":
+        del reveals["c"]
+    elif spoil == "mismatch":
+        reveals["c"] = (b"\x09" * 32).hex()
+    elif spoil == "malformed":
+        reveals["c"] = "not hex"
+    step = 4 if spoil == "other_step" else 3
+    assert rules.mprng_output(run="r", step=step, members=GROUP, commitments=commits, reveals=reveals) is None
+    assert rules.validator_assignment(run="r", step=step, group=GROUP, commitments=commits, reveals=reveals,
+                                      prev_contributors=GROUP, m=2) == {}
+
+
+def test_the_assignment_is_the_draw_from_the_steps_own_randomness():
+    secrets, commits, reveals = _board()
+    r = combine_reveals([secrets[p] for p in GROUP])
+    got = rules.validator_assignment(run="r", step=3, group=GROUP, commitments=commits, reveals=reveals,
+                                     prev_contributors=["a", "b", "c", "x"], m=2)
+    assert got == draw_validators(r, group=GROUP, targets=["a", "b", "c"], m=2)
+    assert len(got) == 2 and set(got.values()) <= {"a", "b", "c"}
+
+
+def test_a_peer_left_out_of_the_mprng_does_not_count_for_the_randomness():
+    secrets, commits, reveals = _board()
+    del commits["d"], reveals["d"]  # its commitment missed the close: not an MPRNG member
+    r = combine_reveals([secrets[p] for p in ("a", "b", "c")])
+    got = rules.validator_assignment(run="r", step=3, group=GROUP, commitments=commits, reveals=reveals,
+                                     prev_contributors=GROUP, m=2)
+    assert got == draw_validators(r, group=GROUP, targets=GROUP, m=2)
+
+
+def test_only_contributors_with_scalars_on_the_board_are_targets():
+    assert rules.checkable_targets(contributors=["a", "b", "c"], scalars_senders={"c", "a", "x"}) == ["a", "c"]
