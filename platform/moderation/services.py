@@ -15,6 +15,7 @@ from django.utils import timezone
 from live.bus import emit
 from live.events import CaseOpened, CaseResolved, PeerBanned, PeerUnbanned
 
+from btard_wire import board as board_rules
 from btard_wire.payloads import EliminatePayload, VerdictPayload
 
 from .models import AuditLog, Ban, ModerationCase
@@ -129,6 +130,13 @@ def verdict_majority(*, run, step: int, guilty: str) -> tuple[list[dict], int]:
     return list(by_sender.values()), len(members)
 
 
+def _step_members(run, step: int) -> list[str]:
+    from runs.models import StepRecord
+
+    record = StepRecord.objects.filter(run=run, step=step).first()
+    return list(record.members) if record is not None else []
+
+
 def consider_verdict(*, entry) -> Ban | None:
     """After a stored verdict: ban its ``guilty`` peer once a strict majority of the group signed the
     same verdict (counting distinct senders). Returns the ban or ``None``."""
@@ -136,7 +144,8 @@ def consider_verdict(*, entry) -> Ban | None:
 
     payload = VerdictPayload.model_validate(entry.envelope["payload"])
     signed, group_size = verdict_majority(run=entry.run, step=entry.step, guilty=payload.guilty)
-    if group_size == 0 or len(signed) * 2 <= group_size:
+    signers = [env.get("sender") for env in signed]
+    if group_size == 0 or not board_rules.verdict_majority(signers, members=_step_members(entry.run, entry.step)):
         return None
     peer = Peer.objects.select_related("run", "user").filter(run=entry.run, peer_id=payload.guilty).first()
     if peer is None:
@@ -160,8 +169,12 @@ def record_elimination(*, entry) -> ModerationCase:
     pair = list(Peer.objects.select_for_update().filter(run=run, peer_id__in=[entry.sender_peer_id,
                                                                                 payload.target]))
     # Only the first ELIMINATE naming a peer removes a pair (docs/protocol.md): later ones against a
-    # peer already out are queued but remove nobody, so every removed pair holds a faulty peer.
-    already_out = any(p.excluded_until_step is not None and p.excluded_until_step > entry.step for p in pair)
+    # peer already out are queued but remove nobody, so every removed pair holds a faulty peer. Only
+    # between two active members of the step: a candidate's ELIMINATE removes nobody (btard_wire.board).
+    out = [p.peer_id for p in pair if p.excluded_until_step is not None and p.excluded_until_step > entry.step]
+    already_out = not board_rules.elimination_removes(
+        eliminator=entry.sender_peer_id, target=payload.target, members=_step_members(run, entry.step),
+        active=[p.peer_id for p in pair if p.role == "active"], removed=out)
     rep_ids = []
     if not already_out:
         Peer.objects.filter(pk__in=[p.pk for p in pair]).update(excluded_until_step=epoch_end)
@@ -194,12 +207,12 @@ def open_timeout_case_quietly(*, run, peer, step: int) -> ModerationCase:
     return case
 
 
-SILENCE_LIMIT = 3  # steps reported silent by a majority of the group (BulletinBoard.silence_limit)
+SILENCE_LIMIT = board_rules.SILENCE_LIMIT  # consecutive steps reported silent by a majority of the group
 
 
 @transaction.atomic
 def ban_silent_peers(*, run) -> list[Ban]:
-    """Ban the peers a majority of their group reported silent in ``SILENCE_LIMIT`` steps: a missing
+    """Ban the peers a majority of their group reported silent in ``SILENCE_LIMIT`` consecutive steps: a missing
     broadcast is publicly visible on the board, so this is a protocol ban, not a staff case."""
     from runs.models import Peer
 

@@ -201,16 +201,17 @@ def test_no_group_forms_below_min_peers_and_offline_peers_are_left_out(run):
     assert runs.start_step_if_ready(run=run) is None
 
 
-def test_validators_recompute_targets_of_the_previous_applied_step(run):
+def test_it_assigns_no_validators_when_it_forms_a_group(run):
+    """Validators are drawn from the step's own r_t, revealed during the step: not knowable at the start
+    (runs.step_validators computes them from the board; tests/site/test_validator_draw.py)."""
     peers = [make_peer(run=run, seed=f"p{i}")[0] for i in range(4)]
     runs.start_step_if_ready(run=run)
     for p in peers:
         runs.record_step_report(peer=p, report=StepReport(step=0, outcome="applied", loss=1.0, samples=32))
     runs.close_step(run=run)
     record = runs.start_step_if_ready(run=run)
-    assert len(record.validators) == run.validators_per_step
-    ((validator, target),) = record.validators.items()
-    assert validator != target and {validator, target} <= set(record.members)
+    assert record.validators == {}
+    assert runs.step_validators(run=run, step=1) == {}  # no reveal on the board yet
 
 
 # --- the broadcast board ------------------------------------------------------------------------
