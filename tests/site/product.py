@@ -6,7 +6,7 @@ from btard_wire.control import StepReport
 from runs import services as runs
 
 
-def play_step(run, members, *, outcome="applied", claimed_samples=10_000, loss=1.0, accuracy=None, skip=()):
+def play_step(run, members, *, outcome="applied", claimed_samples=999, loss=1.0, accuracy=None, skip=()):
     """Form the run's next group, have every member (except ``skip``) report ``outcome`` (claiming
     ``claimed_samples``, which credit must ignore), close the step; returns the record."""
     from django.utils import timezone
