@@ -15,9 +15,6 @@ from runs.models import BroadcastLog, Peer
 from volunteers import services as volunteers
 from volunteers.models import ReputationEvent
 
-from tests.factories import RunFactory, UserFactory, make_peer
-from tests.site.helpers import envelope, verdict
-from btard_wire.envelope import Identity
 from btard_wire.control import (
     CLOSE_BAD_TOKEN,
     CLOSE_BANNED,
@@ -28,6 +25,9 @@ from btard_wire.control import (
     Hello,
     StepReport,
 )
+from btard_wire.envelope import Identity
+from tests.factories import RunFactory, UserFactory, make_peer
+from tests.site.helpers import envelope, verdict
 
 pytestmark = pytest.mark.django_db
 
@@ -469,6 +469,21 @@ def test_a_peer_reported_silent_by_a_majority_in_three_steps_is_banned(run, grou
         runs.tick_run(run=run)
     ban = Ban.objects.get()
     assert (ban.peer_id, ban.evidence_kind, ban.source) == (quiet.peer_id, "silence", "verdict")
+
+
+def test_silence_counts_consecutive_steps_so_a_step_the_peer_spoke_in_resets_it(run, group, events):
+    (p0, _), (p1, _), (quiet, _) = group
+    for step, (silent, count) in enumerate(zip([True, True, False, True, True], [1, 2, 0, 1, 2])):
+        if step:
+            runs.start_step_if_ready(run=run)
+        for peer in (p0, p1):
+            runs.record_step_report(peer=peer, report=StepReport(step=step, outcome="dropped",
+                                                                 missing=[quiet.peer_id] if silent else []))
+        runs.record_step_report(peer=quiet, report=StepReport(step=step, outcome="dropped"))
+        runs.tick_run(run=run)
+        quiet.refresh_from_db()
+        assert quiet.silent_steps == count
+    assert not Ban.objects.exists()  # five steps, four of them silent, never three in a row
 
 
 def test_only_the_first_elimination_naming_a_peer_removes_a_pair(run, events):
