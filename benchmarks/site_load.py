@@ -180,8 +180,8 @@ async def bench(args, run, raws, identities, port: int) -> dict:
     from live.bus import deliver_async
     from live.events import BroadcastRecorded
 
-    from btard_wire.envelope import sign_envelope
     from btard_wire.control import Heartbeat
+    from btard_wire.envelope import sign_envelope
 
     url = f"ws://127.0.0.1:{port}/ws/worker/"
     workers = [Worker(raw, ident) for raw, ident in zip(raws, identities)]

@@ -35,8 +35,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from worker_client.btard import protocol as P
 from btard_wire.envelope import Identity
+from worker_client.btard import protocol as P
 from worker_client.btard.mprng import genesis_randomness
 from worker_client.btard.tensors import tensor_to_bytes
 from worker_client.net import DataPlane

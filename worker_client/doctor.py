@@ -25,6 +25,7 @@ from btard_wire.control import (
     parse_site_message,
 )
 from btard_wire.errors import ControlError
+
 from .site_client import ws_url
 
 OK, FAIL, UNKNOWN = "ok", "fail", "unknown"

@@ -23,12 +23,8 @@ from typing import Any
 
 import torch
 
-from . import __version__
-from btard_wire import payloads as M
-from btard_wire.envelope import Identity
-from .btard.tensors import tensor_hash
-from .checkpoint import is_checkpoint_step, state_bytes, state_digest
 from btard_wire import BOARD_PHASES
+from btard_wire import payloads as M
 from btard_wire.control import (
     KEY_BAN_ADVICE,
     REACHABILITY_ADVICE,
@@ -48,11 +44,16 @@ from btard_wire.control import (
     Status,
     StepReport,
     Welcome,
+    hello_proof,  # noqa: E402 - proof of key possession on hello
 )
 from btard_wire.control import Broadcast as BroadcastMessage
+from btard_wire.envelope import Identity
+
+from . import __version__
+from .btard.tensors import tensor_hash
+from .checkpoint import is_checkpoint_step, state_bytes, state_digest
 from .net import DataPlane, DataPlaneError
 from .site_client import FatalSiteError, SiteClient
-from btard_wire.control import hello_proof  # noqa: E402 - proof of key possession on hello
 from .ui import WorkerStatus
 
 log = logging.getLogger(__name__)

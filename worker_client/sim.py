@@ -30,10 +30,11 @@ from typing import Any
 
 import torch
 
+from btard_wire.envelope import Identity
+
 from .btard import protocol as P
 from .btard.aggregators import AGGREGATORS, bucketing, centered_clip
 from .btard.attacks import ATTACKS, Byzantine, Collusion, make_peer
-from btard_wire.envelope import Identity
 from .btard.mprng import batch_seed, genesis_randomness
 from .tasks import (
     apply_flat_update,

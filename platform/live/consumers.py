@@ -18,6 +18,7 @@ from django.conf import settings
 from django.core.cache import cache
 from pydantic import ValidationError
 
+from btard_wire import PROTOCOL_VERSION
 from btard_wire.control import (
     CLOSE_PROTOCOL_VERSION,
     CLOSE_REASONS,
@@ -31,8 +32,6 @@ from btard_wire.control import (
     parse_worker_message,
 )
 from btard_wire.errors import ControlError
-
-from btard_wire import PROTOCOL_VERSION
 
 from . import events as ev
 from . import fanout
@@ -320,8 +319,9 @@ class WorkerConsumer(FastDispatchMixin, AsyncWebsocketConsumer):
         if self.peer is not None:
             await self.send_error("already_joined", "hello was already received on this connection")
             return
-        from btard_wire.control import hello_proof_valid
         from django.utils import timezone
+
+        from btard_wire.control import hello_proof_valid
 
         if _peer_id_of_hello(msg) is not None and not hello_proof_valid(
                 nonce=getattr(self, "nonce", ""), public_key_b64=msg.public_key, proof=msg.proof):

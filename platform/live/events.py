@@ -13,8 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from btard_wire.envelope import Envelope
 from btard_wire.control import PeerInfo
+from btard_wire.envelope import Envelope
 
 EVENT_VERSION = 1
 

@@ -10,9 +10,9 @@ import random
 
 import torch
 
+from btard_wire.envelope import Identity
 from worker_client.btard import protocol as P
 from worker_client.btard.attacks import Collusion, make_peer
-from btard_wire.envelope import Identity
 from worker_client.btard.mprng import genesis_randomness
 from worker_client.transports.memory import BulletinBoard, MemorySwarm
 

@@ -83,8 +83,8 @@ def test_a_global_batch_keeps_each_steps_samples_when_attackers_are_banned(monke
 
 
 def test_a_peer_splits_the_global_batch_by_the_group_size():
-    from worker_client.btard import protocol as P
     from btard_wire.envelope import Identity
+    from worker_client.btard import protocol as P
 
     ident = Identity.from_seed(b"split")
     assert P.BtardPeer(ident, P.ProtocolParams(global_batch=512)).batch_for(16) == 32

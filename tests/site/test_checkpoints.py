@@ -9,9 +9,9 @@ from runs.models import Checkpoint, Run
 from torch import nn
 from volunteers import services as volunteers
 
+from btard_wire.control import StepReport
 from tests.factories import UserFactory, make_peer
 from worker_client.checkpoint import state_bytes, state_digest
-from btard_wire.control import StepReport
 
 pytestmark = pytest.mark.django_db
 STEP = 1  # checkpoint_every = 2: the state after step 1 is a checkpoint

@@ -13,9 +13,6 @@ from channels.testing import WebsocketCommunicator
 from runs.models import BroadcastLog, Peer, Run
 from volunteers import services as volunteers
 
-from tests.factories import RunFactory
-from tests.site.helpers import envelope, verdict
-from btard_wire.envelope import Identity
 from btard_wire.control import (
     CLOSE_BAD_TOKEN,
     CLOSE_BANNED,
@@ -26,6 +23,9 @@ from btard_wire.control import (
     Hello,
     StepReport,
 )
+from btard_wire.envelope import Identity
+from tests.factories import RunFactory
+from tests.site.helpers import envelope, verdict
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
 T = 10  # generous receive timeout: other CPU-heavy work shares this machine

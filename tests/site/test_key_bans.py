@@ -8,10 +8,10 @@ from moderation.models import Ban, ModerationCase
 from runs import services as runs
 from runs.models import Peer
 
+from btard_wire.control import CLOSE_BANNED, KEY_BAN_ADVICE, Hello
+from btard_wire.envelope import Identity
 from tests.factories import UserFactory, make_peer
 from tests.site.helpers import verdict
-from btard_wire.envelope import Identity
-from btard_wire.control import CLOSE_BANNED, KEY_BAN_ADVICE, Hello
 
 pytestmark = pytest.mark.django_db
 

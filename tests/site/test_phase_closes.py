@@ -9,9 +9,9 @@ import pytest
 from channels.db import database_sync_to_async
 from runs.models import BroadcastLog, Run, StepRecord
 
+from btard_wire.control import BoardRequest, PhaseCloseRequest
 from tests.site.helpers import envelope
 from tests.site.test_consumers import join, receive_type, token_for
-from btard_wire.control import BoardRequest, PhaseCloseRequest
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
 

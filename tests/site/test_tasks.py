@@ -17,10 +17,10 @@ from runs.models import BroadcastLog, Peer, Run
 from volunteers import services as volunteers
 from volunteers import tasks as volunteer_tasks
 
+from btard_wire.control import Hello
+from btard_wire.envelope import Identity
 from tests.factories import RunFactory, UserFactory, make_peer
 from tests.site.helpers import envelope
-from btard_wire.envelope import Identity
-from btard_wire.control import Hello
 
 pytestmark = pytest.mark.django_db
 

@@ -17,7 +17,6 @@ from websockets.asyncio.server import serve
 
 from btard_wire import BOARD_PHASES
 from btard_wire import board as rules
-from btard_wire.envelope import b64d, peer_id_from_public_key
 from btard_wire.control import (
     CLOSE_BANNED,
     BanNotice,
@@ -28,6 +27,7 @@ from btard_wire.control import (
     Welcome,
     parse_worker_message,
 )
+from btard_wire.envelope import b64d, peer_id_from_public_key
 
 
 class FakeSite:

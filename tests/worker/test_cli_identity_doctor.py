@@ -10,9 +10,9 @@ import stat
 import pytest
 from websockets.asyncio.server import serve
 
-from worker_client import cli
-from btard_wire.envelope import Identity
 from btard_wire.control import CLOSE_REVOKED_TOKEN, ReachabilityResult, RunInfo, Welcome, parse_worker_message
+from btard_wire.envelope import Identity
+from worker_client import cli
 from worker_client.doctor import FAIL, OK, UNKNOWN, run_doctor
 from worker_client.identity import IdentityFileError, identity_path, load_identity
 from worker_client.ui import JsonView, WorkerStatus, render

@@ -10,7 +10,6 @@ from http import HTTPStatus
 import pytest
 from websockets.asyncio.server import serve
 
-from btard_wire.envelope import Identity
 from btard_wire.control import (
     CLOSE_BANNED,
     CLOSE_REVOKED_TOKEN,
@@ -21,6 +20,7 @@ from btard_wire.control import (
     StepReport,
     Welcome,
 )
+from btard_wire.envelope import Identity
 from worker_client.site_client import FatalSiteError, SiteClient, backoff_delay, ws_url
 
 IDENTITY = Identity.from_seed(b"site-client-test")

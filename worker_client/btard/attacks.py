@@ -25,6 +25,7 @@ import torch
 
 from btard_wire import payloads as M
 from btard_wire.envelope import Envelope
+
 from .protocol import BtardPeer, ComputeGradient, SendAggregate, SendPart, _Step, distances_to
 from .tensors import tensor_to_bytes
 

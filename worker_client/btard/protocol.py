@@ -24,13 +24,13 @@ from typing import Any
 
 import torch
 
-from btard_wire import payloads as M
-from .aggregators import centered_clip_with_info
 from btard_wire import BOARD_PHASES, PROTOCOL_VERSION
+from btard_wire import payloads as M
+from btard_wire.board import checkable_targets
 from btard_wire.envelope import Envelope, Identity, ReplayGuard, b64e, verify_envelope
 from btard_wire.errors import ProtocolError
-from btard_wire.board import checkable_targets
 
+from .aggregators import centered_clip_with_info
 from .mprng import (
     batch_seed,
     combine_reveals,

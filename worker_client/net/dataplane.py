@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import torch
 
 from btard_wire.errors import ProtocolError
+
 from ..btard.tensors import bytes_to_tensor, tensor_to_bytes
 from .wire import (
     FetchRequest,

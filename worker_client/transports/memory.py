@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..btard import protocol as P
-from btard_wire import BROADCAST_PHASES
+from btard_wire import BOARD_PHASES, BROADCAST_PHASES
+from btard_wire import board as rules
 from btard_wire.envelope import Envelope, ReplayGuard
 from btard_wire.errors import ProtocolError
-from btard_wire import BOARD_PHASES
-from btard_wire import board as rules
 from btard_wire.payloads import AccusePayload, EliminatePayload, ValidationPayload, VerdictPayload
+
+from ..btard import protocol as P
 
 GradientFn = Callable[[list[tuple[str, P.ComputeGradient]]], list[torch.Tensor]]
 
