@@ -194,3 +194,24 @@ def slot_conflict(*, phase: str, board_phases: Collection[str], stored_digest: s
     refused and is itself proof of equivocation: two signatures of one sender on one slot (finding 7).
     The same message again (same digest) is a harmless resend, not a conflict."""
     return phase in board_phases and stored_digest is not None and stored_digest != digest
+
+
+# --- limits per sender (site security review F3, F6) -----------------------------------------------------
+# A sender's share of one step's board: board phases hold one message each; ``accuse``, ``eliminate`` and
+# ``verdict`` at most one per other member (one per accused peer) and a few bytes' worth of evidence.
+MAX_SENDER_BYTES_PER_STEP = 2 * 1024 * 1024
+BOARD_REQUESTS_PER_PHASE = 3  # ``board_request`` answers per peer, step and phase
+MAX_BOARD_RESPONSE_BYTES = 4 * 1024 * 1024
+
+
+def may_post(*, sender: str, members: Collection[str]) -> bool:
+    """Whether ``sender`` may post on the board of a step: only its members (a candidate on probation
+    only listens; it cannot accuse, eliminate, vote or take part in a phase)."""
+    return sender in set(members)
+
+
+def sender_message_limit(phase: str, *, board_phases: Collection[str], group_size: int) -> int:
+    """How many messages of ``phase`` one sender may post in one step."""
+    if phase in board_phases:
+        return 1
+    return max(1, group_size - 1)

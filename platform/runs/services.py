@@ -321,15 +321,39 @@ def start_step_if_ready(*, run: Run, now: datetime | None = None) -> StepRecord 
     return record
 
 
+def _check_sender_limits(run: Run, record: StepRecord, envelope: Envelope) -> None:
+    """One sender's share of a step's board is bounded in messages per phase and in bytes (F6)."""
+    import json
+
+    limit = board_rules.sender_message_limit(envelope.phase, board_phases=BOARD_PHASES,
+                                             group_size=len(record.members))
+    mine = BroadcastLog.objects.filter(run=run, step=record.step, sender_peer_id=envelope.sender)
+    if mine.filter(phase=envelope.phase).count() >= limit:
+        raise Rejected("limit", f"{envelope.sender[:8]} already posted {limit} {envelope.phase} message(s) at step "
+                                f"{record.step}, the most one sender may")
+    named_key = {"eliminate": "target", "verdict": "guilty"}.get(envelope.phase)
+    if named_key is not None:  # one per (sender, named peer, step): one moderation case each at most
+        named = envelope.payload.get(named_key)
+        for earlier in mine.filter(phase=envelope.phase).values_list("envelope", flat=True):
+            if (earlier.get("payload") or {}).get(named_key) == named:
+                raise Rejected("duplicate", f"{envelope.sender[:8]} already posted a {envelope.phase} naming "
+                                            f"{str(named)[:8]} at step {record.step}")
+    size = len(json.dumps(envelope.model_dump(mode="json")))
+    used = sum(len(json.dumps(e)) for e in mine.values_list("envelope", flat=True))
+    if used + size > board_rules.MAX_SENDER_BYTES_PER_STEP:
+        raise Rejected("limit", f"{envelope.sender[:8]} would post more than "
+                                f"{board_rules.MAX_SENDER_BYTES_PER_STEP} bytes at step {record.step}")
+
+
 def _check_special_payload(envelope: Envelope, record: StepRecord) -> None:
-    if envelope.phase not in ("verdict", "eliminate"):
-        return
-    try:
+    try:  # every phase's payload is checked against its schema before it is stored or relayed (F6)
         payload = parse_payload(envelope.phase, envelope.payload)
     except ProtocolError as exc:
         raise Rejected("payload", str(exc)) from None
+    if envelope.phase not in ("verdict", "eliminate"):
+        return
     named = payload.target if envelope.phase == "eliminate" else payload.guilty
-    if named not in record.recipients():
+    if named not in record.members:
         raise Rejected("payload", f"{envelope.phase} names {named[:8]}, who is not in the group of step "
                                   f"{record.step}")
     if envelope.phase == "eliminate" and named == envelope.sender:
@@ -362,11 +386,13 @@ def accept_broadcast(*, peer: Peer, envelope: Envelope) -> BroadcastLog:
     if Peer.objects.filter(pk=peer.pk, role="banned").exists():
         raise Rejected("banned", "this peer is banned")
     record = StepRecord.objects.filter(run=run, step=envelope.step).first()
-    if record is None or envelope.sender not in record.recipients():
-        raise Rejected("not_in_group", f"{envelope.sender[:8]} is not in the group of step {envelope.step}")
+    # members only: a candidate listens to the step's board but cannot post on it (F3)
+    if record is None or not board_rules.may_post(sender=envelope.sender, members=record.members):
+        raise Rejected("not_in_group", f"{envelope.sender[:8]} is not a member of the group of step {envelope.step}")
     _check_special_payload(envelope, record)
     if BroadcastLog.objects.filter(run=run, sender_peer_id=envelope.sender, nonce=envelope.nonce).exists():
         raise Rejected("replay", f"replayed message (nonce {envelope.nonce[:8]}) from {envelope.sender[:8]}")
+    _check_sender_limits(run, record, envelope)
     try:
         with transaction.atomic():
             entry = BroadcastLog.objects.create(run=run, step=envelope.step, phase=envelope.phase, sender=peer,
@@ -436,10 +462,24 @@ def board_envelopes(*, peer: Peer, step: int, phase: str, senders: list[str]) ->
     record = StepRecord.objects.filter(run_id=peer.run_id, step=step).first()
     if record is None or peer.peer_id not in record.recipients():
         raise Rejected("not_in_group", f"{peer.peer_id[:8]} is not in the group of step {step}")
+    from django.core.cache import cache
+
+    # bounded and rate-limited (F6): a few answers per peer, step and phase, each at most a step's board
+    key = f"board-req:{peer.run_id}:{peer.peer_id}:{step}:{phase}"
+    cache.add(key, 0, timeout=3600)
+    if cache.incr(key) > board_rules.BOARD_REQUESTS_PER_PHASE:
+        raise Rejected("rate_limited", f"at most {board_rules.BOARD_REQUESTS_PER_PHASE} board requests per step "
+                                       f"and phase; {phase} of step {step} was already sent that often")
     rows = BroadcastLog.objects.filter(run_id=peer.run_id, step=step, phase=phase)
     if senders:
         rows = rows.filter(sender_peer_id__in=senders)
-    return list(rows.order_by("pk").values_list("envelope", flat=True)[:256])
+    out, size = [], 0
+    for env in rows.order_by("pk").values_list("envelope", flat=True)[:max(1, len(record.recipients()))]:
+        size += len(str(env))
+        if out and size > board_rules.MAX_BOARD_RESPONSE_BYTES:
+            break
+        out.append(env)
+    return out
 
 
 # A step report is a self-claim: the site stores and shows only bounded, finite values (docs/threat-model.md,
