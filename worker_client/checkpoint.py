@@ -51,21 +51,47 @@ class UploadRefused(CodedError, RuntimeError):
         return f"{self.status} {self.code}: {self.reason}"
 
 
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect would carry the ``Authorization`` header (the worker token) to wherever it points, turn
+    the POST into a GET and report success for an upload that never happened: refuse every one."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        raise urllib.error.HTTPError(req.full_url, code, f"redirect to {newurl[:200]} refused: the token "
+                                                         f"goes only to --server", headers, fp)
+
+
+def no_redirect_opener() -> urllib.request.OpenerDirector:
+    """An opener that follows no redirect (the checkpoint upload, doctor's site check)."""
+    return urllib.request.build_opener(_RefuseRedirects)
+
+
 def upload(url: str, token: str, data: bytes, *, attempts: int = 6, wait: float = 2.0,
            timeout: float = 60.0) -> dict:
     """POST ``data`` to ``url``. Retries while the site answers 409 ``unconfirmed`` (the group's reports
-    are still arriving) and on network errors; any other refusal is final. Returns the site's JSON."""
+    are still arriving) and on network errors; any other refusal is final, and so is a redirect (never
+    followed). Returns the site's JSON, which must say ``ok`` (and name the uploaded bytes' hash, when it
+    names one): anything else raises :class:`UploadRefused`."""
     last: Exception | None = None
+    opener = no_redirect_opener()
     for attempt in range(attempts):
         request = urllib.request.Request(url, data=data, method="POST", headers={
             "Authorization": f"Bearer {token}", "Content-Type": "application/octet-stream"})
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - the site's URL
-                return json.loads(response.read() or b"{}")
+            with opener.open(request, timeout=timeout) as response:  # noqa: S310 - the site's URL
+                try:
+                    body = json.loads(response.read(64 * 1024) or b"{}")
+                except (ValueError, RecursionError):
+                    body = None
+            if not isinstance(body, dict) or body.get("ok") is not True or \
+                    body.get("sha256", state_digest(data)) != state_digest(data):
+                raise UploadRefused(response.status, "unexpected", "the site's answer does not confirm the upload")
+            return body
         except urllib.error.HTTPError as exc:
             try:
-                body = json.loads(exc.read() or b"{}")
-            except ValueError:
+                body = json.loads(exc.read(64 * 1024) or b"{}") if exc.fp is not None else {}
+            except (ValueError, RecursionError):
+                body = {}
+            if not isinstance(body, dict):
                 body = {}
             last = UploadRefused(exc.code, body.get("code", "http"), body.get("reason", exc.reason or ""))
             if not (exc.code == 409 and body.get("code") == "unconfirmed"):
@@ -80,6 +106,6 @@ def http_base(server: str) -> str:
     """The site's HTTP origin for ``--server`` (``ws(s)://`` is mapped back to ``http(s)://``)."""
     from urllib.parse import urlsplit, urlunsplit
 
-    parts = urlsplit(server if "://" in server else f"http://{server}")
+    parts = urlsplit(server if "://" in server else f"https://{server}")  # no scheme means https
     scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
     return urlunsplit((scheme, parts.netloc, "", "", ""))

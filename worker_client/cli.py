@@ -1,7 +1,11 @@
 """``btard-worker``: join a BTARD Swarm run from a volunteer's machine.
 
-    btard-worker --token T [--server https://site] [--device cuda|cpu] [--data-dir D]
-    btard-worker doctor --token T [--server https://site]
+    BTARD_TOKEN=T btard-worker [--server https://site] [--device cuda|cpu] [--data-dir D]
+    BTARD_TOKEN=T btard-worker doctor [--server https://site]
+
+The token is best given in ``BTARD_TOKEN`` (or ``--token-file``): a ``--token`` argument is visible to
+every user of the machine in ``ps``. A ``--server`` without a scheme means ``https://``; plain http is
+accepted only for this machine (loopback) or with ``--insecure``.
 
 Exit codes: 0 finished (``--max-steps``) or stopped with Ctrl-C, 2 bad usage, 3 the site refused
 this worker (token refused or revoked, banned), 4 could not start (identity key, p2p daemon).
@@ -21,9 +25,20 @@ DEFAULT_SERVER = "http://127.0.0.1:8000"
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token", default=os.environ.get("BTARD_TOKEN"),
-                        help="worker token from your volunteer page (/tokens/); or set BTARD_TOKEN")
+                        help="worker token from your volunteer page (/tokens/). Prefer the BTARD_TOKEN "
+                             "environment variable or --token-file: other users of this machine see "
+                             "command-line arguments in `ps`")
+    parser.add_argument("--token-file", default=None, metavar="PATH",
+                        help="read the worker token from this file (first line)")
     parser.add_argument("--server", default=os.environ.get("BTARD_SERVER", DEFAULT_SERVER),
-                        help="site address (default: %(default)s)")
+                        help="site address, https://host[:port] (no scheme means https; default: %(default)s)")
+    parser.add_argument("--insecure", action="store_true",
+                        help="allow a plain http:// site that is not on this machine (the token then travels "
+                             "unencrypted: a trusted LAN only)")
+    parser.add_argument("--allow-private", action="store_true",
+                        help="dial and announce private, loopback and DNS peer addresses (a swarm on a LAN or "
+                             "on this machine); by default only public IP addresses are dialled, so the site "
+                             "cannot make this worker probe your network")
     parser.add_argument("--config-dir", default=None,
                         help="where the identity key lives (default: $BTARD_CONFIG_DIR or "
                              "$XDG_CONFIG_HOME/btard-swarm)")
@@ -98,6 +113,38 @@ def _setup_logging(level: str) -> None:
         logging.getLogger("hivemind").setLevel(logging.ERROR)
 
 
+def _resolve_site_and_token(args, parser: argparse.ArgumentParser | None = None) -> str | None:
+    """Check ``--server`` (scheme, plaintext) and read ``--token-file``; return the sentence on failure."""
+    from .site_client import site_url
+
+    try:
+        args.server = site_url(args.server, insecure=args.insecure)
+    except ValueError as exc:
+        return str(exc)
+    if args.token_file:
+        try:
+            with open(os.path.expanduser(args.token_file), encoding="utf-8") as fh:
+                args.token = fh.readline().strip()
+        except OSError as exc:
+            return f"cannot read --token-file {args.token_file}: {exc.strerror or exc}"
+        if not args.token:
+            return f"--token-file {args.token_file} is empty"
+    return None
+
+
+def raise_fd_limit(want: int = 65536) -> None:
+    """Raise the soft limit on open files towards the hard one: every peer stream costs a descriptor."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        if soft != resource.RLIM_INFINITY and soft < target:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ImportError, ValueError, OSError):  # pragma: no cover - not on this platform, or not allowed
+        pass
+
+
 def _identity(args) -> tuple[object, str] | None:
     from .identity import IdentityFileError, load_identity
 
@@ -138,7 +185,12 @@ async def _run_until_signal(coro, view) -> int:
 def doctor_main(argv: list[str]) -> int:
     from .doctor import print_report, run_doctor
 
-    args = build_doctor_parser().parse_args(argv)
+    parser = build_doctor_parser()
+    args = parser.parse_args(argv)
+    problem = _resolve_site_and_token(args)
+    if problem:
+        print(f"btard-worker doctor: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     _setup_logging(args.log_level)
     loaded = _identity(args)
     if loaded is None:
@@ -146,7 +198,8 @@ def doctor_main(argv: list[str]) -> int:
     identity, _ = loaded
     report = asyncio.run(run_doctor(server=args.server, token=args.token, identity=identity,
                                     host_maddrs=args.host_maddr or ["/ip4/0.0.0.0/tcp/0"],
-                                    announce_maddrs=args.announce_maddr, timeout=args.timeout))
+                                    announce_maddrs=args.announce_maddr, timeout=args.timeout,
+                                    allow_private=args.allow_private))
     print_report(report, as_json=args.json_logs)
     return EXIT_OK if report.ok else 1
 
@@ -160,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.show_test_options:
         parser.print_help()
         return EXIT_OK
+    problem = _resolve_site_and_token(args)
+    if problem:
+        parser.error(problem)
     if not args.token:
         parser.error("--token is required (create one on the site's /tokens/ page)")
     if args.behaviour:
@@ -188,9 +244,11 @@ def main(argv: list[str] | None = None) -> int:
 
     config = WorkerConfig(server=args.server, token=args.token, identity=identity, device=args.device,
                           data_dir=args.data_dir, host_maddrs=args.host_maddr or ["/ip4/0.0.0.0/tcp/0"],
-                          announce_maddrs=args.announce_maddr, behaviour=args.behaviour,
+                          announce_maddrs=args.announce_maddr, allow_private=args.allow_private,
+                          behaviour=args.behaviour,
                           max_steps=args.max_steps, threads=args.threads, phase_timeout=args.phase_timeout,
                           hold_broadcasts=dict(args.hold_broadcast))
+    raise_fd_limit()
     view = make_view(json_logs=args.json_logs, quiet=args.quiet)
     with view:
         view.event("start", where, peer_id=identity.peer_id)
@@ -199,6 +257,11 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             view.event("exit", "stopped by Ctrl-C")
             return EXIT_OK
+        except Exception as exc:  # noqa: BLE001 - one sentence for the volunteer, never a traceback
+            logging.getLogger(__name__).debug("the worker failed", exc_info=True)
+            view.event("fatal", f"the worker stopped on an unexpected error: {type(exc).__name__}: {exc}"[:600]
+                       + " (run with --log-level DEBUG for details)")
+            return EXIT_STARTUP
 
 
 if __name__ == "__main__":

@@ -57,9 +57,11 @@ class Report:
 
 
 def check_http(server: str, timeout: float) -> Check:
+    from .checkpoint import no_redirect_opener
+
     url = server.rstrip("/") + "/"
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with no_redirect_opener().open(url, timeout=timeout) as response:
             return Check("site", OK, f"{url} answered HTTP {response.status}")
     except urllib.error.HTTPError as exc:
         # Any HTTP answer proves the site is up; the websocket check tells whether it is ours.
@@ -123,7 +125,9 @@ async def check_site_and_reachability(server: str, token: str, hello: Hello, *, 
             report.add("token", OK, f"accepted: peer {welcome.peer_id[:12]} is {welcome.role} in run "
                                     f"{welcome.run.name!r} (task {welcome.run.task})")
             if not hello.p2p_addrs:
-                report.add("reachability", UNKNOWN, "not checked: the hivemind daemon did not start")
+                report.add("reachability", UNKNOWN, "not checked: no public address to announce (the daemon did "
+                                                    "not start, or it listens on private addresses only)",
+                           fix="--announce-maddr /ip4/<public ip>/tcp/<port>, or --allow-private for a LAN swarm")
                 return
             await ws.send(ReachabilityRequest(p2p_id=hello.p2p_id, p2p_addrs=hello.p2p_addrs).model_dump_json())
             deadline = loop.time() + timeout
@@ -169,7 +173,7 @@ async def check_site_and_reachability(server: str, token: str, hello: Hello, *, 
 
 
 async def run_doctor(*, server: str, token: str | None, identity, host_maddrs: list[str],
-                     announce_maddrs: list[str] | None, timeout: float = 15.0) -> Report:
+                     announce_maddrs: list[str] | None, timeout: float = 15.0, allow_private: bool = False) -> Report:
     report = Report()
     site = await asyncio.to_thread(check_http, server, timeout)
     report.checks.append(site)
@@ -180,9 +184,11 @@ async def run_doctor(*, server: str, token: str | None, identity, host_maddrs: l
         from .net import DataPlane
 
         plane = await DataPlane.create("doctor", host_maddrs=host_maddrs, announce_maddrs=announce_maddrs,
-                                       call_timeout=timeout)
-        p2p_id, addrs = plane.p2p_id, await plane.addrs()
-        report.add("hivemind", OK, f"p2p daemon up as {p2p_id[:16]}..., listening on {', '.join(addrs)}")
+                                       call_timeout=timeout, allow_private=allow_private)
+        p2p_id, addrs = plane.p2p_id, await plane.announced_addrs()
+        listening = await plane.addrs()
+        report.add("hivemind", OK, f"p2p daemon up as {p2p_id[:16]}..., listening on {', '.join(listening)}"
+                                   + ("" if addrs else "; no public address among them to announce"))
     except Exception as exc:  # noqa: BLE001 - the daemon reports many failure kinds; all mean the same to the user
         report.add("hivemind", FAIL, f"the hivemind p2p daemon did not start: {exc}",
                    fix="reinstall hivemind (pip install --force-reinstall hivemind==1.1.12); check /tmp is writable")
@@ -212,11 +218,12 @@ def print_report(report: Report, *, as_json: bool = False, console=None) -> None
         print(json.dumps(report.as_dict()))
         return
     from rich.console import Console
+    from rich.text import Text
 
     console = console or Console()
-    marks = {OK: "[green]ok[/green]  ", FAIL: "[red]FAIL[/red]", UNKNOWN: "[yellow]??[/yellow]  "}
-    for check in report.checks:
-        console.print(f"{marks[check.result]} [bold]{check.name}[/bold]: {check.detail}")
+    marks = {OK: ("ok  ", "green"), FAIL: ("FAIL", "red"), UNKNOWN: ("??  ", "yellow")}
+    for check in report.checks:  # details carry site text (run names, messages): never parsed as markup
+        console.print(Text.assemble(marks[check.result], " ", (check.name, "bold"), f": {check.detail}"))
         if check.fix and check.result != OK:
-            console.print(f"      fix: {check.fix}")
+            console.print(Text(f"      fix: {check.fix}"))
     console.print("[green]all good[/green]" if report.ok else "[red]fix the items marked FAIL[/red]")

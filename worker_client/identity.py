@@ -46,23 +46,56 @@ class IdentityFileError(RuntimeError):
     """The key file exists but cannot be used; the message says what to do."""
 
 
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
 def save_identity(identity: Identity, path: Path) -> None:
-    """Write the raw private key with 0600 permissions (created that way, never world-readable)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    """Write the raw private key to a new file created 0600. The file must not exist: ``O_EXCL`` with
+    ``O_NOFOLLOW`` never writes through a symlink someone planted at ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(identity.private_bytes())
-    os.chmod(path, 0o600)
+
+
+def _read_key(path: Path) -> bytes:
+    """The key file's bytes, refusing a symlink and a file others can read (checked on the open file)."""
+    fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fh.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise IdentityFileError(f"{path} is not a regular file: move it away and start again")
+        mode = stat.S_IMODE(info.st_mode)
+        if mode & 0o077:
+            raise IdentityFileError(
+                f"{path} is readable by other users (mode {mode:o}): run `chmod 600 {path}` and start again")
+        return fh.read(64)
 
 
 def load_or_create_identity(path: Path) -> Identity:
     """The identity stored at ``path``, or a new one saved there. Raises :class:`ProtocolError` when the
-    file is not a 32-byte Ed25519 private key."""
+    file is not a 32-byte Ed25519 private key, :class:`IdentityFileError` when it is a symlink or
+    readable by others."""
+    if path.is_symlink():
+        raise IdentityFileError(f"{path} is a symbolic link; the worker does not follow links for its key: "
+                                f"move it away and start again")
     if path.exists():
-        return Identity.from_private_bytes(path.read_bytes(), what=str(path))
+        return Identity.from_private_bytes(_read_key(path), what=str(path))
     identity = Identity.generate()
     save_identity(identity, path)
     return identity
+
+
+def _check_directory(directory: Path) -> None:
+    """Refuse a key directory other users can write to: they could swap the key or plant a link."""
+    try:
+        info = directory.stat()
+    except FileNotFoundError:
+        return
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o022:
+        raise IdentityFileError(f"{directory} is writable by other users (mode {mode:o}): run "
+                                f"`chmod 700 {directory}` or choose another --config-dir")
 
 
 def load_identity(server: str, override_dir: str | os.PathLike | None = None) -> tuple[Identity, Path, bool]:
@@ -71,12 +104,8 @@ def load_identity(server: str, override_dir: str | os.PathLike | None = None) ->
     Raises :class:`IdentityFileError` when the file is unreadable, corrupt or readable by others.
     """
     path = identity_path(server, override_dir)
-    created = not path.exists()
-    if not created:
-        mode = stat.S_IMODE(path.stat().st_mode)
-        if mode & 0o077:
-            raise IdentityFileError(
-                f"{path} is readable by other users (mode {mode:o}): run `chmod 600 {path}` and start again")
+    _check_directory(path.parent)
+    created = not path.exists() and not path.is_symlink()
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         identity = load_or_create_identity(path)

@@ -54,12 +54,16 @@ from .btard.tensors import tensor_hash
 from .checkpoint import is_checkpoint_step, state_bytes, state_digest
 from .net import DataPlane, DataPlaneError
 from .site_client import FatalSiteError, SiteClient
+from .site_limits import SiteValueError, check_message, clamp_timeout
 from .ui import WorkerStatus
 
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_REFUSED, EXIT_STARTUP = 0, 3, 4
 KEEP_STATES = 4  # model states kept for validation of earlier steps
+EARLY_RELAY_BYTES = 16 * 1024 * 1024  # relays kept for the next step before its group arrives
+REACHABILITY_CHECKS_PER_MINUTE = 4  # dials the site may ask of this worker for other peers
+REACHABILITY_ADDRS = 4  # addresses tried per check
 
 
 def known_behaviours() -> list[str]:
@@ -93,6 +97,7 @@ class WorkerConfig:
     data_dir: str | None = None
     host_maddrs: list[str] = field(default_factory=lambda: ["/ip4/0.0.0.0/tcp/0"])
     announce_maddrs: list[str] | None = None
+    allow_private: bool = False  # dial and announce LAN, loopback and DNS addresses (--allow-private)
     behaviour: str | None = None
     behaviour_params: dict[str, Any] = field(default_factory=dict)
     max_steps: int | None = None
@@ -219,6 +224,10 @@ class Worker:
         self.current_group: Group | None = None
         self.layouts: dict[int, tuple[list[str], list[tuple[int, int]]]] = {}
         self.pending_relays: list = []
+        self.pending_relay_bytes = 0
+        self.site_step = 0  # the latest step the site named (welcome or group)
+        self.reachability_checks: list[float] = []  # when the site's recent checks started
+        self.reachability_in_flight = False
         self.own_batch = 0  # samples of this peer's own gradient in the current step
         self.uploads: set[asyncio.Task] = set()
         self.hello: Hello | None = None
@@ -290,19 +299,24 @@ class Worker:
             torch.set_num_threads(self.config.threads)
         try:
             self.plane = await DataPlane.create(None, host_maddrs=self.config.host_maddrs,
-                                                announce_maddrs=self.config.announce_maddrs)
+                                                announce_maddrs=self.config.announce_maddrs,
+                                                allow_private=self.config.allow_private)
         except Exception as exc:  # noqa: BLE001 - P2PDaemonError and OS errors: the user needs the text, not the type
             self._event("fatal", f"the hivemind p2p daemon did not start: {exc} (run btard-worker doctor)")
             return EXIT_STARTUP
         self.plane.set_receiver(self._expect, self._deliver)
-        addrs = await self.plane.addrs()
+        addrs = await self.plane.announced_addrs()
+        if not addrs:
+            self._event("warning", "no public address to announce: other peers cannot dial this worker. "
+                                   "Announce one with --announce-maddr /ip4/<public ip>/tcp/<port>, or pass "
+                                   "--allow-private for a swarm on a LAN or on this machine")
         hello = Hello(public_key=self.identity.public_key_b64, p2p_id=self.plane.p2p_id, p2p_addrs=addrs[:16],
                       device=self.status.device, client_version=__version__)
         self.hello = hello
         self.site = SiteClient(self.config.server, self.config.token, hello=lambda: hello,
                                heartbeat=self._heartbeat, on_message=self._on_site_message,
                                heartbeat_interval=self.config.heartbeat_interval,
-                               on_state=self._on_connection_state,
+                               on_state=self._on_connection_state, on_problem=self._on_connection_problem,
                                prove=lambda nonce: hello_proof(self.identity, nonce))
         site_task = asyncio.create_task(self.site.run())
         site_task.add_done_callback(lambda t: self.inputs.put_nowait(("site_done", t)))
@@ -320,12 +334,39 @@ class Worker:
             await self.plane.shutdown()
 
     def _on_site_message(self, message) -> None:
+        try:
+            message = check_message(message)
+        except SiteValueError as exc:
+            if isinstance(message, Welcome):  # nothing to do in a run this worker cannot train
+                self.inputs.put_nowait(("unusable_run", str(exc)))
+            else:
+                self._event("warning", f"ignored a {message.type} message from the site: {exc}")
+            return
         if isinstance(message, Group):
             self.latest_group_step = max(self.latest_group_step, message.step)
+            if self.plane is not None and self.run_info is not None:
+                # Serve the step's peers at once: a newcomer may ask for the state before _on_group runs.
+                self.plane.set_directory(self._group_directory(message), step=message.step)
+        if isinstance(message, (Group, Welcome)):
+            self.site_step = max(self.site_step, message.step)
         self.inputs.put_nowait(message)
+
+    @staticmethod
+    def _group_directory(group: Group) -> dict[str, tuple[str, list[str]]]:
+        """Who this worker talks to (and serves) in ``group``'s step: members, donors and candidates."""
+        directory = {p.peer_id: (p.p2p_id, p.p2p_addrs) for p in list(group.peers) + list(group.state_donors)}
+        for cand in group.candidates:
+            directory.setdefault(cand["peer_id"], (cand.get("p2p_id", ""), cand.get("p2p_addrs") or []))
+        return directory
 
     def _on_connection_state(self, state: str) -> None:
         self.status.connection = state
+        self._refresh()
+
+    def _on_connection_problem(self, message: str) -> None:
+        """The site is refused, unreachable or silent: say so now and on every retry (with its time)."""
+        self.status.last_error = message[:500]
+        self._event("connection", message)
         self._refresh()
 
     async def _main(self) -> int:
@@ -362,8 +403,31 @@ class Worker:
 
     # ------------------------------------------------------------------ inputs
     async def _dispatch(self, item) -> None:
+        try:
+            await self._dispatch_one(item)
+        except Exception as exc:  # noqa: BLE001 - one bad input costs that input, never the worker
+            log.exception("handling %s failed", type(item).__name__ if not isinstance(item, tuple) else item[0])
+            self.status.last_error = f"{type(exc).__name__}: {exc}"[:500]
+            self._event("error", f"could not handle a {self._item_name(item)}: {type(exc).__name__}: {exc}"[:600])
+            self._set_status(Status.error, "the last input from the site or a peer could not be handled")
+            if isinstance(item, Welcome) and self.state is None:  # no run to work in: say why and stop
+                self.exit_code = EXIT_STARTUP
+                self.exit_message = f"could not set up run {item.run.name!r}: {type(exc).__name__}: {exc}"[:600]
+
+    @staticmethod
+    def _item_name(item) -> str:
+        if isinstance(item, tuple):
+            return f"{item[0]} input"
+        return f"{getattr(item, 'type', type(item).__name__)} message"
+
+    async def _dispatch_one(self, item) -> None:
         if isinstance(item, tuple):
             kind = item[0]
+            if kind == "unusable_run":
+                self.exit_code = EXIT_STARTUP
+                self.exit_message = f"the site's run cannot be trained by this worker: {item[1]}"
+                self._event("fatal", self.exit_message)
+                return
             if kind == "site_done":
                 task = item[1]
                 exc = None if task.cancelled() else task.exception()
@@ -399,7 +463,9 @@ class Worker:
         elif isinstance(item, ReachabilityResult):
             self._on_reachability(item)
         elif isinstance(item, PhaseClosed):
-            self.site_closes[(item.step, item.phase)] = list(item.senders)
+            current = self.peer.step if self.peer is not None and self.peer.step is not None else self.site_step
+            if current <= item.step <= current + 1:  # older ones are moot, far-ahead ones are noise
+                self.site_closes[(item.step, item.phase)] = list(item.senders)
         elif isinstance(item, ErrorMessage) and item.code == "phase_closed":
             self._event("late", f"a broadcast of ours came after the site closed its phase: {item.message}")
         elif isinstance(item, ErrorMessage) and item.code == "no_helper":
@@ -483,15 +549,18 @@ class Worker:
 
     # ------------------------------------------------------------------ steps
     def _phase_timeout(self, phase: str) -> float:
+        """Seconds this phase may take, always in [0.5, 600] whatever the site sent (0 and NaN would
+        busy-loop, more than 600 s is more than the data plane waits)."""
         if self.config.phase_timeout:
-            return self.config.phase_timeout
+            return clamp_timeout(self.config.phase_timeout)
+        run_default = clamp_timeout(self.run_info.phase_timeout) if self.run_info else 30.0
         deadlines = self.current_group.deadlines if self.current_group else {}
         value = deadlines.get(phase)
         if value is not None:
-            return max(0.5, value - time.time()) if value > 1e9 else float(value)
+            return clamp_timeout(value - time.time() if value > 1e9 else value, run_default)
         if deadlines.get("phase_timeout"):  # the site's, which follows the measured step time
-            return float(deadlines["phase_timeout"])
-        return self.run_info.phase_timeout if self.run_info else 30.0
+            return clamp_timeout(deadlines["phase_timeout"], run_default)
+        return run_default
 
     def _arm_deadline(self) -> None:
         phase = self.peer.waiting_for if self.peer is not None and self.peer.step is not None else None
@@ -517,8 +586,7 @@ class Worker:
             return  # the same group again (a reconnect): the step is already running here
         ids = [p.peer_id for p in group.peers]
         self.current_group = group
-        self.plane.set_directory({p.peer_id: (p.p2p_id, p.p2p_addrs) for p in list(group.peers)
-                                  + list(group.state_donors)})
+        self.plane.set_directory(self._group_directory(group), step=group.step)
         self.status.group_size = len(ids)
         me = self.identity.peer_id
         self.probation_checks = [c for c in group.candidates if c.get("validator") == me]
@@ -560,18 +628,16 @@ class Worker:
         ctx = StepContext(run=self.run_name, step=group.step, group=ids,
                           public_keys={p.peer_id: p.public_key for p in group.peers}, r_prev=self.r_prev,
                           numel=numel, model_ref=group.step, prev=prev,
-                          validators=dict(group.validators))
+                          validators=None)  # the core draws them from this step's r_t once it is revealed
         self.status.step = group.step
         self.deadline_phase = None
         actions = self.peer.begin_step(ctx)
         roles = [f"aggregator of part {ids.index(me)}"]
-        if me in group.validators:
-            roles.append(f"validator of {group.validators[me][:8]}")
         roles += [f"probation validator of {c.get('peer_id', '')[:8]}" for c in self.probation_checks]
         self.status.step_roles = roles
         self._event("step", f"step {group.step} with {len(ids)} peers: {', '.join(roles)}", step=group.step)
         await self._execute(actions)
-        early, self.pending_relays = self.pending_relays, []
+        early, self.pending_relays, self.pending_relay_bytes = [env for _, env in self.pending_relays], [], 0
         for env in early:
             if env.step >= group.step:
                 await self._execute(self.peer.on_broadcast(env))
@@ -700,8 +766,20 @@ class Worker:
     async def _on_relay(self, relay: Relay) -> None:
         env = relay.envelope
         if self.peer is None or self.peer.step is None or env.step > self.peer.step + 1:
-            self.pending_relays.append(env)
-            del self.pending_relays[:-5000]
+            # Early relays (the next step's group is not here yet): kept only for the step the site is
+            # at or the one after, within a byte budget; anything else is dropped.
+            current = self.peer.step if self.peer is not None and self.peer.step is not None else self.site_step
+            if not current <= env.step <= max(current, self.site_step) + 1:
+                log.info("dropping a relay for step %s (at step %s)", env.step, current)
+                return
+            size = len(env.model_dump_json())
+            while self.pending_relays and self.pending_relay_bytes + size > EARLY_RELAY_BYTES:
+                old_size, _ = self.pending_relays.pop(0)
+                self.pending_relay_bytes -= old_size
+            if size > EARLY_RELAY_BYTES:
+                return
+            self.pending_relays.append((size, env))
+            self.pending_relay_bytes += size
             return
         await self._execute(self.peer.on_broadcast(env))
 
@@ -787,6 +865,10 @@ class Worker:
         batch = request.batch_size or self.run_info.batch_size  # the run's global batch split over the group
         if request.purpose == "own":
             self.own_batch = batch
+        elif request.purpose == "validate":  # drawn from r_t during the step (docs/protocol.md, Sec. 3.3)
+            self.status.step_roles = [*self.status.step_roles, f"validator of {request.peer[:8]}"]
+            self._event("validator", f"step {current_step}: validating {request.peer[:8]}'s step "
+                                     f"{request.step} gradient", step=current_step)
         try:
             g, loss = await asyncio.to_thread(self.state.gradient, request.model_ref, request.seed, batch,
                                               request.flip_labels)
@@ -847,26 +929,49 @@ class Worker:
 
     def _ask_reachability(self) -> None:
         """Like Petals at start-up: have another peer dial our announced address, and say what to fix."""
-        if self.hello is None or self.site is None or self.reachable is not None or self.reachability_asked >= 2:
+        if self.hello is None or self.site is None or self.reachable is not None or self.reachability_asked >= 2 \
+                or not self.hello.p2p_addrs:
             return
         self.reachability_asked += 1
         self.site.send(ReachabilityRequest(p2p_id=self.hello.p2p_id, p2p_addrs=self.hello.p2p_addrs))
 
     def _on_reachability(self, result: ReachabilityResult) -> None:
         self.reachable = result.reachable
+        detail = f" ({result.detail[:100]})" if result.detail else ""
         if result.reachable:
-            self._event("reachability", f"another peer dialled this worker: {result.detail}")
+            self._event("reachability", f"another peer dialled this worker{detail}")
         else:
-            self._event("warning", f"other peers cannot reach this worker ({result.detail}): {REACHABILITY_ADVICE}")
+            self._event("warning", f"other peers cannot reach this worker{detail}: {REACHABILITY_ADVICE}")
+
+    def _take_reachability_slot(self) -> bool:
+        """At most one check at a time and :data:`REACHABILITY_CHECKS_PER_MINUTE` a minute."""
+        now = time.monotonic()
+        self.reachability_checks = [t for t in self.reachability_checks if now - t < 60.0]
+        if len(self.reachability_checks) >= REACHABILITY_CHECKS_PER_MINUTE or self.reachability_in_flight:
+            return False
+        self.reachability_checks.append(now)
+        return True
 
     async def _check_reachability(self, check: ReachabilityCheck) -> None:
+        """Dial another peer for the site. The answer is yes or no with a coarse code (``ok``, ``failed``,
+        ``not_allowed``), never the daemon's error text: that would tell open ports from closed ones."""
+        if not self._take_reachability_slot():
+            log.info("ignoring reachability check %s: too many checks", check.request_id[:16])
+            return
+        self.reachability_in_flight = True
+        addrs = check.p2p_addrs[:REACHABILITY_ADDRS]
         try:
-            rtt = await self.plane.ping(check.p2p_id, check.p2p_addrs, timeout=10.0)
-            result = ReachabilityResult(request_id=check.request_id, reachable=True,
-                                        detail=f"dialled and answered in {rtt * 1000:.0f} ms")
-        except DataPlaneError as exc:
-            result = ReachabilityResult(request_id=check.request_id, reachable=False, detail=str(exc)[:500])
-        self.site.send(result)
+            if not self.plane.dialable(addrs):
+                reachable, code = False, "not_allowed"
+            else:
+                try:
+                    await self.plane.ping(check.p2p_id, addrs, timeout=10.0)
+                    reachable, code = True, "ok"
+                except DataPlaneError:
+                    reachable, code = False, "failed"
+        finally:
+            self.reachability_in_flight = False
+        self.site.send(ReachabilityResult(request_id=check.request_id, reachable=reachable, detail=code))
 
 
 async def run_worker(config: WorkerConfig, view=None) -> int:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import ipaddress
 import logging
 import random
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit, urlunsplit
@@ -44,9 +46,43 @@ class FatalSiteError(CodedError, RuntimeError):
     ``str()`` is for humans."""
 
 
+def _is_loopback(host: str) -> bool:
+    if host.lower() in {"localhost", "localhost.", "ip6-localhost"}:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def site_url(server: str, *, insecure: bool = False) -> str:
+    """``--server`` with its scheme made explicit, or :class:`ValueError` with the sentence to show.
+
+    A bare ``host[:port]`` means ``https://``. Plain ``http://`` / ``ws://`` is accepted for loopback
+    (this machine) and otherwise only with ``insecure`` (``--insecure``): over it the token travels in
+    clear and anyone on the path can play the site.
+    """
+    text = (server or "").strip()
+    parts = urlsplit(text if "://" in text else f"https://{text}")
+    if parts.scheme not in {"http", "https", "ws", "wss"}:
+        raise ValueError(f"--server {server!r} has the scheme {parts.scheme!r}: use https://host[:port]")
+    try:
+        host, _ = parts.hostname, parts.port
+    except ValueError:
+        raise ValueError(f"--server {server!r} has an invalid port: use https://host[:port]") from None
+    if not host:
+        raise ValueError(f"--server {server!r} names no host: use https://host[:port]")
+    if parts.scheme in {"http", "ws"} and not insecure and not _is_loopback(host):
+        raise ValueError(f"--server {server} is plain {parts.scheme}://: the worker token and every instruction "
+                         f"from the site would travel unencrypted. Use https://{parts.netloc}, or pass --insecure "
+                         f"on a network you trust")
+    return urlunsplit(parts)
+
+
 def ws_url(server: str) -> str:
-    """``https://site`` -> ``wss://site/ws/worker/`` (``http`` -> ``ws``; a ws URL is kept as it is)."""
-    parts = urlsplit(server if "://" in server else f"http://{server}")
+    """``https://site`` -> ``wss://site/ws/worker/`` (``http`` -> ``ws``; a ws URL is kept as it is; no scheme
+    means https)."""
+    parts = urlsplit(server if "://" in server else f"https://{server}")
     scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme)
     if scheme is None:
         raise ValueError(f"unsupported server address {server!r}: use http(s)://host[:port]")
@@ -62,6 +98,30 @@ def backoff_delay(attempt: int, *, base: float, cap: float, rng: random.Random) 
 
 
 MessageHandler = Callable[[BaseModel], Awaitable[None] | None]
+SLOW_CONNECT_REPORT = 4.0  # seconds without an answer before the volunteer is told (the attempt goes on)
+
+
+def _no_redirects():
+    """websockets' ``connect`` that follows no redirect: it would send the token to wherever the
+    ``Location`` header points."""
+    from websockets.asyncio.client import connect
+
+    class connect_without_redirects(connect):  # noqa: N801 - used like the function it extends
+        def process_redirect(self, exc: Exception) -> Exception | str:
+            return exc
+
+    return connect_without_redirects
+
+
+def describe_failure(exc: BaseException) -> str:
+    """A short reason for a failed connection attempt (``connection refused``, ``timed out``...)."""
+    if isinstance(exc, TimeoutError):
+        return "no answer (timed out)"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
 
 
 async def answer_challenge(ws, hello: Hello, prove: Callable[[str], str], *, timeout: float) -> Hello:
@@ -91,7 +151,7 @@ class SiteClient:
                  on_message: MessageHandler, heartbeat_interval: float = 5.0, backoff_base: float = 0.5,
                  backoff_cap: float = 30.0, open_timeout: float = 10.0, rng: random.Random | None = None,
                  on_state: Callable[[str], None] | None = None, prove: Callable[[str], str] | None = None,
-                 challenge_timeout: float = 5.0):
+                 challenge_timeout: float = 5.0, on_problem: Callable[[str], None] | None = None):
         self.url = ws_url(server)
         # proof of key possession: the site's first message is a challenge; the hello signs its nonce
         self._prove = prove
@@ -101,6 +161,7 @@ class SiteClient:
         self._heartbeat = heartbeat
         self._on_message = on_message
         self._on_state = on_state or (lambda state: None)
+        self._on_problem = on_problem or (lambda message: log.warning("%s", message))
         self.heartbeat_interval = heartbeat_interval
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
@@ -136,29 +197,41 @@ class SiteClient:
     # --- connection loop ----------------------------------------------------------------------
     async def run(self) -> None:
         """Connect and serve until :meth:`close`. Raises :class:`FatalSiteError` on a refusal."""
-        from websockets.asyncio.client import connect
         from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
+        connect = _no_redirects()
         attempt = 0
+        loop = asyncio.get_running_loop()
         while not self._closing:
+            problem = ""
+            slow = loop.call_later(SLOW_CONNECT_REPORT, lambda: self._on_problem(
+                f"no answer from {self.url} after {SLOW_CONNECT_REPORT:.0f}s; still trying")) \
+                if self.open_timeout > SLOW_CONNECT_REPORT else None
             try:
                 self._on_state("connecting")
                 async with connect(self.url, additional_headers={"Authorization": f"Bearer {self._token}"},
                                    open_timeout=self.open_timeout, max_size=4 * 1024 * 1024,
                                    ping_interval=20, ping_timeout=20) as ws:
+                    if slow is not None:
+                        slow.cancel()
                     self._ws = ws
                     self.connections += 1
                     await self._serve(ws)
                     attempt = 0
             except InvalidStatus as exc:
                 status = exc.response.status_code
+                if 300 <= status < 400:
+                    where = exc.response.headers.get("Location", "")[:200]
+                    raise FatalSiteError(0, f"{self.url} answered with a redirect (HTTP {status}"
+                                            + (f" to {where}" if where else "") + "), which the worker does not "
+                                            "follow: the token goes only to --server. Check --server") from None
                 if status in (401, 403):
                     raise FatalSiteError(CLOSE_BAD_TOKEN, f"the site refused the token (HTTP {status}): "
                                                           f"{CLOSE_REASONS[CLOSE_BAD_TOKEN]}") from None
                 if status == 404:
                     raise FatalSiteError(0, f"{self.url} is not a BTARD Swarm site (HTTP 404): check --server") \
                         from None
-                log.warning("site answered HTTP %s; retrying", status)
+                problem = f"the site answered HTTP {status}"
             except InvalidURI as exc:
                 raise FatalSiteError(0, f"bad server address: {exc}") from None
             except ConnectionClosed as exc:
@@ -173,7 +246,10 @@ class SiteClient:
                 log.info("connection closed (%s %s); reconnecting", code, reason)
             except (TimeoutError, OSError, InvalidHandshake, EOFError) as exc:
                 log.info("cannot reach %s: %s", self.url, exc)
+                problem = f"cannot reach {self.url}: {describe_failure(exc)}"
             finally:
+                if slow is not None:
+                    slow.cancel()
                 self._ws = None
                 self.connected.clear()
             if self._closing:
@@ -182,6 +258,9 @@ class SiteClient:
             self.reconnect_delays.append(delay)
             attempt += 1
             self._on_state(f"reconnecting in {delay:.1f}s")
+            if problem:
+                at = time.strftime("%H:%M:%S", time.localtime(time.time() + delay))
+                self._on_problem(f"{problem}; next try in {delay:.1f}s (at {at})")
             try:
                 await asyncio.wait_for(self._closed_event(), delay)
             except TimeoutError:
@@ -219,7 +298,7 @@ class SiteClient:
             self.bytes_received += len(raw)
             try:
                 message = parse_site_message(raw)
-            except ControlError as exc:
+            except (ControlError, RecursionError) as exc:
                 log.warning("ignoring a malformed site message: %s", exc)
                 continue
             result = self._on_message(message)

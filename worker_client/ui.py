@@ -1,7 +1,9 @@
 """What the volunteer sees: a live rich panel, JSON lines for services, or nothing (``--quiet``).
 
 The runner owns one :class:`WorkerStatus` and calls ``view.update(status)`` / ``view.event(...)``;
-views never change the status.
+views never change the status. Text from the site or from peers (run names, ban reasons, error
+messages) is never parsed as rich markup: it goes into :class:`rich.text.Text` as it is, so
+``[/dim]`` cannot crash the view and ``[link=...]`` cannot plant a terminal hyperlink.
 """
 
 from __future__ import annotations
@@ -50,25 +52,33 @@ def render(status: WorkerStatus):
     """A rich renderable of the status (a two-column table in a panel)."""
     from rich.panel import Panel
     from rich.table import Table
+    from rich.text import Text
 
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold cyan", justify="right")
     table.add_column()
-    table.add_row("site", f"{status.server}  [{status.connection}]")
-    table.add_row("peer", f"{status.peer_id[:12]}  {status.role or '-'}  on {status.device}")
-    table.add_row("run", f"{status.run or '-'}  task {status.task or '-'}")
-    table.add_row("step", "-" if status.step is None else str(status.step))
-    table.add_row("loss", "-" if status.loss is None else f"{status.loss:.4f}"
-                  + ("" if status.accuracy is None else f"   accuracy {status.accuracy:.3f}"))
-    table.add_row("group", f"{status.group_size} peers")
-    table.add_row("role this step", ", ".join(status.step_roles) or "contributor")
-    table.add_row("traffic", f"sent {human_bytes(status.bytes_sent)}, received {human_bytes(status.bytes_received)}")
-    table.add_row("steps", f"{status.steps_applied} applied, {status.steps_dropped} dropped")
-    table.add_row("bans seen", ", ".join(b[:8] for b in status.bans_seen[-6:]) or "none")
-    style = "red" if status.status == "error" else "green"
-    table.add_row("status", f"[{style}]{status.status}[/{style}] {status.detail}")
+
+    def row(label: str, *parts: tuple[str, str] | str) -> None:
+        cell = Text()
+        for part in parts:
+            text, style = (part, "") if isinstance(part, str) else part
+            cell.append(text, style=style)
+        table.add_row(label, cell)
+
+    row("site", f"{status.server}  [{status.connection}]")
+    row("peer", f"{status.peer_id[:12]}  {status.role or '-'}  on {status.device}")
+    row("run", f"{status.run or '-'}  task {status.task or '-'}")
+    row("step", "-" if status.step is None else str(status.step))
+    row("loss", "-" if status.loss is None else f"{status.loss:.4f}"
+        + ("" if status.accuracy is None else f"   accuracy {status.accuracy:.3f}"))
+    row("group", f"{status.group_size} peers")
+    row("role this step", ", ".join(status.step_roles) or "contributor")
+    row("traffic", f"sent {human_bytes(status.bytes_sent)}, received {human_bytes(status.bytes_received)}")
+    row("steps", f"{status.steps_applied} applied, {status.steps_dropped} dropped")
+    row("bans seen", ", ".join(b[:8] for b in status.bans_seen[-6:]) or "none")
+    row("status", (status.status, "red" if status.status == "error" else "green"), f" {status.detail}")
     if status.last_error:
-        table.add_row("last error", f"[red]{status.last_error}[/red]")
+        row("last error", (status.last_error, "red"))
     return Panel(table, title="btard-worker", border_style="blue")
 
 
@@ -93,8 +103,11 @@ class LiveView:
         self._live.update(render(status))
 
     def event(self, kind: str, message: str, **fields: Any) -> None:
-        style = {"error": "red", "ban": "bold red", "fatal": "bold red", "warning": "yellow", "late": "yellow"}.get(kind, "dim")
-        self._live.console.print(f"[{style}]{time.strftime('%H:%M:%S')} {kind}: {message}[/{style}]")
+        from rich.text import Text
+
+        style = {"error": "red", "ban": "bold red", "fatal": "bold red", "warning": "yellow", "late": "yellow",
+                 "connection": "yellow"}.get(kind, "dim")
+        self._live.console.print(Text(f"{time.strftime('%H:%M:%S')} {kind}: {message}", style=style))
 
 
 class JsonView:

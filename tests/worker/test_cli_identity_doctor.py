@@ -136,7 +136,8 @@ async def test_doctor_reports_a_reachable_peer_when_an_active_peer_dialled_it(cl
     server, url = await _fake_site(site)
     try:
         report = await run_doctor(server=url, token="t", identity=Identity.from_seed(b"doc"),
-                                  host_maddrs=["/ip4/127.0.0.1/tcp/0"], announce_maddrs=None, timeout=30)
+                                  host_maddrs=["/ip4/127.0.0.1/tcp/0"], announce_maddrs=None, timeout=30,
+                                  allow_private=True)
     finally:
         server.close()
         await server.wait_closed()

@@ -26,7 +26,7 @@ async def planes():
     created: list[DataPlane] = []
     try:
         for _ in range(4):
-            created.append(await DataPlane.create(RUN, call_timeout=60.0, max_wait=30.0))
+            created.append(await DataPlane.create(RUN, call_timeout=60.0, max_wait=30.0, allow_private=True))
         directory = {}
         for name, plane in zip("abcd", created):
             directory[name] = (plane.p2p_id, await plane.addrs())
@@ -133,7 +133,7 @@ async def test_it_pings_a_peer_at_its_announced_address_and_reports_a_dead_one(p
     a, b = planes["a"], planes["b"]
     rtt = await a.ping(b.p2p_id, await b.addrs(), timeout=60.0)
     assert rtt >= 0
-    gone = await DataPlane.create("other-run", call_timeout=3.0)
+    gone = await DataPlane.create("other-run", call_timeout=3.0, allow_private=True)
     gone_id, gone_addrs = gone.p2p_id, await gone.addrs()
     await gone.shutdown()
     with pytest.raises(DataPlaneError) as err:

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("clean_hivemind_sockets")
 
 def make_worker(site: FakeSite, index: int, *, behaviour: str | None = None, max_steps: int) -> Worker:
     config = WorkerConfig(server=site.url, token=f"token-{index}", identity=Identity.from_seed(b"runner-%d" % index),
-                          device="cpu", host_maddrs=["/ip4/127.0.0.1/tcp/0"], behaviour=behaviour,
+                          device="cpu", host_maddrs=["/ip4/127.0.0.1/tcp/0"], allow_private=True, behaviour=behaviour,
                           max_steps=max_steps, threads=1, heartbeat_interval=1.0, evaluate_every=0)
     return Worker(config)
 
@@ -55,6 +55,21 @@ async def test_it_bans_the_aggregator_that_lies_about_its_result():
     params = [w.state.params() for w in honest]
     assert all(torch.equal(params[0], p) for p in params[1:])
     assert all(liar.identity.peer_id in w.status.bans_seen for w in honest)
+
+
+async def test_networked_validators_drawn_from_r_t_catch_a_gradient_attacker():
+    """No site assigns validators: every worker draws them from the step's r_t (what the fake site
+    computes from its board too), recomputes its target and the group bans the sign flipper."""
+    torch.set_num_threads(1)
+    async with FakeSite(group_size=4, validators=3, phase_timeout=15.0) as site:
+        honest = [make_worker(site, i, max_steps=6) for i in range(3)]
+        flipper = make_worker(site, 8, behaviour="sign_flip", max_steps=6)
+        await run_all(honest + [flipper], 300)
+    assert flipper.identity.peer_id in site.banned
+    assert not ({w.identity.peer_id for w in honest} & site.banned)
+    drawn = site.validators_for(1)
+    assert len(drawn) == 3 and all(v != t and {v, t} <= set(site.groups[1]) for v, t in drawn.items())
+    assert site.validators_for(0) == {}  # nothing to validate at the first step
 
 
 def test_a_downloaded_state_with_momentum_makes_the_next_update_bit_identical():

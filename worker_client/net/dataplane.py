@@ -11,6 +11,14 @@ which the transport authenticates, mapped through the run's directory (peer id -
 Every remote call has a timeout. Failures raise :class:`DataPlaneError` with a stable ``code``
 (``timeout``, ``unreachable``, ``refused``, ``not_found``, ``size``, ``malformed``, ``hash``) and the
 peer at fault, so the runner can tell "withheld" (an ELIMINATE) from "lied" (an ACCUSE).
+
+Exposure (docs/threat-model.md, "Volunteer's machine"): the data handler serves only peers in the
+directory, which holds the members, candidates and donors of the current and the previous step; a
+stranger's stream is refused before its request is read. Streams are capped per remote peer and in
+total, a silent stream is dropped after ``request_timeout`` seconds, waits are allowed only for steps
+next to the current one, and the state is served at most twice per peer and step. Only the addresses
+:class:`~worker_client.net.policy.AddressPolicy` allows are dialled (public IPs unless
+``allow_private``). The daemon runs without its DHT, AutoNAT and circuit relay: the project uses none.
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ import hashlib
 import json
 import logging
 import secrets
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -29,6 +37,7 @@ import torch
 from btard_wire.errors import ProtocolError
 
 from ..btard.tensors import bytes_to_tensor, tensor_to_bytes
+from .policy import AddressPolicy
 from .wire import (
     FetchRequest,
     FetchResponse,
@@ -46,6 +55,12 @@ log = logging.getLogger(__name__)
 
 PING_HANDLER = "btard/v1/ping"
 DEFAULT_STATE_CHUNK = 1 << 20  # float32 values per state chunk (4 MiB)
+MAX_STREAMS = 256  # concurrent incoming streams from peers in the directory
+MAX_STREAMS_PER_PEER = 8
+MAX_PING_STREAMS = 16  # pings come from anyone (a reachability check): a small pool of their own
+MAX_WAITING_KEYS = 512  # (step, kind, key) slots requests may wait on at once
+MAX_DONORS = 16  # state donors asked, at most, whatever the site lists
+STATE_SERVES_PER_PEER = 2  # full copies of the state one peer may fetch per published step
 
 
 class DataPlaneError(ProtocolError):
@@ -112,19 +127,45 @@ class Traffic:
     requests_refused: int = 0
 
 
+class _P2P:
+    """hivemind's P2P with one more DHT mode, ``off``: p2pd then starts no DHT at all."""
+
+    @staticmethod
+    def cls():
+        from hivemind.p2p import P2P
+
+        class P2PWithoutDHT(P2P):
+            DHT_MODE_MAPPING = {**P2P.DHT_MODE_MAPPING, "off": {}}
+
+        return P2PWithoutDHT
+
+
 class DataPlane:
     """A hivemind P2P daemon plus the run's data handler. Create with :meth:`create`; always :meth:`shutdown`."""
 
-    def __init__(self, p2p, run: str, *, call_timeout: float, max_wait: float):
+    def __init__(self, p2p, run: str, *, call_timeout: float, max_wait: float, allow_private: bool = False,
+                 request_timeout: float = 5.0, max_streams: int = MAX_STREAMS,
+                 max_streams_per_peer: int = MAX_STREAMS_PER_PEER, announce_maddrs: Iterable[str] | None = None):
         self.p2p = p2p
         self.run = run
         self.call_timeout = call_timeout
         self.max_wait = max_wait
+        self.policy = AddressPolicy(allow_private=allow_private)
+        self.request_timeout = min(request_timeout, call_timeout)
+        self.max_streams, self.max_streams_per_peer = max_streams, max_streams_per_peer
+        self.announce_maddrs = list(announce_maddrs or [])
         self.traffic = Traffic()
         self._store: dict[tuple[int, str, str], _Entry] = {}
         self._events: dict[tuple[int, str, str], asyncio.Event] = {}
+        self._waiters: Counter = Counter()
         self._directory: dict[str, tuple[str, list[str]]] = {}  # peer id -> (p2p id, addrs)
         self._by_p2p: dict[str, str] = {}  # p2p id -> peer id
+        self._named_at: dict[str, int] = {}  # peer id -> the latest step a group named it in
+        self._step: int | None = None  # the current step (set by forget_before)
+        self._streams: Counter = Counter()  # pool -> open incoming streams
+        self._streams_by_peer: Counter = Counter()  # (pool, p2p id) -> open incoming streams
+        self._puts: set[tuple[str, int, str, str]] = set()  # puts whose body is being read
+        self._state_served: defaultdict[tuple[str, str], int] = defaultdict(int)  # (peer, state key) -> bytes
         self._connected: set[str] = set()
         self._closed = False
         self._expect: Callable[[int, str, str, str], int | None] = lambda *a: None
@@ -136,18 +177,21 @@ class DataPlane:
     async def create(cls, run: str | None, *, host_maddrs: Iterable[str] = ("/ip4/127.0.0.1/tcp/0",),
                      announce_maddrs: Iterable[str] | None = None, identity_path: str | None = None,
                      nat_port_map: bool = False, call_timeout: float = 30.0, max_wait: float = 60.0,
-                     startup_timeout: float = 60.0, **p2p_kwargs) -> DataPlane:
+                     startup_timeout: float = 60.0, allow_private: bool = False, dht_mode: str = "off",
+                     auto_nat: bool = False, use_relay: bool = False, **p2p_kwargs) -> DataPlane:
         """Start a p2pd daemon listening on ``host_maddrs`` and register the run's handlers.
 
+        ``allow_private``: dial (and announce) private, loopback and DNS addresses too (a LAN swarm).
+        The daemon's DHT, AutoNAT service and circuit relay are off unless asked for.
         Raises ``hivemind.p2p.P2PDaemonError`` when the daemon cannot start.
         """
-        from hivemind.p2p import P2P
-
-        p2p = await P2P.create(host_maddrs=list(host_maddrs),
-                               announce_maddrs=list(announce_maddrs) if announce_maddrs else None,
-                               identity_path=identity_path, nat_port_map=nat_port_map,
-                               startup_timeout=startup_timeout, **p2p_kwargs)
-        plane = cls(p2p, run or "", call_timeout=call_timeout, max_wait=max_wait)
+        p2p = await _P2P.cls().create(host_maddrs=list(host_maddrs),
+                                      announce_maddrs=list(announce_maddrs) if announce_maddrs else None,
+                                      identity_path=identity_path, nat_port_map=nat_port_map,
+                                      startup_timeout=startup_timeout, dht_mode=dht_mode, auto_nat=auto_nat,
+                                      use_relay=use_relay, **p2p_kwargs)
+        plane = cls(p2p, run or "", call_timeout=call_timeout, max_wait=max_wait, allow_private=allow_private,
+                    announce_maddrs=announce_maddrs)
         try:
             if run:
                 await p2p.add_binary_stream_handler(handler_name(run), plane._handle)
@@ -165,6 +209,7 @@ class DataPlane:
             await self.p2p.remove_binary_stream_handler(handler_name(self.run))
         self.run = run
         self._store.clear()
+        self._state_served.clear()
         await self.p2p.add_binary_stream_handler(handler_name(run), self._handle)
 
     async def shutdown(self) -> None:
@@ -189,15 +234,36 @@ class DataPlane:
         """Addresses other peers can dial, each ending in ``/p2p/<our id>``."""
         return [str(m) for m in await self.p2p.get_visible_maddrs()]
 
+    async def announced_addrs(self, limit: int = 16) -> list[str]:
+        """The addresses to tell the group: ``announce_maddrs`` as configured, else the visible ones the
+        address policy allows (no LAN, loopback or docker addresses unless ``allow_private``)."""
+        visible = await self.addrs()
+        if self.announce_maddrs:
+            return visible[:limit]
+        return self.policy.allowed(visible, limit=limit)
+
     # --- directory ----------------------------------------------------------------------------
-    def set_directory(self, peers: Mapping[str, tuple[str, list[str]]]) -> None:
-        """Tell the plane who is who: ``{protocol peer id: (hivemind p2p id, [multiaddrs])}``."""
+    def set_directory(self, peers: Mapping[str, tuple[str, list[str]]], *, step: int | None = None) -> None:
+        """Tell the plane who is who: ``{protocol peer id: (hivemind p2p id, [multiaddrs])}``.
+
+        Only peers in the directory are served. ``step``: the step whose group named them (default:
+        the current one); :meth:`forget_before` drops peers no group of the last two steps named.
+        """
+        tag = step if step is not None else (self._step or 0)
         for peer_id, (p2p_id, addrs) in peers.items():
-            if not p2p_id:
+            if not p2p_id or not isinstance(p2p_id, str) or not isinstance(peer_id, str):
                 continue
-            self._directory[peer_id] = (p2p_id, list(addrs))
+            old = self._directory.get(peer_id)
+            if old is not None and old[0] != p2p_id and self._by_p2p.get(old[0]) == peer_id:
+                del self._by_p2p[old[0]]
+            self._directory[peer_id] = (p2p_id, [a for a in addrs if isinstance(a, str)][:16])
             self._by_p2p[p2p_id] = peer_id
+            self._named_at[peer_id] = max(tag, self._named_at.get(peer_id, tag))
         self.notify_layout()
+
+    def knows(self, p2p_id: str) -> bool:
+        """Whether ``p2p_id`` is a peer this plane serves (in the directory)."""
+        return p2p_id in self._by_p2p
 
     def set_receiver(self, expect: Callable[[int, str, str, str], int | None],
                      deliver: Callable[[int, str, str, str, bytes, dict | None], None]) -> None:
@@ -253,12 +319,19 @@ class DataPlane:
         self._store.pop((step, kind, key), None)
 
     def forget_before(self, step: int, *, keep_kinds: Iterable[str] = ("state",)) -> None:
-        """Drop what was published for steps before ``step`` (the state stays until replaced)."""
+        """``step`` is now the current step: drop what was published for steps before it (the state stays
+        until replaced) and the directory entries of peers no group of ``step - 1`` or later named."""
+        self._step = step
         keep = set(keep_kinds)
         for k in [k for k in self._store if k[0] < step and k[1] not in keep]:
             del self._store[k]
-        for k in [k for k in self._events if k[0] < step]:
+        for k in [k for k in self._events if k[1] != "state" and k[0] < step]:
             self._events.pop(k).set()
+        for peer_id in [p for p, named in self._named_at.items() if named < step - 1]:
+            del self._named_at[peer_id]
+            p2p_id, _ = self._directory.pop(peer_id, ("", []))
+            if self._by_p2p.get(p2p_id) == peer_id:
+                del self._by_p2p[p2p_id]
 
     # --- serving ------------------------------------------------------------------------------
     async def _respond(self, writer, response: FetchResponse, body: bytes | memoryview | None = None) -> None:
@@ -270,32 +343,99 @@ class DataPlane:
             self.traffic.bytes_sent += 8 + len(body)
         await writer.drain()
 
+    def _may_wait(self, k: tuple[int, str, str]) -> bool:
+        """Requests wait only for steps next to the current one, and on a bounded number of slots."""
+        if len(self._events) >= MAX_WAITING_KEYS and k not in self._events:
+            return False
+        if self._step is None:
+            return True
+        step = k[0]
+        if k[1] == "state":
+            key = k[2]
+            if not (key[:1] == "s" and key[1:].isdigit() and len(key) < 20):
+                return False
+            step = int(key[1:])
+        return self._step - 1 <= step <= self._step + 1
+
     async def _wait_entry(self, k: tuple[int, str, str], wait: float) -> _Entry | None:
         entry = self._store.get(k)
-        if entry is not None or wait <= 0:
+        if entry is not None or wait <= 0 or not self._may_wait(k):
             return entry
         event = self._events.setdefault(k, asyncio.Event())
+        self._waiters[k] += 1
         try:
             await asyncio.wait_for(event.wait(), min(wait, self.max_wait))
         except TimeoutError:
             pass
+        finally:
+            self._waiters[k] -= 1
+            if self._waiters[k] <= 0:
+                del self._waiters[k]
+                if self._events.get(k) is event:
+                    del self._events[k]
         return self._store.get(k)
 
-    async def _handle_ping(self, info, reader, writer) -> None:
+    def _open_slot(self, pool: str, remote_p2p: str, *, total: int, per_peer: int) -> bool:
+        if self._streams[pool] >= total or self._streams_by_peer[(pool, remote_p2p)] >= per_peer:
+            return False
+        self._streams[pool] += 1
+        self._streams_by_peer[(pool, remote_p2p)] += 1
+        return True
+
+    def _close_slot(self, pool: str, remote_p2p: str) -> None:
+        self._streams[pool] -= 1
+        self._streams_by_peer[(pool, remote_p2p)] -= 1
+        if self._streams_by_peer[(pool, remote_p2p)] <= 0:
+            del self._streams_by_peer[(pool, remote_p2p)]
+
+    @property
+    def open_streams(self) -> int:
+        """Incoming streams being served right now (all pools)."""
+        return sum(self._streams.values())
+
+    async def _refuse(self, writer, code: str, message: str) -> None:
+        """Answer without reading the request, and close (strangers, a peer over its stream cap)."""
+        self.traffic.requests_refused += 1
         try:
-            req = await asyncio.wait_for(read_request(reader), self.call_timeout)
+            await asyncio.wait_for(self._respond(writer, FetchResponse(ok=False, code=code, message=message)), 2.0)
+        except (TimeoutError, ProtocolError, ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    async def _handle_ping(self, info, reader, writer) -> None:
+        remote_p2p = info.peer_id.to_base58()
+        if not self._open_slot("ping", remote_p2p, total=MAX_PING_STREAMS, per_peer=2):
+            await self._refuse(writer, "busy", "too many pings at once")
+            return
+        try:
+            req = await asyncio.wait_for(read_request(reader), self.request_timeout)
             if not isinstance(req, PingRequest):
                 raise ProtocolError("expected a ping")
             await self._respond(writer, FetchResponse(ok=True, info={"p2p_id": self.p2p_id, "nonce": req.nonce}))
         except (TimeoutError, ProtocolError, asyncio.IncompleteReadError, ConnectionError) as exc:
             log.debug("ping from %s failed: %s", info.peer_id, exc)
         finally:
+            self._close_slot("ping", remote_p2p)
             writer.close()
 
     async def _handle(self, info, reader, writer) -> None:
         remote_p2p = info.peer_id.to_base58()
+        if remote_p2p not in self._by_p2p:
+            # Not a member, candidate or donor of this step or the last: nothing is read, nothing waits.
+            await self._refuse(writer, "refused", "not a peer of this run's current step")
+            return
+        if not self._open_slot("data", remote_p2p, total=self.max_streams, per_peer=self.max_streams_per_peer):
+            await self._refuse(writer, "busy", "too many streams from this peer")
+            return
         try:
-            req = await asyncio.wait_for(read_request(reader), self.call_timeout)
+            await self._serve(remote_p2p, reader, writer)
+        finally:
+            self._close_slot("data", remote_p2p)
+
+    async def _serve(self, remote_p2p: str, reader, writer) -> None:
+        try:
+            req = await asyncio.wait_for(read_request(reader), self.request_timeout)
             if isinstance(req, PingRequest):
                 await self._respond(writer, FetchResponse(ok=True, info={"p2p_id": self.p2p_id}))
                 return
@@ -328,6 +468,14 @@ class DataPlane:
                     ok=False, code="size", numel=entry.numel,
                     message=f"asked for {req.numel} values at {req.start}, have {entry.numel}"))
                 return
+            if req.kind == "state":
+                served = self._state_served[(remote_p2p, req.key)] + 4 * req.numel
+                if served > STATE_SERVES_PER_PEER * 4 * entry.numel:
+                    self.traffic.requests_refused += 1
+                    await self._respond(writer, FetchResponse(ok=False, code="refused",
+                                                              message="this peer already fetched the state"))
+                    return
+                self._state_served[(remote_p2p, req.key)] = served
             body = memoryview(data)[4 * req.start: 4 * (req.start + req.numel)]
             self.traffic.requests_served += 1
             await self._respond(writer, FetchResponse(ok=True, numel=req.numel, header=header), body)
@@ -360,7 +508,17 @@ class DataPlane:
             await self._respond(writer, FetchResponse(ok=False, code="size", numel=expected,
                                                       message=f"expected {expected} values, not {req.numel}"))
             return
-        body = await asyncio.wait_for(read_body(reader, expected_bytes=4 * expected), self.call_timeout)
+        slot = (remote_p2p, req.step, req.kind, req.key)
+        if slot in self._puts:  # one body per slot at a time: parallel copies are refused before reading
+            self.traffic.requests_refused += 1
+            await self._respond(writer, FetchResponse(ok=False, code="busy",
+                                                      message=f"{req.kind}/{req.key} is already being received"))
+            return
+        self._puts.add(slot)
+        try:
+            body = await asyncio.wait_for(read_body(reader, expected_bytes=4 * expected), self.call_timeout)
+        finally:
+            self._puts.discard(slot)
         self.traffic.bytes_received += 8 + len(body)
         self._deliver(req.step, req.kind, req.key, sender, body, req.header)
         await self._respond(writer, FetchResponse(ok=True, numel=expected))
@@ -371,25 +529,52 @@ class DataPlane:
             return self._directory[peer]
         raise DataPlaneError("unreachable", f"peer {peer[:8]} is not in the directory", peer=peer)
 
+    def dialable(self, addrs: Iterable[object], limit: int = 16) -> list[str]:
+        """The addresses of ``addrs`` this plane may dial (see :class:`~worker_client.net.policy.AddressPolicy`)."""
+        return self.policy.allowed(addrs, limit=limit)
+
     async def connect(self, p2p_id: str, addrs: Iterable[str], *, timeout: float | None = None) -> None:
-        """Dial a peer at its announced addresses. Raises ``DataPlaneError('unreachable')``."""
+        """Dial a peer at its announced addresses the address policy allows.
+
+        Raises ``DataPlaneError``: ``refused`` when no address may be dialled (private, loopback, DNS or
+        garbage; nothing is sent), ``unreachable`` when the dial failed.
+        """
         from hivemind.p2p import PeerID
         from hivemind.utils.multiaddr import Multiaddr
 
-        maddrs = [Multiaddr(split_p2p_addr(a)[1]) for a in addrs]
+        peer = self._by_p2p.get(p2p_id, p2p_id)
+        addrs = list(addrs)
+        allowed = self.dialable(addrs)
+        if not allowed:
+            why = self.policy.refusal(addrs[0]) if addrs else "no address given"
+            raise DataPlaneError("refused", f"no address of {str(p2p_id)[:12]} may be dialled ({why})", peer=peer)
         try:
-            await asyncio.wait_for(self.p2p._client.connect(PeerID.from_base58(p2p_id), maddrs),
-                                   timeout or self.call_timeout)
+            target = PeerID.from_base58(p2p_id)
+            maddrs = [Multiaddr(split_p2p_addr(a)[1]) for a in allowed]
+        except Exception:  # noqa: BLE001 - base58 and multiaddr parsers raise several kinds
+            raise DataPlaneError("malformed", f"{str(p2p_id)[:12]} is not a peer id", peer=peer) from None
+        try:
+            await asyncio.wait_for(self.p2p._client.connect(target, maddrs), timeout or self.call_timeout)
         except Exception as exc:  # noqa: BLE001 - timeouts, and the daemon reports dial errors as ControlFailure
             raise DataPlaneError("unreachable", f"cannot dial {p2p_id[:12]}: {exc or 'timed out'}",
-                                 peer=self._by_p2p.get(p2p_id, p2p_id)) from None
+                                 peer=peer) from None
         self._connected.add(p2p_id)
+
+    async def _is_connected(self, p2p_id: str) -> bool:
+        try:
+            return any(info.peer_id.to_base58() == p2p_id for info in await self.p2p.list_peers())
+        except Exception:  # noqa: BLE001 - a daemon error: treat as not connected
+            return False
 
     async def _open(self, p2p_id: str, addrs: list[str], name: str, peer: str):
         from hivemind.p2p import PeerID
 
-        if p2p_id not in self._connected and addrs:
-            await self.connect(p2p_id, addrs)
+        if p2p_id not in self._connected:
+            if addrs:
+                await self.connect(p2p_id, addrs)
+            elif not await self._is_connected(p2p_id):
+                # Without an address the daemon would look the peer up on its own: never let it dial blind.
+                raise DataPlaneError("unreachable", f"no address known for {peer[:8]}", peer=peer)
         try:
             _, reader, writer = await self.p2p.call_binary_stream_handler(PeerID.from_base58(p2p_id), name)
         except Exception as exc:  # noqa: BLE001 - the daemon reports dial errors as ControlFailure
@@ -494,7 +679,7 @@ class DataPlane:
     async def fetch_info(self, peer: str, *, step: int, kind: str, key: str, wait: float = 0.0,
                          timeout: float | None = None) -> FetchResponse:
         p2p_id, addrs = self._resolve(peer)
-        request = InfoRequest(run=self.run, step=step, kind=kind, key=key, wait=wait)
+        request = InfoRequest(run=self.run, step=step, kind=kind, key=key, wait=max(0.0, min(wait, 600.0)))
         response, _ = await self._call(peer, p2p_id, addrs, handler_name(self.run), request,
                                        expected_bytes=None, timeout=timeout or self.call_timeout)
         if not response.ok:
@@ -534,6 +719,8 @@ class DataPlane:
         # The key names the step so a newcomer never mixes chunks of two different states.
         for k in [k for k in self._store if k[1] == "state" and k[2] not in (f"s{step}", f"s{step - 1}")]:
             del self._store[k]
+        for k in [k for k in self._state_served if k[1] not in (f"s{step}", f"s{step - 1}")]:
+            del self._state_served[k]
         self.publish(0, "state", f"s{step}", data, allowed=allowed, info=info)
 
     async def download_state(self, donors: list[str], *, step: int, numel: int, timeout: float | None = None,
@@ -549,14 +736,24 @@ class DataPlane:
         """
         timeout = timeout or self.call_timeout
         key = f"s{step}"
+        donors = list(dict.fromkeys(donors))[:MAX_DONORS]
+        asking = asyncio.Semaphore(max_parallel)
 
         async def ask(donor: str):
-            try:
-                return donor, await self.fetch_info(donor, step=0, kind="state", key=key,
-                                                    wait=timeout * 0.5, timeout=timeout)
-            except DataPlaneError as exc:
-                log.info("state donor %s: %s", donor[:8], exc)
-                return donor, None
+            loop = asyncio.get_running_loop()
+            until = loop.time() + timeout
+            async with asking:
+                while True:
+                    try:
+                        return donor, await self.fetch_info(donor, step=0, kind="state", key=key,
+                                                            wait=timeout * 0.5, timeout=timeout)
+                    except DataPlaneError as exc:
+                        # A donor that has not seen this step's group yet refuses us for a moment.
+                        if exc.code == "refused" and "current step" in str(exc) and loop.time() + 1.0 < until:
+                            await asyncio.sleep(0.5)
+                            continue
+                        log.info("state donor %s: %s", donor[:8], exc)
+                        return donor, None
 
         answers = [(d, r) for d, r in await asyncio.gather(*(ask(d) for d in donors))
                    if r is not None and (r.info or {}).get("numel") == numel]

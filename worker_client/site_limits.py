@@ -1,0 +1,158 @@
+"""What the worker accepts from the site, beyond the wire schema: every value bounded, typed or clamped.
+
+The control-plane schema (:mod:`btard_wire.control`) says what a message looks like; this module says
+which values a worker can act on without crashing, allocating without bound or busy-looping. A
+hostile (or buggy) site gets a refusal with a sentence, never a traceback:
+
+- :func:`check_run` refuses a run the worker cannot train (seed outside 64 bits, non-finite or
+  non-positive learning rate, batch size, group size...); the worker then exits with that sentence.
+- :func:`check_message` bounds lists and strings of every other message and types the candidates of
+  a group (:class:`Candidate`); a message that fails is dropped with a warning.
+- :func:`clamp_timeout` turns any deadline the site sends (0, NaN, 10^9) into something in
+  [:data:`MIN_TIMEOUT`, :data:`MAX_TIMEOUT`].
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from btard_wire.control import BanNotice, ErrorMessage, Group, PhaseClosed, ReachabilityCheck, RunInfo, Welcome
+
+MIN_TIMEOUT, MAX_TIMEOUT = 0.5, 600.0  # seconds; the data plane's waits stop at 600 s
+MAX_PEERS = 1024  # members of one group (the site's peers_per_group is far below)
+MAX_CANDIDATES = 256
+MAX_DONORS = 64
+MAX_ADDRS, MAX_ADDR_CHARS = 16, 256
+MAX_ID_CHARS = 128
+MAX_TEXT = 2000  # ban reasons, error messages, names shown to the volunteer
+MAX_EXTRA_BYTES = 64 * 1024
+MAX_STEP = 2**53  # JSON-safe integers; beyond that a step number is nonsense
+SEED_RANGE = (-(2**63), 2**63)  # what torch.manual_seed and numpy's PCG64 accept
+
+
+class SiteValueError(ValueError):
+    """A value from the site this worker cannot use; ``str()`` is the sentence for the volunteer."""
+
+
+class Candidate(BaseModel):
+    """A probation peer in ``Group.candidates``: the seed it computes on and the member validating it."""
+
+    model_config = ConfigDict(extra="ignore")
+    peer_id: str = Field(min_length=1, max_length=MAX_ID_CHARS)
+    public_key: str = Field(default="", max_length=MAX_ID_CHARS)
+    p2p_id: str = Field(default="", max_length=MAX_ID_CHARS)
+    p2p_addrs: list[str] = Field(default_factory=list, max_length=MAX_ADDRS)
+    seed: int = Field(default=0, ge=0, lt=2**63)
+    validator: str | None = Field(default=None, max_length=MAX_ID_CHARS)
+    probation_left: int = Field(default=0, ge=0, le=10**6)
+
+
+def clamp_timeout(value: Any, default: float = 30.0) -> float:
+    """A deadline in seconds the worker can honour: NaN/inf/garbage -> ``default``, then [0.5, 600]."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = default
+    if not math.isfinite(seconds):
+        seconds = default
+    return min(MAX_TIMEOUT, max(MIN_TIMEOUT, seconds))
+
+
+def _finite(name: str, value: float, *, low: float, high: float) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high):
+        raise SiteValueError(f"the run's {name} is {value!r}; this worker accepts a number in [{low:g}, {high:g}]")
+
+
+def _whole(name: str, value: int, *, low: int, high: int) -> None:
+    if not (isinstance(value, int) and low <= value < high):
+        raise SiteValueError(f"the run's {name} is {value!r}; this worker accepts a whole number in "
+                             f"[{low}, {high})")
+
+
+def check_run(run: RunInfo) -> RunInfo:
+    """Refuse a run whose settings this worker cannot use. Returns the run unchanged."""
+    if len(run.name) > 200 or len(run.task) > 100:
+        raise SiteValueError("the run's name or task is longer than this worker accepts")
+    _whole("seed", run.seed, low=SEED_RANGE[0], high=SEED_RANGE[1])
+    _whole("batch_size", run.batch_size, low=1, high=2**20 + 1)
+    _whole("peers_per_group", run.peers_per_group, low=1, high=MAX_PEERS + 1)
+    _whole("validators_per_step", run.validators_per_step, low=0, high=MAX_PEERS + 1)
+    _whole("probation_steps", run.probation_steps, low=0, high=10**6)
+    _whole("checkpoint_every", run.checkpoint_every, low=0, high=2**31)
+    _finite("lr", run.lr, low=0.0, high=1e6)
+    if run.lr <= 0:
+        raise SiteValueError(f"the run's lr is {run.lr!r}; this worker accepts a positive number")
+    _finite("tau", run.tau, low=0.0, high=1e12)
+    try:
+        size = len(json.dumps(run.extra, allow_nan=False))
+    except (TypeError, ValueError):
+        raise SiteValueError("the run's extra settings are not plain finite JSON") from None
+    if size > MAX_EXTRA_BYTES:
+        raise SiteValueError(f"the run's extra settings take {size} bytes; this worker accepts {MAX_EXTRA_BYTES}")
+    return run
+
+
+def _ids_ok(values) -> bool:
+    return all(isinstance(v, str) and len(v) <= MAX_ID_CHARS for v in values)
+
+
+def _addrs_ok(addrs: list[str]) -> bool:
+    return len(addrs) <= MAX_ADDRS and all(len(a) <= MAX_ADDR_CHARS for a in addrs)
+
+
+def check_group(group: Group) -> Group:
+    """Bound a group's lists and type its candidates; returns the group with typed, clean candidates
+    (as dicts, which is what the runner reads). Raises :class:`SiteValueError`."""
+    if not 0 <= group.step < MAX_STEP:
+        raise SiteValueError(f"group for step {group.step}, outside [0, 2**53)")
+    if len(group.peers) > MAX_PEERS or len(group.state_donors) > MAX_DONORS:
+        raise SiteValueError(f"group of {len(group.peers)} peers and {len(group.state_donors)} donors; "
+                             f"this worker accepts {MAX_PEERS} and {MAX_DONORS}")
+    for peer in list(group.peers) + list(group.state_donors):
+        if not _ids_ok([peer.peer_id, peer.public_key, peer.p2p_id]) or not _addrs_ok(peer.p2p_addrs):
+            raise SiteValueError(f"group for step {group.step} names a peer with oversized fields")
+    if len(group.validators) > MAX_PEERS or not _ids_ok(list(group.validators) + list(group.validators.values())):
+        raise SiteValueError(f"group for step {group.step} has an oversized validator map")
+    if len(group.candidates) > MAX_CANDIDATES or len(group.deadlines) > 32:
+        raise SiteValueError(f"group for step {group.step} has {len(group.candidates)} candidates and "
+                             f"{len(group.deadlines)} deadlines; this worker accepts {MAX_CANDIDATES} and 32")
+    candidates = []
+    for raw in group.candidates:
+        try:
+            candidates.append(Candidate.model_validate(raw).model_dump())
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "candidate"
+            raise SiteValueError(f"group for step {group.step} has an unusable candidate: {where}: "
+                                 f"{first['msg']}") from None
+    return group.model_copy(update={"candidates": candidates})
+
+
+def check_message(message):
+    """The message, bounded (see the module doc); raises :class:`SiteValueError` with the reason."""
+    if isinstance(message, Welcome):
+        check_run(message.run)
+        if not 0 <= message.step < MAX_STEP:
+            raise SiteValueError(f"welcome at step {message.step}, outside [0, 2**53)")
+        return message
+    if isinstance(message, Group):
+        return check_group(message)
+    if isinstance(message, BanNotice):
+        if len(message.peer_id) > MAX_ID_CHARS:
+            raise SiteValueError("ban notice for an oversized peer id")
+        return message.model_copy(update={"reason": message.reason[:MAX_TEXT]})
+    if isinstance(message, ErrorMessage):
+        return message.model_copy(update={"code": message.code[:64], "message": message.message[:MAX_TEXT]})
+    if isinstance(message, ReachabilityCheck):
+        if len(message.request_id) > 64 or len(message.p2p_id) > MAX_ID_CHARS or not _addrs_ok(message.p2p_addrs):
+            raise SiteValueError("reachability check with oversized fields")
+        return message
+    if isinstance(message, PhaseClosed):
+        if not _ids_ok(message.senders):
+            raise SiteValueError("phase close with oversized sender ids")
+        return message
+    return message
