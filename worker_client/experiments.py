@@ -64,6 +64,7 @@ class Cell:
     steps: int = 300
     validators: int | None = None
     global_batch: int = 0
+    staleness: int = 0  # Kardam's delayed workers (btard-sim --staleness)
     extra: dict = field(default_factory=dict, hash=False, compare=False)
 
     @property
@@ -74,12 +75,14 @@ class Cell:
             fields.append({"global_batch": self.global_batch})
         if self.aggregator in RECONFIGURED_BASELINES:
             fields.append({"baselines": 2})
+        if self.aggregator == "kardam":
+            fields.append({"staleness": self.staleness})
         return json.dumps(fields)
 
     @property
     def defence(self) -> str:
         """Row label: aggregator, with tau where the rule has one (and m, validators per step, for BTARD)."""
-        return defence_label(self.aggregator, self.tau, self.validators, self.global_batch)
+        return defence_label(self.aggregator, self.tau, self.validators, self.global_batch, self.staleness)
 
     @property
     def column(self) -> str:
@@ -98,22 +101,28 @@ class Cell:
             kwargs["validators"] = self.validators
         if self.global_batch:
             kwargs["global_batch"] = self.global_batch
+        if self.staleness:
+            kwargs["staleness"] = self.staleness
         kwargs.update(self.extra)
         return kwargs
 
 
-def defence_label(aggregator: str, tau: float, validators: int | None = None, global_batch: int = 0) -> str:
+def defence_label(aggregator: str, tau: float, validators: int | None = None, global_batch: int = 0,
+                  staleness: int = 0) -> str:
     if aggregator == "btard":
         m = SIM_DEFAULT_VALIDATORS if validators is None else validators
         return f"btard (tau {tau:g}, m={m}{', B=' + str(global_batch) if global_batch else ''})"
-    if aggregator == "centered_clip":
-        return f"centered_clip (tau {tau:g})"
+    if aggregator.endswith("centered_clip"):
+        return f"{aggregator} (tau {tau:g})"
+    if aggregator == "kardam":
+        return f"kardam (staleness {staleness})"
     return aggregator
 
 
 def _cells(task: str, *, peers: int, byzantine: int, attacks: Iterable[str], defences: Iterable[tuple[str, float]],
            seeds: Iterable[int], steps: int, attack_start: int, attack_every: int = 1,
-           btard_validators: int | None = None, btard_global_batch: int = 0, **extra) -> list[Cell]:
+           btard_validators: int | None = None, btard_global_batch: int = 0, staleness: int = 0,
+           **extra) -> list[Cell]:
     out = []
     for seed in seeds:
         for attack in attacks:
@@ -124,7 +133,8 @@ def _cells(task: str, *, peers: int, byzantine: int, attacks: Iterable[str], def
                 out.append(Cell(task=task, peers=peers, byzantine=b, attack=attack, aggregator=aggregator,
                                 tau=tau, seed=seed, attack_every=attack_every, attack_start=attack_start,
                                 steps=steps, validators=btard_validators if aggregator == "btard" else None,
-                                global_batch=btard_global_batch if aggregator == "btard" else 0, extra=extra))
+                                global_batch=btard_global_batch if aggregator == "btard" else 0,
+                                staleness=staleness if aggregator == "kardam" else 0, extra=extra))
     return out
 
 
@@ -133,6 +143,8 @@ def _can_run(aggregator: str, peers: int, byzantine: int) -> bool:
     """Whether a baseline told the true number of attackers meets its precondition (BTARD always runs)."""
     if aggregator == "btard":
         return True
+    if aggregator == "kardam":
+        return peers >= 3 * byzantine + 1
     from worker_client.sim import check_baseline  # imports torch: only when a grid has baselines
 
     try:
@@ -193,8 +205,21 @@ def grid_preagg() -> list[Cell]:
     return cells
 
 
+def grid_kardam() -> list[Cell]:
+    """Kardam, the asynchronous baseline, with delayed workers: 3 of 16 attackers (Kardam needs n >= 3f+1,
+    so 7 of 16 cannot run), honest workers up to 0 or 4 rounds stale, seed 0; the synchronous mean and
+    CenteredClip in the same columns for reference."""
+    cells = []
+    for staleness in (0, 4):
+        cells += _cells("mnist5k-mlp", peers=16, byzantine=3, attacks=["none", "sign_flip", "label_flip", "ipm", "alie"],
+                        defences=[("kardam", 1.0)], seeds=[0], steps=300, attack_start=50, staleness=staleness)
+    cells += _cells("mnist5k-mlp", peers=16, byzantine=3, attacks=["none", "sign_flip", "label_flip", "ipm", "alie"],
+                    defences=[("mean", 1.0), ("centered_clip", 1.0)], seeds=[0], steps=300, attack_start=50)
+    return cells
+
+
 GRIDS: dict[str, Callable[[], list[Cell]]] = {"smoke": grid_smoke, "paper": grid_paper, "fashion": grid_fashion,
-                                              "preagg": grid_preagg}
+                                              "preagg": grid_preagg, "kardam": grid_kardam}
 
 
 # --- running -------------------------------------------------------------------------------------
@@ -275,7 +300,8 @@ def run_grid(name: str, *, results_dir: Path = DEFAULT_RESULTS, jobs: int | None
 def _defence_label(row: dict) -> str:
     args = row.get("args") or {}
     validators = row.get("validators", args.get("validators"))
-    return defence_label(row["aggregator"], row["tau"], validators, int(args.get("global_batch") or 0))
+    return defence_label(row["aggregator"], row["tau"], validators, int(args.get("global_batch") or 0),
+                         int(args.get("staleness") or 0))
 
 
 def _column_label(row: dict) -> str:
@@ -348,7 +374,7 @@ def _accuracy_cell(defence: str, column: str, s: dict) -> str:
 
 def markdown_table(rows: list[dict], *, title: str) -> str:
     summary = summarise(rows)
-    defences = _order({d for d, _ in summary}, [d for d, _ in PAPER_DEFENCES] + ["bulyan", "multi_krum"])
+    defences = _order({d for d, _ in summary}, [d for d, _ in PAPER_DEFENCES] + ["bulyan", "multi_krum", "kardam"])
     columns = _order({c for _, c in summary}, GRADIENT_ATTACKS)
     lines = [f"## {title}", "",
              "Test accuracy (%) at the last step, mean ± std over seeds. For BTARD, `banned@k` gives the steps from "

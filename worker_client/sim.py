@@ -35,6 +35,7 @@ from btard_wire.envelope import Identity
 from .btard import protocol as P
 from .btard.aggregators import AGGREGATORS, bucketing, centered_clip
 from .btard.attacks import ATTACKS, Byzantine, Collusion, make_peer
+from .btard.kardam import Kardam
 from .btard.mprng import batch_seed, genesis_randomness
 from .tasks import (
     apply_flat_update,
@@ -137,15 +138,20 @@ def run_simulation(*, task: str = "mnist5k-mlp", peers: int = 16, byzantine: int
                    global_batch: int = 0,
                    lr: float | None = None, eval_every: int = 10, progress: bool = False,
                    attack_params: dict | None = None, threads: int | None = None, rule_f: int | None = None,
+                   staleness: int = 0,
                    protocol_params: dict | None = None, json_path: str | Path | None = None) -> dict:
     """Simulate ``steps`` steps and return the run summary (see ``docs/protocol.md``, "btard-sim")."""
     args = dict(task=task, peers=peers, byzantine=byzantine, attack=attack, attack_start=attack_start,
                 attack_every=attack_every, aggregator=aggregator, steps=steps, seed=seed, tau=tau,
                 validators=validators, batch_size=batch_size, global_batch=global_batch, lr=lr,
-                eval_every=eval_every, rule_f=rule_f,
+                eval_every=eval_every, rule_f=rule_f, staleness=staleness,
                 attack_params=attack_params or {}, protocol_params=protocol_params or {})
-    if aggregator != "btard" and aggregator not in AGGREGATORS:
-        raise ValueError(f"unknown aggregator {aggregator!r}; use btard or one of {sorted(AGGREGATORS)}")
+    if aggregator not in ("btard", "kardam") and aggregator not in AGGREGATORS:
+        raise ValueError(f"unknown aggregator {aggregator!r}; use btard, kardam or one of {sorted(AGGREGATORS)}")
+    if not isinstance(staleness, int) or staleness < 0:
+        raise ValueError(f"staleness must be an integer >= 0, got {staleness!r}")
+    if staleness and aggregator != "kardam":
+        raise ValueError("--staleness delays workers of the asynchronous baseline: use it with --aggregator kardam")
     if attack not in ("none", "", None) and attack not in ATTACKS:
         raise ValueError(f"unknown attack {attack!r}; known: {sorted(ATTACKS)}")
     if attack in ("none", "", None):
@@ -154,7 +160,9 @@ def run_simulation(*, task: str = "mnist5k-mlp", peers: int = 16, byzantine: int
         raise ValueError("need 0 <= byzantine < peers")
     if rule_f is not None and (not isinstance(rule_f, int) or rule_f < 0):
         raise ValueError(f"rule_f must be an integer >= 0, got {rule_f!r}")
-    if aggregator != "btard":  # a failed precondition (e.g. Krum's n >= 2f+3) is an error before step 0
+    if aggregator == "kardam":  # Kardam needs n >= 3f+1
+        Kardam(torch.zeros(1), n=peers, f=byzantine if rule_f is None else rule_f, lr=1.0)
+    elif aggregator != "btard":  # a failed precondition (e.g. Krum's n >= 2f+3) is an error before step 0
         check_baseline(aggregator, peers=peers, f=byzantine if rule_f is None else rule_f)
     if threads:
         torch.set_num_threads(threads)
@@ -165,7 +173,7 @@ def run_simulation(*, task: str = "mnist5k-mlp", peers: int = 16, byzantine: int
     if lr is not None:
         for group in optimizer.param_groups:
             group["lr"] = lr
-    models = _Models(t_task, model, batch_size)
+    models = _Models(t_task, model, batch_size, keep=max(3, staleness + 2))
     numel = models.states[0].numel()
 
     rng = random.Random(seed)
@@ -249,6 +257,16 @@ def run_simulation(*, task: str = "mnist5k-mlp", peers: int = 16, byzantine: int
         stats["moderation_queue"] = board.moderation_queue
         stats["messages"] = swarm.messages
         stats["bytes_p2p"] = swarm.bytes_sent
+    elif aggregator == "kardam":
+        bans = []
+        _run_kardam(peers=peers, f=byzantine if rule_f is None else rule_f, staleness=staleness, steps=steps,
+                    seed=seed, ids=ids, byz_ids=byz_ids, peer_objs=peer_objs, collusion=collusion, models=models,
+                    model=model, optimizer=optimizer, numel=numel, base_batch=base_batch, stats=stats,
+                    eval_every=eval_every, evaluate=evaluate, bar=bar)
+        if "diverged_at" in stats and eval_every:
+            acc = t_task.evaluate(model)
+            last = curve[-1][0] if curve else 0
+            curve.extend([s, acc] for s in range(last + eval_every, steps + 1, eval_every))
     else:
         rule_params = baseline_params(aggregator, f=byzantine if rule_f is None else rule_f)
         stats["rule_params"] = dict(rule_params)
@@ -327,6 +345,73 @@ def run_simulation(*, task: str = "mnist5k-mlp", peers: int = 16, byzantine: int
     return out
 
 
+def _run_kardam(*, peers, f, staleness, steps, seed, ids, byz_ids, peer_objs, collusion, models, model, optimizer,
+                numel, base_batch, stats, eval_every, evaluate, bar) -> None:
+    """Kardam's parameter server (:mod:`.btard.kardam`) with delayed workers.
+
+    A step is one round in which every worker submits one gradient, in a random order. An honest
+    worker's gradient is computed on the model as it was ``delay`` rounds ago, ``delay`` drawn each
+    round uniformly from ``0..staleness`` (so ``staleness = 0`` still has up to ``n - 1`` updates of
+    staleness within a round); attackers are always fresh (delay 0) and see the round's honest
+    gradients, as in the synchronous baselines. Kardam's staleness is counted in accepted updates and
+    dampens the step by ``1 / (1 + staleness)``. An accepted gradient goes through the task's
+    optimizer scaled by ``1/n`` times that factor, so a round of n fresh accepted gradients moves the
+    model like one averaged step of the synchronous baselines."""
+    rng = random.Random(seed * 104729 + 17)
+    server_version_at: dict[int, int] = {}
+
+    def apply(g: torch.Tensor, step: float) -> torch.Tensor:
+        apply_flat_update(model, g * step, optimizer)
+        return flatten_params(model)
+
+    server = Kardam(flatten_params(model), n=peers, f=f, lr=1.0 / peers,
+                    max_staleness=peers * (staleness + 2), apply=apply)
+    reasons: dict[str, int] = {}
+    accepted = {"honest": 0, "byzantine": 0}
+    r = genesis_randomness(RUN, seed)
+    bounds = P.part_bounds(numel, peers)
+    for step in range(steps):
+        server_version_at[step] = server.version
+        server_version_at.pop(step - staleness - 2, None)
+        fake = SimpleNamespace(ctx=SimpleNamespace(step=step, group=ids, run=RUN, numel=numel),
+                               bounds=bounds, index=0, role="contributor")
+        computed_on: dict[str, int] = {}
+        honest: dict[str, torch.Tensor] = {}
+        rows: dict[str, torch.Tensor] = {}
+        for p in ids:
+            delay = 0 if p in byz_ids else rng.randint(0, staleness)
+            on = max(0, step - delay)
+            computed_on[p] = on
+            req = P.ComputeGradient(request_id="own", seed=batch_seed(r, RUN, step, p), model_ref=on, step=step,
+                                    peer=p, purpose="own", batch_size=base_batch)
+            flip = peer_objs[p].hook_gradient_request(req).flip_labels
+            honest[p] = models.gradient(on, req.seed, False, base_batch)
+            rows[p] = models.gradient(on, req.seed, True, base_batch) if flip else honest[p]
+        collusion.step, collusion.honest = step, honest
+        for p in byz_ids:
+            rows[p] = peer_objs[p].hook_corrupt_gradient(rows[p].clone(), fake)
+        order = list(ids)
+        rng.shuffle(order)
+        for p in order:
+            decision = server.submit(p, rows[p], server.version - server_version_at[computed_on[p]])
+            reasons[decision.reason] = reasons.get(decision.reason, 0) + 1
+            if decision.accepted:
+                accepted["byzantine" if p in byz_ids else "honest"] += 1
+        if not torch.isfinite(server.params).all():
+            stats["diverged_at"] = step
+            break
+        models.bump()
+        r = hashlib.sha256(b"btard-baseline" + r).digest()
+        stats["applied_steps"] += 1
+        if eval_every and (step + 1) % eval_every == 0:
+            evaluate(step + 1)
+        if bar:
+            bar.update(1)
+    stats["kardam"] = {"updates": server.version, "reasons": dict(sorted(reasons.items())),
+                       "accepted_honest": accepted["honest"], "accepted_byzantine": accepted["byzantine"],
+                       "f": f, "staleness": staleness}
+
+
 def _kv(text: str) -> tuple[str, float]:
     key, _, value = text.partition("=")
     if not key or not value:
@@ -348,7 +433,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--attack-every", type=int, default=1)
     ap.add_argument("--attack-param", type=_kv, action="append", default=[], metavar="KEY=VALUE",
                     help="attack parameter, e.g. eps=100 for ipm (repeatable)")
-    ap.add_argument("--aggregator", default="btard", help=f"btard or one of: {', '.join(AGGREGATORS)}")
+    ap.add_argument("--aggregator", default="btard",
+                    help=f"btard, kardam (asynchronous baseline) or one of: {', '.join(AGGREGATORS)}")
+    ap.add_argument("--staleness", type=int, default=0,
+                    help="kardam only: an honest worker computes on the model of up to this many rounds ago")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tau", type=float, default=1.0, help="CenteredClip tau per part")

@@ -164,3 +164,12 @@ def test_reconfigured_baselines_get_a_new_key_and_their_old_rows_leave_the_table
     text = md.read_text()
     assert "| trimmed_mean | 85.0 |" in text and "10.8" not in text and "| mean | 10.0 |" in text
     assert "1 cells of trimmed_mean measured with the version-1 baselines" in text
+
+
+def test_the_kardam_grid_delays_workers_and_keys_cells_by_staleness():
+    cells = GRIDS["kardam"]()
+    kardam = [c for c in cells if c.aggregator == "kardam"]
+    assert {c.staleness for c in kardam} == {0, 4} and all(c.peers >= 3 * c.byzantine + 1 for c in kardam)
+    assert {c.defence for c in kardam} == {"kardam (staleness 0)", "kardam (staleness 4)"}
+    assert all(c.sim_kwargs().get("staleness", 0) == c.staleness for c in kardam)
+    assert len({c.key for c in cells}) == len(cells)

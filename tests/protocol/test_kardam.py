@@ -172,3 +172,42 @@ def test_known_limit_a_constant_vector_passes_the_lipschitz_filter_but_is_freque
     accepted = [w for w, d in decisions if d.accepted]
     for start in range(len(accepted) - 2):
         assert accepted[start:start + 3].count(0) <= 1
+
+
+def test_btard_sim_runs_kardam_with_delayed_workers_and_filters_a_sign_flipper():
+    from worker_client.sim import run_simulation
+
+    kw = {"task": "digits-mlp", "peers": 7, "byzantine": 2, "attack": "sign_flip", "steps": 20, "attack_start": 0,
+          "seed": 0, "eval_every": 0}
+    mean = run_simulation(**kw, aggregator="mean")
+    for staleness in (0, 2):
+        out = run_simulation(**kw, aggregator="kardam", staleness=staleness)
+        k = out["kardam"]
+        assert k["f"] == 2 and k["staleness"] == staleness
+        assert k["accepted_byzantine"] == 0 and k["reasons"]["lipschitz"] > 0
+        assert k["updates"] == k["accepted_honest"] > 20  # several updates per round of 7 submissions
+        assert sum(k["reasons"].values()) == 7 * 20
+        assert out["final_accuracy"] > mean["final_accuracy"] + 0.1, (out["final_accuracy"], mean["final_accuracy"])
+    assert "no-progress" in k["reasons"]  # delayed workers compute twice on one version now and then
+
+
+def test_btard_sim_refuses_kardam_beyond_its_precondition_and_staleness_elsewhere():
+    from worker_client.sim import run_simulation
+
+    with pytest.raises(ValueError, match=r"kardam needs n >= 3f\+1, got n=16, f=7"):
+        run_simulation(task="digits-mlp", peers=16, byzantine=7, attack="ipm", aggregator="kardam", steps=1)
+    with pytest.raises(ValueError, match="use it with --aggregator kardam"):
+        run_simulation(task="digits-mlp", peers=4, aggregator="mean", staleness=2, steps=1)
+
+
+def test_an_apply_callback_carries_out_accepted_updates():
+    applied = []
+
+    def apply(g, step):
+        applied.append(step)
+        return torch.full((3,), float(len(applied)))
+
+    server = Kardam(torch.zeros(3), n=4, f=1, lr=0.5, apply=apply)
+    for w in range(3):
+        server.submit(w, torch.ones(3), 0)
+    assert applied == [0.5] and torch.equal(server.params, torch.ones(3))

@@ -1,5 +1,6 @@
 """Kardam (Damaskinos et al., "Asynchronous Byzantine Machine Learning (the case of SGD)", ICML 2018):
-the asynchronous baseline of the comparison table in the protocol spec.
+the asynchronous baseline of the comparison table in the protocol spec, run by
+``btard-sim --aggregator kardam --staleness S`` (:func:`worker_client.sim.run_simulation`).
 
 A parameter server holds the model; workers send gradients one at a time, each computed on the
 parameters of some earlier version (its *staleness* is the number of updates applied since). The
@@ -69,12 +70,17 @@ class Kardam:
     ``submit(worker_id, gradient, staleness)`` filters one gradient computed on ``params_at(version -
     staleness)`` and, if it passes, applies ``params -= lr * Lambda(staleness) * gradient``.
 
+    ``apply(gradient, step)``, when given, carries out an accepted update instead of the plain SGD
+    step and returns the new parameters (``btard-sim --aggregator kardam`` passes the task's optimizer,
+    with momentum, scaled by ``step``).
+
     Raises ValueError when ``n < 3f + 1`` (the paper's precondition), for an unknown dampening, a
     gradient of the wrong shape, or a staleness that is negative or beyond the current version.
     """
 
     def __init__(self, params: torch.Tensor, *, n: int, f: int, lr: float, dampening: str = "inverse",
-                 beta: float = 0.5, max_staleness: int = 64):
+                 beta: float = 0.5, max_staleness: int = 64,
+                 apply: Callable[[torch.Tensor, float], torch.Tensor] | None = None):
         if not isinstance(f, int) or f < 0 or not isinstance(n, int) or n < 1:
             raise ValueError(f"kardam needs integers n >= 1 and f >= 0, got n={n!r}, f={f!r}")
         if n < 3 * f + 1:
@@ -94,6 +100,7 @@ class Kardam:
         self._window: deque[Hashable] = deque(maxlen=2 * f + 1)      # accepted workers, newest last
         self.accepted_count: dict[Hashable, int] = {}
         self._bootstrap: dict[Hashable, torch.Tensor] = {}           # first gradients at version 0
+        self._apply_fn = apply
 
     # --- state ----------------------------------------------------------------------------------
     @property
@@ -170,7 +177,12 @@ class Kardam:
     def _apply(self, worker_id: Hashable, g: torch.Tensor, staleness: int, reason: str,
                coefficient: float | None, threshold: float | None) -> KardamDecision:
         step = self.lr * self.step_factor(staleness)
-        new_params = self.params - step * g
+        if self._apply_fn is None:
+            new_params = self.params - step * g
+        else:  # e.g. the simulator's optimizer (momentum): it returns the parameters after the step
+            new_params = self._apply_fn(g, step).detach().reshape(-1).to(torch.float32).clone()
+            if new_params.shape != self.params.shape:
+                raise ValueError(f"apply returned {new_params.numel()} values, expected {self.params.numel()}")
         self.version += 1
         self._history[self.version] = new_params
         self._history.pop(self.version - self.max_staleness - 1, None)
