@@ -48,7 +48,7 @@ async def make_planes(n: int) -> tuple[list[DataPlane], list[Identity]]:
     identities = [Identity.from_seed(b"bench-%d" % i) for i in range(n)]
     planes = []
     for _ in range(n):
-        planes.append(await DataPlane.create(RUN, call_timeout=300.0, max_wait=300.0))
+        planes.append(await DataPlane.create(RUN, call_timeout=300.0, max_wait=300.0, allow_private=True))
     directory = {ident.peer_id: (plane.p2p_id, await plane.addrs()) for ident, plane in zip(identities, planes)}
     for plane in planes:
         plane.set_directory(directory)

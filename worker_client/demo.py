@@ -141,8 +141,8 @@ class Demo:
             behaviour = behaviours[i % len(behaviours)] if i >= self.args.peers - self.args.byzantine else None
             name = entry["username"]
             argv = [sys.executable, "-m", "worker_client.cli", "--token", entry["token"], "--server", self.url,
-                    "--device", "cpu", "--host-maddr", "/ip4/127.0.0.1/tcp/0", "--json", "--threads", "1",
-                    "--config-dir", str(self.var / "peers" / name)]
+                    "--device", "cpu", "--host-maddr", "/ip4/127.0.0.1/tcp/0", "--allow-private", "--json",
+                    "--threads", "1", "--config-dir", str(self.var / "peers" / name)]
             if self.args.steps:
                 argv += ["--max-steps", str(self.args.steps)]
             if behaviour:

@@ -163,7 +163,8 @@ class SiteHarness:
         config_dir = self.workdir / f"cfg-{name}"
         log_path, err_path = self.workdir / f"{name}.jsonl", self.workdir / f"{name}.err"
         cmd = [PY, "-m", "worker_client.cli", "--token", token, "--server", self.url, "--device", "cpu",
-               "--host-maddr", "/ip4/127.0.0.1/tcp/0", "--json", "--max-steps", str(max_steps), "--threads", "1",
+               "--host-maddr", "/ip4/127.0.0.1/tcp/0", "--allow-private", "--json", "--max-steps", str(max_steps),
+               "--threads", "1",
                "--config-dir", str(config_dir), "--log-level", "INFO"]
         if behaviour:
             cmd += ["--behaviour", behaviour]
@@ -180,7 +181,7 @@ class SiteHarness:
 
     def run_doctor(self, token: str, *, config_dir: Path, timeout: float = 120) -> dict:
         result = subprocess.run([PY, "-m", "worker_client.cli", "doctor", "--token", token, "--server", self.url,
-                                 "--host-maddr", "/ip4/127.0.0.1/tcp/0", "--json", "--timeout", "20",
+                                 "--host-maddr", "/ip4/127.0.0.1/tcp/0", "--allow-private", "--json", "--timeout", "20",
                                  "--config-dir", str(config_dir)], cwd=ROOT, env=self.env, capture_output=True,
                                 text=True, timeout=timeout, start_new_session=True)
         return json.loads(result.stdout.strip().splitlines()[-1])
