@@ -26,7 +26,8 @@ import torch
 from btard_wire import payloads as M
 from btard_wire.envelope import Envelope
 
-from .protocol import BtardPeer, ComputeGradient, SendAggregate, SendPart, _Step, distances_to
+from .mprng import projection
+from .protocol import BtardPeer, ComputeGradient, SendAggregate, SendPart, _Step, clip_w, distances_to
 from .tensors import tensor_to_bytes
 
 
@@ -58,7 +59,7 @@ class Byzantine(BtardPeer):
     kind = "protocol"
     rational = False          # a behaviour of the rational threat model (docs/threat-model.md)
     outcome = "banned"        # what the defence achieves: "banned", or "bounded" (gain under ``bound``)
-    bound = 0.0               # relative model drift from the paired clean run allowed when "bounded"
+    bound = 0.0               # "bounded": the largest applied update over the clean run's typical one
 
     def __init__(self, *args, collusion: Collusion | None = None, attack_start: int = 0,
                  attack_every: int = 1, **params: Any):
@@ -249,6 +250,77 @@ class PhantomDigest(Byzantine):
         return v, distances_to(x, v).tolist()
 
 
+class ForgedAggregate(Byzantine):
+    """Aggregator that publishes a forged aggregate ``a_j' = a_j + delta`` with honest distances to it.
+    ``delta`` is a fixed direction (shared seed), sized to ``reach`` times the aggregate bound of the
+    step (invariant 3: the majority-th smallest distance may not exceed ``aggregate_bound`` times the
+    previous step's spread; a rational forger stays just under it), or ``-3 a_j`` without a bound. On
+    its own the fixed-point check catches it (``bad_aggregate``); with an absorber (below) it does not."""
+
+    name = "forged_aggregate"
+    rational = True
+    reach = 0.8
+    unbounded = 100.0
+
+    def hook_aggregate(self, x, s):
+        v, dists = super().hook_aggregate(x, s)
+        if not self.active(s.ctx.step):
+            return v, dists
+        gen = torch.Generator().manual_seed(self.collusion.seed * 7 + 1)
+        direction = torch.randn(v.numel(), generator=gen)
+        direction /= float(direction.norm())
+        prev = s.ctx.prev
+        c = self.params.aggregate_bound
+        lo, hi = s.bounds[s.index]
+        ref = 0.0
+        if prev is not None and prev.scales:  # the bound's reference, as every peer computes it
+            spreads = sorted(r for _, _, r in prev.scales)
+            g = spreads[len(spreads) // 2]
+            own = max((r for a, b, r in prev.scales if a < hi and lo < b), default=0.0)
+            ref = max(g, min(own, self.params.aggregate_bound_spread * g))
+        if ref > 0 and c > 0:
+            radius = c * ref * math.sqrt(v.numel())
+            honest = sorted(dists)[len(dists) // 2]
+            size = math.sqrt(max(0.0, (self.reach * radius) ** 2 - honest ** 2))
+            forged = v + direction * max(size, self.reach * self.params.tau)
+        else:  # nothing bounds it: any aggregate will do
+            forged = v + direction * (self.unbounded * max(self.params.tau, float(v.norm())))
+        forged = forged.to(torch.float32)
+        return forged, distances_to(x, forged).tolist()
+
+
+class Absorber(ForgedAggregate):
+    """Forged aggregate plus a scalar "absorber" (security review, finding 2): the forging aggregator
+    posts its own ``s_jj = -(sum_{k != j} w_kj s_kj) / w_jj``, computed from the parts it holds, so the
+    fixed-point check along z passes exactly (nobody but aggregator j checks ``s_kj`` of part j at
+    aggregation time). Composes :class:`ForgedAggregate` (its hook) with one hook of its own. Bounded
+    by invariant 3 (the forged step moves at most the aggregate bound) and caught by recalculation
+    when its scalars are validated (validators drawn after the scalars are on the board)."""
+
+    name = "absorber"
+    outcome = "banned_or_bounded"
+    bound = 25.0  # aggregate_bound x aggregate_bound_spread x the honest spread, over the honest update
+
+    def hook_scalars(self, values, s):
+        if not self.active(s.ctx.step) or s.r is None or s.my_aggregate is None:
+            return values
+        j = s.index
+        a0, a1 = s.bounds[j]
+        zj = projection(s.r, s.ctx.numel)[a0:a1]
+        res = s.payload("agg_result", self.peer_id)
+        a = s.my_aggregate.to(torch.float64)
+        total = 0.0
+        for k in s.contributors:
+            if k == self.peer_id or k not in s.received or k not in res.distances:
+                continue
+            d = torch.tensor([res.distances[k]], dtype=torch.float64)
+            total += float(clip_w(d, self.params.tau)[0]) * float(torch.dot(zj, s.received[k].to(torch.float64) - a))
+        d_self = torch.tensor([res.distances.get(self.peer_id, 0.0)], dtype=torch.float64)
+        values = list(values)
+        values[j] = -total / float(clip_w(d_self, self.params.tau)[0])
+        return values
+
+
 class Equivocate(Byzantine):
     """Aggregator sends a different (signed) aggregate to every other peer of the group. Caught by the
     receivers' check of ``a_j`` against the broadcast ``H(a_j)``: ``aggregate_mismatch``."""
@@ -344,7 +416,7 @@ class LateAccusation(Byzantine):
     name = "late_accusation"
     rational = True
     outcome = "bounded"
-    bound = 1e-6
+    bound = 1.5  # no gain: updates as in the clean run
     before_report = False  # True: post it just before the report and leave it out of the report
 
     def hook_outgoing_broadcast(self, envelope, s):
@@ -425,7 +497,7 @@ class Replay(Byzantine):
 
 ATTACKS: dict[str, type[Byzantine]] = {cls.name: cls for cls in (
     SignFlip, RandomDirection, LabelFlip, Delayed, IPM, ALIE,
-    WrongAggregate, PhantomDigest, Equivocate, BadCommitment, DuplicateSlot, LieScalars, FalseAccuse, LateAccusation, LateEliminate, UnlistedAccusation, WithholdPart, WithholdReveal, Replay,
+    WrongAggregate, PhantomDigest, ForgedAggregate, Absorber, Equivocate, BadCommitment, DuplicateSlot, LieScalars, FalseAccuse, LateAccusation, LateEliminate, UnlistedAccusation, WithholdPart, WithholdReveal, Replay,
 )}
 # behaviours of a rational attacker (security review 2026-12): each declares whether it ends banned
 # (``outcome = "banned"``) or with its gain bounded (``outcome = "bounded"`` and its ``bound``)

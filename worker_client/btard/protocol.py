@@ -85,6 +85,11 @@ class ProtocolParams:
     board_echo: bool = False
     fixed_point_rtol: float = 1e-5
     fixed_point_sigmas: float = 8.0
+    # invariant 3 (security review, finding 2): every aggregate a_j lies within ``aggregate_bound`` times
+    # the previous step's honest spread of a majority of the contributors; else the step is dropped
+    # (no ban: a bound, not a proof). 0 turns the check off.
+    aggregate_bound: float = 4.0
+    aggregate_bound_spread: float = 4.0  # a part's own reference counts up to this many times the median
 
     def __post_init__(self) -> None:
         if isinstance(self.global_batch, bool) or not isinstance(self.global_batch, int) or self.global_batch < 0:
@@ -108,6 +113,10 @@ class StepRecord:
     scalars: dict[str, list[float]]           # contributor -> s_kj for all j
     distances: dict[int, dict[str, float]]    # part -> contributor -> d_kj
     digests: dict[tuple[str, str], str]       # (phase, sender) -> envelope digest (evidence)
+    # the honest spread the next step's aggregate bound is measured against (invariant 3): per part
+    # ``(lo, hi, rho)``, rho the majority-th smallest distance to the aggregate per sqrt(value); empty
+    # when unknown
+    scales: list[tuple[int, int, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -471,6 +480,8 @@ class _Step:
     senders: dict[str, set] = field(default_factory=dict)
     barriers: set = field(default_factory=set)
     fixed_point_margin: float = 0.0
+    bound_failed: list[int] = field(default_factory=list)
+    scales: list[tuple[int, int, float]] = field(default_factory=list)
     direct_seen: bool = False
     members: frozenset = frozenset()
 
@@ -1443,6 +1454,7 @@ class BtardPeer:
             parts.append(j)
         if not parts:
             return actions
+        self._aggregate_bound(parts)
         # A pure function of content-addressed public data (envelope digests fix the distances and
         # scalars, H(a_j) fixes a_j), so in-process peers share one computation (the simulator).
         key = (tuple(s.board[("agg_result", s.ctx.group[j])][2] for j in parts),
@@ -1463,7 +1475,7 @@ class BtardPeer:
         totals, tol = cached
         s.fixed_point_margin = float((totals.abs() / tol).max())
         failed = torch.nonzero(~(totals.abs() <= tol)).flatten().tolist()
-        if not failed and not actions and parts == list(range(s.n)):
+        if not failed and not actions and parts == list(range(s.n)) and not s.bound_failed:
             # invariant 1: the step may be applied only once this check ran over every part and passed
             s.flags.add("fixed_point_passed")
         for i in failed:
@@ -1474,6 +1486,40 @@ class BtardPeer:
                                             f"CenteredClip fixed point fails along z for part {j}: "
                                             f"|sum w s| = {float(totals[i].abs()):.3g} > {float(tol[i]):.3g}")
         return actions
+
+    def _aggregate_bound(self, parts: list[int]) -> None:
+        """Invariant 3: each ``a_j`` must lie within the bound of a majority of the step's contributors.
+
+        Per value (distance / sqrt(part size)), the majority-th smallest published distance ``d_kj``
+        must not exceed ``aggregate_bound`` times the previous step's scale.
+        Every honest contributor checked its own ``d_kj`` (else it accused), and a majority needs honest
+        contributors, so a forged aggregate that passed the fixed-point check (an absorber's scalar)
+        still moves at most about the bound plus the honest spread from honest gradients in one step.
+        A failure drops the step on every peer (the check reads only public data) and bans nobody."""
+        s = self._s
+        p = self.params
+        contributors = list(s.contributors)
+        m = len(contributors) // 2 + 1
+        prev = s.ctx.prev
+        ref_scales = prev.scales if prev is not None and prev.step == s.ctx.step - 1 else []
+        # G: the previous step's median spread over parts (a minority of forged parts cannot move it)
+        spreads = sorted(r for _, _, r in ref_scales)
+        g = spreads[len(spreads) // 2] if spreads else 0.0
+        for j in parts:
+            lo, hi = s.bounds[j]
+            dists = s.payload("agg_result", s.ctx.group[j]).distances
+            rho = sorted(dists[k] for k in contributors)[m - 1] / math.sqrt(max(1, hi - lo))
+            # the reference of this part: the previous step's parts that cover the same values, capped at
+            # ``aggregate_bound_spread`` x G (so a forger that stays under the bound cannot ratchet its
+            # own part's reference up step after step) and at least G
+            own = max((r for a, b, r in ref_scales if a < hi and lo < b), default=0.0)
+            ref = max(g, min(own, p.aggregate_bound_spread * g))
+            failed = p.aggregate_bound > 0 and ref > 0 and rho > p.aggregate_bound * ref
+            if failed:
+                s.bound_failed.append(j)
+            # the next step's reference: this spread when it passed, else at most twice the previous one
+            # (a forger that fails the bound cannot ratchet the scale faster than 2x per dropped step)
+            s.scales.append((lo, hi, min(rho, 2.0 * ref) if failed else rho))
 
     # ------------------------------------------------------------------ accusations and verdicts
     def _judge(self, digest: str) -> list[Action]:
@@ -1661,6 +1707,9 @@ class BtardPeer:
                 outcome, reason = "dropped", reason or "a fault was raised and not resolved by a ban"
             elif bans:
                 outcome, reason = "dropped", reason or f"banned during the step: {[b.peer[:8] for b in bans]}"
+            elif s.bound_failed:
+                outcome, reason = "dropped", reason or (f"aggregate {s.bound_failed[0]} lies beyond the bound of "
+                                                        f"a majority of contributors")
             elif not complete:
                 outcome, reason = "dropped", reason or "step incomplete"
             else:
@@ -1679,7 +1728,8 @@ class BtardPeer:
                 scalars={k: list(s.payload("scalars", k).values) for k in s.contributors if s.got("scalars", k)},
                 distances={j: dict(s.payload("agg_result", g).distances) for j, g in enumerate(ctx.group)
                            if s.got("agg_result", g)},
-                digests={key: entry[2] for key, entry in s.board.items()})
+                digests={key: entry[2] for key, entry in s.board.items()},
+                scales=list(s.scales) or (list(ctx.prev.scales) if ctx.prev is not None else []))
         r = s.r if s.r is not None else skipped_randomness(s.ctx.r_prev, s.ctx.run, s.ctx.step)
         s.result = StepResult(step=s.ctx.step, outcome=outcome, update=update, bans=bans,
                               eliminations=list(dict.fromkeys(eliminations)), silent=sorted(s.silent),
