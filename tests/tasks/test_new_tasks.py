@@ -135,3 +135,14 @@ def test_fashion_resnet_learns_well_above_chance_with_lamb():
         apply_flat_update(model, compute_gradient(task, model, step, 32), opt)
     assert task.evaluate(model) > 0.3
     assert len(task.data_sha256()) == 64
+
+
+@pytest.mark.parametrize("name, peers, steps", [("gpt-char-small", 4, 2), ("fashion-resnet", 4, 1)])
+def test_the_new_tasks_run_through_the_protocol_in_btard_sim(name, peers, steps):
+    from worker_client.sim import run_simulation
+
+    if name == "fashion-resnet":
+        _fashion_or_skip()
+    out = run_simulation(task=name, peers=peers, steps=steps, eval_every=0, threads=1)
+    assert out["applied_steps"] == steps and out["honest_disagreements"] == 0 and not out["bans"]
+    assert 0.0 <= out["final_accuracy"] <= 1.0
