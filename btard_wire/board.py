@@ -215,3 +215,16 @@ def sender_message_limit(phase: str, *, board_phases: Collection[str], group_siz
     if phase in board_phases:
         return 1
     return max(1, group_size - 1)
+
+
+def verdict_kind(kinds: Mapping[str, str], *, members: Collection[str]) -> str | None:
+    """The fault kind of a ban: ``kinds`` maps each signer of a verdict naming one guilty peer to the kind
+    its verdict gives. A ban needs a strict majority of ``members`` on the same ``(guilty, kind)``, so the
+    verdict that completes a majority cannot pick the ban's kind or scope (F4). None: no kind has one."""
+    group = set(members)
+    counts: dict[str, int] = {}
+    for signer, kind in kinds.items():
+        if signer in group and isinstance(kind, str):
+            counts[kind] = counts.get(kind, 0) + 1
+    winners = [k for k, c in counts.items() if c >= majority(len(group))]
+    return winners[0] if winners else None

@@ -150,10 +150,21 @@ def consider_verdict(*, entry) -> Ban | None:
     peer = Peer.objects.select_related("run", "user").filter(run=entry.run, peer_id=payload.guilty).first()
     if peer is None:
         return None
-    reason = payload.reason or f"{payload.kind}: accused by {payload.accuser or 'the protocol'}"
-    return ban_for_fault(peer=peer, step=entry.step, reason=reason, evidence_kind=payload.kind,
-                         evidence={"verdicts": signed, "evidence_digests": payload.evidence,
-                                   "signers": len(signed), "group_size": group_size})
+    # The majority decides the kind (hence the scope), and the public reason is the site's own text: the
+    # verdict that completes the majority picks neither (F4; btard_wire.board.verdict_kind).
+    from btard_wire import board as wire_board
+    from runs.models import StepRecord
+
+    members = StepRecord.objects.filter(run=entry.run, step=entry.step).values_list("members", flat=True).first()
+    kinds = {env.get("sender"): (env.get("payload") or {}).get("kind") for env in signed}
+    kind = wire_board.verdict_kind(kinds, members=members or [])
+    if kind is None:
+        return None
+    agreeing = [env for env in signed if (env.get("payload") or {}).get("kind") == kind]
+    reason = f"{kind}: verdict signed by {len(agreeing)} of {group_size} members of step {entry.step}"
+    return ban_for_fault(peer=peer, step=entry.step, reason=reason, evidence_kind=kind,
+                         evidence={"verdicts": agreeing, "evidence_digests": payload.evidence,
+                                   "signers": len(agreeing), "group_size": group_size})
 
 
 @transaction.atomic
