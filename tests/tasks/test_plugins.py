@@ -136,3 +136,9 @@ def test_a_worker_is_refused_with_the_install_sentence_when_the_run_task_is_miss
     assert worker.exit_code == EXIT_REFUSED
     assert "pip install 'btard-example-task==0.1.0'" in worker.exit_message
     assert worker.run_info is None and worker.state is None  # nothing was set up for the run
+
+
+def test_a_pinned_version_without_a_package_name_still_names_the_installed_package():
+    with pytest.raises(TaskUnavailable, match=r"with btard-swarm 9\.9, but version .* is installed here: "
+                                              r"pip install 'btard-swarm==9\.9'"):
+        load_run_task(_run("digits-mlp", task_version="9.9"))

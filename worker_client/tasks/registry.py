@@ -151,6 +151,7 @@ def load_run_task(run):
             f"this run trains the task {run.task!r} from the package {package}, but here it comes from "
             f"{entry.package} {entry.version}: uninstall that one, then {install}")
     if version and str(version) != entry.version:
+        install = install_command(package or entry.package, str(version), extra.get("task_install"))
         raise TaskUnavailable(
             f"this run trains the task {run.task!r} with {entry.package} {version}, but version {entry.version} "
             f"is installed here: {install}")
