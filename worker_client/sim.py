@@ -226,7 +226,14 @@ def run_simulation(*, task: str = "mnist5k-mlp", peers: int = 16, byzantine: int
             contexts = {p: P.StepContext(run=RUN, step=step, group=group, public_keys=keys, r_prev=r_prev,
                                          numel=numel, model_ref=models.version, prev=records[p])
                         for p in group}
+            honest_left = [p for p in group if p not in byz_ids]
+            if not honest_left:  # every honest peer is banned or eliminated: the run is over
+                stats["ended_early"] = {"step": step, "reason": f"no honest peer left ({len(group)} peers in "
+                                                                 f"the group, {len(board.banned)} banned)"}
+                break
             results = swarm.run_step(contexts)
+            for p, why in swarm.crashed.items():  # an attacker's own code raised: silent for that step
+                stats.setdefault("byzantine_crashes", []).append([step, p, why[:200]])
             board.report_silence({p: r.silent for p, r in results.items() if p not in byz_ids})
             honest = [results[p] for p in group if p not in byz_ids and p in results]
             views: dict[tuple, list[P.StepResult]] = {}
@@ -273,6 +280,9 @@ def run_simulation(*, task: str = "mnist5k-mlp", peers: int = 16, byzantine: int
         stats["baseline_version"] = BASELINE_VERSION
         r = genesis_randomness(RUN, seed)
         bounds = P.part_bounds(numel, peers)
+        # adaptive attacks (optimal ALIE/IPM) search their scale against the rule in use
+        collusion.aggregate = lambda x: _baseline_update(aggregator, x, rule_params, tau=tau, bounds=bounds,
+                                                         seed=int.from_bytes(r[:8], "little"))
         for step in range(steps):
             fake = SimpleNamespace(ctx=SimpleNamespace(step=step, group=ids, run=RUN, numel=numel),
                                    bounds=bounds, index=0, role="contributor")
@@ -465,6 +475,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     summary = {k: out[k] for k in ("final_accuracy", "honest_banned", "byzantine_banned", "last_ban_step",
                                    "applied_steps", "dropped_steps", "seconds_per_step")}
+    if "ended_early" in out:
+        summary["ended_early"] = out["ended_early"]
     print(json.dumps(summary))
     return 0
 

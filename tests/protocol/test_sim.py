@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from worker_client.btard.aggregators import AGGREGATORS
+from worker_client.btard.attacks import ATTACKS, Byzantine
 from worker_client.sim import main, run_simulation
 
 
@@ -102,3 +103,45 @@ def test_the_same_seed_gives_the_same_run():
     a = run_simulation(task="digits-mlp", peers=4, steps=4, eval_every=2, seed=5)
     b = run_simulation(task="digits-mlp", peers=4, steps=4, eval_every=2, seed=5)
     assert a["accuracy_curve"] == b["accuracy_curve"]
+
+
+class _Raises(Byzantine):
+    """An attacker whose own code fails while handling a broadcast (not a registered behaviour)."""
+
+    name = "raises"
+
+    def hook_scalars(self, values, s):
+        raise RuntimeError("attacker bug")
+
+
+def test_an_attacker_that_raises_counts_as_silent_and_the_run_goes_on(monkeypatch):
+    monkeypatch.setitem(ATTACKS, "raises", _Raises)
+    out = run_simulation(task="digits-mlp", peers=5, byzantine=1, attack="raises", attack_start=1, steps=4,
+                         eval_every=0, seed=2, validators=0)
+    assert out["honest_banned"] == 0 and out["honest_disagreements"] == 0
+    assert out["byzantine_crashes"] and "attacker bug" in out["byzantine_crashes"][0][2]
+    assert out["applied_steps"] >= 1
+    assert out["byzantine_banned"] == 1  # silent in three steps
+
+
+def test_false_accuse_on_a_model_larger_than_an_envelope_does_not_crash_the_simulator():
+    out = run_simulation(task="mnist5k-mlp", peers=4, byzantine=1, attack="false_accuse", attack_start=0,
+                         steps=2, eval_every=0, seed=0, validators=0)
+    assert out["honest_banned"] == 0 and out["byzantine_banned"] == 1
+    assert out["bans"][0]["kind"] == "false_accusation"
+
+
+def test_a_swarm_that_lost_every_peer_ends_with_a_clear_summary(monkeypatch, capsys):
+    from worker_client.transports.memory import BulletinBoard
+
+    real, calls = BulletinBoard.next_group, []
+
+    def next_group(self):  # everyone is gone after the first step
+        calls.append(1)
+        return real(self) if len(calls) == 1 else []
+
+    monkeypatch.setattr(BulletinBoard, "next_group", next_group)
+    assert main(["--task", "digits-mlp", "--peers", "4", "--steps", "5", "--eval-every", "0",
+                 "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["ended_early"]["step"] == 1 and "no honest peer left" in summary["ended_early"]["reason"]

@@ -235,12 +235,15 @@ class MemorySwarm:
         self.site_closes = site_closes
         self.late = late
         self.serve_evidence = True  # False: no holder serves a fetched tensor (evidence unavailable)
+        self.crashed: dict[str, str] = {}
         self.bytes_sent = 0
         self.messages = 0
 
     def run_step(self, contexts: dict[str, P.StepContext]) -> dict[str, P.StepResult]:
         """Run one step for every peer in ``contexts`` (the step's group); returns their results."""
         group = list(contexts)
+        if not group:
+            return {}
         step = next(iter(contexts.values())).step
         self.board.open_step(step, group)
         queue: deque = deque()
@@ -249,6 +252,22 @@ class MemorySwarm:
 
         held: list[tuple[str, Envelope]] = []
         acted: set[tuple[str, str]] = set()
+        self.crashed: dict[str, str] = {}  # Byzantine peers whose code raised: silent for the rest of the step
+
+        def call(peer: str, method: str, *args) -> list[P.Action]:
+            """A peer's input handler. A Byzantine peer that raises counts as silent for this step (its
+            own code failed; the simulator never dies because of an attacker); an honest one raising is
+            a bug and propagates."""
+            if peer in self.crashed:
+                return []
+            obj = self.peers[peer]
+            if not getattr(obj, "byzantine", False):
+                return getattr(obj, method)(*args)
+            try:
+                return getattr(obj, method)(*args)
+            except Exception as exc:  # noqa: BLE001 - any failure of attacker code
+                self.crashed[peer] = f"{type(exc).__name__}: {exc}"
+                return []
 
         def post(sender: str, envelope: Envelope) -> None:
             if self.board.post(sender, envelope):
@@ -276,8 +295,8 @@ class MemorySwarm:
                     # content-addressed fetch of evidence: the first holder that serves a copy
                     for holder in a.holders:
                         if holder in contexts and holder != sender and self.serve_evidence:
-                            data = self.peers[holder].serve_tensor(a.sha256, a.step)
-                            if data is not None:
+                            data = call(holder, "serve_tensor", a.sha256, a.step)
+                            if isinstance(data, bytes) and data:
                                 self.bytes_sent += len(data)
                                 queue.append((sender, "on_tensor", (a.sha256, data, a.step)))
                                 break
@@ -295,10 +314,10 @@ class MemorySwarm:
                        if req.purpose == "own" and not req.flip_labels}
                 self.before_gradients(step, own)
             for (peer, req), g in zip(batch, grads):
-                handle(peer, self.peers[peer].on_gradient(req.request_id, g))
+                handle(peer, call(peer, "on_gradient", req.request_id, g))
 
         for p in group:
-            handle(p, self.peers[p].begin_step(contexts[p]))
+            handle(p, call(p, "begin_step", contexts[p]))
         run_compute(first=True)
         rounds = 0
         while True:
@@ -306,11 +325,12 @@ class MemorySwarm:
                 if self.shuffle is not None:
                     queue.rotate(-self.shuffle.randrange(len(queue)))
                 target, method, args = queue.popleft()
-                handle(target, getattr(self.peers[target], method)(*args))
+                handle(target, call(target, method, *args))
             if compute:
                 run_compute(first=False)
                 continue
-            waiting = {p: self.peers[p].waiting_for for p in group if not self.peers[p].finished}
+            waiting = {p: self.peers[p].waiting_for for p in group
+                       if p not in self.crashed and not self.peers[p].finished}
             if not waiting:
                 break
             if self.site_closes:
@@ -318,7 +338,7 @@ class MemorySwarm:
                 for p, phase in waiting.items():  # a close reaches every peer; each acts on it in that phase
                     if phase in self.board.closed and (p, phase) not in acted:
                         acted.add((p, phase))
-                        handle(p, self.peers[p].on_deadline(phase, self.board.closed[phase]))
+                        handle(p, call(p, "on_deadline", phase, self.board.closed[phase]))
                         applied = True
                 if applied:
                     continue
@@ -333,7 +353,7 @@ class MemorySwarm:
             else:
                 for p, phase in waiting.items():
                     if phase == earliest:
-                        handle(p, self.peers[p].on_deadline(phase))
+                        handle(p, call(p, "on_deadline", phase))
             for sender, envelope in held:  # what the network held back arrives now, after the deadline
                 post(sender, envelope)
             held.clear()
