@@ -1,13 +1,18 @@
 """What a volunteer needs to know about each task before joining, and the organiser's defaults.
 
 Torch-free on purpose (the site renders it on every run page). Every name here is a task of the worker's
-registry (``worker_client.tasks.registry``, checked by ``tests/site/test_product_control.py``); a task
-installed as a plugin and not described here gets a plain entry (:func:`task_info`).
+registry (the ``btard_swarm.tasks`` entry points, read here from the installed metadata; checked by
+``tests/site/test_product_control.py``); a task installed as a plugin and not described here gets a plain
+entry (:func:`task_info`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib import metadata
+
+# The entry-point group of training tasks (the worker's task registry reads the same group).
+TASK_ENTRY_POINTS = "btard_swarm.tasks"
 
 
 @dataclass(frozen=True)
@@ -51,14 +56,14 @@ AGGREGATORS = ("btard",)
 
 
 def available_tasks() -> list[str]:
-    """The task names an organiser may pick: the worker's registry (plugins included) on this machine, or
-    the catalog when the registry cannot be read here."""
+    """The task names an organiser may pick: the built-in catalog and every task a package on this machine
+    registers under the ``btard_swarm.tasks`` entry points (plugins included), read from the installed
+    metadata without importing the worker (the site loads no torch, tests/test_layering.py)."""
     try:
-        from worker_client.tasks.registry import discover
-
-        return sorted(discover())
-    except Exception:  # noqa: BLE001 - a broken plugin must not take the organiser page down
-        return sorted(TASK_CATALOG)
+        plugins = {ep.name for ep in metadata.entry_points(group=TASK_ENTRY_POINTS)}
+    except Exception:  # noqa: BLE001 - broken metadata must not take the organiser page down
+        plugins = set()
+    return sorted(set(TASK_CATALOG) | plugins)
 
 
 def task_info(name: str) -> TaskInfo:

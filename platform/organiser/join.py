@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import tomllib
+from importlib import metadata
 from pathlib import Path
 
 from django.conf import settings
@@ -10,6 +12,16 @@ from django.conf import settings
 from .catalog import INSTALL_SIZE, task_info
 
 WHEEL_NAME = re.compile(r"^btard_swarm-[0-9A-Za-z.+]+-py3-none-any\.whl$")
+
+
+def worker_version() -> str:
+    """The version of the ``btard-swarm`` distribution (the worker's ``__version__``), from the installed
+    metadata, else from the checkout's pyproject.toml: the site imports no worker code (tests/test_layering.py)."""
+    try:
+        return metadata.version("btard-swarm")
+    except metadata.PackageNotFoundError:
+        pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+        return tomllib.loads(pyproject.read_text())["project"]["version"]
 
 
 def dist_dir() -> Path:
@@ -33,10 +45,10 @@ def server_url(request) -> str:
 def join_info(*, request, run) -> dict:
     """Everything the join box shows for ``run`` as seen from ``request`` (its host is the server URL)."""
     from runs.selectors import open_runs
-    from worker_client import __version__
 
     from .models import RunControl
 
+    __version__ = worker_version()
     server = server_url(request)
     wheel = served_wheel(__version__)
     install = f'pip install "{server}/dist/{wheel}"' if wheel else f'pip install "btard-swarm=={__version__}"'
