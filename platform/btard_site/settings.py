@@ -168,6 +168,8 @@ SIGNUP_LIMIT_PER_ADDRESS = env_int("SIGNUP_LIMIT_PER_ADDRESS", 5, minimum=1)
 SIGNUP_LIMIT_GLOBAL = env_int("SIGNUP_LIMIT_GLOBAL", 200, minimum=1)
 SIGNUP_LIMIT_WINDOW_SECONDS = env_int("SIGNUP_LIMIT_WINDOW_SECONDS", 3600, minimum=1)
 HEARTBEAT_TIMEOUT_SECONDS = env_int("HEARTBEAT_TIMEOUT_SECONDS", 30, minimum=1)
+# reachability checks one peer may ask for per hour (each makes another volunteer's worker dial it)
+REACHABILITY_REQUESTS_PER_HOUR = env_int("REACHABILITY_REQUESTS_PER_HOUR", 4, minimum=1)
 
 if PRODUCTION:
     SESSION_COOKIE_SECURE = True

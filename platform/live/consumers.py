@@ -371,28 +371,47 @@ class WorkerConsumer(FastDispatchMixin, AsyncWebsocketConsumer):
             await self.send(text_data=Relay.model_validate({"envelope": envelope}).model_dump_json())
 
     async def on_reachability_request(self, msg):
+        """Another active peer dials this peer's *announced* address (F5): only the p2p id and addresses of
+        its hello, a few times an hour; the answer is taken only from the peer that was asked."""
+        import secrets
+
+        announced = list(self.peer.p2p_addrs or [])
+        if msg.p2p_id != self.peer.p2p_id or not msg.p2p_addrs or not set(msg.p2p_addrs) <= set(announced):
+            await self.send_error("not_announced", "a reachability check dials only the p2p id and addresses "
+                                                   "this worker announced in its hello")
+            return
+        limit = settings.REACHABILITY_REQUESTS_PER_HOUR
+        rate_key = f"reach-rate:{self.peer.run_id}:{self.peer.peer_id}"
+        await cache.aadd(rate_key, 0, timeout=3600)
+        if await cache.aincr(rate_key) > limit:
+            await self.send_error("rate_limited", f"at most {limit} reachability checks per hour")
+            return
         helper = await _db(_reachability_helper)(self.peer)
         if helper is None:
             await self.send_error("no_helper", "no other active peer is online to test your address")
             return
-        request_id = f"{self.peer.peer_id[:8]}-{id(msg):x}"
-        cache.set(f"reach:{request_id}", {"channel": self.channel_name, "peer": self.peer.pk}, timeout=120)
+        request_id = secrets.token_urlsafe(16)
+        await cache.aset(f"reach:{request_id}", {"channel": self.channel_name, "peer": self.peer.pk,
+                                                 "helper": helper, "run": self.peer.run_id}, timeout=120)
         await self.channel_layer.group_send(ev.peer_group(helper, self.peer.run_id), {
             "type": "worker.forward",
             "text": ReachabilityCheck(request_id=request_id, p2p_id=msg.p2p_id, p2p_addrs=msg.p2p_addrs)
             .model_dump_json()})
 
     async def on_reachability_result(self, msg):
-        pending = cache.get(f"reach:{msg.request_id}")
-        if not isinstance(pending, dict):
-            await self.send_error("unknown_request", "no such reachability request (expired?)")
+        pending = await cache.aget(f"reach:{msg.request_id}")
+        if (not isinstance(pending, dict) or pending.get("helper") != self.peer.peer_id
+                or pending.get("run") != self.peer.run_id):
+            await self.send_error("unknown_request", "no such reachability request for this peer (expired?)")
             return
-        cache.delete(f"reach:{msg.request_id}")  # one answer per request
-        from runs.services import record_reachability
+        await cache.adelete(f"reach:{msg.request_id}")  # one answer per request
+        from runs.services import reachability_word, record_reachability
 
-        # stored before the asker hears the answer, so the dashboard is never behind the worker
-        await _db(record_reachability)(peer_pk=pending["peer"], reachable=msg.reachable, detail=msg.detail)
-        await self.channel_layer.send(pending["channel"], {"type": "worker.forward", "text": msg.model_dump_json()})
+        # a fixed vocabulary, never the helper's own text; stored before the asker hears the answer
+        word = reachability_word(reachable=msg.reachable, detail=msg.detail)
+        await _db(record_reachability)(peer_pk=pending["peer"], reachable=msg.reachable, detail=word)
+        answer = ReachabilityResult(request_id=msg.request_id, reachable=msg.reachable, detail=word)
+        await self.channel_layer.send(pending["channel"], {"type": "worker.forward", "text": answer.model_dump_json()})
 
     # --- channel-layer messages -----------------------------------------------------------------------
     async def worker_forward(self, message):

@@ -681,6 +681,19 @@ def tick_run(*, run: Run) -> None:
     start_step_if_ready(run=run)
 
 
+def reachability_word(*, reachable: bool, detail: str) -> str:
+    """What the site says of a reachability check: ``reachable``, ``timeout``, ``refused`` or
+    ``unreachable`` (a fixed vocabulary: the helper's own error text is never shown or forwarded)."""
+    if reachable:
+        return "reachable"
+    text = (detail or "").lower()
+    if "timed out" in text or "timeout" in text:
+        return "timeout"
+    if "refused" in text:
+        return "refused"
+    return "unreachable"
+
+
 def record_reachability(*, peer_pk: int, reachable: bool, detail: str) -> Peer | None:
     """Store the result of another peer dialling ``peer_pk``'s address; the dashboard lists it."""
     peer = Peer.objects.filter(pk=peer_pk).first()
