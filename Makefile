@@ -13,10 +13,11 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 
-# torch goes first, pinned, so no dependency pulls a CUDA build.
+# torch goes first, pinned, so no dependency pulls a CUDA build. One checkout runs everything: the worker
+# and the site extras on top of the wire base (pyproject.toml), and the test tools.
 $(STAMP): $(PY) pyproject.toml
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e '.[dev]'
+	$(PIP) install -e '.[worker,site,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -33,7 +34,7 @@ test: $(STAMP)
 	if [ $$status -eq 5 ]; then echo "pytest ran no tests: treating as failure"; exit 1; fi; exit $$status
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check platform worker_client tests
+	$(VENV)/bin/ruff check btard_wire platform worker_client tests
 
 clean:
 	rm -rf var/ .pytest_cache
