@@ -524,3 +524,6 @@ def make_peer(attack: str | None, identity, params=None, *, entropy=None, verifi
     for k, v in kw.items():
         setattr(peer, k, v)
     return peer
+
+
+from . import adaptive_attacks  # noqa: E402, F401  (registers optimal_alie, optimal_ipm, mimic, free riders)
