@@ -173,17 +173,22 @@ def unlisted_own(own: Iterable[str], *, listed: Collection[str]) -> list[str]:
     return [d for d in own if d not in names]
 
 
-def moderation_refused(*, phase: str, sender_reported: bool, validation_closed: bool) -> str | None:
+def moderation_refused(*, phase: str, sender_reported: bool, validation_closed: bool,
+                       sender_posted_scalars: bool = False) -> str | None:
     """Why an ``accuse`` or ``eliminate`` broadcast is refused (None: accepted). Once its sender's own
     validation report is stored, or the validation phase is closed, the set that decides the step is
     fixed: a later accusation or ELIMINATE would reach some peers before they finish and others after
-    (finding 6), so it is refused (a fault of the next step is raised in the next step)."""
+    (finding 6), so it is refused (a fault of the next step is raised in the next step). An ELIMINATE
+    after its sender's own ``scalars`` is refused too: scalars need every part and every aggregate, so
+    the sender was waiting for no tensor from anyone (finding 9)."""
     if phase not in ("accuse", "eliminate"):
         return None
     if validation_closed:
         return f"{phase} after the step's validation phase closed"
     if sender_reported:
         return f"{phase} after the sender's own validation report"
+    if phase == "eliminate" and sender_posted_scalars:
+        return "eliminate after the sender's own scalars: it was waiting for no tensor"
     return None
 
 
@@ -228,3 +233,39 @@ def verdict_kind(kinds: Mapping[str, str], *, members: Collection[str]) -> str |
             counts[kind] = counts.get(kind, 0) + 1
     winners = [k for k, c in counts.items() if c >= majority(len(group))]
     return winners[0] if winners else None
+
+
+# ---------------------------------------------------------------------------------------------------
+# ELIMINATE storms (security review, finding 9)
+
+ELIMINATE_LIMIT = 1      # effective ELIMINATEs per account in one epoch; later ones remove nobody
+ESCALATE_AFTER = 2       # an account in this many ELIMINATE pairs of one run goes to staff automatically
+
+
+def elimination_rate_ok(*, effective_in_epoch: int, limit: int = ELIMINATE_LIMIT) -> bool:
+    """Whether one more ELIMINATE by an account that already made ``effective_in_epoch`` effective ones
+    in the current epoch may remove a pair. ELIMINATE is free (no evidence), so it is rate-limited:
+    past the limit it is queued for staff but removes nobody."""
+    return effective_in_epoch < limit
+
+
+def escalated(*, pairs_in_run: int, threshold: int = ESCALATE_AFTER) -> bool:
+    """Whether an account that took part in ``pairs_in_run`` ELIMINATE pairs of the run (as eliminator
+    or target) is escalated to staff automatically: an honest peer is rarely in many pairs, a storm's
+    eliminators always are."""
+    return pairs_in_run >= threshold
+
+
+def unbench(*, pairs: Iterable[tuple[str, str]], needed: int) -> list[str]:
+    """Who comes back when the benched peers are what keeps a run below ``min_peers`` (``needed``: how
+    many must return). ``pairs`` are the epoch's effective ``(eliminator, target)`` pairs, oldest first.
+    Targets return first and eliminators never do before the epoch ends, so bringing peers back cannot
+    be used to strike again; returns at most ``needed`` peers, in pair order."""
+    out: list[str] = []
+    eliminators = {e for e, _ in pairs}
+    for _, target in pairs:
+        if len(out) >= needed:
+            break
+        if target not in out and target not in eliminators:
+            out.append(target)
+    return out

@@ -454,6 +454,47 @@ class UnlistedAccusation(LateAccusation):
     before_report = True
 
 
+class EliminateStorm(Byzantine):
+    """ELIMINATE storm (security review, finding 9): instead of its aggregation result, posts an
+    ELIMINATE of an honest peer ("part never arrived"), free of evidence, and lists it in its report like
+    an honest eliminator. Bounded: the pair leaves the group (every removed pair holds the attacker, so
+    the honest share never drops), an account's ELIMINATEs are rate-limited and escalated on the site
+    (``btard_wire.board.elimination_rate_ok`` / ``escalated`` / ``unbench``), and one sent after the
+    sender's own scalars is refused (it was waiting for no tensor)."""
+
+    name = "eliminate_storm"
+    rational = True
+    outcome = "banned"  # removed: eliminated with its victim
+
+    def hook_outgoing_broadcast(self, envelope, s):
+        # each colluder strikes a different honest peer (one ELIMINATE per target removes a pair)
+        honest = [p for p in s.ctx.group if p not in self.collusion.members]
+        mine = sorted(p for p in s.ctx.group if p in self.collusion.members)
+        victim = honest[mine.index(self.peer_id) % len(honest)] if honest else None
+        if envelope.phase != "agg_result" or not self.active(s.ctx.step) or victim is None:
+            return [envelope]
+        elim, digest = self._sign("eliminate", M.EliminatePayload(target=victim, reason="part never arrived"))
+        s.my_accusations.append(digest)
+        return [elim]
+
+
+class CandidateEliminate(EliminateStorm):
+    """An ELIMINATE from a peer that is not a member of the step (a candidate on probation, a banned or
+    benched key): every peer ignores a broadcast from outside the group, and the board refuses it."""
+
+    name = "candidate_eliminate"
+    outcome = "bounded"
+    bound = 1.5
+
+    def hook_outgoing_broadcast(self, envelope, s):
+        victim = self._honest_victim(s)
+        if envelope.phase != "agg_result" or not self.active(s.ctx.step) or victim is None:
+            return [envelope]
+        elim, _ = self._sign("eliminate", M.EliminatePayload(target=victim, reason="part never arrived"))
+        # posted as if by a stranger to the step: the same signed ELIMINATE under a key outside the group
+        return [envelope, elim.model_copy(update={"sender": "f" * 40})]
+
+
 class WithholdPart(Byzantine):
     """Never sends its part to one honest aggregator. Unprovable on a private channel: the aggregator
     ELIMINATEs the pair at the parts deadline."""
@@ -497,7 +538,7 @@ class Replay(Byzantine):
 
 ATTACKS: dict[str, type[Byzantine]] = {cls.name: cls for cls in (
     SignFlip, RandomDirection, LabelFlip, Delayed, IPM, ALIE,
-    WrongAggregate, PhantomDigest, ForgedAggregate, Absorber, Equivocate, BadCommitment, DuplicateSlot, LieScalars, FalseAccuse, LateAccusation, LateEliminate, UnlistedAccusation, WithholdPart, WithholdReveal, Replay,
+    WrongAggregate, PhantomDigest, ForgedAggregate, Absorber, Equivocate, BadCommitment, DuplicateSlot, LieScalars, FalseAccuse, LateAccusation, LateEliminate, UnlistedAccusation, EliminateStorm, CandidateEliminate, WithholdPart, WithholdReveal, Replay,
 )}
 # behaviours of a rational attacker (security review 2026-12): each declares whether it ends banned
 # (``outcome = "banned"``) or with its gain bounded (``outcome = "bounded"`` and its ``bound``)

@@ -191,7 +191,8 @@ class BulletinBoard:
             raise ProtocolError(f"second {phase} message from {sender[:8]} in step {self.step}: equivocation")
         reported = ("validation", sender) in self._slots
         closed = "validation" in self.closed or len(self._posted.get("validation", ())) >= len(self.group)
-        why = rules.moderation_refused(phase=phase, sender_reported=reported, validation_closed=closed)
+        why = rules.moderation_refused(phase=phase, sender_reported=reported, validation_closed=closed,
+                                       sender_posted_scalars=("scalars", sender) in self._slots)
         if why is not None:
             raise ProtocolError(why)
         if isinstance(payload, ValidationPayload):

@@ -1,0 +1,65 @@
+"""The pure board rules that fix what decides a step and bound ELIMINATE storms (btard_wire.board;
+security review, findings 1, 6, 7, 9). The site, the in-memory board and the fake site call these."""
+
+from __future__ import annotations
+
+from btard_wire import BOARD_PHASES
+from btard_wire import board as rules
+
+from ._swarm import Swarm
+
+A, B = "a" * 64, "b" * 64
+
+
+def test_a_report_may_list_only_digests_the_board_holds():
+    assert rules.unheld_listed([A], stored=[A, B]) == []
+    assert rules.unheld_listed([A, B], stored=[A]) == [B]
+
+
+def test_a_report_must_list_every_accusation_of_its_own_sender():
+    assert rules.unlisted_own([A, B], listed=[A, B, "c" * 64]) == []
+    assert rules.unlisted_own([A, B], listed=[B]) == [A]
+
+
+def test_accusations_and_eliminates_are_refused_once_the_set_that_decides_the_step_is_fixed():
+    ok = dict(sender_reported=False, validation_closed=False)
+    assert rules.moderation_refused(phase="accuse", **ok) is None
+    assert "own validation report" in rules.moderation_refused(phase="eliminate", sender_reported=True,
+                                                               validation_closed=False)
+    assert "closed" in rules.moderation_refused(phase="accuse", sender_reported=False, validation_closed=True)
+    assert rules.moderation_refused(phase="verdict", sender_reported=True, validation_closed=True) is None
+    assert "waiting for no tensor" in rules.moderation_refused(phase="eliminate", sender_posted_scalars=True, **ok)
+    assert rules.moderation_refused(phase="accuse", sender_posted_scalars=True, **ok) is None
+
+
+def test_a_second_different_message_in_a_single_message_slot_is_a_conflict_and_a_resend_is_not():
+    assert rules.slot_conflict(phase="scalars", board_phases=BOARD_PHASES, stored_digest=A, digest=B)
+    assert not rules.slot_conflict(phase="scalars", board_phases=BOARD_PHASES, stored_digest=A, digest=A)
+    assert not rules.slot_conflict(phase="scalars", board_phases=BOARD_PHASES, stored_digest=None, digest=B)
+    assert not rules.slot_conflict(phase="accuse", board_phases=BOARD_PHASES, stored_digest=A, digest=B)
+
+
+def test_eliminates_are_rate_limited_and_repeat_eliminators_escalated():
+    assert rules.elimination_rate_ok(effective_in_epoch=0)
+    assert not rules.elimination_rate_ok(effective_in_epoch=rules.ELIMINATE_LIMIT)
+    assert not rules.escalated(pairs_in_run=1)
+    assert rules.escalated(pairs_in_run=rules.ESCALATE_AFTER)
+
+
+def test_bringing_benched_peers_back_returns_targets_and_never_an_eliminator():
+    pairs = [("e1", "h1"), ("e2", "h2"), ("e1", "h3"), ("h4", "e1")]
+    assert rules.unbench(pairs=pairs, needed=2) == ["h1", "h2"]
+    back = rules.unbench(pairs=pairs, needed=10)
+    assert back == ["h1", "h2", "h3"] and "e1" not in back and "e2" not in back
+
+
+def test_an_eliminate_storm_of_seven_in_sixteen_never_lowers_the_honest_share():
+    swarm = Swarm(n=16, attack="eliminate_storm", byzantine=tuple(range(7)), attack_start=1, numel=64)
+    swarm.run(4)
+    assert not swarm.board.banned
+    effective = [e for e in swarm.board.moderation_queue if e["effective"]]
+    assert all(e["eliminator"] in swarm.byzantine for e in effective)
+    left = swarm.board.next_group()
+    honest_left = [p for p in left if p not in swarm.byzantine]
+    assert len(honest_left) * 2 > len(left)  # an honest majority, at least as large a share as before
+    assert {swarm.history[-1][p].outcome for p in honest_left} == {"applied"}
