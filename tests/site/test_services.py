@@ -286,9 +286,12 @@ def test_repeated_verdicts_from_one_peer_count_once(run):
     peers = [make_peer(run=run, seed=f"r{i}") for i in range(4)]
     runs.start_step_if_ready(run=run)
     (peer, identity), guilty = peers[0], peers[3][0]
-    for _ in range(3):
-        entry = runs.accept_broadcast(peer=peer, envelope=verdict(identity, run, guilty=guilty.peer_id))
-        assert moderation.consider_verdict(entry=entry) is None
+    entry = runs.accept_broadcast(peer=peer, envelope=verdict(identity, run, guilty=guilty.peer_id))
+    assert moderation.consider_verdict(entry=entry) is None
+    for _ in range(2):  # the same sender's later verdicts on the same peer are refused at the door (F6)
+        with pytest.raises(runs.Rejected) as refused:
+            runs.accept_broadcast(peer=peer, envelope=verdict(identity, run, guilty=guilty.peer_id))
+        assert refused.value.code == "duplicate"
     assert not Ban.objects.exists()
 
 
