@@ -269,3 +269,37 @@ def unbench(*, pairs: Iterable[tuple[str, str]], needed: int) -> list[str]:
         if target not in out and target not in eliminators:
             out.append(target)
     return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# liveness (security review, finding 8)
+
+# The phases one step passes in order, each with its own deadline (docs/protocol.md, "Deadlines").
+STEP_PHASES = ("gradient", "commit", "mprng_commit", "parts", "agg_result", "mprng_reveal", "aggregates",
+               "scalars", "validation", "verdict")
+
+
+def step_deadline(*, phase_timeout: float, step_timeout: float, phases: int = len(STEP_PHASES)) -> float:
+    """The step deadline: at least the sum of the phase deadlines, so a peer that answers every phase
+    just before its deadline cannot make every step miss the step deadline (and the whole group be
+    charged for it)."""
+    return max(float(step_timeout), phases * float(phase_timeout))
+
+
+def robust_step_seconds(report_seconds: Mapping[str, float], *, members: Collection[str]) -> float | None:
+    """How long a step took, for the adaptive deadlines: the median member's report time (seconds since
+    the step opened), not the last report's, so a minority that reports just before the deadline
+    cannot inflate every later deadline. None without reports from members."""
+    times = sorted(t for p, t in report_seconds.items() if p in set(members))
+    if not times:
+        return None
+    return times[(len(times) - 1) // 2]
+
+
+def late_senders(posted_at: Mapping[str, float], *, expected: Collection[str], opened_at: float,
+                 phase_timeout: float) -> list[str]:
+    """The peers charged for a phase's lateness: those of ``expected`` whose broadcast reached the board
+    after the phase deadline (``opened_at + phase_timeout``), or never. Lateness is the late sender's,
+    never the group's."""
+    deadline = opened_at + phase_timeout
+    return sorted(p for p in expected if posted_at.get(p) is None or posted_at[p] > deadline)

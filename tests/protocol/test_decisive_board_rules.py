@@ -63,3 +63,20 @@ def test_an_eliminate_storm_of_seven_in_sixteen_never_lowers_the_honest_share():
     honest_left = [p for p in left if p not in swarm.byzantine]
     assert len(honest_left) * 2 > len(left)  # an honest majority, at least as large a share as before
     assert {swarm.history[-1][p].outcome for p in honest_left} == {"applied"}
+
+
+def test_the_step_deadline_covers_every_phase_deadline():
+    assert rules.step_deadline(phase_timeout=30, step_timeout=120) == 30 * len(rules.STEP_PHASES)
+    assert rules.step_deadline(phase_timeout=1, step_timeout=120) == 120
+
+
+def test_a_minority_reporting_at_the_deadline_does_not_inflate_the_measured_step_time():
+    members = [f"p{i}" for i in range(16)]
+    times = {p: 10.0 for p in members[:9]} | {p: 119.0 for p in members[9:]}
+    assert rules.robust_step_seconds(times, members=members) == 10.0
+    assert rules.robust_step_seconds({"stranger": 5.0}, members=members) is None
+
+
+def test_lateness_is_charged_to_the_late_sender_only():
+    posted = {"a": 1.0, "b": 29.0, "c": 31.0}
+    assert rules.late_senders(posted, expected=["a", "b", "c", "d"], opened_at=0.0, phase_timeout=30.0) == ["c", "d"]

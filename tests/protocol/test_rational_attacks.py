@@ -138,3 +138,18 @@ def test_an_absorbed_forgery_passes_the_fixed_point_check_but_moves_each_step_at
     free, bounded = worst_update(0.0), worst_update(4.0)
     assert len(free) == 8 and min(free[1:]) > 50 * free[0]  # any aggregate is applied
     assert len(bounded) >= 6 and max(bounded) < 25 * bounded[0]
+
+
+def test_a_just_in_time_staller_is_charged_alone_when_the_board_closes_phases():
+    """With the site's closes, a broadcast held to the deadline is refused and only its sender is
+    reported silent; it is banned for repeated silence, and the honest peers agree in every step."""
+    swarm = Swarm(n=6, attack="just_in_time", byzantine=(2,), attack_start=1, shuffle=True,
+                  params=P.ProtocolParams(validators=2, board_echo=True))
+    swarm.memory.site_closes = True
+    staller = swarm.ids[2]
+    swarm.run(6)
+    assert set(swarm.board.banned) == {staller} and swarm.board.banned[staller].kind == "silence"
+    _assert_agreement(swarm)
+    for results in swarm.history[1:4]:
+        assert all(set(r.silent) == {staller} for p, r in results.items() if p != staller)
+    assert {r.outcome for r in swarm.history[-1].values()} == {"applied"}

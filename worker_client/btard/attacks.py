@@ -495,6 +495,21 @@ class CandidateEliminate(EliminateStorm):
         return [envelope, elim.model_copy(update={"sender": "f" * 40})]
 
 
+class JustInTime(Byzantine):
+    """Just-in-time staller (security review, finding 8): holds each of its board broadcasts until the
+    phase's deadline, so that every step lasts every deadline, and when the board closes a phase at the
+    deadline hopes the whole group is charged. Lateness is charged to the late sender: the board closes
+    the phase with the senders it holds, the staller's late message is refused and it alone is reported
+    silent (then banned after repeated silence); the honest peers' steps go on or drop alike."""
+
+    name = "just_in_time"
+    rational = True
+    phases = ("agg_result", "scalars", "validation")
+
+    def hook_hold_broadcast(self, envelope, s):
+        return self.active(s.ctx.step) and envelope.phase in self.phases
+
+
 class WithholdPart(Byzantine):
     """Never sends its part to one honest aggregator. Unprovable on a private channel: the aggregator
     ELIMINATEs the pair at the parts deadline."""
@@ -538,7 +553,7 @@ class Replay(Byzantine):
 
 ATTACKS: dict[str, type[Byzantine]] = {cls.name: cls for cls in (
     SignFlip, RandomDirection, LabelFlip, Delayed, IPM, ALIE,
-    WrongAggregate, PhantomDigest, ForgedAggregate, Absorber, Equivocate, BadCommitment, DuplicateSlot, LieScalars, FalseAccuse, LateAccusation, LateEliminate, UnlistedAccusation, EliminateStorm, CandidateEliminate, WithholdPart, WithholdReveal, Replay,
+    WrongAggregate, PhantomDigest, ForgedAggregate, Absorber, Equivocate, BadCommitment, DuplicateSlot, LieScalars, FalseAccuse, LateAccusation, LateEliminate, UnlistedAccusation, EliminateStorm, CandidateEliminate, JustInTime, WithholdPart, WithholdReveal, Replay,
 )}
 # behaviours of a rational attacker (security review 2026-12): each declares whether it ends banned
 # (``outcome = "banned"``) or with its gain bounded (``outcome = "bounded"`` and its ``bound``)

@@ -947,6 +947,11 @@ class BtardPeer:
     def hook_outgoing_broadcast(self, envelope: Envelope, s: _Step) -> list[Envelope]:
         return [envelope]
 
+    def hook_hold_broadcast(self, envelope: Envelope, s: _Step) -> bool:
+        """True: the driver holds this broadcast back until the next deadline (a timing attacker; the
+        in-memory transport honours it, an honest driver never asks)."""
+        return False
+
     # ------------------------------------------------------------------ internals
     def _reject(self, reason: str) -> None:
         self.rejected.append((self._s.ctx.step if self._s else -1, reason))

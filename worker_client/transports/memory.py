@@ -280,7 +280,9 @@ class MemorySwarm:
         def handle(sender: str, actions: list[P.Action]) -> None:
             for a in actions:
                 if isinstance(a, P.Broadcast):
-                    if self.late is not None and self.late(sender, a.envelope):
+                    peer = self.peers[sender]
+                    if ((self.late is not None and self.late(sender, a.envelope))
+                            or (peer.byzantine and peer._s is not None and peer.hook_hold_broadcast(a.envelope, peer._s))):
                         held.append((sender, a.envelope))
                     else:
                         post(sender, a.envelope)
