@@ -92,6 +92,19 @@ def parse_database_url(url: str, *, name: str = "DATABASE_URL") -> dict:
     )
 
 
+def env_networks(name: str, default: list[str]) -> list[str]:
+    """A comma-separated list of IP addresses or networks (``10.0.0.1,172.16.0.0/12``), each checked."""
+    import ipaddress
+
+    items = env_list(name, default)
+    for item in items:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ImproperlyConfigured(f"{name}: {item!r} is not an IP address or network") from None
+    return items
+
+
 def env_path(name: str, default: Path) -> Path:
     value = env_str(name)
     return Path(value) if value else default

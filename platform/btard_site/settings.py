@@ -16,7 +16,7 @@ from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
 
-from .env import env_bool, env_int, env_list, env_path, env_str, parse_database_url
+from .env import env_bool, env_int, env_list, env_networks, env_path, env_str, parse_database_url
 
 PLATFORM_DIR = Path(__file__).resolve().parent.parent
 BASE_DIR = PLATFORM_DIR.parent
@@ -168,6 +168,13 @@ SIGNUP_LIMIT_PER_ADDRESS = env_int("SIGNUP_LIMIT_PER_ADDRESS", 5, minimum=1)
 SIGNUP_LIMIT_GLOBAL = env_int("SIGNUP_LIMIT_GLOBAL", 200, minimum=1)
 SIGNUP_LIMIT_WINDOW_SECONDS = env_int("SIGNUP_LIMIT_WINDOW_SECONDS", 3600, minimum=1)
 HEARTBEAT_TIMEOUT_SECONDS = env_int("HEARTBEAT_TIMEOUT_SECONDS", 30, minimum=1)
+# The TLS proxy in front of Daphne: only a request from one of these addresses has its X-Forwarded-For
+# read (btard_site.security.client_address); without it every client behind the proxy shares one address.
+TRUSTED_PROXIES = env_networks("BTARD_TRUSTED_PROXIES", [])
+# Sybil limits per account (and per address): live worker tokens, keys per run, tokens issued per hour
+MAX_LIVE_TOKENS_PER_ACCOUNT = env_int("MAX_LIVE_TOKENS_PER_ACCOUNT", 5, minimum=1)
+MAX_KEYS_PER_ACCOUNT_PER_RUN = env_int("MAX_KEYS_PER_ACCOUNT_PER_RUN", 2, minimum=1)
+TOKENS_PER_ADDRESS_PER_HOUR = env_int("TOKENS_PER_ADDRESS_PER_HOUR", 10, minimum=1)
 # reachability checks one peer may ask for per hour (each makes another volunteer's worker dial it)
 REACHABILITY_REQUESTS_PER_HOUR = env_int("REACHABILITY_REQUESTS_PER_HOUR", 4, minimum=1)
 

@@ -129,11 +129,17 @@ def join_run(*, token, hello: Hello) -> JoinResult:
     if peer is not None and peer.role == "banned":
         raise JoinRefused(CLOSE_BANNED, CLOSE_REASONS[CLOSE_BANNED])
     if peer is None:
+        # Sybil limits per account (F8): a few keys per run, and one founder
+        mine = run.peers.filter(user=token.user).exclude(role="banned")
+        if mine.count() >= settings.MAX_KEYS_PER_ACCOUNT_PER_RUN:
+            raise Rejected("key_limit", f"an account may use at most {settings.MAX_KEYS_PER_ACCOUNT_PER_RUN} "
+                                        f"worker keys in a run; reuse one of your keys")
         peer = Peer(run=run, user=token.user, peer_id=peer_id, public_key=hello.public_key)
         policy = get_policy(run.admission_policy)
         active = run.peers.filter(role="active").count()
         probation = policy.probation_steps(run, reputation=volunteer.reputation)
-        if probation == 0 or policy.founders_active(run, active_count=active):
+        founder = policy.founders_active(run, active_count=active) and not mine.filter(role="active").exists()
+        if probation == 0 or founder:
             peer.role, peer.admitted_at, peer.promoted_at = "active", now, now
         elif policy.may_admit_candidate(run, active_count=active,
                                         candidate_count=run.peers.filter(role="candidate").count(),

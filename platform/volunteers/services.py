@@ -103,6 +103,10 @@ def sign_up(*, username: str, email: str, password: str):
     return user
 
 
+class TokenLimit(Exception):
+    """No more worker tokens for this account (or from this address) right now; the message says why."""
+
+
 @dataclass
 class IssuedToken:
     token: WorkerToken
@@ -115,6 +119,10 @@ def create_worker_token(*, user, name: str) -> IssuedToken:
     volunteer = volunteer_for(user)
     if volunteer.is_banned:
         raise PermissionError("banned accounts cannot create worker tokens")
+    limit = settings.MAX_LIVE_TOKENS_PER_ACCOUNT
+    if WorkerToken.objects.select_for_update().filter(user=user, revoked_at=None).count() >= limit:
+        raise TokenLimit(f"An account holds at most {limit} live worker tokens; revoke one you no longer use "
+                         f"first.")
     name = (name or "").strip()[:64] or "worker"
     while True:
         prefix = secrets.token_hex(4)

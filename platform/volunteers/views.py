@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
@@ -15,7 +16,10 @@ from .models import WorkerToken
 
 
 def client_address(request) -> str:
-    return request.META.get("REMOTE_ADDR", "unknown")
+    """The client's address: ``X-Forwarded-For`` only from a configured trusted proxy."""
+    from btard_site.security import client_address as real_address
+
+    return real_address(request)
 
 
 def signup(request):
@@ -50,7 +54,22 @@ def tokens(request):
         if volunteer.is_banned:
             return render(request, "volunteers/tokens.html",
                           {"tokens": selectors.tokens_of(request.user), "can_create": False}, status=403)
-        created = services.create_worker_token(user=request.user, name=request.POST.get("name", ""))
+        from btard_site.security import throttle
+
+        wait = throttle("tokens:addr", client_address(request), limit=settings.TOKENS_PER_ADDRESS_PER_HOUR,
+                        window=3600)
+        try:
+            if wait is not None:
+                raise services.TokenLimit(f"Too many tokens created from your address; try again in "
+                                          f"{max(1, wait // 60)} minutes.")
+            created = services.create_worker_token(user=request.user, name=request.POST.get("name", ""))
+        except services.TokenLimit as exc:
+            messages.error(request, str(exc))
+            response = render(request, "volunteers/tokens.html",
+                              {"tokens": selectors.tokens_of(request.user), "can_create": True,
+                               "limited": str(exc)}, status=429)
+            response["Cache-Control"] = "no-store"
+            return response
     context = {"tokens": selectors.tokens_of(request.user), "created": created,
                "can_create": not volunteer.is_banned}
     # shown once: rendered into this response only, never stored or redirected through the session
