@@ -303,3 +303,21 @@ def late_senders(posted_at: Mapping[str, float], *, expected: Collection[str], o
     never the group's."""
     deadline = opened_at + phase_timeout
     return sorted(p for p in expected if posted_at.get(p) is None or posted_at[p] > deadline)
+
+
+# ---------------------------------------------------------------------------------------------------
+# ban scope (security review, finding 12)
+
+KEY_ONLY_KINDS = frozenset({"withheld_reveal", "silence"})  # crash-like faults: a crash looks the same
+KEY_BANS_BEFORE_ACCOUNT = 2  # the third crash-like key ban of an account bans the account
+
+
+def ban_scope(*, kind: str, earlier_key_bans: int, has_account: bool = True) -> str:
+    """``"key"`` or ``"account"`` for a ban of ``kind``. A provable fault bans the account; a crash-like
+    one bans only the worker key while the account holds fewer than ``KEY_BANS_BEFORE_ACCOUNT`` active
+    key bans *before this one* (``earlier_key_bans`` must exclude the ban being decided), so the third
+    crash-like ban is the first account ban. The caller decides once per ``(step, guilty)``: counting
+    again at every later verdict would widen the second key ban (finding 12)."""
+    if kind not in KEY_ONLY_KINDS or not has_account:
+        return "account"
+    return "key" if earlier_key_bans < KEY_BANS_BEFORE_ACCOUNT else "account"

@@ -80,3 +80,11 @@ def test_a_minority_reporting_at_the_deadline_does_not_inflate_the_measured_step
 def test_lateness_is_charged_to_the_late_sender_only():
     posted = {"a": 1.0, "b": 29.0, "c": 31.0}
     assert rules.late_senders(posted, expected=["a", "b", "c", "d"], opened_at=0.0, phase_timeout=30.0) == ["c", "d"]
+
+
+def test_a_crash_like_fault_bans_the_account_only_at_the_third_key_ban():
+    scopes = [rules.ban_scope(kind="silence", earlier_key_bans=k) for k in range(4)]
+    assert scopes == ["key", "key", "account", "account"]
+    assert rules.ban_scope(kind="withheld_reveal", earlier_key_bans=1) == "key"
+    assert rules.ban_scope(kind="wrong_scalar", earlier_key_bans=0) == "account"
+    assert rules.ban_scope(kind="silence", earlier_key_bans=0, has_account=False) == "account"
