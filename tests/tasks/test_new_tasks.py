@@ -17,11 +17,11 @@ from worker_client.tasks import (
     compute_gradient,
     fashion_available,
     get_task,
+    lm,
     load_run_task,
     num_params,
     run_task_extra,
 )
-from worker_client.tasks import lm
 
 
 @pytest.fixture(autouse=True)

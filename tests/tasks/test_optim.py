@@ -83,7 +83,7 @@ def test_adamw_and_sgd_match_torch_on_the_same_gradients():
 
 
 def test_the_schedule_warms_up_linearly_then_decays_by_cosine_to_the_floor():
-    kw = dict(warmup_steps=10, total_steps=110, min_lr_ratio=0.1)
+    kw = {"warmup_steps": 10, "total_steps": 110, "min_lr_ratio": 0.1}
     assert [lr_factor(s, **kw) for s in (1, 5, 10)] == [0.1, 0.5, 1.0]
     assert lr_factor(60, **kw) == pytest.approx(0.55)  # half way: (1 + floor) / 2
     assert lr_factor(110, **kw) == pytest.approx(0.1) and lr_factor(10_000, **kw) == pytest.approx(0.1)

@@ -14,7 +14,15 @@ from types import SimpleNamespace
 import pytest
 
 from tests.conftest import ROOT
-from worker_client.tasks import Task, TaskUnavailable, discover, get_task, load_run_task, registry, run_task_extra
+from worker_client.tasks import (
+    Task,
+    TaskUnavailable,
+    discover,
+    get_task,
+    load_run_task,
+    registry,
+    run_task_extra,
+)
 
 EXAMPLE = ROOT / "examples" / "task-plugin"
 
@@ -115,7 +123,7 @@ def test_it_runs_the_installed_plugin_through_btard_sim(plugin_dir, tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin_dir), str(ROOT)]), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "worker_client.sim", "--task", "example-spirals", "--peers", "4",
                            "--steps", "3", "--eval-every", "0", "--no-progress", "--json", str(out)],
-                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
     assert result["applied_steps"] == 3 and result["honest_banned"] == 0
@@ -125,8 +133,8 @@ def test_it_runs_the_installed_plugin_through_btard_sim(plugin_dir, tmp_path):
 def test_a_worker_is_refused_with_the_install_sentence_when_the_run_task_is_missing():
     import asyncio
 
-    from btard_wire.envelope import Identity
     from btard_wire.control import RunInfo, Welcome
+    from btard_wire.envelope import Identity
     from worker_client.runner import EXIT_REFUSED, Worker, WorkerConfig
 
     worker = Worker(WorkerConfig(server="ws://127.0.0.1:1", token="t", identity=Identity.from_seed(b"no-task")))

@@ -49,9 +49,9 @@ class TaskOptimizer(torch.optim.Optimizer):
             raise ValueError(f"unknown optimizer {kind!r}; use one of {', '.join(KINDS)}")
         if lr < 0 or weight_decay < 0 or max_grad_norm < 0 or warmup_steps < 0 or total_steps < 0:
             raise ValueError("lr, weight_decay, max_grad_norm, warmup_steps and total_steps must be >= 0")
-        defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
-                        betas=tuple(betas), eps=eps, warmup_steps=int(warmup_steps), total_steps=int(total_steps),
-                        min_lr_ratio=min_lr_ratio, max_grad_norm=max_grad_norm)
+        defaults = {"lr": lr, "weight_decay": weight_decay, "momentum": momentum, "nesterov": nesterov,
+                    "betas": tuple(betas), "eps": eps, "warmup_steps": int(warmup_steps),
+                    "total_steps": int(total_steps), "min_lr_ratio": min_lr_ratio, "max_grad_norm": max_grad_norm}
         super().__init__(params, defaults)
         self.kind = kind
         for group in self.param_groups:
