@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from btard_wire.control import BanNotice, ErrorMessage, Group, PhaseClosed, ReachabilityCheck, RunInfo, Welcome
+from btard_wire.json import first_error
 
 MIN_TIMEOUT, MAX_TIMEOUT = 0.5, 600.0  # seconds; the data plane's waits stop at 600 s
 MAX_PEERS = 1024  # members of one group (the site's peers_per_group is far below)
@@ -125,10 +126,8 @@ def check_group(group: Group) -> Group:
         try:
             candidates.append(Candidate.model_validate(raw).model_dump())
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "candidate"
-            raise SiteValueError(f"group for step {group.step} has an unusable candidate: {where}: "
-                                 f"{first['msg']}") from None
+            raise SiteValueError(f"group for step {group.step} has an unusable candidate: "
+                                 f"{first_error(exc, default='candidate')}") from None
     return group.model_copy(update={"candidates": candidates})
 
 
