@@ -22,7 +22,7 @@ class RunCreateForm(forms.Form):
                                    help_text="BTARD with CenteredClip (the worker's rule)")
     batch_size = forms.IntegerField(min_value=1, max_value=4096, required=False,
                                     help_text="samples per peer per step; empty: the task's default")
-    lr = forms.FloatField(min_value=1e-6, max_value=10.0, required=False, label="learning rate",
+    lr = forms.FloatField(min_value=1e-6, max_value=10.0, required=False, label="Learning rate",
                           help_text="empty: the task's default")
     peers_per_group = forms.IntegerField(min_value=2, max_value=256, initial=8)
     min_peers = forms.IntegerField(min_value=1, max_value=256, initial=2,

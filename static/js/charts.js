@@ -6,11 +6,13 @@
   "use strict";
   var charts = {};
   var bans = [];
+  // whole steps only on the x axis
+  var STEP_INCRS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000, 200000];
   var SPECS = [
-    {id: "chart-loss", key: "loss", label: "loss", unit: "", color: "#1d2330", range: null, digits: 4},
+    {id: "chart-loss", key: "loss", label: "loss", unit: "", color: "#1d2330", range: null, digits: null},
     {id: "chart-accuracy", key: "accuracy", label: "accuracy", unit: "", color: "#1a8f3a", range: [0, 1], digits: 3},
     {id: "chart-throughput", key: "throughput", label: "throughput", unit: "samples/s", color: "#2b5fd9", range: null,
-     digits: 1},
+     digits: null},
   ];
 
   function readData() {
@@ -46,9 +48,13 @@
   function make(spec, data) {
     var el = document.getElementById(spec.id);
     if (!el || !window.uPlot) return null;
-    var fmt = function (u, v) { return v == null ? "–" : v.toFixed(spec.digits) + (spec.unit ? " " + spec.unit : ""); };
+    var fmt = function (u, v) {
+      if (v == null) return "–";
+      var text = spec.digits === null ? (Math.abs(v) >= 100 ? v.toFixed(0) : v.toPrecision(3)) : v.toFixed(spec.digits);
+      return text + (spec.unit ? " " + spec.unit : "");
+    };
     var opts = {
-      width: width(el), height: 190,
+      width: width(el), height: 220,
       title: spec.label + (spec.unit ? " (" + spec.unit + ")" : ""),
       scales: {x: {time: false}, y: spec.range ? {range: spec.range} : {}},
       series: [
@@ -57,7 +63,8 @@
          points: {show: spec.key === "accuracy"}},
       ],
       axes: [
-        {label: "step", stroke: "#444", grid: {stroke: "#eceef4"}},
+        {label: "step", stroke: "#444", grid: {stroke: "#eceef4"}, incrs: STEP_INCRS,
+         values: function (u, vals) { return vals.map(function (v) { return String(v); }); }},
         {label: spec.label + (spec.unit ? " (" + spec.unit + ")" : ""), stroke: "#444", grid: {stroke: "#eceef4"},
          size: 60},
       ],
@@ -91,7 +98,7 @@
   function resize() {
     SPECS.forEach(function (spec) {
       var u = charts[spec.key], el = document.getElementById(spec.id);
-      if (u && el) u.setSize({width: width(el), height: 190});
+      if (u && el) u.setSize({width: width(el), height: 220});
     });
   }
 
