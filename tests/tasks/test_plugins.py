@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -35,8 +36,10 @@ def _run(task: str, **extra):
 def plugin_dir(tmp_path_factory):
     """The example plugin pip-installed into a temporary target (no index, no build isolation)."""
     target = tmp_path_factory.mktemp("plugin")
+    source = tmp_path_factory.mktemp("plugin-src") / "task-plugin"  # the build leaves nothing in the checkout
+    shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--no-index", "--target", str(target), str(EXAMPLE)],
+                    "--no-index", "--target", str(target), str(source)],
                    check=True, capture_output=True, text=True, timeout=300)
     return target
 
