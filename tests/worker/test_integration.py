@@ -6,6 +6,7 @@ every process it started (by PID, with the workers' p2pd daemons) even when it f
 
 from __future__ import annotations
 
+import json
 import signal
 
 import pytest
@@ -63,6 +64,38 @@ def test_five_workers_ban_the_lying_aggregator_and_keep_identical_parameters(sit
     assert all(any(e["outcome"] == "applied" for e in w.steps_done()) for w in honest)
     assert all(liar_peer in {p for e in w.steps_done() for p in e.get("banned", [])}
                or any(e.get("event") == "ban" for e in w.events()) for w in honest)
+
+
+def test_the_site_records_the_validators_the_workers_drew_and_they_ban_a_gradient_attacker(site):
+    """No validators in the group the site sends: every worker draws them from the step's r_t; the site
+    computes the same draw from its board (runs.services.step_validators) and keeps it per step."""
+    run = site.create_run(volunteers=4, **(RUN_FIELDS | dict(min_peers=99, validators_per_step=3)))
+    site.start()
+    tokens = [t["token"] for t in run["tokens"]]
+    steps = 5
+    honest = [site.start_worker(f"w{i}", tokens[i], max_steps=steps) for i in range(3)]
+    flipper = site.start_worker("flipper", tokens[3], max_steps=steps, behaviour="sign_flip")
+    site.start_when_ready(honest + [flipper], min_peers=3)  # every worker is welcomed: all 4 form step 0
+    site.wait(lambda: all(w.proc.poll() is not None for w in honest), 200, "the honest workers to finish")
+    site.wait(lambda: flipper.proc.poll() is not None, 30, "the attacker to exit")
+
+    assert [w.proc.returncode for w in honest] == [0, 0, 0], [w.stderr() for w in honest]
+    flipper_peer = next(e for e in flipper.events() if e.get("event") == "start")["peer_id"]
+    out = site.shell("import json; from runs.models import StepRecord; from moderation.models import Ban; "
+                     f"print(json.dumps({{'validators': {{r.step: r.validators for r in StepRecord.objects.filter("
+                     f"run_id={run['run_id']})}}, 'bans': [(b.peer_id, b.evidence_kind) for b in Ban.objects.all()]}}))")
+    facts = json.loads(out.strip().splitlines()[-1])
+    assert facts["bans"] == [[flipper_peer, "recalc"]]
+    recorded = {int(step): v for step, v in facts["validators"].items()}
+    assert recorded[0] == {}
+    drew = {}  # step -> workers that drew themselves as validators (their 'validator' events)
+    for w in honest + [flipper]:
+        me = next(e for e in w.events() if e.get("event") == "start")["peer_id"]
+        for e in w.events():
+            if e.get("event") == "validator":
+                drew.setdefault(e["step"], set()).add(me)
+    closed = [step for step in drew if step < steps - 1]  # the last step may close after the query
+    assert closed and all(set(recorded[step]) == drew[step] for step in closed), (recorded, drew)
 
 
 def test_the_others_go_on_when_an_honest_worker_is_killed_mid_step(site):
