@@ -153,3 +153,12 @@ def test_a_just_in_time_staller_is_charged_alone_when_the_board_closes_phases():
     for results in swarm.history[1:4]:
         assert all(set(r.silent) == {staller} for p, r in results.items() if p != staller)
     assert {r.outcome for r in swarm.history[-1].values()} == {"applied"}
+
+
+def test_a_timed_gradient_attacker_that_guesses_its_validators_is_caught_like_any_other():
+    for seed in range(2):
+        swarm = Swarm(n=7, attack="timed_alie", byzantine=(1, 4), attack_start=1, seed=seed,
+                      params=P.ProtocolParams(validators=2))
+        swarm.run(16)
+        assert set(swarm.board.banned) == swarm.byzantine
+        assert {b.kind for b in swarm.board.banned.values()} == {"recalc"}

@@ -26,7 +26,7 @@ import torch
 from btard_wire import payloads as M
 from btard_wire.envelope import Envelope
 
-from .mprng import projection
+from .mprng import projection, select_validators
 from .protocol import BtardPeer, ComputeGradient, SendAggregate, SendPart, _Step, clip_w, distances_to
 from .tensors import tensor_to_bytes
 
@@ -206,6 +206,24 @@ class ALIE(GradientAttack):
 
     def z_for_group(self, group) -> float:
         return self.default_z(len(group), sum(1 for p in group if p in self.collusion.members))
+
+
+class TimedALIE(ALIE):
+    """ALIE that strikes only when it believes it is not checked (security review, finding 3): it
+    predicts the next step's targets from the randomness it already knows (``r_{t-1}``, as a public or
+    early draw would allow) and attacks only when it is not among them. With validators drawn from
+    randomness revealed after the scalars (invariant 2) the guess is worthless: it is caught like ALIE."""
+
+    name = "timed_alie"
+    rational = True
+    outcome = "banned_or_bounded"
+    bound = 3.0
+
+    def attack(self, g, s):
+        guess = select_validators(s.ctx.r_prev, s.ctx.group, list(s.ctx.group), max(1, self.params.validators))
+        if self.peer_id in guess.values():
+            return g  # "I will be checked": behave
+        return super().attack(g, s)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -552,13 +570,14 @@ class Replay(Byzantine):
 
 
 ATTACKS: dict[str, type[Byzantine]] = {cls.name: cls for cls in (
-    SignFlip, RandomDirection, LabelFlip, Delayed, IPM, ALIE,
+    SignFlip, RandomDirection, LabelFlip, Delayed, IPM, ALIE, TimedALIE,
     WrongAggregate, PhantomDigest, ForgedAggregate, Absorber, Equivocate, BadCommitment, DuplicateSlot, LieScalars, FalseAccuse, LateAccusation, LateEliminate, UnlistedAccusation, EliminateStorm, CandidateEliminate, JustInTime, WithholdPart, WithholdReveal, Replay,
 )}
 # behaviours of a rational attacker (security review 2026-12): each declares whether it ends banned
 # (``outcome = "banned"``) or with its gain bounded (``outcome = "bounded"`` and its ``bound``)
 RATIONAL_ATTACKS = [name for name, cls in ATTACKS.items() if cls.rational]
-GRADIENT_ATTACKS = [name for name, cls in ATTACKS.items() if cls.kind == "gradient"]
+# the paper's gradient attacks (the rational timed variant is in RATIONAL_ATTACKS only)
+GRADIENT_ATTACKS = [name for name, cls in ATTACKS.items() if cls.kind == "gradient" and not cls.rational]
 PROTOCOL_ATTACKS = [name for name, cls in ATTACKS.items() if cls.kind == "protocol"]
 
 
