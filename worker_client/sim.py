@@ -28,6 +28,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import torch
 
 from btard_wire.envelope import Identity
@@ -39,6 +40,7 @@ from .btard.kardam import Kardam
 from .btard.mprng import batch_seed, genesis_randomness
 from .tasks import (
     apply_flat_update,
+    batch_gradient,
     compute_gradient,
     flatten_params,
     get_task,
@@ -94,8 +96,9 @@ def _baseline_update(rule: str, x: torch.Tensor, params: dict, *, tau: float, bo
 class _Models:
     """Model states by version (the protocol's ``model_ref``) and a cache of computed gradients."""
 
-    def __init__(self, task, model, batch_size: int, keep: int = 3):
+    def __init__(self, task, model, batch_size: int, keep: int = 3, shards: dict[str, np.ndarray] | None = None):
         self.task = task
+        self.shards = shards
         self.model = model
         self.scratch = copy.deepcopy(model)
         self.batch_size = batch_size
@@ -111,9 +114,9 @@ class _Models:
         while len(self.states) > self.keep:
             self.states.popitem(last=False)
 
-    def gradient(self, version: int, seed: int, flip: bool, batch_size: int = 0) -> torch.Tensor:
+    def gradient(self, version: int, seed: int, flip: bool, batch_size: int = 0, peer: str = "") -> torch.Tensor:
         batch_size = batch_size or self.batch_size
-        key = (version, seed, flip, batch_size)
+        key = (version, seed, flip, batch_size, peer if self.shards else "")
         g = self.cache.get(key)
         if g is None:
             if version == self.version:
@@ -121,15 +124,52 @@ class _Models:
             else:
                 load_flat_params(self.scratch, self.states[version])
                 model = self.scratch
-            g = compute_gradient(self.task, model, seed, batch_size, flip_labels=flip)
+            if self.shards:  # non-IID: the batch of this seed from the batch owner's shard
+                g = self._shard_gradient(model, seed, flip, batch_size, self.shards[peer])
+            else:
+                g = compute_gradient(self.task, model, seed, batch_size, flip_labels=flip)
             self.computed += 1
             self.cache[key] = g
             while len(self.cache) > 256:
                 self.cache.popitem(last=False)
         return g
 
+    def _shard_gradient(self, model, seed: int, flip: bool, batch_size: int, shard: np.ndarray) -> torch.Tensor:
+        rng = np.random.Generator(np.random.PCG64(int(seed)))
+        idx = torch.from_numpy(shard[rng.choice(len(shard), size=batch_size, replace=len(shard) < batch_size)])
+        x_train, y_train, _, _ = self.task.data
+        x, y = x_train[idx], y_train[idx]
+        if flip:
+            y = self.task.num_classes - 1 - y
+        return batch_gradient(self.task, model, x, y)[0]
+
     def batch(self, requests: list[tuple[str, P.ComputeGradient]]) -> list[torch.Tensor]:
-        return [self.gradient(req.model_ref, req.seed, req.flip_labels, req.batch_size) for _, req in requests]
+        return [self.gradient(req.model_ref, req.seed, req.flip_labels, req.batch_size, req.peer)
+                for _, req in requests]
+
+
+def dirichlet_shards(labels: torch.Tensor, peers: list[str], *, alpha: float, seed: int) -> dict[str, np.ndarray]:
+    """Label-skewed shards of the training set (Hsu et al., 2019): for every class, the peers' shares
+    are drawn from Dirichlet(alpha, ..., alpha) and that class's samples are dealt out in those
+    proportions. Every sample goes to exactly one peer; a peer left with none gets one sample of the
+    largest shard. Deterministic in ``seed``, so every peer (and validator) knows every shard."""
+    if not alpha > 0:
+        raise ValueError(f"non-IID needs a Dirichlet alpha > 0, got {alpha!r}")
+    rng = np.random.Generator(np.random.PCG64(int(seed) * 7 + 3))
+    y = labels.numpy()
+    parts: list[list[np.ndarray]] = [[] for _ in peers]
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        shares = rng.dirichlet(np.full(len(peers), float(alpha)))
+        cuts = (np.cumsum(shares)[:-1] * len(idx)).astype(int)
+        for k, piece in enumerate(np.split(idx, cuts)):
+            parts[k].append(piece)
+    shards = [np.sort(np.concatenate(p)) for p in parts]
+    for k, shard in enumerate(shards):
+        if len(shard) == 0:
+            big = max(range(len(shards)), key=lambda j: len(shards[j]))
+            shards[k], shards[big] = shards[big][:1], shards[big][1:]
+    return dict(zip(peers, shards))
 
 
 def run_simulation(*, task: str = "mnist5k-mlp", peers: int = 16, byzantine: int = 0, attack: str = "none",
@@ -138,13 +178,13 @@ def run_simulation(*, task: str = "mnist5k-mlp", peers: int = 16, byzantine: int
                    global_batch: int = 0,
                    lr: float | None = None, eval_every: int = 10, progress: bool = False,
                    attack_params: dict | None = None, threads: int | None = None, rule_f: int | None = None,
-                   staleness: int = 0,
+                   staleness: int = 0, non_iid: float = 0.0,
                    protocol_params: dict | None = None, json_path: str | Path | None = None) -> dict:
     """Simulate ``steps`` steps and return the run summary (see ``docs/protocol.md``, "btard-sim")."""
     args = dict(task=task, peers=peers, byzantine=byzantine, attack=attack, attack_start=attack_start,
                 attack_every=attack_every, aggregator=aggregator, steps=steps, seed=seed, tau=tau,
                 validators=validators, batch_size=batch_size, global_batch=global_batch, lr=lr,
-                eval_every=eval_every, rule_f=rule_f, staleness=staleness,
+                eval_every=eval_every, rule_f=rule_f, staleness=staleness, non_iid=non_iid,
                 attack_params=attack_params or {}, protocol_params=protocol_params or {})
     if aggregator not in ("btard", "kardam") and aggregator not in AGGREGATORS:
         raise ValueError(f"unknown aggregator {aggregator!r}; use btard, kardam or one of {sorted(AGGREGATORS)}")
@@ -173,12 +213,13 @@ def run_simulation(*, task: str = "mnist5k-mlp", peers: int = 16, byzantine: int
     if lr is not None:
         for group in optimizer.param_groups:
             group["lr"] = lr
-    models = _Models(t_task, model, batch_size, keep=max(3, staleness + 2))
-    numel = models.states[0].numel()
-
     rng = random.Random(seed)
     identities = [Identity.from_seed(f"btard-sim:{seed}:{i}".encode()) for i in range(peers)]
     ids = [i.peer_id for i in identities]
+    shards = dirichlet_shards(t_task.data[1], ids, alpha=non_iid, seed=seed) if non_iid else None
+    models = _Models(t_task, model, batch_size, keep=max(3, staleness + 2), shards=shards)
+    numel = models.states[0].numel()
+
     byz_ids = set(rng.sample(ids, byzantine))
     keys = {i.peer_id: i.public_key_b64 for i in identities}
     collusion = Collusion(members=set(byz_ids), seed=seed, segments=param_slices(model))
@@ -294,11 +335,11 @@ def run_simulation(*, task: str = "mnist5k-mlp", peers: int = 16, byzantine: int
                 peer = peer_objs[p]
                 req2 = peer.hook_gradient_request(req)
                 flips[p] = req2.flip_labels
-                honest[p] = models.gradient(models.version, req.seed, False, base_batch)
+                honest[p] = models.gradient(models.version, req.seed, False, base_batch, p)
             collusion.step, collusion.honest = step, honest
             rows = []
             for p in ids:
-                g = (models.gradient(models.version, batch_seed(r, RUN, step, p), True, base_batch) if flips[p]
+                g = (models.gradient(models.version, batch_seed(r, RUN, step, p), True, base_batch, p) if flips[p]
                      else honest[p])
                 peer = peer_objs[p]
                 if isinstance(peer, Byzantine):
@@ -395,8 +436,8 @@ def _run_kardam(*, peers, f, staleness, steps, seed, ids, byz_ids, peer_objs, co
             req = P.ComputeGradient(request_id="own", seed=batch_seed(r, RUN, step, p), model_ref=on, step=step,
                                     peer=p, purpose="own", batch_size=base_batch)
             flip = peer_objs[p].hook_gradient_request(req).flip_labels
-            honest[p] = models.gradient(on, req.seed, False, base_batch)
-            rows[p] = models.gradient(on, req.seed, True, base_batch) if flip else honest[p]
+            honest[p] = models.gradient(on, req.seed, False, base_batch, p)
+            rows[p] = models.gradient(on, req.seed, True, base_batch, p) if flip else honest[p]
         collusion.step, collusion.honest = step, honest
         for p in byz_ids:
             rows[p] = peer_objs[p].hook_corrupt_gradient(rows[p].clone(), fake)
@@ -445,6 +486,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="attack parameter, e.g. eps=100 for ipm (repeatable)")
     ap.add_argument("--aggregator", default="btard",
                     help=f"btard, kardam (asynchronous baseline) or one of: {', '.join(AGGREGATORS)}")
+    ap.add_argument("--non-iid", type=float, default=0.0, metavar="ALPHA",
+                    help="label-skewed shards, Dirichlet(ALPHA) per class (e.g. 0.5); 0: every peer samples "
+                         "the whole training set")
     ap.add_argument("--staleness", type=int, default=0,
                     help="kardam only: an honest worker computes on the model of up to this many rounds ago")
     ap.add_argument("--steps", type=int, default=300)

@@ -145,3 +145,39 @@ def test_a_swarm_that_lost_every_peer_ends_with_a_clear_summary(monkeypatch, cap
                  "--no-progress"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["ended_early"]["step"] == 1 and "no honest peer left" in summary["ended_early"]["reason"]
+
+
+def test_non_iid_shards_partition_the_training_set_with_skewed_labels():
+    import numpy as np
+
+    from worker_client.sim import dirichlet_shards
+    from worker_client.tasks import get_task
+
+    labels = get_task("digits-mlp").data[1]
+    shards = dirichlet_shards(labels, [f"p{i}" for i in range(8)], alpha=0.5, seed=0)
+    every = np.concatenate(list(shards.values()))
+    assert len(every) == len(labels) == len(np.unique(every))  # each sample in exactly one shard
+    assert all(len(s) > 0 for s in shards.values())
+    counts = np.stack([np.bincount(labels.numpy()[s], minlength=10) / len(s) for s in shards.values()])
+    assert counts.max() > 0.3  # some peer's shard is dominated by a few classes (IID: about 0.1 each)
+    again = dirichlet_shards(labels, [f"p{i}" for i in range(8)], alpha=0.5, seed=0)
+    assert all(np.array_equal(shards[p], again[p]) for p in shards)
+    with pytest.raises(ValueError, match="alpha > 0"):
+        dirichlet_shards(labels, ["a"], alpha=0.0, seed=0)
+
+
+def test_btard_with_non_iid_peers_bans_its_attackers_and_no_honest_peer(monkeypatch):
+    from worker_client import sim
+
+    owners = set()
+    real = sim._Models._shard_gradient
+
+    def recording(self, model, seed, flip, batch_size, shard):
+        owners.add(len(shard))
+        return real(self, model, seed, flip, batch_size, shard)
+
+    monkeypatch.setattr(sim._Models, "_shard_gradient", recording)
+    out = run_simulation(task="digits-mlp", peers=8, byzantine=2, attack="ipm", aggregator="btard", steps=12,
+                         attack_start=2, seed=0, eval_every=0, tau=0.1, non_iid=0.5)
+    assert out["honest_banned"] == 0 and out["byzantine_banned"] == 2
+    assert len(owners) > 1 and out["args"]["non_iid"] == 0.5  # batches came from several shards
