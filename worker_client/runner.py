@@ -466,6 +466,8 @@ class Worker:
             current = self.peer.step if self.peer is not None and self.peer.step is not None else self.site_step
             if current <= item.step <= current + 1:  # older ones are moot, far-ahead ones are noise
                 self.site_closes[(item.step, item.phase)] = list(item.senders)
+        elif getattr(item, "type", "") == "run_notice":  # organisers: paused, resumed, finished, announcement
+            self._event("announcement" if item.kind == "announcement" else "run", item.message, run_kind=item.kind)
         elif isinstance(item, ErrorMessage) and item.code == "phase_closed":
             self._event("late", f"a broadcast of ours came after the site closed its phase: {item.message}")
         elif isinstance(item, ErrorMessage) and item.code == "no_helper":

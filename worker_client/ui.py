@@ -106,7 +106,7 @@ class LiveView:
         from rich.text import Text
 
         style = {"error": "red", "ban": "bold red", "fatal": "bold red", "warning": "yellow", "late": "yellow",
-                 "connection": "yellow"}.get(kind, "dim")
+                 "connection": "yellow", "announcement": "bold cyan", "run": "bold yellow"}.get(kind, "dim")
         self._live.console.print(Text(f"{time.strftime('%H:%M:%S')} {kind}: {message}", style=style))
 
 

@@ -13,9 +13,12 @@ def refusal_for_run(run_id: int | None):
     from runs.models import Run
     from runs.services import JoinRefused
 
-    if run_id is None:
-        return None
-    run = Run.objects.filter(pk=run_id).first()
+    if run_id is None:  # the worker takes the newest open run: say so when the newest one is paused
+        run = Run.objects.exclude(state="finished").order_by("-created_at").first()
+        if run is None or run.state != "paused":
+            return None
+    else:
+        run = Run.objects.filter(pk=run_id).first()
     if run is None:
         return None
     if run.state == "paused":

@@ -152,6 +152,20 @@ def test_a_paused_or_finished_run_refuses_a_worker_asking_for_it_with_the_reason
     assert refused.value.close_code == CLOSE_RUN_FINISHED and "finished" in refused.value.reason
 
 
+def test_a_worker_asking_for_any_run_hears_that_the_only_run_is_paused(run, carol, alice):
+    from volunteers.services import create_worker_token
+
+    token = create_worker_token(user=alice, name="w").token
+    control.pause_run(run=run, actor=carol)
+    with pytest.raises(runs.JoinRefused) as refused:
+        _join(token, hello())
+    assert refused.value.close_code == CLOSE_NO_RUN and f"run {run.name} is paused" in refused.value.reason
+    control.finish_run(run=run, actor=carol)
+    with pytest.raises(runs.JoinRefused) as refused:
+        _join(token, hello())
+    assert refused.value.reason == "no run is accepting workers right now"
+
+
 def test_a_bad_minimum_version_is_refused(run, carol):
     with pytest.raises(control.ControlRefused, match="not a version"):
         control.set_min_worker_version(run=run, actor=carol, version="latest")

@@ -44,3 +44,28 @@ async def test_a_worker_of_another_run_hears_nothing(run, alice, carol):
     await database_sync_to_async(control.post_announcement)(run=other, actor=carol, text="not for you")
     assert await comm.receive_nothing(timeout=1)
     await comm.disconnect()
+
+
+class _RecordingView:
+    def __init__(self):
+        self.events = []
+
+    def event(self, kind, message, **fields):
+        self.events.append((kind, message, fields))
+
+    def update(self, status):
+        pass
+
+
+@pytest.mark.parametrize("kind, shown_as", [("announcement", "announcement"), ("paused", "run"),
+                                            ("finished", "run")])
+async def test_the_worker_shows_a_run_notice_to_the_volunteer(kind, shown_as):
+    from btard_wire.control import RunNotice
+    from btard_wire.envelope import Identity
+    from worker_client.runner import Worker, WorkerConfig
+
+    view = _RecordingView()
+    worker = Worker(WorkerConfig(server="ws://127.0.0.1:1", token="t", identity=Identity.from_seed(b"notice")),
+                    view=view)
+    await worker._dispatch(RunNotice(run_id=1, kind=kind, message=f"the run is {kind}"))
+    assert (shown_as, f"the run is {kind}", {"run_kind": kind}) in view.events
