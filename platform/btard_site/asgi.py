@@ -17,6 +17,12 @@ from .routing import websocket_urlpatterns  # noqa: E402
 # Daphne does not serve /static/ by itself: the site's few files (htmx, css) are served from
 # STATICFILES_DIRS here unless SERVE_STATIC=0 (a front proxy serving STATIC_ROOT instead).
 http_app = ASGIStaticFilesHandler(django_asgi_app) if settings.SERVE_STATIC else django_asgi_app
+# Request bodies are limited per path before they are read: in Daphne itself (nothing is buffered) and in
+# front of Django (any ASGI server). See btard_site.security.BodySizeLimit.
+from .security import BodySizeLimit, install_daphne_body_limit  # noqa: E402
+
+install_daphne_body_limit()
+http_app = BodySizeLimit(http_app)
 
 application = ProtocolTypeRouter(
     {

@@ -195,3 +195,52 @@ class SecurityHeadersMiddleware:
         response.headers.setdefault("Content-Security-Policy", self.policy)
         response.headers.setdefault("Permissions-Policy", "camera=(), microphone=(), geolocation=(), payment=()")
         return response
+
+
+def install_daphne_body_limit() -> bool:
+    """Refuse an over-long request body in Daphne itself, before it is buffered: Daphne (4.x) reads the
+    whole body and queues all of it for the application at once, so a limit in the application alone
+    comes too late for memory. The limit is :meth:`BodySizeLimit.limit_for` the request's path, checked
+    against ``Content-Length`` when the headers are in and against the bytes received for a chunked body;
+    the client gets ``413`` and the connection closes. Returns False when Daphne is not installed."""
+    try:
+        from daphne.http_protocol import WebRequest
+    except ImportError:  # pragma: no cover - daphne is a dependency
+        return False
+    if getattr(WebRequest, "_btard_body_limit", False):
+        return True
+    original_got_length, original_chunk = WebRequest.gotLength, WebRequest.handleContentChunk
+
+    def refuse(request) -> None:
+        request._btard_refused = True
+        transport = getattr(request.channel, "transport", None)
+        if transport is not None:
+            body = b"request body too large\n"
+            transport.write(b"HTTP/1.1 413 Payload Too Large\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+            transport.loseConnection()
+
+    def got_length(self, length):
+        raw_path = getattr(self.channel, "_path", b"") or b""
+        path = raw_path.split(b"?", 1)[0].decode("latin-1")
+        self._btard_limit = BodySizeLimit.limit_for(path)
+        self._btard_seen = 0
+        if length is not None and length > self._btard_limit:
+            original_got_length(self, 0)
+            refuse(self)
+            return
+        original_got_length(self, length)
+
+    def handle_content_chunk(self, data):
+        if getattr(self, "_btard_refused", False):
+            return
+        self._btard_seen = getattr(self, "_btard_seen", 0) + len(data)
+        if self._btard_seen > getattr(self, "_btard_limit", settings.BTARD_MAX_BODY_BYTES):
+            refuse(self)
+            return
+        original_chunk(self, data)
+
+    WebRequest.gotLength = got_length
+    WebRequest.handleContentChunk = handle_content_chunk
+    WebRequest._btard_body_limit = True
+    return True

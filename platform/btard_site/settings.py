@@ -163,6 +163,9 @@ WORKER_MAX_MESSAGE_BYTES = env_int("WORKER_MAX_MESSAGE_BYTES", 256 * 1024, minim
 CHECKPOINT_DIR = env_path("BTARD_CHECKPOINT_DIR", VAR_DIR / "checkpoints")
 CHECKPOINT_MAX_BYTES = env_int("CHECKPOINT_MAX_BYTES", 512 * 1024 * 1024, minimum=1024)
 CHECKPOINTS_KEPT = env_int("CHECKPOINTS_KEPT", 2, minimum=1)
+# Every other request body (forms, JSON) is refused above this size before it is read (F9).
+BTARD_MAX_BODY_BYTES = env_int("BTARD_MAX_BODY_BYTES", 1024 * 1024, minimum=1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = BTARD_MAX_BODY_BYTES
 # Sign-up rate limits.
 SIGNUP_LIMIT_PER_ADDRESS = env_int("SIGNUP_LIMIT_PER_ADDRESS", 5, minimum=1)
 SIGNUP_LIMIT_GLOBAL = env_int("SIGNUP_LIMIT_GLOBAL", 200, minimum=1)

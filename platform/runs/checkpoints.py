@@ -61,11 +61,11 @@ def confirmations(record: StepRecord, sha256: str) -> int:
     return sum(1 for r in reports.only("details") if (r.details or {}).get("state_sha256") == sha256)
 
 
-def store_checkpoint(*, token, run_id: int, step: int, data: bytes) -> Checkpoint:
-    """Store the upload of ``token``'s peer for ``step``. Raises :class:`Rejected` with a code:
-    ``no_run``, ``not_checkpoint_step``, ``not_in_group``, ``banned``, ``too_large``, ``format``,
-    ``not_finite``, ``unconfirmed`` (retry: reports still arriving) or ``mismatch`` (the group reported
-    another state)."""
+def check_uploader(*, token, run_id: int, step: int) -> tuple[Run, StepRecord, Peer]:
+    """Who may upload the checkpoint of ``step``: the peer of ``token`` whose key is in that step's group
+    (F12: looked up by the key in the group, not by the newest key that used the token). Checked before a
+    byte of the upload is read (F9). Raises :class:`Rejected` (``no_run``, ``not_checkpoint_step``,
+    ``banned``, ``not_in_group``)."""
     run = Run.objects.filter(pk=run_id).first()
     if run is None:
         raise Rejected("no_run", f"no run {run_id}")
@@ -73,15 +73,26 @@ def store_checkpoint(*, token, run_id: int, step: int, data: bytes) -> Checkpoin
     if every <= 0 or (step + 1) % every:
         raise Rejected("not_checkpoint_step", f"step {step} is not a checkpoint step of this run "
                                               f"(every {every} steps)")
+    record = StepRecord.objects.filter(run=run, step=step).first()
+    members = list(record.members) if record is not None else []
+    peer = (Peer.objects.filter(run=run, token=token, peer_id__in=members).exclude(role="banned")
+            .order_by("-id").first())
+    if peer is None and Peer.objects.filter(run=run, token=token, role="banned").exists():
+        raise Rejected("banned", "this worker's key is banned in this run")
+    if record is None or peer is None:
+        raise Rejected("not_in_group", f"this worker was not in the group of step {step}")
+    return run, record, peer
+
+
+def store_checkpoint(*, token, run_id: int, step: int, data: bytes) -> Checkpoint:
+    """Store the upload of ``token``'s peer for ``step``. Raises :class:`Rejected` with a code:
+    ``no_run``, ``not_checkpoint_step``, ``not_in_group``, ``banned``, ``too_large``, ``format``,
+    ``not_finite``, ``unconfirmed`` (retry: reports still arriving) or ``mismatch`` (the group reported
+    another state)."""
+    run, record, peer = check_uploader(token=token, run_id=run_id, step=step)
     if len(data) > settings.CHECKPOINT_MAX_BYTES:
         raise Rejected("too_large", f"{len(data)} bytes; this site takes checkpoints up to "
                                     f"{settings.CHECKPOINT_MAX_BYTES} bytes (CHECKPOINT_MAX_BYTES)")
-    record = StepRecord.objects.filter(run=run, step=step).first()
-    peer = Peer.objects.filter(run=run, token=token).exclude(role="banned").order_by("-id").first()
-    if peer is None and Peer.objects.filter(run=run, token=token, role="banned").exists():
-        raise Rejected("banned", "this worker's key is banned in this run")
-    if record is None or peer is None or peer.peer_id not in record.members:
-        raise Rejected("not_in_group", f"this worker was not in the group of step {step}")
     existing = Checkpoint.objects.filter(run=run, step=step).first()
     sha256 = hashlib.sha256(data).hexdigest()
     if existing is not None:

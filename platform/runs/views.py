@@ -48,7 +48,7 @@ def api_checkpoint_upload(request, pk: int, step: int):
     from django.conf import settings
     from volunteers import services as volunteers
 
-    from .checkpoints import store_checkpoint
+    from .checkpoints import check_uploader, store_checkpoint
     from .services import Rejected
 
     try:
@@ -56,8 +56,16 @@ def api_checkpoint_upload(request, pk: int, step: int):
     except volunteers.TokenRefused as exc:
         return JsonResponse({"ok": False, "code": "token", "reason": exc.reason}, status=exc.http_status)
     limit = settings.CHECKPOINT_MAX_BYTES
-    data = request.read(limit + 1)  # streamed: not subject to DATA_UPLOAD_MAX_MEMORY_SIZE
     try:
+        declared = int(request.headers.get("Content-Length") or 0)
+    except ValueError:
+        declared = 0
+    try:
+        check_uploader(token=token, run_id=pk, step=step)  # before a byte of the body is read (F9)
+        if declared > limit:
+            raise Rejected("too_large", f"{declared} bytes; this site takes checkpoints up to {limit} bytes "
+                                        f"(CHECKPOINT_MAX_BYTES)")
+        data = request.read(limit + 1)  # streamed: not subject to DATA_UPLOAD_MAX_MEMORY_SIZE
         checkpoint = store_checkpoint(token=token, run_id=pk, step=step, data=data)
     except Rejected as exc:
         return JsonResponse({"ok": False, "code": exc.code, "reason": exc.message},
