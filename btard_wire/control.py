@@ -198,7 +198,7 @@ class RunInfo(BaseModel):
     aggregator: str = "btard"
     tau: float = 1.0
     peers_per_group: int = 16
-    validators_per_step: int = 1
+    validators_per_step: int = 2  # m >= 2, as the protocol core and the site default
     probation_steps: int = 5
     batch_size: int = 32
     lr: float = 0.05
@@ -220,7 +220,9 @@ class Welcome(_Msg):
 class Group(_Msg):
     """The group of a step, fixed by the site at the step boundary.
 
-    ``validators`` maps validator peer id -> target peer id for validation of the previous step.
+    ``validators`` is empty from this site: the peers draw the step's validators and their targets from
+    the step's own MPRNG output ``r_t`` (``btard_wire.board.validator_assignment``; docs/protocol.md,
+    Sec. 3.3). A worker ignores it; the field stays so older sites' messages still parse.
     ``candidates`` lists probation peers with the seed they compute on and the active peer
     that validates them.
     """
