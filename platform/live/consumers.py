@@ -172,6 +172,12 @@ def _board(peer, msg) -> list[dict]:
     return board_envelopes(peer=peer, step=msg.step, phase=msg.phase, senders=msg.senders)
 
 
+def _welcome_notice(run_id: int):
+    from organiser.notices import welcome_notice
+
+    return welcome_notice(run_id)
+
+
 def _disconnect(peer) -> None:
     from runs.services import disconnect_peer
 
@@ -339,6 +345,9 @@ class WorkerConsumer(FastDispatchMixin, AsyncWebsocketConsumer):
         await self._group_add(ev.peer_group(self.peer.peer_id, result.run.pk))
         await self.send_model(Welcome(peer_id=self.peer.peer_id, role=result.role, run=result.run.run_info(),
                                       step=result.run.current_step, probation_steps_left=result.probation_left))
+        notice = await _db(_welcome_notice)(result.run.pk)  # the organisers' latest announcement
+        if notice is not None:
+            await self.send_model(notice)
         missed = await _db(_group_of_step_in_progress)(self.peer, since=since)
         if missed is not None and missed[0] not in self.group_steps:
             self.group_steps.add(missed[0])

@@ -69,3 +69,13 @@ async def test_the_worker_shows_a_run_notice_to_the_volunteer(kind, shown_as):
                     view=view)
     await worker._dispatch(RunNotice(run_id=1, kind=kind, message=f"the run is {kind}"))
     assert (shown_as, f"the run is {kind}", {"run_kind": kind}) in view.events
+
+
+async def test_a_worker_joining_later_hears_the_latest_announcement(run, alice, carol):
+    await database_sync_to_async(control.post_announcement)(run=run, actor=carol, text="old news")
+    await database_sync_to_async(control.post_announcement)(run=run, actor=carol, text="use --new-key after a ban")
+    raw = await database_sync_to_async(token_for)(alice)
+    comm, _, _ = await join(raw, b"alice-late")
+    notice = await receive_type(comm, "run_notice")
+    assert (notice["kind"], notice["message"]) == ("announcement", "use --new-key after a ban")
+    await comm.disconnect()
