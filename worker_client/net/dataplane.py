@@ -58,6 +58,8 @@ DEFAULT_STATE_CHUNK = 1 << 20  # float32 values per state chunk (4 MiB)
 MAX_STREAMS = 256  # concurrent incoming streams from peers in the directory
 MAX_STREAMS_PER_PEER = 8
 MAX_PING_STREAMS = 16  # pings come from anyone (a reachability check): a small pool of their own
+MAX_REFUSING_STREAMS = 16  # streams being refused politely (beyond that: answered unread, closed at once)
+REFUSAL_READ_TIMEOUT = 1.0  # seconds a refused request is waited for, so that the refusal arrives
 MAX_WAITING_KEYS = 512  # (step, kind, key) slots requests may wait on at once
 MAX_DONORS = 16  # state donors asked, at most, whatever the site lists
 STATE_SERVES_PER_PEER = 2  # full copies of the state one peer may fetch per published step
@@ -393,8 +395,19 @@ class DataPlane:
         """Incoming streams being served right now (all pools)."""
         return sum(self._streams.values())
 
-    async def _refuse(self, writer, code: str, message: str) -> None:
-        """Answer without reading the request, and close (strangers, a peer over its stream cap)."""
+    async def _refuse(self, writer, code: str, message: str, *, reader=None, remote_p2p: str = "") -> None:
+        """Refuse a stream without serving it (a stranger, a peer over its stream cap) and close it.
+
+        With ``reader``, the request is read first (at most :data:`REFUSAL_READ_TIMEOUT`, from a pool of
+        :data:`MAX_REFUSING_STREAMS`) so the answer is not lost to a reset; beyond the pool it is not read.
+        """
+        if reader is not None and self._open_slot("refusing", remote_p2p, total=MAX_REFUSING_STREAMS, per_peer=2):
+            try:
+                await asyncio.wait_for(read_request(reader), REFUSAL_READ_TIMEOUT)
+            except (TimeoutError, ProtocolError, asyncio.IncompleteReadError, ConnectionError, OSError):
+                pass
+            finally:
+                self._close_slot("refusing", remote_p2p)
         self.traffic.requests_refused += 1
         try:
             await asyncio.wait_for(self._respond(writer, FetchResponse(ok=False, code=code, message=message)), 2.0)
@@ -406,7 +419,7 @@ class DataPlane:
     async def _handle_ping(self, info, reader, writer) -> None:
         remote_p2p = info.peer_id.to_base58()
         if not self._open_slot("ping", remote_p2p, total=MAX_PING_STREAMS, per_peer=2):
-            await self._refuse(writer, "busy", "too many pings at once")
+            await self._refuse(writer, "busy", "too many pings at once", reader=reader, remote_p2p=remote_p2p)
             return
         try:
             req = await asyncio.wait_for(read_request(reader), self.request_timeout)
@@ -422,11 +435,13 @@ class DataPlane:
     async def _handle(self, info, reader, writer) -> None:
         remote_p2p = info.peer_id.to_base58()
         if remote_p2p not in self._by_p2p:
-            # Not a member, candidate or donor of this step or the last: nothing is read, nothing waits.
-            await self._refuse(writer, "refused", "not a peer of this run's current step")
+            # Not a member, candidate or donor of this step or the last: nothing is served, nothing waits.
+            await self._refuse(writer, "refused", "not a peer of this run's current step", reader=reader,
+                               remote_p2p=remote_p2p)
             return
         if not self._open_slot("data", remote_p2p, total=self.max_streams, per_peer=self.max_streams_per_peer):
-            await self._refuse(writer, "busy", "too many streams from this peer")
+            await self._refuse(writer, "busy", "too many streams from this peer", reader=reader,
+                               remote_p2p=remote_p2p)
             return
         try:
             await self._serve(remote_p2p, reader, writer)
@@ -657,7 +672,8 @@ class DataPlane:
         response, body = await self._call(peer, p2p_id, addrs, handler_name(self.run), request,
                                           expected_bytes=4 * numel, timeout=timeout)
         if not response.ok:
-            code = response.code if response.code in {"not_found", "refused", "size", "wrong_run"} else "refused"
+            code = response.code if response.code in {"not_found", "refused", "size", "wrong_run", "busy"} \
+                else "refused"
             raise DataPlaneError(code, f"{peer[:8]}: {response.message or response.code}", peer=peer)
         assert body is not None
         return body, response.header
