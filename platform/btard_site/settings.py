@@ -138,6 +138,7 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 8}},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 
 LANGUAGE_CODE = "en-us"
@@ -178,6 +179,12 @@ TRUSTED_PROXIES = env_networks("BTARD_TRUSTED_PROXIES", [])
 MAX_LIVE_TOKENS_PER_ACCOUNT = env_int("MAX_LIVE_TOKENS_PER_ACCOUNT", 5, minimum=1)
 MAX_KEYS_PER_ACCOUNT_PER_RUN = env_int("MAX_KEYS_PER_ACCOUNT_PER_RUN", 2, minimum=1)
 TOKENS_PER_ADDRESS_PER_HOUR = env_int("TOKENS_PER_ADDRESS_PER_HOUR", 10, minimum=1)
+# Login (site and admin) and token-check throttles, per address and per account (F10)
+LOGIN_LIMIT_PER_ADDRESS = env_int("LOGIN_LIMIT_PER_ADDRESS", 30, minimum=1)
+LOGIN_LIMIT_PER_ACCOUNT = env_int("LOGIN_LIMIT_PER_ACCOUNT", 10, minimum=1)
+LOGIN_LIMIT_WINDOW_SECONDS = env_int("LOGIN_LIMIT_WINDOW_SECONDS", 900, minimum=1)
+TOKEN_CHECK_LIMIT_PER_ADDRESS = env_int("TOKEN_CHECK_LIMIT_PER_ADDRESS", 60, minimum=1)  # per minute
+SIGNUP_LIMIT_PER_EMAIL = env_int("SIGNUP_LIMIT_PER_EMAIL", 3, minimum=1)  # per SIGNUP_LIMIT_WINDOW_SECONDS
 # reachability checks one peer may ask for per hour (each makes another volunteer's worker dial it)
 REACHABILITY_REQUESTS_PER_HOUR = env_int("REACHABILITY_REQUESTS_PER_HOUR", 4, minimum=1)
 

@@ -14,7 +14,7 @@ urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     # volunteers
     path("signup/", volunteer_views.signup, name="signup"),
-    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("login/", views.login, name="login"),  # throttled per address and account
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("password-reset/", auth_views.PasswordResetView.as_view(), name="password_reset"),
     path("password-reset/done/", auth_views.PasswordResetDoneView.as_view(), name="password_reset_done"),
@@ -51,5 +51,6 @@ urlpatterns = [
     path("organise/runs/<int:pk>/<str:action>/", organiser_views.run_action, name="organise-run-action"),
     # the worker wheel the join box installs
     path("dist/<str:filename>", organiser_views.worker_wheel, name="worker-wheel"),
+    path("admin/login/", views.admin_login, name="admin-login"),  # throttled, before the admin's own URLs
     path("admin/", admin.site.urls),
 ]

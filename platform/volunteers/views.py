@@ -27,8 +27,14 @@ def signup(request):
         return redirect("/me/")
     form = SignupForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
+        from btard_site.security import throttle
+
         try:
             services.check_signup_allowed(address=client_address(request))
+            if throttle("signup:email", form.cleaned_data["email"].strip().casefold(),
+                        limit=settings.SIGNUP_LIMIT_PER_EMAIL, window=settings.SIGNUP_LIMIT_WINDOW_SECONDS):
+                raise services.SignupLimited("Too many sign-ups with this e-mail address; please try again later.",
+                                             settings.SIGNUP_LIMIT_WINDOW_SECONDS)
         except services.SignupLimited as exc:
             response = render(request, "registration/signup.html", {"form": form, "limited": str(exc)}, status=429)
             response["Retry-After"] = str(exc.retry_after)
@@ -91,6 +97,15 @@ def revoke_token(request, pk: int):
 def worker_check(request):
     """``GET /api/worker/check`` with ``Authorization: Bearer <token>``: 200, or 401/403 with the close
     code the websocket would use and a reason for humans."""
+    from btard_site.security import throttle
+
+    wait = throttle("token-check:addr", client_address(request), limit=settings.TOKEN_CHECK_LIMIT_PER_ADDRESS,
+                    window=60)
+    if wait is not None:
+        response = JsonResponse({"ok": False, "code": "rate_limited",
+                                 "reason": f"too many token checks from your address; retry in {wait} s"}, status=429)
+        response["Retry-After"] = str(wait)
+        return response
     try:
         token = services.authenticate_bearer(request.headers.get("Authorization"))
     except services.TokenRefused as exc:
