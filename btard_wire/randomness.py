@@ -29,6 +29,7 @@ from .errors import ProtocolError
 GENESIS_DOMAIN = b"btard-genesis"
 VALIDATORS_DOMAIN = b"btard-validators"
 TARGETS_DOMAIN = b"btard-targets"
+PROBATION_DOMAIN = b"btard-probation-validators"
 
 
 def _h(*parts: bytes) -> bytes:
@@ -134,3 +135,17 @@ def draw_validators(randomness: bytes, *, group: Collection[str], targets: Colle
         out[v] = target
         used.add(target)
     return out
+
+
+def draw_probation_validators(randomness: bytes, *, members: Collection[str],
+                              candidates: Collection[str]) -> dict[str, str]:
+    """``{candidate: validator}``: the active member that checks each candidate's probation gradient.
+
+    Keyed shuffles of the sorted members and candidates, then candidate i gets member i mod n, so the
+    load is even and nobody picks its validator by its key (security review, finding 10). The site
+    draws from the previous step's MPRNG output, which no candidate knew when it chose its key."""
+    pool = keyed_shuffle(randomness, VALIDATORS_DOMAIN + b"/probation", sorted(set(members)))
+    if not pool:
+        return {}
+    order = keyed_shuffle(randomness, PROBATION_DOMAIN, sorted(set(candidates) - set(pool)))
+    return {cand: pool[i % len(pool)] for i, cand in enumerate(order)}

@@ -11,6 +11,7 @@ from runs import services as runs
 from runs.models import StepRecord
 
 from btard_wire.control import Broadcast, StepReport
+from btard_wire.randomness import draw_probation_validators, genesis_randomness, skipped_randomness
 from tests.factories import RunFactory, make_peer
 from tests.protocol._swarm import synthetic_gradient
 from tests.worker.fakesite import FakeSite
@@ -64,6 +65,7 @@ def test_the_site_the_memory_board_and_the_fake_site_draw_the_same_validators_as
     made = [make_peer(run=run, seed=f"draw-{i}") for i in range(5)]
     peers = {peer.peer_id: peer for peer, _ in made}
     swarm = _Swarm(run, [identity for _, identity in made])
+    candidate, _ = make_peer(run=run, seed="draw-candidate", role="candidate", probation_required=99)
     fake = FakeSite(group_size=5, validators=M)
     fake.run = fake.run.model_copy(update={"id": run.id})
     seen = []
@@ -71,6 +73,12 @@ def test_the_site_the_memory_board_and_the_fake_site_draw_the_same_validators_as
         record = runs.start_step_if_ready(run=run)
         assert record is not None and record.members == swarm.ids  # the group order every peer uses
         assert record.validators == {}  # nobody can know them when the group forms
+        # the candidate's probation validator: drawn from the previous step's r, which the peers hold
+        (check,) = record.candidates
+        assert check["peer_id"] == candidate.peer_id
+        r_prev = swarm.r if step else skipped_randomness(genesis_randomness(str(run.id), run.seed), str(run.id), 0)
+        assert check["validator"] == draw_probation_validators(r_prev, members=record.members,
+                                                               candidates=[candidate.peer_id])[candidate.peer_id]
         results = swarm.step(step, record.members)
         assert {r.outcome for r in results.values()} == {"applied"}
         drawn = {p: dict(peer._s.validators) for p, peer in swarm.peers.items()}

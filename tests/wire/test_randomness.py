@@ -136,3 +136,17 @@ def test_the_assignment_changes_when_any_honest_reveal_changes():
                                             targets=GROUP, m=2)
             seen.add(tuple(sorted(after.items())))
         assert len(seen) > 10 and len(before) == 2
+
+
+def test_probation_validators_spread_evenly_and_a_key_cannot_choose_its_validator():
+    from btard_wire.randomness import draw_probation_validators
+
+    members, candidates = GROUP[:4], ["c0", "c1", "c2", "c3", "c4", "c5"]
+    got = draw_probation_validators(_r(0), members=members, candidates=candidates + ["p0"])
+    assert set(got) == set(candidates)  # a member is never its own candidate
+    assert max(Counter(got.values()).values()) - min(Counter(got.values()).values()) <= 1
+    # over the steps' randomness, one candidate is checked by every member about equally often
+    seen = Counter(draw_probation_validators(_r(i), members=members, candidates=["c0"])["c0"] for i in range(2000))
+    assert set(seen) == set(members) and all(abs(c - 500) <= 5 * math.sqrt(2000 * 0.25 * 0.75)
+                                             for c in seen.values())
+    assert draw_probation_validators(_r(0), members=[], candidates=["c0"]) == {}
