@@ -36,6 +36,7 @@ from live.events import (
 )
 
 from btard_wire import BOARD_PHASES, BROADCAST_PHASES
+from btard_wire import board as board_rules
 from btard_wire.control import (
     CLOSE_BANNED,
     CLOSE_NO_RUN,
@@ -48,6 +49,8 @@ from btard_wire.control import (
 from btard_wire.envelope import Envelope, b64d, peer_id_from_public_key, verify_envelope
 from btard_wire.errors import CodedError, ProtocolError
 from btard_wire.payloads import parse_payload
+from btard_wire.randomness import draw_probation_validators, genesis_randomness, skipped_randomness
+from btard_wire.randomness import probation_seed as _probation_seed
 
 from .deadlines import effective_deadlines
 from .models import BroadcastLog, Peer, Run, StepRecord, StepReportRecord
@@ -74,7 +77,7 @@ def _h(*parts) -> bytes:
 
 def probation_seed(run: Run, step: int, peer_id: str) -> int:
     """The public seed a candidate computes its probation gradient on at ``step``."""
-    return int.from_bytes(_h("probation", run.id, run.seed, step, peer_id)[:8], "big") >> 1
+    return _probation_seed(run=run.id, seed=run.seed, step=step, peer=peer_id)
 
 
 # --- joining ----------------------------------------------------------------------------------
@@ -293,24 +296,20 @@ def start_step_if_ready(*, run: Run, now: datetime | None = None) -> StepRecord 
     if len(members) < max(1, run.min_peers):
         return None
     ids = [p.peer_id for p in members]
-    # validation by recalculation (paper sec. 3.3): m validators recompute targets of step t-1
+    # Validation by recalculation (paper sec. 3.3): the validators of this step and their targets are
+    # drawn from this step's MPRNG output r_t, revealed during the step, so nobody (the site included)
+    # knows them now; ``step_validators`` computes them from the board once the reveals are in.
     validators: dict[str, str] = {}
-    previous = StepRecord.objects.filter(run=run, step=step - 1, outcome="applied").first()
-    if previous is not None and run.validators_per_step > 0:
-        targets = sorted((pid for pid in previous.members if pid in ids),
-                         key=lambda pid: _h("target", run.id, step, pid))
-        pool = sorted(ids, key=lambda pid: _h("validator", run.id, step, pid))
-        for target in targets:
-            if len(validators) >= run.validators_per_step:
-                break
-            validator = next((v for v in pool if v != target and v not in validators), None)
-            if validator is None:
-                break
-            validators[validator] = target
+    # each candidate's probation validator: drawn from the previous step's r (no candidate knew it when
+    # it chose its key; finding 10), from the run's public chain when that step had none
+    waiting = list(run.peers.filter(role="candidate", online=True).order_by("peer_id"))
+    r_prev = board_randomness(run=run, step=step - 1) or skipped_randomness(
+        genesis_randomness(str(run.id), run.seed), str(run.id), step)
+    checks = draw_probation_validators(r_prev, members=ids, candidates=[c.peer_id for c in waiting])
     candidates = []
-    for i, cand in enumerate(run.peers.filter(role="candidate", online=True).order_by("peer_id")):
+    for cand in waiting:
         info = cand.peer_info().model_dump()
-        info.update(seed=probation_seed(run, step, cand.peer_id), validator=ids[i % len(ids)],
+        info.update(seed=probation_seed(run, step, cand.peer_id), validator=checks[cand.peer_id],
                     probation_left=max(0, cand.probation_required - cand.probation_done))
         candidates.append(info)
     now = now or timezone.now()
@@ -325,6 +324,56 @@ def start_step_if_ready(*, run: Run, now: datetime | None = None) -> StepRecord 
                      deadlines={"step": deadline.timestamp(), "phase_timeout": timeouts.phase_timeout},
                      state_donors=[p.peer_info() for p in members[:3]]))
     return record
+
+
+def _board_senders(run: Run, step: int, phase: str, record: StepRecord) -> list[str]:
+    """The members whose ``phase`` broadcast of ``step`` is on the board (a closed phase: its senders)."""
+    closed = (record.closed_phases or {}).get(phase)
+    if closed is not None:
+        return [p for p in closed if p in record.members]
+    stored = set(BroadcastLog.objects.filter(run=run, step=step, phase=phase)
+                 .values_list("sender_peer_id", flat=True))
+    return [p for p in record.members if p in stored]
+
+
+def _board_mprng(run: Run, step: int, record: StepRecord) -> dict[str, dict[str, str]]:
+    """``{"mprng_commit": {sender: H(x)}, "mprng_reveal": {sender: x}}`` of the members' stored broadcasts."""
+    mprng: dict[str, dict[str, str]] = {phase: {} for phase in ("mprng_commit", "mprng_reveal")}
+    members = {phase: set(_board_senders(run, step, phase, record)) for phase in mprng}
+    for sender, phase, envelope in BroadcastLog.objects.filter(run=run, step=step, phase__in=list(mprng)) \
+            .order_by("pk").values_list("sender_peer_id", "phase", "envelope"):
+        value = (envelope.get("payload") or {}).get("hash" if phase == "mprng_commit" else "value")
+        if sender in members[phase] and isinstance(value, str):
+            mprng[phase].setdefault(sender, value)
+    return mprng
+
+
+def board_randomness(*, run: Run, step: int) -> bytes | None:
+    """``r_step`` as every peer computed it from the board (None: no such step, or its MPRNG failed)."""
+    record = StepRecord.objects.filter(run=run, step=step).first()
+    if record is None:
+        return None
+    mprng = _board_mprng(run, step, record)
+    return board_rules.mprng_output(run=str(run.id), step=step,
+                                    members=[p for p in record.members if p in mprng["mprng_commit"]],
+                                    commitments=mprng["mprng_commit"], reveals=mprng["mprng_reveal"])
+
+
+def step_validators(*, run: Run, step: int) -> dict[str, str]:
+    """The validators of ``step`` and their targets (contributors of ``step - 1``), computed from the board
+    with the rule every peer runs (:func:`btard_wire.board.validator_assignment`): drawn from the step's own
+    MPRNG output, so empty until every member's reveal is stored (or when the step has none)."""
+    record = StepRecord.objects.filter(run=run, step=step).first()
+    previous = StepRecord.objects.filter(run=run, step=step - 1).first()
+    if record is None or previous is None or run.validators_per_step <= 0:
+        return {}
+    mprng = _board_mprng(run, step, record)
+    targets = board_rules.checkable_targets(
+        contributors=_board_senders(run, step - 1, "commit", previous),
+        scalars_senders=_board_senders(run, step - 1, "scalars", previous))
+    return board_rules.validator_assignment(run=str(run.id), step=step, group=record.members,
+                                            commitments=mprng["mprng_commit"], reveals=mprng["mprng_reveal"],
+                                            prev_contributors=targets, m=run.validators_per_step)
 
 
 def _check_sender_limits(run: Run, record: StepRecord, envelope: Envelope) -> None:
@@ -379,6 +428,8 @@ def accept_broadcast(*, peer: Peer, envelope: Envelope) -> BroadcastLog:
         verify_envelope(envelope, peer.public_key)
     except ProtocolError as exc:
         raise Rejected("signature", str(exc)) from None
+    except (ValueError, RecursionError):  # NaN/Infinity or absurd nesting: no canonical bytes to check (F11)
+        raise Rejected("payload", "the payload is not canonical JSON (NaN, Infinity or too deeply nested)") from None
     run = Run.objects.get(pk=peer.run_id)
     if envelope.run != str(run.id):
         raise Rejected("wrong_run", f"envelope is for run {envelope.run!r}, this connection is in run {run.id}")
@@ -418,10 +469,6 @@ def accept_broadcast(*, peer: Peer, envelope: Envelope) -> BroadcastLog:
     return entry
 
 
-def _majority(n: int) -> int:
-    return n // 2 + 1
-
-
 @transaction.atomic
 def request_phase_close(*, peer: Peer, step: int, phase: str) -> PhaseClosed | None:
     """``peer``'s deadline for board ``phase`` of ``step`` passed. Once a majority of the step's group
@@ -447,7 +494,8 @@ def request_phase_close(*, peer: Peer, step: int, phase: str) -> PhaseClosed | N
         record.close_requests = requests
         # a majority of the members still here: a crashed peer's socket is gone, and it cannot ask
         present = Peer.objects.filter(run=run, peer_id__in=record.members, online=True).exclude(role="banned")
-        if len(asked) < _majority(max(1, present.count())):
+        if not board_rules.close_quorum(asked=asked, members=record.members,
+                                        online=present.values_list("peer_id", flat=True)):
             record.save(update_fields=["close_requests"])
             return None
         senders = sorted(set(BroadcastLog.objects.filter(run=run, step=step, phase=phase)
@@ -631,11 +679,20 @@ def close_step(*, run: Run, force: bool = False, now=None) -> StepRecord | None:
         probation.append(p.user_id)
     credit_step(run=run, step=record.step, samples_by_user=samples_by_user, validated_user_ids=validated,
                 probation_user_ids=probation, quiet=True)
-    # silence as the group saw it (docs/protocol.md, "Silence"): a majority of the member reports list it
+    # silence as the group saw it (docs/protocol.md, "Silence"): a majority of the member reports list it;
+    # the count is of consecutive steps, so a step the member spoke in resets it (btard_wire.board)
+    silent = board_rules.reported_silent({pid: (r.details or {}).get("missing", []) for pid, r in reports.items()},
+                                         members=record.members)
     for pid in record.members:
-        votes = sum(1 for r in member_reports if pid in (r.details or {}).get("missing", []))
-        if votes * 2 > len(record.members) and pid in peers:
-            Peer.objects.filter(pk=peers[pid].pk).update(silent_steps=F("silent_steps") + 1)
+        p = peers.get(pid)
+        if p is None or p.role == "banned":
+            continue
+        count = board_rules.next_silence_count(p.silent_steps, silent=pid in silent)
+        if count != p.silent_steps:
+            Peer.objects.filter(pk=p.pk).update(silent_steps=count)
+    # the step's validators, as every peer drew them from r_t (empty when the step had no r_t)
+    record.validators = step_validators(run=run, step=record.step)
+    StepRecord.objects.filter(pk=record.pk).update(validators=record.validators)
     missing = [pid for pid in record.members if pid not in reports]
     for pid in record.members:
         p = peers.get(pid)
