@@ -47,6 +47,29 @@ def test_it_refuses_a_key_file_others_can_read(tmp_path):
         load_identity("http://127.0.0.1:8000", tmp_path)
 
 
+def test_the_key_is_never_written_or_read_through_a_planted_symlink(tmp_path):
+    planted = tmp_path / "elsewhere"
+    path = identity_path("http://h", tmp_path / "cfg")
+    path.parent.mkdir(mode=0o700)
+    path.symlink_to(planted)  # dangling: following it would create the key where the attacker wants
+    with pytest.raises(IdentityFileError, match="symbolic link"):
+        load_identity("http://h", tmp_path / "cfg")
+    assert not planted.exists()
+    planted.write_bytes(os.urandom(32))
+    os.chmod(planted, 0o600)
+    with pytest.raises(IdentityFileError, match="symbolic link"):  # nor read one through a link
+        load_identity("http://h", tmp_path / "cfg")
+
+
+def test_a_key_directory_others_can_write_to_is_refused(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    with pytest.raises(IdentityFileError, match="chmod 700"):
+        load_identity("http://h", shared)
+    assert list(shared.iterdir()) == []
+
+
 def test_a_corrupt_key_file_says_a_new_key_only_costs_a_probation(tmp_path):
     path = identity_path("http://h", tmp_path)
     path.parent.mkdir(parents=True, exist_ok=True)
