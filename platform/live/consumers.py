@@ -257,6 +257,9 @@ class WorkerConsumer(FastDispatchMixin, AsyncWebsocketConsumer):
         self.joined.append(group)
 
     async def disconnect(self, code):
+        if getattr(self, "cleaned_up", False):
+            return
+        self.cleaned_up = True
         self.gone = True
         fanout.detach(self)
         for group in getattr(self, "joined", []):
@@ -283,6 +286,18 @@ class WorkerConsumer(FastDispatchMixin, AsyncWebsocketConsumer):
 
     async def send_model(self, model) -> None:
         await self.send(text_data=model.model_dump_json())
+
+    async def websocket_receive(self, message):
+        """A message the consumer cannot survive (anything ``receive`` does not turn into an ``error``)
+        closes the socket with 1011 and a reason, and the peer is cleaned up (offline, routing entry
+        gone) at once, not at its heartbeat timeout (F11)."""
+        try:
+            await super().websocket_receive(message)
+        except Exception:
+            log.exception("worker socket of %s failed on a message; closing it", self._who())
+            await self.send_error("internal", "the site could not process this message; closing the connection")
+            await self.close(code=1011, reason="the site could not process a message; reconnect")
+            await self.disconnect(1011)
 
     async def send_error(self, code: str, message: str) -> None:
         await self.send_model(ErrorMessage(code=code, message=message))
@@ -568,11 +583,11 @@ class LiveConsumer(FastDispatchMixin, AsyncWebsocketConsumer):
         if self.view == "bans":
             groups.append(ev.bans_group())
         elif self.view == "run":
-            try:
-                self.run_id = int(query.get("run", [""])[0])
-            except ValueError:
+            raw = query.get("run", [""])[0]
+            if not (raw.isascii() and raw.isdigit()) or len(raw) > 12:  # a group name has a length limit (F11)
                 await self.close(code=4400)
                 return
+            self.run_id = int(raw)
             groups.append(ev.run_live_group(self.run_id))
         elif self.view == "leaderboard":  # every run's steps and bans; ``run`` narrows the board to one
             raw = query.get("run", [""])[0]
