@@ -29,7 +29,7 @@ def peer_row(peer: Peer) -> dict:
         "last_heartbeat": peer.last_heartbeat.isoformat() if peer.last_heartbeat else None,
         "probation": f"{peer.probation_done}/{peer.probation_required}" if peer.role == "candidate" else "",
         "excluded_until_step": peer.excluded_until_step,
-        "p2p_addrs": list(peer.p2p_addrs or []),
+        # no network addresses: they go only to the members of a peer's step, in Group (F13)
         "reachable": peer.reachable,
         "reachability_detail": peer.reachability_detail,
     }
