@@ -107,8 +107,17 @@ class Demo:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.say("migrating the database")
         self.manage("migrate", "--noinput")
+        # The run pins the task's data hash, which only the task's code can compute (the site imports no
+        # worker code): the demo, a worker-side program, asks the registry and hands it to the site.
+        from worker_client.tasks import DatasetMissing, TaskUnavailable, run_task_extra
+
+        try:
+            extra = run_task_extra(self.args.task)
+        except (TaskUnavailable, DatasetMissing, OSError) as exc:
+            raise SystemExit(f"the task {self.args.task!r} cannot run here: {exc}") from None
         out = self.manage("create_demo_run", "--volunteers", str(self.args.peers), "--task", self.args.task,
-                          "--run-name", self.args.run_name, "--min-peers", str(self._min_peers()), "--json")
+                          "--run-name", self.args.run_name, "--min-peers", str(self._min_peers()),
+                          "--task-extra", json.dumps(extra), "--json")
         return json.loads(out.strip().splitlines()[-1])
 
     def _min_peers(self) -> int:
@@ -215,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--behaviours", type=lambda s: [b for b in s.split(",") if b], default=None,
                         help=f"comma-separated attack names, cycled over the attackers "
                              f"(default: {','.join(DEFAULT_BEHAVIOURS)})")
-    parser.add_argument("--task", default="digits-mlp", help="digits-mlp or mnist5k-mlp (default: %(default)s)")
+    parser.add_argument("--task", default="digits-mlp",
+                        help="an installed task, e.g. digits-mlp, mnist5k-mlp, gpt-char-small (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=0, help="steps per worker, 0 = until Ctrl-C")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--run-name", default="demo")
