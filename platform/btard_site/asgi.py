@@ -19,9 +19,10 @@ from .routing import websocket_urlpatterns  # noqa: E402
 http_app = ASGIStaticFilesHandler(django_asgi_app) if settings.SERVE_STATIC else django_asgi_app
 # Request bodies are limited per path before they are read: in Daphne itself (nothing is buffered) and in
 # front of Django (any ASGI server). See btard_site.security.BodySizeLimit.
-from .security import BodySizeLimit, install_daphne_body_limit  # noqa: E402
+from .security import BodySizeLimit, install_daphne_body_limit, install_daphne_close_reasons  # noqa: E402
 
 install_daphne_body_limit()
+install_daphne_close_reasons()
 http_app = BodySizeLimit(http_app)
 
 application = ProtocolTypeRouter(

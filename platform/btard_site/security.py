@@ -174,7 +174,7 @@ def content_security_policy() -> str:
         "script-src 'self'",
         "style-src 'self' 'unsafe-inline'",  # htmx sets inline styles while swapping
         "img-src 'self' data:",
-        "connect-src 'self' ws: wss:",
+        "connect-src 'self'",  # CSP 3: 'self' also matches ws:// and wss:// to this host
         "font-src 'self'",
         "object-src 'none'",
         "base-uri 'self'",
@@ -195,6 +195,32 @@ class SecurityHeadersMiddleware:
         response.headers.setdefault("Content-Security-Policy", self.policy)
         response.headers.setdefault("Permissions-Policy", "camera=(), microphone=(), geolocation=(), payment=()")
         return response
+
+
+def install_daphne_close_reasons() -> bool:
+    """Daphne 4.2 drops the reason of a ``websocket.close`` (it sends the code only), so a worker never
+    learns why it was refused (``KEY_BAN_ADVICE``, a revoked token's name). Send both (F14)."""
+    try:
+        from daphne.ws_protocol import WebSocketProtocol
+    except ImportError:  # pragma: no cover - daphne is a dependency
+        return False
+    if getattr(WebSocketProtocol, "_btard_close_reasons", False):
+        return True
+    original = WebSocketProtocol.handle_reply
+
+    def handle_reply(self, message):
+        if message.get("type") == "websocket.close" and self.state != self.STATE_CONNECTING:
+            code = message.get("code") or 1000
+            reason = message.get("reason") or None
+            if reason is not None and not (code == 1000 or 3000 <= code <= 4999):
+                reason = None  # the websocket spec allows a reason with these codes only
+            self.sendClose(code=code, reason=reason)
+            return
+        original(self, message)
+
+    WebSocketProtocol.handle_reply = handle_reply
+    WebSocketProtocol._btard_close_reasons = True
+    return True
 
 
 def install_daphne_body_limit() -> bool:

@@ -188,6 +188,11 @@ SIGNUP_LIMIT_PER_EMAIL = env_int("SIGNUP_LIMIT_PER_EMAIL", 3, minimum=1)  # per 
 # reachability checks one peer may ask for per hour (each makes another volunteer's worker dial it)
 REACHABILITY_REQUESTS_PER_HOUR = env_int("REACHABILITY_REQUESTS_PER_HOUR", 4, minimum=1)
 
+# Content-Security-Policy and Permissions-Policy (btard_site.security): on in production, BTARD_CSP=1 elsewhere
+CSP_ENABLED = env_bool("BTARD_CSP", PRODUCTION)
+if CSP_ENABLED:
+    MIDDLEWARE.insert(1, "btard_site.security.SecurityHeadersMiddleware")
+
 if PRODUCTION:
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True

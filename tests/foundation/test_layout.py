@@ -26,7 +26,7 @@ def test_btard_worker_help_works():
 def test_docker_compose_runs_every_service_with_health_checks_and_environment():
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert set(services) == {"postgres", "redis", "web", "celery-worker", "celery-beat"}
+    assert set(services) == {"proxy", "postgres", "redis", "web", "celery-worker", "celery-beat"}
     assert services["postgres"]["image"].startswith("postgres:")
     assert services["redis"]["image"].startswith("redis:")
     for name, service in services.items():
