@@ -226,6 +226,31 @@ class TimedALIE(ALIE):
         return super().attack(g, s)
 
 
+class HiddenBias(GradientAttack):
+    """A bias kept under every tolerance (security review, finding 15): every colluder adds the same
+    fixed direction to its honest gradient, per part scaled to ``c * recalc_rtol * (||g_p|| + ||mean_p||)``
+    (the recalculation tolerance along z; ``c`` < 1 hides it). Measured in docs/threat-model.md: the
+    largest bias 7 of 16 can hide and its effect over a run."""
+
+    name = "hidden_bias"
+    rational = True
+    outcome = "banned_or_bounded"
+    bound = 1.5
+    c = 0.2
+
+    def attack(self, g, s):
+        gen = torch.Generator().manual_seed(self.collusion.seed * 1_000_003 + 17)
+        direction = torch.randn(g.numel(), generator=gen)
+        honest = self.collusion.honest_stack()
+        mean = honest.mean(dim=0) if honest is not None else g
+        out = g.clone()
+        for a, b in s.bounds:
+            d = direction[a:b]
+            size = self.c * self.params.recalc_rtol * (float(g[a:b].norm()) + float(mean[a:b].norm()))
+            out[a:b] += d * (size / (float(d.norm()) + 1e-12))
+        return out
+
+
 # ------------------------------------------------------------------------------------------------
 # protocol attacks (caught at aggregation time)
 
@@ -570,7 +595,7 @@ class Replay(Byzantine):
 
 
 ATTACKS: dict[str, type[Byzantine]] = {cls.name: cls for cls in (
-    SignFlip, RandomDirection, LabelFlip, Delayed, IPM, ALIE, TimedALIE,
+    SignFlip, RandomDirection, LabelFlip, Delayed, IPM, ALIE, TimedALIE, HiddenBias,
     WrongAggregate, PhantomDigest, ForgedAggregate, Absorber, Equivocate, BadCommitment, DuplicateSlot, LieScalars, FalseAccuse, LateAccusation, LateEliminate, UnlistedAccusation, EliminateStorm, CandidateEliminate, JustInTime, WithholdPart, WithholdReveal, Replay,
 )}
 # behaviours of a rational attacker (security review 2026-12): each declares whether it ends banned

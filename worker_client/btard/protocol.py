@@ -473,7 +473,6 @@ class _Step:
     validation_ok: bool | None = None
     validation_reason: str = ""
     flags: set[str] = field(default_factory=set)
-    eliminations: list[tuple[str, str]] = field(default_factory=list)
     result: StepResult | None = None
     fatal: str = ""
     last_digest: str = ""
