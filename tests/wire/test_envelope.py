@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 
 import pytest
+from pydantic import ValidationError
 
 from btard_wire import PROTOCOL_VERSION
 from btard_wire.envelope import (
@@ -24,7 +25,7 @@ RUN = "wire-envelope"
 
 
 def signed(identity, **overrides):
-    fields = dict(run=RUN, step=2, phase="mprng_reveal", payload={"type": "mprng_reveal", "value": "ab" * 32})
+    fields = {"run": RUN, "step": 2, "phase": "mprng_reveal", "payload": {"type": "mprng_reveal", "value": "ab" * 32}}
     fields.update(overrides)
     return sign_envelope(identity, **fields)
 
@@ -131,6 +132,6 @@ def test_coded_errors_share_one_shape_and_survive_pickling():
 
 def test_an_envelope_is_frozen():
     env = signed(Identity.from_seed(b"alice"))
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         env.step = 9  # type: ignore[misc]
     assert isinstance(env, Envelope)
