@@ -297,6 +297,9 @@ class Worker:
     async def run(self) -> int:
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
+        from .tasks.device import configure_device  # on CUDA: no TF32, deterministic algorithms
+
+        configure_device(self.status.device)
         try:
             self.plane = await DataPlane.create(None, host_maddrs=self.config.host_maddrs,
                                                 announce_maddrs=self.config.announce_maddrs,
