@@ -16,7 +16,6 @@ from tests.factories import RunFactory, make_peer
 from tests.protocol._swarm import synthetic_gradient
 from tests.worker.fakesite import FakeSite
 from worker_client.btard import protocol as P
-from worker_client.btard.mprng import genesis_randomness
 from worker_client.transports.memory import BulletinBoard, MemorySwarm
 
 pytestmark = pytest.mark.django_db
@@ -36,7 +35,7 @@ class _Swarm:
         self.keys = {i.peer_id: i.public_key_b64 for i in self.identities}
         params = P.ProtocolParams(tau=1.0, validators=M, board_echo=True)
         rng = random.Random(7)
-        entropy = lambda k: rng.getrandbits(8 * k).to_bytes(k, "little")  # noqa: E731
+        entropy = lambda k: rng.getrandbits(8 * k).to_bytes(k, "little")
         self.peers = {i.peer_id: P.BtardPeer(i, params, entropy=entropy) for i in self.identities}
         self.board = BulletinBoard(run=self.run_key, public_keys=self.keys, members=self.ids, keep_log=True)
         self.memory = MemorySwarm(self.peers, self.board, self._gradients, site_closes=True)

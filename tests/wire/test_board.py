@@ -139,7 +139,7 @@ def test_mprng_output_combines_the_reveals_in_group_order():
 
 @pytest.mark.parametrize("spoil", ["missing", "mismatch", "malformed", "other_step"])
 def test_a_missing_or_bad_reveal_leaves_the_step_without_randomness_or_validators(spoil):
-    secrets, commits, reveals = _board()
+    _, commits, reveals = _board()
     if spoil == "missing":
         del reveals["c"]
     elif spoil == "mismatch":
