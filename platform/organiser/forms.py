@@ -27,7 +27,7 @@ class RunCreateForm(forms.Form):
     peers_per_group = forms.IntegerField(min_value=2, max_value=256, initial=8)
     min_peers = forms.IntegerField(min_value=1, max_value=256, initial=2,
                                    help_text="online active peers needed to start a step")
-    validators_per_step = forms.IntegerField(min_value=0, max_value=64, initial=1)
+    validators_per_step = forms.IntegerField(min_value=0, max_value=64, initial=2)  # as the model and the core
     tau = forms.FloatField(min_value=1e-6, max_value=1e6, initial=1.0, help_text="CenteredClip radius")
     probation_steps = forms.IntegerField(min_value=0, max_value=1000, initial=5)
     seed = forms.IntegerField(min_value=0, max_value=2**31 - 1, initial=0)
