@@ -96,8 +96,12 @@ if DATABASES["default"]["ENGINE"].endswith("postgresql"):
     DATABASES["default"]["CONN_MAX_AGE"] = env_int("DB_CONN_MAX_AGE", 300, minimum=0)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
-    # Daphne serves many sockets from one process; give SQLite room to wait for the writer.
-    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
+    # Daphne, Celery and the checkpoint upload write at once: wait for the writer (busy timeout), let readers
+    # run beside it (WAL), and take the write lock when a transaction starts (IMMEDIATE): a deferred
+    # transaction that upgrades to a writer later fails at once with "database is locked", timeout or not.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        timeout=env_int("SQLITE_BUSY_TIMEOUT_SECONDS", 20, minimum=1), transaction_mode="IMMEDIATE",
+        init_command="PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL")
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env_str("REDIS_URL")

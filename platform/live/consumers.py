@@ -44,11 +44,14 @@ HEARTBEAT_WRITE_SECONDS = 5.0
 
 def _db(func):
     """Run ``func`` in the thread pool. With PostgreSQL calls run in parallel threads (each with its own
-    connection, row locks serialise what must be serialised); SQLite keeps one writer thread."""
+    connection, row locks serialise what must be serialised); SQLite keeps one writer thread. A call that
+    loses a race for a lock (another process writing) is run again (btard_site.retry): a worker's message
+    is not dropped with ``internal`` for a transient lock."""
+    from btard_site.retry import retry_transient
     from channels.db import DatabaseSyncToAsync
     from django.db import connections
 
-    return DatabaseSyncToAsync(func, thread_sensitive=connections["default"].vendor == "sqlite")
+    return DatabaseSyncToAsync(retry_transient(func), thread_sensitive=connections["default"].vendor == "sqlite")
 
 
 def _close_reason(text: str) -> str:
@@ -146,11 +149,14 @@ def _broadcast(peer, envelope) -> None:
     from moderation.services import consider_verdict, record_elimination
     from runs.services import accept_broadcast
 
-    entry = accept_broadcast(peer=peer, envelope=envelope)
-    if entry.phase == "verdict":
-        consider_verdict(entry=entry)
-    elif entry.phase == "eliminate":
-        record_elimination(entry=entry)
+    from django.db import transaction
+
+    with transaction.atomic():  # one unit: retried as a whole on a transient lock
+        entry = accept_broadcast(peer=peer, envelope=envelope)
+        if entry.phase == "verdict":
+            consider_verdict(entry=entry)
+        elif entry.phase == "eliminate":
+            record_elimination(entry=entry)
 
 
 def _step_report(peer, report) -> None:

@@ -4,6 +4,8 @@ import logging
 
 from celery import shared_task
 
+from btard_site.retry import retry_transient
+
 from . import services
 from .models import Run
 
@@ -17,7 +19,7 @@ def tick_runs() -> int:
     count = 0
     for run in Run.objects.filter(state="open"):
         try:
-            services.tick_run(run=run)
+            retry_transient(services.tick_run)(run=run)
         except Exception:
             log.exception("tick of run %s (%s) failed; the other runs are still ticked", run.pk, run.name)
             continue

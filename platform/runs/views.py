@@ -65,8 +65,10 @@ def api_checkpoint_upload(request, pk: int, step: int):
         if declared > limit:
             raise Rejected("too_large", f"{declared} bytes; this site takes checkpoints up to {limit} bytes "
                                         f"(CHECKPOINT_MAX_BYTES)")
+        from btard_site.retry import retry_transient
+
         data = request.read(limit + 1)  # streamed: not subject to DATA_UPLOAD_MAX_MEMORY_SIZE
-        checkpoint = store_checkpoint(token=token, run_id=pk, step=step, data=data)
+        checkpoint = retry_transient(store_checkpoint)(token=token, run_id=pk, step=step, data=data)
     except Rejected as exc:
         return JsonResponse({"ok": False, "code": exc.code, "reason": exc.message},
                             status=_CHECKPOINT_STATUS.get(exc.code, 400))
