@@ -594,8 +594,8 @@ class BtardPeer:
             return []
         s.validators = select_validators(s.r, ctx.group, checkable_targets(
             contributors=ctx.prev.contributors, scalars_senders=ctx.prev.scalars), self.params.validators)
-        if self.peer_id not in s.validators:
-            return []
+        if self.peer_id not in s.validators or "checked" in s.flags:
+            return []  # not a validator, or drawn only while judging, after this peer already reported
         s.role = "validator"
         return self._request_recalc()
 
