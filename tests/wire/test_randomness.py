@@ -90,6 +90,8 @@ def test_an_attacker_knowing_every_public_value_before_the_scalars_predicts_its_
     # detects a prediction that works
     checked = {"old rule (r_{t-1})": [0, 0], "commitments for secrets": [0, 0], "oracle": [0, 0]}
     base = 0
+    exact = Counter()  # predictor -> trials in which it guessed the whole assignment
+    actuals = Counter()
     for t in range(trials):
         r_prev = rng.randbytes(32)
         secrets, commits = _step(rng, t)
@@ -105,12 +107,18 @@ def test_an_attacker_knowing_every_public_value_before_the_scalars_predicts_its_
                 group=GROUP, targets=GROUP, m=m),
             "oracle": actual,
         }
+        actuals[tuple(sorted(actual.items()))] += 1
         for name, guess in guesses.items():
+            exact[name] += guess == actual
             if attacker not in guess.values():
                 checked[name][0] += 1
                 checked[name][1] += target
     p = base / trials
     assert 0.15 < p < 0.35  # about m / n
+    # guessing the whole assignment: no better than always naming the most frequent one
+    chance = max(actuals.values()) / trials
+    assert all(exact[name] <= trials * chance + 4 * math.sqrt(trials * chance) for name in exact if name != "oracle")
+    assert exact["oracle"] == trials
     oracle_safe, oracle_caught = checked.pop("oracle")
     assert oracle_safe > trials / 2 and oracle_caught == 0
     for name, (safe, caught) in checked.items():
