@@ -51,7 +51,9 @@ def join_info(*, request, run) -> dict:
     __version__ = worker_version()
     server = server_url(request)
     wheel = served_wheel(__version__)
-    install = f'pip install "{server}/dist/{wheel}"' if wheel else f'pip install "btard-swarm=={__version__}"'
+    # the worker extra (torch, hivemind, ...) of the distribution this site runs, from the site itself when served
+    install = (f'pip install "btard-swarm[worker] @ {server}/dist/{wheel}"' if wheel
+               else f'pip install "btard-swarm[worker]=={__version__}"')
     minimum = RunControl.objects.filter(run=run).values_list("min_worker_version", flat=True).first() or ""
     newest = open_runs().values_list("pk", flat=True).first()
     info = task_info(run.task)

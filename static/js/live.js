@@ -1,5 +1,5 @@
 // Live views: htmx's ws extension pushes partials; while the socket is down, elements with
-// hx-trigger="every 5s [!window.btardLiveOpen]" poll the same partial URL instead.
+// hx-trigger="every 5s" data-live-fallback poll the same partial URL instead.
 window.btardLiveOpen = false;
 document.addEventListener("htmx:wsOpen", function () { window.btardLiveOpen = true; document.body.dataset.live = "open"; });
 document.addEventListener("htmx:wsClose", function () { window.btardLiveOpen = false; document.body.dataset.live = "closed"; });
@@ -11,5 +11,6 @@ if (window.htmx) { window.htmx.config.allowEval = false; }
 document.addEventListener("htmx:beforeRequest", function (evt) {
   var elt = evt.detail && evt.detail.elt;
   var trigger = (elt && elt.getAttribute && elt.getAttribute("hx-trigger")) || "";
-  if (window.btardLiveOpen && trigger.indexOf("btardLiveOpen") !== -1) { evt.preventDefault(); }
+  var fallback = elt && elt.hasAttribute && elt.hasAttribute("data-live-fallback");
+  if (window.btardLiveOpen && (fallback || trigger.indexOf("btardLiveOpen") !== -1)) { evt.preventDefault(); }
 });

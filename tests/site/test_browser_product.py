@@ -51,11 +51,33 @@ def busy_run(people):
 
 
 def browser_for(pw, chromium_path):
-    return pw.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS, headless=True)
+    # a document served through page.route() has no address space of its own: without this flag Chromium's
+    # local-network checks would block its websocket to 127.0.0.1
+    return pw.chromium.launch(executable_path=chromium_path, headless=True,
+                              args=[*CHROMIUM_ARGS, "--disable-features=LocalNetworkAccessChecks"])
+
+
+def site_policy() -> str:
+    """The production Content-Security-Policy (no inline scripts), else a strict stand-in."""
+    try:
+        from btard_site.security import content_security_policy
+    except ImportError:
+        return "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; connect-src 'self' ws: wss:"
+    return content_security_policy()
+
+
+def _with_policy(route, request=None):
+    """Serve every response of the site with the production CSP, whatever the test server's settings."""
+    if route.request.resource_type != "document":
+        route.continue_()
+        return
+    response = route.fetch(max_redirects=0)
+    route.fulfill(response=response, headers={**response.headers, "content-security-policy": site_policy()})
 
 
 def new_page(browser, base, *, login=None, width=1280, height=900, clipboard=False):
     context = browser.new_context(viewport={"width": width, "height": height}, base_url=base)
+    context.route("**/*", _with_policy)  # a CSP violation is a console error, which fails the test
     if clipboard:
         context.grant_permissions(["clipboard-read", "clipboard-write"], origin=base)
     page = context.new_page()

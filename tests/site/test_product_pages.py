@@ -158,7 +158,7 @@ def test_the_join_box_points_at_the_wheel_the_site_serves(client, run, settings,
     wheel = f"btard_swarm-{__version__}-py3-none-any.whl"
     (tmp_path / wheel).write_bytes(b"PK-not-really-a-zip")
     page = html.unescape(client.get(f"/runs/{run.pk}/", HTTP_HOST="swarm.example.org").content.decode())
-    assert f'pip install "http://swarm.example.org/dist/{wheel}"' in page
+    assert f'pip install "btard-swarm[worker] @ http://swarm.example.org/dist/{wheel}"' in page
     download = client.get(f"/dist/{wheel}")
     assert download.status_code == 200 and b"".join(download.streaming_content) == b"PK-not-really-a-zip"
     for name in ("../settings.py", "other.whl", f"btard_swarm-9.9.9-py3-none-any.whl"):
