@@ -380,6 +380,22 @@ class Equivocate(Byzantine):
         return SendAggregate(to=to, part=part, data=fake, header=header)
 
 
+class UnsignedEquivocate(Byzantine):
+    """Rational equivocator (security review, "smaller issues"): sends half the group a different
+    aggregate *without* a signed header, so nothing proves the deviation. The receivers treat it as not
+    received and ELIMINATE the aggregator at the deadline: the step is dropped on every peer (the
+    ELIMINATE is listed in the reports) and the pair leaves the group (every removed pair holds it)."""
+
+    name = "unsigned_equivocate"
+    rational = True
+
+    def hook_outgoing_aggregate(self, to, part, data, s):
+        if not self.active(s.ctx.step) or s.ctx.group.index(to) % 2 == 0:
+            return super().hook_outgoing_aggregate(to, part, data, s)
+        a = torch.frombuffer(bytearray(data), dtype=torch.float32) + 0.01
+        return SendAggregate(to=to, part=part, data=tensor_to_bytes(a))
+
+
 class BadCommitment(Byzantine):
     """Contributor sends an honest peer a (signed) part that differs from its commitment. Caught by the
     aggregator's hash check: ``part_mismatch``."""
@@ -547,6 +563,8 @@ class JustInTime(Byzantine):
 
     name = "just_in_time"
     rational = True
+    outcome = "banned_or_bounded"  # banned after SILENCE_LIMIT consecutive silent steps
+    bound = 1.5
     phases = ("agg_result", "scalars", "validation")
 
     def hook_hold_broadcast(self, envelope, s):
@@ -596,7 +614,7 @@ class Replay(Byzantine):
 
 ATTACKS: dict[str, type[Byzantine]] = {cls.name: cls for cls in (
     SignFlip, RandomDirection, LabelFlip, Delayed, IPM, ALIE, TimedALIE, HiddenBias,
-    WrongAggregate, PhantomDigest, ForgedAggregate, Absorber, Equivocate, BadCommitment, DuplicateSlot, LieScalars, FalseAccuse, LateAccusation, LateEliminate, UnlistedAccusation, EliminateStorm, CandidateEliminate, JustInTime, WithholdPart, WithholdReveal, Replay,
+    WrongAggregate, PhantomDigest, ForgedAggregate, Absorber, Equivocate, UnsignedEquivocate, BadCommitment, DuplicateSlot, LieScalars, FalseAccuse, LateAccusation, LateEliminate, UnlistedAccusation, EliminateStorm, CandidateEliminate, JustInTime, WithholdPart, WithholdReveal, Replay,
 )}
 # behaviours of a rational attacker (security review 2026-12): each declares whether it ends banned
 # (``outcome = "banned"``) or with its gain bounded (``outcome = "bounded"`` and its ``bound``)
