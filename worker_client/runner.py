@@ -18,6 +18,7 @@ import hashlib
 import logging
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -243,6 +244,7 @@ class Worker:
         self.fatal: FatalSiteError | None = None
         self.probation_checks: list[dict] = []
         self.latest_group_step = -1
+        self.queued_group_steps: Counter = Counter()  # steps of the groups waiting in self.inputs
         # board phases the site closed and this peer has not acted on yet: (step, phase) -> senders
         self.site_closes: dict[tuple[int, str], list[str]] = {}
 
@@ -347,6 +349,7 @@ class Worker:
             return
         if isinstance(message, Group):
             self.latest_group_step = max(self.latest_group_step, message.step)
+            self.queued_group_steps[message.step] += 1
             if self.plane is not None and self.run_info is not None:
                 # Serve the step's peers at once: a newcomer may ask for the state before _on_group runs.
                 self.plane.set_directory(self._group_directory(message), step=message.step)
@@ -582,10 +585,15 @@ class Worker:
     async def _on_group(self, group: Group) -> None:
         from .btard.protocol import StepContext, part_bounds
 
+        self.queued_group_steps[group.step] -= 1
+        if self.queued_group_steps[group.step] <= 0:
+            del self.queued_group_steps[group.step]
         if self.run_info is None:
             return
-        if group.step < self.latest_group_step:
-            return  # a newer group is already queued (we were busy, e.g. loading the data set)
+        if any(step > group.step for step in self.queued_group_steps):
+            # A newer group is already queued (we were busy, e.g. loading the data set). Only a queued
+            # one counts: a far-ahead step the site once named must not hide every later group.
+            return
         if self.current_group is not None and self.current_group.step == group.step and self.peer is not None \
                 and self.peer.step == group.step:
             return  # the same group again (a reconnect): the step is already running here

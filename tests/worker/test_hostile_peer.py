@@ -152,6 +152,13 @@ async def test_the_directory_forgets_peers_no_recent_group_named():
     plane.forget_before(100)
     assert set(plane._directory) == {"peer99"} and set(plane._by_p2p) == {"p2p99"}
     assert not plane.knows("p2p3") and plane.knows("p2p99")
+    # a site naming ever new peers at far steps: the directory stays bounded
+    from worker_client.net.dataplane import MAX_DIRECTORY
+
+    for i in range(MAX_DIRECTORY + 500):
+        plane.set_directory({f"far{i}": (f"f{i}", [])}, step=10**12 + i)
+    assert len(plane._directory) == len(plane._by_p2p) == len(plane._named_at) == MAX_DIRECTORY
+    assert plane.knows(f"f{MAX_DIRECTORY + 499}") and not plane.knows("f0")
 
 
 # --- H1 / L3: what the worker dials ------------------------------------------------------------------------

@@ -156,6 +156,20 @@ async def test_relays_for_far_steps_are_dropped_and_early_ones_stay_within_a_byt
             assert len(worker.pending_relays) < 24
 
 
+async def test_a_group_for_a_far_step_does_not_hide_the_groups_after_it():
+    async def script(site, ws):
+        await ws.send(json.dumps(_raw_group(2**50)))  # a member of nothing at a step nobody reaches
+        me = {"peer_id": site.peer_id, "public_key": site.hellos[0]["public_key"],
+              "p2p_id": site.hellos[0]["p2p_id"], "p2p_addrs": site.hellos[0]["p2p_addrs"]}
+        await ws.send(json.dumps(_raw_group(0, peers=[me], state_donors=[me])))
+
+    async with HostileSite(script) as site:
+        async with running_worker(worker_config(site.url, allow_private=True)) as (worker, task):
+            await site.wait_for(lambda: worker.current_group is not None and worker.current_group.step == 0,
+                                what="the real group to be acted on")
+            assert worker.status.step == 0 and not task.done()
+
+
 async def test_a_group_with_oversized_lists_or_a_far_step_is_ignored_with_a_warning():
     view = RecordingView()
 

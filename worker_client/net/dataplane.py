@@ -62,6 +62,7 @@ MAX_REFUSING_STREAMS = 16  # streams being refused politely (beyond that: answer
 REFUSAL_READ_TIMEOUT = 1.0  # seconds a refused request is waited for, so that the refusal arrives
 MAX_WAITING_KEYS = 512  # (step, kind, key) slots requests may wait on at once
 MAX_DONORS = 16  # state donors asked, at most, whatever the site lists
+MAX_DIRECTORY = 4096  # peers known at once; beyond that the ones named longest ago are dropped
 STATE_SERVES_PER_PEER = 2  # full copies of the state one peer may fetch per published step
 
 
@@ -261,7 +262,16 @@ class DataPlane:
             self._directory[peer_id] = (p2p_id, [a for a in addrs if isinstance(a, str)][:16])
             self._by_p2p[p2p_id] = peer_id
             self._named_at[peer_id] = max(tag, self._named_at.get(peer_id, tag))
+        if len(self._directory) > MAX_DIRECTORY:  # a site naming ever new peers at far steps
+            for peer_id in sorted(self._named_at, key=self._named_at.get)[: len(self._directory) - MAX_DIRECTORY]:
+                self._drop_peer(peer_id)
         self.notify_layout()
+
+    def _drop_peer(self, peer_id: str) -> None:
+        self._named_at.pop(peer_id, None)
+        p2p_id, _ = self._directory.pop(peer_id, ("", []))
+        if self._by_p2p.get(p2p_id) == peer_id:
+            del self._by_p2p[p2p_id]
 
     def knows(self, p2p_id: str) -> bool:
         """Whether ``p2p_id`` is a peer this plane serves (in the directory)."""
@@ -330,10 +340,7 @@ class DataPlane:
         for k in [k for k in self._events if k[1] != "state" and k[0] < step]:
             self._events.pop(k).set()
         for peer_id in [p for p, named in self._named_at.items() if named < step - 1]:
-            del self._named_at[peer_id]
-            p2p_id, _ = self._directory.pop(peer_id, ("", []))
-            if self._by_p2p.get(p2p_id) == peer_id:
-                del self._by_p2p[p2p_id]
+            self._drop_peer(peer_id)
 
     # --- serving ------------------------------------------------------------------------------
     async def _respond(self, writer, response: FetchResponse, body: bytes | memoryview | None = None) -> None:
