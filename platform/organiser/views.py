@@ -113,5 +113,5 @@ def worker_wheel(request, filename: str):
     path = dist_dir() / filename
     if not path.is_file():
         raise Http404("no such file")
-    return FileResponse(open(path, "rb"), as_attachment=True, filename=filename,  # noqa: SIM115
+    return FileResponse(open(path, "rb"), as_attachment=True, filename=filename,
                         content_type="application/octet-stream")

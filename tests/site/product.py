@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from btard_wire.control import StepReport
 from runs import services as runs
+
+from btard_wire.control import StepReport
 
 
 def play_step(run, members, *, outcome="applied", claimed_samples=999, loss=1.0, accuracy=None, skip=()):

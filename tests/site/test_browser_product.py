@@ -122,8 +122,8 @@ def test_the_join_box_copies_this_sites_commands(live_site, busy_run, chromium_p
             browser.close()
 
 
-def test_the_charts_draw_with_axes_hover_values_and_bans_and_follow_the_run_live(live_site, busy_run, people,
-                                                                                chromium_path, monkeypatch):  # noqa: F811
+def test_the_charts_draw_with_axes_hover_values_and_bans_and_follow_the_run_live(live_site, busy_run, people,  # noqa: F811
+                                                                                chromium_path, monkeypatch):
     from playwright.sync_api import expect, sync_playwright
 
     from tests.site.product import play_step
@@ -178,12 +178,12 @@ def test_the_charts_draw_with_axes_hover_values_and_bans_and_follow_the_run_live
             browser.close()
 
 
-def test_the_leaderboard_ranks_by_credit_and_updates_live(live_site, busy_run, people, chromium_path,
-                                                         monkeypatch):  # noqa: F811
-    from playwright.sync_api import expect, sync_playwright
-
+def test_the_leaderboard_ranks_by_credit_and_updates_live(live_site, busy_run, people, chromium_path,  # noqa: F811
+                                                         monkeypatch):
     from moderation import services as moderation
+    from playwright.sync_api import expect, sync_playwright
     from runs import services as runs
+
     from tests.site.helpers import envelope
 
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
@@ -230,10 +230,9 @@ def test_the_leaderboard_ranks_by_credit_and_updates_live(live_site, busy_run, p
             browser.close()
 
 
-def test_an_organiser_creates_pauses_resumes_and_finishes_a_run(live_site, people, chromium_path,
-                                                               monkeypatch):  # noqa: F811
+def test_an_organiser_creates_pauses_resumes_and_finishes_a_run(live_site, people, chromium_path,  # noqa: F811
+                                                               monkeypatch):
     from playwright.sync_api import expect, sync_playwright
-
     from runs.models import Run
 
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")

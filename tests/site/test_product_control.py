@@ -4,7 +4,6 @@ worker version and announcements; one event and one audit entry per action; the 
 from __future__ import annotations
 
 import pytest
-from btard_wire.control import CLOSE_NO_RUN, CLOSE_PROTOCOL_VERSION, CLOSE_RUN_FINISHED, Hello
 from django.core.exceptions import PermissionDenied
 from moderation.models import AuditLog
 from organiser import services as control
@@ -15,6 +14,7 @@ from organiser.versions import older_than, parse_version
 from runs import services as runs
 from runs.models import Run, StepRecord
 
+from btard_wire.control import CLOSE_NO_RUN, CLOSE_PROTOCOL_VERSION, CLOSE_RUN_FINISHED, Hello
 from tests.factories import make_peer
 
 pytestmark = pytest.mark.django_db

@@ -9,7 +9,7 @@ import pytest
 from credit.selectors import credit_of, history_of, leaderboard
 from moderation import services as moderation
 
-from tests.factories import RunFactory, UserFactory, make_peer
+from tests.factories import RunFactory, make_peer
 from tests.site.product import play_step
 
 pytestmark = pytest.mark.django_db
@@ -73,8 +73,8 @@ def test_the_volunteer_page_shows_the_leaderboard_numbers(run, trio, alice, clie
     client.force_login(alice)
     page = client.get("/me/").content.decode()
     row = credit_of(alice)
-    assert re.search(r'id="contribution">\s*%d\s*<' % row.samples, page)
-    assert re.search(r'id="my-rank">#%d<' % row.rank, page)
+    assert re.search(rf'id="contribution">\s*{row.samples}\s*<', page)
+    assert re.search(rf'id="my-rank">#{row.rank}<', page)
     assert 'id="my-history"' in page and run.name in page
     board = client.get("/api/leaderboard/").json()["leaderboard"]
     mine = next(e for e in board if e["account"] == "alice")

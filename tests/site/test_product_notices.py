@@ -4,12 +4,12 @@ the run sends the sentence and closes the socket with ``CLOSE_RUN_FINISHED`` (th
 from __future__ import annotations
 
 import pytest
-from btard_wire.control import CLOSE_RUN_FINISHED, parse_site_message
 from channels.db import database_sync_to_async
 from organiser import services as control
 
+from btard_wire.control import CLOSE_RUN_FINISHED, parse_site_message
 from tests.factories import RunFactory
-from tests.site.test_consumers import T, expect_close, join, receive_type, token_for
+from tests.site.test_consumers import expect_close, join, receive_type, token_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
 

@@ -10,7 +10,6 @@ import re
 import pytest
 from moderation import services as moderation
 from moderation.models import AuditLog
-from organiser import services as control
 from runs.models import Run
 
 from tests.factories import UserFactory, make_peer
@@ -137,7 +136,7 @@ def test_the_join_box_has_the_commands_for_this_site(who, users, client, run, se
     client = client_for(client, users[who])
     page = client.get(f"/runs/{run.pk}/", HTTP_HOST="swarm.example.org").content.decode()
     box = page[page.index('id="join-box"'):]
-    commands = re.search(r'<pre id="join-commands"><code>(.*?)</code></pre>', box, re.S).group(1)
+    commands = re.search(r'<pre id="join-commands"><code>(.*?)</code></pre>', box, re.DOTALL).group(1)
     assert "btard-worker doctor --server http://swarm.example.org" in commands
     assert "btard-worker --server http://swarm.example.org" in commands
     assert "BTARD_TOKEN" in commands and "--token" not in commands
@@ -161,7 +160,7 @@ def test_the_join_box_points_at_the_wheel_the_site_serves(client, run, settings,
     assert f'pip install "btard-swarm[worker] @ http://swarm.example.org/dist/{wheel}"' in page
     download = client.get(f"/dist/{wheel}")
     assert download.status_code == 200 and b"".join(download.streaming_content) == b"PK-not-really-a-zip"
-    for name in ("../settings.py", "other.whl", f"btard_swarm-9.9.9-py3-none-any.whl"):
+    for name in ("../settings.py", "other.whl", "btard_swarm-9.9.9-py3-none-any.whl"):
         assert client.get(f"/dist/{name}").status_code == 404
 
 
@@ -189,7 +188,7 @@ def test_relative_times_read_like_people_write_them(seconds, text):
 def test_the_run_page_carries_the_chart_series_with_bans(client, run, played):
     page = client.get(f"/runs/{run.pk}/").content.decode()
     data = json.loads(re.search(r'<script id="run-chart-data" type="application/json">(.*?)</script>', page,
-                                re.S).group(1))
+                                re.DOTALL).group(1))
     assert data["step"] == [0, 1, 2] and data["loss"] == [1.0, 1.0, 1.0] and data["accuracy"] == [0.5] * 3
     assert all(v > 0 for v in data["throughput"])
     assert data["bans"] == [{"step": 2, "account": "erin", "kind": "bad_commitment",
@@ -225,8 +224,8 @@ def test_no_page_carries_inline_scripts_styles_or_handlers(client, carol, run, p
     for url in ["/", f"/runs/{run.pk}/", "/leaderboard/", "/network/", "/trust/", f"/trust/bans/{played['ban'].pk}/",
                 "/organise/", "/me/", "/tokens/", "/bans/"]:
         page = client.get(url).content.decode()
-        for script in re.findall(r"<script\b([^>]*)>(.*?)</script>", page, re.S):
-            attrs, body = script
+        for script in re.findall(r"<script\b([^>]*)>(.*?)</script>", page, re.DOTALL):
+            attrs, _body = script
             assert 'src="' in attrs or 'type="application/json"' in attrs, (url, script)
         assert not re.search(r"\sstyle=\"", page), url
         assert not re.search(r"\son[a-z]+=\"", page), url

@@ -7,7 +7,7 @@ own time zone in the title.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone as dt_timezone
+from datetime import UTC, datetime
 
 from django import template
 from django.utils import timezone
@@ -43,7 +43,7 @@ def _as_datetime(value) -> datetime | None:
     if not isinstance(value, datetime):
         return None
     if timezone.is_naive(value):
-        value = timezone.make_aware(value, dt_timezone.utc)
+        value = timezone.make_aware(value, UTC)
     return value
 
 
@@ -53,6 +53,6 @@ def when(value, empty: str = "never"):
     moment = _as_datetime(value)
     if moment is None:
         return empty
-    utc = moment.astimezone(dt_timezone.utc)
+    utc = moment.astimezone(UTC)
     return format_html('<time class="when" datetime="{}" title="{} UTC">{}</time>',
                        utc.isoformat(timespec="seconds"), utc.strftime("%Y-%m-%d %H:%M:%S"), relative(utc))
