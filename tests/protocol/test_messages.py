@@ -47,6 +47,21 @@ def _snapshot(peer):
     return dict(s.board), dict(s.accusations), dict(s.verdicts), peer.waiting_for
 
 
+def test_a_second_different_message_in_a_single_message_slot_is_refused_and_proves_equivocation():
+    peer, ids = _peer_in_commit_phase()
+    first = _valid(ids)
+    peer.on_broadcast(first)
+    slot = peer._s.board[("mprng_commit", ids[1].peer_id)]
+    second = _valid(ids, payload={"type": "mprng_commit", "hash": "cd" * 32})
+    actions = peer.on_broadcast(second)
+    assert peer._s.board[("mprng_commit", ids[1].peer_id)] == slot  # the first one stays in the slot
+    verdicts = [a.envelope.payload for a in actions if isinstance(a, P.Broadcast) and a.envelope.phase == "verdict"]
+    assert len(verdicts) == 1 and verdicts[0]["guilty"] == ids[1].peer_id
+    assert verdicts[0]["kind"] == "bad_broadcast" and "equivocation" in verdicts[0]["reason"]
+    assert set(verdicts[0]["evidence"]) == {first.digest(), second.digest()}
+    assert "equivocation" in peer.rejected[-1][1]
+
+
 def test_a_valid_envelope_is_accepted_and_recorded():
     peer, ids = _peer_in_commit_phase()
     before = _snapshot(peer)
@@ -56,7 +71,7 @@ def test_a_valid_envelope_is_accepted_and_recorded():
 
 
 @pytest.mark.parametrize("case", ["bad_signature", "wrong_run", "wrong_step", "wrong_phase", "replayed_nonce",
-                                  "stranger", "second_message_same_phase"])
+                                  "stranger", "same_message_again"])
 def test_invalid_envelopes_are_rejected_without_changing_state(case):
     peer, ids = _peer_in_commit_phase()
     good = _valid(ids)
@@ -74,9 +89,9 @@ def test_invalid_envelopes_are_rejected_without_changing_state(case):
     elif case == "stranger":
         stranger = Identity.from_seed(b"stranger")
         env = sign_envelope(stranger, run=RUN, step=3, phase="mprng_commit", payload=good.payload)
-    else:
+    else:  # the same signed message once more (a resend or a refetch): not a second message
         peer.on_broadcast(good)
-        env = _valid(ids, payload={"type": "mprng_commit", "hash": "cd" * 32})
+        env = good
     before = _snapshot(peer)
     rejected = len(peer.rejected)
     assert peer.on_broadcast(env) == []
