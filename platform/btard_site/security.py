@@ -59,7 +59,10 @@ def throttle(scope: str, key: str, *, limit: int, window: int) -> int | None:
     ``window`` seconds (fixed window, in the cache: Redis in production), else ``None``."""
     now = int(timezone.now().timestamp())
     bucket = now // window
-    name = f"throttle:{scope}:{key}:{bucket}"[:240]
+    import hashlib
+
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]  # never raw input in a key
+    name = f"throttle:{scope}:{digest}:{bucket}"
     cache.add(name, 0, timeout=window)
     try:
         count = cache.incr(name)

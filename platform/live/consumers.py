@@ -198,6 +198,13 @@ def _reachability_helper(peer) -> str | None:
     return helper
 
 
+def _reach_key(request_id: str) -> str:
+    """Cache key of a pending reachability check: the id a worker sends back is hashed, never used raw."""
+    import hashlib
+
+    return "reach:" + hashlib.sha256(request_id.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 _GROUP_PREFIX = '{"v":%d,"type":"group"' % PROTOCOL_VERSION
 
 
@@ -421,7 +428,7 @@ class WorkerConsumer(FastDispatchMixin, AsyncWebsocketConsumer):
             await self.send_error("no_helper", "no other active peer is online to test your address")
             return
         request_id = secrets.token_urlsafe(16)
-        await cache.aset(f"reach:{request_id}", {"channel": self.channel_name, "peer": self.peer.pk,
+        await cache.aset(_reach_key(request_id), {"channel": self.channel_name, "peer": self.peer.pk,
                                                  "helper": helper, "run": self.peer.run_id}, timeout=120)
         await self.channel_layer.group_send(ev.peer_group(helper, self.peer.run_id), {
             "type": "worker.forward",
@@ -429,12 +436,12 @@ class WorkerConsumer(FastDispatchMixin, AsyncWebsocketConsumer):
             .model_dump_json()})
 
     async def on_reachability_result(self, msg):
-        pending = await cache.aget(f"reach:{msg.request_id}")
+        pending = await cache.aget(_reach_key(msg.request_id))
         if (not isinstance(pending, dict) or pending.get("helper") != self.peer.peer_id
                 or pending.get("run") != self.peer.run_id):
             await self.send_error("unknown_request", "no such reachability request for this peer (expired?)")
             return
-        await cache.adelete(f"reach:{msg.request_id}")  # one answer per request
+        await cache.adelete(_reach_key(msg.request_id))  # one answer per request
         from runs.services import reachability_word, record_reachability
 
         # a fixed vocabulary, never the helper's own text; stored before the asker hears the answer
