@@ -4,8 +4,8 @@ CREDIT_RULES = [
     ("A step counts when the site closed it as applied: a strict majority of its group reported the update as "
      "applied. Dropped steps count for nobody, and nobody is charged for them."),
     ("For each counted step, each of your workers that was a group member, reported the step as applied and was "
-     "not banned when the step closed earns the batch size the site assigned for the run (samples). The number "
-     "a worker reports itself is not used."),
+     "not banned when the step closed earns the samples the site assigned to a member: the run's batch size (or "
+     "its global batch divided among the group). A worker's own count is never believed beyond that."),
     "Credit is the sum of those samples; steps accepted is the number of such steps.",
     ("Time online is the wall time of the steps your workers took part in and reported (members and "
      "probation candidates), from the site's own clock."),

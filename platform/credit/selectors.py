@@ -1,12 +1,14 @@
-"""Credit from what the site knows (``credit.rules``): steps it closed as applied, the batch size it
-assigned, its own clock. One query per column, merged per account."""
+"""Credit from what the site knows (``credit.rules``): the samples ``runs.services.close_step`` credited
+for each applied step (the batch size the site assigned per member, ``runs.services.samples_per_peer``;
+never more than that, whatever a worker claims), and the site's own clock. One query per column, merged
+per account: the leaderboard, the volunteer's page and ``/api/leaderboard/`` read the same rows."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from django.db.models import Count, DurationField, Exists, ExpressionWrapper, F, OuterRef, Sum
+from django.db.models import Count, DurationField, ExpressionWrapper, F, Sum
 
 
 @dataclass
@@ -24,24 +26,12 @@ class CreditRow:
         return int(self.online.total_seconds())
 
 
-def _credited_reports(run=None):
-    from runs.models import StepReportRecord
-    from volunteers.models import ContributionEvent
-
-    credited = ContributionEvent.objects.filter(user_id=OuterRef("peer__user_id"),
-                                                run_id=OuterRef("step_record__run_id"),
-                                                step=OuterRef("step_record__step"))
-    reports = StepReportRecord.objects.filter(outcome="applied", step_record__outcome="applied")
-    if run is not None:
-        reports = reports.filter(step_record__run=run)
-    return reports.filter(Exists(credited))
-
-
 def leaderboard(*, run=None, limit: int | None = 100) -> list[CreditRow]:
     """Accounts ranked by validated contribution in ``run`` (every run when ``None``)."""
     from django.contrib.auth import get_user_model
     from moderation.models import Ban
     from runs.models import StepReportRecord
+    from volunteers.models import ContributionEvent
 
     rows: dict[int, CreditRow] = {}
 
@@ -50,9 +40,9 @@ def leaderboard(*, run=None, limit: int | None = 100) -> list[CreditRow]:
             rows[user_id] = CreditRow(user_id=user_id, username="")
         return rows[user_id]
 
-    for r in (_credited_reports(run).values("peer__user_id")
-              .annotate(samples=Sum("step_record__run__batch_size"), steps=Count("id"))):
-        entry = row(r["peer__user_id"])
+    credited = ContributionEvent.objects.all() if run is None else ContributionEvent.objects.filter(run=run)
+    for r in credited.values("user_id").annotate(samples=Sum("samples"), steps=Count("id")):
+        entry = row(r["user_id"])
         entry.samples, entry.steps = int(r["samples"] or 0), int(r["steps"])
     took_part = StepReportRecord.objects.exclude(step_record__finished_at=None)
     if run is not None:

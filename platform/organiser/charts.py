@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-from django.db.models import Count, Q
-
 CHART_POINTS = 500
 
 
 def chart_series(run, *, points: int = CHART_POINTS) -> dict:
     """Columns for uPlot: ``step``, ``loss``, ``accuracy`` (null where no peer evaluated), ``throughput`` in
-    samples per second (the site-assigned batch size of each applied report over the step's wall time;
-    0 for a dropped step), plus ``bans`` as ``{step, account, kind, url}``."""
+    samples per second (the samples the site credited for the step, at most its assigned batch per member,
+    over the step's wall time; 0 for a dropped step), plus ``bans`` as ``{step, account, kind, url}``."""
     from moderation.models import Ban
     from runs.models import StepRecord
 
-    records = list(StepRecord.objects.filter(run=run).exclude(finished_at=None)
-                   .annotate(applied_reports=Count("reports", filter=Q(reports__outcome="applied")))
-                   .order_by("-step")[:points])
+    records = list(StepRecord.objects.filter(run=run).exclude(finished_at=None).order_by("-step")[:points])
     records.reverse()
     steps, loss, accuracy, throughput = [], [], [], []
     for r in records:
@@ -24,7 +20,7 @@ def chart_series(run, *, points: int = CHART_POINTS) -> dict:
         loss.append(r.loss)
         accuracy.append(r.accuracy)
         seconds = max((r.finished_at - r.started_at).total_seconds(), 1e-3)
-        samples = r.applied_reports * run.batch_size if r.outcome == "applied" else 0
+        samples = r.samples if r.outcome == "applied" else 0
         throughput.append(round(samples / seconds, 2))
     first = steps[0] if steps else 0
     bans = [{"step": b["step"], "account": b["user__username"] or "", "kind": b["evidence_kind"],

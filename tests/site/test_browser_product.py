@@ -196,7 +196,7 @@ def test_the_leaderboard_ranks_by_credit_and_updates_live(live_site, busy_run, p
             rows = page.locator("#leaderboard-table tbody tr")
             expect(rows).to_have_count(3)
             expect(rows.nth(0)).to_have_class("me")
-            expect(page.locator("#credit-rules")).to_contain_text("batch size the site assigned")
+            expect(page.locator("#credit-rules")).to_contain_text("the samples the site assigned")
             expect(page.locator("tr[data-account=alice] td").nth(2)).to_have_text("160")
             expect(page.locator("body[data-live=open]")).to_have_count(1)
             page.screenshot(path=str(IMG / "leaderboard.png"), full_page=True)

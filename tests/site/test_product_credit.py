@@ -25,9 +25,16 @@ def test_credit_is_the_assigned_batch_size_of_applied_steps_not_the_claimed_samp
     run.batch_size = 16
     run.save()
     play_step(run, trio, claimed_samples=999)
-    play_step(run, trio, claimed_samples=7)
+    play_step(run, trio, claimed_samples=16_000)
     row = credit_of(alice)
     assert (row.samples, row.steps) == (32, 2)
+
+
+def test_with_a_global_batch_a_member_earns_its_share(run, trio, alice):
+    run.extra = {"global_batch": 96}
+    run.save()
+    play_step(run, trio)  # three members: 32 each
+    assert credit_of(alice).samples == 32
 
 
 def test_a_dropped_step_credits_nobody(run, trio, alice):
@@ -85,7 +92,7 @@ def test_the_leaderboard_page_lists_the_rules_and_highlights_me(run, trio, alice
     play_step(run, trio)
     client.force_login(alice)
     page = client.get(f"/leaderboard/?run={run.pk}").content.decode()
-    assert "How credit is counted" in page and "batch size the site assigned" in page
+    assert "How credit is counted" in page and "the samples the site assigned" in page
     assert 'class="me" data-account="alice"' in page
 
 
