@@ -22,7 +22,7 @@ def test_a_report_must_list_every_accusation_of_its_own_sender():
 
 
 def test_accusations_and_eliminates_are_refused_once_the_set_that_decides_the_step_is_fixed():
-    ok = dict(sender_reported=False, validation_closed=False)
+    ok = {"sender_reported": False, "validation_closed": False}
     assert rules.moderation_refused(phase="accuse", **ok) is None
     assert "own validation report" in rules.moderation_refused(phase="eliminate", sender_reported=True,
                                                                validation_closed=False)

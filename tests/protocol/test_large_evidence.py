@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from btard_wire.payloads import MAX_INLINE_FLOATS
 from worker_client.btard import protocol as P
 from worker_client.btard.attacks import ATTACKS, RATIONAL_ATTACKS
-from btard_wire.payloads import MAX_INLINE_FLOATS
 
 from ._swarm import Swarm
 
