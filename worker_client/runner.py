@@ -933,12 +933,30 @@ class Worker:
         self._event("step_done", f"step {step} {result.outcome}" + (f": {result.reason}" if result.reason else ""),
                     step=step, outcome=result.outcome, banned=banned, loss=self.last_loss,
                     params_sha256=tensor_hash(self.state.params()))
+        self._explain_eliminations(step, result.eliminations)
         self.deadline_phase = None
         self.steps_done += 1
         self._ask_reachability()  # again if nobody could check at start-up (no other peer was online)
         self._set_status(Status.waiting_for_group, f"step {step} {result.outcome}; waiting for step {step + 1}")
         if self.config.max_steps is not None and self.steps_done >= self.config.max_steps:
             self.exit_code, self.exit_message = EXIT_OK, f"finished {self.steps_done} steps"
+
+    def _explain_eliminations(self, step: int, eliminations) -> None:
+        """Say plainly why this worker sits out: an ELIMINATE names a pair (one of them is at fault, nobody
+        can prove which), and most often the honest side of it is a slow or interrupted link."""
+        me = self.identity.peer_id
+        for eliminator, target in eliminations:
+            if me not in (eliminator, target):
+                continue
+            other = target if eliminator == me else eliminator
+            if eliminator == me:
+                what = f"a tensor from peer {other[:8]} did not reach us before the deadline and we said so"
+            else:
+                what = f"peer {other[:8]} reported that our tensor did not reach it before the deadline"
+            self._event("eliminated", f"step {step}: {what} (ELIMINATE); both of us sit out until the epoch ends. "
+                        "This is not a ban. If it repeats, check this machine's upload bandwidth and that its "
+                        "port stays reachable (btard-worker doctor)",
+                        step=step, pair=[eliminator, target])
 
     def _ask_reachability(self) -> None:
         """Like Petals at start-up: have another peer dial our announced address, and say what to fix."""
