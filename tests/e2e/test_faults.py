@@ -190,7 +190,10 @@ def test_the_run_goes_on_through_redis_and_postgres_restarts_and_loses_nothing(p
 
 def test_a_slow_host_is_left_out_of_steps_not_banned_and_told_why(netsite, network, record_recovery):
     site = netsite
-    run = site.create_run(volunteers=5, **(FIELDS | dict(phase_timeout=4.0, step_timeout=15.0)))
+    # gpt-char-small: 0.44M parameters, so a part of each gradient takes seconds at 1 Mbit/s
+    # an ELIMINATE benches the pair for the epoch (10 steps); three fast peers are enough to go on without it
+    run = site.create_run(volunteers=5, **(FIELDS | dict(task="gpt-char-small", phase_timeout=4.0,
+                                                          step_timeout=15.0, epoch_steps=10)))
     rid = run["run_id"]
     site.start()
     tokens = [t["token"] for t in run["tokens"]]
@@ -198,14 +201,18 @@ def test_a_slow_host_is_left_out_of_steps_not_banned_and_told_why(netsite, netwo
             for i in range(4)]
     slow_host = network.add_host(rate="1000mbit")
     slow = site.start_worker_on(slow_host, "slow", tokens[4], max_steps=80)
-    _ready(site, fast + [slow], min_peers=4)
+    _ready(site, fast + [slow], min_peers=3)
     _wait_step(site, rid, 1, 180)
     network.set_rate(slow_host, "1mbit")
+    base = {w.name: len(applied_steps(w)) for w in fast}
     at = _step(site, rid)
-    record_recovery("a host slowed to 1 Mbit/s: the fast hosts apply 3 steps", _members_apply(site, rid, fast, 3, 240))
+    # the slow host and the peer it failed are benched; the remaining fast hosts keep applying steps
+    record_recovery("a host slowed to 1 Mbit/s: three fast hosts apply 3 steps",
+                    seconds_until(lambda: sum(len(applied_steps(w)) >= 3 + base[w.name] for w in fast) >= 3, 240))
     assert _step(site, rid) > at
     assert _bans(site) == []  # slow is not a fault
     told = [e for e in slow.events() if e.get("event") in ("late", "eliminated", "left_out", "excluded")]
-    assert told and all(e.get("message") for e in told), [e.get("event") for e in slow.events()][-20:]
+    assert told and all(e.get("message") for e in told), [
+        (e.get("event"), e.get("message")) for e in slow.events() if e.get("event") != "status"][-30:]
     for w in (*fast, slow):
         kill_group(w.proc, signal.SIGTERM)
