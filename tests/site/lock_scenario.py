@@ -36,13 +36,15 @@ def setup_run(tmp_dir: Path):
         issued = volunteers.create_worker_token(user=user, name="box")
         peer, _ = make_peer(run=run, user=user, seed=f"lock-{run.pk}-{i}", token=issued.token)
         members.append((peer, issued.token))
-    outsider, _ = make_peer(run=run, seed=f"lock-outsider-{run.pk}")
+    # not a member: the group is drawn at random from the eligible (online, active) peers
+    outsider, _ = make_peer(run=run, seed=f"lock-outsider-{run.pk}", role="candidate")
     assert runs.start_step_if_ready(run=run).step == STEP
     return run, members, outsider, StepReport
 
 
 def run_scenario(tmp_dir: Path) -> dict:
     import torch
+    from btard_site.retry import retry_transient
     from django.db import connections, transaction
     from live import consumers
     from moderation.models import Ban
@@ -52,7 +54,6 @@ def run_scenario(tmp_dir: Path) -> dict:
     from runs.services import Rejected
     from torch import nn
 
-    from btard_site.retry import retry_transient
     from btard_wire.control import Heartbeat
     from worker_client.checkpoint import state_bytes, state_digest
 

@@ -59,9 +59,8 @@ def test_the_embedded_default_configures_sqlite_for_concurrent_writers(tmp_path)
 
 
 def test_a_transient_lock_is_retried_and_other_errors_are_not():
-    from django.db import OperationalError
-
     from btard_site.retry import retry_transient
+    from django.db import OperationalError
 
     calls = []
 

@@ -5,13 +5,13 @@ issued per address, keys and founders per account in a run; the client address t
 from __future__ import annotations
 
 import pytest
+from btard_site.security import client_address
 from channels.db import database_sync_to_async
 from django.test import RequestFactory
 from runs.models import Peer
 from volunteers import services as volunteers
 from volunteers.models import WorkerToken
 
-from btard_site.security import client_address
 from tests.factories import RunFactory
 from tests.site.wsclient import join, open_worker, receive_type, send, token_for
 
@@ -73,9 +73,8 @@ def test_sign_ups_behind_the_proxy_are_limited_per_real_client(client, settings)
 
 
 def test_the_trusted_proxy_setting_refuses_a_bad_entry(monkeypatch):
-    from django.core.exceptions import ImproperlyConfigured
-
     from btard_site.env import env_networks
+    from django.core.exceptions import ImproperlyConfigured
 
     monkeypatch.setenv("BTARD_TRUSTED_PROXIES", "10.0.0.1, not-an-ip")
     with pytest.raises(ImproperlyConfigured, match="not-an-ip"):
@@ -93,8 +92,8 @@ async def test_an_account_gets_a_few_keys_and_one_founder_per_run(alice, bob, se
     second = await join(await database_sync_to_async(token_for)(alice, "second"), b"alice-k2")
     assert second[2]["role"] != "active"  # one founder per account
     third = await open_worker(await database_sync_to_async(token_for)(alice, "third"))
-    from tests.site.wsclient import challenge_of, hello_for
     from btard_wire.envelope import Identity
+    from tests.site.wsclient import challenge_of, hello_for
 
     challenge = await challenge_of(third)
     await send(third, hello_for(Identity.from_seed(b"alice-k3"), challenge))

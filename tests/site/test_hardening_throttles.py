@@ -4,9 +4,9 @@ are throttled per address and per account; lookalike usernames and all-digit pas
 from __future__ import annotations
 
 import pytest
+from btard_site.security import skeleton
 from django.contrib.auth import get_user_model
 
-from btard_site.security import skeleton
 from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
