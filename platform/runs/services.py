@@ -730,14 +730,46 @@ def expire_broadcasts(*, now=None) -> int:
     return deleted
 
 
+@transaction.atomic
+def drop_unclosable_step(*, run: Run, now=None) -> StepRecord | None:
+    """The overdue step of ``run`` could not be closed (a fault of the site, not of a peer): record it as
+    dropped, credit nothing and advance, so one bad step never halts the run (F1). ``None`` while the
+    step is not overdue yet."""
+    now = now or timezone.now()
+    run = Run.objects.select_for_update().get(pk=run.pk)
+    if not run.step_in_progress:
+        return None
+    record = StepRecord.objects.select_for_update().get(run=run, step=run.current_step)
+    if now < record.deadline:
+        return None
+    record.outcome, record.finished_at, record.samples = "dropped", now, 0
+    record.save(update_fields=["outcome", "finished_at", "samples"])
+    run.current_step += 1
+    run.step_in_progress = False
+    run.save(update_fields=["current_step", "step_in_progress"])
+    emit(StepAdvanced(run_id=run.id, finished_step=record.step, step=run.current_step, outcome="dropped",
+                      loss=None, accuracy=None, samples=0, missing=[]))
+    return record
+
+
 def tick_run(*, run: Run) -> None:
     """Drive one run forward: stale peers offline, overdue step closed (and peers silent too often
     banned), admissions, promotions, next group. Each part is its own service (and event); safe to call
     often and concurrently."""
     from moderation.services import ban_silent_peers
 
+    from btard_site.retry import is_transient
+
     mark_stale_peers_offline(run=run)
-    if close_step(run=run) is not None:
+    try:
+        closed = close_step(run=run)
+    except Exception as exc:
+        if is_transient(exc):
+            raise  # retried by the caller
+        log.exception("run %s: closing step %s failed; it is dropped once overdue", run.pk, run.current_step)
+        closed = None
+        drop_unclosable_step(run=run)
+    if closed is not None:
         ban_silent_peers(run=run)
     admit_waiting_peers(run=run)
     promote_candidates(run=run)

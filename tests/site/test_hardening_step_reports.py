@@ -113,3 +113,30 @@ def test_the_beat_task_ticks_every_other_run_when_one_runs_tick_raises(db, monke
         assert tasks.tick_runs() == 1
     assert ticked == [healthy.pk]
     assert any("poisoned" in r.getMessage() for r in caplog.records)
+
+
+def test_a_step_that_cannot_be_closed_is_dropped_once_overdue_and_the_run_goes_on(db, monkeypatch, caplog):
+    from datetime import timedelta
+
+    from django.utils import timezone
+    from runs import services
+    from volunteers import services as volunteer_services
+
+    from tests.factories import make_peer
+
+    run = RunFactory(name="unclosable", min_peers=2)
+    for i in range(2):
+        make_peer(run=run, seed=f"uc{i}")
+    assert services.start_step_if_ready(run=run).step == 0
+
+    def broken(**kwargs):
+        raise OverflowError("Python int too large to convert to SQLite INTEGER")
+
+    monkeypatch.setattr(volunteer_services, "credit_step", broken)
+    StepRecord.objects.filter(run=run, step=0).update(deadline=timezone.now() - timedelta(seconds=1))
+    with caplog.at_level(logging.ERROR, logger="runs.services"):
+        services.tick_run(run=run)
+    record = StepRecord.objects.get(run=run, step=0)
+    assert record.outcome == "dropped" and record.finished_at is not None
+    assert StepRecord.objects.filter(run=run, step=1).exists()  # the next group formed
+    assert any("closing step 0 failed" in r.getMessage() for r in caplog.records)
