@@ -78,7 +78,7 @@ class ProtocolParams:
     # with hivemind's target batch size. 0: every peer uses the driver's own batch size.
     global_batch: int = 0
     exact_rtol: float = 1e-6
-    recalc_rtol: float = 1e-3
+    recalc_rtol: float = 3e-5  # ~6x the largest honest error measured (docs/protocol.md, "Recomputation error")
     # True (the networked worker): this peer's own broadcast of a board phase counts towards that phase's
     # barrier only once the board sent it back (stored). A message that reaches the site after the site
     # closed the phase is refused, so the peer never goes on believing it posted in time (ours).
