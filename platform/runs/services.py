@@ -144,11 +144,10 @@ def join_run(*, token, hello: Hello) -> JoinResult:
         founder = policy.founders_active(run, active_count=active) and not mine.filter(role="active").exists()
         if probation == 0 or founder:
             peer.role, peer.admitted_at, peer.promoted_at = "active", now, now
-        elif policy.may_admit_candidate(run, active_count=active,
-                                        candidate_count=run.peers.filter(role="candidate").count(),
-                                        admitted_in_window=run.peers.filter(
-                                            admitted_at__gte=policy.window_start(run)).count()):
-            peer.role, peer.admitted_at = "candidate", now
+        elif not mine.filter(role="candidate").exists() and policy.may_admit_candidate(
+                run, active_count=active, candidate_count=run.peers.filter(role="candidate").count(),
+                admitted_in_window=run.peers.filter(admitted_at__gte=policy.window_start(run)).count()):
+            peer.role, peer.admitted_at = "candidate", now  # one probation slot per account at a time (F8)
             peer.probation_required = probation
         else:
             peer.role = "waiting"
@@ -221,6 +220,8 @@ def admit_waiting_peers(*, run: Run) -> list[str]:
     admitted = []
     now = timezone.now()
     for peer in run.peers.filter(role="waiting", online=True).order_by("joined_at", "id"):
+        if run.peers.filter(user_id=peer.user_id, role="candidate").exists():
+            continue  # one probation slot per account at a time: the others' keys go first (F8)
         active = run.peers.filter(role="active").count()
         if not policy.may_admit_candidate(
                 run, active_count=active, candidate_count=run.peers.filter(role="candidate").count(),

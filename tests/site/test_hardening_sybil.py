@@ -106,3 +106,30 @@ async def test_an_account_gets_a_few_keys_and_one_founder_per_run(alice, bob, se
 
 
 _ = volunteers
+
+
+def test_an_account_holds_one_probation_slot_at_a_time_so_a_newcomer_is_not_queued_behind_it(settings):
+    from runs import services as runs
+    from runs.models import Run
+
+    from btard_wire.control import Hello
+    from btard_wire.envelope import Identity
+    from tests.factories import UserFactory, make_peer
+
+    settings.MAX_KEYS_PER_ACCOUNT_PER_RUN = 2
+    run = RunFactory(name="fair-run", max_new_per_window=2, max_candidate_fraction=1.0, peers_per_group=16)
+    for i in range(4):
+        make_peer(run=run, seed=f"fair-active-{i}")
+    Run.objects.filter(pk=run.pk).update(current_step=3)
+    run.refresh_from_db()
+
+    def join_as(user, seed):
+        token = volunteers.create_worker_token(user=user, name=seed).token
+        hello = Hello(public_key=Identity.from_seed(seed.encode()).public_key_b64)
+        return runs.join_run(token=token, hello=hello).role
+
+    sybil, honest = UserFactory(username="sybil"), UserFactory(username="newcomer")
+    assert join_as(sybil, "s1") == "candidate"
+    assert join_as(sybil, "s2") == "waiting"  # a second probation slot for the same account: no
+    assert join_as(honest, "h1") == "candidate"  # the newcomer gets the window's other slot
+    assert runs.admit_waiting_peers(run=run) == []  # and sybil's waiting key stays behind its candidate
