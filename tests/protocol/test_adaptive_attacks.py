@@ -92,3 +92,11 @@ def test_btard_bans_adaptive_attackers_and_no_honest_peer(attack):
     out = run_simulation(task="digits-mlp", peers=8, byzantine=3, attack=attack, aggregator="btard", steps=12,
                          attack_start=2, seed=0, eval_every=0, tau=0.1)
     assert out["honest_banned"] == 0 and out["byzantine_banned"] == 3
+
+
+def test_an_optimal_attack_against_the_mean_stays_finite():
+    from worker_client.btard.aggregators import mean
+
+    peers, step, _, _ = _colluders("optimal_alie", aggregate=mean, evals=60)
+    v = peers[0].hook_corrupt_gradient(torch.zeros(8), step)
+    assert torch.isfinite(v).all() and float(v.abs().max()) > 100  # the mean has no bound: it goes far

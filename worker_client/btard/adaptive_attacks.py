@@ -112,8 +112,12 @@ class _Optimal(GradientAttack):
 
         def damage(scale: float) -> float:
             v = vector(scale)
-            x = torch.cat([honest, v.expand(b, -1)])
-            out = rule(x)
+            if not bool(torch.isfinite(v).all()):  # a scale past float32's range: not a candidate
+                return -1.0
+            try:
+                out = rule(torch.cat([honest, v.expand(b, -1)]))
+            except ValueError:  # the rule refuses such input (overflow inside it)
+                return -1.0
             d = float((out - mean).norm())
             return d / scale_ref if math.isfinite(d) else -1.0
 
