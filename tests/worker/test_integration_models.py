@@ -19,7 +19,7 @@ from .siteproc import SiteHarness
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 TASK = "gpt-char-small"
-RUN_FIELDS = dict(phase_timeout=30.0, step_timeout=90.0, validators_per_step=3, epoch_steps=1, min_peers=99)
+RUN_FIELDS = {"phase_timeout": 30.0, "step_timeout": 90.0, "validators_per_step": 3, "epoch_steps": 1, "min_peers": 99}
 
 
 @pytest.fixture
