@@ -112,3 +112,28 @@ async def test_routing_entries_are_per_run_and_written_after_the_join(run, alice
 
 
 _ = json
+
+
+async def test_a_group_formed_while_the_join_was_in_flight_reaches_the_joiner_once(run, alice, bob, monkeypatch):
+    from live import consumers
+    from runs.services import join_run, start_step_if_ready
+
+    ca, _, _ = await join(alice, b"alice-race")
+
+    def join_then_form_the_group(token, hello):
+        result = join_run(token=token, hello=hello)
+        start_step_if_ready(run=result.run)  # another process formed the group before the route was written
+        return result
+
+    monkeypatch.setattr(consumers, "_join", join_then_form_the_group)
+    cb, _, _ = await join(bob, b"bob-race")
+    group = await receive_type(cb, "group")
+    assert group["step"] == 0
+    assert (await receive_type(ca, "group"))["step"] == 0
+    # exactly once: nothing else for bob
+    extra = []
+    while not await cb.receive_nothing(timeout=0.3):
+        extra.append((await cb.receive_json_from())["type"])
+    assert "group" not in extra
+    for comm in (ca, cb):
+        await comm.disconnect()
