@@ -36,9 +36,13 @@ def peer_row(peer: Peer) -> dict:
 
 
 def curve(run: Run, *, points: int = CURVE_POINTS) -> list[dict]:
+    import math
+
     rows = (StepRecord.objects.filter(run=run).exclude(finished_at=None).order_by("-step")
             .values("step", "loss", "accuracy", "outcome", "samples")[:points])
-    return list(reversed(rows))
+    # strict JSON only (F7): a non-finite value stored before reports were bounded is shown as missing
+    return [{**row, **{k: None for k in ("loss", "accuracy")
+                       if isinstance(row[k], float) and not math.isfinite(row[k])}} for row in reversed(rows)]
 
 
 def _svg_polyline(values: list[tuple[int, float]], *, width=600, height=160, ymax: float | None = None) -> str:

@@ -140,3 +140,15 @@ def test_a_step_that_cannot_be_closed_is_dropped_once_overdue_and_the_run_goes_o
     assert record.outcome == "dropped" and record.finished_at is not None
     assert StepRecord.objects.filter(run=run, step=1).exists()  # the next group formed
     assert any("closing step 0 failed" in r.getMessage() for r in caplog.records)
+
+
+def test_a_non_finite_value_stored_earlier_never_reaches_the_public_json(db, client):
+    from django.utils import timezone
+
+    run = RunFactory(name="legacy-inf")
+    StepRecord.objects.create(run=run, step=0, members=[], deadline=timezone.now(), finished_at=timezone.now(),
+                              outcome="applied", loss=float("inf"), accuracy=float("nan"))
+    body = client.get(f"/api/runs/{run.pk}/").content.decode()
+    state = json.loads(body, parse_constant=lambda name: pytest.fail(f"{name} in the public JSON"))
+    assert state["curve"][0]["loss"] is None and state["curve"][0]["accuracy"] is None
+    assert client.get(f"/runs/{run.pk}/").status_code == 200
