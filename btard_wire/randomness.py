@@ -30,6 +30,8 @@ GENESIS_DOMAIN = b"btard-genesis"
 VALIDATORS_DOMAIN = b"btard-validators"
 TARGETS_DOMAIN = b"btard-targets"
 PROBATION_DOMAIN = b"btard-probation-validators"
+GROUP_DOMAIN = b"btard-group-order"
+ROTATION_DOMAIN = b"btard-group-rotation"
 
 
 def _h(*parts: bytes) -> bytes:
@@ -149,3 +151,14 @@ def draw_probation_validators(randomness: bytes, *, members: Collection[str],
         return {}
     order = keyed_shuffle(randomness, PROBATION_DOMAIN, sorted(set(candidates) - set(pool)))
     return {cand: pool[i % len(pool)] for i, cand in enumerate(order)}
+
+
+def group_order(randomness: bytes, members: Collection[str], *, size: int | None = None) -> list[str]:
+    """A step's group in order (peer ``group[j]`` aggregates part j and reveals j-th in the MPRNG): the
+    first ``size`` of a keyed shuffle of the sorted eligible ``members`` (all when ``size`` is None),
+    themselves in keyed-shuffle order. The site draws from the previous step's MPRNG output, so no peer
+    chooses its part or its seat in the group by choosing its key (issue 12, invariant 9)."""
+    chosen = sorted(set(members))
+    if size is not None and len(chosen) > size:
+        chosen = sorted(keyed_shuffle(randomness, ROTATION_DOMAIN, chosen)[:max(0, size)])
+    return keyed_shuffle(randomness, GROUP_DOMAIN, chosen)

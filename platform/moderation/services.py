@@ -140,9 +140,13 @@ def _step_members(run, step: int) -> list[str]:
 def consider_verdict(*, entry) -> Ban | None:
     """After a stored verdict: ban its ``guilty`` peer once a strict majority of the group signed the
     same verdict (counting distinct senders). Returns the ban or ``None``."""
-    from runs.models import Peer
+    from runs.models import Peer, StepRecord
 
     payload = VerdictPayload.model_validate(entry.envelope["payload"])
+    # Verdicts of one step are counted one at a time: a verdict is stored and counted in one transaction,
+    # so without this lock concurrent verdicts (PostgreSQL, read committed) each miss the others' rows and
+    # no count ever reaches the majority. The step's row: the lock order of accept_broadcast and close_step.
+    StepRecord.objects.select_for_update().filter(run=entry.run, step=entry.step).first()
     signed, group_size = verdict_majority(run=entry.run, step=entry.step, guilty=payload.guilty)
     signers = [env.get("sender") for env in signed]
     if group_size == 0 or not board_rules.verdict_majority(signers, members=_step_members(entry.run, entry.step)):

@@ -7,7 +7,6 @@ group of every step, relays and stores the signed broadcasts, and never sees a t
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import statistics
@@ -49,7 +48,12 @@ from btard_wire.control import (
 from btard_wire.envelope import Envelope, b64d, peer_id_from_public_key, verify_envelope
 from btard_wire.errors import CodedError, ProtocolError
 from btard_wire.payloads import parse_payload
-from btard_wire.randomness import draw_probation_validators, genesis_randomness, skipped_randomness
+from btard_wire.randomness import (
+    draw_probation_validators,
+    genesis_randomness,
+    group_order,
+    skipped_randomness,
+)
 from btard_wire.randomness import probation_seed as _probation_seed
 
 from .deadlines import effective_deadlines
@@ -69,10 +73,6 @@ class JoinRefused(CodedError):
         super().__init__(close_code, reason)
         self.close_code = close_code
         self.reason = reason
-
-
-def _h(*parts) -> bytes:
-    return hashlib.sha256("|".join(str(p) for p in parts).encode()).digest()
 
 
 def probation_seed(run: Run, step: int, peer_id: str) -> int:
@@ -257,13 +257,20 @@ def _eligible(run: Run, step: int):
             .filter(Q(excluded_until_step=None) | Q(excluded_until_step__lte=step)))
 
 
+def _step_randomness(run: Run, step: int) -> bytes:
+    """The randomness the site draws step ``step``'s group order and probation validators from: the
+    previous step's MPRNG output on the board, or the run's public chain when that step had none."""
+    return board_randomness(run=run, step=step - 1) or skipped_randomness(
+        genesis_randomness(str(run.id), run.seed), str(run.id), step)
+
+
 def _choose_members(run: Run, step: int) -> list[Peer]:
-    eligible = list(_eligible(run, step))
-    if len(eligible) > run.peers_per_group:
-        # deterministic rotation so every active peer takes part over time
-        eligible.sort(key=lambda p: _h("group", run.id, run.seed, step, p.peer_id))
-        eligible = eligible[: run.peers_per_group]
-    return sorted(eligible, key=lambda p: p.peer_id)
+    """The step's group in its order: a random subset when more peers are eligible than fit (so every
+    active peer takes part over time), shuffled with the previous step's randomness (nobody chooses its
+    part by choosing its key)."""
+    eligible = {p.peer_id: p for p in _eligible(run, step)}
+    order = group_order(_step_randomness(run, step), list(eligible), size=run.peers_per_group)
+    return [eligible[pid] for pid in order]
 
 
 def _end_exclusions_if_stalled(run: Run, step: int) -> bool:
@@ -304,8 +311,7 @@ def start_step_if_ready(*, run: Run, now: datetime | None = None) -> StepRecord 
     # each candidate's probation validator: drawn from the previous step's r (no candidate knew it when
     # it chose its key; finding 10), from the run's public chain when that step had none
     waiting = list(run.peers.filter(role="candidate", online=True).order_by("peer_id"))
-    r_prev = board_randomness(run=run, step=step - 1) or skipped_randomness(
-        genesis_randomness(str(run.id), run.seed), str(run.id), step)
+    r_prev = _step_randomness(run, step)
     checks = draw_probation_validators(r_prev, members=ids, candidates=[c.peer_id for c in waiting])
     candidates = []
     for cand in waiting:

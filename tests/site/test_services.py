@@ -26,6 +26,7 @@ from btard_wire.control import (
     StepReport,
 )
 from btard_wire.envelope import Identity
+from btard_wire.randomness import genesis_randomness, group_order, skipped_randomness
 from tests.factories import RunFactory, UserFactory, make_peer
 from tests.site.helpers import envelope, verdict
 
@@ -186,7 +187,10 @@ def test_it_forms_a_deterministic_group_with_validators_and_candidates(run, even
     peers = [make_peer(run=run, seed=f"p{i}")[0] for i in range(3)]
     cand, _ = make_peer(run=run, seed="cand", role="candidate", probation_required=2)
     record = runs.start_step_if_ready(run=run)
-    assert record.members == sorted(p.peer_id for p in peers)
+    assert sorted(record.members) == sorted(p.peer_id for p in peers)
+    # in the order of the run's public chain at step 0 (later: the previous step's r), not by key
+    r = skipped_randomness(genesis_randomness(str(run.id), run.seed), str(run.id), 0)
+    assert record.members == group_order(r, record.members)
     assert [c["peer_id"] for c in record.candidates] == [cand.peer_id]
     assert record.candidates[0]["validator"] in record.members
     assert record.candidates[0]["seed"] == runs.probation_seed(run, 0, cand.peer_id)
@@ -508,7 +512,7 @@ def test_benched_peers_come_back_early_when_the_run_would_stall_without_them(run
     peers = [make_peer(run=run, seed=f"st{i}")[0] for i in range(3)]
     Peer.objects.filter(pk__in=[peers[0].pk, peers[1].pk]).update(excluded_until_step=1000)  # an ELIMINATE pair
     record = runs.start_step_if_ready(run=run)
-    assert record is not None and record.members == sorted(p.peer_id for p in peers)
+    assert record is not None and sorted(record.members) == sorted(p.peer_id for p in peers)
     ended = [e for e in events() if e.type == "exclusions_ended"]
     assert len(ended) == 1 and ended[0].peer_ids == sorted([peers[0].peer_id, peers[1].peer_id])
     assert not Peer.objects.filter(excluded_until_step__isnull=False).exists()
@@ -519,7 +523,7 @@ def test_benched_peers_stay_out_when_the_others_are_enough(run, events):
     peers = [make_peer(run=run, seed=f"ok{i}")[0] for i in range(4)]
     Peer.objects.filter(pk__in=[peers[0].pk, peers[1].pk]).update(excluded_until_step=1000)
     record = runs.start_step_if_ready(run=run)
-    assert record.members == sorted([peers[2].peer_id, peers[3].peer_id])
+    assert sorted(record.members) == sorted([peers[2].peer_id, peers[3].peer_id])
     assert not [e for e in events() if e.type == "exclusions_ended"]
 
 

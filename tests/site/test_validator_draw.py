@@ -11,7 +11,12 @@ from runs import services as runs
 from runs.models import StepRecord
 
 from btard_wire.control import Broadcast, StepReport
-from btard_wire.randomness import draw_probation_validators, genesis_randomness, skipped_randomness
+from btard_wire.randomness import (
+    draw_probation_validators,
+    genesis_randomness,
+    group_order,
+    skipped_randomness,
+)
 from tests.factories import RunFactory, make_peer
 from tests.protocol._swarm import synthetic_gradient
 from tests.worker.fakesite import FakeSite
@@ -68,14 +73,20 @@ def test_the_site_the_memory_board_and_the_fake_site_draw_the_same_validators_as
     fake = FakeSite(group_size=5, validators=M)
     fake.run = fake.run.model_copy(update={"id": run.id})
     seen = []
+
+    def r_prev_of(step: int) -> bytes:
+        return swarm.r if step else skipped_randomness(genesis_randomness(str(run.id), run.seed), str(run.id), 0)
+
     for step in range(5):
         record = runs.start_step_if_ready(run=run)
-        assert record is not None and record.members == swarm.ids  # the group order every peer uses
+        assert record is not None and sorted(record.members) == swarm.ids
+        # the group order every peer uses: shuffled with the previous step's r (the public chain at step 0)
+        assert record.members == group_order(r_prev_of(step), swarm.ids)
         assert record.validators == {}  # nobody can know them when the group forms
         # the candidate's probation validator: drawn from the previous step's r, which the peers hold
         (check,) = record.candidates
         assert check["peer_id"] == candidate.peer_id
-        r_prev = swarm.r if step else skipped_randomness(genesis_randomness(str(run.id), run.seed), str(run.id), 0)
+        r_prev = r_prev_of(step)
         assert check["validator"] == draw_probation_validators(r_prev, members=record.members,
                                                                candidates=[candidate.peer_id])[candidate.peer_id]
         results = swarm.step(step, record.members)

@@ -158,3 +158,15 @@ def test_probation_validators_spread_evenly_and_a_key_cannot_choose_its_validato
     assert set(seen) == set(members) and all(abs(c - 500) <= 5 * math.sqrt(2000 * 0.25 * 0.75)
                                              for c in seen.values())
     assert draw_probation_validators(_r(0), members=[], candidates=["c0"]) == {}
+
+
+def test_the_group_order_is_a_keyed_shuffle_and_a_rotation_picks_a_random_subset():
+    from btard_wire.randomness import group_order
+
+    members = [f"k{i}" for i in range(6)]
+    first = Counter(group_order(_r(i), members)[0] for i in range(1200))
+    assert set(first) == set(members) and all(abs(c - 200) <= 5 * math.sqrt(1200 / 6 * 5 / 6) for c in first.values())
+    assert group_order(_r(3), members) == group_order(_r(3), members[::-1])  # input order does not matter
+    picked = Counter(p for i in range(600) for p in group_order(_r(i), members, size=3))
+    assert len(group_order(_r(0), members, size=3)) == 3 and set(picked) == set(members)
+    assert all(abs(c - 300) <= 5 * math.sqrt(600 * 0.25) for c in picked.values())
