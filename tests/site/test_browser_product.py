@@ -225,6 +225,17 @@ def test_the_leaderboard_ranks_by_credit_and_updates_live(live_site, busy_run, p
             me.goto("/me/")
             expect(me.locator("#my-rank")).to_have_text("#1")
             expect(me.locator("#contribution")).to_have_text("160")
+
+            # the public status and trust pages, and a ban's evidence, under the same CSP and by keyboard
+            me.goto("/network/")
+            expect(me.locator(f"#network-run-{run.pk} .network-online")).to_have_text("1")  # bob was just banned
+            expect(me.locator("svg.histogram rect")).not_to_have_count(0)
+            me.goto("/trust/")
+            expect(me.locator("#no-secrets")).to_contain_text("never ask for your worker token or your password")
+            me.keyboard.press("Tab")
+            expect(me.locator("a.skip-link")).to_be_focused()
+            me.locator("#trust-bans a").first.click()
+            expect(me.locator("#ban-evidence")).to_contain_text("never sent its part")  # the newest: bob's, on the case
             assert not page.errors and not me.errors, page.errors + me.errors
         finally:
             browser.close()
