@@ -121,7 +121,7 @@ def test_the_htmx_pages_and_their_live_sockets_work_under_the_csp_in_chromium(cs
             console = []
             page.on("console", lambda m: console.append(m.text) if m.type in ("error", "warning") else None)
             for path, live in (("/", False), ("/signup/", False), ("/login/", False), ("/bans/", True),
-                               ("/runs/1/", True)):
+                               ("/runs/1/", True), ("/leaderboard/", True), ("/network/", False)):
                 page.goto(csp_site + path)
                 if live:
                     expect(page.locator("body[data-live=open]")).to_have_count(1)
