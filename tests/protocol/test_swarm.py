@@ -50,7 +50,9 @@ def test_seven_of_sixteen_gradient_attackers_are_banned_and_accuracy_holds(attac
     assert out["final_accuracy"] >= clean_run["final_accuracy"] - 0.02
 
 
-@pytest.mark.parametrize("attack", ["alie", "ipm"])
+# Published ALIE costs the usual median (average of the two middle values) about 4 points here; its
+# optimal version, with z searched against each rule, costs mean, median and CenteredClip 26-79 points.
+@pytest.mark.parametrize("attack", ["optimal_alie", "ipm"])
 def test_a_baseline_without_validation_visibly_fails_under_alie_and_ipm(attack, clean_run):
     finals = {rule: run_simulation(**ATTACKED, attack=attack, aggregator=rule)["final_accuracy"]
               for rule in ("mean", "median", "centered_clip")}
