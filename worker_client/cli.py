@@ -66,6 +66,9 @@ def build_parser(show_test_options: bool = False) -> argparse.ArgumentParser:
                              "or a lost or leaked key: a new probation, your account and reputation are kept)")
     parser.add_argument("--max-steps", type=int, default=None,
                         help="stop after this many steps (default: run until Ctrl-C)")
+    parser.add_argument("--run", dest="run_id", type=int, default=None, metavar="ID",
+                        help="join this run (the id in its page's address, /runs/ID/; default: the site's "
+                             "newest open run)")
     parser.add_argument("--show-test-options", action="store_true",
                         help="list the options meant for testing the protocol")
     hidden = (lambda text: text) if show_test_options else (lambda text: argparse.SUPPRESS)
@@ -247,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
                           announce_maddrs=args.announce_maddr, allow_private=args.allow_private,
                           behaviour=args.behaviour,
                           max_steps=args.max_steps, threads=args.threads, phase_timeout=args.phase_timeout,
-                          hold_broadcasts=dict(args.hold_broadcast))
+                          hold_broadcasts=dict(args.hold_broadcast), run_id=args.run_id)
     raise_fd_limit()
     view = make_view(json_logs=args.json_logs, quiet=args.quiet)
     with view:

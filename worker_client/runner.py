@@ -107,6 +107,7 @@ class WorkerConfig:
     heartbeat_interval: float = 5.0
     hold_broadcasts: dict[str, float] = field(default_factory=dict)  # tests: phase -> seconds of delay
     evaluate_every: int = 5
+    run_id: int | None = None  # --run: join this run, not the site's newest open one
 
 
 class ModelState:
@@ -316,7 +317,7 @@ class Worker:
                                    "Announce one with --announce-maddr /ip4/<public ip>/tcp/<port>, or pass "
                                    "--allow-private for a swarm on a LAN or on this machine")
         hello = Hello(public_key=self.identity.public_key_b64, p2p_id=self.plane.p2p_id, p2p_addrs=addrs[:16],
-                      device=self.status.device, client_version=__version__)
+                      device=self.status.device, client_version=__version__, run_id=self.config.run_id)
         self.hello = hello
         self.site = SiteClient(self.config.server, self.config.token, hello=lambda: hello,
                                heartbeat=self._heartbeat, on_message=self._on_site_message,

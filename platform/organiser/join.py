@@ -44,8 +44,6 @@ def server_url(request) -> str:
 
 def join_info(*, request, run) -> dict:
     """Everything the join box shows for ``run`` as seen from ``request`` (its host is the server URL)."""
-    from runs.selectors import open_runs
-
     from .models import RunControl
 
     __version__ = worker_version()
@@ -55,15 +53,14 @@ def join_info(*, request, run) -> dict:
     install = (f'pip install "btard-swarm[worker] @ {server}/dist/{wheel}"' if wheel
                else f'pip install "btard-swarm[worker]=={__version__}"')
     minimum = RunControl.objects.filter(run=run).values_list("min_worker_version", flat=True).first() or ""
-    newest = open_runs().values_list("pk", flat=True).first()
     info = task_info(run.task)
     commands = "\n".join([
         "python3.11 -m venv btard-env && . btard-env/bin/activate",
         install,
         'read -rsp "Worker token: " BTARD_TOKEN && export BTARD_TOKEN',
         f"btard-worker doctor --server {server}",
-        f"btard-worker --server {server}",
+        f"btard-worker --server {server} --run {run.pk}",
     ])
     return {"server": server, "commands": commands, "install": install, "wheel": wheel, "version": __version__,
             "min_version": minimum, "task": info, "install_size": INSTALL_SIZE, "run": run,
-            "joins_this_run": newest == run.pk, "open": run.state == "open", "state": run.state}
+            "open": run.state == "open", "state": run.state}

@@ -115,7 +115,7 @@ def test_the_join_box_copies_this_sites_commands(live_site, busy_run, chromium_p
             expect(button).to_have_text("Copied")
             copied = page.evaluate("navigator.clipboard.readText()")
             assert f"btard-worker doctor --server {live_site}\n" in copied
-            assert f"btard-worker --server {live_site}\n" in copied
+            assert f"btard-worker --server {live_site} --run {run.pk}\n" in copied
             assert "BTARD_TOKEN" in copied and "pip install" in copied
             assert not page.errors, page.errors
         finally:

@@ -79,3 +79,10 @@ async def test_a_worker_joining_later_hears_the_latest_announcement(run, alice, 
     notice = await receive_type(comm, "run_notice")
     assert (notice["kind"], notice["message"]) == ("announcement", "use --new-key after a ban")
     await comm.disconnect()
+
+
+def test_the_worker_asks_for_the_run_of_the_join_box():
+    from worker_client.cli import build_parser
+
+    assert build_parser().parse_args(["--server", "http://x", "--run", "7"]).run_id == 7
+    assert build_parser().parse_args([]).run_id is None

@@ -138,7 +138,7 @@ def test_the_join_box_has_the_commands_for_this_site(who, users, client, run, se
     box = page[page.index('id="join-box"'):]
     commands = re.search(r'<pre id="join-commands"><code>(.*?)</code></pre>', box, re.DOTALL).group(1)
     assert "btard-worker doctor --server http://swarm.example.org" in commands
-    assert "btard-worker --server http://swarm.example.org" in commands
+    assert f"btard-worker --server http://swarm.example.org --run {run.pk}" in commands
     assert "BTARD_TOKEN" in commands and "--token" not in commands
     assert "pip install" in commands
     assert 'data-copy-target="join-commands"' in box
