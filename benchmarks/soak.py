@@ -1,0 +1,106 @@
+"""Soak: the demo swarm with attackers for many steps, with random kills and rejoins (not a test).
+
+    .venv/bin/python benchmarks/soak.py --steps 1000            # 8 peers, 3 Byzantine, digits-mlp
+    .venv/bin/python benchmarks/soak.py --steps 200 --kill-every 30
+
+Starts the site (embedded SQLite, in-process layer, as ``make demo``) and the demo's workers, then every
+``--kill-every`` seconds SIGKILLs one random honest worker (with its p2p daemon) and starts it again with the
+same token and identity after ``--down`` seconds. Samples the site's resident memory (``/proc/<pid>/status``)
+after the warm-up and at the end, and prints a summary: steps, applied/dropped, kills, bans (every attacker
+banned? any honest account or key banned?), RSS at start and end. Writes it to ``var/soak/summary.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import signal
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from worker_client.demo import Demo, _kill, build_parser  # noqa: E402
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def api(url: str, path: str) -> dict:
+    with urllib.request.urlopen(url + path, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--kill-every", type=float, default=45.0, help="seconds between kills")
+    parser.add_argument("--down", type=float, default=10.0, help="seconds a killed worker stays down")
+    parser.add_argument("--warmup-steps", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--port", type=int, default=8765)
+    ours = parser.parse_args(argv)
+    demo_args = build_parser().parse_args(["--port", str(ours.port), "--var-dir", "var/soak"])
+    demo = Demo(demo_args)
+    rng = random.Random(ours.seed)
+    run = demo.prepare()
+    summary: dict = {"steps_target": ours.steps, "kills": 0}
+    try:
+        demo.start_site()
+        plan = demo.start_workers(run)
+        site_pid = demo.procs[0][1].pid
+        honest = [name for name, behaviour in plan if behaviour is None]
+        attackers = {name for name, behaviour in plan if behaviour}
+        argv_of = {name: proc.args for name, proc in demo.procs[1:]}
+        rid = run["run_id"]
+        step = lambda: api(demo.url, f"/api/runs/{rid}/")["step"]  # noqa: E731
+        while step() < ours.warmup_steps:
+            time.sleep(1)
+        summary["rss_start_mib"] = rss_mib(site_pid)
+        t0 = last_kill = time.monotonic()
+        down: dict[str, float] = {}
+        while (s := step()) < ours.steps:
+            now = time.monotonic()
+            for name, since in list(down.items()):
+                if now - since >= ours.down:
+                    demo.spawn(name, argv_of[name])
+                    del down[name]
+            if now - last_kill >= ours.kill_every:
+                alive = [n for n in honest if n not in down]
+                if len(alive) > len(honest) // 2 + 1:
+                    victim = rng.choice(alive)
+                    proc = next(p for n, p in reversed(demo.procs) if n == victim)
+                    _kill(proc, signal.SIGKILL)
+                    down[victim] = now
+                    summary["kills"] += 1
+                last_kill = now
+            print(f"[soak] step {s}/{ours.steps}, site RSS {rss_mib(site_pid):.0f} MiB, kills {summary['kills']}",
+                  flush=True)
+            time.sleep(5)
+        summary["seconds"] = round(time.monotonic() - t0, 1)
+        summary["rss_end_mib"] = rss_mib(site_pid)
+        state = api(demo.url, f"/api/runs/{rid}/")
+        bans = api(demo.url, "/api/bans/")["bans"]
+        banned_accounts = {b["account"] for b in bans}
+        summary.update(steps=state["step"], bans=[{k: b.get(k) for k in ("account", "kind", "scope", "step")}
+                                                  for b in bans],
+                       every_attacker_banned=attackers <= banned_accounts,
+                       honest_banned=sorted(banned_accounts - attackers))
+    finally:
+        demo.stop()
+    out = Path("var/soak/summary.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary, indent=1))
+    return 0 if summary.get("every_attacker_banned") and not summary.get("honest_banned") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
