@@ -379,7 +379,8 @@ def markdown_table(rows: list[dict], *, title: str) -> str:
     lines = [f"## {title}", "",
              "Test accuracy (%) at the last step, mean ± std over seeds. For BTARD, `banned@k` gives the steps from "
              "the attack start until the last attacker was banned (worst seed); `✗` marks a seed where some attacker "
-             "was never banned; `H` counts honest peers banned. Bulyan appears only where n >= 4f+3.", ""]
+             "was never banned; `H` counts honest peers banned. Baselines are told the true number of attackers f, so "
+             "Krum appears only where n >= 2f+3 and Bulyan where n >= 4f+3.", ""]
     lines += _grid_lines({key: _accuracy_cell(*key, s) for key, s in summary.items()}, defences, columns)
     paired = paired_gap_table(rows)
     if paired:
