@@ -146,17 +146,9 @@ def _heartbeat(peer, heartbeat) -> None:
 
 
 def _broadcast(peer, envelope) -> None:
-    from moderation.services import consider_verdict, record_elimination
-    from runs.services import accept_broadcast
+    from runs.services.board import post_broadcast
 
-    from django.db import transaction
-
-    with transaction.atomic():  # one unit: retried as a whole on a transient lock
-        entry = accept_broadcast(peer=peer, envelope=envelope)
-        if entry.phase == "verdict":
-            consider_verdict(entry=entry)
-        elif entry.phase == "eliminate":
-            record_elimination(entry=entry)
+    post_broadcast(peer=peer, envelope=envelope)  # one transaction: retried as a whole on a transient lock
 
 
 def _step_report(peer, report) -> None:
@@ -173,9 +165,9 @@ def _phase_close(peer, msg) -> None:
 
 
 def _board(peer, msg) -> list[dict]:
-    from runs.services import board_envelopes
+    from runs.services.board import board_request
 
-    return board_envelopes(peer=peer, step=msg.step, phase=msg.phase, senders=msg.senders)
+    return board_request(peer=peer, step=msg.step, phase=msg.phase, senders=msg.senders)
 
 
 def _welcome_notice(run_id: int):
@@ -512,7 +504,6 @@ class WorkerConsumer(FastDispatchMixin, AsyncWebsocketConsumer):
         await self.send_model(RunNotice(run_id=event.run_id, kind=event.action, message=event.message[:1000]))
         if event.action == "finished":
             await self.close(code=CLOSE_RUN_FINISHED, reason=_close_reason(event.message))
-
 
 
 _ = ReachabilityResult  # re-exported for the docstring of control.py

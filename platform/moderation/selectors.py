@@ -48,3 +48,27 @@ def ban_row(ban: Ban) -> dict:
         "scope": ban.scope,
         "time": ban.created_at.isoformat(),
     }
+
+
+def verdict_majority(*, run, step: int, guilty: str) -> tuple[list[dict], int]:
+    """The verdict envelopes of the step's group members naming ``guilty`` (one per sender) and the
+    group size."""
+    from runs.models import BroadcastLog, StepRecord
+
+    record = StepRecord.objects.filter(run=run, step=step).first()
+    if record is None:
+        return [], 0
+    members = set(record.members)
+    by_sender: dict[str, dict] = {}
+    for entry in BroadcastLog.objects.filter(run=run, step=step, phase="verdict").order_by("id"):
+        payload = entry.envelope.get("payload") or {}
+        if payload.get("guilty") == guilty and entry.sender_peer_id in members:
+            by_sender.setdefault(entry.sender_peer_id, entry.envelope)
+    return list(by_sender.values()), len(members)
+
+
+def step_members(run, step: int) -> list[str]:
+    from runs.models import StepRecord
+
+    record = StepRecord.objects.filter(run=run, step=step).first()
+    return list(record.members) if record is not None else []

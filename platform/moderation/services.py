@@ -19,6 +19,7 @@ from btard_wire import board as board_rules
 from btard_wire.payloads import EliminatePayload, VerdictPayload
 
 from .models import AuditLog, Ban, ModerationCase
+from .selectors import step_members, verdict_majority
 
 # Faults that a worker crashing mid-step produces as well as a cheater: the protocol must remove the key
 # (an aborted reveal could bias the shared randomness), but the account pays only when it keeps happening.
@@ -113,30 +114,6 @@ def ban_for_fault(*, peer, reason: str, evidence_kind: str, evidence: dict, step
     return ban
 
 
-def verdict_majority(*, run, step: int, guilty: str) -> tuple[list[dict], int]:
-    """The verdict envelopes of the step's group members naming ``guilty`` (one per sender) and the
-    group size."""
-    from runs.models import BroadcastLog, StepRecord
-
-    record = StepRecord.objects.filter(run=run, step=step).first()
-    if record is None:
-        return [], 0
-    members = set(record.members)
-    by_sender: dict[str, dict] = {}
-    for entry in BroadcastLog.objects.filter(run=run, step=step, phase="verdict").order_by("id"):
-        payload = entry.envelope.get("payload") or {}
-        if payload.get("guilty") == guilty and entry.sender_peer_id in members:
-            by_sender.setdefault(entry.sender_peer_id, entry.envelope)
-    return list(by_sender.values()), len(members)
-
-
-def _step_members(run, step: int) -> list[str]:
-    from runs.models import StepRecord
-
-    record = StepRecord.objects.filter(run=run, step=step).first()
-    return list(record.members) if record is not None else []
-
-
 def consider_verdict(*, entry) -> Ban | None:
     """After a stored verdict: ban its ``guilty`` peer once a strict majority of the group signed the
     same verdict (counting distinct senders). Returns the ban or ``None``."""
@@ -149,7 +126,7 @@ def consider_verdict(*, entry) -> Ban | None:
     StepRecord.objects.select_for_update().filter(run=entry.run, step=entry.step).first()
     signed, group_size = verdict_majority(run=entry.run, step=entry.step, guilty=payload.guilty)
     signers = [env.get("sender") for env in signed]
-    if group_size == 0 or not board_rules.verdict_majority(signers, members=_step_members(entry.run, entry.step)):
+    if group_size == 0 or not board_rules.verdict_majority(signers, members=step_members(entry.run, entry.step)):
         return None
     peer = Peer.objects.select_related("run", "user").filter(run=entry.run, peer_id=payload.guilty).first()
     if peer is None:
@@ -176,7 +153,7 @@ def record_elimination(*, entry) -> ModerationCase:
     """ELIMINATE(sender, target): both sit out the rest of the epoch, both lose reputation, and the pair
     lands in the staff queue with the signed message as evidence."""
     from runs.models import Peer
-    from volunteers.services import _apply_reputation
+    from volunteers.services import record_reputation_event
 
     payload = EliminatePayload.model_validate(entry.envelope["payload"])
     run = entry.run
@@ -188,13 +165,13 @@ def record_elimination(*, entry) -> ModerationCase:
     # between two active members of the step: a candidate's ELIMINATE removes nobody (btard_wire.board).
     out = [p.peer_id for p in pair if p.excluded_until_step is not None and p.excluded_until_step > entry.step]
     already_out = not board_rules.elimination_removes(
-        eliminator=entry.sender_peer_id, target=payload.target, members=_step_members(run, entry.step),
+        eliminator=entry.sender_peer_id, target=payload.target, members=step_members(run, entry.step),
         active=[p.peer_id for p in pair if p.role == "active"], removed=out)
     rep_ids = []
     if not already_out:
         Peer.objects.filter(pk__in=[p.pk for p in pair]).update(excluded_until_step=epoch_end)
-        rep_ids = [_apply_reputation(p.user_id, kind="eliminated", run=run, step=entry.step,
-                                     note=f"ELIMINATE pair at step {entry.step}").id for p in pair]
+        rep_ids = [record_reputation_event(user_id=p.user_id, kind="eliminated", run=run, step=entry.step,
+                                           note=f"ELIMINATE pair at step {entry.step}").id for p in pair]
     case = ModerationCase.objects.create(
         run=run, kind="eliminate", step=entry.step,
         summary=f"{entry.sender_peer_id[:8]} eliminated {payload.target[:8]} at step {entry.step}: "
@@ -264,15 +241,15 @@ def clear_case(*, case: ModerationCase, actor, reason: str) -> ModerationCase:
     rejoin groups at once."""
     from runs.models import Peer
     from volunteers.models import ReputationEvent
-    from volunteers.services import _apply_reputation
+    from volunteers.services import record_reputation_event
 
     reason = _require_staff(actor, reason)
     case = ModerationCase.objects.select_for_update().get(pk=case.pk)
     if case.status != "open":
         raise ValueError(f"case #{case.pk} is already {case.status}")
     for event in ReputationEvent.objects.filter(pk__in=case.reputation_event_ids):
-        _apply_reputation(event.user_id, kind="restored", run=event.run, step=event.step, delta=-event.delta,
-                          note=f"case #{case.pk} cleared by staff")
+        record_reputation_event(user_id=event.user_id, kind="restored", run=event.run, step=event.step,
+                                delta=-event.delta, note=f"case #{case.pk} cleared by staff")
     Peer.objects.filter(pk__in=case.peers.values("pk")).update(excluded_until_step=None)
     case.status, case.resolved_at, case.resolved_by, case.resolution_reason = "cleared", timezone.now(), actor, reason
     case.save()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from django.utils import timezone
 
+from btard_wire import board as board_rules
+
 from .deadlines import effective_deadlines
-from .models import Peer, Run, StepRecord
+from .models import BroadcastLog, Peer, Run, StepRecord
 
 CURVE_POINTS = 200
 
@@ -113,3 +115,87 @@ def _checkpoint_row(run: Run) -> dict | None:
         return None
     return {"step": c.step, "sha256": c.sha256, "size": c.size, "confirmations": c.confirmations,
             "group_size": c.group_size, "created": c.created_at.isoformat(), "url": f"/runs/{run.id}/checkpoint/"}
+
+
+# --- the board as the peers see it (reads behind runs.services.steps and .board) --------------------
+def _board_senders(run: Run, step: int, phase: str, record: StepRecord) -> list[str]:
+    """The members whose ``phase`` broadcast of ``step`` is on the board (a closed phase: its senders)."""
+    closed = (record.closed_phases or {}).get(phase)
+    if closed is not None:
+        return [p for p in closed if p in record.members]
+    stored = set(BroadcastLog.objects.filter(run=run, step=step, phase=phase)
+                 .values_list("sender_peer_id", flat=True))
+    return [p for p in record.members if p in stored]
+
+
+def _board_mprng(run: Run, step: int, record: StepRecord) -> dict[str, dict[str, str]]:
+    """``{"mprng_commit": {sender: H(x)}, "mprng_reveal": {sender: x}}`` of the members' stored broadcasts."""
+    mprng: dict[str, dict[str, str]] = {phase: {} for phase in ("mprng_commit", "mprng_reveal")}
+    members = {phase: set(_board_senders(run, step, phase, record)) for phase in mprng}
+    for sender, phase, envelope in BroadcastLog.objects.filter(run=run, step=step, phase__in=list(mprng)) \
+            .order_by("pk").values_list("sender_peer_id", "phase", "envelope"):
+        value = (envelope.get("payload") or {}).get("hash" if phase == "mprng_commit" else "value")
+        if sender in members[phase] and isinstance(value, str):
+            mprng[phase].setdefault(sender, value)
+    return mprng
+
+
+def board_randomness(*, run: Run, step: int) -> bytes | None:
+    """``r_step`` as every peer computed it from the board (None: no such step, or its MPRNG failed)."""
+    record = StepRecord.objects.filter(run=run, step=step).first()
+    if record is None:
+        return None
+    mprng = _board_mprng(run, step, record)
+    return board_rules.mprng_output(run=str(run.id), step=step,
+                                    members=[p for p in record.members if p in mprng["mprng_commit"]],
+                                    commitments=mprng["mprng_commit"], reveals=mprng["mprng_reveal"])
+
+
+def step_validators(*, run: Run, step: int) -> dict[str, str]:
+    """The validators of ``step`` and their targets (contributors of ``step - 1``), computed from the board
+    with the rule every peer runs (:func:`btard_wire.board.validator_assignment`): drawn from the step's own
+    MPRNG output, so empty until every member's reveal is stored (or when the step has none)."""
+    record = StepRecord.objects.filter(run=run, step=step).first()
+    previous = StepRecord.objects.filter(run=run, step=step - 1).first()
+    if record is None or previous is None or run.validators_per_step <= 0:
+        return {}
+    mprng = _board_mprng(run, step, record)
+    targets = board_rules.checkable_targets(
+        contributors=_board_senders(run, step - 1, "commit", previous),
+        scalars_senders=_board_senders(run, step - 1, "scalars", previous))
+    return board_rules.validator_assignment(run=str(run.id), step=step, group=record.members,
+                                            commitments=mprng["mprng_commit"], reveals=mprng["mprng_reveal"],
+                                            prev_contributors=targets, m=run.validators_per_step)
+
+
+def board_envelopes(*, record: StepRecord, phase: str, senders: list[str]) -> list[dict]:
+    """The stored broadcasts of ``phase`` at ``record``'s step (of ``senders`` if given), in arrival order:
+    at most one per recipient of the step and about :data:`btard_wire.board.MAX_BOARD_RESPONSE_BYTES`."""
+    rows = BroadcastLog.objects.filter(run_id=record.run_id, step=record.step, phase=phase)
+    if senders:
+        rows = rows.filter(sender_peer_id__in=senders)
+    out, size = [], 0
+    for env in rows.order_by("pk").values_list("envelope", flat=True)[:max(1, len(record.recipients()))]:
+        size += len(str(env))
+        if out and size > board_rules.MAX_BOARD_RESPONSE_BYTES:
+            break
+        out.append(env)
+    return out
+
+
+def step_complete(record: StepRecord) -> bool:
+    reported = set(record.reports.values_list("peer__peer_id", flat=True))
+    return set(record.members) <= reported
+
+
+def accused_in_step(run: Run, step: int) -> set[str]:
+    names = set()
+    for env in BroadcastLog.objects.filter(run=run, step=step, phase__in=("accuse", "verdict", "eliminate",
+                                                                        "validation")).values_list("envelope", flat=True):
+        payload = env.get("payload") or {}
+        if env.get("phase") == "validation" and payload.get("ok", True):
+            continue
+        for key in ("guilty", "accused", "target"):
+            if isinstance(payload.get(key), str):
+                names.add(payload[key])
+    return names

@@ -187,8 +187,10 @@ def authenticate_worker_token(raw: str | None) -> WorkerToken:
     return token
 
 
-def _apply_reputation(user_id: int, *, kind: str, run=None, step: int | None = None,
-                      delta: float | None = None, note: str = "") -> ReputationEvent:
+def record_reputation_event(*, user_id: int, kind: str, run=None, step: int | None = None,
+                            delta: float | None = None, note: str = "") -> ReputationEvent:
+    """Write one reputation event and move the account's score; emits nothing (a building block of the
+    services that do: ``adjust_reputation``, ``runs`` and ``moderation``, whose own event covers it)."""
     delta = REPUTATION_DELTAS[kind] if delta is None else delta
     event = ReputationEvent.objects.create(user_id=user_id, run=run, step=step, kind=kind, delta=delta,
                                            note=note[:200])
@@ -203,7 +205,8 @@ def _apply_reputation(user_id: int, *, kind: str, run=None, step: int | None = N
 def adjust_reputation(*, user_ids: list[int], kind: str, run=None, step: int | None = None,
                       delta: float | None = None, note: str = "") -> list[ReputationEvent]:
     """Record one reputation event per account (``delta`` defaults to the published table)."""
-    events = [_apply_reputation(uid, kind=kind, run=run, step=step, delta=delta, note=note) for uid in user_ids]
+    events = [record_reputation_event(user_id=uid, kind=kind, run=run, step=step, delta=delta, note=note)
+              for uid in user_ids]
     emit(ReputationChanged(user_ids=list(user_ids)))
     return events
 
@@ -226,9 +229,9 @@ def credit_step(*, run, step: int, samples_by_user: dict[int, int], validated_us
                 contribution_samples=F("contribution_samples") + samples,
                 validated_steps=F("validated_steps") + 1)
     for user_id in validated_user_ids:
-        _apply_reputation(user_id, kind="validated_step", run=run, step=step)
+        record_reputation_event(user_id=user_id, kind="validated_step", run=run, step=step)
     for user_id in probation_user_ids:
-        _apply_reputation(user_id, kind="probation_step", run=run, step=step)
+        record_reputation_event(user_id=user_id, kind="probation_step", run=run, step=step)
     if not quiet:
         emit(ReputationChanged(user_ids=sorted(set(samples_by_user) | set(validated_user_ids)
                                                | set(probation_user_ids))))
@@ -236,7 +239,7 @@ def credit_step(*, run, step: int, samples_by_user: dict[int, int], validated_us
 
 def apply_missed_deadline_quietly(*, user_id: int, run, step: int) -> ReputationEvent:
     """Building block for ``runs.services.close_step`` (whose ``StepAdvanced`` event covers it)."""
-    return _apply_reputation(user_id, kind="missed_deadline", run=run, step=step,
+    return record_reputation_event(user_id=user_id, kind="missed_deadline", run=run, step=step,
                              note=f"no step report for step {step} of {run.name}")
 
 

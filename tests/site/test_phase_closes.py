@@ -121,7 +121,7 @@ def test_peers_that_went_offline_do_not_count_towards_the_majority_and_a_minorit
 
 @pytest.mark.django_db(transaction=False)
 def test_a_peer_outside_the_step_can_neither_close_a_phase_nor_read_its_board():
-    from runs.services import Rejected, board_envelopes, request_phase_close, start_step_if_ready
+    from runs.services import Rejected, board_request, request_phase_close, start_step_if_ready
 
     from tests.factories import RunFactory, make_peer
 
@@ -133,7 +133,7 @@ def test_a_peer_outside_the_step_can_neither_close_a_phase_nor_read_its_board():
         request_phase_close(peer=stranger, step=0, phase="commit")
     assert closing.value.code == "not_in_group"
     with pytest.raises(Rejected) as reading:
-        board_envelopes(peer=stranger, step=0, phase="commit", senders=[])
+        board_request(peer=stranger, step=0, phase="commit", senders=[])
     assert reading.value.code == "not_in_group"
     with pytest.raises(Rejected) as unknown:
         request_phase_close(peer=members[0], step=0, phase="verdict")

@@ -1,0 +1,207 @@
+"""The step's bulletin board: signed broadcasts accepted (and judged: verdicts, ELIMINATE), phases the
+group closes, board requests, log expiry. Keyword-only, atomic, one typed event per call."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from live.bus import emit
+from live.events import (
+    BroadcastRecorded,
+    HousekeepingDone,
+    PhaseClosed,
+)
+from moderation.services import consider_verdict, record_elimination
+
+from btard_wire import BOARD_PHASES, BROADCAST_PHASES
+from btard_wire import board as board_rules
+from btard_wire.envelope import Envelope, verify_envelope
+from btard_wire.errors import ProtocolError
+from btard_wire.payloads import parse_payload
+
+from ..models import BroadcastLog, Peer, Run, StepRecord
+from ..selectors import board_envelopes
+from .errors import Rejected
+
+log = logging.getLogger(__name__)
+
+
+def _check_sender_limits(run: Run, record: StepRecord, envelope: Envelope) -> None:
+    """One sender's share of a step's board is bounded in messages per phase and in bytes (F6)."""
+    import json
+
+    limit = board_rules.sender_message_limit(envelope.phase, board_phases=BOARD_PHASES,
+                                             group_size=len(record.members))
+    mine = BroadcastLog.objects.filter(run=run, step=record.step, sender_peer_id=envelope.sender)
+    if mine.filter(phase=envelope.phase).count() >= limit:
+        raise Rejected("limit", f"{envelope.sender[:8]} already posted {limit} {envelope.phase} message(s) at step "
+                                f"{record.step}, the most one sender may")
+    named_key = {"eliminate": "target", "verdict": "guilty"}.get(envelope.phase)
+    if named_key is not None:  # one per (sender, named peer, step): one moderation case each at most
+        named = envelope.payload.get(named_key)
+        for earlier in mine.filter(phase=envelope.phase).values_list("envelope", flat=True):
+            if (earlier.get("payload") or {}).get(named_key) == named:
+                raise Rejected("duplicate", f"{envelope.sender[:8]} already posted a {envelope.phase} naming "
+                                            f"{str(named)[:8]} at step {record.step}")
+    size = len(json.dumps(envelope.model_dump(mode="json")))
+    used = sum(len(json.dumps(e)) for e in mine.values_list("envelope", flat=True))
+    if used + size > board_rules.MAX_SENDER_BYTES_PER_STEP:
+        raise Rejected("limit", f"{envelope.sender[:8]} would post more than "
+                                f"{board_rules.MAX_SENDER_BYTES_PER_STEP} bytes at step {record.step}")
+
+
+def _check_special_payload(envelope: Envelope, record: StepRecord) -> None:
+    try:  # every phase's payload is checked against its schema before it is stored or relayed (F6)
+        payload = parse_payload(envelope.phase, envelope.payload)
+    except ProtocolError as exc:
+        raise Rejected("payload", str(exc)) from None
+    if envelope.phase not in ("verdict", "eliminate"):
+        return
+    named = payload.target if envelope.phase == "eliminate" else payload.guilty
+    if named not in record.members:
+        raise Rejected("payload", f"{envelope.phase} names {named[:8]}, who is not in the group of step "
+                                  f"{record.step}")
+    if envelope.phase == "eliminate" and named == envelope.sender:
+        raise Rejected("payload", "a peer cannot eliminate itself")
+
+
+@transaction.atomic
+def accept_broadcast(*, peer: Peer, envelope: Envelope) -> BroadcastLog:
+    """Verify, store and relay a signed broadcast of ``peer``.
+
+    Raises :class:`Rejected` with code ``sender``, ``signature``, ``wrong_run``, ``phase``, ``stale_step``,
+    ``not_in_group``, ``banned``, ``payload`` or ``replay``; a rejected broadcast changes nothing.
+    """
+    if envelope.sender != peer.peer_id:
+        raise Rejected("sender", "envelope sender is not the peer of this connection")
+    try:
+        verify_envelope(envelope, peer.public_key)
+    except ProtocolError as exc:
+        raise Rejected("signature", str(exc)) from None
+    except (ValueError, RecursionError):  # NaN/Infinity or absurd nesting: no canonical bytes to check (F11)
+        raise Rejected("payload", "the payload is not canonical JSON (NaN, Infinity or too deeply nested)") from None
+    run = Run.objects.get(pk=peer.run_id)
+    if envelope.run != str(run.id):
+        raise Rejected("wrong_run", f"envelope is for run {envelope.run!r}, this connection is in run {run.id}")
+    if envelope.phase not in BROADCAST_PHASES:
+        raise Rejected("phase", f"unknown phase {envelope.phase!r}; known: {', '.join(BROADCAST_PHASES)}")
+    allowed = {run.current_step}
+    if envelope.phase in ("verdict", "accuse", "validation") or not run.step_in_progress:
+        allowed.add(run.current_step - 1)  # late verdicts and stragglers of the step just closed
+    if envelope.step not in allowed:
+        raise Rejected("stale_step", f"step {envelope.step} is not the current step {run.current_step}")
+    if Peer.objects.filter(pk=peer.pk, role="banned").exists():
+        raise Rejected("banned", "this peer is banned")
+    record = StepRecord.objects.filter(run=run, step=envelope.step).first()
+    # members only: a candidate listens to the step's board but cannot post on it (F3)
+    if record is None or not board_rules.may_post(sender=envelope.sender, members=record.members):
+        raise Rejected("not_in_group", f"{envelope.sender[:8]} is not a member of the group of step {envelope.step}")
+    _check_special_payload(envelope, record)
+    if BroadcastLog.objects.filter(run=run, sender_peer_id=envelope.sender, nonce=envelope.nonce).exists():
+        raise Rejected("replay", f"replayed message (nonce {envelope.nonce[:8]}) from {envelope.sender[:8]}")
+    _check_sender_limits(run, record, envelope)
+    try:
+        with transaction.atomic():
+            entry = BroadcastLog.objects.create(run=run, step=envelope.step, phase=envelope.phase, sender=peer,
+                                                sender_peer_id=envelope.sender, nonce=envelope.nonce,
+                                                digest=envelope.digest(), envelope=envelope.model_dump(mode="json"))
+    except IntegrityError:  # a concurrent copy of the same message won the race
+        raise Rejected("replay", f"replayed message (nonce {envelope.nonce[:8]})") from None
+    if envelope.phase in BOARD_PHASES:
+        # Serialised with request_phase_close by the step's row (taken after the insert, which already
+        # holds the run's key lock: the same order as close_step, run then step). A phase the site closed
+        # takes no more messages, so every peer's view of who posted in time is the site's.
+        closed = StepRecord.objects.select_for_update().values_list("closed_phases", flat=True).get(pk=record.pk)
+        if envelope.phase in (closed or {}):
+            raise Rejected("phase_closed", f"{envelope.phase} of step {envelope.step} was closed at its deadline "
+                                           f"before this message arrived; the group continues without it")
+    emit(BroadcastRecorded(run_id=run.id, step=envelope.step, envelope=envelope, recipients=record.recipients()))
+    return entry
+
+
+@transaction.atomic
+def request_phase_close(*, peer: Peer, step: int, phase: str) -> PhaseClosed | None:
+    """``peer``'s deadline for board ``phase`` of ``step`` passed. Once a majority of the step's group
+    that is still online asked, the phase closes: the peers whose broadcast of it is stored are its senders, later broadcasts
+    of it are refused, and the group is told (:class:`PhaseClosed`). Asking again after the close sends
+    the same answer again. Raises :class:`Rejected` for a step not in progress or a stranger."""
+    if phase not in BOARD_PHASES:
+        raise Rejected("phase", f"{phase!r} is not a phase the site closes; those are: {', '.join(BOARD_PHASES)}")
+    run = Run.objects.get(pk=peer.run_id)
+    if not run.step_in_progress or step != run.current_step:
+        raise Rejected("stale_step", f"step {step} is not in progress (current step {run.current_step})")
+    record = StepRecord.objects.select_for_update().get(run=run, step=step)
+    if peer.peer_id not in record.members:
+        raise Rejected("not_in_group", f"{peer.peer_id[:8]} is not in the group of step {step}")
+    closed = dict(record.closed_phases or {})
+    just_closed = phase not in closed
+    if not just_closed:
+        senders = closed[phase]
+    else:
+        requests = dict(record.close_requests or {})
+        asked = sorted(set(requests.get(phase, [])) | {peer.peer_id})
+        requests[phase] = asked
+        record.close_requests = requests
+        # a majority of the members still here: a crashed peer's socket is gone, and it cannot ask
+        present = Peer.objects.filter(run=run, peer_id__in=record.members, online=True).exclude(role="banned")
+        if not board_rules.close_quorum(asked=asked, members=record.members,
+                                        online=present.values_list("peer_id", flat=True)):
+            record.save(update_fields=["close_requests"])
+            return None
+        senders = sorted(set(BroadcastLog.objects.filter(run=run, step=step, phase=phase)
+                             .values_list("sender_peer_id", flat=True)) & set(record.recipients()))
+        closed[phase] = senders
+        record.closed_phases = closed
+        record.save(update_fields=["close_requests", "closed_phases"])
+    late = [p for p in record.members if p not in senders]
+    if just_closed:
+        log.info("run %s step %s: %s closed at the group's deadline; late: %s", run.id, step, phase,
+                 [p[:8] for p in late] or "nobody")
+    return emit(PhaseClosed(run_id=run.id, step=step, phase=phase, senders=senders, late=late,
+                            recipients=record.recipients()))
+
+
+@transaction.atomic
+def post_broadcast(*, peer: Peer, envelope: Envelope) -> BroadcastLog:
+    """A worker's broadcast: accepted (:func:`accept_broadcast`), then judged in the same transaction (a
+    verdict may complete a majority and ban, an ELIMINATE benches a pair), so a retry on a transient lock
+    redoes both or neither. Raises :class:`Rejected` as :func:`accept_broadcast` does."""
+    entry = accept_broadcast(peer=peer, envelope=envelope)
+    if entry.phase == "verdict":
+        consider_verdict(entry=entry)
+    elif entry.phase == "eliminate":
+        record_elimination(entry=entry)
+    return entry
+
+
+def board_request(*, peer: Peer, step: int, phase: str, senders: list[str]) -> list[dict]:
+    """The stored broadcasts of ``phase`` at ``step`` (of ``senders`` if given) for a member of that step."""
+    record = StepRecord.objects.filter(run_id=peer.run_id, step=step).first()
+    if record is None or peer.peer_id not in record.recipients():
+        raise Rejected("not_in_group", f"{peer.peer_id[:8]} is not in the group of step {step}")
+    from django.core.cache import cache
+
+    # bounded and rate-limited (F6): a few answers per peer, step and phase, each at most a step's board
+    key = f"board-req:{peer.run_id}:{peer.peer_id}:{step}:{phase}"
+    cache.add(key, 0, timeout=3600)
+    if cache.incr(key) > board_rules.BOARD_REQUESTS_PER_PHASE:
+        raise Rejected("rate_limited", f"at most {board_rules.BOARD_REQUESTS_PER_PHASE} board requests per step "
+                                       f"and phase; {phase} of step {step} was already sent that often")
+    return board_envelopes(record=record, phase=phase, senders=senders)
+
+
+@transaction.atomic
+def expire_broadcasts(*, now=None) -> int:
+    """Delete broadcast logs older than their run's retention. Evidence of bans and cases is copied
+    into the ban or case, so it survives."""
+    now = now or timezone.now()
+    deleted = 0
+    for run in Run.objects.all():
+        cutoff = now - timedelta(hours=run.broadcast_retention_hours)
+        count, _ = BroadcastLog.objects.filter(run=run, created_at__lt=cutoff).delete()
+        deleted += count
+    emit(HousekeepingDone(task="expire_broadcasts", count=deleted))
+    return deleted
