@@ -1,4 +1,4 @@
-"""Emission of live events: after commit, to the channel layer groups the event names."""
+"""Emission of live events: after commit, to the channel-layer groups ``live.event_routing`` names."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from django.db import transaction
 
 from btard_wire import BOARD_PHASES
 
+from .event_routing import live_groups, worker_message, worker_recipients
 from .events import _Event
 
 log = logging.getLogger(__name__)
@@ -37,16 +38,16 @@ async def deliver_async(event: _Event, layer=None) -> None:
     if layer is None:
         return
     sends = []
-    groups = event.groups()
+    groups = live_groups(event)
     if groups:
         message = build_message(event)
         sends += [layer.group_send(group, message) for group in groups]
-    worker_message = getattr(event, "worker_message", None)
-    if worker_message is not None:
+    control = worker_message(event)
+    if control is not None:
         envelope = getattr(event, "envelope", None)
         skip = envelope.sender if envelope is not None and envelope.phase not in BOARD_PHASES else None
-        sends.append(fan_out(layer, run_id=event.run_id, peer_ids=event.worker_recipients(),
-                             text=worker_message().model_dump_json(), skip=skip))
+        sends.append(fan_out(layer, run_id=event.run_id, peer_ids=worker_recipients(event),
+                             text=control.model_dump_json(), skip=skip))
     results = await asyncio.gather(*sends, return_exceptions=True)
     for result in results:
         if isinstance(result, BaseException):  # a full channel must not undo a committed write

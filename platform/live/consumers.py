@@ -26,6 +26,7 @@ from btard_wire.control import (
     CLOSE_REVOKED_TOKEN,
     BanNotice,
     ErrorMessage,
+    Group,
     ReachabilityCheck,
     ReachabilityResult,
     Welcome,
@@ -33,6 +34,7 @@ from btard_wire.control import (
 )
 from btard_wire.errors import ControlError
 
+from . import event_routing as routes
 from . import events as ev
 from . import fanout
 
@@ -99,12 +101,11 @@ def _group_of_step_in_progress(peer, *, since) -> tuple[int, str] | None:
         return None
     by_id = {p.peer_id: p for p in Peer.objects.filter(run=run, peer_id__in=record.members)}
     members = [by_id[pid].peer_info() for pid in record.members if pid in by_id]
-    event = ev.GroupFormed(run_id=run.id, step=record.step, peers=members, validators=record.validators,
-                           candidates=record.candidates,
-                           deadlines={"step": record.deadline.timestamp(),
-                                      "phase_timeout": effective_deadlines(run).phase_timeout},
-                           state_donors=members[:3])
-    return record.step, event.worker_message().model_dump_json()
+    group = Group(step=record.step, peers=members, validators=record.validators, candidates=record.candidates,
+                  deadlines={"step": record.deadline.timestamp(),
+                             "phase_timeout": effective_deadlines(run).phase_timeout},
+                  state_donors=members[:3])
+    return record.step, group.model_dump_json()
 
 
 def _join(token, hello):
@@ -252,10 +253,10 @@ class WorkerConsumer(FastDispatchMixin, AsyncWebsocketConsumer):
         self.nonce = secrets.token_urlsafe(24)
         await self.send_model(Challenge(nonce=self.nonce))
         # one live worker per token: an older connection is told to close
-        await self.channel_layer.group_send(ev.token_group(self.token.pk),
+        await self.channel_layer.group_send(routes.token_group(self.token.pk),
                                             {"type": "worker.replaced", "channel": self.channel_name})
-        await self._group_add(ev.token_group(self.token.pk))
-        await self._group_add(ev.user_group(self.token.user_id))
+        await self._group_add(routes.token_group(self.token.pk))
+        await self._group_add(routes.user_group(self.token.user_id))
 
     async def _group_add(self, group: str) -> None:
         await self.channel_layer.group_add(group, self.channel_name)
@@ -270,7 +271,7 @@ class WorkerConsumer(FastDispatchMixin, AsyncWebsocketConsumer):
         for group in getattr(self, "joined", []):
             await self.channel_layer.group_discard(group, self.channel_name)
         if self.peer is not None and not self.replaced:
-            key = ev.peer_channel_key(self.peer.peer_id, self.peer.run_id)
+            key = routes.peer_channel_key(self.peer.peer_id, self.peer.run_id)
             if await cache.aget(key) == self.channel_name:
                 await cache.adelete(key)
             try:
@@ -360,9 +361,9 @@ class WorkerConsumer(FastDispatchMixin, AsyncWebsocketConsumer):
         result = await _db(_join)(self.token, msg)
         self.peer = result.peer
         fanout.attach(self)  # a step's messages find this socket through the key (live.fanout)
-        await cache.aset(ev.peer_channel_key(self.peer.peer_id, result.run.pk), self.channel_name, timeout=None)
-        await self._group_add(ev.run_workers_group(result.run.pk))
-        await self._group_add(ev.peer_group(self.peer.peer_id, result.run.pk))
+        await cache.aset(routes.peer_channel_key(self.peer.peer_id, result.run.pk), self.channel_name, timeout=None)
+        await self._group_add(routes.run_workers_group(result.run.pk))
+        await self._group_add(routes.peer_group(self.peer.peer_id, result.run.pk))
         await self.send_model(Welcome(peer_id=self.peer.peer_id, role=result.role, run=result.run.run_info(),
                                       step=result.run.current_step, probation_steps_left=result.probation_left))
         notice = await _db(_welcome_notice)(result.run.pk)  # the organisers' latest announcement
@@ -422,7 +423,7 @@ class WorkerConsumer(FastDispatchMixin, AsyncWebsocketConsumer):
         request_id = secrets.token_urlsafe(16)
         await cache.aset(_reach_key(request_id), {"channel": self.channel_name, "peer": self.peer.pk,
                                                  "helper": helper, "run": self.peer.run_id}, timeout=120)
-        await self.channel_layer.group_send(ev.peer_group(helper, self.peer.run_id), {
+        await self.channel_layer.group_send(routes.peer_group(helper, self.peer.run_id), {
             "type": "worker.forward",
             "text": ReachabilityCheck(request_id=request_id, p2p_id=msg.p2p_id, p2p_addrs=msg.p2p_addrs)
             .model_dump_json()})
@@ -585,21 +586,21 @@ class LiveConsumer(FastDispatchMixin, AsyncWebsocketConsumer):
         self.view = query.get("view", ["run" if "run" in query else "bans"])[0]
         groups = []
         if self.view == "bans":
-            groups.append(ev.bans_group())
+            groups.append(routes.bans_group())
         elif self.view == "run":
             raw = query.get("run", [""])[0]
             if not (raw.isascii() and raw.isdigit()) or len(raw) > 12:  # a group name has a length limit (F11)
                 await self.close(code=4400)
                 return
             self.run_id = int(raw)
-            groups.append(ev.run_live_group(self.run_id))
+            groups.append(routes.run_live_group(self.run_id))
         elif self.view == "leaderboard":  # every run's steps and bans; ``run`` narrows the board to one
             raw = query.get("run", [""])[0]
             if raw and not raw.isdigit():
                 await self.close(code=4400)
                 return
             self.run_id = int(raw) if raw else None
-            groups.append(ev.runs_group())
+            groups.append(routes.runs_group())
         else:
             await self.close(code=4400)
             return

@@ -1,70 +1,26 @@
-"""The one event schema behind every live view.
+"""The one event schema behind every live view (schemas only).
 
-Every service emits exactly one of these events after its transaction commits (:func:`emit`). The same
-pydantic object becomes an htmx fragment for browsers (``live.consumers.LiveConsumer`` renders the page's
-partial) and a control-plane message for workers (``live.consumers.WorkerConsumer`` turns it into a
-``btard_wire.control`` message). ``groups()`` names the channel-layer groups an event goes to.
+Every service emits exactly one of these events after its transaction commits (``live.bus.emit``). Where
+an event goes is :mod:`live.event_routing` (live-view groups, and the ``btard_wire.control`` message of a
+step's worker sockets); browsers get the fragment the page's app renders for it (``live.fragments``).
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from btard_wire.control import PeerInfo
+from btard_wire.control import Group
 from btard_wire.envelope import Envelope
 
 EVENT_VERSION = 1
 
 
-def bans_group() -> str:
-    return "live.bans"
-
-
-def run_live_group(run_id: int) -> str:
-    return f"live.run.{run_id}"
-
-
-def moderation_group() -> str:
-    return "live.moderation"
-
-
-def runs_group() -> str:
-    """Pages about every run at once (leaderboard, network status)."""
-    return "live.runs"
-
-
-def run_workers_group(run_id: int) -> str:
-    return f"workers.run.{run_id}"
-
-
-def token_group(token_id: int) -> str:
-    return f"workers.token.{token_id}"
-
-
-def user_group(user_id: int) -> str:
-    return f"workers.user.{user_id}"
-
-
-def peer_channel_key(peer_id: str, run_id: int) -> str:
-    """Cache key holding the channel name of a peer's live worker socket in one run (written only once
-    its join succeeded: a refused ``hello`` cannot redirect another peer's traffic)."""
-    return f"peer-channel:{int(run_id)}:{peer_id}"
-
-
-def peer_group(peer_id: str, run_id: int) -> str:
-    """The one worker socket of a peer in a run (joined after ``hello``): groups and relays go here."""
-    return f"workers.peer.{int(run_id)}.{peer_id}"
-
-
 class _Event(BaseModel):
     model_config = ConfigDict(extra="forbid")
     v: int = EVENT_VERSION
-
-    def groups(self) -> list[str]:  # pragma: no cover - every event overrides
-        raise NotImplementedError
 
 
 class TokenCreated(_Event):
@@ -73,9 +29,6 @@ class TokenCreated(_Event):
     user_id: int
     prefix: str
 
-    def groups(self) -> list[str]:
-        return []
-
 
 class TokenRevoked(_Event):
     type: Literal["token_revoked"] = "token_revoked"
@@ -83,25 +36,16 @@ class TokenRevoked(_Event):
     user_id: int
     prefix: str
 
-    def groups(self) -> list[str]:
-        return [token_group(self.token_id)]
-
 
 class VolunteerSignedUp(_Event):
     type: Literal["volunteer_signed_up"] = "volunteer_signed_up"
     user_id: int
     username: str
 
-    def groups(self) -> list[str]:
-        return []
-
 
 class ReputationChanged(_Event):
     type: Literal["reputation_changed"] = "reputation_changed"
     user_ids: list[int]
-
-    def groups(self) -> list[str]:
-        return []
 
 
 class PeerJoined(_Event):
@@ -110,9 +54,6 @@ class PeerJoined(_Event):
     peer_id: str
     username: str
     role: str
-
-    def groups(self) -> list[str]:
-        return [run_live_group(self.run_id)]
 
 
 class PeerStatusChanged(_Event):
@@ -123,36 +64,20 @@ class PeerStatusChanged(_Event):
     status: str = ""
     detail: str = ""
 
-    def groups(self) -> list[str]:
-        return [run_live_group(self.run_id)]
-
 
 class GroupFormed(_Event):
-    """Becomes the worker's ``Group`` message; members and candidates receive it."""
+    """The group of a step; ``group`` is the worker's ``Group`` message its members and candidates get."""
 
     type: Literal["group_formed"] = "group_formed"
     run_id: int
-    step: int
-    peers: list[PeerInfo]
-    validators: dict[str, str] = Field(default_factory=dict)
-    candidates: list[dict[str, Any]] = Field(default_factory=list)
-    deadlines: dict[str, float] = Field(default_factory=dict)
-    state_donors: list[PeerInfo] = Field(default_factory=list)
+    group: Group
+
+    @property
+    def step(self) -> int:
+        return self.group.step
 
     def recipients(self) -> set[str]:
-        return {p.peer_id for p in self.peers} | {c["peer_id"] for c in self.candidates}
-
-    def worker_message(self):
-        from btard_wire.control import Group
-
-        return Group(step=self.step, peers=self.peers, validators=self.validators, candidates=self.candidates,
-                     deadlines=self.deadlines, state_donors=self.state_donors)
-
-    def worker_recipients(self) -> list[str]:
-        return sorted(self.recipients())
-
-    def groups(self) -> list[str]:
-        return [run_live_group(self.run_id)]
+        return {p.peer_id for p in self.group.peers} | {c["peer_id"] for c in self.group.candidates}
 
 
 class BroadcastRecorded(_Event):
@@ -163,17 +88,6 @@ class BroadcastRecorded(_Event):
     step: int
     envelope: Envelope
     recipients: list[str]
-
-    def worker_message(self):
-        from btard_wire.control import Relay
-
-        return Relay(envelope=self.envelope)
-
-    def worker_recipients(self) -> list[str]:
-        return list(self.recipients)
-
-    def groups(self) -> list[str]:
-        return []
 
 
 class PhaseClosed(_Event):
@@ -187,17 +101,6 @@ class PhaseClosed(_Event):
     late: list[str]
     recipients: list[str]
 
-    def worker_message(self):
-        from btard_wire.control import PhaseClosed as PhaseClosedMessage
-
-        return PhaseClosedMessage(step=self.step, phase=self.phase, senders=self.senders)
-
-    def worker_recipients(self) -> list[str]:
-        return list(self.recipients)
-
-    def groups(self) -> list[str]:
-        return []
-
 
 class StepReported(_Event):
     type: Literal["step_reported"] = "step_reported"
@@ -206,9 +109,6 @@ class StepReported(_Event):
     peer_id: str
     reported: int
     expected: int
-
-    def groups(self) -> list[str]:
-        return [run_live_group(self.run_id)]
 
 
 class StepAdvanced(_Event):
@@ -222,17 +122,11 @@ class StepAdvanced(_Event):
     samples: int = 0
     missing: list[str] = Field(default_factory=list)
 
-    def groups(self) -> list[str]:
-        return [run_live_group(self.run_id), runs_group()]  # runs_group: the leaderboard
-
 
 class PeersPromoted(_Event):
     type: Literal["peers_promoted"] = "peers_promoted"
     run_id: int
     peer_ids: list[str]
-
-    def groups(self) -> list[str]:
-        return [run_live_group(self.run_id)]
 
 
 class PeerReachability(_Event):
@@ -244,9 +138,6 @@ class PeerReachability(_Event):
     reachable: bool
     detail: str
 
-    def groups(self) -> list[str]:
-        return [run_live_group(self.run_id)]
-
 
 class ExclusionsEnded(_Event):
     """Peers benched by an ELIMINATE came back before their epoch ended, because without them the run
@@ -257,17 +148,11 @@ class ExclusionsEnded(_Event):
     step: int
     peer_ids: list[str]
 
-    def groups(self) -> list[str]:
-        return [run_live_group(self.run_id)]
-
 
 class PeersAdmitted(_Event):
     type: Literal["peers_admitted"] = "peers_admitted"
     run_id: int
     peer_ids: list[str]
-
-    def groups(self) -> list[str]:
-        return [run_live_group(self.run_id)]
 
 
 class PeerBanned(_Event):
@@ -288,14 +173,6 @@ class PeerBanned(_Event):
     created: datetime
     scope: Literal["account", "key"] = "account"  # "key": only this worker key, the account may go on
 
-    def groups(self) -> list[str]:
-        groups = [bans_group(), runs_group()]
-        if self.run_id is not None:
-            groups += [run_live_group(self.run_id), run_workers_group(self.run_id)]
-        if self.user_id is not None:
-            groups.append(user_group(self.user_id))
-        return groups
-
 
 class PeerUnbanned(_Event):
     type: Literal["peer_unbanned"] = "peer_unbanned"
@@ -305,12 +182,6 @@ class PeerUnbanned(_Event):
     username: str
     reason: str
 
-    def groups(self) -> list[str]:
-        groups = [bans_group(), runs_group()]
-        if self.run_id is not None:
-            groups.append(run_live_group(self.run_id))
-        return groups
-
 
 class CaseOpened(_Event):
     type: Literal["case_opened"] = "case_opened"
@@ -318,9 +189,6 @@ class CaseOpened(_Event):
     run_id: int
     kind: str
     peer_ids: list[str]
-
-    def groups(self) -> list[str]:
-        return [moderation_group(), run_live_group(self.run_id)]
 
 
 class CaseResolved(_Event):
@@ -330,9 +198,6 @@ class CaseResolved(_Event):
     action: str
     reason: str
 
-    def groups(self) -> list[str]:
-        return [moderation_group()]
-
 
 class HousekeepingDone(_Event):
     """Periodic tasks (stale peers, reputation recompute, log expiry) report what they changed."""
@@ -340,9 +205,6 @@ class HousekeepingDone(_Event):
     type: Literal["housekeeping_done"] = "housekeeping_done"
     task: str
     count: int
-
-    def groups(self) -> list[str]:
-        return []
 
 
 class CheckpointStored(_Event):
@@ -354,9 +216,6 @@ class CheckpointStored(_Event):
     sha256: str
     size: int
     peer_id: str
-
-    def groups(self) -> list[str]:
-        return [run_live_group(self.run_id)]
 
 
 class RunControlChanged(_Event):
@@ -370,9 +229,6 @@ class RunControlChanged(_Event):
     min_worker_version: str = ""
     message: str = ""
 
-    def groups(self) -> list[str]:
-        return [run_live_group(self.run_id), run_workers_group(self.run_id), runs_group()]
-
 
 class AnnouncementPosted(_Event):
     """An organiser's announcement: on the run page and in every worker's terminal (``RunNotice``)."""
@@ -382,8 +238,6 @@ class AnnouncementPosted(_Event):
     announcement_id: int
     text: str
 
-    def groups(self) -> list[str]:
-        return [run_live_group(self.run_id), run_workers_group(self.run_id)]
 
 
 LiveEvent = Annotated[

@@ -89,7 +89,7 @@ async def fan_out(layer, *, run_id: int, peer_ids: list[str], text: str, skip: s
     from asgiref.sync import sync_to_async
     from django.core.cache import cache
 
-    from .events import peer_channel_key
+    from .event_routing import peer_channel_key
 
     # One MGET in one thread hop: Django's ``aget_many`` awaits one ``aget`` (and one thread hop) per
     # key, which for 1,000 members took longer than the whole fan-out.

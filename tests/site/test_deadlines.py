@@ -64,7 +64,7 @@ def test_a_new_group_carries_the_raised_deadlines_and_the_dashboard_shows_them(r
     assert record is not None
     formed = events()[-1]
     assert formed.type == "group_formed"
-    assert formed.deadlines["phase_timeout"] == pytest.approx(PHASE_FACTOR * 50.0)
+    assert formed.group.deadlines["phase_timeout"] == pytest.approx(PHASE_FACTOR * 50.0)
     assert (record.deadline - now).total_seconds() == pytest.approx(STEP_FACTOR * 50.0)
     html = client.get(f"/runs/{run.pk}/", HTTP_HX_REQUEST="true").content.decode()
     assert "phase timeout 100.0 s" in html and "raised from the set" in html

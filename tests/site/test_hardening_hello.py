@@ -9,7 +9,7 @@ import json
 import pytest
 from channels.db import database_sync_to_async
 from django.core.cache import cache
-from live import events as ev
+from live import event_routing as routes
 from runs.models import Peer, Run
 
 from btard_wire.control import hello_proof
@@ -52,7 +52,7 @@ async def test_a_hello_without_a_valid_proof_is_refused_and_registers_nothing(ru
     await send(comm, {"type": "hello", "public_key": victim.public_key_b64, "proof": proof})
     assert (await receive_type(comm, "error"))["code"] == "proof"
     assert not await database_sync_to_async(Peer.objects.filter(peer_id=victim.peer_id).exists)()
-    assert await cache.aget(ev.peer_channel_key(victim.peer_id, run.pk)) is None
+    assert await cache.aget(routes.peer_channel_key(victim.peer_id, run.pk)) is None
     await comm.disconnect()
 
 
@@ -104,11 +104,11 @@ async def test_a_key_is_bound_to_one_account_in_every_run(run, alice, bob):
 
 async def test_routing_entries_are_per_run_and_written_after_the_join(run, alice):
     comm, identity, _ = await join(alice, b"alice-route")
-    entry = await cache.aget(ev.peer_channel_key(identity.peer_id, run.pk))
+    entry = await cache.aget(routes.peer_channel_key(identity.peer_id, run.pk))
     assert isinstance(entry, str)
     assert await cache.aget(f"peer-channel:{identity.peer_id}") is None
     await comm.disconnect()
-    assert await cache.aget(ev.peer_channel_key(identity.peer_id, run.pk)) is None
+    assert await cache.aget(routes.peer_channel_key(identity.peer_id, run.pk)) is None
 
 
 _ = json

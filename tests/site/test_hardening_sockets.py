@@ -8,7 +8,7 @@ import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.core.cache import cache
-from live import events as ev
+from live import event_routing as routes
 from runs.models import Peer, Run
 
 from tests.factories import RunFactory
@@ -58,7 +58,7 @@ async def test_a_message_that_breaks_the_consumer_closes_the_socket_and_marks_th
             break
         await __import__("asyncio").sleep(0.05)
     assert not online
-    assert await cache.aget(ev.peer_channel_key(identity.peer_id, run.pk)) is None
+    assert await cache.aget(routes.peer_channel_key(identity.peer_id, run.pk)) is None
 
 
 async def test_a_nan_in_a_payload_is_refused_as_payload_not_internal(run, alice, bob):

@@ -195,9 +195,11 @@ def test_an_announcement_is_stored_audited_and_emitted(run, carol, events):
 
 
 def test_run_control_events_reach_the_run_page_and_its_workers():
+    from live import event_routing as routes
     from live import events as ev
 
     changed = ev.RunControlChanged(run_id=3, action="paused", state="paused")
-    assert set(changed.groups()) == {ev.run_live_group(3), ev.run_workers_group(3), ev.runs_group()}
+    assert set(routes.live_groups(changed)) == {routes.run_live_group(3), routes.run_workers_group(3),
+                                                routes.runs_group()}
     posted = ev.AnnouncementPosted(run_id=3, announcement_id=1, text="hi")
-    assert set(posted.groups()) == {ev.run_live_group(3), ev.run_workers_group(3)}
+    assert set(routes.live_groups(posted)) == {routes.run_live_group(3), routes.run_workers_group(3)}

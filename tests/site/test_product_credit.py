@@ -97,12 +97,13 @@ def test_the_leaderboard_page_lists_the_rules_and_highlights_me(run, trio, alice
 
 
 def test_a_finished_step_pushes_the_board_to_leaderboard_viewers(run, trio):
+    from live import event_routing as routes
     from live import events as ev
     from live.consumers import render_fragment
 
     play_step(run, trio)
     event = ev.StepAdvanced(run_id=run.pk, finished_step=0, step=1, outcome="applied")
-    assert ev.runs_group() in event.groups()
+    assert routes.runs_group() in routes.live_groups(event)
     html = render_fragment(event, view="leaderboard", run_id=None)
     assert 'id="leaderboard" hx-swap-oob="true"' in html and "alice" in html
     assert render_fragment(event, view="leaderboard", run_id=run.pk + 1) == ""

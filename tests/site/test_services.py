@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from django.contrib.auth import authenticate
 from django.utils import timezone
-from live import events as ev
+from live import event_routing as routes
 from moderation import services as moderation
 from moderation.models import AuditLog, Ban, ModerationCase
 from runs import services as runs
@@ -73,7 +73,7 @@ def test_a_revoked_token_is_refused_with_its_name_in_the_reason(alice, events):
     assert info.value.close_code == CLOSE_REVOKED_TOKEN
     assert "laptop" in info.value.reason
     assert types(events) == ["token_created", "token_revoked"]
-    assert events()[-1].groups() == [ev.token_group(issued.token.pk)]
+    assert routes.live_groups(events()[-1]) == [routes.token_group(issued.token.pk)]
 
 
 def test_another_volunteer_cannot_revoke_my_token(alice, bob):
@@ -283,7 +283,7 @@ def test_a_strict_majority_of_signed_verdicts_bans_the_peer_and_its_account(run,
     guilty_peer.user.volunteer.refresh_from_db()
     assert guilty_peer.user.volunteer.is_banned and second_key.pk
     banned = [e for e in events() if e.type == "peer_banned"]
-    assert len(banned) == 1 and ev.bans_group() in banned[0].groups()
+    assert len(banned) == 1 and routes.bans_group() in routes.live_groups(banned[0])
 
 
 def test_repeated_verdicts_from_one_peer_count_once(run):

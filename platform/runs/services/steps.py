@@ -24,6 +24,7 @@ from live.events import (
 )
 
 from btard_wire import board as board_rules
+from btard_wire.control import Group
 from btard_wire.randomness import (
     draw_probation_validators,
     genesis_randomness,
@@ -120,10 +121,10 @@ def start_step_if_ready(*, run: Run, now: datetime | None = None) -> StepRecord 
                                        candidates=candidates, deadline=deadline)
     run.step_in_progress, run.step_started_at, run.step_deadline = True, now, deadline
     run.save(update_fields=["step_in_progress", "step_started_at", "step_deadline"])
-    emit(GroupFormed(run_id=run.id, step=step, peers=[p.peer_info() for p in members], validators=validators,
-                     candidates=candidates,
-                     deadlines={"step": deadline.timestamp(), "phase_timeout": timeouts.phase_timeout},
-                     state_donors=[p.peer_info() for p in members[:3]]))
+    emit(GroupFormed(run_id=run.id, group=Group(
+        step=step, peers=[p.peer_info() for p in members], validators=validators, candidates=candidates,
+        deadlines={"step": deadline.timestamp(), "phase_timeout": timeouts.phase_timeout},
+        state_donors=[p.peer_info() for p in members[:3]])))
     return record
 
 
