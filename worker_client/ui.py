@@ -146,7 +146,7 @@ class QuietView(JsonView):
         pass
 
     def event(self, kind: str, message: str, **fields: Any) -> None:
-        if kind in {"error", "fatal", "ban", "exit"}:
+        if kind in {"error", "fatal", "ban", "exit", "connection"}:  # connection: the site cannot be reached
             super().event(kind, message, **fields)
 
 

@@ -490,6 +490,11 @@ async def test_a_refused_server_is_reported_within_seconds_and_on_every_retry_wi
     reports = [line for line in lines if line["event"] == "connection"]
     assert len(reports) >= 2
     assert all("connection refused" in r["message"] and "next try in" in r["message"] for r in reports)
+    from worker_client.ui import QuietView
+
+    quiet = io.StringIO()
+    QuietView(quiet).event("connection", reports[0]["message"])  # --quiet shows it too
+    assert json.loads(quiet.getvalue())["event"] == "connection"
 
 
 async def test_a_silent_server_is_reported_before_the_connection_attempt_times_out():
