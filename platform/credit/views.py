@@ -47,7 +47,7 @@ def api_leaderboard(request):
 
 
 def leaderboard_fragment(*, run_id: int | None) -> str:
-    """The board as an htmx out-of-band swap, for ``/ws/live/?view=leaderboard`` (``live.consumers``)."""
+    """The board as an htmx out-of-band swap, for ``/ws/live/?view=leaderboard`` (``credit.fragments``)."""
     from django.template.loader import render_to_string
     from runs.models import Run
 

@@ -4,3 +4,6 @@ from django.apps import AppConfig
 class ModerationConfig(AppConfig):
     name = "moderation"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self):
+        from . import fragments  # noqa: F401 - registers this app's live fragment; models load only now

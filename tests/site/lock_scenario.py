@@ -1,8 +1,8 @@
 """Concurrent writers on the site's database, as Daphne, Celery and a checkpoint upload produce them:
 step reports of a whole group, heartbeats, a checkpoint upload, a ban and a slow writer holding the write
 lock, each in its own thread with its own connection, through the same code paths the consumers and views
-use (``live.consumers._db``'s retry). Used by ``tests/site/test_hardening_locks.py``, in-process on
-PostgreSQL and in a subprocess on a file SQLite database (``python tests/site/lock_scenario.py``), where
+use (``live.consumers.common.db``'s retry). Used by ``tests/site/test_hardening_locks.py``, in-process
+on PostgreSQL and in a subprocess on a file SQLite database (``python tests/site/lock_scenario.py``), where
 the embedded default's locking really happens (the test database of SQLite is an in-memory one)."""
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def run_scenario(tmp_dir: Path) -> dict:
     import torch
     from btard_site.retry import retry_transient
     from django.db import connections, transaction
-    from live import consumers
+    from live.consumers import worker as consumers
     from moderation.models import Ban
     from moderation.services import ban_peer
     from runs.checkpoints import store_checkpoint

@@ -356,7 +356,7 @@ async def test_another_peer_dials_a_newcomer_and_the_dashboard_lists_it_as_unrea
 
 
 async def test_many_viewers_of_a_dashboard_share_one_render_per_event(run, monkeypatch):
-    from live import consumers
+    from live.consumers import browser as consumers
     from live.bus import emit
     from live.events import PeersPromoted
 

@@ -115,7 +115,7 @@ _ = json
 
 
 async def test_a_group_formed_while_the_join_was_in_flight_reaches_the_joiner_once(run, alice, bob, monkeypatch):
-    from live import consumers
+    from live.consumers import worker as consumers
     from runs.services import join_run, start_step_if_ready
 
     ca, _, _ = await join(alice, b"alice-race")

@@ -37,7 +37,7 @@ async def test_deeply_nested_json_gets_a_clear_error_and_the_socket_keeps_workin
 
 async def test_a_message_that_breaks_the_consumer_closes_the_socket_and_marks_the_peer_offline(
         run, alice, monkeypatch):
-    from live import consumers
+    from live.consumers import worker as consumers
 
     comm, identity, _ = await join(alice, b"alice-crash")
 

@@ -99,7 +99,7 @@ def test_the_leaderboard_page_lists_the_rules_and_highlights_me(run, trio, alice
 def test_a_finished_step_pushes_the_board_to_leaderboard_viewers(run, trio):
     from live import event_routing as routes
     from live import events as ev
-    from live.consumers import render_fragment
+    from live.fragments import render_fragment
 
     play_step(run, trio)
     event = ev.StepAdvanced(run_id=run.pk, finished_step=0, step=1, outcome="applied")

@@ -1,65 +1,72 @@
-"""Websocket consumers: ``/ws/worker/`` for ``btard-worker`` and ``/ws/live/`` for browsers.
+"""``/ws/worker/``: one ``btard-worker`` socket. Thin: parse a control message, call the runs service
+(in the thread pool, ``common.db``), and turn live events and relays into control-plane JSON.
 
-Both are thin: parse, call a service, and turn live events (``live.events``) into what the other side
-understands (control-plane JSON for workers, htmx out-of-band fragments for browsers).
+A refusal accepts the socket and closes it at once with a ``CLOSE_*`` code and a reason, so the worker
+can tell the volunteer why.
 """
 
 from __future__ import annotations
 
-import asyncio
+import hashlib
 import json
 import logging
+import secrets
 import time
-from urllib.parse import parse_qs
 
-from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.core.cache import cache
+from django.utils import timezone
+from organiser.notices import welcome_notice
 from pydantic import ValidationError
+from runs.deadlines import effective_deadlines
+from runs.models import Peer, Run, StepRecord
+from runs.services import (
+    JoinRefused,
+    Rejected,
+    reachability_word,
+    record_reachability,
+    start_step_if_ready,
+    tick_run,
+)
+from runs.services.board import board_request, post_broadcast, request_phase_close
+from runs.services.membership import disconnect_peer, join_run, record_heartbeat
+from runs.services.reports import record_step_report
+from volunteers.services import TokenRefused, authenticate_worker_token
 
 from btard_wire import PROTOCOL_VERSION
 from btard_wire.control import (
+    CLOSE_BANNED,
     CLOSE_PROTOCOL_VERSION,
     CLOSE_REASONS,
     CLOSE_REPLACED,
     CLOSE_REVOKED_TOKEN,
+    CLOSE_RUN_FINISHED,
+    KEY_BAN_ADVICE,
     BanNotice,
+    Challenge,
     ErrorMessage,
     Group,
     ReachabilityCheck,
     ReachabilityResult,
+    Relay,
+    RunNotice,
     Welcome,
+    hello_proof_valid,
     parse_worker_message,
 )
-from btard_wire.errors import ControlError
+from btard_wire.envelope import b64d, peer_id_from_public_key
+from btard_wire.errors import ControlError, ProtocolError
 
-from . import event_routing as routes
-from . import events as ev
-from . import fanout
+from .. import event_routing as routes
+from .. import events as ev
+from .. import fanout
+from .common import FastDispatchMixin, close_reason, db
 
 log = logging.getLogger(__name__)
 TICK_THROTTLE_SECONDS = 1
 # A steady heartbeat (same status) is written at most this often; a status change is written at once.
 HEARTBEAT_WRITE_SECONDS = 5.0
-
-
-def _db(func):
-    """Run ``func`` in the thread pool. With PostgreSQL calls run in parallel threads (each with its own
-    connection, row locks serialise what must be serialised); SQLite keeps one writer thread. A call that
-    loses a race for a lock (another process writing) is run again (btard_site.retry): a worker's message
-    is not dropped with ``internal`` for a transient lock."""
-    from btard_site.retry import retry_transient
-    from channels.db import DatabaseSyncToAsync
-    from django.db import connections
-
-    return DatabaseSyncToAsync(retry_transient(func), thread_sensitive=connections["default"].vendor == "sqlite")
-
-
-def _close_reason(text: str) -> str:
-    """A websocket close reason must fit in 123 bytes."""
-    data = text.encode()[:120]
-    return data.decode(errors="ignore")
 
 
 def bearer_token(scope) -> str | None:
@@ -74,15 +81,10 @@ def bearer_token(scope) -> str | None:
 
 # --- sync parts, run in the thread pool ------------------------------------------------------------
 def _authenticate(raw):
-    from volunteers.services import authenticate_worker_token
-
     return authenticate_worker_token(raw)
 
 
 def _peer_id_of_hello(hello) -> str | None:
-    from btard_wire.envelope import b64d, peer_id_from_public_key
-    from btard_wire.errors import ProtocolError
-
     try:
         return peer_id_from_public_key(b64d(hello.public_key, what="public key"))
     except (ProtocolError, ValueError):
@@ -92,9 +94,6 @@ def _peer_id_of_hello(hello) -> str | None:
 def _group_of_step_in_progress(peer, *, since) -> tuple[int, str] | None:
     """The ``Group`` of the run's step in progress if ``peer`` is in it and it formed at or after ``since``
     (while this socket's routing entry was not written yet): ``(step, json)``."""
-    from runs.deadlines import effective_deadlines
-    from runs.models import Peer, Run, StepRecord
-
     run = Run.objects.filter(pk=peer.run_id, step_in_progress=True).first()
     record = run and StepRecord.objects.filter(run=run, step=run.current_step, started_at__gte=since).first()
     if not record or peer.peer_id not in record.recipients():
@@ -109,16 +108,11 @@ def _group_of_step_in_progress(peer, *, since) -> tuple[int, str] | None:
 
 
 def _join(token, hello):
-    from runs.services import join_run
-
     return join_run(token=token, hello=hello)
 
 
 def _tick(run_id: int, *, force: bool = False) -> None:
     """Drive the run forward, at most once a second per run unless ``force`` (a step report)."""
-    from runs.models import Run
-    from runs.services import tick_run
-
     if not force and not cache.add(f"tick-run:{run_id}", 1, timeout=TICK_THROTTLE_SECONDS):
         return
     run = Run.objects.filter(pk=run_id).first()
@@ -131,61 +125,42 @@ def _tick(run_id: int, *, force: bool = False) -> None:
 
 
 def _start_step_if_ready(run_id: int) -> None:
-    from runs.models import Run
-    from runs.services import start_step_if_ready
-
     run = Run.objects.filter(pk=run_id).first()
     if run is not None and not run.step_in_progress:
         start_step_if_ready(run=run)
 
 
 def _heartbeat(peer, heartbeat) -> None:
-    from runs.services import record_heartbeat
-
     record_heartbeat(peer=peer, heartbeat=heartbeat)
     _tick(peer.run_id)
 
 
 def _broadcast(peer, envelope) -> None:
-    from runs.services.board import post_broadcast
-
     post_broadcast(peer=peer, envelope=envelope)  # one transaction: retried as a whole on a transient lock
 
 
 def _step_report(peer, report) -> None:
-    from runs.services import record_step_report
-
     record_step_report(peer=peer, report=report)
     _tick(peer.run_id, force=True)
 
 
 def _phase_close(peer, msg) -> None:
-    from runs.services import request_phase_close
-
     request_phase_close(peer=peer, step=msg.step, phase=msg.phase)
 
 
 def _board(peer, msg) -> list[dict]:
-    from runs.services.board import board_request
-
     return board_request(peer=peer, step=msg.step, phase=msg.phase, senders=msg.senders)
 
 
 def _welcome_notice(run_id: int):
-    from organiser.notices import welcome_notice
-
     return welcome_notice(run_id)
 
 
 def _disconnect(peer) -> None:
-    from runs.services import disconnect_peer
-
     disconnect_peer(peer=peer)
 
 
 def _reachability_helper(peer) -> str | None:
-    from runs.models import Peer
-
     helper = (Peer.objects.filter(run_id=peer.run_id, role="active", online=True)
               .exclude(pk=peer.pk).order_by("?").values_list("peer_id", flat=True).first())
     return helper
@@ -193,32 +168,10 @@ def _reachability_helper(peer) -> str | None:
 
 def _reach_key(request_id: str) -> str:
     """Cache key of a pending reachability check: the id a worker sends back is hashed, never used raw."""
-    import hashlib
-
     return "reach:" + hashlib.sha256(request_id.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-_GROUP_PREFIX = '{"v":%d,"type":"group"' % PROTOCOL_VERSION
-
-
-# Channel-layer messages whose handlers never touch the database directly (they only write to the socket,
-# or go through ``_db``, whose thread closes stale connections itself).
-NO_DB_MESSAGES = frozenset({"worker.forward", "worker.replaced", "live.event"})
-
-
-class FastDispatchMixin:
-    """Channels runs ``close_old_connections`` in the one thread-sensitive sync thread before *every*
-    message. A step's relay reaches every member socket at once, so with 1,000 sockets that is 1,000
-    thread hops queued behind each other (about two thirds of the fan-out time in
-    ``benchmarks/site_load.py``). Messages that do not use the database skip it."""
-
-    async def dispatch(self, message):
-        if message.get("type") in NO_DB_MESSAGES:
-            handler = getattr(self, get_handler_name(message), None)
-            if handler is not None:
-                await handler(message)
-                return
-        await super().dispatch(message)
+_GROUP_PREFIX = f'{{"v":{PROTOCOL_VERSION},"type":"group"'
 
 
 class WorkerConsumer(FastDispatchMixin, AsyncWebsocketConsumer):
@@ -234,22 +187,16 @@ class WorkerConsumer(FastDispatchMixin, AsyncWebsocketConsumer):
         self.group_steps: set[int] = set()
 
     async def connect(self):
-        from volunteers.services import TokenRefused
-
         self.joined: list[str] = []
         try:
-            self.token = await _db(_authenticate)(bearer_token(self.scope))
+            self.token = await db(_authenticate)(bearer_token(self.scope))
         except TokenRefused as exc:
             log.info("worker refused (%s): %s", exc.close_code, exc.reason)
             await self.accept()
-            await self.close(code=exc.close_code, reason=_close_reason(exc.reason))
+            await self.close(code=exc.close_code, reason=close_reason(exc.reason))
             return
         await self.accept()
         # proof of key possession: the hello must sign this nonce with the key it announces
-        import secrets
-
-        from btard_wire.control import Challenge
-
         self.nonce = secrets.token_urlsafe(24)
         await self.send_model(Challenge(nonce=self.nonce))
         # one live worker per token: an older connection is told to close
@@ -275,7 +222,7 @@ class WorkerConsumer(FastDispatchMixin, AsyncWebsocketConsumer):
             if await cache.aget(key) == self.channel_name:
                 await cache.adelete(key)
             try:
-                await _db(_disconnect)(self.peer)
+                await db(_disconnect)(self.peer)
             except Exception:
                 log.exception("could not mark %s offline", self.peer.peer_id[:8])
 
@@ -309,8 +256,6 @@ class WorkerConsumer(FastDispatchMixin, AsyncWebsocketConsumer):
         await self.send_model(ErrorMessage(code=code, message=message))
 
     async def receive(self, text_data=None, bytes_data=None):
-        from runs.services import JoinRefused, Rejected
-
         if self.token is None:
             return
         data = text_data if text_data is not None else bytes_data
@@ -331,7 +276,7 @@ class WorkerConsumer(FastDispatchMixin, AsyncWebsocketConsumer):
             log.warning("rejected %s from %s: %s: %s", msg.type, self._who(), exc.code, exc.message)
             await self.send_error(exc.code, exc.message)
         except JoinRefused as exc:
-            await self.close(code=exc.close_code, reason=_close_reason(exc.reason))
+            await self.close(code=exc.close_code, reason=close_reason(exc.reason))
         except Exception:
             log.exception("error handling %s from %s", msg.type, self._who())
             await self.send_error("internal", "the site could not process this message; nothing changed")
@@ -346,10 +291,6 @@ class WorkerConsumer(FastDispatchMixin, AsyncWebsocketConsumer):
         if self.peer is not None:
             await self.send_error("already_joined", "hello was already received on this connection")
             return
-        from django.utils import timezone
-
-        from btard_wire.control import hello_proof_valid
-
         if _peer_id_of_hello(msg) is not None and not hello_proof_valid(
                 nonce=getattr(self, "nonce", ""), public_key_b64=msg.public_key, proof=msg.proof):
             await self.send_error("proof", "hello.proof must be the signature of this connection's challenge "
@@ -358,7 +299,7 @@ class WorkerConsumer(FastDispatchMixin, AsyncWebsocketConsumer):
         # The routing entry of (run, key) is written only once the join succeeded: a refused hello never
         # redirects another peer's traffic. A group formed in between is sent here (once per step).
         since = timezone.now()
-        result = await _db(_join)(self.token, msg)
+        result = await db(_join)(self.token, msg)
         self.peer = result.peer
         fanout.attach(self)  # a step's messages find this socket through the key (live.fanout)
         await cache.aset(routes.peer_channel_key(self.peer.peer_id, result.run.pk), self.channel_name, timeout=None)
@@ -366,45 +307,39 @@ class WorkerConsumer(FastDispatchMixin, AsyncWebsocketConsumer):
         await self._group_add(routes.peer_group(self.peer.peer_id, result.run.pk))
         await self.send_model(Welcome(peer_id=self.peer.peer_id, role=result.role, run=result.run.run_info(),
                                       step=result.run.current_step, probation_steps_left=result.probation_left))
-        notice = await _db(_welcome_notice)(result.run.pk)  # the organisers' latest announcement
+        notice = await db(_welcome_notice)(result.run.pk)  # the organisers' latest announcement
         if notice is not None:
             await self.send_model(notice)
-        missed = await _db(_group_of_step_in_progress)(self.peer, since=since)
+        missed = await db(_group_of_step_in_progress)(self.peer, since=since)
         if missed is not None and missed[0] not in self.group_steps:
             self.group_steps.add(missed[0])
             await self.send(text_data=missed[1])
-        await _db(_start_step_if_ready)(self.peer.run_id)
+        await db(_start_step_if_ready)(self.peer.run_id)
 
     async def on_heartbeat(self, msg):
-        import time
-
         key = (msg.status.value, msg.detail)
         now = time.monotonic()
         if key == getattr(self, "_last_beat", None) and now - self._last_beat_at < HEARTBEAT_WRITE_SECONDS:
             return  # coalesced: the stale-peer timeout is far longer than the write interval
-        await _db(_heartbeat)(self.peer, msg)
+        await db(_heartbeat)(self.peer, msg)
         self._last_beat, self._last_beat_at = key, now
 
     async def on_broadcast(self, msg):
-        await _db(_broadcast)(self.peer, msg.envelope)
+        await db(_broadcast)(self.peer, msg.envelope)
 
     async def on_step_report(self, msg):
-        await _db(_step_report)(self.peer, msg)
+        await db(_step_report)(self.peer, msg)
 
     async def on_phase_close(self, msg):
-        await _db(_phase_close)(self.peer, msg)
+        await db(_phase_close)(self.peer, msg)
 
     async def on_board_request(self, msg):
-        from btard_wire.control import Relay
-
-        for envelope in await _db(_board)(self.peer, msg):
+        for envelope in await db(_board)(self.peer, msg):
             await self.send(text_data=Relay.model_validate({"envelope": envelope}).model_dump_json())
 
     async def on_reachability_request(self, msg):
         """Another active peer dials this peer's *announced* address (F5): only the p2p id and addresses of
         its hello, a few times an hour; the answer is taken only from the peer that was asked."""
-        import secrets
-
         announced = list(self.peer.p2p_addrs or [])
         if msg.p2p_id != self.peer.p2p_id or not msg.p2p_addrs or not set(msg.p2p_addrs) <= set(announced):
             await self.send_error("not_announced", "a reachability check dials only the p2p id and addresses "
@@ -416,7 +351,7 @@ class WorkerConsumer(FastDispatchMixin, AsyncWebsocketConsumer):
         if await cache.aincr(rate_key) > limit:
             await self.send_error("rate_limited", f"at most {limit} reachability checks per hour")
             return
-        helper = await _db(_reachability_helper)(self.peer)
+        helper = await db(_reachability_helper)(self.peer)
         if helper is None:
             await self.send_error("no_helper", "no other active peer is online to test your address")
             return
@@ -435,11 +370,9 @@ class WorkerConsumer(FastDispatchMixin, AsyncWebsocketConsumer):
             await self.send_error("unknown_request", "no such reachability request for this peer (expired?)")
             return
         await cache.adelete(_reach_key(msg.request_id))  # one answer per request
-        from runs.services import reachability_word, record_reachability
-
         # a fixed vocabulary, never the helper's own text; stored before the asker hears the answer
         word = reachability_word(reachable=msg.reachable, detail=msg.detail)
-        await _db(record_reachability)(peer_pk=pending["peer"], reachable=msg.reachable, detail=word)
+        await db(record_reachability)(peer_pk=pending["peer"], reachable=msg.reachable, detail=word)
         answer = ReachabilityResult(request_id=msg.request_id, reachable=msg.reachable, detail=word)
         await self.channel_layer.send(pending["channel"], {"type": "worker.forward", "text": answer.model_dump_json()})
 
@@ -472,20 +405,16 @@ class WorkerConsumer(FastDispatchMixin, AsyncWebsocketConsumer):
         me = self.peer.peer_id if self.peer is not None else None
         if event.type == "token_revoked":
             await self.close(code=CLOSE_REVOKED_TOKEN,
-                             reason=_close_reason(f"token revoked: btard_{event.prefix}_... was revoked"))
+                             reason=close_reason(f"token revoked: btard_{event.prefix}_... was revoked"))
         elif event.type == "peer_banned":
             notice = BanNotice(peer_id=event.peer_id, step=event.step, reason=event.reason, scope=event.scope)
             if event.scope == "key" and me == event.peer_id:
                 await self.send_model(notice)
-                from btard_wire.control import CLOSE_BANNED, KEY_BAN_ADVICE
-
-                await self.close(code=CLOSE_BANNED, reason=_close_reason(f"{KEY_BAN_ADVICE} ({event.reason})"))
+                await self.close(code=CLOSE_BANNED, reason=close_reason(f"{KEY_BAN_ADVICE} ({event.reason})"))
             elif event.scope == "account" and self.token is not None and event.user_id == self.token.user_id:
                 if me is not None:
                     await self.send_model(notice)
-                from btard_wire.control import CLOSE_BANNED
-
-                await self.close(code=CLOSE_BANNED, reason=_close_reason(f"banned: {event.reason}"))
+                await self.close(code=CLOSE_BANNED, reason=close_reason(f"banned: {event.reason}"))
             elif me is not None:
                 await self.send_model(notice)
         elif event.type in ("run_control_changed", "announcement_posted") and self.peer is not None \
@@ -495,8 +424,6 @@ class WorkerConsumer(FastDispatchMixin, AsyncWebsocketConsumer):
     async def _run_notice(self, event) -> None:
         """An organiser's change or announcement (``organiser.services``): tell the volunteer; a finished
         run's sockets close (the worker exits with the sentence)."""
-        from btard_wire.control import CLOSE_RUN_FINISHED, RunNotice
-
         if event.type == "announcement_posted":
             await self.send_model(RunNotice(run_id=event.run_id, kind="announcement", message=event.text))
             return
@@ -504,126 +431,4 @@ class WorkerConsumer(FastDispatchMixin, AsyncWebsocketConsumer):
             return
         await self.send_model(RunNotice(run_id=event.run_id, kind=event.action, message=event.message[:1000]))
         if event.action == "finished":
-            await self.close(code=CLOSE_RUN_FINISHED, reason=_close_reason(event.message))
-
-
-_ = ReachabilityResult  # re-exported for the docstring of control.py
-
-
-# --- browsers ------------------------------------------------------------------------------------------
-def render_fragment(event, *, view: str, run_id: int | None) -> str:
-    """The htmx out-of-band fragment a browser view needs for ``event`` (``""`` when none).
-
-    Uses the same partial templates as the pages, so a push and a reload look the same.
-    """
-    from django.template.loader import render_to_string
-    from moderation.models import Ban
-    from moderation.selectors import ban_row
-
-    if view == "bans" and event.type == "peer_banned":
-        ban = Ban.objects.select_related("run", "user").filter(pk=event.ban_id).first()
-        if ban is None:
-            return ""
-        return render_to_string("moderation/_ban_push.html", {"ban": ban_row(ban)})
-    if view == "bans" and event.type == "peer_unbanned":
-        return f'<div id="ban-{event.ban_id}" hx-swap-oob="delete"></div>'
-    if view == "run" and run_id is not None and getattr(event, "run_id", None) == run_id:
-        from runs.models import Run
-        from runs.selectors import run_state
-
-        run = Run.objects.filter(pk=run_id).first()
-        if run is None:
-            return ""
-        return render_to_string("runs/_dashboard.html", {"state": run_state(run), "oob": True})
-    if view == "leaderboard" and event.type in ("step_advanced", "peer_banned", "peer_unbanned"):
-        if run_id is not None and getattr(event, "run_id", None) != run_id:
-            return ""
-        from credit.views import leaderboard_fragment
-
-        return leaderboard_fragment(run_id=run_id)
-    return ""
-
-
-class _FragmentMemo:
-    """Every browser socket of a view gets the same fragment for an event: render it once per process
-    (the dashboard's state takes several queries) and hand the same HTML to the other sockets."""
-
-    def __init__(self, ttl: float = 5.0, size: int = 256):
-        self.ttl, self.size = ttl, size
-        self.entries: dict[tuple, tuple[float, asyncio.Future]] = {}
-
-    async def get(self, key: tuple, render) -> str:
-        now = time.monotonic()
-        hit = self.entries.get(key)
-        if hit is not None and now - hit[0] < self.ttl:
-            return await asyncio.shield(hit[1])
-        future = asyncio.get_running_loop().create_future()
-        self.entries[key] = (now, future)
-        if len(self.entries) > self.size:
-            for old in sorted(self.entries, key=lambda k: self.entries[k][0])[: len(self.entries) - self.size]:
-                self.entries.pop(old, None)
-        try:
-            html = await render()
-        except BaseException as exc:
-            self.entries.pop(key, None)
-            future.set_exception(exc)
-            future.exception()  # retrieved: a failed render is not an unhandled error of the memo
-            raise
-        future.set_result(html)
-        return html
-
-
-fragment_memo = _FragmentMemo()
-
-
-class LiveConsumer(FastDispatchMixin, AsyncWebsocketConsumer):
-    """``/ws/live/?view=bans`` (ban list) or ``/ws/live/?run=<id>`` (run dashboard): pushes the page's
-    partials as htmx out-of-band swaps. Read-only; anyone may watch the public views."""
-
-    async def connect(self):
-        query = parse_qs(self.scope.get("query_string", b"").decode())
-        self.run_id = None
-        self.view = query.get("view", ["run" if "run" in query else "bans"])[0]
-        groups = []
-        if self.view == "bans":
-            groups.append(routes.bans_group())
-        elif self.view == "run":
-            raw = query.get("run", [""])[0]
-            if not (raw.isascii() and raw.isdigit()) or len(raw) > 12:  # a group name has a length limit (F11)
-                await self.close(code=4400)
-                return
-            self.run_id = int(raw)
-            groups.append(routes.run_live_group(self.run_id))
-        elif self.view == "leaderboard":  # every run's steps and bans; ``run`` narrows the board to one
-            raw = query.get("run", [""])[0]
-            if raw and not raw.isdigit():
-                await self.close(code=4400)
-                return
-            self.run_id = int(raw) if raw else None
-            groups.append(routes.runs_group())
-        else:
-            await self.close(code=4400)
-            return
-        self.groups_joined = groups
-        for group in groups:
-            await self.channel_layer.group_add(group, self.channel_name)
-        await self.accept()
-
-    async def disconnect(self, code):
-        for group in getattr(self, "groups_joined", []):
-            await self.channel_layer.group_discard(group, self.channel_name)
-
-    async def receive(self, text_data=None, bytes_data=None):
-        return  # the htmx ws extension may send form data; these views take none
-
-    async def live_event(self, message):
-        try:
-            event = ev.parse_event(message["event"])
-        except ValidationError:
-            log.exception("undecodable live event")
-            return
-        key = (json.dumps(message["event"], sort_keys=True, default=str), self.view, self.run_id)
-        html = await fragment_memo.get(
-            key, lambda: _db(render_fragment)(event, view=self.view, run_id=self.run_id))
-        if html:
-            await self.send(text_data=html)
+            await self.close(code=CLOSE_RUN_FINISHED, reason=close_reason(event.message))
