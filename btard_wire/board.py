@@ -14,8 +14,9 @@ One place for the rules the site (``platform/``), the in-memory board of the sim
 - :func:`close_quorum`: a board phase closes once a strict majority of the step's members that are
   still online asked (askers that went offline no longer count), so a minority cannot force a close;
 - :func:`mprng_output` and :func:`validator_assignment`: ``r_t`` from the board's commitments and
-  reveals in group order, with the core's rule for a missing or bad reveal (no ``r_t``: nothing is
-  validated in that step), and the validators of step t with their targets (contributors of step t-1)
+  reveals in group order, with the core's rule for a missing or bad reveal (a reveal missing at the
+  site's close of ``mprng_reveal`` is silence and ``r_t`` combines the others; a bad one leaves the step
+  without ``r_t``: nothing is validated in it), and the validators of step t with their targets (contributors of step t-1)
   drawn from it (:func:`btard_wire.randomness.draw_validators`).
 
 Nothing here reads a database, a clock or a socket; each caller gathers the facts from its own store.
@@ -107,13 +108,23 @@ def close_quorum(*, asked: Collection[str], members: Collection[str], online: Co
 
 
 def mprng_output(*, run: str, step: int, members: Iterable[str], commitments: Mapping[str, str],
-                 reveals: Mapping[str, str | bytes]) -> bytes | None:
+                 reveals: Mapping[str, str | bytes], revealed: Collection[str] | None = None) -> bytes | None:
     """``r_t`` from the board: ``members`` are the MPRNG members in group order (the peers whose
     ``mprng_commit`` the board holds), ``commitments`` their ``H(x_i)`` (hex), ``reveals`` their ``x_i``
-    (hex or bytes). ``None`` when a member's reveal is missing, malformed or does not match its
-    commitment, as in the core: the step then has no ``r_t``."""
+    (hex or bytes).
+
+    ``revealed`` is the sender set of the ``mprng_reveal`` phase as the site closed it at its deadline
+    (None: the phase was not closed at a deadline). A member missing from it is *silent*, not at fault
+    (a cut link looks the same; issue 13): it is left out and ``r_t`` combines the reveals of the members
+    that revealed, in group order, so a withholder cannot stall the step (what it gains is one bit, at
+    the price of a silence strike; docs/threat-model.md). Without ``revealed`` every member's reveal is
+    needed. ``None`` when a needed reveal is missing, a reveal is malformed or does not match its
+    commitment (a provable fault: the step then has no ``r_t``), or nobody revealed."""
+    closed = None if revealed is None else set(revealed)
     values: list[bytes] = []
     for p in members:
+        if closed is not None and p not in closed:
+            continue  # silent at the close: not part of r_t
         commit, reveal = commitments.get(p), reveals.get(p)
         if commit is None or reveal is None:
             return None
@@ -129,6 +140,13 @@ def mprng_output(*, run: str, step: int, members: Iterable[str], commitments: Ma
     return combine_reveals(values)
 
 
+def reveal_silent(*, members: Iterable[str], revealed: Collection[str]) -> list[str]:
+    """The MPRNG members (in order) missing from the closed ``mprng_reveal`` sender set ``revealed``:
+    counted silent for the step (:func:`next_silence_count`), never banned for it directly."""
+    closed = set(revealed)
+    return [p for p in members if p not in closed]
+
+
 def checkable_targets(*, contributors: Iterable[str], scalars_senders: Collection[str]) -> list[str]:
     """The contributors of a step that validation may target: those whose signed scalars of that step
     are on the board (a contributor that never published scalars has nothing to check, and its step
@@ -139,14 +157,15 @@ def checkable_targets(*, contributors: Iterable[str], scalars_senders: Collectio
 
 def validator_assignment(*, run: str, step: int, group: Iterable[str], commitments: Mapping[str, str],
                          reveals: Mapping[str, str | bytes], prev_contributors: Collection[str],
-                         m: int) -> dict[str, str]:
+                         m: int, revealed: Collection[str] | None = None) -> dict[str, str]:
     """The validators of step ``step`` and their targets (``prev_contributors``: the contributors of
     step ``step - 1`` with scalars on the board, :func:`checkable_targets`), drawn from the step's own ``r_t`` (:func:`mprng_output`); empty when the step
     has no ``r_t``. ``group`` is the step's group in order; its MPRNG members are those with a
-    commitment on the board."""
+    commitment on the board; ``revealed``: the closed reveal phase's senders (:func:`mprng_output`)."""
     order = list(group)
     members = [p for p in order if p in commitments]
-    r = mprng_output(run=run, step=step, members=members, commitments=commitments, reveals=reveals)
+    r = mprng_output(run=run, step=step, members=members, commitments=commitments, reveals=reveals,
+                     revealed=revealed)
     if r is None:
         return {}
     return draw_validators(r, group=order, targets=prev_contributors, m=m)
@@ -309,6 +328,7 @@ def late_senders(posted_at: Mapping[str, float], *, expected: Collection[str], o
 # ban scope (security review, finding 12)
 
 KEY_ONLY_KINDS = frozenset({"withheld_reveal", "silence"})  # crash-like faults: a crash looks the same
+# (``withheld_reveal`` is kept for verdicts of older workers: a missing reveal is now silence, not a verdict)
 KEY_BANS_BEFORE_ACCOUNT = 2  # the third crash-like key ban of an account bans the account
 
 

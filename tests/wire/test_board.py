@@ -170,5 +170,39 @@ def test_a_peer_left_out_of_the_mprng_does_not_count_for_the_randomness():
     assert got == draw_validators(r, group=GROUP, targets=GROUP, m=2)
 
 
+def test_a_reveal_missing_at_the_sites_close_is_left_out_of_the_randomness_not_fatal():
+    secrets, commits, reveals = _board()
+    del reveals["c"]
+    closed = ["a", "b", "d"]  # the site closed mprng_reveal without c's reveal
+    r = rules.mprng_output(run="r", step=3, members=GROUP, commitments=commits, reveals=reveals, revealed=closed)
+    assert r == combine_reveals([secrets[p] for p in ("a", "b", "d")])  # group order, c left out
+    assert rules.reveal_silent(members=GROUP, revealed=closed) == ["c"]
+    got = rules.validator_assignment(run="r", step=3, group=GROUP, commitments=commits, reveals=reveals,
+                                     prev_contributors=GROUP, m=2, revealed=closed)
+    assert got == draw_validators(r, group=GROUP, targets=GROUP, m=2) and got
+    # while the phase is open (no close) a missing reveal is only not there yet: no r_t
+    assert rules.mprng_output(run="r", step=3, members=GROUP, commitments=commits, reveals=reveals) is None
+
+
+def test_a_reveal_stored_after_the_close_does_not_count():
+    secrets, commits, reveals = _board()
+    r = rules.mprng_output(run="r", step=3, members=GROUP, commitments=commits, reveals=reveals,
+                           revealed=["a", "b", "c"])
+    assert r == combine_reveals([secrets[p] for p in ("a", "b", "c")])
+
+
+@pytest.mark.parametrize("spoil", ["mismatch", "malformed"])
+def test_a_bad_reveal_in_the_closed_set_still_leaves_the_step_without_randomness(spoil):
+    _, commits, reveals = _board()
+    reveals["b"] = (b"\x09" * 32).hex() if spoil == "mismatch" else "not hex"
+    assert rules.mprng_output(run="r", step=3, members=GROUP, commitments=commits, reveals=reveals,
+                              revealed=GROUP) is None
+
+
+def test_nobody_revealing_by_the_close_gives_no_randomness():
+    _, commits, reveals = _board()
+    assert rules.mprng_output(run="r", step=3, members=GROUP, commitments=commits, reveals={}, revealed=[]) is None
+
+
 def test_only_contributors_with_scalars_on_the_board_are_targets():
     assert rules.checkable_targets(contributors=["a", "b", "c"], scalars_senders={"c", "a", "x"}) == ["a", "c"]
