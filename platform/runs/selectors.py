@@ -148,7 +148,8 @@ def board_randomness(*, run: Run, step: int) -> bytes | None:
     mprng = _board_mprng(run, step, record)
     return board_rules.mprng_output(run=str(run.id), step=step,
                                     members=[p for p in record.members if p in mprng["mprng_commit"]],
-                                    commitments=mprng["mprng_commit"], reveals=mprng["mprng_reveal"])
+                                    commitments=mprng["mprng_commit"], reveals=mprng["mprng_reveal"],
+                                    revealed=(record.closed_phases or {}).get("mprng_reveal"))
 
 
 def step_validators(*, run: Run, step: int) -> dict[str, str]:
@@ -165,7 +166,8 @@ def step_validators(*, run: Run, step: int) -> dict[str, str]:
         scalars_senders=_board_senders(run, step - 1, "scalars", previous))
     return board_rules.validator_assignment(run=str(run.id), step=step, group=record.members,
                                             commitments=mprng["mprng_commit"], reveals=mprng["mprng_reveal"],
-                                            prev_contributors=targets, m=run.validators_per_step)
+                                            prev_contributors=targets, m=run.validators_per_step,
+                                            revealed=(record.closed_phases or {}).get("mprng_reveal"))
 
 
 def board_envelopes(*, record: StepRecord, phase: str, senders: list[str]) -> list[dict]:
