@@ -2,7 +2,7 @@
 
 Torch-free on purpose (the site renders it on every run page). Every name here is a task of the worker's
 registry (the ``btard_swarm.tasks`` entry points, read here from the installed metadata; checked by
-``tests/site/test_product_control.py``); a task installed as a plugin and not described here gets a plain
+``tests/site/organiser/test_run_control.py``); a task installed as a plugin and not described here gets a plain
 entry (:func:`task_info`).
 """
 

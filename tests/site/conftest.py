@@ -1,5 +1,7 @@
-"""The role matrix shared by the site tests: anonymous, volunteer alice, other volunteer bob, staff
-carol, banned dave. Events emitted by services are collected by the ``events`` fixture."""
+"""The role matrix shared by the site's page and websocket tests: anonymous, volunteer alice, other
+volunteer bob, staff carol, banned dave (``users[role]``, parametrize over ``tests.site.helpers.ROLES``). Events emitted by
+services are collected by the ``events`` fixture. Tests live by app and service:
+``tests/site/<app>/test_<service or view>.py``."""
 
 from __future__ import annotations
 
@@ -66,7 +68,25 @@ def dave(db):
 
 
 @pytest.fixture
+def users(alice, bob, carol, dave):
+    """The role matrix by name (``tests.site.helpers.ROLES``); ``users["anonymous"]`` is ``None``."""
+    return {"anonymous": None, "alice": alice, "bob": bob, "carol": carol, "dave": dave}
+
+
+@pytest.fixture
 def run(db):
     from tests.factories import RunFactory
 
     return RunFactory(name="digits")
+
+
+@pytest.fixture
+def group(run):
+    """Three active peers of ``run`` (``[(peer, identity), ...]``) and the run's first step formed."""
+    from runs.services import start_step_if_ready
+
+    from tests.factories import make_peer
+
+    peers = [make_peer(run=run, seed=f"g{i}") for i in range(3)]
+    start_step_if_ready(run=run)
+    return peers

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+from btard_wire.control import Hello
 from btard_wire.envelope import sign_envelope
+
+ROLES = ["anonymous", "alice", "bob", "carol", "dave"]  # the role matrix (``users`` fixture, conftest)
+
+
+def client_for(client, user):
+    """``client`` logged in as ``user`` (anonymous for ``None``)."""
+    if user is not None:
+        client.force_login(user)
+    return client
 
 
 def envelope(identity, run, *, step=None, phase="commit", payload=None, nonce=None):
@@ -17,3 +27,13 @@ def verdict(identity, run, *, guilty, step=None, kind="part_mismatch", nonce=Non
     return envelope(identity, run, step=step, phase="verdict", nonce=nonce,
                     payload={"type": "verdict", "guilty": guilty, "accuser": identity.peer_id, "accused": guilty,
                              "kind": kind, "evidence": ["ab" * 32], "reason": "part does not match commitment"})
+
+
+def types(events):
+    """The types of the events a test's services emitted (the ``events`` fixture), in order."""
+    return [e.type for e in events()]
+
+
+def hello_for(identity, **kw):
+    """A ``Hello`` of ``identity`` with a p2p address (for the services; the sockets sign a challenge)."""
+    return Hello(public_key=identity.public_key_b64, p2p_id="QmPeer", p2p_addrs=["/ip4/127.0.0.1/tcp/1"], **kw)

@@ -1,7 +1,7 @@
 """Concurrent writers on the site's database, as Daphne, Celery and a checkpoint upload produce them:
 step reports of a whole group, heartbeats, a checkpoint upload, a ban and a slow writer holding the write
 lock, each in its own thread with its own connection, through the same code paths the consumers and views
-use (``live.consumers.common.db``'s retry). Used by ``tests/site/test_hardening_locks.py``, in-process
+use (``live.consumers.common.db``'s retry). Used by ``tests/site/btard_site/test_database_locks.py``, in-process
 on PostgreSQL and in a subprocess on a file SQLite database (``python tests/site/lock_scenario.py``), where
 the embedded default's locking really happens (the test database of SQLite is an in-memory one)."""
 

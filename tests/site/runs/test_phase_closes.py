@@ -11,7 +11,7 @@ from runs.models import BroadcastLog, Run, StepRecord
 
 from btard_wire.control import BoardRequest, PhaseCloseRequest
 from tests.site.helpers import envelope
-from tests.site.test_consumers import join, receive_type, token_for
+from tests.site.wsworker import join, receive_type, token_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
 

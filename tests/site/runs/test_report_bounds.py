@@ -13,7 +13,7 @@ from django.db import connection
 from runs.models import Run, StepRecord
 from volunteers.models import Volunteer
 
-from tests.factories import RunFactory
+from tests.factories import RunFactory, StepRecordFactory
 from tests.site.wsclient import join, receive_type, send
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
@@ -143,11 +143,9 @@ def test_a_step_that_cannot_be_closed_is_dropped_once_overdue_and_the_run_goes_o
 
 
 def test_a_non_finite_value_stored_earlier_never_reaches_the_public_json(db, client):
-    from django.utils import timezone
 
     run = RunFactory(name="legacy-inf")
-    StepRecord.objects.create(run=run, step=0, members=[], deadline=timezone.now(), finished_at=timezone.now(),
-                              outcome="applied", loss=float("inf"), accuracy=float("nan"))
+    StepRecordFactory(run=run, step=0, loss=float("inf"), accuracy=float("nan"))  # stored before the bounds
     body = client.get(f"/api/runs/{run.pk}/").content.decode()
     state = json.loads(body, parse_constant=lambda name: pytest.fail(f"{name} in the public JSON"))
     assert state["curve"][0]["loss"] is None and state["curve"][0]["accuracy"] is None

@@ -9,7 +9,7 @@ from organiser import services as control
 
 from btard_wire.control import CLOSE_RUN_FINISHED, parse_site_message
 from tests.factories import RunFactory
-from tests.site.test_consumers import expect_close, join, receive_type, token_for
+from tests.site.wsworker import expect_close, join, receive_type, token_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
 

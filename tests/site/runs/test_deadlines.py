@@ -10,7 +10,7 @@ from runs import services as runs
 from runs.deadlines import CAP, MIN_SAMPLES, PHASE_FACTOR, STEP_FACTOR, deadlines_from, effective_deadlines
 from runs.models import StepRecord
 
-from tests.factories import make_peer
+from tests.factories import StepRecordFactory, make_peer
 
 
 def test_the_organisers_values_stand_until_enough_steps_have_finished():
@@ -39,8 +39,7 @@ def _finished_steps(run, seconds: float, n: int, *, late: bool = False):
     for i in range(n):
         start = now - timedelta(seconds=1000 - i)
         deadline = start + timedelta(seconds=seconds / 2 if late else seconds * 10)
-        rec = StepRecord.objects.create(run=run, step=100 + i, members=[], deadline=deadline, outcome="applied",
-                                        finished_at=start + timedelta(seconds=seconds))
+        rec = StepRecordFactory(run=run, step=100 + i, deadline=deadline, finished_at=start + timedelta(seconds=seconds))
         StepRecord.objects.filter(pk=rec.pk).update(started_at=start)
 
 

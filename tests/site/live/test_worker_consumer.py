@@ -1,4 +1,5 @@
-"""Consumers through WebsocketCommunicator: refusals, schema errors, replay, groups, live pushes."""
+"""live.consumers.worker through WebsocketCommunicator: schema errors, groups, relays and replays, reports,
+live bans, reachability."""
 
 from __future__ import annotations
 
@@ -6,31 +7,30 @@ import asyncio
 import json
 
 import pytest
-from btard_site.routing import websocket_urlpatterns
 from channels.db import database_sync_to_async
-from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 from runs.models import BroadcastLog, Peer, Run
-from volunteers import services as volunteers
 
 from btard_wire.control import (
-    CLOSE_BAD_TOKEN,
     CLOSE_BANNED,
-    CLOSE_NO_TOKEN,
-    CLOSE_REPLACED,
-    CLOSE_REVOKED_TOKEN,
     Heartbeat,
-    Hello,
     StepReport,
 )
-from btard_wire.envelope import Identity
 from tests.factories import RunFactory
 from tests.site.helpers import envelope, verdict
+from tests.site.wsworker import (
+    T,
+    application,
+    expect_close_after_messages,
+    join,
+    open_worker,
+    receive_type,
+    signed_hello,
+    token_for,
+    two_member_group,
+)
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
-T = 10  # generous receive timeout: other CPU-heavy work shares this machine
-
-application = URLRouter(websocket_urlpatterns)
 
 
 @pytest.fixture
@@ -38,76 +38,18 @@ def run(db):
     return RunFactory(name="ws-run", min_peers=2, peers_per_group=4)
 
 
-def token_for(user, name="w"):
-    return volunteers.create_worker_token(user=user, name=name).raw
+@pytest.fixture
+def redis_layer(redis_url, settings):
+    """The Redis channel layer (a private prefix so parallel runs do not meet)."""
+    import uuid
 
+    from channels.layers import channel_layers
 
-async def open_worker(raw: str | None):
-    headers = [(b"authorization", f"Bearer {raw}".encode())] if raw is not None else []
-    comm = WebsocketCommunicator(application, "/ws/worker/", headers=headers)
-    connected, _ = await comm.connect(timeout=T)
-    assert connected
-    return comm
-
-
-async def expect_close(comm, code):
-    out = await comm.receive_output(timeout=T)
-    assert out["type"] == "websocket.close", out
-    assert out["code"] == code, out
-    return out.get("reason", "")
-
-
-async def signed_hello(comm, identity, **fields) -> str:
-    """The hello for ``identity``, signing the challenge the site sends first (proof of key possession)."""
-    from btard_wire.control import hello_proof
-
-    challenge = await comm.receive_json_from(timeout=T)
-    assert challenge["type"] == "challenge", challenge
-    return Hello(public_key=identity.public_key_b64, proof=hello_proof(identity, challenge["nonce"]),
-                 **fields).model_dump_json()
-
-
-async def join(raw: str, seed: bytes):
-    comm = await open_worker(raw)
-    identity = Identity.from_seed(seed)
-    await comm.send_to(text_data=await signed_hello(comm, identity, p2p_id="Qm" + seed.decode()))
-    welcome = await comm.receive_json_from(timeout=T)
-    assert welcome["type"] == "welcome", welcome
-    return comm, identity, welcome
-
-
-async def receive_type(comm, kind: str) -> dict:
-    while True:
-        msg = await comm.receive_json_from(timeout=T)
-        if msg["type"] == kind:
-            return msg
-
-
-async def test_it_refuses_a_missing_token_with_its_own_close_code(run):
-    comm = await open_worker(None)
-    reason = await expect_close(comm, CLOSE_NO_TOKEN)
-    assert "token" in reason
-
-
-async def test_it_refuses_an_unknown_token(run):
-    comm = await open_worker("btard_00000000_nope")
-    await expect_close(comm, CLOSE_BAD_TOKEN)
-
-
-async def test_it_refuses_a_revoked_token_naming_it(run, alice):
-    issued = await database_sync_to_async(volunteers.create_worker_token)(user=alice, name="old-laptop")
-    await database_sync_to_async(volunteers.revoke_worker_token)(token=issued.token, actor=alice)
-    comm = await open_worker(issued.raw)
-    assert "old-laptop" in await expect_close(comm, CLOSE_REVOKED_TOKEN)
-
-
-async def test_it_refuses_a_banned_account(run, dave):
-    from volunteers.models import WorkerToken
-
-    await database_sync_to_async(WorkerToken.objects.create)(
-        user=dave, name="x", prefix="da7eda7e", token_hash=volunteers.hash_token("btard_da7eda7e_s"))
-    comm = await open_worker("btard_da7eda7e_s")
-    assert "banned" in await expect_close(comm, CLOSE_BANNED)
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
+                                           "CONFIG": {"hosts": [redis_url], "prefix": f"t{uuid.uuid4().hex[:8]}"}}}
+    channel_layers.backends.pop("default", None)
+    yield
+    channel_layers.backends.pop("default", None)
 
 
 async def test_a_founder_is_welcomed_as_active_with_the_run_info(run, alice):
@@ -148,13 +90,6 @@ async def test_messages_before_hello_are_refused(run, alice):
     await comm.send_to(text_data=Heartbeat(status="training").model_dump_json())
     assert (await receive_type(comm, "error"))["code"] == "hello_first"
     await comm.disconnect()
-
-
-async def two_member_group(run, alice, bob):
-    a = await join(await database_sync_to_async(token_for)(alice), b"alice-g")
-    b = await join(await database_sync_to_async(token_for)(bob), b"bob-g")
-    groups = [await receive_type(comm, "group") for comm, _, _ in (a, b)]
-    return a, b, groups
 
 
 async def test_the_site_forms_the_group_once_enough_peers_joined_and_pushes_it_to_each(run, alice, bob):
@@ -245,43 +180,6 @@ async def test_a_key_ban_closes_only_that_key_and_tells_it_how_to_start_again(ru
         await comm.disconnect()
 
 
-async def expect_close_after_messages(comm, code):
-    while True:
-        out = await comm.receive_output(timeout=T)
-        if out["type"] == "websocket.close":
-            assert out["code"] == code, out
-            return out.get("reason", "")
-
-
-async def test_revoking_a_token_closes_its_live_connection(run, alice):
-    issued = await database_sync_to_async(volunteers.create_worker_token)(user=alice, name="box")
-    comm, _, _ = await join(issued.raw, b"alice-r")
-    await database_sync_to_async(volunteers.revoke_worker_token)(token=issued.token, actor=alice)
-    assert "revoked" in await expect_close_after_messages(comm, CLOSE_REVOKED_TOKEN)
-
-
-async def test_a_second_connection_with_the_same_token_replaces_the_first(run, alice):
-    raw = await database_sync_to_async(token_for)(alice)
-    first, _, _ = await join(raw, b"alice-x")
-    second, _, _ = await join(raw, b"alice-x")
-    await expect_close_after_messages(first, CLOSE_REPLACED)
-    await second.disconnect()
-
-
-@pytest.fixture
-def redis_layer(redis_url, settings):
-    """The Redis channel layer (a private prefix so parallel runs do not meet)."""
-    import uuid
-
-    from channels.layers import channel_layers
-
-    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
-                                           "CONFIG": {"hosts": [redis_url], "prefix": f"t{uuid.uuid4().hex[:8]}"}}}
-    channel_layers.backends.pop("default", None)
-    yield
-    channel_layers.backends.pop("default", None)
-
-
 async def test_groups_and_relays_travel_through_the_redis_channel_layer(redis_layer, run, alice, bob):
     (ca, ia, _), (cb, ib, _), groups = await two_member_group(run, alice, bob)
     run_now = await database_sync_to_async(Run.objects.get)(pk=run.pk)
@@ -313,22 +211,6 @@ async def test_a_newcomer_beyond_the_admission_limits_is_welcomed_as_waiting(run
     await comm.disconnect()
 
 
-async def test_the_run_dashboard_receives_its_partial_when_the_step_advances(run, alice, bob):
-    browser = WebsocketCommunicator(application, f"/ws/live/?run={run.pk}")
-    assert (await browser.connect(timeout=T))[0]
-    (ca, _, _), (cb, _, _), _ = await two_member_group(run, alice, bob)
-    for comm in (ca, cb):
-        await comm.send_to(text_data=StepReport(step=0, outcome="applied", loss=1.5, accuracy=0.42,
-                                                samples=16).model_dump_json())
-    while True:
-        html = await browser.receive_from(timeout=T)
-        if 'id="run-step">1<' in html:
-            break
-    assert 'id="run-dashboard" hx-swap-oob="true"' in html and "0.420" in html
-    for comm in (ca, cb, browser):
-        await comm.disconnect()
-
-
 async def test_another_peer_dials_a_newcomer_and_the_dashboard_lists_it_as_unreachable(run, alice, bob, client):
     await database_sync_to_async(Run.objects.filter(pk=run.pk).update)(min_peers=99)  # no steps: just joins
     ca, _, _ = await join(await database_sync_to_async(token_for)(alice), b"alice-reach")
@@ -353,31 +235,3 @@ async def test_another_peer_dials_a_newcomer_and_the_dashboard_lists_it_as_unrea
     assert error["code"] == "unknown_request"
     for comm in (ca, cb):
         await comm.disconnect()
-
-
-async def test_many_viewers_of_a_dashboard_share_one_render_per_event(run, monkeypatch):
-    from live.consumers import browser as consumers
-    from live.bus import emit
-    from live.events import PeersPromoted
-
-    renders = []
-    real = consumers.render_fragment
-
-    def counting(event, **kw):
-        renders.append(event.type)
-        return real(event, **kw)
-
-    monkeypatch.setattr(consumers, "render_fragment", counting)
-    viewers = [WebsocketCommunicator(application, f"/ws/live/?run={run.pk}") for _ in range(5)]
-    for v in viewers:
-        assert (await v.connect(timeout=T))[0]
-    await database_sync_to_async(emit)(PeersPromoted(run_id=run.pk, peer_ids=["p-shared-render"]))
-    pages = [await v.receive_from(timeout=T) for v in viewers]
-    assert len(set(pages)) == 1 and 'id="run-dashboard" hx-swap-oob="true"' in pages[0]
-    assert renders == ["peers_promoted"]  # five sockets, one render
-    await database_sync_to_async(emit)(PeersPromoted(run_id=run.pk, peer_ids=["p-second"]))
-    for v in viewers:
-        await v.receive_from(timeout=T)
-    assert renders == ["peers_promoted"] * 2  # a new event renders again
-    for v in viewers:
-        await v.disconnect()

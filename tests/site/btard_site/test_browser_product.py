@@ -9,7 +9,7 @@ import re
 import pytest
 
 from tests.conftest import CHROMIUM_ARGS, ROOT
-from tests.site.test_browser import live_site  # noqa: F401 - the Daphne fixture
+from tests.site.btard_site.test_browser import live_site  # noqa: F401 - the Daphne fixture
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True), pytest.mark.timeout(240)]
 IMG = ROOT / "docs" / "img"

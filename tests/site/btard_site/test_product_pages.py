@@ -13,20 +13,10 @@ from moderation.models import AuditLog
 from runs.models import Run
 
 from tests.factories import UserFactory, make_peer
+from tests.site.helpers import ROLES, client_for
 from tests.site.product import play_step
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def users(alice, bob, carol, dave):
-    return {"anonymous": None, "alice": alice, "bob": bob, "carol": carol, "dave": dave}
-
-
-def client_for(client, user):
-    if user is not None:
-        client.force_login(user)
-    return client
 
 
 @pytest.fixture
@@ -47,7 +37,7 @@ def played(run, alice, bob):
 PUBLIC_NEW = ["/leaderboard/", "/api/leaderboard/", "/network/", "/trust/"]
 
 
-@pytest.mark.parametrize("who", ["anonymous", "alice", "bob", "carol", "dave"])
+@pytest.mark.parametrize("who", ROLES)
 def test_the_new_public_pages_answer_everyone(who, users, client, run, played):
     client = client_for(client, users[who])
     for url in PUBLIC_NEW + [f"/leaderboard/?run={run.pk}", f"/trust/bans/{played['ban'].pk}/",

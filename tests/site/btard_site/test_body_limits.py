@@ -19,7 +19,7 @@ from volunteers import services as volunteers
 from btard_wire.control import StepReport
 from tests.conftest import ROOT, free_port
 from tests.factories import UserFactory, make_peer
-from tests.site.test_checkpoints import model_bytes, report, upload
+from tests.site.runs.test_checkpoints import model_bytes, report, upload
 from worker_client.checkpoint import state_digest
 
 STEP = 1
