@@ -19,7 +19,7 @@ from pathlib import Path
 
 
 def one_run(*, attack: str, aggregator: str, steps: int, seed: int, attack_start: int, eval_every: int,
-            out: Path) -> dict:
+            out: Path, tau: float = 1.0) -> dict:
     import torch
 
     torch.set_num_threads(1)
@@ -39,7 +39,7 @@ def one_run(*, attack: str, aggregator: str, steps: int, seed: int, attack_start
         t0 = time.monotonic()
         summary = run_simulation(task="gpt-char-small", peers=16, byzantine=0 if attack == "none" else 7,
                                  attack=attack, attack_start=attack_start, aggregator=aggregator, steps=steps,
-                                 seed=seed, eval_every=eval_every, threads=1)
+                                 seed=seed, eval_every=eval_every, threads=1, tau=tau)
         summary["wall_seconds"] = time.monotonic() - t0
     finally:
         GptChar.evaluate = original
@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--attack-start", type=int, default=10, help="after the task's warm-up (10 updates)")
     parser.add_argument("--eval-every", type=int, default=20)
+    parser.add_argument("--tau", type=float, default=1.0, help="CenteredClip tau per part (btard-sim's default 1)")
     parser.add_argument("--out", default="var/lm-sim-small")
     parser.add_argument("--run", nargs=2, metavar=("ATTACK", "AGGREGATOR"), action="append",
                         help="only these (repeatable); default: none btard, then sign_flip and alie x btard, mean")
@@ -64,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = args.run or [("none", "btard")] + [(a, g) for a in ("sign_flip", "alie") for g in ("btard", "mean")]
     for attack, aggregator in runs:
         s = one_run(attack=attack, aggregator=aggregator, steps=args.steps, seed=args.seed,
-                    attack_start=args.attack_start, eval_every=args.eval_every,
-                    out=out / f"{attack}-{aggregator}-seed{args.seed}.json")
+                    attack_start=args.attack_start, eval_every=args.eval_every, tau=args.tau,
+                    out=out / f"{attack}-{aggregator}-tau{args.tau:g}-seed{args.seed}.json")
         print(json.dumps({"attack": attack, "aggregator": aggregator, "final_loss": s["final_loss"],
                           "final_accuracy": s["final_accuracy"], "bans": len(s.get("bans", [])),
                           "honest_banned": s.get("honest_banned"), "wall_seconds": round(s["wall_seconds"])}),
