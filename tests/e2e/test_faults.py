@@ -91,9 +91,10 @@ def test_the_run_goes_on_through_a_killed_worker_and_cut_links(netsite, network,
     assert len({params_at(w, last) for w in survivors}) == 1  # the survivors agree bit for bit
     assert all(w.proc.poll() is None for w in survivors), [w.stderr() for w in survivors]
     bans = _bans(site)
-    # nobody who was never cut or killed is banned; a faulted peer is banned at most by key (a crash after the
-    # randomness commitment looks like a withheld reveal), never its account
-    faulted = {"volunteer3", "volunteer4", "volunteer5"}
+    # nobody who was never cut or killed for good is banned (the 10 s cut is silence for the steps it missed,
+    # a reveal that missed the close included: issue 13); a peer gone for good is banned at most by key
+    # (silence), never its account
+    faulted = {"volunteer3", "volunteer4"}
     assert not {b["account"] for b in bans} - faulted, bans
     assert all(b["scope"] == "key" for b in bans), bans
     for w in (*survivors, gone):

@@ -18,7 +18,7 @@ EXPECTED_KIND = {
     "bad_commitment": "part_mismatch",
     "lie_scalars": "wrong_scalar",
     "false_accuse": "false_accusation",
-    "withhold_reveal": "withheld_reveal",
+    "withhold_reveal": "silence",
     "replay": "silence",
 }
 
@@ -27,7 +27,7 @@ def test_the_registry_covers_every_behaviour_of_the_spec():
     assert set(GRADIENT_ATTACKS) == {"sign_flip", "random_direction", "label_flip", "delayed", "ipm", "alie"}
     legacy = {a for a in PROTOCOL_ATTACKS if not ATTACKS[a].rational}
     assert legacy == {"wrong_aggregate", "equivocate", "bad_commitment", "lie_scalars", "false_accuse",
-                      "withhold_part", "withhold_reveal", "replay"}
+                      "withhold_part", "withhold_reveal", "replay", "reveal_dodger"}
     for name, cls in ATTACKS.items():
         # one hook of its own; a coalition role (the absorber) composes one other behaviour's hook
         own = [k for k in vars(cls) if k.startswith("hook_")]
@@ -67,7 +67,8 @@ def test_honest_aggregate_is_centered_clip_of_the_honest_gradients():
     assert len(ctx) == 4
 
 
-@pytest.mark.parametrize("attack", [a for a in PROTOCOL_ATTACKS if a != "withhold_part" and not ATTACKS[a].rational])
+@pytest.mark.parametrize("attack", [a for a in PROTOCOL_ATTACKS if a not in ("withhold_part", "withhold_reveal", "reveal_dodger")
+                                    and not ATTACKS[a].rational])
 def test_each_protocol_attack_bans_exactly_the_attacker(attack):
     swarm = Swarm(n=5, attack=attack, byzantine=(2,), attack_start=1)
     attacker = swarm.ids[2]
@@ -110,11 +111,15 @@ def test_withholding_a_part_eliminates_the_pair_and_queues_it_for_moderation():
     assert {r.outcome for r in results.values()} == {"applied"}
 
 
-def test_withholding_a_reveal_bans_the_peer_and_drops_the_step():
+def test_withholding_a_reveal_is_silence_the_steps_apply_and_the_limit_bans_for_silence():
+    from btard_wire.board import SILENCE_LIMIT
+
     swarm = Swarm(n=5, attack="withhold_reveal", byzantine=(1,), attack_start=0)
-    results = swarm.step()
-    assert swarm.board.banned[swarm.ids[1]].kind == "withheld_reveal"
-    assert {results[p].outcome for p in swarm.honest} == {"dropped"}
+    attacker = swarm.ids[1]
+    swarm.run(SILENCE_LIMIT)
+    assert set(swarm.board.banned) == {attacker}
+    assert swarm.board.banned[attacker].kind == EXPECTED_KIND["withhold_reveal"]
+    assert all(results[p].outcome == "applied" for results in swarm.history for p in swarm.honest)
 
 
 def test_replayed_messages_are_rejected_and_the_silent_peer_is_banned_after_repeated_silence():
