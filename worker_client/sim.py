@@ -8,7 +8,10 @@ transport (:mod:`worker_client.transports.memory`): signed broadcasts through a 
 on a majority of verdicts, parts and aggregates as raw float32 bytes. Any name from
 :data:`~worker_client.btard.aggregators.AGGREGATORS` instead runs plain data-parallel SGD with that rule
 on a trusted server (no verification, no validation, no bans), with the same seeds and attackers, for
-comparison. :func:`run_simulation` is the Python entry point (tests, ``btard-experiments``).
+comparison; every rule that takes ``f`` is told the true number of attackers. ``--aggregator kardam``
+runs Kardam's asynchronous parameter server with delayed workers (``--staleness``); ``--non-iid ALPHA``
+gives every peer a label-skewed shard. :func:`run_simulation` is the Python entry point (tests,
+``btard-experiments``).
 """
 
 from __future__ import annotations
