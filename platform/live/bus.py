@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from functools import partial
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
-from django.db import transaction
+from django.db import connections, transaction
 
 from btard_wire import BOARD_PHASES
 
 from .event_routing import live_groups, worker_message, worker_recipients
 from .events import _Event
+from .fanout import fan_out
 
 log = logging.getLogger(__name__)
 MESSAGE_TYPE = "live.event"
@@ -30,10 +32,6 @@ async def deliver_async(event: _Event, layer=None) -> None:
     crosses the channel layer, whatever the number of recipients. A board-phase broadcast goes back to its
     sender too (the echo says the site stored it before the phase closed); other relays skip the sender.
     """
-    import asyncio
-
-    from .fanout import fan_out
-
     layer = layer or get_channel_layer()
     if layer is None:
         return
@@ -74,7 +72,5 @@ def _deliver_on_commit(event: _Event) -> None:
 
 def pending_events(using: str = "default") -> list[_Event]:
     """Events waiting for the current transaction to commit (tests read these inside their atomic block)."""
-    from django.db import connections
-
     return [entry[1].args[0] for entry in connections[using].run_on_commit
             if isinstance(entry[1], partial) and entry[1].func is _deliver_on_commit]

@@ -18,6 +18,11 @@ import asyncio
 import logging
 from collections import defaultdict
 
+from asgiref.sync import sync_to_async
+from django.core.cache import cache
+
+from .event_routing import peer_channel_key
+
 log = logging.getLogger(__name__)
 
 HUB_SUFFIX = "!btard-hub"
@@ -86,11 +91,6 @@ async def _serve(layer, hub: str) -> None:
 async def fan_out(layer, *, run_id: int, peer_ids: list[str], text: str, skip: str | None = None) -> int:
     """Send ``text`` to the live worker sockets of ``peer_ids`` (except ``skip``'s); returns how many
     sockets it was addressed to. One channel-layer message per process holding any of them."""
-    from asgiref.sync import sync_to_async
-    from django.core.cache import cache
-
-    from .event_routing import peer_channel_key
-
     # One MGET in one thread hop: Django's ``aget_many`` awaits one ``aget`` (and one thread hop) per
     # key, which for 1,000 members took longer than the whole fan-out.
     names = await sync_to_async(cache.get_many, thread_sensitive=False)([peer_channel_key(p, run_id)

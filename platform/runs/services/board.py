@@ -3,9 +3,11 @@ group closes, board requests, log expiry. Keyword-only, atomic, one typed event 
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import timedelta
 
+from django.core.cache import cache
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 from live.bus import emit
@@ -31,8 +33,6 @@ log = logging.getLogger(__name__)
 
 def _check_sender_limits(run: Run, record: StepRecord, envelope: Envelope) -> None:
     """One sender's share of a step's board is bounded in messages per phase and in bytes (F6)."""
-    import json
-
     limit = board_rules.sender_message_limit(envelope.phase, board_phases=BOARD_PHASES,
                                              group_size=len(record.members))
     mine = BroadcastLog.objects.filter(run=run, step=record.step, sender_peer_id=envelope.sender)
@@ -53,6 +53,65 @@ def _check_sender_limits(run: Run, record: StepRecord, envelope: Envelope) -> No
                                 f"{board_rules.MAX_SENDER_BYTES_PER_STEP} bytes at step {record.step}")
 
 
+class Equivocation(Rejected):
+    """A second, different signed message in a single-message slot ``(step, phase, sender)``: refused, and
+    itself proof of equivocation (btard_wire.board.slot_conflict). The refusal stores nothing; the public
+    callers ban the sender afterwards, in their own transaction, with both messages as evidence."""
+
+    def __init__(self, *, peer: Peer, step: int, phase: str, first: dict, first_digest: str, second: Envelope):
+        super().__init__("equivocation", f"{peer.peer_id[:8]} already posted a different signed {phase} message "
+                                         f"at step {step}: two signatures on one slot are equivocation")
+        self.peer, self.step, self.phase = peer, step, phase
+        self.first, self.first_digest, self.second = first, first_digest, second
+
+
+@transaction.atomic
+def _ban_equivocator(exc: Equivocation) -> None:
+    from moderation.services import ban_for_fault
+
+    peer = Peer.objects.select_related("run", "user").get(pk=exc.peer.pk)
+    second_digest = exc.second.digest()
+    ban_for_fault(peer=peer, step=exc.step, evidence_kind="equivocation",
+                  reason=f"equivocation: two different signed {exc.phase} messages in one slot of step {exc.step}",
+                  evidence={"digests": [exc.first_digest, second_digest],
+                            "envelopes": [exc.first, exc.second.model_dump(mode="json")]})
+
+
+def _check_decisive(run: Run, record: StepRecord, envelope: Envelope) -> None:
+    """The board rules that fix what decides a step (btard_wire.board; the in-memory board applies the
+    same): one message per single-message slot, no accusation or ELIMINATE once the sender reported or
+    validation closed, a validation report lists only stored accusations and all of its sender's own."""
+    step_log = BroadcastLog.objects.filter(run=run, step=record.step)
+    sender = envelope.sender
+    digest = envelope.digest()
+    if envelope.phase in BOARD_PHASES:
+        first = step_log.filter(phase=envelope.phase, sender_peer_id=sender).order_by("id").first()
+        if board_rules.slot_conflict(phase=envelope.phase, board_phases=BOARD_PHASES,
+                                     stored_digest=None if first is None else first.digest, digest=digest):
+            raise Equivocation(peer=first.sender, step=record.step, phase=envelope.phase, first=first.envelope,
+                               first_digest=first.digest, second=envelope)
+    if envelope.phase in ("accuse", "eliminate"):
+        reporters = set(step_log.filter(phase="validation").values_list("sender_peer_id", flat=True))
+        closed = "validation" in (record.closed_phases or {}) or set(record.members) <= reporters
+        why = board_rules.moderation_refused(
+            phase=envelope.phase, sender_reported=sender in reporters, validation_closed=closed,
+            sender_posted_scalars=step_log.filter(phase="scalars", sender_peer_id=sender).exists())
+        if why is not None:
+            raise Rejected("too_late", why)
+    elif envelope.phase == "validation":
+        listed = list((envelope.payload or {}).get("accusations") or [])
+        moderation = step_log.filter(phase__in=("accuse", "eliminate"))
+        phantom = board_rules.unheld_listed(listed, stored=set(moderation.values_list("digest", flat=True)))
+        if phantom:
+            raise Rejected("unheld_digest", f"the report lists {len(phantom)} accusation digest(s) the board does "
+                                            f"not hold at step {record.step} (first {phantom[0][:12]})")
+        own = moderation.filter(sender_peer_id=sender).order_by("id").values_list("digest", flat=True)
+        unlisted = board_rules.unlisted_own(own, listed=listed)
+        if unlisted:
+            raise Rejected("unlisted_own", f"the report leaves out {len(unlisted)} of the sender's own accusations "
+                                           f"or ELIMINATEs at step {record.step}; it must list all of them")
+
+
 def _check_special_payload(envelope: Envelope, record: StepRecord) -> None:
     try:  # every phase's payload is checked against its schema before it is stored or relayed (F6)
         payload = parse_payload(envelope.phase, envelope.payload)
@@ -68,13 +127,24 @@ def _check_special_payload(envelope: Envelope, record: StepRecord) -> None:
         raise Rejected("payload", "a peer cannot eliminate itself")
 
 
-@transaction.atomic
 def accept_broadcast(*, peer: Peer, envelope: Envelope) -> BroadcastLog:
     """Verify, store and relay a signed broadcast of ``peer``.
 
     Raises :class:`Rejected` with code ``sender``, ``signature``, ``wrong_run``, ``phase``, ``stale_step``,
-    ``not_in_group``, ``banned``, ``payload`` or ``replay``; a rejected broadcast changes nothing.
+    ``not_in_group``, ``banned``, ``payload``, ``replay`` (a byte-identical resend: harmless), ``too_late``,
+    ``unheld_digest``, ``unlisted_own``, ``limit`` or ``duplicate``; a rejected broadcast changes nothing.
+    ``equivocation`` (:class:`Equivocation`, a second different message in a single-message slot) stores
+    nothing either, but bans the sender with both digests as evidence.
     """
+    try:
+        return _accept_broadcast(peer=peer, envelope=envelope)
+    except Equivocation as exc:
+        _ban_equivocator(exc)
+        raise
+
+
+@transaction.atomic
+def _accept_broadcast(*, peer: Peer, envelope: Envelope) -> BroadcastLog:
     if envelope.sender != peer.peer_id:
         raise Rejected("sender", "envelope sender is not the peer of this connection")
     try:
@@ -102,6 +172,7 @@ def accept_broadcast(*, peer: Peer, envelope: Envelope) -> BroadcastLog:
     _check_special_payload(envelope, record)
     if BroadcastLog.objects.filter(run=run, sender_peer_id=envelope.sender, nonce=envelope.nonce).exists():
         raise Rejected("replay", f"replayed message (nonce {envelope.nonce[:8]}) from {envelope.sender[:8]}")
+    _check_decisive(run, record, envelope)
     _check_sender_limits(run, record, envelope)
     try:
         with transaction.atomic():
@@ -164,12 +235,21 @@ def request_phase_close(*, peer: Peer, step: int, phase: str) -> PhaseClosed | N
                             recipients=record.recipients()))
 
 
-@transaction.atomic
 def post_broadcast(*, peer: Peer, envelope: Envelope) -> BroadcastLog:
     """A worker's broadcast: accepted (:func:`accept_broadcast`), then judged in the same transaction (a
     verdict may complete a majority and ban, an ELIMINATE benches a pair), so a retry on a transient lock
-    redoes both or neither. Raises :class:`Rejected` as :func:`accept_broadcast` does."""
-    entry = accept_broadcast(peer=peer, envelope=envelope)
+    redoes both or neither. Raises :class:`Rejected` as :func:`accept_broadcast` does (an equivocation is
+    refused and its sender banned, in a transaction of its own)."""
+    try:
+        return _post_broadcast(peer=peer, envelope=envelope)
+    except Equivocation as exc:
+        _ban_equivocator(exc)
+        raise
+
+
+@transaction.atomic
+def _post_broadcast(*, peer: Peer, envelope: Envelope) -> BroadcastLog:
+    entry = _accept_broadcast(peer=peer, envelope=envelope)
     if entry.phase == "verdict":
         consider_verdict(entry=entry)
     elif entry.phase == "eliminate":
@@ -182,8 +262,6 @@ def board_request(*, peer: Peer, step: int, phase: str, senders: list[str]) -> l
     record = StepRecord.objects.filter(run_id=peer.run_id, step=step).first()
     if record is None or peer.peer_id not in record.recipients():
         raise Rejected("not_in_group", f"{peer.peer_id[:8]} is not in the group of step {step}")
-    from django.core.cache import cache
-
     # bounded and rate-limited (F6): a few answers per peer, step and phase, each at most a step's board
     key = f"board-req:{peer.run_id}:{peer.peer_id}:{step}:{phase}"
     cache.add(key, 0, timeout=3600)

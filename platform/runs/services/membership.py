@@ -9,7 +9,7 @@ from datetime import timedelta
 
 from admission.policies import get_policy
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 from live.bus import emit
@@ -18,6 +18,10 @@ from live.events import (
     PeerReachability,
     PeerStatusChanged,
 )
+from moderation.models import Ban
+from moderation.selectors import is_peer_id_banned
+from organiser.gate import check_worker_version, refusal_for_run
+from volunteers.services import volunteer_for
 
 from btard_wire.control import (
     CLOSE_BANNED,
@@ -57,16 +61,10 @@ def join_run(*, token, hello: Hello) -> JoinResult:
     Raises :class:`JoinRefused` (no run, banned key or account) or :class:`Rejected` (bad key, key
     registered to another account).
     """
-    from moderation.models import Ban
-    from moderation.selectors import is_peer_id_banned
-    from volunteers.services import volunteer_for
-
     try:
         peer_id = peer_id_from_public_key(b64d(hello.public_key, what="public key"))
     except ProtocolError as exc:
         raise Rejected("bad_key", str(exc)) from None
-    from organiser.gate import check_worker_version, refusal_for_run
-
     run = _open_run(hello.run_id)
     if run is None:
         raise refusal_for_run(hello.run_id) or JoinRefused(CLOSE_NO_RUN, CLOSE_REASONS[CLOSE_NO_RUN])
@@ -127,8 +125,6 @@ def record_heartbeat(*, peer: Peer, heartbeat: Heartbeat) -> bool:
 
     A steady heartbeat is one UPDATE; ``PeerStatusChanged`` is emitted only on a change.
     """
-    from django.db import connection
-
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:  # a heartbeat is not worth a WAL flush
             cursor.execute("SET LOCAL synchronous_commit TO OFF")

@@ -4,6 +4,7 @@ candidate's late report. Keyword-only, atomic, one typed event per call."""
 from __future__ import annotations
 
 import logging
+import math
 
 from django.db import IntegrityError, transaction
 from django.db.models import F
@@ -11,6 +12,7 @@ from live.bus import emit
 from live.events import (
     StepReported,
 )
+from volunteers.services import record_reputation_event
 
 from btard_wire.control import (
     StepReport,
@@ -39,8 +41,6 @@ def samples_per_peer(run: Run, group_size: int) -> int:
 
 
 def _check_report_bounds(run: Run, record: StepRecord, report: StepReport) -> None:
-    import math
-
     limit = samples_per_peer(run, len(record.members)) * MAX_SAMPLE_CLAIM_FACTOR
     if report.samples > limit:
         raise Rejected("samples", f"samples={report.samples} is more than this run's peers can compute in a step "
@@ -85,8 +85,6 @@ def record_step_report(*, peer: Peer, report: StepReport) -> StepReportRecord:
 
 def _credit_probation(*, run: Run, record: StepRecord, peer: Peer) -> bool:
     """Count a candidate's probation step that was reported after its step closed (unless accused)."""
-    from volunteers.services import record_reputation_event
-
     if peer.peer_id in accused_in_step(run, record.step):
         return False
     Peer.objects.filter(pk=peer.pk).update(probation_done=F("probation_done") + 1)

@@ -13,6 +13,7 @@ import statistics
 from datetime import datetime, timedelta
 
 from admission.services import admit_waiting_peers, promote_candidates
+from btard_site.retry import is_transient
 from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
@@ -22,6 +23,8 @@ from live.events import (
     GroupFormed,
     StepAdvanced,
 )
+from moderation.services import ban_silent_peers, open_timeout_case_quietly
+from volunteers.services import apply_missed_deadline_quietly, credit_step
 
 from btard_wire import board as board_rules
 from btard_wire.control import Group
@@ -135,9 +138,6 @@ def close_step(*, run: Run, force: bool = False, now=None) -> StepRecord | None:
 
     Returns the closed record or ``None`` when the step is still running.
     """
-    from moderation.services import open_timeout_case_quietly
-    from volunteers.services import apply_missed_deadline_quietly, credit_step
-
     now = now or timezone.now()
     run = Run.objects.select_for_update().get(pk=run.pk)
     if not run.step_in_progress:
@@ -245,9 +245,6 @@ def tick_run(*, run: Run) -> None:
     """Drive one run forward: stale peers offline, overdue step closed (and peers silent too often
     banned), admissions, promotions, next group. Each part is its own service (and event); safe to call
     often and concurrently."""
-    from btard_site.retry import is_transient
-    from moderation.services import ban_silent_peers
-
     mark_stale_peers_offline(run=run)
     try:
         closed = close_step(run=run)

@@ -120,7 +120,7 @@ def test_a_step_that_cannot_be_closed_is_dropped_once_overdue_and_the_run_goes_o
 
     from django.utils import timezone
     from runs import services
-    from volunteers import services as volunteer_services
+    from runs.services import steps
 
     from tests.factories import make_peer
 
@@ -132,7 +132,7 @@ def test_a_step_that_cannot_be_closed_is_dropped_once_overdue_and_the_run_goes_o
     def broken(**kwargs):
         raise OverflowError("Python int too large to convert to SQLite INTEGER")
 
-    monkeypatch.setattr(volunteer_services, "credit_step", broken)
+    monkeypatch.setattr(steps, "credit_step", broken)  # close_step's call into volunteers fails
     StepRecord.objects.filter(run=run, step=0).update(deadline=timezone.now() - timedelta(seconds=1))
     with caplog.at_level(logging.ERROR, logger="runs.services"):
         services.tick_run(run=run)
