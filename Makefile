@@ -18,6 +18,9 @@ $(PY):
 $(STAMP): $(PY) pyproject.toml
 	$(PIP) install torch==2.13.0
 	$(PIP) install -e '.[worker,site,dev]'
+	# EPFL's ByzFL, for the baselines' cross-check only; without its heavy dependencies (the test loads the
+	# submodules it compares against)
+	$(PIP) install --no-deps byzfl==0.0.11
 	touch $(STAMP)
 
 install: $(STAMP)
