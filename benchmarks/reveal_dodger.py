@@ -27,8 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from btard_wire.board import SILENCE_LIMIT  # noqa: E402
-from btard_wire.randomness import combine_reveals, draw_validators  # noqa: E402
+from btard_wire.board import SILENCE_LIMIT
+from btard_wire.randomness import combine_reveals, draw_validators
 
 
 def draw_rates(n: int, m: int, trials: int) -> dict:

@@ -200,7 +200,7 @@ def test_a_bad_reveal_in_the_closed_set_still_leaves_the_step_without_randomness
 
 
 def test_nobody_revealing_by_the_close_gives_no_randomness():
-    _, commits, reveals = _board()
+    _, commits, _ = _board()
     assert rules.mprng_output(run="r", step=3, members=GROUP, commitments=commits, reveals={}, revealed=[]) is None
 
 

@@ -24,7 +24,7 @@ def test_the_sites_randomness_and_validators_equal_the_peers_when_a_reveal_misse
         record = runs.start_step_if_ready(run=run)
         slow = record.members[-1]
         if step == 1:  # the slow peer's reveal reaches the board after the group's deadline
-            swarm.memory.late = lambda sender, env: sender == slow and env.phase == "mprng_reveal"
+            swarm.memory.late = lambda sender, env, slow=slow: sender == slow and env.phase == "mprng_reveal"
         results = swarm.step(step, record.members)
         assert {r.outcome for r in results.values()} == {"applied"}
         assert len({r.r for r in results.values()}) == 1
