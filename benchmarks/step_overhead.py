@@ -39,6 +39,7 @@ from btard_wire.envelope import Identity
 from worker_client.btard import protocol as P
 from worker_client.btard.mprng import genesis_randomness
 from worker_client.btard.tensors import tensor_to_bytes
+from worker_client.drive.dispatch import carry_out
 from worker_client.net import DataPlane
 
 RUN = "bench"
@@ -133,27 +134,43 @@ async def btard_step(step: int, planes, ids, grads, peers, r_prev: bytes, board_
 
         plane.set_receiver(expect, deliver)
 
+    class Link:
+        """Peer i's transport (:class:`worker_client.drive.dispatch.Transport`): broadcasts through the
+        in-process relay, tensors over peer i's data plane."""
+
+        def __init__(self, i: int):
+            self.i = i
+
+        def post(self, envelope) -> None:
+            i = self.i
+            size = len(envelope.model_dump_json())
+            board_bytes[i][0] += size
+            for k in range(n):
+                if k != i:
+                    board_bytes[k][1] += size
+                    queue.put_nowait((k, "broadcast", envelope))
+
+        def send_tensor(self, action: P.SendTensor) -> None:
+            task = asyncio.create_task(planes[self.i].send(action.to, step=step, kind=action.kind,
+                                                           key=str(action.part), data=action.data))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            # a send still in flight when the daemons shut down at the end may fail: not a result
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+        def compute(self, request: P.ComputeGradient) -> None:
+            queue.put_nowait((self.i, "gradient", request.request_id))
+
+        def fetch(self, request: P.FetchTensor) -> None:
+            pass  # honest peers, no accusations: no evidence is ever fetched in this benchmark
+
+        def finish(self, result: P.StepResult) -> None:
+            finished[self.i] = result
+
+    links = [Link(i) for i in range(n)]
+
     def execute(i: int, actions) -> None:
-        for action in actions:
-            if isinstance(action, P.Broadcast):
-                size = len(action.envelope.model_dump_json())
-                board_bytes[i][0] += size
-                for k in range(n):
-                    if k != i:
-                        board_bytes[k][1] += size
-                        queue.put_nowait((k, "broadcast", action.envelope))
-            elif isinstance(action, (P.SendPart, P.SendAggregate)):
-                kind = "part" if isinstance(action, P.SendPart) else "aggregate"
-                task = asyncio.create_task(planes[i].send(action.to, step=step, kind=kind, key=str(action.part),
-                                                          data=action.data))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-                # a send still in flight when the daemons shut down at the end may fail: not a result
-                task.add_done_callback(lambda t: t.cancelled() or t.exception())
-            elif isinstance(action, P.ComputeGradient):
-                queue.put_nowait((i, "gradient", action.request_id))
-            elif isinstance(action, P.Finish):
-                finished[i] = action.result
+        carry_out(actions, links[i])
 
     for i, peer in enumerate(peers):
         ctx = P.StepContext(run=RUN, step=step, group=group, public_keys={p.peer_id: p.public_key_b64 for p in ids},

@@ -53,6 +53,7 @@ from btard_wire.envelope import Identity
 from . import __version__
 from .btard.tensors import tensor_hash
 from .checkpoint import is_checkpoint_step, state_bytes, state_digest
+from .drive.dispatch import carry_out_async
 from .net import DataPlane, DataPlaneError
 from .site_client import FatalSiteError, SiteClient
 from .site_limits import SiteValueError, check_message, clamp_timeout
@@ -204,6 +205,38 @@ class ModelState:
         self.snapshot(next_step)
 
 
+class _WorkerLink:
+    """The networked worker's :class:`~worker_client.drive.dispatch.Transport`: board posts go to the
+    site (held back by ``hold_broadcasts`` when a test asks), tensors over the data plane, gradients on
+    the compute thread; ``finish`` returns the coroutine that reports the step (awaited in order)."""
+
+    def __init__(self, worker: Worker):
+        self.worker = worker
+
+    def post(self, envelope) -> None:
+        w = self.worker
+        hold = w.config.hold_broadcasts.get(envelope.phase)
+        if hold:
+            w._spawn(w._send_later(BroadcastMessage(envelope=envelope), hold))
+        else:
+            w.site.send(BroadcastMessage(envelope=envelope))
+
+    def send_tensor(self, action) -> None:
+        w = self.worker
+        w._spawn(w._send_tensor(action.to, w.peer.step, action.kind, action.part, action.data, action.header))
+
+    def compute(self, request) -> None:
+        w = self.worker
+        w._spawn(w._compute(request, w.peer.step))
+
+    def fetch(self, request) -> None:
+        # evidence too large to inline is not fetched over the data plane yet: the judge abstains
+        log.warning("ignoring unknown action %r", request)
+
+    def finish(self, result):
+        return self.worker._finish(result)
+
+
 class Worker:
     """One networked BTARD peer. ``await Worker(config, view).run()`` returns an exit code."""
 
@@ -220,6 +253,7 @@ class Worker:
         self.run_name = ""
         self.state: ModelState | None = None
         self.peer = None
+        self._link = _WorkerLink(self)
         self.role = ""
         self.r_prev: bytes | None = None
         self.prev_record = None
@@ -849,27 +883,7 @@ class Worker:
 
     # ------------------------------------------------------------------ actions
     async def _execute(self, actions) -> None:
-        from .btard import protocol as P
-
-        for action in actions:
-            if isinstance(action, P.Broadcast):
-                hold = self.config.hold_broadcasts.get(action.envelope.phase)
-                if hold:
-                    self._spawn(self._send_later(BroadcastMessage(envelope=action.envelope), hold))
-                else:
-                    self.site.send(BroadcastMessage(envelope=action.envelope))
-            elif isinstance(action, P.SendPart):
-                self._spawn(self._send_tensor(action.to, self.peer.step, "part", action.part, action.data,
-                                              action.header))
-            elif isinstance(action, P.SendAggregate):
-                self._spawn(self._send_tensor(action.to, self.peer.step, "aggregate", action.part, action.data,
-                                              action.header))
-            elif isinstance(action, P.ComputeGradient):
-                self._spawn(self._compute(action, self.peer.step))
-            elif isinstance(action, P.Finish):
-                await self._finish(action.result)
-            else:  # pragma: no cover - a new action type the driver does not know yet
-                log.warning("ignoring unknown action %r", action)
+        await carry_out_async(actions, self._link)
 
     async def _send_later(self, message, seconds: float) -> None:
         await asyncio.sleep(seconds)

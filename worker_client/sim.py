@@ -28,7 +28,6 @@ import sys
 import time
 from collections import OrderedDict
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -38,7 +37,7 @@ from btard_wire.envelope import Identity
 
 from .btard import protocol as P
 from .btard.aggregators import AGGREGATORS, bucketing, centered_clip
-from .btard.attacks import ATTACKS, Byzantine, Collusion, make_peer
+from .btard.attacks import ATTACKS, Byzantine, Collusion
 from .btard.kardam import Kardam
 from .btard.mprng import batch_seed, genesis_randomness
 from .tasks import (
@@ -50,7 +49,7 @@ from .tasks import (
     load_flat_params,
     param_slices,
 )
-from .transports.memory import BulletinBoard, MemorySwarm
+from .transports.memory import build_swarm, seeded_bytes, seeded_nonces
 
 RUN = "sim"
 # Recorded in every baseline run's summary. 2: every rule that takes f is told the true number of
@@ -77,6 +76,12 @@ def check_baseline(rule: str, *, peers: int, f: int) -> None:
         raise ValueError(f"unknown aggregator {rule!r}; use btard or one of {sorted(AGGREGATORS)}")
     x = torch.randn(peers, 4, generator=torch.Generator().manual_seed(0))
     _baseline_update(rule, x, baseline_params(rule, f=f), tau=1.0, bounds=[(0, 4)], seed=0)
+
+
+def _baseline_view(step: int, ids: list[str], numel: int, bounds) -> P.StepView:
+    """The step view a behaviour's gradient hook reads in a baseline run (no protocol step exists)."""
+    ctx = P.StepContext(run=RUN, step=step, group=list(ids), public_keys={}, r_prev=b"", numel=numel)
+    return P.StepView(ctx=ctx, index=0, role="contributor", bounds=tuple(bounds), contributors=tuple(ids))
 
 
 def _baseline_update(rule: str, x: torch.Tensor, params: dict, *, tau: float, bounds, seed: int) -> torch.Tensor:
@@ -229,16 +234,18 @@ def run_simulation(*, task: str = "mnist5k-mlp", peers: int = 16, byzantine: int
     params = P.ProtocolParams(tau=tau, validators=validators, global_batch=global_batch, **(protocol_params or {}))
     # without bans every step has all peers: the baselines use the same per-peer batch BTARD starts with
     base_batch = params.global_batch and math.ceil(params.global_batch / peers)
-    verifier = P.EnvelopeVerifier()
-    entropy_rng = random.Random(seed * 7919 + 1)
-    entropy = lambda k: entropy_rng.getrandbits(8 * k).to_bytes(k, "little")
-    peer_objs: dict[str, P.BtardPeer] = {}
-    for ident in identities:
-        name = attack if ident.peer_id in byz_ids else None
-        peer_objs[ident.peer_id] = make_peer(name, ident, params, entropy=entropy, verifier=verifier,
-                                             collusion=collusion, attack_start=attack_start,
-                                             attack_every=attack_every, **(attack_params or {})) \
-            if name else make_peer(None, ident, params, entropy=entropy, verifier=verifier)
+
+    def before(step: int, own: dict[str, torch.Tensor]) -> None:
+        collusion.step, collusion.honest = step, own
+
+    # the peers, the board and the in-memory transport (the baselines use only the peers' hooks);
+    # seeded MPRNG secrets and envelope nonces, so one seed gives the same run byte for byte
+    built = build_swarm(identities, params, models.batch, run=RUN, byzantine=byz_ids, attack=attack,
+                        collusion=collusion, entropy=seeded_bytes(seed * 7919 + 1), nonce=seeded_nonces(seed),
+                        attack_params=dict(attack_start=attack_start, attack_every=attack_every,
+                                           **(attack_params or {})),
+                        before_gradients=before)
+    peer_objs = built.peers
 
     curve: list[list[float]] = []
     bar = None
@@ -257,12 +264,7 @@ def run_simulation(*, task: str = "mnist5k-mlp", peers: int = 16, byzantine: int
         curve.append([step, t_task.evaluate(model)])
 
     if aggregator == "btard":
-        board = BulletinBoard(run=RUN, public_keys=keys, members=ids, verifier=verifier)
-
-        def before(step: int, own: dict[str, torch.Tensor]) -> None:
-            collusion.step, collusion.honest = step, own
-
-        swarm = MemorySwarm(peer_objs, board, models.batch, before_gradients=before)
+        board, swarm = built.board, built.memory
         r_prev = genesis_randomness(RUN, seed)
         records: dict[str, P.StepRecord | None] = {p: None for p in ids}
         for step in range(steps):
@@ -328,8 +330,7 @@ def run_simulation(*, task: str = "mnist5k-mlp", peers: int = 16, byzantine: int
         collusion.aggregate = lambda x: _baseline_update(aggregator, x, rule_params, tau=tau, bounds=bounds,
                                                          seed=int.from_bytes(r[:8], "little"))
         for step in range(steps):
-            fake = SimpleNamespace(ctx=SimpleNamespace(step=step, group=ids, run=RUN, numel=numel),
-                                   bounds=bounds, index=0, role="contributor")
+            fake = _baseline_view(step, ids, numel, bounds)
             honest: dict[str, torch.Tensor] = {}
             flips: dict[str, bool] = {}
             for p in ids:
@@ -427,8 +428,7 @@ def _run_kardam(*, peers, f, staleness, steps, seed, ids, byz_ids, peer_objs, co
     for step in range(steps):
         server_version_at[step] = server.version
         server_version_at.pop(step - staleness - 2, None)
-        fake = SimpleNamespace(ctx=SimpleNamespace(step=step, group=ids, run=RUN, numel=numel),
-                               bounds=bounds, index=0, role="contributor")
+        fake = _baseline_view(step, ids, numel, bounds)
         computed_on: dict[str, int] = {}
         honest: dict[str, torch.Tensor] = {}
         rows: dict[str, torch.Tensor] = {}

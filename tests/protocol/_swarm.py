@@ -12,9 +12,9 @@ import torch
 
 from btard_wire.envelope import Identity
 from worker_client.btard import protocol as P
-from worker_client.btard.attacks import Collusion, make_peer
+from worker_client.btard.attacks import Collusion
 from worker_client.btard.mprng import genesis_randomness
-from worker_client.transports.memory import BulletinBoard, MemorySwarm
+from worker_client.transports.memory import build_swarm, seeded_bytes, seeded_nonces
 
 RUN = "test-run"
 
@@ -38,22 +38,14 @@ class Swarm:
         self.byzantine = {self.ids[i] for i in byzantine}
         self.collusion = Collusion(members=set(self.byzantine), seed=seed)
         self.params = params or P.ProtocolParams(tau=1.0, validators=1)
-        self.verifier = P.EnvelopeVerifier()
-        rng = random.Random(seed)
-        entropy = lambda k: rng.getrandbits(8 * k).to_bytes(k, "little")
-        self.peers: dict[str, P.BtardPeer] = {}
-        for ident in self.identities:
-            if ident.peer_id in self.byzantine:
-                self.peers[ident.peer_id] = make_peer(attack, ident, self.params, entropy=entropy,
-                                                      verifier=self.verifier, collusion=self.collusion,
-                                                      attack_start=attack_start, attack_every=attack_every,
-                                                      **attack_params)
-            else:
-                self.peers[ident.peer_id] = make_peer(None, ident, self.params, entropy=entropy,
-                                                      verifier=self.verifier)
-        self.board = BulletinBoard(run=RUN, public_keys=self.keys, members=self.ids, verifier=self.verifier)
-        self.memory = MemorySwarm(self.peers, self.board, self._gradients, before_gradients=self._collude,
-                                  shuffle=random.Random(seed + 99) if shuffle else None)
+        built = build_swarm(self.identities, self.params, self._gradients, run=RUN, byzantine=self.byzantine,
+                            attack=attack, collusion=self.collusion, entropy=seeded_bytes(seed),
+                            nonce=seeded_nonces(seed),
+                            attack_params=dict(attack_start=attack_start, attack_every=attack_every,
+                                               **attack_params),
+                            before_gradients=self._collude,
+                            shuffle=random.Random(seed + 99) if shuffle else None)
+        self.verifier, self.peers, self.board, self.memory = built.verifier, built.peers, built.board, built.memory
         self.r = genesis_randomness(RUN, seed)
         self.version = 0
         self.records: dict[str, P.StepRecord | None] = {p: None for p in self.ids}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from worker_client.btard import protocol as P
+from worker_client.btard import kernels as P
 
 
 @pytest.fixture

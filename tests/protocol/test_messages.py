@@ -55,7 +55,7 @@ def test_a_second_different_message_in_a_single_message_slot_is_refused_and_prov
     second = _valid(ids, payload={"type": "mprng_commit", "hash": "cd" * 32})
     actions = peer.on_broadcast(second)
     assert peer._s.board[("mprng_commit", ids[1].peer_id)] == slot  # the first one stays in the slot
-    verdicts = [a.envelope.payload for a in actions if isinstance(a, P.Broadcast) and a.envelope.phase == "verdict"]
+    verdicts = [a.envelope.payload for a in actions if isinstance(a, P.PostEnvelope) and a.envelope.phase == "verdict"]
     assert len(verdicts) == 1 and verdicts[0]["guilty"] == ids[1].peer_id
     assert verdicts[0]["kind"] == "bad_broadcast" and "equivocation" in verdicts[0]["reason"]
     assert set(verdicts[0]["evidence"]) == {first.digest(), second.digest()}
@@ -134,7 +134,7 @@ def test_a_malformed_part_from_a_peer_is_a_fault_not_a_crash():
         peer.on_broadcast(sign_envelope(ids[i], run=RUN, step=3, phase="commit",
                                         payload={"type": "commit", "hashes": hashes}))
     actions = peer.on_part(ids[1].peer_id, 0, nan_part)
-    accusations = [a for a in actions if isinstance(a, P.Broadcast) and a.envelope.phase == "accuse"]
+    accusations = [a for a in actions if isinstance(a, P.PostEnvelope) and a.envelope.phase == "accuse"]
     assert accusations and accusations[0].envelope.payload["kind"] == "malformed_part"
     # wrong-size garbage without a signature is simply not attributable: recorded, ignored
     assert peer.on_part(ids[2].peer_id, 0, b"\x01\x02\x03") == []

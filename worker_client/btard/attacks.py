@@ -26,8 +26,11 @@ import torch
 from btard_wire import payloads as M
 from btard_wire.envelope import Envelope
 
+from .actions import ComputeGradient, SendTensor
+from .kernels import clip_w, distances_to
 from .mprng import projection, select_validators
-from .protocol import BtardPeer, ComputeGradient, SendAggregate, SendPart, _Step, clip_w, distances_to
+from .protocol import BtardPeer
+from .state import StepView
 from .tensors import tensor_to_bytes
 
 
@@ -76,7 +79,7 @@ class Byzantine(BtardPeer):
     def active(self, step: int) -> bool:
         return step >= self.attack_start and (step - self.attack_start) % self.attack_every == 0
 
-    def _honest_victim(self, s: _Step) -> str | None:
+    def _honest_victim(self, s: StepView) -> str | None:
         return next((p for p in s.ctx.group if p not in self.collusion.members), None)
 
 
@@ -87,7 +90,7 @@ class Byzantine(BtardPeer):
 class GradientAttack(Byzantine):
     kind = "gradient"
 
-    def hook_corrupt_gradient(self, gradient: torch.Tensor, s: _Step) -> torch.Tensor:
+    def hook_corrupt_gradient(self, gradient: torch.Tensor, s: StepView) -> torch.Tensor:
         self.remember(gradient, s.ctx.step)
         if not self.active(s.ctx.step):
             return gradient
@@ -98,7 +101,7 @@ class GradientAttack(Byzantine):
     def remember(self, gradient: torch.Tensor, step: int) -> None:
         pass
 
-    def attack(self, g: torch.Tensor, s: _Step) -> torch.Tensor:
+    def attack(self, g: torch.Tensor, s: StepView) -> torch.Tensor:
         raise NotImplementedError
 
 
@@ -289,7 +292,7 @@ class PhantomDigest(Byzantine):
         if not self.active(s.ctx.step):
             return v, dists
         v = v * (-self.scale)
-        s.my_accusations.append("ab" * 32)  # listed in the validation report, never broadcast
+        s.list_in_report("ab" * 32)  # listed in the validation report, never broadcast
         return v, distances_to(x, v).tolist()
 
 
@@ -377,7 +380,7 @@ class Equivocate(Byzantine):
         fake = tensor_to_bytes(a)
         header = M.sign_tensor_header(self.identity, run=s.ctx.run, step=s.ctx.step, kind="aggregate",
                                       part=part, data=fake)
-        return SendAggregate(to=to, part=part, data=fake, header=header)
+        return SendTensor(kind="aggregate", to=to, part=part, data=fake, header=header)
 
 
 class UnsignedEquivocate(Byzantine):
@@ -393,7 +396,7 @@ class UnsignedEquivocate(Byzantine):
         if not self.active(s.ctx.step) or s.ctx.group.index(to) % 2 == 0:
             return super().hook_outgoing_aggregate(to, part, data, s)
         a = torch.frombuffer(bytearray(data), dtype=torch.float32) + 0.01
-        return SendAggregate(to=to, part=part, data=tensor_to_bytes(a))
+        return SendTensor(kind="aggregate", to=to, part=part, data=tensor_to_bytes(a))
 
 
 class BadCommitment(Byzantine):
@@ -409,7 +412,7 @@ class BadCommitment(Byzantine):
         fake = tensor_to_bytes(t)
         header = M.sign_tensor_header(self.identity, run=s.ctx.run, step=s.ctx.step, kind="part",
                                       part=part, data=fake)
-        return SendPart(to=to, part=part, data=fake, header=header)
+        return SendTensor(kind="part", to=to, part=part, data=fake, header=header)
 
 
 class DuplicateSlot(Byzantine):
@@ -533,7 +536,7 @@ class EliminateStorm(Byzantine):
         if envelope.phase != "agg_result" or not self.active(s.ctx.step) or victim is None:
             return [envelope]
         elim, digest = self._sign("eliminate", M.EliminatePayload(target=victim, reason="part never arrived"))
-        s.my_accusations.append(digest)
+        s.list_in_report(digest)
         return [elim]
 
 
@@ -584,7 +587,8 @@ class WithholdPart(Byzantine):
 
 
 class WithholdReveal(Byzantine):
-    """Commits to an MPRNG secret and never reveals it. Publicly visible: ``withheld_reveal`` ban."""
+    """Commits to an MPRNG secret and never reveals it. Publicly visible: silent in every step (r_t is
+    combined without it), banned for silence at ``SILENCE_LIMIT`` consecutive steps (issue 13)."""
 
     name = "withhold_reveal"
 
@@ -624,14 +628,14 @@ GRADIENT_ATTACKS = [name for name, cls in ATTACKS.items() if cls.kind == "gradie
 PROTOCOL_ATTACKS = [name for name, cls in ATTACKS.items() if cls.kind == "protocol"]
 
 
-def make_peer(attack: str | None, identity, params=None, *, entropy=None, verifier=None,
+def make_peer(attack: str | None, identity, params=None, *, entropy=None, verifier=None, nonce=None, memo=None,
               collusion: Collusion | None = None, **attack_params) -> BtardPeer:
-    """An honest peer (``attack`` None/"none") or the behaviour registered as ``attack``."""
+    """An honest peer (``attack`` None/"none") or the behaviour registered as ``attack``. ``entropy``,
+    ``verifier``, ``nonce`` and ``memo`` are :class:`BtardPeer`'s (the simulator's shared ones)."""
     kw = {}
-    if entropy is not None:
-        kw["entropy"] = entropy
-    if verifier is not None:
-        kw["verifier"] = verifier
+    for key, value in (("entropy", entropy), ("verifier", verifier), ("nonce", nonce), ("memo", memo)):
+        if value is not None:
+            kw[key] = value
     if attack in (None, "", "none", "honest"):
         return BtardPeer(identity, params, **kw)
     try:
@@ -645,3 +649,84 @@ def make_peer(attack: str | None, identity, params=None, *, entropy=None, verifi
 
 
 from . import adaptive_attacks  # noqa: E402, F401  (registers optimal_alie, optimal_ipm, mimic, free riders)
+
+
+class RevealDodger(Byzantine):
+    """The last revealer of the MPRNG (security review, finding 14): it waits until every other member's
+    reveal is in, computes ``r_t`` with and without its own value and withholds exactly when the draw
+    with its value would make a validator check it or an accomplice (``collusion.members``). A missing
+    reveal is silence (issue 13), so r_t is then combined without it: the gain is one bit per step, the
+    price a silence strike (docs/threat-model.md). ``dodged`` / ``escaped`` count the withheld steps and
+    those where the draw without its value checks no member of the collusion."""
+
+    name = "reveal_dodger"
+    # its gradients are honest; a ban needs SILENCE_LIMIT consecutive withheld reveals (it speaks in the
+    # steps between), so what the defence achieves is a bound: checked with probability q**2, not q
+    outcome = "bounded"
+    bound = 1.0
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.dodged: list[int] = []
+        self.escaped: list[int] = []
+        self._deferred: int | None = None
+
+    def _targets_collusion(self, r: bytes, s: StepView) -> bool:
+        from btard_wire.board import checkable_targets
+
+        ctx = s.ctx
+        if ctx.prev is None or ctx.prev.step != ctx.step - 1:
+            return False
+        draw = select_validators(r, ctx.group, checkable_targets(
+            contributors=ctx.prev.contributors, scalars_senders=ctx.prev.scalars), self.params.validators)
+        return any(t in self.collusion.members for t in draw.values())
+
+    def _decide(self, s: StepView) -> bytes | None | bool:
+        """The value to reveal, None to withhold, False while another member's reveal is still missing."""
+        from btard_wire.randomness import combine_reveals
+
+        others = [p for p in s.mprng_members if p != self.peer_id]
+        if not all(s.got("mprng_reveal", p) for p in others):
+            return False
+        values = {p: bytes.fromhex(s.payload("mprng_reveal", p).value) for p in others}
+        values[self.peer_id] = s.secret
+        with_mine = combine_reveals([values[p] for p in s.mprng_members])
+        if not self._targets_collusion(with_mine, s):
+            return s.secret
+        self.dodged.append(s.ctx.step)
+        if not self._targets_collusion(combine_reveals([values[p] for p in others]), s):
+            self.escaped.append(s.ctx.step)
+        return None
+
+    def hook_reveal(self, secret, s):
+        if not self.active(s.ctx.step) or s.ctx.validators is not None:
+            return secret
+        decision = self._decide(s)
+        if decision is False:
+            self._deferred = s.ctx.step  # wait for the others' reveals (on_broadcast)
+            return None
+        return decision
+
+    def on_broadcast(self, envelope: Envelope):
+        actions = super().on_broadcast(envelope)
+        s = self._s
+        if (s is not None and s.result is None and self._deferred == s.ctx.step
+                and envelope.phase == "mprng_reveal" and not _reveal_closed(s)):
+            decision = self._decide(s)
+            if decision is not False:
+                self._deferred = None
+                if decision is not None:
+                    actions = list(actions) + self._broadcast("mprng_reveal", M.MprngRevealPayload(value=decision.hex()))
+                    actions += self._advance()
+        return actions
+
+
+def _reveal_closed(s) -> bool:
+    """Whether the board already closed the step's reveal phase (a reveal now would be refused)."""
+    from .state import Stage
+
+    return Stage.REVEAL_CLOSED in s.stages
+
+
+ATTACKS[RevealDodger.name] = RevealDodger
+PROTOCOL_ATTACKS.append(RevealDodger.name)

@@ -7,8 +7,6 @@ re-exported here for the core's imports. ``z ~ N(0, I)`` of step t is drawn from
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import torch
 
 from btard_wire.randomness import (  # noqa: F401 - re-exported for the core
@@ -27,26 +25,11 @@ def _torch_seed(r: bytes, domain: bytes) -> int:
     return int.from_bytes(_h(domain, r)[:8], "little") & ((1 << 63) - 1)
 
 
-_Z_CACHE: OrderedDict[tuple[bytes, int], torch.Tensor] = OrderedDict()
-_Z_CACHE_SIZE = 4
-
-
 def projection(r: bytes, numel: int) -> torch.Tensor:
-    """``z ~ N(0, I)`` of length ``numel`` (float64), a pure function of ``r``.
-
-    Cached (the simulator runs many peers in one process; every peer derives the same ``z``). The
-    returned tensor is shared: callers must not modify it."""
-    key = (r, numel)
-    z = _Z_CACHE.get(key)
-    if z is None:
-        gen = torch.Generator().manual_seed(_torch_seed(r, b"btard-z"))
-        z = torch.randn(numel, generator=gen, dtype=torch.float32).to(torch.float64)
-        _Z_CACHE[key] = z
-        while len(_Z_CACHE) > _Z_CACHE_SIZE:
-            _Z_CACHE.popitem(last=False)
-    else:
-        _Z_CACHE.move_to_end(key)
-    return z
+    """``z ~ N(0, I)`` of length ``numel`` (float64), a pure function of ``r`` (no cache here: a peer's
+    :class:`~.memo.Memo` keeps the ones it reuses, shared between the peers of one process)."""
+    gen = torch.Generator().manual_seed(_torch_seed(r, b"btard-z"))
+    return torch.randn(numel, generator=gen, dtype=torch.float32).to(torch.float64)
 
 
 def select_validators(r: bytes, group: list[str], prev_contributors: list[str], m: int) -> dict[str, str]:

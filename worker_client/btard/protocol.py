@@ -16,10 +16,8 @@ import hashlib
 import math
 import os
 import secrets
-import sys
 from collections import deque
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -30,16 +28,48 @@ from btard_wire.board import checkable_targets
 from btard_wire.envelope import Envelope, Identity, ReplayGuard, b64e, verify_envelope
 from btard_wire.errors import ProtocolError
 
+from .actions import (  # noqa: F401 - part of the core's public names
+    TENSOR_KINDS,
+    Action,
+    ComputeGradient,
+    FetchTensor,
+    Finish,
+    PostEnvelope,
+    SendTensor,
+)
 from .aggregators import centered_clip_with_info
+from .kernels import (  # noqa: F401 - part of the core's public names
+    _dist,
+    _scalar,
+    clip_w,
+    decode_tensor,
+    distances_to,
+    part_bounds,
+    part_sums,
+    per_part_scalars_and_distances,
+    recalc_mismatch,
+    rows_scalars_and_norms,
+    sha256_hex,
+)
+from .memo import Memo
 from .mprng import (
     batch_seed,
     combine_reveals,
     mprng_commitment,
-    projection,
     select_validators,
     skipped_randomness,
 )
-from .tensors import bytes_to_tensor, tensor_to_bytes
+from .state import (
+    Ban,
+    ProtocolParams,
+    Stage,
+    StepContext,
+    StepRecord,
+    StepResult,
+    StepState,
+    StepView,
+)
+from .tensors import tensor_to_bytes
 
 # The order in which a step's deadlines expire (a driver fires the earliest pending one first).
 PHASE_ORDER = ("gradient", "commit", "mprng_commit", "parts", "agg_result", "mprng_reveal", "aggregates",
@@ -50,187 +80,6 @@ SINGLE_PHASES = BOARD_PHASES
 
 # --------------------------------------------------------------------------------------------------
 # configuration, context and results
-
-
-@dataclass(frozen=True)
-class ProtocolParams:
-    """Tunable constants of the protocol. Defaults follow the spec's calibration (mnist5k-mlp, 16 peers).
-
-    ``tau`` acts per part (spec "Calibration"). Tolerances are relative **(ours)**: ``exact_rtol`` for
-    values two peers compute from the same float32 data (s, d), ``recalc_rtol`` for a gradient
-    recomputed by another peer (different kernels are allowed to differ this much),
-    ``fixed_point_rtol`` for the CenteredClip fixed-point test along z.
-    """
-
-    tau: float = 1.0
-    cc_eps: float = 1e-6
-    # CenteredClip runs to the tolerance the fixed-point check uses (IRLS steps: microseconds each in
-    # Gram space), so an honest aggregator never stops short of it for any tau; the cap only bounds
-    # a pathological input (security review, finding 13)
-    cc_max_iters: int = 20_000
-    cc_init: str = "medoid"
-    cc_method: str = "irls"
-    # the aggregator stops at this fraction of the check's relative tolerance (fixed_point_rtol)
-    cc_stop_margin: float = 0.1
-    validators: int = 2
-    # > 0: the samples one step averages over, split evenly across the step's group (each peer computes
-    # ceil(global_batch / group size)), so banning or losing peers does not shrink the step's batch, as
-    # with hivemind's target batch size. 0: every peer uses the driver's own batch size.
-    global_batch: int = 0
-    exact_rtol: float = 1e-6
-    recalc_rtol: float = 3e-5  # ~6x the largest honest error measured (docs/protocol.md, "Recomputation error")
-    # True (the networked worker): this peer's own broadcast of a board phase counts towards that phase's
-    # barrier only once the board sent it back (stored). A message that reaches the site after the site
-    # closed the phase is refused, so the peer never goes on believing it posted in time (ours).
-    board_echo: bool = False
-    fixed_point_rtol: float = 1e-5
-    fixed_point_sigmas: float = 8.0
-    # invariant 3 (security review, finding 2): every aggregate a_j lies within ``aggregate_bound`` times
-    # the previous step's honest spread of a majority of the contributors; else the step is dropped
-    # (no ban: a bound, not a proof). 0 turns the check off.
-    aggregate_bound: float = 4.0
-    aggregate_bound_spread: float = 4.0  # a part's own reference counts up to this many times the median
-
-    def __post_init__(self) -> None:
-        if isinstance(self.global_batch, bool) or not isinstance(self.global_batch, int) or self.global_batch < 0:
-            raise ValueError(f"global_batch must be a whole number of samples >= 0 (0: off), "
-                             f"not {self.global_batch!r}")
-
-
-@dataclass
-class StepRecord:
-    """The public facts of a finished step that validation at the next step needs (Sec. 3.3)."""
-
-    run: str
-    step: int
-    r: bytes
-    model_ref: Any
-    numel: int
-    group: list[str]
-    contributors: list[str]
-    seeds: dict[str, int]
-    aggregate: torch.Tensor                   # concat(a_1..a_n), float32
-    scalars: dict[str, list[float]]           # contributor -> s_kj for all j
-    distances: dict[int, dict[str, float]]    # part -> contributor -> d_kj
-    digests: dict[tuple[str, str], str]       # (phase, sender) -> envelope digest (evidence)
-    # the honest spread the next step's aggregate bound is measured against (invariant 3): per part
-    # ``(lo, hi, rho)``, rho the majority-th smallest distance to the aggregate per sqrt(value); empty
-    # when unknown
-    scales: list[tuple[int, int, float]] = field(default_factory=list)
-
-
-@dataclass
-class StepContext:
-    """What the driver tells a peer at the start of step ``step`` (fixed by the site at the boundary).
-
-    ``group`` is ordered; peer ``group[j]`` aggregates part j. ``r_prev`` is ``r_{t-1}`` (see
-    :mod:`.mprng`). ``prev`` is this peer's :class:`StepRecord` of step t-1 (None: nothing to
-    validate). ``validators`` may be fixed by the driver (tests, benchmarks); by default they are drawn
-    from this step's ``r_t`` once it is revealed (Sec. 3.3).
-    ``model_ref`` is an opaque token the driver maps back to the model state of this step.
-    """
-
-    run: str
-    step: int
-    group: list[str]
-    public_keys: dict[str, str]
-    r_prev: bytes
-    numel: int
-    model_ref: Any = None
-    prev: StepRecord | None = None
-    validators: dict[str, str] | None = None
-
-
-@dataclass(frozen=True)
-class Ban:
-    peer: str
-    kind: str
-    reason: str
-    evidence: list[str]
-    accuser: str | None = None
-
-
-@dataclass
-class StepResult:
-    """The end of a step as this peer saw it (the driver reports it to the site)."""
-
-    step: int
-    outcome: str                              # "applied" or "dropped"
-    update: torch.Tensor | None               # concat(a_j) when applied
-    bans: list[Ban]
-    eliminations: list[tuple[str, str]]       # (eliminator, target)
-    silent: list[str]
-    r: bytes                                  # r_t (or the public skip chain when MPRNG failed)
-    record: StepRecord | None
-    reason: str = ""
-    role: str = "contributor"
-    contributed: bool = False                 # this peer's gradient was aggregated (validators too)
-
-
-@dataclass(frozen=True)
-class Action:
-    pass
-
-
-@dataclass(frozen=True)
-class Broadcast(Action):
-    """Post ``envelope`` on the bulletin board (the site relays it to the whole group)."""
-
-    envelope: Envelope
-
-
-@dataclass(frozen=True)
-class SendPart(Action):
-    """Send gradient part ``part`` (raw little-endian float32) to peer ``to`` on a private channel."""
-
-    to: str
-    part: int
-    data: bytes
-    header: M.TensorHeader | None = None
-
-
-@dataclass(frozen=True)
-class SendAggregate(Action):
-    """Send aggregated part ``a_part`` to peer ``to`` (all-gather)."""
-
-    to: str
-    part: int
-    data: bytes
-    header: M.TensorHeader | None = None
-
-
-@dataclass(frozen=True)
-class ComputeGradient(Action):
-    """Compute the flat float32 gradient of the model state ``model_ref`` on the public batch ``seed``
-    and hand it back with :meth:`BtardPeer.on_gradient` (``request_id``). ``purpose`` is ``own``,
-    ``validate`` (recalculation of a target) or ``verdict`` (checking someone else's recalculation)."""
-
-    request_id: str
-    seed: int
-    model_ref: Any
-    step: int
-    peer: str
-    purpose: str
-    flip_labels: bool = False
-    batch_size: int = 0  # 0: the driver's batch size; else this many samples (ProtocolParams.global_batch)
-
-
-@dataclass(frozen=True)
-class FetchTensor(Action):
-    """Fetch the tensor whose SHA-256 is ``sha256`` (a committed part named as evidence, too large to
-    travel inline) from any of ``holders`` and hand it back with :meth:`BtardPeer.on_tensor`. Content
-    addressed: any copy with that hash will do, from any holder (:meth:`BtardPeer.serve_tensor`); the
-    in-memory transport asks the holders directly, the networked worker maps it to the data plane."""
-
-    sha256: str
-    holders: tuple[str, ...]
-    step: int
-    numel: int
-
-
-@dataclass(frozen=True)
-class Finish(Action):
-    result: StepResult
 
 
 # --------------------------------------------------------------------------------------------------
@@ -268,230 +117,6 @@ class EnvelopeVerifier:
         return payload, digest
 
 
-def part_bounds(numel: int, n: int) -> list[tuple[int, int]]:
-    """Contiguous split of ``numel`` values into ``n`` parts whose sizes differ by at most one."""
-    base, extra = divmod(numel, n)
-    out, start = [], 0
-    for j in range(n):
-        size = base + (1 if j < extra else 0)
-        out.append((start, start + size))
-        start += size
-    return out
-
-
-def decode_tensor(data: bytes, numel: int) -> torch.Tensor:
-    """Raw little-endian float32 bytes -> tensor, after the size check; NaN/inf raise ProtocolError.
-
-    Same contract as :func:`.tensors.bytes_to_tensor`, with a cheaper finiteness test (one reduction;
-    the elementwise test only when the sum is not finite, which a huge finite tensor can also cause)."""
-    if len(data) != 4 * numel:
-        raise ProtocolError(f"tensor has {len(data)} bytes, expected {4 * numel} ({numel} float32 values)")
-    if sys.byteorder != "little" or numel == 0:  # pragma: no cover - the wire format is little-endian
-        return bytes_to_tensor(data, expected_numel=numel)
-    t = torch.frombuffer(bytearray(data), dtype=torch.float32)
-    if not math.isfinite(float(t.sum())) and not bool(torch.isfinite(t).all()):
-        raise ProtocolError("tensor contains NaN or inf")
-    return t
-
-
-def part_sums(x: torch.Tensor, n: int) -> torch.Tensor:
-    """Sum of every contiguous part of ``x`` (split as :func:`part_bounds`)."""
-    base, extra = divmod(x.numel(), n)
-    head = extra * (base + 1)
-    f64 = torch.float64
-    out = [x[:head].view(extra, base + 1).sum(dim=1, dtype=f64)] if extra else []
-    if n - extra:
-        out.append(x[head:].view(n - extra, base).sum(dim=1, dtype=f64) if base else torch.zeros(n - extra, dtype=f64))
-    return torch.cat(out)
-
-
-# Above this many values, the float64 reductions below run in chunks of a reused float64 buffer that
-# stays in cache, instead of allocating (and page-faulting) full-size float64 temporaries.
-_CHUNKED_ABOVE = 1 << 20
-_CHUNK = 1 << 16
-
-
-def _chunked_dot_and_sq(x: torch.Tensor, a: torch.Tensor, z: torch.Tensor | None,
-                        buf: torch.Tensor) -> tuple[float, float]:
-    """``<z, x - a>`` (0 without ``z``) and ``||x - a||^2`` of 1-D ``x`` and ``a``, in float64 over chunks
-    of ``buf``."""
-    acc_s = acc_q = 0.0
-    m = x.numel()
-    for c0 in range(0, m, _CHUNK):
-        c1 = min(m, c0 + _CHUNK)
-        b = buf[: c1 - c0]
-        b.copy_(x[c0:c1]).sub_(a[c0:c1])
-        if z is not None:
-            acc_s += float(torch.dot(z[c0:c1], b))
-        acc_q += float(torch.dot(b, b))
-    return acc_s, acc_q
-
-
-def _chunk_buffer() -> torch.Tensor:
-    return torch.empty(_CHUNK, dtype=torch.float64)
-
-
-def per_part_scalars_and_distances(z: torch.Tensor, g: torch.Tensor, a: torch.Tensor | list[torch.Tensor],
-                                   n: int) -> tuple[list[float], list[float]]:
-    """``s_j = <z[j], g[j] - a[j]>`` and ``d_j = ||g[j] - a[j]||`` for every part j of full vectors.
-    ``a`` is the full aggregate or the list of its n parts (no full-size copy needed)."""
-    if g.numel() <= _CHUNKED_ABOVE:
-        if isinstance(a, list):
-            a = torch.cat(a)
-        diff = g.to(torch.float64) - a.to(torch.float64)
-        s = part_sums(z * diff, n)
-        sq = part_sums(diff * diff, n)
-        return s.tolist(), sq.sqrt().tolist()
-    buf = _chunk_buffer()
-    scalars, dists = [], []
-    for j, (lo, hi) in enumerate(part_bounds(g.numel(), n)):
-        s_j, q_j = _chunked_dot_and_sq(g[lo:hi], a[j] if isinstance(a, list) else a[lo:hi], z[lo:hi], buf)
-        scalars.append(s_j)
-        dists.append(math.sqrt(q_j))
-    return scalars, dists
-
-
-def rows_scalars_and_norms(rows: list[torch.Tensor], a: torch.Tensor, z: torch.Tensor
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``<z, x_k - a>`` and ``||x_k - a||`` (float64) for every row ``x_k`` of ``rows``."""
-    if sum(r.numel() for r in rows) <= _CHUNKED_ABOVE:
-        diff = torch.stack(rows).to(torch.float64) - a.to(torch.float64)
-        return diff @ z, (diff * diff).sum(dim=1).sqrt()
-    buf = _chunk_buffer()
-    pairs = [_chunked_dot_and_sq(row, a, z, buf) for row in rows]
-    return (torch.tensor([p[0] for p in pairs], dtype=torch.float64),
-            torch.tensor([p[1] for p in pairs], dtype=torch.float64).sqrt())
-
-
-def distances_to(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-    """``||x_k - a||`` for every row of ``x`` (float64 throughout: no overflow for any finite float32)."""
-    if x.numel() <= _CHUNKED_ABOVE:
-        diff = x.to(torch.float64) - a.to(torch.float64)
-        return (diff * diff).sum(dim=-1).sqrt()
-    buf = _chunk_buffer()
-    rows = x.reshape(-1, x.shape[-1])
-    sq = torch.tensor([_chunked_dot_and_sq(row, a, None, buf)[1] for row in rows], dtype=torch.float64)
-    return sq.sqrt().reshape(x.shape[:-1])
-
-
-def clip_w(d: torch.Tensor, tau: float) -> torch.Tensor:
-    """CenteredClip weights ``min(1, tau / d)`` (1 where d == 0), float64."""
-    return torch.clamp(tau / d.to(torch.float64), max=1.0)
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _dist(x: torch.Tensor, a: torch.Tensor) -> float:
-    """``||x - a||`` in float64 (the same formula on every peer)."""
-    return float(distances_to(x, a))
-
-
-def _scalar(z: torch.Tensor, x: torch.Tensor, a: torch.Tensor) -> float:
-    """``<z, x - a>`` in float64 (the same formula on every peer)."""
-    return float((z * (x.to(torch.float64) - a.to(torch.float64))).sum())
-
-
-def recalc_mismatch(g: torch.Tensor, record: StepRecord, target: str, rtol: float) -> str | None:
-    """Compare a recomputed gradient of ``target`` with its public claims of ``record``'s step.
-
-    Checks the target's signed scalars ``s_Tj`` and the aggregators' ``d_Tj`` against the values the
-    recomputed gradient gives (Sec. 3.3 with the projection of Sec. 3.2, so the cost does not grow with
-    the part size). Returns a reason string on mismatch, None when everything agrees."""
-    if target not in record.scalars:
-        return "target sent no scalars"
-    z = projection(record.r, record.numel)
-    bounds = part_bounds(record.numel, len(record.group))
-    claimed = record.scalars[target]
-    if len(claimed) != len(bounds):
-        return "target's scalars have the wrong length"
-    g = g.to(torch.float32)
-    for p, (a, b) in enumerate(bounds):
-        gp, ap = g[a:b], record.aggregate[a:b]
-        scale = float(gp.norm()) + float(ap.norm()) + 1e-12
-        s = _scalar(z[a:b], gp, ap)
-        if not abs(s - claimed[p]) <= rtol * scale:
-            return f"part {p}: s={claimed[p]:.6g} claimed, {s:.6g} recomputed"
-        d_claim = record.distances.get(p, {}).get(target)
-        if d_claim is not None:
-            d = _dist(gp, ap)
-            if not abs(d - d_claim) <= rtol * scale:
-                return f"part {p}: d={d_claim:.6g} declared, {d:.6g} recomputed"
-    return None
-
-
-# --------------------------------------------------------------------------------------------------
-# the per-step state
-
-
-@dataclass
-class _Step:
-    ctx: StepContext
-    n: int
-    index: int
-    bounds: list[tuple[int, int]]
-    validators: dict[str, str]
-    contributors: list[str]
-    mprng_members: list[str]
-    role: str
-    secret: bytes
-    majority: int
-    board: dict[tuple[str, str], tuple[Envelope, Any, str]] = field(default_factory=dict)
-    evidence: dict[str, Envelope] = field(default_factory=dict)
-    accusations: dict[str, tuple[Envelope, M.AccusePayload]] = field(default_factory=dict)
-    judged: dict[str, str] = field(default_factory=dict)          # accusation digest -> guilty
-    judging: set[str] = field(default_factory=set)                # waiting for a recomputation
-    verdicts: dict[str, dict[str, str]] = field(default_factory=dict)   # case -> signer -> guilty
-    guilty_votes: dict[str, dict[str, tuple[Envelope, M.VerdictPayload]]] = field(default_factory=dict)
-    my_cases: set[str] = field(default_factory=set)
-    my_accusations: list[str] = field(default_factory=list)
-    # What decides the step (finding 6): the accusations and ELIMINATEs that the step's validation
-    # reports list. ``eliminates``: ELIMINATE broadcasts by digest; ``early``: accuse/eliminate digests
-    # this peer saw before its own report (its report lists them); ``listed``: the union of the
-    # digests listed in the reports this peer holds (the closed set of reports fixes it for everyone).
-    eliminates: dict[str, tuple[Envelope, M.EliminatePayload]] = field(default_factory=dict)
-    early: set[str] = field(default_factory=set)
-    listed: set[str] = field(default_factory=set)
-    silent: set[str] = field(default_factory=set)
-    gradient: torch.Tensor | None = None
-    my_part_bytes: list[bytes] = field(default_factory=list)
-    received: dict[str, torch.Tensor] = field(default_factory=dict)     # contributor -> my part
-    received_bytes: dict[str, bytes] = field(default_factory=dict)
-    faulted: set[str] = field(default_factory=set)
-    pending_parts: dict[str, tuple[int, bytes, M.TensorHeader | None]] = field(default_factory=dict)
-    aggregates: dict[int, torch.Tensor] = field(default_factory=dict)
-    pending_aggregates: dict[int, tuple[str, bytes, M.TensorHeader | None]] = field(default_factory=dict)
-    fetched: dict[str, bytes] = field(default_factory=dict)       # evidence tensors fetched by hash
-    fetch_requested: set[str] = field(default_factory=set)
-    fetch_queue: list[FetchTensor] = field(default_factory=list)
-    aggregate_faulted: set[int] = field(default_factory=set)
-    my_aggregate: torch.Tensor | None = None
-    r: bytes | None = None
-    mprng_failed: bool = False
-    recalc: torch.Tensor | None = None
-    validation_ok: bool | None = None
-    validation_reason: str = ""
-    flags: set[str] = field(default_factory=set)
-    result: StepResult | None = None
-    fatal: str = ""
-    last_digest: str = ""
-    senders: dict[str, set] = field(default_factory=dict)
-    barriers: set = field(default_factory=set)
-    fixed_point_margin: float = 0.0
-    bound_failed: list[int] = field(default_factory=list)
-    scales: list[tuple[int, int, float]] = field(default_factory=list)
-    direct_seen: bool = False
-    members: frozenset = frozenset()
-
-    def got(self, phase: str, sender: str) -> bool:
-        return (phase, sender) in self.board
-
-    def payload(self, phase: str, sender: str) -> Any:
-        entry = self.board.get((phase, sender))
-        return entry[1] if entry else None
-
-
 # --------------------------------------------------------------------------------------------------
 # the peer
 
@@ -508,16 +133,19 @@ class BtardPeer:
     byzantine = False
 
     def __init__(self, identity: Identity, params: ProtocolParams | None = None, *,
-                 entropy: Callable[[int], bytes] = os.urandom, verifier: EnvelopeVerifier | None = None):
+                 entropy: Callable[[int], bytes] = os.urandom, verifier: EnvelopeVerifier | None = None,
+                 nonce: Callable[[], str] | None = None, memo: Memo | None = None):
         self.identity = identity
         self.peer_id = identity.peer_id
         self.params = params or ProtocolParams()
-        self.entropy = entropy
+        self.entropy = entropy  # the MPRNG secrets
+        self.nonce = nonce or _random_nonce  # envelope nonces (a simulator passes a seeded source)
+        self.memo = memo if memo is not None else Memo()  # shared by a simulator's peers, else private
         self.verifier = verifier or EnvelopeVerifier()
         self.replay_guard = ReplayGuard()
         self.rejected: deque[tuple[int, str]] = deque(maxlen=1000)
         self.results: deque[StepResult] = deque(maxlen=4)
-        self._s: _Step | None = None
+        self._s: StepState | None = None
         self._future: list[tuple[str, tuple]] = []
 
     # ------------------------------------------------------------------ driver API
@@ -536,6 +164,13 @@ class BtardPeer:
     @property
     def role(self) -> str:
         return self._s.role if self._s else ""
+
+    def view(self) -> StepView | None:
+        """The read-only view of the current step (what hooks receive); None before the first step."""
+        return self._s.view() if self._s else None
+
+    def _z_of(self, record: StepRecord) -> torch.Tensor:
+        return self.memo.projection(record.r, record.numel)
 
     def batch_for(self, group_size: int) -> int:
         """Samples per peer in a step of ``group_size`` peers (0: the driver's own batch size)."""
@@ -557,7 +192,7 @@ class BtardPeer:
         # where CenteredClip has no stable fixed point. The cost is m extra gradients per step.
         contributors = list(ctx.group)
         role = "validator" if self.peer_id in validators else "contributor"
-        self._s = s = _Step(ctx=ctx, n=n, index=ctx.group.index(self.peer_id),
+        self._s = s = StepState(ctx=ctx, n=n, index=ctx.group.index(self.peer_id),
                             bounds=part_bounds(ctx.numel, n), validators=validators,
                             contributors=contributors, mprng_members=list(ctx.group), role=role,
                             secret=self.entropy(32), majority=n // 2 + 1, members=frozenset(ctx.group))
@@ -587,14 +222,14 @@ class BtardPeer:
         if this peer is one, ask for the recomputation of its target's step t-1 gradient."""
         s = self._s
         ctx = s.ctx
-        if ctx.validators is not None or s.r is None or "validators_drawn" in s.flags:
+        if ctx.validators is not None or s.r is None or Stage.VALIDATORS_DRAWN in s.stages:
             return []
-        s.flags.add("validators_drawn")
+        s.stages |= Stage.VALIDATORS_DRAWN
         if ctx.prev is None or ctx.prev.step != ctx.step - 1:
             return []
         s.validators = select_validators(s.r, ctx.group, checkable_targets(
             contributors=ctx.prev.contributors, scalars_senders=ctx.prev.scalars), self.params.validators)
-        if self.peer_id not in s.validators or "checked" in s.flags:
+        if self.peer_id not in s.validators or Stage.CHECKED in s.stages:
             return []  # not a validator, or drawn only while judging, after this peer already reported
         s.role = "validator"
         return self._request_recalc()
@@ -619,7 +254,7 @@ class BtardPeer:
             self._reject(f"gradient for {request_id} has {g.numel()} values, expected {s.ctx.numel}")
             return []
         if request_id == f"own:{s.ctx.step}" and s.gradient is None:
-            g = self.hook_corrupt_gradient(g.clone(), s)
+            g = self.hook_corrupt_gradient(g.clone(), s.view())
             if not math.isfinite(float(g.sum())) and not bool(torch.isfinite(g).all()):
                 # never commit to NaN/inf ourselves: a numerically broken peer sits the step out
                 s.silent.add(self.peer_id)
@@ -629,7 +264,7 @@ class BtardPeer:
         elif request_id == f"validate:{s.ctx.step}" and s.recalc is None:
             s.recalc = g
             target = s.validators[self.peer_id]
-            reason = recalc_mismatch(g, s.ctx.prev, target, self.params.recalc_rtol)
+            reason = recalc_mismatch(g, s.ctx.prev, target, self.params.recalc_rtol, z=self._z_of(s.ctx.prev))
             s.validation_ok, s.validation_reason = reason is None, reason or ""
         elif request_id.startswith("verdict:"):
             digest = request_id.split(":", 1)[1]
@@ -795,6 +430,8 @@ class BtardPeer:
         if self._doomed(s):
             if s.role == "validator" and s.validation_ok is None and not s.validation_reason:
                 return "gradient"
+            if self._reveal_open(s):
+                return "mprng_reveal"
             if not self._all(s, "validation", s.ctx.group):
                 return "validation"
             return "verdict"
@@ -804,7 +441,7 @@ class BtardPeer:
             return "commit"
         if not self._all(s, "mprng_commit", s.mprng_members):
             return "mprng_commit"
-        if "aggregated" not in s.flags:
+        if Stage.AGGREGATED not in s.stages:
             return "parts"
         if not self._all(s, "agg_result", s.ctx.group):
             return "agg_result"
@@ -853,7 +490,7 @@ class BtardPeer:
                 actions += self._eliminate(p, f"part {s.index} of step {s.ctx.step} never arrived")
             if late:  # the step is doomed: report (listing the ELIMINATEs), then finish with the others
                 return actions + self._advance()
-            s.flags.add("parts_timeout")
+            s.stages |= Stage.PARTS_TIMEOUT
         elif phase == "aggregates":
             late = [j for j in range(s.n) if j not in s.aggregates and j not in s.aggregate_faulted]
             actions = []
@@ -895,35 +532,34 @@ class BtardPeer:
         elif phase == "agg_result":
             return self._finish("dropped", f"aggregators {[p[:8] for p in late]} never published a result")
         elif phase == "mprng_reveal":
-            s.mprng_failed = True
-            actions: list[Action] = []
-            for p in late:
-                if p == self.peer_id:
-                    continue  # our own reveal came too late: the others decide
-                digest = s.board[("mprng_commit", p)][2] if s.got("mprng_commit", p) else None
-                actions += self._direct_verdict(p, M.FaultKind.withheld_reveal, [digest] if digest else [],
-                                                "MPRNG reveal withheld past its deadline")
-            return actions + self._advance()
+            # A reveal missing at the close is silence, not a fault (a cut link looks the same; issue 13):
+            # the late peers are silent for the step (SILENCE_LIMIT consecutive silent steps ban) and r_t
+            # combines the reveals the board holds, in group order (btard_wire.board.mprng_output with the
+            # closed sender set). The step goes on: a withholder gains one bit, not a stalled step.
+            s.mprng_members = [p for p in s.mprng_members if p not in late]
+            s.stages |= Stage.REVEAL_CLOSED
+            if not s.mprng_members:
+                s.mprng_failed = True  # nobody revealed: no r_t, the public skip chain
         elif phase == "scalars":
             return self._finish("dropped", f"contributors {[p[:8] for p in late]} never published scalars")
         elif phase == "validation":
-            s.flags.add("validation_timeout")
+            s.stages |= Stage.VALIDATION_TIMEOUT
         return self._advance()
 
     # ------------------------------------------------------------------ hooks (attacks override one)
     def hook_gradient_request(self, request: ComputeGradient) -> ComputeGradient:
         return request
 
-    def hook_corrupt_gradient(self, gradient: torch.Tensor, s: _Step) -> torch.Tensor:
+    def hook_corrupt_gradient(self, gradient: torch.Tensor, s: StepView) -> torch.Tensor:
         return gradient
 
-    def hook_outgoing_part(self, to: str, part: int, data: bytes, s: _Step) -> SendPart | None:
-        return SendPart(to=to, part=part, data=data)
+    def hook_outgoing_part(self, to: str, part: int, data: bytes, s: StepView) -> SendTensor | None:
+        return SendTensor(kind="part", to=to, part=part, data=data)
 
-    def hook_outgoing_aggregate(self, to: str, part: int, data: bytes, s: _Step) -> SendAggregate | None:
-        return SendAggregate(to=to, part=part, data=data)
+    def hook_outgoing_aggregate(self, to: str, part: int, data: bytes, s: StepView) -> SendTensor | None:
+        return SendTensor(kind="aggregate", to=to, part=part, data=data)
 
-    def hook_aggregate(self, x: torch.Tensor, s: _Step) -> tuple[torch.Tensor, list[float]]:
+    def hook_aggregate(self, x: torch.Tensor, s: StepView) -> tuple[torch.Tensor, list[float]]:
         """CenteredClip of the received float32 parts, published as float32 with the exact (float64)
         distances to the published value. No float64 copy of the parts: the Gram pass falls back to
         float64 products only when float32 ones overflow (huge finite inputs), and the last pass builds
@@ -934,19 +570,19 @@ class BtardPeer:
                                       rtol=p.cc_stop_margin * p.fixed_point_rtol)
         return res.v, res.distances.tolist()
 
-    def hook_scalars(self, values: list[float], s: _Step) -> list[float]:
+    def hook_scalars(self, values: list[float], s: StepView) -> list[float]:
         return values
 
-    def hook_reveal(self, secret: bytes, s: _Step) -> bytes | None:
+    def hook_reveal(self, secret: bytes, s: StepView) -> bytes | None:
         return secret
 
-    def hook_extra_accusations(self, s: _Step) -> list[M.AccusePayload]:
+    def hook_extra_accusations(self, s: StepView) -> list[M.AccusePayload]:
         return []
 
-    def hook_outgoing_broadcast(self, envelope: Envelope, s: _Step) -> list[Envelope]:
+    def hook_outgoing_broadcast(self, envelope: Envelope, s: StepView) -> list[Envelope]:
         return [envelope]
 
-    def hook_hold_broadcast(self, envelope: Envelope, s: _Step) -> bool:
+    def hook_hold_broadcast(self, envelope: Envelope, s: StepView) -> bool:
         """True: the driver holds this broadcast back until the next deadline (a timing attacker; the
         in-memory transport honours it, an honest driver never asks)."""
         return False
@@ -986,8 +622,15 @@ class BtardPeer:
                                                 f"{missing[0][:16]}")
         return actions
 
+    def _reveal_open(self, s: StepState) -> bool:
+        """The MPRNG reveal phase is still open for this peer: it revealed (every aggregation result is
+        in) but neither every member's reveal nor the site's close has come. A doomed step waits for it
+        too, so every honest peer ends the step with the same r_t (the combined one, or the skip chain)."""
+        return (s.r is None and not s.mprng_failed and Stage.REVEALED in s.stages and Stage.REVEAL_CLOSED not in s.stages
+                and not self._all(s, "mprng_reveal", s.mprng_members))
+
     @staticmethod
-    def _doomed(s: _Step) -> bool:
+    def _doomed(s: StepState) -> bool:
         """The step cannot be applied any more (a fault is pending): skip to reports and verdicts.
 
         An accusation or ELIMINATE dooms it when this peer saw it before its own report (its report
@@ -997,7 +640,7 @@ class BtardPeer:
         return bool(s.early) or bool(s.listed) or s.mprng_failed or bool(s.faulted) or bool(s.aggregate_faulted) or s.direct_seen
 
     @staticmethod
-    def _all(s: _Step, phase: str, who: list[str]) -> bool:
+    def _all(s: StepState, phase: str, who: list[str]) -> bool:
         """Barrier: every peer of ``who`` has broadcast ``phase``. Peers silent at an earlier deadline
         are no longer in ``who`` (contributors, MPRNG members); only reports may be skipped by silence."""
         skip = s.silent if phase == "validation" else ()
@@ -1046,11 +689,11 @@ class BtardPeer:
                 senders.add(env.sender)  # our own counts once the board echoes it (on_broadcast)
         elif isinstance(payload, M.AccusePayload):
             s.accusations[digest] = (env, payload)
-            if "reported" not in s.flags:
+            if Stage.REPORTED not in s.stages:
                 s.early.add(digest)
         elif isinstance(payload, M.EliminatePayload):
             s.eliminates[digest] = (env, payload)
-            if "reported" not in s.flags:
+            if Stage.REPORTED not in s.stages:
                 s.early.add(digest)
         elif isinstance(payload, M.VerdictPayload):
             case = self._case_of(payload)
@@ -1069,7 +712,7 @@ class BtardPeer:
         """``crypto.sign_envelope`` plus the digest, from one canonical encoding of the body."""
         s = self._s
         unsigned = Envelope(v=PROTOCOL_VERSION, run=s.ctx.run, step=s.ctx.step, phase=phase,
-                            sender=self.peer_id, nonce=secrets.token_hex(16), payload=M.payload_dict(payload))
+                            sender=self.peer_id, nonce=self.nonce(), payload=M.payload_dict(payload))
         body = unsigned.signing_bytes()
         env = unsigned.model_copy(update={"signature": b64e(self.identity.sign(body))})
         return env, hashlib.sha256(body).hexdigest()
@@ -1080,7 +723,7 @@ class BtardPeer:
         self._s.last_digest = digest
         self._store(env, payload, digest)
         self.replay_guard.check_and_remember(env)
-        return [Broadcast(e) for e in self.hook_outgoing_broadcast(env, self._s)]
+        return [PostEnvelope(e) for e in self.hook_outgoing_broadcast(env, self._s.view())]
 
     def _accuse(self, accused: str, kind: M.FaultKind, reason: str, *, evidence: list[str] = (),
                 part: int | None = None, data: bytes | None = None, header: M.TensorHeader | None = None,
@@ -1136,8 +779,8 @@ class BtardPeer:
             return actions + self._advance_doomed()
 
         # 3. commit
-        if s.gradient is not None and "committed" not in s.flags and me in s.contributors:
-            s.flags.add("committed")
+        if s.gradient is not None and Stage.COMMITTED not in s.stages and me in s.contributors:
+            s.stages |= Stage.COMMITTED
             s.my_part_bytes = [tensor_to_bytes(s.gradient[a:b]) for a, b in s.bounds]
             actions += self._broadcast("commit", M.CommitPayload(hashes=[sha256_hex(d) for d in s.my_part_bytes]))
             s.received[me] = s.gradient[slice(*s.bounds[s.index])]
@@ -1145,11 +788,12 @@ class BtardPeer:
 
         # 4. scatter, after the barrier on every commitment
         commits_in = self._all(s, "commit", s.contributors)
-        if "committed" in s.flags and "scattered" not in s.flags and commits_in and me in s.contributors:
-            s.flags.add("scattered")
+        if Stage.COMMITTED in s.stages and Stage.SCATTERED not in s.stages and commits_in and me in s.contributors:
+            s.stages |= Stage.SCATTERED
+            view = s.view()
             for j, peer in enumerate(ctx.group):
                 if peer != me:
-                    out = self.hook_outgoing_part(peer, j, s.my_part_bytes[j], s)
+                    out = self.hook_outgoing_part(peer, j, s.my_part_bytes[j], view)
                     if out is not None:
                         actions.append(out)
 
@@ -1162,14 +806,14 @@ class BtardPeer:
                 actions += self._check_part(sender, part, data, header)
 
         # 5. aggregate my part (CenteredClip) and publish H(a_j), d_kj; all-gather a_j
-        if "aggregated" not in s.flags and commits_in and all(
+        if Stage.AGGREGATED not in s.stages and commits_in and all(
                 p in s.received or p in s.faulted for p in s.contributors):
-            s.flags.add("aggregated")
+            s.stages |= Stage.AGGREGATED
             used = [p for p in s.contributors if p in s.received]
             a0, a1 = s.bounds[s.index]
             if used:
                 x = torch.stack([s.received[p] for p in used])
-                a, dists = self.hook_aggregate(x, s)
+                a, dists = self.hook_aggregate(x, s.view())
             else:
                 a, dists = torch.zeros(a1 - a0), []
             a = a.to(torch.float32).contiguous()
@@ -1178,9 +822,10 @@ class BtardPeer:
             data = tensor_to_bytes(a)
             actions += self._broadcast("agg_result", M.AggResultPayload(
                 part=s.index, hash=sha256_hex(data), distances={p: float(d) for p, d in zip(used, dists)}))
+            view = s.view()
             for peer in ctx.group:
                 if peer != me:
-                    out = self.hook_outgoing_aggregate(peer, s.index, data, s)
+                    out = self.hook_outgoing_aggregate(peer, s.index, data, view)
                     if out is not None:
                         actions.append(out)
 
@@ -1193,22 +838,22 @@ class BtardPeer:
                 actions += self._check_aggregate(sender, part, data, header)
 
         # 6. MPRNG reveal once every aggregation result is fixed on the board
-        if ("revealed" not in s.flags and self._all(s, "agg_result", ctx.group)
+        if (Stage.REVEALED not in s.stages and self._all(s, "agg_result", ctx.group)
                 and self._all(s, "mprng_commit", s.mprng_members) and s.got("mprng_commit", me)):
-            s.flags.add("revealed")
-            value = self.hook_reveal(s.secret, s)
+            s.stages |= Stage.REVEALED
+            value = self.hook_reveal(s.secret, s.view())
             if value is not None:
                 actions += self._broadcast("mprng_reveal", M.MprngRevealPayload(value=value.hex()))
 
-        if s.r is None and not s.mprng_failed and "revealed" in s.flags and self._all(
+        if s.r is None and not s.mprng_failed and Stage.REVEALED in s.stages and self._all(
                 s, "mprng_reveal", s.mprng_members):
             actions += self._combine_randomness()
 
         # 7. scalars s_ij and my check of the declared d_ij
         have_all_aggregates = len(s.aggregates) == s.n
         if (s.r is not None and have_all_aggregates and s.gradient is not None
-                and "scalars" not in s.flags and "committed" in s.flags and me in s.contributors):
-            s.flags.add("scalars")
+                and Stage.SCALARS not in s.stages and Stage.COMMITTED in s.stages and me in s.contributors):
+            s.stages |= Stage.SCALARS
             actions += self._send_scalars()
 
         if self._doomed(s):
@@ -1217,15 +862,15 @@ class BtardPeer:
         # 7b/8. my checks: scalars of my part's contributors, the validation recalculation; then report
         scalars_done = s.mprng_failed or (s.r is not None and self._all(s, "scalars", s.contributors))
         validation_done = s.role != "validator" or s.validation_ok is not None or bool(s.validation_reason)
-        if ("checked" not in s.flags and scalars_done and validation_done and "aggregated" in s.flags
+        if (Stage.CHECKED not in s.stages and scalars_done and validation_done and Stage.AGGREGATED in s.stages
                 and (s.mprng_failed or have_all_aggregates)):
-            s.flags.add("checked")
+            s.stages |= Stage.CHECKED
             actions += self._checks_and_report()
 
         # fixed-point checks once everyone has reported (all accusations about parts are known)
-        if ("fixed_point" not in s.flags and "checked" in s.flags
+        if (Stage.FIXED_POINT not in s.stages and Stage.CHECKED in s.stages
                 and self._all(s, "validation", ctx.group) and self._reported_accusations_in()):
-            s.flags.add("fixed_point")
+            s.stages |= Stage.FIXED_POINT
             if not s.mprng_failed:
                 actions += self._fixed_point_checks()
 
@@ -1241,12 +886,12 @@ class BtardPeer:
                 sender, data, header = s.pending_aggregates.pop(part)
                 actions += self._check_aggregate(sender, part, data, header)
         validation_done = s.role != "validator" or s.validation_ok is not None or bool(s.validation_reason)
-        if "checked" not in s.flags and validation_done:
-            s.flags.add("checked")
+        if Stage.CHECKED not in s.stages and validation_done:
+            s.stages |= Stage.CHECKED
             actions += self._checks_and_report()
-        if ("fixed_point" not in s.flags and "checked" in s.flags and self._all(s, "validation", s.ctx.group)
+        if (Stage.FIXED_POINT not in s.stages and Stage.CHECKED in s.stages and self._all(s, "validation", s.ctx.group)
                 and self._reported_accusations_in()):
-            s.flags.add("fixed_point")
+            s.stages |= Stage.FIXED_POINT
         return actions + self._judge_and_finish()
 
     def _judge_and_finish(self) -> list[Action]:
@@ -1264,8 +909,8 @@ class BtardPeer:
             s.fetch_queue = []
 
         # finish when every case I voted on is resolved
-        if ("fixed_point" in s.flags and all(d in s.judged for d in deciding) and not s.judging
-                and all(self._resolved(case) for case in s.my_cases)):
+        if (Stage.FIXED_POINT in s.stages and all(d in s.judged for d in deciding) and not s.judging
+                and all(self._resolved(case) for case in s.my_cases) and not self._reveal_open(s)):
             actions += self._finish(None, "")
         return actions
 
@@ -1316,7 +961,7 @@ class BtardPeer:
             s.aggregate_faulted.add(part)
             return self._direct_verdict(sender, M.FaultKind.bad_broadcast, [rdigest],
                                         f"aggregator of part {part} published a result for part {res.part}")
-        digest, tensor, error = _shared_decode(data, s.bounds[part][1] - s.bounds[part][0])
+        digest, tensor, error = self.memo.decode(data, s.bounds[part][1] - s.bounds[part][0])
         if digest == res.hash:
             try:
                 if error is not None:
@@ -1356,7 +1001,7 @@ class BtardPeer:
 
     def _send_scalars(self) -> list[Action]:
         s = self._s
-        z = projection(s.r, s.ctx.numel)
+        z = self.memo.projection(s.r, s.ctx.numel)
         values, dists = per_part_scalars_and_distances(z, s.gradient, [s.aggregates[j] for j in range(s.n)], s.n)
         actions: list[Action] = []
         for j, agg in enumerate(s.ctx.group):
@@ -1370,7 +1015,7 @@ class BtardPeer:
                                         f"d for part {j} declared {declared}, computed {d:.9g}",
                                         evidence=[s.board[("commit", self.peer_id)][2], res_entry[2]],
                                         part=j, data=s.my_part_bytes[j])
-        values = self.hook_scalars(values, s)
+        values = self.hook_scalars(values, s.view())
         return actions + self._broadcast("scalars", M.ScalarsPayload(values=values))
 
     def _part_accused_by(self, aggregator: str) -> bool:
@@ -1383,7 +1028,7 @@ class BtardPeer:
         actions: list[Action] = []
         me = self.peer_id
         if s.r is not None and s.my_aggregate is not None:
-            z = projection(s.r, s.ctx.numel)
+            z = self.memo.projection(s.r, s.ctx.numel)
             a0, a1 = s.bounds[s.index]
             zj = z[a0:a1]
             ks = []
@@ -1415,7 +1060,7 @@ class BtardPeer:
             actions += self._accuse(target, M.FaultKind.recalc,
                                     f"recalculation of step {prev.step} failed: {s.validation_reason}",
                                     evidence=ev, target_step=prev.step)
-        for acc in self.hook_extra_accusations(s):
+        for acc in self.hook_extra_accusations(s.view()):
             actions += self._broadcast("accuse", acc)
             s.my_accusations.append(s.last_digest)
             s.early.add(s.last_digest)
@@ -1423,7 +1068,7 @@ class BtardPeer:
         # the report fixes which accusations and ELIMINATEs decide the step (finding 6): this peer's own
         # and every other one it saw before reporting; later ones count only if another report lists them
         listed = list(dict.fromkeys(s.my_accusations + sorted(s.early - set(s.my_accusations))))
-        s.flags.add("reported")
+        s.stages |= Stage.REPORTED
         actions += self._broadcast("validation", M.ValidationPayload(
             target=target, target_step=prev_step, ok=s.validation_ok if target else None,
             accusations=listed[:64], silent=sorted(s.silent)))
@@ -1463,8 +1108,8 @@ class BtardPeer:
         # scalars, H(a_j) fixes a_j), so in-process peers share one computation (the simulator).
         key = (tuple(s.board[("agg_result", s.ctx.group[j])][2] for j in parts),
                tuple(s.board[("scalars", k)][2] for k in contributors), tuple(parts), p)
-        cached = _FIXED_POINT_CACHE.get(key)
-        if cached is None:
+
+        def compute() -> tuple[torch.Tensor, torch.Tensor]:
             dists = [s.payload("agg_result", s.ctx.group[j]).distances for j in parts]
             d = torch.tensor([[dj[k] for dj in dists] for k in contributors], dtype=torch.float64)  # [c, parts]
             sv = torch.tensor([s.payload("scalars", k).values for k in contributors], dtype=torch.float64)[:, parts]
@@ -1473,15 +1118,15 @@ class BtardPeer:
             totals = (w * sv).sum(dim=0)
             tol = p.fixed_point_sigmas * (len(contributors) * p.cc_eps
                                           + p.fixed_point_rtol * (w * (d + a_norm[None, :])).sum(dim=0))
-            if len(_FIXED_POINT_CACHE) > 64:
-                _FIXED_POINT_CACHE.clear()
-            _FIXED_POINT_CACHE[key] = cached = (totals, tol)
+            return totals, tol
+
+        cached = self.memo.fixed_point(key, compute)
         totals, tol = cached
         s.fixed_point_margin = float((totals.abs() / tol).max())
         failed = torch.nonzero(~(totals.abs() <= tol)).flatten().tolist()
         if not failed and not actions and parts == list(range(s.n)) and not s.bound_failed:
             # invariant 1: the step may be applied only once this check ran over every part and passed
-            s.flags.add("fixed_point_passed")
+            s.stages |= Stage.FIXED_POINT_PASSED
         for i in failed:
             j = parts[i]
             agg = s.ctx.group[j]
@@ -1559,7 +1204,7 @@ class BtardPeer:
             return []
         s.judging.discard(digest)
         env, acc = s.accusations[digest]
-        reason = recalc_mismatch(g, s.ctx.prev, acc.accused, self.params.recalc_rtol)
+        reason = recalc_mismatch(g, s.ctx.prev, acc.accused, self.params.recalc_rtol, z=self._z_of(s.ctx.prev))
         if reason is not None:
             return self._verdict(digest, acc.accused, f"recalculation confirms: {reason}")
         return self._verdict(digest, env.sender, "recalculation matches the target's claims")
@@ -1629,7 +1274,7 @@ class BtardPeer:
                 return False, "the accusation names no scalars of the accused"
             g = self._part_tensor(accused, part, data)
             a0, a1 = s.bounds[part]
-            zj = projection(s.r, s.ctx.numel)[a0:a1]
+            zj = self.memo.projection(s.r, s.ctx.numel)[a0:a1]
             sc = scalars.values
             if len(sc) != s.n:
                 return True, "scalars of the wrong length"
@@ -1701,7 +1346,7 @@ class BtardPeer:
         eliminations = [(env.sender, e.target) for d, (env, e) in s.eliminates.items()
                         if d in s.listed or d in s.early]
         complete = (s.r is not None and len(s.aggregates) == s.n and not eliminations and not s.listed
-                    and "aggregated" in s.flags and "fixed_point_passed" in s.flags
+                    and Stage.AGGREGATED in s.stages and Stage.FIXED_POINT_PASSED in s.stages
                     and self._reported_accusations_in())
         if outcome is None:
             if eliminations and not bans:
@@ -1738,33 +1383,13 @@ class BtardPeer:
         s.result = StepResult(step=s.ctx.step, outcome=outcome, update=update, bans=bans,
                               eliminations=list(dict.fromkeys(eliminations)), silent=sorted(s.silent),
                               r=r, record=record, reason=reason, role=s.role,
-                              contributed="committed" in s.flags and self.peer_id in s.contributors)
+                              contributed=Stage.COMMITTED in s.stages and self.peer_id in s.contributors)
         self.results.append(s.result)
         return [Finish(s.result)]
 
 
-_DECODED: dict[int, tuple[bytes, int, str, torch.Tensor | None, ProtocolError | None]] = {}
-
-
-def _shared_decode(data: bytes, numel: int) -> tuple[str, torch.Tensor | None, ProtocolError | None]:
-    """Hash and decode an all-gathered aggregate once per bytes object (every receiver in one process
-    gets the same immutable object; the entry holds it, so its id cannot be reused). The tensor is
-    shared read-only."""
-    hit = _DECODED.get(id(data))
-    if hit is not None and hit[0] is data and hit[1] == numel:
-        return hit[2], hit[3], hit[4]
-    digest = sha256_hex(data)
-    try:
-        tensor, error = decode_tensor(data, numel), None
-    except ProtocolError as exc:
-        tensor, error = None, exc
-    if len(_DECODED) > 4096:
-        _DECODED.clear()
-    _DECODED[id(data)] = (data, numel, digest, tensor, error)
-    return digest, tensor, error
-
-
-_FIXED_POINT_CACHE: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+def _random_nonce() -> str:
+    return secrets.token_hex(16)
 
 
 class _Equivocation(ProtocolError):

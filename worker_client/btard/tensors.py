@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import math
+import sys
 
 import numpy as np
 import torch
@@ -22,9 +24,13 @@ def bytes_to_tensor(data: bytes, *, expected_numel: int) -> torch.Tensor:
     if len(data) != 4 * expected_numel:
         raise ProtocolError(f"tensor has {len(data)} bytes, expected {4 * expected_numel} "
                             f"({expected_numel} float32 values)")
-    arr = np.frombuffer(data, dtype="<f4").astype(np.float32, copy=True)
-    t = torch.from_numpy(arr)
-    if not torch.isfinite(t).all():
+    if sys.byteorder == "little" and expected_numel:
+        t = torch.frombuffer(bytearray(data), dtype=torch.float32)
+    else:  # pragma: no cover - the wire format is little-endian
+        t = torch.from_numpy(np.frombuffer(data, dtype="<f4").astype(np.float32, copy=True))
+    # one reduction; the elementwise test only when the sum is not finite (a huge finite tensor can
+    # overflow the sum too)
+    if not math.isfinite(float(t.sum())) and not bool(torch.isfinite(t).all()):
         raise ProtocolError("tensor contains NaN or inf")
     return t
 

@@ -14,18 +14,21 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 import torch
 
 from btard_wire import BOARD_PHASES, BROADCAST_PHASES
 from btard_wire import board as rules
-from btard_wire.envelope import Envelope, ReplayGuard
+from btard_wire.envelope import Envelope, Identity, ReplayGuard
 from btard_wire.errors import ProtocolError
 from btard_wire.payloads import AccusePayload, EliminatePayload, ValidationPayload, VerdictPayload
 
 from ..btard import protocol as P
+from ..btard.attacks import Collusion, make_peer
+from ..btard.memo import Memo
+from ..drive.dispatch import carry_out
 
 GradientFn = Callable[[list[tuple[str, P.ComputeGradient]]], list[torch.Tensor]]
 
@@ -128,7 +131,8 @@ class BulletinBoard:
                                           scalars_senders=prev.get("scalars", ()))
         return rules.validator_assignment(run=self.run, step=self.step, group=self.group,
                                           commitments=self._mprng["mprng_commit"],
-                                          reveals=self._mprng["mprng_reveal"], prev_contributors=targets, m=m)
+                                          reveals=self._mprng["mprng_reveal"], prev_contributors=targets, m=m,
+                                          revealed=self.closed.get("mprng_reveal"))
 
     def post(self, connection: str, envelope: Envelope) -> bool:
         """A broadcast posted by the peer on ``connection``; True when stored and to be relayed."""
@@ -217,6 +221,64 @@ class BulletinBoard:
                                            reason=f"missed deadlines in {self.silence[p]} consecutive steps")
 
 
+def seeded_bytes(seed: int) -> Callable[[int], bytes]:
+    """A reproducible ``entropy`` source (``k -> k bytes``) for simulated peers (never for real keys)."""
+    rng = random.Random(seed)
+    return lambda k: rng.getrandbits(8 * k).to_bytes(k, "little")
+
+
+def seeded_nonces(seed: int) -> Callable[[], str]:
+    """A reproducible envelope ``nonce`` source for simulated peers: a simulated run is then the same
+    byte for byte (every envelope, every digest) for the same seed."""
+    rng = random.Random(f"btard-nonce:{seed}")
+    return lambda: rng.getrandbits(128).to_bytes(16, "little").hex()
+
+
+def build_peers(identities: list[Identity], params: P.ProtocolParams, *, byzantine: Collection[str] = (),
+                attack: str | None = None, collusion: Collusion | None = None,
+                entropy: Callable[[int], bytes] | None = None, nonce: Callable[[], str] | None = None,
+                verifier: P.EnvelopeVerifier | None = None, memo: Memo | None = None,
+                attack_params: dict | None = None) -> dict[str, P.BtardPeer]:
+    """One peer per identity, honest or running ``attack`` (those in ``byzantine``, in ``collusion``),
+    all sharing ``entropy``, ``nonce``, ``verifier`` and ``memo`` when given (one process)."""
+    shared = {"entropy": entropy, "verifier": verifier, "nonce": nonce, "memo": memo}
+    peers: dict[str, P.BtardPeer] = {}
+    for ident in identities:
+        if ident.peer_id in byzantine and attack not in (None, "", "none"):
+            peers[ident.peer_id] = make_peer(attack, ident, params, collusion=collusion, **shared,
+                                             **(attack_params or {}))
+        else:
+            peers[ident.peer_id] = make_peer(None, ident, params, **shared)
+    return peers
+
+
+@dataclass
+class Swarm:
+    """What :func:`build_swarm` sets up: the peers, the board, the transport and what they share."""
+
+    peers: dict[str, P.BtardPeer]
+    board: BulletinBoard
+    memory: MemorySwarm
+    verifier: P.EnvelopeVerifier
+    memo: Memo
+
+
+def build_swarm(identities: list[Identity], params: P.ProtocolParams, gradient_fn: GradientFn, *, run: str,
+                byzantine: Collection[str] = (), attack: str | None = None, collusion: Collusion | None = None,
+                entropy: Callable[[int], bytes] | None = None, nonce: Callable[[], str] | None = None,
+                attack_params: dict | None = None, **swarm_options) -> Swarm:
+    """The in-memory swarm the simulator, the protocol tests and the benchmarks run: peers from
+    :func:`build_peers` sharing one verifier and one :class:`Memo`, a :class:`BulletinBoard` of every
+    identity, a :class:`MemorySwarm` over them (``swarm_options``: its keyword arguments)."""
+    verifier, memo = P.EnvelopeVerifier(), Memo()
+    peers = build_peers(identities, params, byzantine=byzantine, attack=attack, collusion=collusion,
+                        entropy=entropy, nonce=nonce, verifier=verifier, memo=memo, attack_params=attack_params)
+    keys = {i.peer_id: i.public_key_b64 for i in identities}
+    board = BulletinBoard(run=run, public_keys=keys, members=[i.peer_id for i in identities], verifier=verifier)
+    memory = MemorySwarm(peers, board, gradient_fn, **swarm_options)
+    return Swarm(peers=peers, board=board, memory=memory, verifier=verifier, memo=memo)
+
+
 class MemorySwarm:
     """Runs steps of a group of peers to completion, in one process, with no clock and no threads."""
 
@@ -277,36 +339,47 @@ class MemorySwarm:
                     if q != sender or self.site_closes:
                         queue.append((q, "on_broadcast", (envelope,)))
 
+        class Link:
+            """One peer's transport for this step (:class:`worker_client.drive.dispatch.Transport`)."""
+
+            def __init__(self, sender: str):
+                self.sender = sender
+
+            def post(self, envelope: Envelope) -> None:
+                sender = self.sender
+                peer = self_.peers[sender]
+                if ((self_.late is not None and self_.late(sender, envelope))
+                        or (peer.byzantine and peer.view() is not None and peer.hook_hold_broadcast(envelope, peer.view()))):
+                    held.append((sender, envelope))
+                else:
+                    post(sender, envelope)
+
+            def send_tensor(self, a: P.SendTensor) -> None:
+                if a.to in contexts:
+                    self_.bytes_sent += len(a.data)
+                    queue.append((a.to, "on_" + a.kind, (self.sender, a.part, a.data, a.header)))
+
+            def fetch(self, a: P.FetchTensor) -> None:
+                # content-addressed fetch of evidence: the first holder that serves a copy
+                for holder in a.holders:
+                    if holder in contexts and holder != self.sender and self_.serve_evidence:
+                        data = call(holder, "serve_tensor", a.sha256, a.step)
+                        if isinstance(data, bytes) and data:
+                            self_.bytes_sent += len(data)
+                            queue.append((self.sender, "on_tensor", (a.sha256, data, a.step)))
+                            break
+
+            def compute(self, a: P.ComputeGradient) -> None:
+                compute.append((self.sender, a))
+
+            def finish(self, result: P.StepResult) -> None:
+                results[self.sender] = result
+
+        self_ = self
+        links = {p: Link(p) for p in group}
+
         def handle(sender: str, actions: list[P.Action]) -> None:
-            for a in actions:
-                if isinstance(a, P.Broadcast):
-                    peer = self.peers[sender]
-                    if ((self.late is not None and self.late(sender, a.envelope))
-                            or (peer.byzantine and peer._s is not None and peer.hook_hold_broadcast(a.envelope, peer._s))):
-                        held.append((sender, a.envelope))
-                    else:
-                        post(sender, a.envelope)
-                elif isinstance(a, P.SendPart):
-                    if a.to in contexts:
-                        self.bytes_sent += len(a.data)
-                        queue.append((a.to, "on_part", (sender, a.part, a.data, a.header)))
-                elif isinstance(a, P.SendAggregate):
-                    if a.to in contexts:
-                        self.bytes_sent += len(a.data)
-                        queue.append((a.to, "on_aggregate", (sender, a.part, a.data, a.header)))
-                elif isinstance(a, P.FetchTensor):
-                    # content-addressed fetch of evidence: the first holder that serves a copy
-                    for holder in a.holders:
-                        if holder in contexts and holder != sender and self.serve_evidence:
-                            data = call(holder, "serve_tensor", a.sha256, a.step)
-                            if isinstance(data, bytes) and data:
-                                self.bytes_sent += len(data)
-                                queue.append((sender, "on_tensor", (a.sha256, data, a.step)))
-                                break
-                elif isinstance(a, P.ComputeGradient):
-                    compute.append((sender, a))
-                elif isinstance(a, P.Finish):
-                    results[sender] = a.result
+            carry_out(actions, links[sender])
 
         def run_compute(first: bool) -> None:
             batch = list(compute)
@@ -354,6 +427,8 @@ class MemorySwarm:
                     if phase == earliest:
                         self.board.request_close(p, phase)
             else:
+                if earliest == "mprng_reveal":  # as the site does: a reveal after the deadline is refused, so
+                    self.board.close_phase(earliest)  # the board's r_t is the peers' (btard_wire.board.mprng_output)
                 for p, phase in waiting.items():
                     if phase == earliest:
                         handle(p, call(p, "on_deadline", phase))

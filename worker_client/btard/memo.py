@@ -1,0 +1,71 @@
+"""Computations that peers in one process may share: a :class:`Memo` the driver injects.
+
+The simulator (and the in-memory swarm builder) hands one :class:`Memo` to every peer it runs: they
+then hash and decode each all-gathered aggregate once, draw each step's projection ``z`` once and run
+each fixed-point check once. Every entry is a pure function of its key (content-addressed public data,
+or an immutable object the entry itself holds, so its ``id`` cannot be reused), so sharing cannot
+change what a peer computes. A peer given no memo keeps a private one (it still reuses its own ``z``
+within a step) and shares nothing: the core has no module-global state.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from btard_wire.errors import ProtocolError
+
+from .kernels import decode_tensor, sha256_hex
+from .mprng import projection
+
+
+class Memo:
+    """Bounded caches of pure computations (see the module docstring)."""
+
+    def __init__(self, *, decoded: int = 4096, fixed_point: int = 64, projections: int = 4):
+        self._decoded: dict[int, tuple[bytes, int, str, torch.Tensor | None, ProtocolError | None]] = {}
+        self._fixed_point: dict[tuple, Any] = {}
+        self._z: OrderedDict[tuple[bytes, int], torch.Tensor] = OrderedDict()
+        self._limits = (decoded, fixed_point, projections)
+
+    def decode(self, data: bytes, numel: int) -> tuple[str, torch.Tensor | None, ProtocolError | None]:
+        """``(sha256, tensor or None, error or None)`` of raw float32 ``data``, once per bytes object
+        (every receiver in one process gets the same immutable object). The tensor is shared read-only."""
+        hit = self._decoded.get(id(data))
+        if hit is not None and hit[0] is data and hit[1] == numel:
+            return hit[2], hit[3], hit[4]
+        digest = sha256_hex(data)
+        try:
+            tensor, error = decode_tensor(data, numel), None
+        except ProtocolError as exc:
+            tensor, error = None, exc
+        if len(self._decoded) > self._limits[0]:
+            self._decoded.clear()
+        self._decoded[id(data)] = (data, numel, digest, tensor, error)
+        return digest, tensor, error
+
+    def fixed_point(self, key: tuple, compute: Callable[[], Any]) -> Any:
+        """``compute()`` once per ``key`` (a tuple of envelope digests and parameters)."""
+        hit = self._fixed_point.get(key)
+        if hit is None:
+            hit = compute()
+            if len(self._fixed_point) > self._limits[1]:
+                self._fixed_point.clear()
+            self._fixed_point[key] = hit
+        return hit
+
+    def projection(self, r: bytes, numel: int) -> torch.Tensor:
+        """:func:`.mprng.projection` of ``(r, numel)``, kept for the last few keys. Shared: callers must
+        not modify it."""
+        key = (r, numel)
+        z = self._z.get(key)
+        if z is None:
+            z = self._z[key] = projection(r, numel)
+            while len(self._z) > self._limits[2]:
+                self._z.popitem(last=False)
+        else:
+            self._z.move_to_end(key)
+        return z

@@ -1,0 +1,281 @@
+"""The protocol core's state: parameters, a step's context, record and result, and a peer's step state.
+
+:class:`StepState` is the private, mutable state a :class:`~.protocol.BtardPeer` keeps for one step;
+:class:`StepView` is the read-only view of it that behaviours' ``hook_*`` methods receive. The progress
+of a step is a set of :class:`Stage` flags (an enum: a misspelt stage is an AttributeError).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from btard_wire import payloads as M
+from btard_wire.envelope import Envelope
+
+if TYPE_CHECKING:
+    from .actions import FetchTensor
+
+
+@dataclass(frozen=True)
+class ProtocolParams:
+    """Tunable constants of the protocol. Defaults follow the spec's calibration (mnist5k-mlp, 16 peers).
+
+    ``tau`` acts per part (spec "Calibration"). Tolerances are relative **(ours)**: ``exact_rtol`` for
+    values two peers compute from the same float32 data (s, d), ``recalc_rtol`` for a gradient
+    recomputed by another peer (different kernels are allowed to differ this much),
+    ``fixed_point_rtol`` for the CenteredClip fixed-point test along z.
+    """
+
+    tau: float = 1.0
+    cc_eps: float = 1e-6
+    # CenteredClip runs to the tolerance the fixed-point check uses (IRLS steps: microseconds each in
+    # Gram space), so an honest aggregator never stops short of it for any tau; the cap only bounds
+    # a pathological input (security review, finding 13)
+    cc_max_iters: int = 20_000
+    cc_init: str = "medoid"
+    cc_method: str = "irls"
+    # the aggregator stops at this fraction of the check's relative tolerance (fixed_point_rtol)
+    cc_stop_margin: float = 0.1
+    validators: int = 2
+    # > 0: the samples one step averages over, split evenly across the step's group (each peer computes
+    # ceil(global_batch / group size)), so banning or losing peers does not shrink the step's batch, as
+    # with hivemind's target batch size. 0: every peer uses the driver's own batch size.
+    global_batch: int = 0
+    exact_rtol: float = 1e-6
+    recalc_rtol: float = 3e-5  # ~6x the largest honest error measured (docs/protocol.md, "Recomputation error")
+    # True (the networked worker): this peer's own broadcast of a board phase counts towards that phase's
+    # barrier only once the board sent it back (stored). A message that reaches the site after the site
+    # closed the phase is refused, so the peer never goes on believing it posted in time (ours).
+    board_echo: bool = False
+    fixed_point_rtol: float = 1e-5
+    fixed_point_sigmas: float = 8.0
+    # invariant 3 (security review, finding 2): every aggregate a_j lies within ``aggregate_bound`` times
+    # the previous step's honest spread of a majority of the contributors; else the step is dropped
+    # (no ban: a bound, not a proof). 0 turns the check off.
+    aggregate_bound: float = 4.0
+    aggregate_bound_spread: float = 4.0  # a part's own reference counts up to this many times the median
+
+    def __post_init__(self) -> None:
+        if isinstance(self.global_batch, bool) or not isinstance(self.global_batch, int) or self.global_batch < 0:
+            raise ValueError(f"global_batch must be a whole number of samples >= 0 (0: off), "
+                             f"not {self.global_batch!r}")
+
+
+@dataclass
+class StepRecord:
+    """The public facts of a finished step that validation at the next step needs (Sec. 3.3)."""
+
+    run: str
+    step: int
+    r: bytes
+    model_ref: Any
+    numel: int
+    group: list[str]
+    contributors: list[str]
+    seeds: dict[str, int]
+    aggregate: torch.Tensor                   # concat(a_1..a_n), float32
+    scalars: dict[str, list[float]]           # contributor -> s_kj for all j
+    distances: dict[int, dict[str, float]]    # part -> contributor -> d_kj
+    digests: dict[tuple[str, str], str]       # (phase, sender) -> envelope digest (evidence)
+    # the honest spread the next step's aggregate bound is measured against (invariant 3): per part
+    # ``(lo, hi, rho)``, rho the majority-th smallest distance to the aggregate per sqrt(value); empty
+    # when unknown
+    scales: list[tuple[int, int, float]] = field(default_factory=list)
+
+
+@dataclass
+class StepContext:
+    """What the driver tells a peer at the start of step ``step`` (fixed by the site at the boundary).
+
+    ``group`` is ordered; peer ``group[j]`` aggregates part j. ``r_prev`` is ``r_{t-1}`` (see
+    :mod:`.mprng`). ``prev`` is this peer's :class:`StepRecord` of step t-1 (None: nothing to
+    validate). ``validators`` may be fixed by the driver (tests, benchmarks); by default they are drawn
+    from this step's ``r_t`` once it is revealed (Sec. 3.3).
+    ``model_ref`` is an opaque token the driver maps back to the model state of this step.
+    """
+
+    run: str
+    step: int
+    group: list[str]
+    public_keys: dict[str, str]
+    r_prev: bytes
+    numel: int
+    model_ref: Any = None
+    prev: StepRecord | None = None
+    validators: dict[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class Ban:
+    peer: str
+    kind: str
+    reason: str
+    evidence: list[str]
+    accuser: str | None = None
+
+
+@dataclass
+class StepResult:
+    """The end of a step as this peer saw it (the driver reports it to the site)."""
+
+    step: int
+    outcome: str                              # "applied" or "dropped"
+    update: torch.Tensor | None               # concat(a_j) when applied
+    bans: list[Ban]
+    eliminations: list[tuple[str, str]]       # (eliminator, target)
+    silent: list[str]
+    r: bytes                                  # r_t (or the public skip chain when MPRNG failed)
+    record: StepRecord | None
+    reason: str = ""
+    role: str = "contributor"
+    contributed: bool = False                 # this peer's gradient was aggregated (validators too)
+
+
+class Stage(enum.Flag):
+    """The stages a step has passed (``StepState.stages``); each guards one stage of ``_advance``."""
+
+    NONE = 0
+    VALIDATORS_DRAWN = enum.auto()    # validators and targets drawn from r_t
+    COMMITTED = enum.auto()           # own commitment broadcast (3)
+    SCATTERED = enum.auto()           # own parts sent (4)
+    AGGREGATED = enum.auto()          # own part aggregated, H(a_j) published (5)
+    REVEALED = enum.auto()            # own MPRNG reveal broadcast (6)
+    REVEAL_CLOSED = enum.auto()       # the board closed the reveal phase (late revealers left out)
+    SCALARS = enum.auto()             # own scalars broadcast (7)
+    CHECKED = enum.auto()             # own checks run, validation report posted (8)
+    REPORTED = enum.auto()            # the report is signed: later accusations are not "early"
+    FIXED_POINT = enum.auto()         # fixed-point checks done (or skipped) after every report
+    FIXED_POINT_PASSED = enum.auto()  # ... and passed over every part (invariant 1)
+    PARTS_TIMEOUT = enum.auto()       # the parts deadline passed with nothing missing
+    VALIDATION_TIMEOUT = enum.auto()  # the board closed the validation phase with reports missing
+
+
+@dataclass
+class StepState:
+    """A peer's private state of one step (mutated only by :class:`~.protocol.BtardPeer`)."""
+
+    ctx: StepContext
+    n: int
+    index: int
+    bounds: list[tuple[int, int]]
+    validators: dict[str, str]
+    contributors: list[str]
+    mprng_members: list[str]
+    role: str
+    secret: bytes
+    majority: int
+    board: dict[tuple[str, str], tuple[Envelope, Any, str]] = field(default_factory=dict)
+    evidence: dict[str, Envelope] = field(default_factory=dict)
+    accusations: dict[str, tuple[Envelope, M.AccusePayload]] = field(default_factory=dict)
+    judged: dict[str, str] = field(default_factory=dict)          # accusation digest -> guilty
+    judging: set[str] = field(default_factory=set)                # waiting for a recomputation
+    verdicts: dict[str, dict[str, str]] = field(default_factory=dict)   # case -> signer -> guilty
+    guilty_votes: dict[str, dict[str, tuple[Envelope, M.VerdictPayload]]] = field(default_factory=dict)
+    my_cases: set[str] = field(default_factory=set)
+    my_accusations: list[str] = field(default_factory=list)
+    # What decides the step (finding 6): the accusations and ELIMINATEs that the step's validation
+    # reports list. ``eliminates``: ELIMINATE broadcasts by digest; ``early``: accuse/eliminate digests
+    # this peer saw before its own report (its report lists them); ``listed``: the union of the
+    # digests listed in the reports this peer holds (the closed set of reports fixes it for everyone).
+    eliminates: dict[str, tuple[Envelope, M.EliminatePayload]] = field(default_factory=dict)
+    early: set[str] = field(default_factory=set)
+    listed: set[str] = field(default_factory=set)
+    silent: set[str] = field(default_factory=set)
+    gradient: torch.Tensor | None = None
+    my_part_bytes: list[bytes] = field(default_factory=list)
+    received: dict[str, torch.Tensor] = field(default_factory=dict)     # contributor -> my part
+    received_bytes: dict[str, bytes] = field(default_factory=dict)
+    faulted: set[str] = field(default_factory=set)
+    pending_parts: dict[str, tuple[int, bytes, M.TensorHeader | None]] = field(default_factory=dict)
+    aggregates: dict[int, torch.Tensor] = field(default_factory=dict)
+    pending_aggregates: dict[int, tuple[str, bytes, M.TensorHeader | None]] = field(default_factory=dict)
+    fetched: dict[str, bytes] = field(default_factory=dict)       # evidence tensors fetched by hash
+    fetch_requested: set[str] = field(default_factory=set)
+    fetch_queue: list[FetchTensor] = field(default_factory=list)
+    aggregate_faulted: set[int] = field(default_factory=set)
+    my_aggregate: torch.Tensor | None = None
+    r: bytes | None = None
+    mprng_failed: bool = False
+    recalc: torch.Tensor | None = None
+    validation_ok: bool | None = None
+    validation_reason: str = ""
+    stages: Stage = Stage.NONE
+    result: StepResult | None = None
+    fatal: str = ""
+    last_digest: str = ""
+    senders: dict[str, set] = field(default_factory=dict)
+    barriers: set = field(default_factory=set)
+    fixed_point_margin: float = 0.0
+    bound_failed: list[int] = field(default_factory=list)
+    scales: list[tuple[int, int, float]] = field(default_factory=list)
+    direct_seen: bool = False
+    members: frozenset = frozenset()
+
+    def got(self, phase: str, sender: str) -> bool:
+        return (phase, sender) in self.board
+
+    def payload(self, phase: str, sender: str) -> Any:
+        entry = self.board.get((phase, sender))
+        return entry[1] if entry else None
+
+    def view(self) -> StepView:
+        """The read-only view of this step that hooks receive."""
+        return StepView(ctx=self.ctx, index=self.index, role=self.role, bounds=tuple(self.bounds),
+                        validators=MappingProxyType(self.validators), contributors=tuple(self.contributors),
+                        mprng_members=tuple(self.mprng_members), secret=self.secret,
+                        gradient=self.gradient, r=self.r, my_aggregate=self.my_aggregate,
+                        my_part_bytes=tuple(self.my_part_bytes), received=MappingProxyType(self.received),
+                        board=MappingProxyType(self.board), _list_in_report=self.my_accusations.append)
+
+
+
+def _empty() -> Mapping:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True)
+class StepView:
+    """What a behaviour's ``hook_*`` method may read of the current step (a fresh view per call).
+
+    Read-only: the mappings are :class:`types.MappingProxyType`, the sequences tuples. Its one write,
+    :meth:`list_in_report`, names a digest in this peer's validation report (an honest peer lists its
+    own accusations itself; a Byzantine behaviour may list one it never broadcast)."""
+
+    ctx: Any                                   # StepContext (a driver outside a step may pass its own)
+    index: int
+    role: str
+    bounds: tuple[tuple[int, int], ...]
+    validators: Mapping[str, str] = field(default_factory=_empty)
+    contributors: tuple[str, ...] = ()
+    mprng_members: tuple[str, ...] = ()
+    secret: bytes = b""                        # this peer's own MPRNG secret of the step
+    gradient: torch.Tensor | None = None
+    r: bytes | None = None
+    my_aggregate: torch.Tensor | None = None
+    my_part_bytes: tuple[bytes, ...] = ()
+    received: Mapping[str, torch.Tensor] = field(default_factory=_empty)
+    board: Mapping[tuple[str, str], tuple[Envelope, Any, str]] = field(default_factory=_empty)
+    _list_in_report: Callable[[str], None] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def step(self) -> int:
+        return self.ctx.step
+
+    def got(self, phase: str, sender: str) -> bool:
+        return (phase, sender) in self.board
+
+    def payload(self, phase: str, sender: str) -> Any:
+        entry = self.board.get((phase, sender))
+        return entry[1] if entry else None
+
+    def list_in_report(self, digest: str) -> None:
+        """Name ``digest`` in this peer's validation report of the step."""
+        if self._list_in_report is None:
+            raise RuntimeError("this view belongs to no step")
+        self._list_in_report(digest)

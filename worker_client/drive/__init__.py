@@ -1,0 +1,1 @@
+"""What carries a protocol peer's :class:`~worker_client.btard.actions.Action` objects out."""
