@@ -42,7 +42,7 @@ class Ban(models.Model):
 
 class ModerationCase(models.Model):
     KINDS = [("eliminate", "ELIMINATE pair"), ("timeouts", "repeated timeouts"),
-             ("crash", "crash or abort (worker key banned)")]
+             ("crash", "crash or abort (worker key banned)"), ("escalated", "repeat eliminator")]
     STATUSES = [("open", "open"), ("banned", "ban confirmed"), ("cleared", "cleared")]
 
     run = models.ForeignKey("runs.Run", on_delete=models.CASCADE, related_name="cases")

@@ -72,3 +72,25 @@ def step_members(run, step: int) -> list[str]:
 
     record = StepRecord.objects.filter(run=run, step=step).first()
     return list(record.members) if record is not None else []
+
+
+def elimination_pairs(*, run, since_step: int = 0, until_step: int | None = None) -> list[tuple[str, str, int]]:
+    """The effective ELIMINATE pairs of ``run`` (``(eliminator, target, step)``, oldest first): the cases
+    whose ELIMINATE removed a pair, at steps ``since_step <= step < until_step``."""
+    cases = ModerationCase.objects.filter(run=run, kind="eliminate", step__gte=since_step).order_by("id")
+    if until_step is not None:
+        cases = cases.filter(step__lt=until_step)
+    out = []
+    for case in cases.only("evidence", "step"):
+        evidence = case.evidence or {}
+        env = evidence.get("eliminate") or {}
+        if evidence.get("removed_pair") and env.get("sender"):
+            out.append((env["sender"], (env.get("payload") or {}).get("target"), case.step))
+    return out
+
+
+def account_peer_ids(*, run, user_id) -> set[str]:
+    """Every worker key (peer id) the account ``user_id`` held in ``run``."""
+    from runs.models import Peer
+
+    return set(Peer.objects.filter(run=run, user_id=user_id).values_list("peer_id", flat=True))

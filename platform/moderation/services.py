@@ -19,7 +19,7 @@ from btard_wire import board as board_rules
 from btard_wire.payloads import EliminatePayload, VerdictPayload
 
 from .models import AuditLog, Ban, ModerationCase
-from .selectors import step_members, verdict_majority
+from .selectors import account_peer_ids, elimination_pairs, step_members, verdict_majority
 
 # Faults that a worker crashing mid-step produces as well as a cheater: the protocol must remove the key
 # (an aborted reveal could bias the shared randomness), but the account pays only when it keeps happening.
@@ -148,6 +148,40 @@ def consider_verdict(*, entry) -> Ban | None:
                                    "signers": len(agreeing), "group_size": group_size})
 
 
+def _epoch_bounds(run, step: int) -> tuple[int, int]:
+    size = max(1, run.epoch_steps)
+    start = (step // size) * size
+    return start, start + size
+
+
+def elimination_allowed(*, peer, step: int) -> bool:
+    """Whether one more ELIMINATE of ``peer``'s account at ``step`` is within the account's limit for the
+    epoch (btard_wire.board.elimination_rate_ok: counted per account, over all its keys in the run)."""
+    start, end = _epoch_bounds(peer.run, step)
+    keys = account_peer_ids(run=peer.run, user_id=peer.user_id)
+    effective = sum(1 for e, _, _ in elimination_pairs(run=peer.run, since_step=start, until_step=end) if e in keys)
+    return board_rules.elimination_rate_ok(effective_in_epoch=effective)
+
+
+def _escalate_eliminator(*, run, peer, step: int) -> ModerationCase | None:
+    """A repeat eliminator goes to staff automatically (btard_wire.board.escalated: the account's ELIMINATE
+    pairs of the run, as eliminator or target); one open escalation case per account and run."""
+    keys = account_peer_ids(run=run, user_id=peer.user_id)
+    pairs = [p for p in elimination_pairs(run=run) if p[0] in keys or p[1] in keys]
+    if not board_rules.escalated(pairs_in_run=len(pairs)):
+        return None
+    if ModerationCase.objects.filter(run=run, kind="escalated", status="open", peers__user_id=peer.user_id).exists():
+        return None
+    case = ModerationCase.objects.create(
+        run=run, kind="escalated", step=step,
+        summary=f"{peer.peer_id[:8]} ({peer.user.username}) took part in {len(pairs)} ELIMINATE pairs of this run "
+                f"(last at step {step}): repeat eliminators go to staff"[:300],
+        evidence={"pairs": [{"eliminator": e, "target": t, "step": s} for e, t, s in pairs]})
+    case.peers.set([peer])
+    emit(CaseOpened(case_id=case.id, run_id=run.id, kind="escalated", peer_ids=[peer.peer_id]))
+    return case
+
+
 @transaction.atomic
 def record_elimination(*, entry) -> ModerationCase:
     """ELIMINATE(sender, target): both sit out the rest of the epoch, both lose reputation, and the pair
@@ -180,6 +214,9 @@ def record_elimination(*, entry) -> ModerationCase:
                   "removed_pair": not already_out}, reputation_event_ids=rep_ids)
     case.peers.set(pair)
     emit(CaseOpened(case_id=case.id, run_id=run.id, kind="eliminate", peer_ids=[p.peer_id for p in pair]))
+    eliminator = next((p for p in pair if p.peer_id == entry.sender_peer_id), None)
+    if eliminator is not None and not already_out:
+        _escalate_eliminator(run=run, peer=eliminator, step=entry.step)
     return case
 
 

@@ -16,7 +16,7 @@ from live.events import (
     HousekeepingDone,
     PhaseClosed,
 )
-from moderation.services import consider_verdict, record_elimination
+from moderation.services import consider_verdict, elimination_allowed, record_elimination
 
 from btard_wire import BOARD_PHASES, BROADCAST_PHASES
 from btard_wire import board as board_rules
@@ -77,6 +77,10 @@ def _ban_equivocator(exc: Equivocation) -> None:
                             "envelopes": [exc.first, exc.second.model_dump(mode="json")]})
 
 
+def _peer_of(run: Run, peer_id: str) -> Peer:
+    return Peer.objects.select_related("run").get(run=run, peer_id=peer_id)
+
+
 def _check_decisive(run: Run, record: StepRecord, envelope: Envelope) -> None:
     """The board rules that fix what decides a step (btard_wire.board; the in-memory board applies the
     same): one message per single-message slot, no accusation or ELIMINATE once the sender reported or
@@ -110,6 +114,15 @@ def _check_decisive(run: Run, record: StepRecord, envelope: Envelope) -> None:
         if unlisted:
             raise Rejected("unlisted_own", f"the report leaves out {len(unlisted)} of the sender's own accusations "
                                            f"or ELIMINATEs at step {record.step}; it must list all of them")
+
+
+def _check_elimination_rate(run: Run, record: StepRecord, envelope: Envelope) -> None:
+    """ELIMINATE is free (no evidence), so it is rate-limited per account and epoch (finding 9)."""
+    if envelope.phase == "eliminate" and not elimination_allowed(peer=_peer_of(run, envelope.sender),
+                                                                   step=record.step):
+        raise Rejected("eliminate_limit", f"the account of {envelope.sender[:8]} already used its "
+                                          f"{board_rules.ELIMINATE_LIMIT} ELIMINATE(s) of this epoch; ELIMINATE "
+                                          f"is rate-limited per account and epoch")
 
 
 def _check_special_payload(envelope: Envelope, record: StepRecord) -> None:
@@ -174,6 +187,7 @@ def _accept_broadcast(*, peer: Peer, envelope: Envelope) -> BroadcastLog:
         raise Rejected("replay", f"replayed message (nonce {envelope.nonce[:8]}) from {envelope.sender[:8]}")
     _check_decisive(run, record, envelope)
     _check_sender_limits(run, record, envelope)
+    _check_elimination_rate(run, record, envelope)
     try:
         with transaction.atomic():
             entry = BroadcastLog.objects.create(run=run, step=envelope.step, phase=envelope.phase, sender=peer,

@@ -74,16 +74,28 @@ def _choose_members(run: Run, step: int) -> list[Peer]:
 def _end_exclusions_if_stalled(run: Run, step: int) -> bool:
     """An ELIMINATE benches a pair until its epoch ends, and epochs are counted in steps. When the benched
     peers are what keeps the run from reaching ``min_peers``, no step would ever run and the epoch would
-    never end: bring them back now (their reputation hit and the staff case stay). True if that makes the
-    group possible."""
+    never end: bring back as many as the group needs (their reputation hit and the staff case stay). Targets
+    come back first and an eliminator never does before its epoch ends (btard_wire.board.unbench), so
+    un-benching cannot be used to strike again; a benched peer of no recorded pair counts as a target. True
+    if that makes the group possible."""
+    from moderation.selectors import elimination_pairs
+
     online_active = run.peers.filter(role="active", online=True)
-    benched = list(online_active.filter(excluded_until_step__gt=step))
+    benched = {p.peer_id: p for p in online_active.filter(excluded_until_step__gt=step)}
     if not benched or online_active.count() < max(1, run.min_peers):
         return False
-    Peer.objects.filter(pk__in=[p.pk for p in benched]).update(excluded_until_step=None)
-    emit(ExclusionsEnded(run_id=run.id, step=step, peer_ids=sorted(p.peer_id for p in benched)))
+    needed = max(1, run.min_peers) - (online_active.count() - len(benched))
+    size = max(1, run.epoch_steps)
+    pairs = [(e, t) for e, t, _ in elimination_pairs(run=run, since_step=(step // size) * size)]
+    in_pairs = {p for pair in pairs for p in pair}
+    back = [p for p in board_rules.unbench(pairs=pairs, needed=len(pairs)) if p in benched][:needed]
+    back += [p for p in sorted(benched) if p not in in_pairs][: max(0, needed - len(back))]
+    if len(back) < needed:
+        return False
+    Peer.objects.filter(pk__in=[benched[p].pk for p in back]).update(excluded_until_step=None)
+    emit(ExclusionsEnded(run_id=run.id, step=step, peer_ids=sorted(back)))
     log.info("run %s step %s: ended the ELIMINATE exclusions of %d peers early (too few peers otherwise)",
-             run.id, step, len(benched))
+             run.id, step, len(back))
     return True
 
 
