@@ -208,12 +208,17 @@ def close_step(*, run: Run, force: bool = False, now=None) -> StepRecord | None:
     # the step's validators, as every peer drew them from r_t (empty when the step had no r_t)
     record.validators = step_validators(run=run, step=record.step)
     StepRecord.objects.filter(pk=record.pk).update(validators=record.validators)
-    missing = [pid for pid in record.members if pid not in reports]
+    # lateness is the late sender's (btard_wire.board.late_senders): a report stored after the step deadline
+    # is as missing as none
+    missing = board_rules.late_senders(
+        {pid: (r.created_at - record.started_at).total_seconds() for pid, r in reports.items()},
+        expected=record.members, opened_at=0.0, phase_timeout=(record.deadline - record.started_at).total_seconds())
+    missing = [pid for pid in record.members if pid in set(missing)]
     for pid in record.members:
         p = peers.get(pid)
         if p is None:
             continue
-        if pid in reports:
+        if pid not in missing:
             if p.missed_deadlines:
                 Peer.objects.filter(pk=p.pk).update(missed_deadlines=0)
             continue

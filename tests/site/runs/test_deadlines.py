@@ -10,28 +10,34 @@ from runs import services as runs
 from runs.deadlines import CAP, MIN_SAMPLES, PHASE_FACTOR, STEP_FACTOR, deadlines_from, effective_deadlines
 from runs.models import StepRecord
 
+from btard_wire.board import step_deadline
+
 from tests.factories import StepRecordFactory, make_peer
+
+SET_STEP = step_deadline(phase_timeout=30.0, step_timeout=120.0)  # the step deadline covers the phases
 
 
 def test_the_organisers_values_stand_until_enough_steps_have_finished():
     d = deadlines_from([50.0] * (MIN_SAMPLES - 1), phase_timeout=30.0, step_timeout=120.0)
-    assert (d.phase_timeout, d.step_timeout, d.measured_step, d.raised) == (30.0, 120.0, None, False)
+    assert (d.phase_timeout, d.step_timeout, d.measured_step, d.raised) == (30.0, SET_STEP, None, False)
 
 
 def test_a_fast_swarm_keeps_the_set_deadlines_as_floors():
     d = deadlines_from([1.0, 1.2, 0.9, 1.1, 1.0], phase_timeout=30.0, step_timeout=120.0)
-    assert (d.phase_timeout, d.step_timeout) == (30.0, 120.0) and d.measured_step == 1.0 and not d.raised
+    assert (d.phase_timeout, d.step_timeout) == (30.0, SET_STEP) and d.measured_step == 1.0 and not d.raised
 
 
 def test_a_slow_swarm_raises_both_deadlines_from_the_median_step():
     d = deadlines_from([40.0, 41.0, 39.0, 40.0, 400.0], phase_timeout=30.0, step_timeout=120.0)
     assert d.measured_step == 40.0  # one outlier does not move the median
-    assert d.phase_timeout == PHASE_FACTOR * 40.0 and d.step_timeout == STEP_FACTOR * 40.0 and d.raised
+    assert d.phase_timeout == PHASE_FACTOR * 40.0 and d.raised
+    assert d.step_timeout == step_deadline(phase_timeout=PHASE_FACTOR * 40.0, step_timeout=STEP_FACTOR * 40.0)
 
 
 def test_deadlines_are_capped_at_a_multiple_of_the_set_values():
     d = deadlines_from([10_000.0] * 6, phase_timeout=30.0, step_timeout=120.0)
-    assert (d.phase_timeout, d.step_timeout) == (CAP * 30.0, CAP * 120.0)
+    assert (d.phase_timeout, d.step_timeout) == (CAP * 30.0, step_deadline(phase_timeout=CAP * 30.0,
+                                                                          step_timeout=CAP * SET_STEP))
 
 
 def _finished_steps(run, seconds: float, n: int, *, late: bool = False):
@@ -64,6 +70,7 @@ def test_a_new_group_carries_the_raised_deadlines_and_the_dashboard_shows_them(r
     formed = events()[-1]
     assert formed.type == "group_formed"
     assert formed.group.deadlines["phase_timeout"] == pytest.approx(PHASE_FACTOR * 50.0)
-    assert (record.deadline - now).total_seconds() == pytest.approx(STEP_FACTOR * 50.0)
+    assert (record.deadline - now).total_seconds() == pytest.approx(
+        step_deadline(phase_timeout=PHASE_FACTOR * 50.0, step_timeout=STEP_FACTOR * 50.0))
     html = client.get(f"/runs/{run.pk}/", HTTP_HX_REQUEST="true").content.decode()
     assert "phase timeout 100.0 s" in html and "raised from the set" in html
