@@ -23,17 +23,21 @@ from .selectors import account_peer_ids, elimination_pairs, step_members, verdic
 
 # Faults that a worker crashing mid-step produces as well as a cheater: the protocol must remove the key
 # (an aborted reveal could bias the shared randomness), but the account pays only when it keeps happening.
-KEY_ONLY_KINDS = frozenset({"withheld_reveal", "silence"})
-KEY_BANS_BEFORE_ACCOUNT = 2
+KEY_ONLY_KINDS = board_rules.KEY_ONLY_KINDS
+KEY_BANS_BEFORE_ACCOUNT = board_rules.KEY_BANS_BEFORE_ACCOUNT
 
 
-def ban_scope_for(*, user, evidence_kind: str) -> str:
-    """``"key"`` for a crash-like fault while the account has fewer than ``KEY_BANS_BEFORE_ACCOUNT`` active
-    key bans, else ``"account"``."""
-    if evidence_kind not in KEY_ONLY_KINDS or user is None:
-        return "account"
-    earlier = Ban.objects.filter(user=user, scope="key", lifted_at=None).count()
-    return "key" if earlier < KEY_BANS_BEFORE_ACCOUNT else "account"
+def ban_scope_for(*, user, evidence_kind: str, peer_id: str | None = None) -> str:
+    """The scope of a protocol ban (btard_wire.board.ban_scope): ``"key"`` for a crash-like fault while the
+    account held fewer than ``KEY_BANS_BEFORE_ACCOUNT`` active key bans *before* this one (a ban already on
+    ``peer_id`` is not counted, so deciding again cannot widen it), else ``"account"``."""
+    earlier = 0
+    if user is not None and evidence_kind in KEY_ONLY_KINDS:
+        bans = Ban.objects.filter(user=user, scope="key", lifted_at=None)
+        if peer_id is not None:
+            bans = bans.exclude(peer_id=peer_id)
+        earlier = bans.count()
+    return board_rules.ban_scope(kind=evidence_kind, earlier_key_bans=earlier, has_account=user is not None)
 
 
 def _require_staff(actor, reason: str) -> str:
@@ -105,7 +109,7 @@ def _open_crash_case(*, ban: Ban, peer) -> ModerationCase:
 
 def ban_for_fault(*, peer, reason: str, evidence_kind: str, evidence: dict, step: int | None) -> Ban:
     """A protocol ban (majority verdict or board silence), scoped by :func:`ban_scope_for`."""
-    scope = ban_scope_for(user=peer.user, evidence_kind=evidence_kind)
+    scope = ban_scope_for(user=peer.user, evidence_kind=evidence_kind, peer_id=peer.peer_id)
     already = Ban.objects.filter(peer_id=peer.peer_id, lifted_at=None).exists()
     ban = ban_peer(peer=peer, step=step, reason=reason, evidence_kind=evidence_kind, source="verdict",
                    evidence=evidence, scope=scope)
@@ -125,20 +129,22 @@ def consider_verdict(*, entry) -> Ban | None:
     # no count ever reaches the majority. The step's row: the lock order of accept_broadcast and close_step.
     StepRecord.objects.select_for_update().filter(run=entry.run, step=entry.step).first()
     signed, group_size = verdict_majority(run=entry.run, step=entry.step, guilty=payload.guilty)
-    signers = [env.get("sender") for env in signed]
-    if group_size == 0 or not board_rules.verdict_majority(signers, members=step_members(entry.run, entry.step)):
+    # counted per account, not per key: one account holding two keys of the step is one voice
+    members = step_members(entry.run, entry.step)
+    account = {pid: f"user:{uid}" for pid, uid in Peer.objects.filter(run=entry.run, peer_id__in=members)
+               .values_list("peer_id", "user_id")}
+    signers = [account.get(env.get("sender"), env.get("sender")) for env in signed]
+    accounts = [account.get(pid, pid) for pid in members]
+    if group_size == 0 or not board_rules.verdict_majority(signers, members=accounts):
         return None
     peer = Peer.objects.select_related("run", "user").filter(run=entry.run, peer_id=payload.guilty).first()
     if peer is None:
         return None
     # The majority decides the kind (hence the scope), and the public reason is the site's own text: the
     # verdict that completes the majority picks neither (F4; btard_wire.board.verdict_kind).
-    from btard_wire import board as wire_board
-    from runs.models import StepRecord
-
-    members = StepRecord.objects.filter(run=entry.run, step=entry.step).values_list("members", flat=True).first()
-    kinds = {env.get("sender"): (env.get("payload") or {}).get("kind") for env in signed}
-    kind = wire_board.verdict_kind(kinds, members=members or [])
+    kinds = {account.get(env.get("sender"), env.get("sender")): (env.get("payload") or {}).get("kind")
+             for env in signed}
+    kind = board_rules.verdict_kind(kinds, members=accounts)
     if kind is None:
         return None
     agreeing = [env for env in signed if (env.get("payload") or {}).get("kind") == kind]
