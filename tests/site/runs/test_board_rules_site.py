@@ -64,7 +64,7 @@ def test_it_refuses_an_accusation_after_the_senders_own_report(run, group):
 
 
 def test_it_refuses_an_elimination_after_validation_closed(run, group):
-    (a, ia), (b, ib), (c, ic) = group
+    (a, ia), (b, _), _ = group
     for peer, ident in group:
         runs.accept_broadcast(peer=peer, envelope=_report(ident, run))
     assert "validation" not in (StepRecord.objects.get(run=run, step=0).closed_phases or {})
@@ -93,7 +93,7 @@ def test_it_refuses_a_report_listing_a_digest_the_board_does_not_hold(run, group
 
 
 def test_it_refuses_a_report_that_leaves_out_the_senders_own_accusation(run, group):
-    (a, ia), (b, ib), _ = group
+    (a, ia), (b, _), _ = group
     mine = runs.accept_broadcast(peer=a, envelope=_accuse(ia, run, b))
     _refused("unlisted_own", peer=a, env=_report(ia, run))
     assert runs.accept_broadcast(peer=a, envelope=_report(ia, run, [mine.digest])).phase == "validation"

@@ -11,7 +11,6 @@ from runs.deadlines import CAP, MIN_SAMPLES, PHASE_FACTOR, STEP_FACTOR, deadline
 from runs.models import StepRecord
 
 from btard_wire.board import step_deadline
-
 from tests.factories import StepRecordFactory, make_peer
 
 SET_STEP = step_deadline(phase_timeout=30.0, step_timeout=120.0)  # the step deadline covers the phases

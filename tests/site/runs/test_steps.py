@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from django.utils import timezone
 from runs import services as runs
 from runs.models import Peer
 from volunteers.models import ReputationEvent
