@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from worker_client.demo import Demo, _kill, build_parser  # noqa: E402
+from worker_client.demo import Demo, _kill, build_parser
 
 
 def rss_mib(pid: int) -> float:
@@ -55,41 +55,27 @@ def main(argv=None) -> int:
     try:
         demo.start_site()
         plan = demo.start_workers(run)
-        site_pid = demo.procs[0][1].pid
+        site_pid = next(p.pid for n, p in demo.procs if n == "daphne")
         honest = [name for name, behaviour in plan if behaviour is None]
         attackers = {name for name, behaviour in plan if behaviour}
         argv_of = {name: proc.args for name, proc in demo.procs[1:]}
         rid = run["run_id"]
-        step = lambda: api(demo.url, f"/api/runs/{rid}/")["step"]  # noqa: E731
+        step = lambda: api(demo.url, f"/api/runs/{rid}/")["step"]
         while step() < ours.warmup_steps:
             time.sleep(1)
         summary["rss_start_mib"] = rss_mib(site_pid)
-        t0 = last_kill = time.monotonic()
-        down: dict[str, float] = {}
-        while (s := step()) < ours.steps:
-            now = time.monotonic()
-            for name, since in list(down.items()):
-                if now - since >= ours.down:
-                    demo.spawn(name, argv_of[name])
-                    del down[name]
-            if now - last_kill >= ours.kill_every:
-                alive = [n for n in honest if n not in down]
-                if len(alive) > len(honest) // 2 + 1:
-                    victim = rng.choice(alive)
-                    proc = next(p for n, p in reversed(demo.procs) if n == victim)
-                    _kill(proc, signal.SIGKILL)
-                    down[victim] = now
-                    summary["kills"] += 1
-                last_kill = now
-            print(f"[soak] step {s}/{ours.steps}, site RSS {rss_mib(site_pid):.0f} MiB, kills {summary['kills']}",
-                  flush=True)
-            time.sleep(5)
+        t0 = time.monotonic()
+        signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            _loop(demo, ours, rng, honest, argv_of, step, site_pid, summary)
+        except KeyboardInterrupt:
+            summary["interrupted"] = True  # Ctrl-C / SIGTERM: summarise what ran
         summary["seconds"] = round(time.monotonic() - t0, 1)
         summary["rss_end_mib"] = rss_mib(site_pid)
         state = api(demo.url, f"/api/runs/{rid}/")
         bans = api(demo.url, "/api/bans/")["bans"]
         banned_accounts = {b["account"] for b in bans}
-        summary.update(steps=state["step"], bans=[{k: b.get(k) for k in ("account", "kind", "scope", "step")}
+        summary.update(steps=state["step"], bans=[{k: b.get(k) for k in ("account", "reason", "scope", "step")}
                                                   for b in bans],
                        every_attacker_banned=attackers <= banned_accounts,
                        honest_banned=sorted(banned_accounts - attackers))
@@ -100,6 +86,33 @@ def main(argv=None) -> int:
     out.write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary, indent=1))
     return 0 if summary.get("every_attacker_banned") and not summary.get("honest_banned") else 1
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _loop(demo, ours, rng, honest, argv_of, step, site_pid, summary) -> None:
+    down: dict[str, float] = {}
+    last_kill = time.monotonic()
+    while (s := step()) < ours.steps:
+        now = time.monotonic()
+        for name, since in list(down.items()):
+            if now - since >= ours.down:
+                demo.spawn(name, argv_of[name])
+                del down[name]
+        if now - last_kill >= ours.kill_every:
+            alive = [n for n in honest if n not in down]
+            if len(alive) > len(honest) // 2 + 1:
+                victim = rng.choice(alive)
+                proc = next(p for n, p in reversed(demo.procs) if n == victim)
+                _kill(proc, signal.SIGKILL)
+                down[victim] = now
+                summary["kills"] += 1
+            last_kill = now
+        print(f"[soak] step {s}/{ours.steps}, site RSS {rss_mib(site_pid):.0f} MiB, kills {summary['kills']}",
+              flush=True)
+        time.sleep(5)
 
 
 if __name__ == "__main__":
