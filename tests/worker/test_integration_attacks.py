@@ -21,7 +21,9 @@ from .test_integration import RUN_FIELDS, last_hash_at
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
-FIELDS = RUN_FIELDS | dict(min_peers=99, phase_timeout=20.0, step_timeout=60.0, validators_per_step=1)
+# Short phases: a step in which an attacker is banned closes at the step deadline (the attacker exits
+# without reporting), and that deadline covers the sum of the phase deadlines.
+FIELDS = RUN_FIELDS | {"min_peers": 99, "phase_timeout": 6.0, "step_timeout": 30.0, "validators_per_step": 1}
 
 
 @pytest.fixture
@@ -93,10 +95,8 @@ def test_two_absorbers_forged_aggregates_stay_bounded_and_no_honest_peer_is_bann
     check pass. Whatever is applied moves the model at most by the aggregate bound: the honest loss
     stays finite and near its start; the absorbers are banned (recalculation) or their steps dropped."""
     steps = 4
-    # short phases: the step in which the absorbers are banned closes at the step deadline (they exit
-    # without reporting), which covers the sum of the phase deadlines
     run, good, bad = run_swarm(site, honest=3, attackers=2, behaviour="absorber", steps=steps,
-                               validators_per_step=2, phase_timeout=6.0, step_timeout=30.0)
+                               validators_per_step=2)
     bad_peers = {peer_id(w) for w in bad}
     bans = site_bans(site, run)
     assert {p for p, _ in bans} <= bad_peers, bans  # no honest ban
@@ -104,8 +104,8 @@ def test_two_absorbers_forged_aggregates_stay_bounded_and_no_honest_peer_is_bann
     assert_honest_agree(good, steps)
     losses = [e["loss"] for e in good[0].steps_done()]
     assert all(loss is not None and math.isfinite(loss) for loss in losses), losses
-    # no forged step took the model away. (The loss is the only view of the update from outside; the
-    # step-0 forgery has no previous spread to bound it and is applied: see docs/threat-model.md.)
+    # no forged step took the model away. (The loss is the only view of the update from outside. The
+    # step-0 forgery has no previous step's spread to be bounded by, and is applied.)
     assert max(losses) < 2.0 * losses[0], losses
     outcomes = [e["outcome"] for e in good[0].steps_done()]
     assert bans or "dropped" in outcomes, (bans, outcomes)
