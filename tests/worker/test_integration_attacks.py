@@ -61,12 +61,14 @@ def site_bans(site, run) -> list[tuple[str, str]]:
     return [tuple(b) for b in json.loads(out.strip().splitlines()[-1])]
 
 
-def assert_honest_agree(good, steps: int) -> None:
+def assert_honest_agree(good, steps: int, *, last_applied: bool = True) -> None:
     outcomes = {w.name: [e["outcome"] for e in w.steps_done()] for w in good}
     assert all(len(o) == steps for o in outcomes.values()), outcomes
     for t in range(steps):  # every honest peer reaches the same outcome in every step
         assert len({o[t] for o in outcomes.values()}) == 1, (t, outcomes)
-    assert all(o[-1] == "applied" for o in outcomes.values()), outcomes  # training goes on after the attack
+    # training goes on after the attack (when the attack may still be running at the last step: a step
+    # after the first one is applied)
+    assert all(o[-1] == "applied" if last_applied else "applied" in o[1:] for o in outcomes.values()), outcomes
     hashes = {last_hash_at(w, steps - 1) for w in good}
     assert len(hashes) == 1 and None not in hashes
 
@@ -94,14 +96,14 @@ def test_two_absorbers_forged_aggregates_stay_bounded_and_no_honest_peer_is_bann
     """Each absorber publishes a forged aggregate of its part and a scalar that makes the fixed-point
     check pass. Whatever is applied moves the model at most by the aggregate bound: the honest loss
     stays finite and near its start; the absorbers are banned (recalculation) or their steps dropped."""
-    steps = 4
+    steps = 5
     run, good, bad = run_swarm(site, honest=3, attackers=2, behaviour="absorber", steps=steps,
                                validators_per_step=2)
     bad_peers = {peer_id(w) for w in bad}
     bans = site_bans(site, run)
     assert {p for p, _ in bans} <= bad_peers, bans  # no honest ban
     assert {k for _, k in bans} <= {"recalc", "bad_aggregate"}, bans
-    assert_honest_agree(good, steps)
+    assert_honest_agree(good, steps, last_applied=False)  # an absorber may be validated only in the last step
     losses = [e["loss"] for e in good[0].steps_done()]
     assert all(loss is not None and math.isfinite(loss) for loss in losses), losses
     # no forged step took the model away. (The loss is the only view of the update from outside. The
