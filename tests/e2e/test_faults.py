@@ -19,8 +19,9 @@ from .harness import NetSite, applied_steps, params_at, seconds_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
 
-# short deadlines so a step that lost a peer ends quickly; no validators (recalculation is not the point)
-FIELDS = dict(phase_timeout=10.0, step_timeout=25.0, batch_size=16, validators_per_step=0, epoch_steps=1,
+# short deadlines so a step that lost a peer ends quickly (the step deadline is at least the sum of the phase
+# deadlines: 10 phases x 5 s); no validators (recalculation is not the point)
+FIELDS = dict(phase_timeout=5.0, step_timeout=25.0, batch_size=16, validators_per_step=0, epoch_steps=1,
               min_peers=99)
 
 
@@ -137,13 +138,13 @@ def test_the_run_goes_on_through_daphne_restarts_and_a_lost_site_process(netsite
     # ... and comes back on the same address: its workers rejoin and train again
     site.start(port=port_b)
     record_recovery("killed Daphne restarted: its workers apply a step again",
-                    _members_apply(site, rid, workers[2:], 1, 240))
+                    _members_apply(site, rid, workers[2:], 1, 300))
 
     # 2. the first Daphne restarted mid-step
     seconds_until(lambda: site.api(f"/api/runs/{rid}/")["step_in_progress"], 60)
     site.kill_daphne()
     site.start()
-    record_recovery("Daphne restarted mid-step: every worker applies a step", _members_apply(site, rid, workers, 1, 240))
+    record_recovery("Daphne restarted mid-step: every worker applies a step", _members_apply(site, rid, workers, 1, 300))
 
     assert all(w.proc.poll() is None for w in workers), [w.stderr() for w in workers]
     _assert_no_bans_and_agreement(site, workers)
