@@ -5,15 +5,11 @@ subprocess against the test database (PostgreSQL, so the server process sees the
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
 
-from tests.conftest import CHROMIUM_ARGS, ROOT, free_port
+from tests.conftest import CHROMIUM_ARGS, ROOT
+from tests.site.helpers import running_daphne
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True), pytest.mark.timeout(180)]
 
@@ -24,36 +20,11 @@ def live_site(postgres_url, output_dir):
 
     db = connection.settings_dict
     url = f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
-    port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL",)}
     env.update(DATABASE_URL=url, PYTHONPATH=os.pathsep.join([str(ROOT / "platform"), str(ROOT)]),
                DJANGO_SETTINGS_MODULE="btard_site.settings", LOG_LEVEL="WARNING")
-    log = open(output_dir / "daphne.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
-                             "btard_site.asgi:application"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(base + "/healthz", timeout=2)
-                break
-            except OSError:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"daphne exited: see {output_dir / 'daphne.log'}")
-                time.sleep(0.25)
+    with running_daphne(env=env, log_path=output_dir / "daphne.log", attempts=120) as base:
         yield base
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
 
 
 @pytest.fixture

@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
-import time
 import urllib.request
 
 import pytest
 import yaml
 
-from tests.conftest import CHROMIUM_ARGS, ROOT, free_port
+from tests.conftest import CHROMIUM_ARGS, ROOT
+from tests.site.helpers import running_daphne
 
 
 def test_compose_publishes_only_the_proxys_ports_and_trusts_only_its_address():
@@ -74,33 +73,8 @@ def csp_site(tmp_path_factory):
                    timeout=300)
     subprocess.run([*manage, "shell", "-c", "from runs.models import Run; Run.objects.create(name='csp-run')"],
                    env=env, cwd=ROOT, check=True, capture_output=True, timeout=120)
-    port = free_port()
-    log = open(var / "daphne.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
-                             "btard_site.asgi:application"], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(240):
-            try:
-                urllib.request.urlopen(base + "/healthz", timeout=2)
-                break
-            except OSError:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"daphne exited: see {var / 'daphne.log'}")
-                time.sleep(0.25)
+    with running_daphne(env=env, log_path=var / "daphne.log", attempts=240) as base:
         yield base
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
 
 
 @pytest.mark.browser
