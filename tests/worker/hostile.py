@@ -122,3 +122,25 @@ class RecordingView:
 
     def kinds(self) -> list[str]:
         return [k for k, _ in self.events]
+
+
+class Listener:
+    """A TCP service on loopback that records every connection (a 'LAN service' the site wants probed)."""
+
+    def __init__(self):
+        self.connections = 0
+        self.server = None
+        self.port = 0
+
+    async def __aenter__(self):
+        async def on_connect(reader, writer):
+            self.connections += 1
+            writer.close()
+
+        self.server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc):
+        self.server.close()
+        await self.server.wait_closed()

@@ -16,9 +16,10 @@ import torch
 from worker_client.net import DataPlane, DataPlaneError
 from worker_client.net.dataplane import MAX_STREAMS_PER_PEER, handler_name
 from worker_client.net.policy import address_refusal
-from worker_client.net.wire import FetchRequest, PutRequest, encode_header, read_response
+from worker_client.net.wire import PutRequest, encode_header
 
 from .conftest import remove_stale_hivemind_sockets
+from .hostile import Listener
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -162,29 +163,11 @@ async def test_the_directory_forgets_peers_no_recent_group_named():
 
 
 # --- H1 / L3: what the worker dials ------------------------------------------------------------------------
-class _Listener:
-    def __init__(self):
-        self.connections = 0
-
-    async def __aenter__(self):
-        async def on_connect(reader, writer):
-            self.connections += 1
-            writer.close()
-
-        self.server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
-        self.port = self.server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc):
-        self.server.close()
-        await self.server.wait_closed()
-
-
 async def test_a_worker_dials_no_loopback_private_or_dns_address_and_survives_garbage(clean_hivemind_sockets):
     plane = await DataPlane.create(RUN, call_timeout=5.0)  # the default: public addresses only
     target = await DataPlane.create(RUN, call_timeout=5.0)
     try:
-        async with _Listener() as lan:
+        async with Listener() as lan:
             for addr in (f"/ip4/127.0.0.1/tcp/{lan.port}", f"/dns4/localhost/tcp/{lan.port}",
                          f"/ip6/::1/tcp/{lan.port}", f"/ip4/169.254.169.254/tcp/{lan.port}"):
                 with pytest.raises(DataPlaneError) as err:

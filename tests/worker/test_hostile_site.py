@@ -19,7 +19,7 @@ from btard_wire.control import BanNotice, Group, PeerInfo, ReachabilityCheck, Re
 from btard_wire.envelope import Identity, sign_envelope
 from worker_client.runner import EXIT_REFUSED, EXIT_STARTUP
 
-from .hostile import RUN, HostileSite, RecordingView, running_worker, worker_config
+from .hostile import RUN, HostileSite, Listener, RecordingView, running_worker, worker_config
 
 pytestmark = [pytest.mark.usefixtures("clean_hivemind_sockets"), pytest.mark.timeout(120)]
 
@@ -254,30 +254,8 @@ async def test_deeply_nested_json_from_the_site_is_ignored():
 
 
 # --- H1: reachability checks ----------------------------------------------------------------------------
-class _Listener:
-    """A TCP service on loopback that records every connection (a 'LAN service' the site wants probed)."""
-
-    def __init__(self):
-        self.connections = 0
-        self.server = None
-        self.port = 0
-
-    async def __aenter__(self):
-        async def on_connect(reader, writer):
-            self.connections += 1
-            writer.close()
-
-        self.server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
-        self.port = self.server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc):
-        self.server.close()
-        await self.server.wait_closed()
-
-
 async def test_a_reachability_check_never_dials_loopback_or_dns_and_answers_only_yes_or_no():
-    async with _Listener() as lan:
+    async with Listener() as lan:
         async def script(site, ws):
             target = site.hellos[0]["p2p_id"]
             for i, addr in enumerate([f"/ip4/127.0.0.1/tcp/{lan.port}", f"/dns4/localhost/tcp/{lan.port}",
@@ -295,7 +273,7 @@ async def test_a_reachability_check_never_dials_loopback_or_dns_and_answers_only
 
 
 async def test_with_allow_private_a_check_dials_but_reports_no_daemon_text_and_is_rate_limited():
-    async with _Listener() as lan:
+    async with Listener() as lan:
         async def script(site, ws):
             for i in range(12):
                 await ws.send(ReachabilityCheck(request_id=f"r{i}", p2p_id=site.hellos[0]["p2p_id"],
