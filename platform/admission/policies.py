@@ -11,19 +11,19 @@ from datetime import timedelta
 
 from django.utils import timezone
 
-POLICIES: dict[str, AdmissionPolicy] = {}
+from btard_wire.registry import Registry
+
+POLICIES: Registry[AdmissionPolicy] = Registry("admission policy")  # name -> the policy's one instance
 
 
 def register(cls):
-    POLICIES[cls.name] = cls()
+    POLICIES.register(cls.name, cls())
     return cls
 
 
 def get_policy(name: str) -> AdmissionPolicy:
-    try:
-        return POLICIES[name]
-    except KeyError:
-        raise KeyError(f"unknown admission policy {name!r}; known: {sorted(POLICIES)}") from None
+    """The policy registered as ``name``; :class:`btard_wire.registry.UnknownName` (a KeyError) otherwise."""
+    return POLICIES[name]
 
 
 class AdmissionPolicy:

@@ -8,24 +8,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from btard_wire.registry import Registry
+
 Renderer = Callable[..., str]  # renderer(event, *, run_id: int | None) -> str
-_RENDERERS: dict[str, Renderer] = {}
+RENDERERS: Registry[Renderer] = Registry("live view")
 
 
 def register(view: str) -> Callable[[Renderer], Renderer]:
-    """Register the fragment renderer of ``view`` (one per view name)."""
-
-    def add(renderer: Renderer) -> Renderer:
-        if _RENDERERS.get(view, renderer) is not renderer:
-            raise ValueError(f"live view {view!r} already has a fragment renderer")
-        _RENDERERS[view] = renderer
-        return renderer
-
-    return add
+    """Register the fragment renderer of ``view`` (one per view name; a second one raises ValueError)."""
+    return RENDERERS.register(view)
 
 
 def registered_views() -> list[str]:
-    return sorted(_RENDERERS)
+    return RENDERERS.names()
 
 
 def render_fragment(event, *, view: str, run_id: int | None) -> str:
@@ -33,5 +28,5 @@ def render_fragment(event, *, view: str, run_id: int | None) -> str:
 
     The apps' renderers use the same partial templates as the pages, so a push and a reload look the same.
     """
-    renderer = _RENDERERS.get(view)
+    renderer = RENDERERS.get(view)
     return renderer(event, run_id=run_id) if renderer is not None else ""

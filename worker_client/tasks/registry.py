@@ -13,9 +13,11 @@ that lacks the package, has another version of it, or holds other data is refuse
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import import_module, metadata
+
+from btard_wire.registry import Registry, UnknownName
 
 ENTRY_POINT_GROUP = "btard_swarm.tasks"
 PROJECT = "btard-swarm"
@@ -35,6 +37,11 @@ BUILTIN_ENTRY_POINTS: dict[str, str] = {
 
 class TaskUnavailable(ValueError):
     """This machine cannot train the task a run names; the message says what to install."""
+
+
+class UnknownTask(UnknownName, TaskUnavailable):
+    """No installed package provides a task of that name: the registries' one unknown-name error
+    (a ``KeyError``, code ``unknown_name``) that is also a :class:`TaskUnavailable`."""
 
 
 @dataclass(frozen=True)
@@ -88,11 +95,12 @@ def discover() -> dict[str, TaskEntry]:
 
 
 def task_entry(name: str) -> TaskEntry:
+    """The installed entry of task ``name``; :class:`UnknownTask` (listing the known names) otherwise."""
     entries = discover()
     try:
         return entries[name]
-    except KeyError:
-        raise TaskUnavailable(f"unknown task {name!r}; known: {', '.join(sorted(entries))}") from None
+    except (KeyError, TypeError):
+        raise UnknownTask("task", name, sorted(entries)) from None
 
 
 def task_class(name: str):
@@ -167,20 +175,27 @@ def load_run_task(run):
     return task
 
 
-class TaskMapping(Mapping):
-    """``TASKS``: the installed tasks by name, resolved on access (a read-only mapping name -> class)."""
+class TaskRegistry(Registry):
+    """``TASKS``: every installed task by name -> its :class:`~.base.Task` subclass, the entry points read
+    afresh on every access. A task registers through the entry-point group (see the module docstring),
+    not with :meth:`register`; an unknown name raises :class:`UnknownTask`."""
+
+    def __init__(self, kind: str = "task"):
+        super().__init__(kind)
+
+    def _entries(self) -> Mapping[str, TaskEntry]:
+        return discover()
 
     def __getitem__(self, name: str):
-        try:
-            return task_class(name)
-        except TaskUnavailable as exc:
-            raise KeyError(name) from exc
+        return task_class(name)
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(discover())
+    def register(self, name=None, item=None):
+        raise TypeError(f"tasks register through the entry-point group {ENTRY_POINT_GROUP!r} (or "
+                        "BUILTIN_ENTRY_POINTS for this project's own), not TASKS.register")
 
-    def __len__(self) -> int:
-        return len(discover())
+    def __setitem__(self, name, item):
+        self.register(name, item)
 
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name in discover()
+
+TaskMapping = TaskRegistry  # the old name (worker_client.tasks builds TASKS = TaskMapping())
+TASKS = TaskRegistry()

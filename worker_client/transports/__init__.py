@@ -1,7 +1,6 @@
-"""Transports that drive the pure protocol core (:mod:`worker_client.btard.protocol`), by name."""
+"""Transports that drive the pure protocol core (:mod:`worker_client.btard`): here the in-memory swarm of
+the simulator and the tests (:mod:`.memory`); the networked worker drives it over hivemind and the site."""
 
 from .memory import BulletinBoard, MemorySwarm
 
-TRANSPORTS = {"memory": MemorySwarm}
-
-__all__ = ["TRANSPORTS", "BulletinBoard", "MemorySwarm"]
+__all__ = ["BulletinBoard", "MemorySwarm"]
