@@ -81,6 +81,8 @@ class Peer(models.Model):
     status = models.CharField(max_length=32, default="waiting_for_group")
     status_detail = models.CharField(max_length=500, blank=True)
     last_heartbeat = models.DateTimeField(null=True, blank=True)
+    # when the worker last went offline (socket closed, heartbeats stopped); None while it is connected
+    left_at = models.DateTimeField(null=True, blank=True)
     # can other peers dial this peer's announced address? (another active peer tried; None: not checked)
     reachable = models.BooleanField(null=True, blank=True)
     reachability_detail = models.CharField(max_length=500, blank=True)
@@ -127,6 +129,9 @@ class StepRecord(models.Model):
     # board phases closed by the site: phase -> peers that asked (until a majority), and phase -> senders
     close_requests = models.JSONField(default=dict, blank=True)
     closed_phases = models.JSONField(default=dict, blank=True)
+    # members that left the step: they were offline longer than the grace and joined again (a restarted worker
+    # holds none of the step's state), so the step does not wait for their report
+    left = models.JSONField(default=list, blank=True)
 
     class Meta:
         ordering = ["run", "step"]

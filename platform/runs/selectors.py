@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from django.utils import timezone
 
 from btard_wire import board as board_rules
@@ -185,9 +187,42 @@ def board_envelopes(*, record: StepRecord, phase: str, senders: list[str]) -> li
     return out
 
 
-def step_complete(record: StepRecord) -> bool:
+# A member offline this long has left the step: a worker whose connection dropped reconnects sooner (its site
+# client retries after 0.5 s, then backs off), a killed or cut-off one does not. A site restart closes every
+# socket at once; the workers are back within the grace, so such a step still waits for their reports.
+LEFT_STEP_GRACE_SECONDS = 8.0
+
+
+def step_closable(*, members, reported, gone) -> bool:
+    """Pure rule: a step can close once every member ``reported`` or is ``gone`` (left the step: offline past
+    the grace, rejoined without the step's state, or banned), provided at least one member reported. A step
+    whose members all went away waits for its deadline (the site itself may have restarted)."""
+    members, reported = set(members), set(reported) & set(members)
+    if members <= reported:
+        return True
+    return bool(reported) and members - reported <= set(gone)
+
+
+def members_gone(record: StepRecord, *, now=None) -> set[str]:
+    """The members of ``record`` that left its step: banned, listed in ``record.left`` (joined again after
+    being away longer than the grace), or offline for at least ``LEFT_STEP_GRACE_SECONDS``."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=LEFT_STEP_GRACE_SECONDS)
+    gone = set(record.left or []) & set(record.members)
+    for pid, role, online, left_at in Peer.objects.filter(run_id=record.run_id, peer_id__in=record.members) \
+            .values_list("peer_id", "role", "online", "left_at"):
+        if role == "banned" or (not online and (left_at is None or left_at <= cutoff)):
+            gone.add(pid)
+    return gone
+
+
+def step_complete(record: StepRecord, *, now=None) -> bool:
+    """Whether the step of ``record`` can close before its deadline (:func:`step_closable`)."""
     reported = set(record.reports.values_list("peer__peer_id", flat=True))
-    return set(record.members) <= reported
+    if set(record.members) <= reported:
+        return True
+    return bool(reported & set(record.members)) and step_closable(
+        members=record.members, reported=reported, gone=members_gone(record, now=now))
 
 
 def accused_in_step(run: Run, step: int) -> set[str]:

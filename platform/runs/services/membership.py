@@ -34,7 +34,8 @@ from btard_wire.control import (
 from btard_wire.envelope import b64d, peer_id_from_public_key
 from btard_wire.errors import ProtocolError
 
-from ..models import Peer, Run
+from ..models import Peer, Run, StepRecord
+from ..selectors import LEFT_STEP_GRACE_SECONDS
 from .errors import JoinRefused, Rejected
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,9 @@ def join_run(*, token, hello: Hello) -> JoinResult:
     peer.p2p_addrs = list(hello.p2p_addrs)
     peer.device = hello.device
     peer.client_version = hello.client_version
+    _note_rejoin_during_step(run, peer, now)
     peer.online = True
+    peer.left_at = None
     peer.status = "waiting_for_group"
     peer.status_detail = ""
     peer.last_heartbeat = now
@@ -117,6 +120,20 @@ def join_run(*, token, hello: Hello) -> JoinResult:
     emit(PeerJoined(run_id=run.id, peer_id=peer.peer_id, username=token.user.username, role=peer.role))
     return JoinResult(peer=peer, run=run, role=peer.role,
                       probation_left=max(0, peer.probation_required - peer.probation_done))
+
+
+def _note_rejoin_during_step(run: Run, peer: Peer, now) -> None:
+    """A member of the step in progress that was away longer than the grace and joins again holds none of the
+    step's state (a restarted worker): it left the step, which then closes without its report
+    (``selectors.step_complete``). Shorter gaps are reconnects that carry on with the step."""
+    if peer.pk is None or peer.online or peer.left_at is None or not run.step_in_progress:
+        return
+    if (now - peer.left_at).total_seconds() < LEFT_STEP_GRACE_SECONDS:
+        return
+    record = StepRecord.objects.filter(run=run, step=run.current_step).first()
+    if record is not None and peer.peer_id in record.members and peer.peer_id not in (record.left or []) \
+            and not record.reports.filter(peer=peer).exists():
+        StepRecord.objects.filter(pk=record.pk).update(left=[*(record.left or []), peer.peer_id])
 
 
 @transaction.atomic
@@ -133,7 +150,8 @@ def record_heartbeat(*, peer: Peer, heartbeat: Heartbeat) -> bool:
     detail = heartbeat.detail if status == "error" else heartbeat.detail[:200]
     if Peer.objects.filter(pk=peer.pk, status=status, status_detail=detail, online=True).update(last_heartbeat=now):
         return False
-    Peer.objects.filter(pk=peer.pk).update(last_heartbeat=now, status=status, status_detail=detail, online=True)
+    Peer.objects.filter(pk=peer.pk).update(last_heartbeat=now, status=status, status_detail=detail, online=True,
+                                           left_at=None)
     emit(PeerStatusChanged(run_id=peer.run_id, peer_ids=[peer.peer_id], online=True, status=status,
                            detail=detail))
     return True
@@ -142,7 +160,7 @@ def record_heartbeat(*, peer: Peer, heartbeat: Heartbeat) -> bool:
 @transaction.atomic
 def disconnect_peer(*, peer: Peer) -> None:
     """The worker's socket closed: the peer is offline and leaves the group at the next step."""
-    Peer.objects.filter(pk=peer.pk).update(online=False)
+    Peer.objects.filter(pk=peer.pk, online=True).update(online=False, left_at=timezone.now())
     emit(PeerStatusChanged(run_id=peer.run_id, peer_ids=[peer.peer_id], online=False, status="offline"))
 
 
@@ -154,7 +172,7 @@ def mark_stale_peers_offline(*, run: Run, now=None) -> list[str]:
     stale = Peer.objects.filter(run=run, online=True).filter(Q(last_heartbeat__lt=cutoff) | Q(last_heartbeat=None))
     ids = list(stale.values_list("peer_id", flat=True))
     if ids:
-        Peer.objects.filter(run=run, peer_id__in=ids).update(online=False, status="offline",
+        Peer.objects.filter(run=run, peer_id__in=ids).update(online=False, status="offline", left_at=now,
                                                              status_detail="missed heartbeats")
         emit(PeerStatusChanged(run_id=run.id, peer_ids=ids, online=False, status="offline",
                                detail="missed heartbeats"))

@@ -145,8 +145,8 @@ def start_step_if_ready(*, run: Run, now: datetime | None = None) -> StepRecord 
 
 @transaction.atomic
 def close_step(*, run: Run, force: bool = False, now=None) -> StepRecord | None:
-    """Close the current step when every member reported or its deadline passed (``force`` closes it
-    anyway), record metrics, credit contribution and reputation, charge missed deadlines, advance.
+    """Close the current step when it can no longer gain a report (every member reported or left the step:
+    ``selectors.step_complete``) or its deadline passed (``force`` closes it anyway), record metrics, credit contribution and reputation, charge missed deadlines, advance.
 
     Returns the closed record or ``None`` when the step is still running.
     """
@@ -155,7 +155,7 @@ def close_step(*, run: Run, force: bool = False, now=None) -> StepRecord | None:
     if not run.step_in_progress:
         return None
     record = StepRecord.objects.select_for_update().get(run=run, step=run.current_step)
-    if not force and not step_complete(record) and now < record.deadline:
+    if not force and now < record.deadline and not step_complete(record, now=now):
         return None
     reports = {r.peer.peer_id: r for r in record.reports.select_related("peer")}
     member_reports = [reports[pid] for pid in record.members if pid in reports]

@@ -1,0 +1,104 @@
+"""A step closes as soon as it can no longer gain a report: every member reported or left the step (offline
+past the grace, rejoined without the step's state, banned), not at its deadline (issue 13, step recovery)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+from runs import services as runs
+from runs.models import Peer, Run, StepRecord
+from runs.selectors import LEFT_STEP_GRACE_SECONDS, step_closable
+
+from btard_wire.control import StepReport
+from tests.factories import WorkerTokenFactory
+from tests.site.helpers import hello_for
+
+pytestmark = pytest.mark.django_db
+
+
+def _report(peer, step=0, outcome="applied"):
+    runs.record_step_report(peer=peer, report=StepReport(step=step, outcome=outcome, samples=8))
+
+
+def _step(run) -> int:
+    return Run.objects.get(pk=run.pk).current_step
+
+
+def test_the_rule_waits_for_members_still_in_the_step_and_for_a_first_report():
+    members = ["a", "b", "c"]
+    assert step_closable(members=members, reported=["a", "b", "c"], gone=[])
+    assert step_closable(members=members, reported=["a", "b"], gone=["c"])
+    assert not step_closable(members=members, reported=["a", "b"], gone=[])
+    assert not step_closable(members=members, reported=["a"], gone=["c"])  # b is still working
+    assert not step_closable(members=members, reported=[], gone=["a", "b", "c"])  # the site may have restarted
+    assert not step_closable(members=members, reported=["x"], gone=["a", "b", "c"])  # not a member's report
+
+
+def test_a_member_whose_socket_closed_is_waited_for_during_the_grace_only(run, group, events):
+    (p0, _), (p1, _), (dead, _) = group
+    _report(p0)
+    _report(p1)
+    runs.disconnect_peer(peer=dead)
+    assert runs.close_step(run=run) is None  # a reconnect comes within the grace
+    assert _step(run) == 0
+    later = timezone.now() + timedelta(seconds=LEFT_STEP_GRACE_SECONDS + 1)
+    record = runs.close_step(run=run, now=later)
+    assert record is not None and record.outcome == "applied"
+    assert record.finished_at < record.deadline  # well before the step deadline
+    assert _step(run) == 1 and events()[-1].missing == [dead.peer_id]  # charged as at the deadline
+
+
+def test_a_member_that_reconnects_within_the_grace_keeps_the_step_open(run, group):
+    (p0, _), (p1, _), (blip, identity) = group
+    _report(p0)
+    _report(p1)
+    runs.disconnect_peer(peer=blip)
+    runs.join_run(token=WorkerTokenFactory(user=blip.user), hello=hello_for(identity))
+    later = timezone.now() + timedelta(seconds=LEFT_STEP_GRACE_SECONDS + 1)
+    assert runs.close_step(run=run, now=later) is None
+    assert StepRecord.objects.get(run=run, step=0).left == []
+    _report(blip)
+    assert runs.close_step(run=run).outcome == "applied"
+
+
+def test_a_member_that_rejoins_after_the_grace_has_left_the_step(run, group):
+    (p0, _), (p1, _), (restarted, identity) = group
+    runs.disconnect_peer(peer=restarted)
+    Peer.objects.filter(pk=restarted.pk).update(left_at=timezone.now() - timedelta(seconds=LEFT_STEP_GRACE_SECONDS + 1))
+    runs.join_run(token=WorkerTokenFactory(user=restarted.user), hello=hello_for(identity))  # online again, without the step's state
+    assert StepRecord.objects.get(run=run, step=0).left == [restarted.peer_id]
+    _report(p0)
+    assert runs.close_step(run=run) is None  # p1 still works on the step
+    _report(p1)
+    record = runs.close_step(run=run)
+    assert record is not None and record.outcome == "applied" and _step(run) == 1
+
+
+def test_a_member_banned_during_the_step_is_not_waited_for(run, group):
+    (p0, _), (p1, _), (banned, _) = group
+    Peer.objects.filter(pk=banned.pk).update(role="banned")
+    _report(p0)
+    _report(p1)
+    assert runs.close_step(run=run).outcome == "applied"
+
+
+def test_a_step_whose_members_all_went_offline_waits_for_its_deadline(run, group):
+    for peer, _ in group:
+        runs.disconnect_peer(peer=peer)
+    later = timezone.now() + timedelta(seconds=LEFT_STEP_GRACE_SECONDS + 1)
+    assert runs.close_step(run=run, now=later) is None
+    deadline = Run.objects.get(pk=run.pk).step_deadline
+    assert runs.close_step(run=run, now=deadline + timedelta(seconds=1)).outcome == "dropped"
+
+
+def test_a_peer_marked_stale_has_left_from_then(run, group):
+    (p0, _), (p1, _), (stale, _) = group
+    Peer.objects.filter(pk=stale.pk).update(last_heartbeat=timezone.now() - timedelta(hours=1))
+    assert runs.mark_stale_peers_offline(run=run) == [stale.peer_id]
+    assert Peer.objects.get(pk=stale.pk).left_at is not None
+    _report(p0)
+    _report(p1)
+    later = timezone.now() + timedelta(seconds=LEFT_STEP_GRACE_SECONDS + 1)
+    assert runs.close_step(run=run, now=later).outcome == "applied"
