@@ -46,12 +46,21 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup-steps", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--phase-timeout", type=float, default=None,
+                        help="the run's phase deadline floor in seconds (default: the demo run's)")
+    parser.add_argument("--step-timeout", type=float, default=None,
+                        help="the run's step deadline floor in seconds (default: the demo run's; the site raises "
+                             "it to the sum of the phase deadlines)")
     ours = parser.parse_args(argv)
     demo_args = build_parser().parse_args(["--port", str(ours.port), "--var-dir", "var/soak"])
     demo = Demo(demo_args)
     rng = random.Random(ours.seed)
     run = demo.prepare()
-    summary: dict = {"steps_target": ours.steps, "kills": 0}
+    fields = {k: v for k, v in (("phase_timeout", ours.phase_timeout), ("step_timeout", ours.step_timeout)) if v}
+    if fields:
+        args = ", ".join(f"{k}={v!r}" for k, v in fields.items())
+        demo.manage("shell", "-c", f"from runs.models import Run; Run.objects.filter(pk={run['run_id']}).update({args})")
+    summary: dict = {"steps_target": ours.steps, "kills": 0, "args": vars(ours), "rss_samples_mib": []}
     try:
         demo.start_site()
         plan = demo.start_workers(run)
@@ -110,8 +119,10 @@ def _loop(demo, ours, rng, honest, argv_of, step, site_pid, summary) -> None:
                 down[victim] = now
                 summary["kills"] += 1
             last_kill = now
-        print(f"[soak] step {s}/{ours.steps}, site RSS {rss_mib(site_pid):.0f} MiB, kills {summary['kills']}",
-              flush=True)
+        rss = rss_mib(site_pid)
+        if len(summary["rss_samples_mib"]) < 2000:
+            summary["rss_samples_mib"].append([s, round(rss, 1)])
+        print(f"[soak] step {s}/{ours.steps}, site RSS {rss:.0f} MiB, kills {summary['kills']}", flush=True)
         time.sleep(5)
 
 
