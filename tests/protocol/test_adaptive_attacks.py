@@ -31,7 +31,7 @@ def _colluders(name, *, n=10, b=3, d=8, seed=0, aggregate=None, **params):
 
 def test_the_adaptive_behaviours_are_registered_gradient_attacks():
     assert set(ADAPTIVE_ATTACKS) == {"optimal_alie", "optimal_ipm", "mimic", "free_rider_zeros", "free_rider_stale",
-                                     "free_rider_copy"}
+                                     "free_rider_copy", "ride_recalc", "tolerance_ride", "rop", "timed_lowest_chance"}
     assert all(ATTACKS[name].kind == "gradient" for name in ADAPTIVE_ATTACKS)
 
 
@@ -100,3 +100,94 @@ def test_an_optimal_attack_against_the_mean_stays_finite():
     peers, step, _, _ = _colluders("optimal_alie", aggregate=mean, evals=60)
     v = peers[0].hook_corrupt_gradient(torch.zeros(8), step)
     assert torch.isfinite(v).all() and float(v.abs().max()) > 100  # the mean has no bound: it goes far
+
+
+# --- tolerance riding, relocated orthogonal perturbation, timed attackers ---------------------------
+def _riding_swarm(attack, **params):
+    from tests.protocol._swarm import Swarm
+    from worker_client.btard import protocol as P
+
+    return Swarm(n=8, attack=attack, byzantine=(0, 1, 2), numel=4000,
+                 params=P.ProtocolParams(tau=1.0, validators=3), **params)
+
+
+def test_tolerance_riding_stays_under_every_check_every_step():
+    swarm = _riding_swarm("tolerance_ride")
+    swarm.run(10)
+    assert not swarm.board.banned and not swarm.board.eliminated
+    assert all(r.outcome == "applied" for h in swarm.history for r in h.values())
+    for p in swarm.byzantine:  # it aggregated its part every step and moved it
+        shifts = swarm.peers[p].shifts
+        assert len(shifts) == 10 and all(0 < x < 1e-3 for _, x in shifts)
+
+
+@pytest.mark.parametrize("attack, sigmas, kinds", [("tolerance_ride", 0.2, {"bad_aggregate", "recalc"}),
+                                                   ("ride_recalc", 0.1, {"recalc"})])
+def test_riding_past_the_tolerances_is_caught(attack, sigmas, kinds):
+    swarm = _riding_swarm(attack, sigmas=sigmas)
+    swarm.run(10)
+    assert set(swarm.board.banned) == swarm.byzantine
+    assert {b.kind for b in swarm.board.banned.values()} <= kinds
+
+
+def test_the_ride_bias_is_the_same_direction_every_step_at_a_fixed_fraction_of_the_tolerance():
+    peers, step, collusion, group = _colluders("ride_recalc", d=64)
+    step.bounds = [(0, 32), (32, 64)]
+    sent = []
+    for t in range(2):
+        step.ctx.step = t
+        g = collusion.honest[group[0]]
+        sent.append(peers[0].hook_corrupt_gradient(g.clone(), step) - g)
+    rtol = peers[0].params.recalc_rtol / peers[0].sigmas
+    for a, b in step.bounds:
+        d0, d1 = sent[0][a:b].double(), sent[1][a:b].double()
+        assert float(torch.nn.functional.cosine_similarity(d0, d1, dim=0)) > 0.999
+        assert float(d0.norm()) > 0.5 * rtol * float(collusion.honest[group[0]][a:b].norm())
+        assert float(d0.norm()) < 3 * rtol * (float(collusion.honest[group[0]][a:b].norm()) + 4.0)
+
+
+def test_rop_sits_on_the_previous_aggregate_perturbed_orthogonally_to_it():
+    from worker_client.btard.aggregators import mean
+
+    peers, step, collusion, group = _colluders("rop", d=16, aggregate=mean)
+    step.bounds = [(0, 8), (8, 16)]
+    honest0 = torch.stack([collusion.honest[p] for p in group[3:]])
+    v0 = peers[0].hook_corrupt_gradient(torch.zeros(16), step)
+    assert all(torch.equal(p.hook_corrupt_gradient(torch.zeros(16), step), v0) for p in peers)
+    # step 1: the previous aggregate is the rule applied to what was sent, and the attack is centred on it
+    agg0 = mean(torch.cat([honest0, v0.expand(3, -1)])).double()
+    gen = torch.Generator().manual_seed(5)
+    collusion.honest = {p: torch.randn(16, generator=gen) + 1.0 for p in group}
+    step.ctx.step = 1
+    v1 = peers[0].hook_corrupt_gradient(torch.zeros(16), step).double()
+    honest1 = torch.stack([collusion.honest[p] for p in group[3:]])
+    mean1 = honest1.mean(dim=0).double()
+    ref = 0.9 * agg0 + 0.1 * mean1
+    z = ALIE.default_z(10, 3)
+    for a, b in step.bounds:
+        off = v1[a:b] - agg0[a:b]
+        assert abs(float(off @ ref[a:b])) < 1e-4 * float(off.norm()) * float(ref[a:b].norm())
+        assert float(off.norm()) == pytest.approx(z * float(honest1.std(dim=0)[a:b].norm()), rel=1e-4)
+
+
+def test_a_timed_attacker_strikes_while_its_chance_is_lowest_and_stops_when_it_rises():
+    peers, step, _, group = _colluders("timed_lowest_chance", n=10, b=3)
+    timed = peers[0]
+    g = torch.zeros(8)
+    assert not torch.equal(timed.hook_corrupt_gradient(g, step), g)  # full group: the lowest chance
+    step.ctx.step = 1
+    step.ctx.group = [p for p in group if p != group[1]]  # an accomplice banned: fewer targets, fewer allies
+    assert torch.equal(timed.hook_corrupt_gradient(g, step), g)
+    (_, low, struck0), (_, high, struck1) = timed.chances
+    assert struck0 and not struck1 and high > low > 0
+
+
+@pytest.mark.parametrize("attack", ["rop", "timed_lowest_chance"])
+def test_btard_bans_time_coupled_and_timed_attackers_that_strike_and_no_honest_peer(attack):
+    out = run_simulation(task="digits-mlp", peers=8, byzantine=3, attack=attack, aggregator="btard", steps=12,
+                         attack_start=2, seed=0, eval_every=0, tau=0.1)
+    assert out["honest_banned"] == 0
+    if attack == "rop":
+        assert out["byzantine_banned"] == 3
+    else:  # it strikes until the first ban raises its chance; banned ones struck
+        assert 1 <= out["byzantine_banned"] <= 3
