@@ -341,3 +341,30 @@ def ban_scope(*, kind: str, earlier_key_bans: int, has_account: bool = True) -> 
     if kind not in KEY_ONLY_KINDS or not has_account:
         return "account"
     return "key" if earlier_key_bans < KEY_BANS_BEFORE_ACCOUNT else "account"
+
+
+# ---------------------------------------------------------------------------------------------------
+# admission (security review, finding 10; issue 12, invariant 9)
+
+
+def probation_voided(*, candidate: str, validator: str | None, failures: Iterable[tuple[str, str]]) -> bool:
+    """Whether ``candidate``'s probation step earns no credit: its assigned ``validator`` (drawn with
+    shared randomness, :func:`btard_wire.randomness.draw_probation_validators`) posted a signed
+    ``validation`` report naming it with ``ok: false``. ``failures`` are ``(sender, named peer)`` of the
+    step's stored ``validation`` broadcasts with ``ok: false``. Only the assigned validator counts: an
+    accusation, an ELIMINATE or a failed report from any other member (a Byzantine one) voids nothing,
+    so no member can keep an honest newcomer out (finding 10: any member used to void any probation)."""
+    return validator is not None and any(sender == validator and named == candidate for sender, named in failures)
+
+
+def probation_drawable(*, joined_at: float, randomness_opened_at: float | None) -> bool:
+    """Whether a candidate whose key joined the run at ``joined_at`` takes part in a step's probation draw
+    (:func:`btard_wire.randomness.draw_probation_validators`) from randomness that the MPRNG of a step
+    opened at ``randomness_opened_at`` produced (None: the run's public chain, known to anyone).
+
+    A candidate that knew the randomness when it chose its key, or its moment to join, could grind
+    either until its validator is an accomplice (a few tries: the validator of the first candidate is
+    the first member of a shuffle fixed by the randomness alone). So only keys that joined before that
+    step opened (before any of its MPRNG secrets existed) are drawn; a step drawn from the public chain
+    checks no candidate. The cost to an honest newcomer is a step or two of waiting."""
+    return randomness_opened_at is not None and joined_at < randomness_opened_at

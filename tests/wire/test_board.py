@@ -206,3 +206,12 @@ def test_nobody_revealing_by_the_close_gives_no_randomness():
 
 def test_only_contributors_with_scalars_on_the_board_are_targets():
     assert rules.checkable_targets(contributors=["a", "b", "c"], scalars_senders={"c", "a", "x"}) == ["a", "c"]
+
+
+# --- admission (finding 10) ---------------------------------------------------------------------------
+def test_only_the_assigned_validator_voids_a_candidates_probation_step():
+    failures = [("b", "cand"), ("c", "cand"), ("a", "other")]  # (sender, named) of ok: false reports
+    assert not rules.probation_voided(candidate="cand", validator="a", failures=failures)
+    assert rules.probation_voided(candidate="cand", validator="b", failures=failures)
+    assert rules.probation_voided(candidate="other", validator="a", failures=failures)
+    assert not rules.probation_voided(candidate="cand", validator=None, failures=failures)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 import subprocess
@@ -170,3 +171,30 @@ def test_the_group_order_is_a_keyed_shuffle_and_a_rotation_picks_a_random_subset
     picked = Counter(p for i in range(600) for p in group_order(_r(i), members, size=3))
     assert len(group_order(_r(0), members, size=3)) == 3 and set(picked) == set(members)
     assert all(abs(c - 300) <= 5 * math.sqrt(600 * 0.25) for c in picked.values())
+
+
+def test_a_candidate_that_knows_the_randomness_grinds_an_accomplice_as_validator_so_it_is_not_drawn():
+    """Key grinding (finding 10): with the draw's randomness known, a Sybil tries keys (or waits for a
+    step) until its validator is an accomplice, in a few tries; the board rule draws only keys that
+    joined before the MPRNG producing that randomness opened, when no key could be ground against it."""
+    from btard_wire.board import probation_drawable
+    from btard_wire.randomness import draw_probation_validators
+
+    members = [f"m{i}" for i in range(8)]
+    accomplices = set(members[:2])
+
+    honest = hashlib.sha256(b"honest newcomer").hexdigest()[:40]
+    keys = [hashlib.sha256(b"sybil %d" % k).hexdigest()[:40] for k in range(20)]  # peer ids of 20 keys
+
+    def ground(r: bytes) -> bool:  # some key of 20 gets an accomplice beside one honest candidate
+        return any(draw_probation_validators(r, members=members, candidates=[honest, k])[k] in accomplices
+                   for k in keys)
+
+    # knowing each step's r before choosing its key and its step, it gets an accomplice at once
+    wins = sum(ground(_r(i)) for i in range(200))
+    assert wins / 200 > 0.35  # about 1 - (6/8)(5/7) = 0.46, against 2/8 = 0.25 for a key chosen blind
+    assert next(i for i in range(200) if ground(_r(i))) < 10
+    # the rule: a key drawn with a step's randomness joined before that step opened
+    assert probation_drawable(joined_at=10.0, randomness_opened_at=11.0)
+    assert not probation_drawable(joined_at=11.5, randomness_opened_at=11.0)  # could have ground its key
+    assert not probation_drawable(joined_at=10.0, randomness_opened_at=None)  # public chain: known to all
