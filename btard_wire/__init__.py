@@ -25,8 +25,12 @@ BROADCAST_PHASES = (
     "accuse",        # ACCUSE(i, j) with evidence
     "eliminate",     # ELIMINATE(i, j): unprovable fault
     "verdict",       # a peer's signed verdict on an accusation; the site bans on a majority
-    "validation",    # validator's report on its target (probation and recalculation)
+    "validation",    # every member's end-of-checks report; a recalculation validator names its target
+    "probation",     # a probation validator's report on its candidate (site-only: stored, never relayed)
 )
 # One message per peer and step, and the bulletin board decides who posted in time: the site closes these
 # phases at the group's deadline (:class:`btard_wire.control.PhaseClosed`) and every peer acts on its list.
 BOARD_PHASES = ("commit", "agg_result", "mprng_commit", "mprng_reveal", "scalars", "validation")
+# ``probation`` is not a board phase: a validator posts at most one report per (candidate, step), apart from
+# its own step-t ``validation`` report, so the two never share a single-message slot (the site would read two
+# different signed messages in one slot as equivocation and ban the honest validator).

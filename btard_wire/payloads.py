@@ -186,14 +186,27 @@ class ValidationPayload(_Payload):
     silent: list[PeerId] = Field(default_factory=list, max_length=MAX_GROUP)
 
 
+class ProbationPayload(_Payload):
+    """A probation validator's report on the ``candidate`` it was drawn for (the envelope's step is the
+    probation step): ``ok`` is whether its recomputation of the candidate's gradient matched. The site
+    stores at most one per (sender, candidate, step), accepts it only from the candidate's drawn validator
+    (:func:`btard_wire.randomness.draw_probation_validators`) and decides with
+    :func:`btard_wire.board.probation_voided`; it is not relayed to the group."""
+
+    type: Literal["probation"] = "probation"
+    candidate: PeerId
+    ok: bool
+    reason: Reason = ""
+
+
 Payload = Annotated[
-    CommitPayload | AggResultPayload | MprngCommitPayload | MprngRevealPayload | ScalarsPayload | AccusePayload | EliminatePayload | VerdictPayload | ValidationPayload,
+    CommitPayload | AggResultPayload | MprngCommitPayload | MprngRevealPayload | ScalarsPayload | AccusePayload | EliminatePayload | VerdictPayload | ValidationPayload | ProbationPayload,
     Field(discriminator="type"),
 ]
 _adapter: TypeAdapter = TypeAdapter(Payload)
 PAYLOAD_TYPES = {m.model_fields["type"].default: m for m in (
     CommitPayload, AggResultPayload, MprngCommitPayload, MprngRevealPayload, ScalarsPayload, AccusePayload,
-    EliminatePayload, VerdictPayload, ValidationPayload)}
+    EliminatePayload, VerdictPayload, ValidationPayload, ProbationPayload)}
 assert set(PAYLOAD_TYPES) == set(BROADCAST_PHASES), "every broadcast phase has exactly one payload schema"
 
 
