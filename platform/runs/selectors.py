@@ -9,7 +9,7 @@ from django.utils import timezone
 from btard_wire import board as board_rules
 
 from .deadlines import effective_deadlines
-from .models import BroadcastLog, Peer, Run, StepRecord
+from .models import BroadcastLog, Peer, Run, StepRecord, StepReportRecord
 
 CURVE_POINTS = 200
 
@@ -214,6 +214,40 @@ def members_gone(record: StepRecord, *, now=None) -> set[str]:
         if role == "banned" or (not online and (left_at is None or left_at <= cutoff)):
             gone.add(pid)
     return gone
+
+
+DONOR_HISTORY_STEPS = 20  # how far back a peer's unbroken run of step reports is counted
+STATE_DONORS = 3
+
+
+def report_streaks(run: Run, *, step: int, peer_ids) -> dict[str, int]:
+    """For each of ``peer_ids``: how many steps in a row, ending at ``step - 1``, it reported as a member (at
+    most ``DONOR_HISTORY_STEPS``). A peer that was away (its worker or its site process down) has a short
+    streak: it holds an older state."""
+    since = step - DONOR_HISTORY_STEPS
+    seen: dict[str, set[int]] = {}
+    for s, pid, members in StepReportRecord.objects.filter(
+            step_record__run=run, step_record__step__gte=since, step_record__step__lt=step,
+            peer__peer_id__in=list(peer_ids)).values_list("step_record__step", "peer__peer_id",
+                                                           "step_record__members"):
+        if pid in (members or []):
+            seen.setdefault(pid, set()).add(s)
+    out = {}
+    for pid in peer_ids:
+        n, steps = 0, seen.get(pid, set())
+        while step - 1 - n in steps and n < DONOR_HISTORY_STEPS:
+            n += 1
+        out[pid] = n
+    return out
+
+
+def state_donors(run: Run, *, step: int, members: list) -> list:
+    """The members a newcomer or a peer that fell behind downloads step ``step``'s state from: those with the
+    longest unbroken run of reports up to the previous step first (they hold that state; a peer that came
+    back after missing steps does not), in group order among equals. ``members`` are ``Peer`` rows."""
+    streaks = report_streaks(run, step=step, peer_ids=[p.peer_id for p in members])
+    ranked = sorted(range(len(members)), key=lambda i: (-streaks[members[i].peer_id], i))
+    return [members[i] for i in ranked[:STATE_DONORS]]
 
 
 def step_complete(record: StepRecord, *, now=None) -> bool:

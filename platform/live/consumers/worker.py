@@ -21,6 +21,7 @@ from organiser.notices import welcome_notice
 from pydantic import ValidationError
 from runs.deadlines import effective_deadlines
 from runs.models import Peer, Run, StepRecord
+from runs.selectors import state_donors
 from runs.services import (
     JoinRefused,
     Rejected,
@@ -99,11 +100,12 @@ def _group_of_step_in_progress(peer, *, since) -> tuple[int, str] | None:
     if not record or peer.peer_id not in record.recipients():
         return None
     by_id = {p.peer_id: p for p in Peer.objects.filter(run=run, peer_id__in=record.members)}
-    members = [by_id[pid].peer_info() for pid in record.members if pid in by_id]
+    rows = [by_id[pid] for pid in record.members if pid in by_id]
+    members = [p.peer_info() for p in rows]
     group = Group(step=record.step, peers=members, validators=record.validators, candidates=record.candidates,
                   deadlines={"step": record.deadline.timestamp(),
                              "phase_timeout": effective_deadlines(run).phase_timeout},
-                  state_donors=members[:3])
+                  state_donors=[p.peer_info() for p in state_donors(run, step=record.step, members=rows)])
     return record.step, group.model_dump_json()
 
 

@@ -38,7 +38,7 @@ from btard_wire.randomness import probation_seed as _probation_seed
 
 from ..deadlines import effective_deadlines
 from ..models import Peer, Run, StepRecord
-from ..selectors import accused_in_step, board_randomness, step_complete, step_validators
+from ..selectors import accused_in_step, board_randomness, state_donors, step_complete, step_validators
 from .membership import mark_stale_peers_offline
 from .reports import samples_per_peer
 
@@ -139,7 +139,7 @@ def start_step_if_ready(*, run: Run, now: datetime | None = None) -> StepRecord 
     emit(GroupFormed(run_id=run.id, group=Group(
         step=step, peers=[p.peer_info() for p in members], validators=validators, candidates=candidates,
         deadlines={"step": deadline.timestamp(), "phase_timeout": timeouts.phase_timeout},
-        state_donors=[p.peer_info() for p in members[:3]])))
+        state_donors=[p.peer_info() for p in state_donors(run, step=step, members=members)])))
     return record
 
 

@@ -102,3 +102,31 @@ def test_a_peer_marked_stale_has_left_from_then(run, group):
     _report(p1)
     later = timezone.now() + timedelta(seconds=LEFT_STEP_GRACE_SECONDS + 1)
     assert runs.close_step(run=run, now=later).outcome == "applied"
+
+
+def test_state_donors_are_the_members_that_kept_reporting_not_one_that_came_back(run, events):
+    """A worker whose site process was down missed applied steps and holds an older state: a peer that fell
+    behind must not be told to download from it (the two-Daphne scenario of tests/e2e)."""
+    from tests.factories import make_peer
+
+    peers = [make_peer(run=run, seed=f"d{i}")[0] for i in range(4)]
+    run.peers_per_group = 4
+    run.save(update_fields=["peers_per_group"])
+    # the peer that comes first in step 3's group order (so members[:3] would name it)
+    from runs.services.steps import _step_randomness
+
+    from btard_wire.randomness import group_order
+
+    first = group_order(_step_randomness(run, 3), [p.peer_id for p in peers], size=4)[0]
+    away = next(p for p in peers if p.peer_id == first)
+    for step in range(3):
+        record = runs.start_step_if_ready(run=run)
+        assert record is not None and record.step == step
+        for p in peers:
+            if p != away or step == 0:  # ``away`` reported step 0 only
+                _report(p, step=step)
+        runs.close_step(run=run, force=True)
+    assert runs.start_step_if_ready(run=run).members[0] == away.peer_id
+    donors = [p.peer_id for p in events()[-1].group.state_donors]
+    assert len(donors) == 3 and away.peer_id not in donors
+    assert set(donors) == {p.peer_id for p in peers if p != away}
