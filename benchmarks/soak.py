@@ -51,12 +51,16 @@ def main(argv=None) -> int:
     parser.add_argument("--step-timeout", type=float, default=None,
                         help="the run's step deadline floor in seconds (default: the demo run's; the site raises "
                              "it to the sum of the phase deadlines)")
+    parser.add_argument("--min-peers", type=int, default=None,
+                        help="online active peers a step needs (default: the demo's honest count, so any kill "
+                             "stalls the run until the worker is back)")
     ours = parser.parse_args(argv)
     demo_args = build_parser().parse_args(["--port", str(ours.port), "--var-dir", "var/soak"])
     demo = Demo(demo_args)
     rng = random.Random(ours.seed)
     run = demo.prepare()
-    fields = {k: v for k, v in (("phase_timeout", ours.phase_timeout), ("step_timeout", ours.step_timeout)) if v}
+    fields = {k: v for k, v in (("phase_timeout", ours.phase_timeout), ("step_timeout", ours.step_timeout),
+                                             ("min_peers", ours.min_peers)) if v}
     if fields:
         args = ", ".join(f"{k}={v!r}" for k, v in fields.items())
         demo.manage("shell", "-c", f"from runs.models import Run; Run.objects.filter(pk={run['run_id']}).update({args})")
