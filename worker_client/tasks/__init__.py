@@ -33,8 +33,10 @@ from .optim import (
 )
 from .registry import (
     ENTRY_POINT_GROUP,
-    TaskMapping,
+    TASKS,
+    TaskRegistry,
     TaskUnavailable,
+    UnknownTask,
     discover,
     get_task,
     load_run_task,
@@ -42,8 +44,7 @@ from .registry import (
     task_entry,
 )
 
-TASKS = TaskMapping()  # name -> Task subclass, every installed task (entry points read on access)
-
+# TASKS: name -> Task subclass, every installed task (entry points read on access); one instance, registry.py's
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -54,7 +55,9 @@ __all__ = [
     "Mnist5kMLP",
     "Task",
     "TaskOptimizer",
+    "TaskRegistry",
     "TaskUnavailable",
+    "UnknownTask",
     "apply_flat_update",
     "batch_gradient",
     "compute_gradient",
