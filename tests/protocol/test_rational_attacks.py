@@ -171,3 +171,45 @@ def test_the_aggregate_bound_never_drops_an_honest_step_for_any_tau(tau):
     assert not swarm.board.banned
     assert all(r.outcome == "applied" for results in swarm.history for r in results.values())
     _assert_agreement(swarm)
+
+
+def test_colluders_in_separate_processes_coordinate_through_one_shared_file(tmp_path):
+    """Networked colluders each build their own peer: given the same file (``BTARD_COLLUSION``), they
+    share its seed and learn each other's ids, and strike as one coalition object would (an ELIMINATE
+    storm whose colluders each pick a different honest victim)."""
+    from worker_client.btard.attacks import SharedCollusion
+
+    path = tmp_path / "coalition.json"
+    path.write_text('{"seed": 41}')
+    a, b = SharedCollusion(path), SharedCollusion(path)
+    a.join("peer-a")
+    assert b.members == {"peer-a"} and b.seed == 41
+    b.join("peer-b")
+    assert a.members == b.members == {"peer-a", "peer-b"}
+
+    def storm(shared: bool) -> Swarm:
+        swarm = Swarm(n=7, attack="eliminate_storm", byzantine=(1, 4), attack_start=1, seed=3,
+                      params=P.ProtocolParams(validators=2))
+        if shared:
+            file = tmp_path / "storm.json"
+            for p in swarm.byzantine:  # what each worker process does with BTARD_COLLUSION set
+                swarm.peers[p].collusion = SharedCollusion(file)
+                swarm.peers[p].collusion.join(p)
+        swarm.run(3)
+        return swarm
+
+    together, apart = storm(shared=False), storm(shared=True)
+    assert together.board.moderation_queue == apart.board.moderation_queue
+    targets = {e["target"] for e in apart.board.moderation_queue}
+    assert len(targets) == 2 and not targets & apart.byzantine  # two different honest victims
+
+
+def test_make_peer_reads_the_shared_coalition_file_from_the_environment(tmp_path, monkeypatch):
+    from btard_wire.envelope import Identity
+    from worker_client.btard.attacks import COLLUSION_ENV, SharedCollusion, make_peer
+
+    path = tmp_path / "coalition.json"
+    monkeypatch.setenv(COLLUSION_ENV, str(path))
+    peers = [make_peer("absorber", Identity.from_seed(f"c{i}".encode())) for i in range(2)]
+    assert all(isinstance(p.collusion, SharedCollusion) for p in peers)
+    assert peers[0].collusion.members == {p.peer_id for p in peers}

@@ -15,16 +15,20 @@ docstring.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import statistics
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from btard_wire import payloads as M
 from btard_wire.envelope import Envelope
+from btard_wire.registry import Registry
 
 from .actions import ComputeGradient, SendTensor
 from .kernels import clip_w, distances_to
@@ -40,7 +44,8 @@ class Collusion:
 
     ``honest`` maps contributor -> honest gradient for the current ``step`` (filled by the driver before
     any attacker computes its message). ``segments`` are the parameter tensors' slices of the flat
-    vector (``random_direction`` works per parameter tensor when known, else per part)."""
+    vector (``random_direction`` works per parameter tensor when known, else per part). In one process
+    (the simulator) the colluders share one object; across processes see :class:`SharedCollusion`."""
 
     members: set[str] = field(default_factory=set)
     seed: int = 0
@@ -48,10 +53,78 @@ class Collusion:
     honest: dict[str, torch.Tensor] = field(default_factory=dict)
     segments: list[slice] | None = None
 
+    def join(self, peer_id: str) -> None:
+        """``peer_id`` is one of the colluders."""
+        self.members.add(peer_id)
+
     def honest_stack(self) -> torch.Tensor | None:
         """The honest peers' gradients of the step (attackers' own honest ones when no peer is honest)."""
-        rows = [g for p, g in self.honest.items() if p not in self.members] or list(self.honest.values())
+        members = self.members
+        rows = [g for p, g in self.honest.items() if p not in members] or list(self.honest.values())
         return torch.stack(rows) if rows else None
+
+
+# The coordination channel of colluders that run in separate processes (networked workers): the path of
+# one JSON file given to every colluder, ``{"seed": int, "members": [peer ids]}``.
+COLLUSION_ENV = "BTARD_COLLUSION"
+
+
+class SharedCollusion(Collusion):
+    """A coalition across processes (each networked worker builds its own peer): every colluder is given
+    the same file (``BTARD_COLLUSION``). The file fixes the common ``seed`` (a missing one is 0); each
+    colluder adds its peer id when it joins, under an exclusive lock, and reads the others' ids whenever
+    it needs them, so colluders started in any order know each other from their first step together.
+    What cannot travel through a file (the step's honest gradients) stays empty: behaviours that need it
+    fall back to their own gradient, as in a one-peer coalition."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._cache: tuple[tuple[int, int], set[str]] | None = None
+        super().__init__(members=set(), seed=int(self._read().get("seed", 0)))
+
+    def _read(self) -> dict:
+        try:
+            data = json.loads(self.path.read_text() or "{}")
+        except FileNotFoundError:
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    @property
+    def members(self) -> set[str]:  # type: ignore[override]
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return set(self._local)
+        key = (st.st_mtime_ns, st.st_size)
+        if self._cache is None or self._cache[0] != key:
+            ids = self._read().get("members", [])
+            self._cache = (key, {p for p in ids if isinstance(p, str)})
+        return self._cache[1] | self._local
+
+    @members.setter
+    def members(self, value: set[str]) -> None:
+        self._local = set(value)
+
+    def join(self, peer_id: str) -> None:
+        import fcntl
+
+        self._local.add(peer_id)
+        with open(self.path, "a+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            f.seek(0)
+            try:
+                data = json.loads(f.read() or "{}")
+            except ValueError:
+                data = {}
+            ids = list(data.get("members", []))
+            if peer_id not in ids:
+                ids.append(peer_id)
+            data["members"] = ids
+            f.seek(0)
+            f.truncate()
+            f.write(json.dumps(data))
+            f.flush()
+        self._cache = None
 
 
 class Byzantine(BtardPeer):
@@ -67,8 +140,8 @@ class Byzantine(BtardPeer):
     def __init__(self, *args, collusion: Collusion | None = None, attack_start: int = 0,
                  attack_every: int = 1, **params: Any):
         super().__init__(*args)
-        self.collusion = collusion or Collusion(members={self.peer_id})
-        self.collusion.members.add(self.peer_id)
+        self.collusion = collusion or Collusion()
+        self.collusion.join(self.peer_id)
         self.attack_start = int(attack_start)
         self.attack_every = max(1, int(attack_every))
         for key, value in params.items():
@@ -616,10 +689,10 @@ class Replay(Byzantine):
         return [envelope]
 
 
-ATTACKS: dict[str, type[Byzantine]] = {cls.name: cls for cls in (
+ATTACKS: Registry[type[Byzantine]] = Registry("attack", {cls.name: cls for cls in (
     SignFlip, RandomDirection, LabelFlip, Delayed, IPM, ALIE, TimedALIE, HiddenBias,
     WrongAggregate, PhantomDigest, ForgedAggregate, Absorber, Equivocate, UnsignedEquivocate, BadCommitment, DuplicateSlot, LieScalars, FalseAccuse, LateAccusation, LateEliminate, UnlistedAccusation, EliminateStorm, CandidateEliminate, JustInTime, WithholdPart, WithholdReveal, Replay,
-)}
+)})
 # behaviours of a rational attacker (security review 2026-12): each declares whether it ends banned
 # (``outcome = "banned"``) or with its gain bounded (``outcome = "bounded"`` and its ``bound``)
 RATIONAL_ATTACKS = [name for name, cls in ATTACKS.items() if cls.rational]
@@ -638,17 +711,16 @@ def make_peer(attack: str | None, identity, params=None, *, entropy=None, verifi
             kw[key] = value
     if attack in (None, "", "none", "honest"):
         return BtardPeer(identity, params, **kw)
-    try:
-        cls = ATTACKS[attack]
-    except KeyError:
-        raise ValueError(f"unknown attack {attack!r}; known: {', '.join(sorted(ATTACKS))}") from None
+    cls = ATTACKS[attack]  # UnknownName (a ValueError and a KeyError) names the known ones
+    if collusion is None and os.environ.get(COLLUSION_ENV):  # colluders in separate processes
+        collusion = SharedCollusion(os.environ[COLLUSION_ENV])
     peer = cls(identity, params, collusion=collusion, **attack_params)
     for k, v in kw.items():
         setattr(peer, k, v)
     return peer
 
 
-from . import adaptive_attacks  # noqa: E402, F401  (registers optimal_alie, optimal_ipm, mimic, free riders)
+from . import adaptive_attacks  # noqa: F401  (registers optimal_alie, optimal_ipm, mimic, free riders)
 
 
 class RevealDodger(Byzantine):
@@ -728,5 +800,5 @@ def _reveal_closed(s) -> bool:
     return Stage.REVEAL_CLOSED in s.stages
 
 
-ATTACKS[RevealDodger.name] = RevealDodger
+ATTACKS.register(RevealDodger)
 PROTOCOL_ATTACKS.append(RevealDodger.name)
