@@ -259,14 +259,20 @@ def step_complete(record: StepRecord, *, now=None) -> bool:
         members=record.members, reported=reported, gone=members_gone(record, now=now))
 
 
-def accused_in_step(run: Run, step: int) -> set[str]:
-    names = set()
-    for env in BroadcastLog.objects.filter(run=run, step=step, phase__in=("accuse", "verdict", "eliminate",
-                                                                        "validation")).values_list("envelope", flat=True):
-        payload = env.get("payload") or {}
-        if env.get("phase") == "validation" and payload.get("ok", True):
-            continue
-        for key in ("guilty", "accused", "target"):
-            if isinstance(payload.get(key), str):
-                names.add(payload[key])
-    return names
+def probation_voided_in_step(run: Run, record: StepRecord) -> set[str]:
+    """The candidates of ``record`` whose probation step earns nothing: their drawn validator
+    (``record.candidates[i]["validator"]``) posted a failed ``probation`` report on them
+    (:func:`btard_wire.board.probation_voided`); a failure from anyone else voids nothing (finding 10). A
+    failed ``validation`` report of the assigned validator naming the candidate counts too (workers before
+    the ``probation`` phase)."""
+    failures = []
+    for phase, sender, env in BroadcastLog.objects.filter(run=run, step=record.step, phase__in=("probation",
+                                                                                              "validation")) \
+            .values_list("phase", "sender_peer_id", "envelope"):
+        payload = (env or {}).get("payload") or {}
+        if payload.get("ok", True) is False:
+            named = payload.get("candidate" if phase == "probation" else "target")
+            if isinstance(named, str):
+                failures.append((sender, named))
+    return {c["peer_id"] for c in record.candidates
+            if board_rules.probation_voided(candidate=c["peer_id"], validator=c.get("validator"), failures=failures)}

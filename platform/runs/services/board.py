@@ -140,6 +140,27 @@ def _check_special_payload(envelope: Envelope, record: StepRecord) -> None:
         raise Rejected("payload", "a peer cannot eliminate itself")
 
 
+def _check_probation_report(run: Run, record: StepRecord, envelope: Envelope) -> None:
+    """A ``probation`` report comes only from the candidate's drawn probation validator of that step, at most
+    one per (sender, candidate, step); a second one is refused as a duplicate (it is not a board slot, so not
+    equivocation: the validator's own ``validation`` report is a different message)."""
+    if envelope.phase != "probation":
+        return
+    candidate = (envelope.payload or {}).get("candidate")
+    entry = next((c for c in record.candidates if c.get("peer_id") == candidate), None)
+    if entry is None:
+        raise Rejected("payload", f"probation report on {str(candidate)[:8]}, who is not a candidate of step "
+                                  f"{record.step}")
+    if entry.get("validator") != envelope.sender:
+        raise Rejected("not_validator", f"{envelope.sender[:8]} is not the probation validator drawn for "
+                                        f"{candidate[:8]} at step {record.step}")
+    for earlier in BroadcastLog.objects.filter(run=run, step=record.step, phase="probation",
+                                               sender_peer_id=envelope.sender).values_list("envelope", flat=True):
+        if (earlier.get("payload") or {}).get("candidate") == candidate:
+            raise Rejected("duplicate", f"{envelope.sender[:8]} already reported on {candidate[:8]}'s probation "
+                                        f"step {record.step}")
+
+
 def accept_broadcast(*, peer: Peer, envelope: Envelope) -> BroadcastLog:
     """Verify, store and relay a signed broadcast of ``peer``.
 
@@ -172,7 +193,7 @@ def _accept_broadcast(*, peer: Peer, envelope: Envelope) -> BroadcastLog:
     if envelope.phase not in BROADCAST_PHASES:
         raise Rejected("phase", f"unknown phase {envelope.phase!r}; known: {', '.join(BROADCAST_PHASES)}")
     allowed = {run.current_step}
-    if envelope.phase in ("verdict", "accuse", "validation") or not run.step_in_progress:
+    if envelope.phase in ("verdict", "accuse", "validation", "probation") or not run.step_in_progress:
         allowed.add(run.current_step - 1)  # late verdicts and stragglers of the step just closed
     if envelope.step not in allowed:
         raise Rejected("stale_step", f"step {envelope.step} is not the current step {run.current_step}")
@@ -185,6 +206,7 @@ def _accept_broadcast(*, peer: Peer, envelope: Envelope) -> BroadcastLog:
     _check_special_payload(envelope, record)
     if BroadcastLog.objects.filter(run=run, sender_peer_id=envelope.sender, nonce=envelope.nonce).exists():
         raise Rejected("replay", f"replayed message (nonce {envelope.nonce[:8]}) from {envelope.sender[:8]}")
+    _check_probation_report(run, record, envelope)
     _check_decisive(run, record, envelope)
     _check_sender_limits(run, record, envelope)
     _check_elimination_rate(run, record, envelope)
@@ -203,7 +225,9 @@ def _accept_broadcast(*, peer: Peer, envelope: Envelope) -> BroadcastLog:
         if envelope.phase in (closed or {}):
             raise Rejected("phase_closed", f"{envelope.phase} of step {envelope.step} was closed at its deadline "
                                            f"before this message arrived; the group continues without it")
-    emit(BroadcastRecorded(run_id=run.id, step=envelope.step, envelope=envelope, recipients=record.recipients()))
+    # a probation report is for the site's probation decision only: stored, never relayed
+    recipients = [] if envelope.phase == "probation" else record.recipients()
+    emit(BroadcastRecorded(run_id=run.id, step=envelope.step, envelope=envelope, recipients=recipients))
     return entry
 
 

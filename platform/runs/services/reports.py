@@ -19,7 +19,7 @@ from btard_wire.control import (
 )
 
 from ..models import Peer, Run, StepRecord, StepReportRecord
-from ..selectors import accused_in_step
+from ..selectors import probation_voided_in_step
 from .errors import Rejected
 
 log = logging.getLogger(__name__)
@@ -84,8 +84,9 @@ def record_step_report(*, peer: Peer, report: StepReport) -> StepReportRecord:
 
 
 def _credit_probation(*, run: Run, record: StepRecord, peer: Peer) -> bool:
-    """Count a candidate's probation step that was reported after its step closed (unless accused)."""
-    if peer.peer_id in accused_in_step(run, record.step):
+    """Count a candidate's probation step that was reported after its step closed (unless its validator failed
+    it)."""
+    if peer.peer_id in probation_voided_in_step(run, record):
         return False
     Peer.objects.filter(pk=peer.pk).update(probation_done=F("probation_done") + 1)
     record_reputation_event(user_id=peer.user_id, kind="probation_step", run=run, step=record.step)

@@ -38,7 +38,13 @@ from btard_wire.randomness import probation_seed as _probation_seed
 
 from ..deadlines import effective_deadlines
 from ..models import Peer, Run, StepRecord
-from ..selectors import accused_in_step, board_randomness, state_donors, step_complete, step_validators
+from ..selectors import (
+    board_randomness,
+    probation_voided_in_step,
+    state_donors,
+    step_complete,
+    step_validators,
+)
 from .membership import mark_stale_peers_offline
 from .reports import samples_per_peer
 
@@ -174,7 +180,7 @@ def close_step(*, run: Run, force: bool = False, now=None) -> StepRecord | None:
     record.save()
 
     peers = {p.peer_id: p for p in run.peers.filter(peer_id__in=record.recipients())}
-    accused = accused_in_step(run, record.step)
+    voided = probation_voided_in_step(run, record)
     samples_by_user: dict[int, int] = {}
     validated: list[int] = []
     probation: list[int] = []
@@ -188,7 +194,7 @@ def close_step(*, run: Run, force: bool = False, now=None) -> StepRecord | None:
     for cand in record.candidates:
         p = peers.get(cand["peer_id"])
         r = reports.get(cand["peer_id"])
-        if p is None or r is None or p.role != "candidate" or p.peer_id in accused:
+        if p is None or r is None or p.role != "candidate" or p.peer_id in voided:
             continue
         Peer.objects.filter(pk=p.pk).update(probation_done=F("probation_done") + 1)
         probation.append(p.user_id)
