@@ -74,7 +74,7 @@ def test_a_probation_report_from_another_member_is_refused_and_voids_nothing(run
 
 
 def test_a_second_probation_report_is_a_refused_duplicate_not_an_equivocation(run):
-    members, cand, (validator, ident), _ = _setup(run)
+    _, cand, (validator, ident), _ = _setup(run)
     _post(validator, ident, run, "probation", {"candidate": cand.peer_id, "ok": True})
     with pytest.raises(runs.Rejected) as info:
         _post(validator, ident, run, "probation", {"candidate": cand.peer_id, "ok": False})
@@ -83,7 +83,7 @@ def test_a_second_probation_report_is_a_refused_duplicate_not_an_equivocation(ru
 
 
 def test_a_probation_report_on_a_peer_that_is_no_candidate_is_refused(run):
-    members, cand, (validator, ident), others = _setup(run)
+    _, _, (validator, ident), others = _setup(run)
     with pytest.raises(runs.Rejected) as info:
         _post(validator, ident, run, "probation", {"candidate": others[0][0].peer_id, "ok": False})
     assert info.value.code == "payload"
