@@ -97,8 +97,8 @@ def test_ban_delay_counts_from_the_attack_start_and_needs_every_attacker():
 
 
 def test_the_table_shows_mean_and_std_over_seeds():
-    base = dict(task="t", peers=4, byzantine_count=0, attack="none", aggregator="mean", tau=1.0,
-                attack_every=1, byzantine=[], bans=[], honest_banned=0)
+    base = {"task": "t", "peers": 4, "byzantine_count": 0, "attack": "none", "aggregator": "mean", "tau": 1.0,
+            "attack_every": 1, "byzantine": [], "bans": [], "honest_banned": 0}
     rows = [dict(base, seed=0, final_accuracy=0.80), dict(base, seed=1, final_accuracy=0.90)]
     text = markdown_table(rows, title="t")
     assert "| mean | 85.0 ± 7.1 |" in text
@@ -117,10 +117,10 @@ def test_cells_are_keyed_by_what_defines_them():
 
 
 def _row(attack, seed, curve, aggregator="btard", validators=4):
-    return dict(task="t", peers=16, byzantine_count=0 if attack == "none" else 7, attack=attack,
-                aggregator=aggregator, tau=1.0, attack_every=1, seed=seed, validators=validators,
-                byzantine=[], bans=[], honest_banned=0, final_accuracy=curve[-1],
-                accuracy_curve=[[10 * (i + 1), a] for i, a in enumerate(curve)])
+    return {"task": "t", "peers": 16, "byzantine_count": 0 if attack == "none" else 7, "attack": attack,
+            "aggregator": aggregator, "tau": 1.0, "attack_every": 1, "seed": seed, "validators": validators,
+            "byzantine": [], "bans": [], "honest_banned": 0, "final_accuracy": curve[-1],
+            "accuracy_curve": [[10 * (i + 1), a] for i, a in enumerate(curve)]}
 
 
 def test_btard_is_compared_with_the_clean_run_of_the_same_seed_and_validator_count():
@@ -173,3 +173,41 @@ def test_the_kardam_grid_delays_workers_and_keys_cells_by_staleness():
     assert {c.defence for c in kardam} == {"kardam (staleness 0)", "kardam (staleness 4)"}
     assert all(c.sim_kwargs().get("staleness", 0) == c.staleness for c in kardam)
     assert len({c.key for c in cells}) == len(cells)
+
+
+def test_the_adaptive_grid_gives_btard_every_adaptive_and_non_iid_column_first():
+    from worker_client.experiments import ADAPTIVE_GRID_ATTACKS, BTARD_ONLY_ATTACKS, NON_IID_ATTACKS
+
+    cells = GRIDS["adaptive"]()
+    assert len({c.key for c in cells}) == len(cells) and {c.seed for c in cells} == {0, 1, 2}
+    btard = [c for c in cells if c.aggregator == "btard"]
+    assert {(c.attack, c.non_iid) for c in btard} == ({(a, 0.0) for a in ["none", *ADAPTIVE_GRID_ATTACKS]}
+                                                      | {(a, 0.5) for a in NON_IID_ATTACKS})
+    assert cells[:len(btard)] == btard  # BTARD's whole table first
+    baselines = cells[len(btard):]
+    assert {c.aggregator for c in baselines} == {"mean", "median", "geometric_median", "centered_clip"}
+    assert not any(c.attack in BTARD_ONLY_ATTACKS for c in baselines)
+    alie = next(c for c in cells if c.attack == "alie" and c.non_iid)
+    assert alie.column == "alie b=7 non-iid 0.5" and alie.sim_kwargs()["non_iid"] == 0.5
+    iid = Cell(**{**alie.__dict__, "non_iid": 0.0})
+    assert iid.key != alie.key and "non_iid" not in iid.key and "non_iid" not in iid.sim_kwargs()
+
+
+def test_a_non_iid_run_is_paired_with_the_non_iid_clean_run_and_baselines_are_paired_when_asked():
+    def row(attack, alpha, acc, aggregator="btard"):
+        r = _row(attack, 0, [acc] * 5, aggregator=aggregator)
+        r["args"] = {"non_iid": alpha}
+        return r
+
+    rows = [row("none", 0.0, 0.90), row("none", 0.5, 0.80), row("alie", 0.0, 0.89), row("alie", 0.5, 0.78),
+            row("none", 0.5, 0.85, "mean"), row("alie", 0.5, 0.60, "mean")]
+    gaps = paired_gaps(rows)
+    assert [round(g, 6) for g, _ in gaps[("btard (tau 1, m=4)", "alie b=7 non-iid 0.5")]] == [-2.0]
+    assert [round(g, 6) for g, _ in gaps[("btard (tau 1, m=4)", "alie b=7")]] == [-1.0]
+    assert ("mean", "alie b=7 non-iid 0.5") not in gaps
+    every = paired_gaps(rows, every_defence=True)
+    assert [round(g, 6) for g, _ in every[("mean", "alie b=7 non-iid 0.5")]] == [-25.0]
+    text = markdown_table(rows, title="t", every_defence_gap=True)
+    columns = text.split("\n")[4]
+    assert columns.index("alie b=7 |") < columns.index("none non-iid 0.5")  # IID columns first
+    assert "Every defence against its own clean run" in text
