@@ -52,3 +52,45 @@ def test_chunked_distances_and_row_checks_match_the_direct_formula(chunked):
 def test_huge_finite_values_do_not_overflow_in_chunks(chunked):
     big = torch.full((500,), 3e38)
     assert float(P.distances_to(big, -big)) == pytest.approx(2 * float(big[0]) * 500 ** 0.5, rel=1e-12)
+
+
+@pytest.mark.parametrize("numel,n", [(1001, 4), (333, 5)])
+def test_float32_projection_gives_the_float64_projections_values(chunked, numel, n):
+    """z drawn as float32 is widened exactly: the kernels give bit-identical scalars with either."""
+    gen = torch.Generator().manual_seed(numel)
+    g, a = torch.randn(numel, generator=gen), torch.randn(numel, generator=gen)
+    z32 = torch.randn(numel, generator=gen)
+    for unchunked in (False, True):
+        if unchunked:
+            P._CHUNKED_ABOVE = 1 << 30
+        assert (P.per_part_scalars_and_distances(z32, g, a, n)
+                == P.per_part_scalars_and_distances(z32.double(), g, a, n))
+        rows = [g[:50], a[:50]]
+        s32, q32 = P.rows_scalars_and_norms(rows, a[50:100], z32[:50])
+        s64, q64 = P.rows_scalars_and_norms(rows, a[50:100], z32[:50].double())
+        assert torch.equal(s32, s64) and torch.equal(q32, q64)
+
+
+def test_projection_slices_are_the_whole_projections_slices_on_every_path():
+    """Any slice of z (across block boundaries, drawn alone, through a memo, as a view of a cached
+    whole z) holds the whole z's values: every peer and validator projects on the same z."""
+    from worker_client.btard.memo import Memo
+    from worker_client.btard.mprng import Z_BLOCK, projection, projection_slice
+
+    r, numel = b"\x01" * 32, 2 * Z_BLOCK + 123
+    whole = projection(r, numel)
+    assert whole.dtype == torch.float64 and whole.numel() == numel
+    assert torch.equal(projection_slice(r, numel, 0, numel).double(), whole)
+    bounds = [(0, 1), (5, Z_BLOCK), (Z_BLOCK - 3, Z_BLOCK + 3), (Z_BLOCK + 7, numel), (numel, numel)]
+    memo = Memo()
+    for a0, a1 in bounds:
+        assert torch.equal(projection_slice(r, numel, a0, a1).double(), whole[a0:a1])
+        assert torch.equal(memo.projection_slice(r, numel, a0, a1).double(), whole[a0:a1])
+    memo.projection_slice(r, numel, 0, numel)
+    for a0, a1 in bounds:
+        assert torch.equal(memo.projection_slice(r, numel, a0, a1).double(), whole[a0:a1])
+    assert torch.equal(memo.projection(r, numel), whole)
+    assert not torch.equal(projection_slice(b"\x02" * 32, numel, 0, 100), whole[:100].float())
+    assert abs(float(whole.mean())) < 0.02 and abs(float(whole.std()) - 1) < 0.02
+    with pytest.raises(ValueError):
+        projection_slice(r, numel, 0, numel + 1)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .mprng import projection
+from .mprng import projection_slice
 from .tensors import bytes_to_tensor
 
 if TYPE_CHECKING:
@@ -57,21 +57,23 @@ _CHUNK = 1 << 16
 def _chunked_dot_and_sq(x: torch.Tensor, a: torch.Tensor, z: torch.Tensor | None,
                         buf: torch.Tensor) -> tuple[float, float]:
     """``<z, x - a>`` (0 without ``z``) and ``||x - a||^2`` of 1-D ``x`` and ``a``, in float64 over chunks
-    of ``buf``."""
+    of ``buf`` (``[2, _CHUNK]`` float64: the differences, and ``z`` widened when it is float32)."""
     acc_s = acc_q = 0.0
     m = x.numel()
+    wide = z is not None and z.dtype != torch.float64
     for c0 in range(0, m, _CHUNK):
         c1 = min(m, c0 + _CHUNK)
-        b = buf[: c1 - c0]
+        b = buf[0, : c1 - c0]
         b.copy_(x[c0:c1]).sub_(a[c0:c1])
         if z is not None:
-            acc_s += float(torch.dot(z[c0:c1], b))
+            zc = buf[1, : c1 - c0].copy_(z[c0:c1]) if wide else z[c0:c1]
+            acc_s += float(torch.dot(zc, b))
         acc_q += float(torch.dot(b, b))
     return acc_s, acc_q
 
 
 def _chunk_buffer() -> torch.Tensor:
-    return torch.empty(_CHUNK, dtype=torch.float64)
+    return torch.empty(2, _CHUNK, dtype=torch.float64)
 
 
 def per_part_scalars_and_distances(z: torch.Tensor, g: torch.Tensor, a: torch.Tensor | list[torch.Tensor],
@@ -99,7 +101,7 @@ def rows_scalars_and_norms(rows: list[torch.Tensor], a: torch.Tensor, z: torch.T
     """``<z, x_k - a>`` and ``||x_k - a||`` (float64) for every row ``x_k`` of ``rows``."""
     if sum(r.numel() for r in rows) <= _CHUNKED_ABOVE:
         diff = torch.stack(rows).to(torch.float64) - a.to(torch.float64)
-        return diff @ z, (diff * diff).sum(dim=1).sqrt()
+        return diff @ z.to(torch.float64), (diff * diff).sum(dim=1).sqrt()
     buf = _chunk_buffer()
     pairs = [_chunked_dot_and_sq(row, a, z, buf) for row in rows]
     return (torch.tensor([p[0] for p in pairs], dtype=torch.float64),
@@ -146,8 +148,6 @@ def recalc_mismatch(g: torch.Tensor, record: StepRecord, target: str, rtol: floa
     string on mismatch, None when everything agrees."""
     if target not in record.scalars:
         return "target sent no scalars"
-    if z is None:
-        z = projection(record.r, record.numel)
     bounds = part_bounds(record.numel, len(record.group))
     claimed = record.scalars[target]
     if len(claimed) != len(bounds):
@@ -156,7 +156,7 @@ def recalc_mismatch(g: torch.Tensor, record: StepRecord, target: str, rtol: floa
     for p, (a, b) in enumerate(bounds):
         gp, ap = g[a:b], record.aggregate[a:b]
         scale = float(gp.norm()) + float(ap.norm()) + 1e-12
-        s = _scalar(z[a:b], gp, ap)
+        s = _scalar(z[a:b] if z is not None else projection_slice(record.r, record.numel, a, b), gp, ap)
         if not abs(s - claimed[p]) <= rtol * scale:
             return f"part {p}: s={claimed[p]:.6g} claimed, {s:.6g} recomputed"
         d_claim = record.distances.get(p, {}).get(target)

@@ -19,16 +19,16 @@ import torch
 from btard_wire.errors import ProtocolError
 
 from .kernels import decode_tensor, sha256_hex
-from .mprng import projection
+from .mprng import projection_slice
 
 
 class Memo:
     """Bounded caches of pure computations (see the module docstring)."""
 
-    def __init__(self, *, decoded: int = 4096, fixed_point: int = 64, projections: int = 4):
+    def __init__(self, *, decoded: int = 4096, fixed_point: int = 64, projections: int = 6):
         self._decoded: dict[int, tuple[bytes, int, str, torch.Tensor | None, ProtocolError | None]] = {}
         self._fixed_point: dict[tuple, Any] = {}
-        self._z: OrderedDict[tuple[bytes, int], torch.Tensor] = OrderedDict()
+        self._z: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self._limits = (decoded, fixed_point, projections)
 
     def decode(self, data: bytes, numel: int) -> tuple[str, torch.Tensor | None, ProtocolError | None]:
@@ -57,15 +57,27 @@ class Memo:
             self._fixed_point[key] = hit
         return hit
 
-    def projection(self, r: bytes, numel: int) -> torch.Tensor:
-        """:func:`.mprng.projection` of ``(r, numel)``, kept for the last few keys. Shared: callers must
-        not modify it."""
-        key = (r, numel)
+    def _z_entry(self, key: tuple, make: Callable[[], torch.Tensor]) -> torch.Tensor:
         z = self._z.get(key)
         if z is None:
-            z = self._z[key] = projection(r, numel)
+            z = self._z[key] = make()
             while len(self._z) > self._limits[2]:
                 self._z.popitem(last=False)
         else:
             self._z.move_to_end(key)
         return z
+
+    def projection_slice(self, r: bytes, numel: int, a0: int, a1: int) -> torch.Tensor:
+        """:func:`.mprng.projection_slice` ``z[a0:a1]`` (float32), kept for the last few keys; a view of
+        the whole float32 ``z`` when that is held already. Shared: callers must not modify it."""
+        whole = self._z.get(("f32", r, numel, 0, numel))
+        if whole is not None:
+            return whole[a0:a1]
+        return self._z_entry(("f32", r, numel, a0, a1), lambda: projection_slice(r, numel, a0, a1))
+
+    def projection(self, r: bytes, numel: int) -> torch.Tensor:
+        """:func:`.mprng.projection` of ``(r, numel)`` (the whole ``z``, float64), kept for the last few
+        keys. Shared: callers must not modify it. The core's own passes take float32 slices
+        (:meth:`projection_slice`); this float64 copy is for callers that need it."""
+        return self._z_entry(("f64", r, numel),
+                             lambda: self.projection_slice(r, numel, 0, numel).to(torch.float64))
