@@ -86,8 +86,9 @@ def _threads(fn):
 # validation helpers
 
 
-def _check(x: torch.Tensor, rule: str) -> tuple[int, int]:
-    """Validate the input stack; returns ``(n, d)``."""
+def _check(x: torch.Tensor, rule: str, *, finite: bool = True) -> tuple[int, int]:
+    """Validate the input stack; returns ``(n, d)``. ``finite=False`` leaves the NaN/inf test to the
+    caller (a pass over ``x`` that detects them anyway: :func:`_centered_gram` with ``rule``)."""
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{rule} expects a torch.Tensor, got {type(x).__name__}")  # noqa: TRY004
     if x.dim() != 2:
@@ -100,7 +101,7 @@ def _check(x: torch.Tensor, rule: str) -> tuple[int, int]:
     # One reduction instead of an n x d boolean temporary: any NaN/inf makes the sum non-finite. A
     # non-finite sum of finite values (overflow) falls back to the exact elementwise check.
     # (A float64 sum would be exact-er but is ~30x slower on CPU.)
-    if not math.isfinite(float(x.sum())) and not bool(torch.isfinite(x).all()):
+    if finite and not math.isfinite(float(x.sum())) and not bool(torch.isfinite(x).all()):
         raise ValueError(f"{rule}: input contains NaN or inf")
     return n, d
 
@@ -121,6 +122,16 @@ def _check_weights(rule: str, weights, n: int) -> torch.Tensor | None:
     return w / w.sum()
 
 
+# The passes of the iterative rules (Gram, combine with distances) take column chunks of about this many
+# values in all (512 KiB of float32 per chunk and as much for its buffer: both stay in L2), and at least
+# 4096 columns so the per-chunk dispatch stays small.
+_PASS_VALUES = 1 << 17
+
+
+def _pass_width(n: int, d: int) -> int:
+    return min(d, max(4096, _PASS_VALUES // max(1, n)))
+
+
 def _chunks(d: int, size: int | None = None):
     size = size or _CHUNK
     for start in range(0, d, size):
@@ -131,16 +142,21 @@ def _chunks(d: int, size: int | None = None):
 # shared linear algebra
 
 
-def _centered_gram(x: torch.Tensor, center: torch.Tensor, *, exact: bool = False) -> torch.Tensor:
+def _centered_gram(x: torch.Tensor, center: torch.Tensor, *, exact: bool = False,
+                   rule: str | None = None) -> torch.Tensor:
     """``G = (x - center)(x - center)^T`` as float64 ``[n, n]``, in one pass over ``x`` by chunks.
 
     Default: float32 products per chunk, float64 across chunks (relative error ~1e-7 of
     ``|y_i||y_j|``), which is enough when ``center`` is near the points that matter. ``exact=True``
-    subtracts and multiplies in float64 (~2.5x slower) for centres that may be far from them."""
+    subtracts and multiplies in float64 (~2.5x slower) for centres that may be far from them.
+    ``rule``: the caller skipped the NaN/inf test of ``x`` (:func:`_check` with ``finite=False``); a NaN
+    or inf anywhere in ``x`` makes the diagonal non-finite, and only then is ``x`` tested (ValueError
+    naming ``rule``) before the float64 fallback."""
     n, d = x.shape
     g = torch.zeros(n, n, dtype=torch.float64)
-    buf = torch.empty(n, min(d, _CHUNK), dtype=torch.float64 if exact else x.dtype)
-    for a, b in _chunks(d):
+    width = _pass_width(n, d)
+    buf = torch.empty(n, width, dtype=torch.float64 if exact else x.dtype)
+    for a, b in _chunks(d, width):
         y = buf[:, : b - a]
         if exact:
             y.copy_(x[:, a:b])
@@ -150,6 +166,8 @@ def _centered_gram(x: torch.Tensor, center: torch.Tensor, *, exact: bool = False
             torch.sub(x[:, a:b], center[a:b], out=y)
             g += (y @ y.T).to(torch.float64)
     if not exact and not bool(torch.isfinite(g).all()):
+        if rule is not None and not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{rule}: input contains NaN or inf")
         # float32 products overflowed (finite inputs beyond ~1e19): float64 holds any finite float32
         return _centered_gram(x, center, exact=True)
     return (g + g.T) / 2  # BLAS need not return an exactly symmetric product
@@ -184,7 +202,8 @@ _MAX_FRAMES = 4
 
 
 def _iterate_coefficients(x: torch.Tensor, center: torch.Tensor, step, *, eps: float,
-                          max_iters: int, stop=None) -> tuple[torch.Tensor, np.ndarray, int]:
+                          max_iters: int, stop=None, rule: str | None = None
+                          ) -> tuple[torch.Tensor, np.ndarray, int]:
     """Run ``c <- step(c, dist2)`` in coefficient space (iterate ``v = center + y^T c``, ``y = x - center``).
 
     The loop works on n-vectors and the n x n Gram matrix in numpy float64 (a few microseconds per
@@ -193,11 +212,12 @@ def _iterate_coefficients(x: torch.Tensor, center: torch.Tensor, step, *, eps: f
     ``stop(move, dist2)`` is true for the length ``move`` of that iteration's step and the squared
     distances it started from; or after ``max_iters`` iterations in total. Returns ``(center, c,
     iterations)``: the final frame's centre and coefficients, so the caller builds ``v`` in the pass it
-    needs anyway (:func:`_combine`, or :func:`_combine_with_distances`)."""
+    needs anyway (:func:`_combine`, or :func:`_combine_with_distances`). ``rule``: see
+    :func:`_centered_gram` (the first frame's Gram pass tests ``x`` for NaN/inf)."""
     n = x.shape[0]
     iterations = 0
     for frame in range(_MAX_FRAMES):
-        g = _centered_gram(x, center).numpy()
+        g = _centered_gram(x, center, rule=rule if frame == 0 else None).numpy()
         diag = np.diagonal(g).copy()
         c = np.zeros(n)
         drifted = False
@@ -234,21 +254,28 @@ def _iterate(x: torch.Tensor, center: torch.Tensor, step, *, eps: float,
 _SUM_BLOCK = 4096  # float32 partial sums of squares this long (relative error ~3e-8), then float64
 
 
-def _combine_with_distances(x: torch.Tensor, center: torch.Tensor,
-                            c: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+def _combine_with_distances(x: torch.Tensor, center: torch.Tensor, c: np.ndarray, *,
+                            center_row: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``v = center + (x - center)^T c`` (x's dtype) and ``||x_k - v||^2`` (float64) in ONE pass over x.
 
     Each chunk of ``v`` is built and the chunk's differences to it are squared while the chunk is still
     in cache: the distances are those of the returned ``v`` (what an aggregator broadcasts and every
     contributor re-checks to 1e-6). Squares are summed in float32 over blocks of ``_SUM_BLOCK`` values and
-    the blocks in float64: relative error ~3e-8 (a float64 copy of the chunk would double the pass)."""
+    the blocks in float64: relative error ~3e-8 (a float64 copy of the chunk would double the pass).
+    ``center_row``: ``center`` is ``x[center_row]``, so ``v = x^T c'`` with the centre's weight folded
+    into ``c'`` (one mat-vec per chunk, no extra add)."""
     n, d = x.shape
-    ct = torch.from_numpy(c).to(x.dtype)
     keep = 1.0 - float(c.sum())
+    if center_row is not None:
+        c = c.copy()
+        c[center_row] += keep
+        keep = 0.0
+    ct = torch.from_numpy(c).to(x.dtype)
     v = torch.empty(d, dtype=x.dtype)
     sq = torch.zeros(n, dtype=torch.float64)
-    buf = torch.empty(n, min(d, _CHUNK), dtype=x.dtype)
-    for a, b in _chunks(d):
+    width = _pass_width(n, d)
+    buf = torch.empty(n, width, dtype=x.dtype)
+    for a, b in _chunks(d, width):
         vc = v[a:b]
         torch.mv(x[:, a:b].T, ct, out=vc)
         if keep != 0.0:
@@ -273,7 +300,7 @@ def _combine_with_distances(x: torch.Tensor, center: torch.Tensor,
 def sample_medoid(x: torch.Tensor, *, samples: int = 4096) -> int:
     """The row with the smallest sum of distances to the others, measured on ``samples`` evenly spaced
     coordinates (float64): a cheap start near the majority for an iteration that re-centres anyway."""
-    n, d = x.shape
+    d = x.shape[1]
     idx = torch.linspace(0, d - 1, min(d, samples)).round().long()
     sub = x[:, idx].to(torch.float64)
     return int(torch.cdist(sub, sub).sum(dim=1).argmin())
@@ -716,7 +743,7 @@ def centered_clip_with_info(x: torch.Tensor, *, tau: float = 1.0, eps: float = 1
     Raises ValueError on bad input, ``tau <= 0``, ``eps < 0``, ``rtol < 0``, ``max_iters < 0``, an unknown
     init or method.
     """
-    n, _ = _check(x, "centered_clip")
+    n, _ = _check(x, "centered_clip", finite=False)  # the first Gram pass tests for NaN/inf
     if not (tau > 0):
         raise ValueError(f"centered_clip needs tau > 0, got tau={tau}")
     if eps < 0 or max_iters < 0 or not (rtol >= 0):
@@ -732,7 +759,8 @@ def centered_clip_with_info(x: torch.Tensor, *, tau: float = 1.0, eps: float = 1
     elif init == "mean":
         v0 = p.to(x.dtype) @ x
     elif init == "medoid":
-        v0 = x[sample_medoid(x)]
+        row = sample_medoid(x)
+        v0 = x[row]
     else:
         raise ValueError(f"centered_clip: unknown init {init!r} (expected 'median', 'mean' or 'medoid')")
 
@@ -766,8 +794,9 @@ def centered_clip_with_info(x: torch.Tensor, *, tau: float = 1.0, eps: float = 1
 
     center, c, iterations = _iterate_coefficients(
         x, v0, step, eps=eps, max_iters=max_iters,
-        stop=stop if (eps > 0 or rtol > 0) else (lambda move, dist2: False))
-    v, sq = _combine_with_distances(x, center, c)
+        stop=stop if (eps > 0 or rtol > 0) else (lambda move, dist2: False), rule="centered_clip")
+    v, sq = _combine_with_distances(x, center, c,
+                                    center_row=row if init == "medoid" and center is v0 else None)
     return CenteredClipResult(v, iterations, sq.sqrt_())
 
 
