@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/task_memory.py                    # gpt-char (10.8M parameters)
     .venv/bin/python benchmarks/task_memory.py --task fashion-resnet --batch-size 32
 
-Builds exactly what a networked worker holds for the run (:class:`worker_client.runner.ModelState`: the
+Builds exactly what a networked worker holds for the run (:class:`worker_client.worker.model_state.ModelState`: the
 model, the scratch model gradients are computed on, the optimizer, the flat snapshots kept for
 validation), computes one gradient of a peer's batch, applies it (so the optimizer's moments exist) and
 serialises the state a newcomer would download. Each stage runs in a fresh process so that the peak of
@@ -31,7 +31,7 @@ def stage(task_name: str, until: str, batch_size: int, threads: int) -> dict:
     import torch
 
     torch.set_num_threads(threads)
-    from worker_client.runner import ModelState
+    from worker_client.worker.model_state import ModelState
     from worker_client.tasks import get_task
 
     task = get_task(task_name)
