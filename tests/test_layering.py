@@ -218,6 +218,56 @@ def test_the_protocol_core_does_no_file_or_network_io():
     assert found == [], "\n".join(map(str, found))
 
 
+# Module-level state that would be shared by every peer of a process: a cache keyed by anything but a plain
+# value, a mutable container filled at run time, a ``global`` rebinding. Registries built once at import
+# (a dict display of classes) are constants; ``functools.cache`` on a function of ints only is a table.
+MUTABLE_FACTORIES = {"dict", "list", "set", "OrderedDict", "defaultdict", "deque", "WeakKeyDictionary",
+                     "WeakValueDictionary", "Counter"}
+CACHE_DECORATORS = {"cache", "lru_cache"}
+
+
+def global_state_violations(files: list[Path], *, root: Path) -> list[Violation]:
+    """Module-global caches and run-time state: ``global`` statements, module-level empty mutable containers
+    (``{}``, ``[]``, ``dict()``, ``OrderedDict()``...), and ``functools.cache``/``lru_cache`` on a function
+    with a parameter that is not annotated ``int``."""
+    found = []
+    for path in files:
+        rel = str(path.relative_to(root))
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Global):
+                found.append(Violation(rel, node.lineno, f"global {', '.join(node.names)}"))
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for dec in node.decorator_list:
+                    target = dec.func if isinstance(dec, ast.Call) else dec
+                    name = target.attr if isinstance(target, ast.Attribute) else getattr(target, "id", "")
+                    args = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
+                    if name in CACHE_DECORATORS and not all(
+                            a.annotation is not None and ast.unparse(a.annotation) in ("int", "tuple[int, ...]")
+                            for a in args):
+                        found.append(Violation(rel, node.lineno, f"cache on {node.name}()"))
+        for node in tree.body:
+            value = node.value if isinstance(node, (ast.Assign, ast.AnnAssign)) else None
+            if value is None:
+                continue
+            empty = isinstance(value, (ast.Dict, ast.List, ast.Set)) and not (
+                getattr(value, "keys", None) or getattr(value, "elts", None))
+            call = (isinstance(value, ast.Call) and not value.args and not value.keywords
+                    and (getattr(value.func, "id", None) or getattr(value.func, "attr", None)) in MUTABLE_FACTORIES)
+            if empty or call:
+                found.append(Violation(rel, node.lineno, f"module-level {ast.unparse(value)}"))
+    return found
+
+
+def test_the_protocol_core_keeps_no_module_global_caches_or_state():
+    """Peers of one process share nothing through the core's modules: what a simulator shares (decoded
+    aggregates, projections, fixed-point checks) is a ``Memo`` it injects."""
+    files = _py_files(CORE, skip=("__pycache__",))
+    assert CORE / "peer.py" in files and CORE / "checks.py" in files and CORE / "court.py" in files
+    found = global_state_violations(files, root=ROOT)
+    assert found == [], "\n".join(map(str, found))
+
+
 # --- the scanners themselves ------------------------------------------------------------------------------
 
 BAD_CORE_MODULE = """
@@ -280,12 +330,45 @@ def test_the_core_scanners_flag_every_kind_of_violation_in_a_synthetic_module(fa
     assert io == {"calls open()", "uses os.chmod", "calls .write_text()", "uses os.path.exists", "calls .save()"}
 
 
+CACHING_CORE_MODULE = """
+import functools
+from collections import OrderedDict
+
+_DECODED = {}
+_Z_CACHE = OrderedDict()
+REGISTRY = {"a": 1}
+_COUNT = 0
+
+
+@functools.lru_cache(maxsize=4)
+def projection(r: bytes, numel: int):
+    return r * numel
+
+
+@functools.cache
+def network(n: int) -> tuple:
+    return tuple(range(n))
+
+
+def bump():
+    global _COUNT
+    _COUNT += 1
+"""
+
+
+def test_the_global_state_scanner_flags_caches_containers_and_globals_but_not_constants(fake_core):
+    (fake_core / "caching.py").write_text(textwrap.dedent(CACHING_CORE_MODULE))
+    found = {v.what for v in global_state_violations([fake_core / "caching.py"], root=fake_core)}
+    assert found == {"module-level {}", "module-level OrderedDict()", "cache on projection()", "global _COUNT"}
+
+
 def test_the_core_scanners_pass_a_module_that_keeps_the_rules(fake_core):
     (fake_core / "good.py").write_text(textwrap.dedent(GOOD_CORE_MODULE))
     files = [fake_core / "good.py"]
     assert import_violations(files, root=fake_core, prefix="worker_client.btard", allowed=CORE_ALLOWED,
                              forbid_stdlib=IO_MODULES) == []
     assert io_violations(files, root=fake_core) == []
+    assert global_state_violations(files, root=fake_core) == []
 
 
 def test_the_wire_scanner_flags_torch_numpy_and_a_climb_out_of_the_package(tmp_path):

@@ -1,0 +1,291 @@
+"""The checks a peer runs on a step's data (paper Sec. 3.2-3.3): part and aggregate hash checks, the
+scalar and distance checks, the CenteredClip fixed-point check and the aggregate bound (invariant 3).
+
+A :class:`Checks` object belongs to one step of one :class:`~.peer.BtardPeer` (the peer creates it with
+the step, as hivemind's ``AllReduceRunner`` owns its ``TensorPartContainer`` and ``TensorPartReducer``).
+It reads and updates that step's :class:`~.state.StepState`, files what it finds with the step's
+:class:`~.court.Court` (accusations, direct verdicts) and posts through its peer, so a behaviour's
+``hook_*`` methods see every message. It does no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+
+from btard_wire import payloads as M
+from btard_wire.errors import ProtocolError
+
+from .actions import Action
+from .aggregators import clip_weights
+from .kernels import (
+    decode_tensor,
+    per_part_scalars_and_distances,
+    rows_scalars_and_norms,
+    sha256_hex,
+)
+from .state import Stage, StepState
+
+if TYPE_CHECKING:
+    from .court import Court
+    from .peer import BtardPeer
+
+
+def part_tensor(s: StepState, part: int, data: bytes) -> torch.Tensor:
+    """Raw float32 ``data`` of part ``part`` of the step as a tensor (size and finiteness checked:
+    ProtocolError otherwise)."""
+    a, b = s.bounds[part]
+    return decode_tensor(data, b - a)
+
+
+def header_ok(s: StepState, header: M.TensorHeader, sender: str, kind: str, part: int, data: bytes | None) -> bool:
+    """``header`` is ``sender``'s valid signed header of tensor ``kind`` part ``part`` of this step (and
+    of ``data``, when given)."""
+    if (header.sender != sender or header.kind != kind or header.part != part or header.run != s.ctx.run
+            or header.step != s.ctx.step):
+        return False
+    if data is not None and header.sha256 != sha256_hex(data):
+        return False
+    try:
+        header.verify(s.ctx.public_keys[sender])
+    except ProtocolError:
+        return False
+    return True
+
+
+class Checks:
+    """The checks of one step (see the module docstring)."""
+
+    def __init__(self, peer: BtardPeer, s: StepState, court: Court):
+        self.peer = peer
+        self.s = s
+        self.court = court
+        self.me = peer.peer_id
+        self.params = peer.params
+        self.memo = peer.memo
+
+    def check_part(self, sender: str, part: int, data: bytes, header: M.TensorHeader | None) -> list[Action]:
+        s = self.s
+        _, commit, cdigest = s.board[("commit", sender)]
+        if len(commit.hashes) != s.n:
+            s.faulted.add(sender)
+            return self.court.direct_verdict(sender, M.FaultKind.bad_broadcast, [cdigest],
+                                             f"commitment lists {len(commit.hashes)} hashes for {s.n} parts")
+        if sha256_hex(data) == commit.hashes[part]:
+            try:
+                t = part_tensor(s, part, data)
+            except ProtocolError as exc:
+                s.faulted.add(sender)
+                s.fetched[commit.hashes[part]] = data  # evidence others may fetch by its hash
+                return self.court.accuse(sender, M.FaultKind.malformed_part, f"committed part is malformed: {exc}",
+                                         evidence=[cdigest], part=part, data=data)
+            s.received[sender] = t
+            s.received_bytes[sender] = data
+            return []
+        # the data differs from the commitment: attributable only with the sender's signed header
+        if header is not None and header_ok(s, header, sender, "part", part, data):
+            s.faulted.add(sender)
+            return self.court.accuse(sender, M.FaultKind.part_mismatch,
+                                     f"part {part} does not match the signed commitment", evidence=[cdigest],
+                                     part=part, header=header)
+        self.peer._reject(f"part {part} from {sender[:8]} does not match its commitment and is unsigned")
+        return []
+
+    def check_aggregate(self, sender: str, part: int, data: bytes, header: M.TensorHeader | None) -> list[Action]:
+        s = self.s
+        _, res, rdigest = s.board[("agg_result", sender)]
+        if res.part != part:
+            s.aggregate_faulted.add(part)
+            return self.court.direct_verdict(sender, M.FaultKind.bad_broadcast, [rdigest],
+                                             f"aggregator of part {part} published a result for part {res.part}")
+        digest, tensor, error = self.memo.decode(data, s.bounds[part][1] - s.bounds[part][0])
+        if digest == res.hash:
+            try:
+                if error is not None:
+                    raise error
+                s.aggregates[part] = tensor
+            except ProtocolError as exc:
+                s.aggregate_faulted.add(part)
+                return self.court.direct_verdict(sender, M.FaultKind.bad_aggregate, [rdigest],
+                                                 f"published aggregate is malformed: {exc}")
+            return []
+        if header is not None and header_ok(s, header, sender, "aggregate", part, data):
+            s.aggregate_faulted.add(part)
+            return self.court.accuse(sender, M.FaultKind.aggregate_mismatch,
+                                     f"aggregate {part} differs from the published H(a_j)", evidence=[rdigest],
+                                     part=part, header=header)
+        self.peer._reject(f"aggregate {part} from {sender[:8]} does not match H(a_j) and is unsigned")
+        return []
+
+    def send_scalars(self) -> list[Action]:
+        s = self.s
+        z = self.memo.projection(s.r, s.ctx.numel)
+        values, dists = per_part_scalars_and_distances(z, s.gradient, [s.aggregates[j] for j in range(s.n)], s.n)
+        actions: list[Action] = []
+        for j, agg in enumerate(s.ctx.group):
+            res_entry = s.board.get(("agg_result", agg))
+            if res_entry is None or agg == self.me or j in s.aggregate_faulted or self.part_accused_by(agg):
+                continue
+            declared = res_entry[1].distances.get(self.me)
+            d = dists[j]
+            if declared is None or not abs(declared - d) <= self.params.exact_rtol * d + 1e-12:
+                actions += self.court.accuse(agg, M.FaultKind.wrong_distance,
+                                             f"d for part {j} declared {declared}, computed {d:.9g}",
+                                             evidence=[s.board[("commit", self.me)][2], res_entry[2]],
+                                             part=j, data=s.my_part_bytes[j])
+        values = self.peer.hook_scalars(values, s.view())
+        return actions + self.peer._broadcast("scalars", M.ScalarsPayload(values=values))
+
+    def part_accused_by(self, aggregator: str) -> bool:
+        s = self.s
+        return any(env.sender == aggregator and acc.kind in (M.FaultKind.part_mismatch, M.FaultKind.malformed_part)
+                   for env, acc in s.accusations.values())
+
+    def report(self) -> list[Action]:
+        s = self.s
+        actions: list[Action] = []
+        me = self.me
+        if s.r is not None and s.my_aggregate is not None:
+            z = self.memo.projection(s.r, s.ctx.numel)
+            a0, a1 = s.bounds[s.index]
+            zj = z[a0:a1]
+            ks = []
+            for k in s.contributors:
+                if k == me or k not in s.received or not s.got("scalars", k):
+                    continue
+                _, sc, sdigest = s.board[("scalars", k)]
+                if len(sc.values) != s.n:
+                    actions += self.court.direct_verdict(k, M.FaultKind.bad_broadcast, [sdigest],
+                                                         f"{len(sc.values)} scalars for {s.n} parts")
+                else:
+                    ks.append(k)
+            if ks:
+                expected, norms = rows_scalars_and_norms([s.received[k] for k in ks], s.my_aggregate, zj)
+                declared = torch.tensor([s.payload("scalars", k).values[s.index] for k in ks], dtype=torch.float64)
+                tol = self.params.exact_rtol * float(zj.norm()) * norms + 1e-12
+                for i in torch.nonzero(~((expected - declared).abs() <= tol)).flatten().tolist():
+                    k = ks[i]
+                    actions += self.court.accuse(k, M.FaultKind.wrong_scalar,
+                                                 f"s for part {s.index} declared {float(declared[i]):.9g}, "
+                                                 f"recomputed {float(expected[i]):.9g}",
+                                                 evidence=[s.board[("commit", k)][2], s.board[("scalars", k)][2]],
+                                                 part=s.index, data=s.received_bytes[k])
+        target = s.validators.get(me)
+        if target is not None and s.validation_ok is False:
+            prev = s.ctx.prev
+            ev = [prev.digests.get(("scalars", target), "")] + [
+                prev.digests.get(("agg_result", g), "") for g in prev.group]
+            actions += self.court.accuse(target, M.FaultKind.recalc,
+                                         f"recalculation of step {prev.step} failed: {s.validation_reason}",
+                                         evidence=ev, target_step=prev.step)
+        for acc in self.peer.hook_extra_accusations(s.view()):
+            actions += self.peer._broadcast("accuse", acc)
+            s.my_accusations.append(s.last_digest)
+            s.early.add(s.last_digest)
+        prev_step = s.ctx.prev.step if (target is not None and s.ctx.prev is not None) else None
+        # the report fixes which accusations and ELIMINATEs decide the step (finding 6): this peer's own
+        # and every other one it saw before reporting; later ones count only if another report lists them
+        listed = list(dict.fromkeys(s.my_accusations + sorted(s.early - set(s.my_accusations))))
+        s.stages |= Stage.REPORTED
+        actions += self.peer._broadcast("validation", M.ValidationPayload(
+            target=target, target_step=prev_step, ok=s.validation_ok if target else None,
+            accusations=listed[:64], silent=sorted(s.silent)))
+        return actions
+
+    def fixed_point(self) -> list[Action]:
+        """Everyone checks ``|sum_k min(1, tau/d_kj) s_kj| <= tol_j`` for every part (Sec. 3.2)."""
+        s = self.s
+        actions: list[Action] = []
+        p = self.params
+        accused_parts = set()
+        for digest, (env, acc) in s.accusations.items():
+            if digest not in s.early and digest not in s.listed:
+                continue  # a late accusation no report lists decides nothing (finding 6)
+            if acc.kind in (M.FaultKind.part_mismatch, M.FaultKind.malformed_part):
+                accused_parts.add(s.ctx.group.index(env.sender))
+            elif acc.kind in (M.FaultKind.wrong_scalar, M.FaultKind.wrong_distance) and acc.part is not None:
+                accused_parts.add(acc.part)
+        contributors = list(s.contributors)
+        if not contributors or any(len(s.payload("scalars", k).values) != s.n for k in contributors):
+            return actions
+        cset = set(contributors)
+        parts = []
+        for j, agg in enumerate(s.ctx.group):
+            if j in accused_parts or j in s.aggregate_faulted or j not in s.aggregates:
+                continue
+            env, res, rdigest = s.board[("agg_result", agg)]
+            if set(res.distances) != cset:
+                actions += self.court.direct_verdict(agg, M.FaultKind.bad_broadcast, [rdigest],
+                                                     "distances do not cover exactly the step's contributors")
+                continue
+            parts.append(j)
+        if not parts:
+            return actions
+        self.aggregate_bound(parts)
+        # A pure function of content-addressed public data (envelope digests fix the distances and
+        # scalars, H(a_j) fixes a_j), so in-process peers share one computation (the simulator).
+        key = (tuple(s.board[("agg_result", s.ctx.group[j])][2] for j in parts),
+               tuple(s.board[("scalars", k)][2] for k in contributors), tuple(parts), p)
+
+        def compute() -> tuple[torch.Tensor, torch.Tensor]:
+            dists = [s.payload("agg_result", s.ctx.group[j]).distances for j in parts]
+            d = torch.tensor([[dj[k] for dj in dists] for k in contributors], dtype=torch.float64)  # [c, parts]
+            sv = torch.tensor([s.payload("scalars", k).values for k in contributors], dtype=torch.float64)[:, parts]
+            a_norm = torch.tensor([float(s.aggregates[j].norm()) for j in parts], dtype=torch.float64)
+            w = clip_weights(d, p.tau)
+            totals = (w * sv).sum(dim=0)
+            tol = p.fixed_point_sigmas * (len(contributors) * p.cc_eps
+                                          + p.fixed_point_rtol * (w * (d + a_norm[None, :])).sum(dim=0))
+            return totals, tol
+
+        cached = self.memo.fixed_point(key, compute)
+        totals, tol = cached
+        s.fixed_point_margin = float((totals.abs() / tol).max())
+        failed = torch.nonzero(~(totals.abs() <= tol)).flatten().tolist()
+        if not failed and not actions and parts == list(range(s.n)) and not s.bound_failed:
+            # invariant 1: the step may be applied only once this check ran over every part and passed
+            s.stages |= Stage.FIXED_POINT_PASSED
+        for i in failed:
+            j = parts[i]
+            agg = s.ctx.group[j]
+            digests = [s.board[("agg_result", agg)][2]] + [s.board[("scalars", k)][2] for k in contributors]
+            actions += self.court.direct_verdict(agg, M.FaultKind.bad_aggregate, digests,
+                                                 f"CenteredClip fixed point fails along z for part {j}: "
+                                                 f"|sum w s| = {float(totals[i].abs()):.3g} > {float(tol[i]):.3g}")
+        return actions
+
+    def aggregate_bound(self, parts: list[int]) -> None:
+        """Invariant 3: each ``a_j`` must lie within the bound of a majority of the step's contributors.
+
+        Per value (distance / sqrt(part size)), the majority-th smallest published distance ``d_kj``
+        must not exceed ``aggregate_bound`` times the previous step's scale.
+        Every honest contributor checked its own ``d_kj`` (else it accused), and a majority needs honest
+        contributors, so a forged aggregate that passed the fixed-point check (an absorber's scalar)
+        still moves at most about the bound plus the honest spread from honest gradients in one step.
+        A failure drops the step on every peer (the check reads only public data) and bans nobody."""
+        s = self.s
+        p = self.params
+        contributors = list(s.contributors)
+        m = len(contributors) // 2 + 1
+        prev = s.ctx.prev
+        ref_scales = prev.scales if prev is not None and prev.step == s.ctx.step - 1 else []
+        # G: the previous step's median spread over parts (a minority of forged parts cannot move it)
+        spreads = sorted(r for _, _, r in ref_scales)
+        g = spreads[len(spreads) // 2] if spreads else 0.0
+        for j in parts:
+            lo, hi = s.bounds[j]
+            dists = s.payload("agg_result", s.ctx.group[j]).distances
+            rho = sorted(dists[k] for k in contributors)[m - 1] / math.sqrt(max(1, hi - lo))
+            # the reference of this part: the previous step's parts that cover the same values, capped at
+            # ``aggregate_bound_spread`` x G (so a forger that stays under the bound cannot ratchet its
+            # own part's reference up step after step) and at least G
+            own = max((r for a, b, r in ref_scales if a < hi and lo < b), default=0.0)
+            ref = max(g, min(own, p.aggregate_bound_spread * g))
+            failed = p.aggregate_bound > 0 and ref > 0 and rho > p.aggregate_bound * ref
+            if failed:
+                s.bound_failed.append(j)
+            # the next step's reference: this spread when it passed, else at most twice the previous one
+            # (a forger that fails the bound cannot ratchet the scale faster than 2x per dropped step)
+            s.scales.append((lo, hi, min(rho, 2.0 * ref) if failed else rho))
