@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from worker_client.demo import Demo, _kill, build_parser
+from worker_client.demo import Demo, build_parser
 
 
 def rss_mib(pid: int) -> float:
@@ -119,7 +119,7 @@ def _loop(demo, ours, rng, honest, argv_of, step, site_pid, summary) -> None:
             if len(alive) > len(honest) // 2 + 1:
                 victim = rng.choice(alive)
                 proc = next(p for n, p in reversed(demo.procs) if n == victim)
-                _kill(proc, signal.SIGKILL)
+                demo.group.kill(proc, signal.SIGKILL)
                 down[victim] = now
                 summary["kills"] += 1
             last_kill = now

@@ -18,13 +18,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-g
                  "--disable-component-update", "--disable-sync"]
 
 
-def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from worker_client.processes import free_port  # noqa: F401 - re-exported: tests import it from here
 
 
 @pytest.fixture
@@ -35,12 +29,25 @@ def postgres_url() -> str:
     return url
 
 
-@pytest.fixture
-def redis_url() -> str:
+@pytest.fixture(scope="session")
+def _run_redis_url():
+    """A Redis database that this test run alone holds (``tests.support.redis_db``: claimed with SET NX and a
+    TTL, so a concurrent run on the same server never meets our keys); ``None`` without ``REDIS_URL``."""
     url = os.environ.get("REDIS_URL")
     if not url:
+        yield None
+        return
+    from tests.support.redis_db import claim_redis_db
+
+    with claim_redis_db(url) as ours:
+        yield ours
+
+
+@pytest.fixture
+def redis_url(_run_redis_url) -> str:
+    if not _run_redis_url:
         pytest.skip("REDIS_URL is not set (CI sets it)")
-    return url
+    return _run_redis_url
 
 
 @pytest.fixture

@@ -12,74 +12,27 @@ Celery tasks in-process (the site also advances steps from the workers' heartbea
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
+
+from .processes import ProcessGroup, wait_for_site
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_BEHAVIOURS = ["wrong_aggregate", "sign_flip", "bad_commitment"]
 
-
-def _kill(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
-    try:
-        os.killpg(proc.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _listening(path: str) -> bool:
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(1.0)
-    try:
-        probe.connect(path)
-        return True
-    except OSError:
-        return False
-    finally:
-        probe.close()
-
-
-def remove_stale_sockets(paths) -> None:
-    """Remove hivemind sockets no daemon listens on; a live one belongs to someone else's daemon."""
-    for path in paths:
-        if not _listening(path):
-            try:
-                os.remove(path)
-            except OSError:
-                pass
-
-
-
-def wait_for_site(url: str, proc, *, timeout: float) -> str:
-    """Poll ``url``/healthz until the site answers: ``"up"``, ``"exited"`` (``proc`` died) or ``"timeout"``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return "exited"
-        try:
-            urllib.request.urlopen(url + "/healthz", timeout=2)
-            return "up"
-        except urllib.error.HTTPError:
-            return "up"  # it answered
-        except OSError:
-            time.sleep(0.3)
-    return "timeout"
 
 class Demo:
     def __init__(self, args: argparse.Namespace):
         self.args = args
         self.var = Path(args.var_dir).resolve()
         self.logs = self.var / "logs"
-        self.procs: list[tuple[str, subprocess.Popen]] = []
-        self.sockets_before = set(glob.glob("/tmp/hivemind-*"))
+        # every process in its own session, stopped by process group; only their own hivemind sockets removed
+        self.group = ProcessGroup(cwd=ROOT)
         self.url = f"http://127.0.0.1:{args.port}"
         env = dict(os.environ)
         env.setdefault("DATABASE_URL", f"sqlite:///{self.var / 'demo.sqlite3'}")
@@ -88,6 +41,11 @@ class Demo:
                    DJANGO_SETTINGS_MODULE="btard_site.settings", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1",
                    HEARTBEAT_TIMEOUT_SECONDS=env.get("HEARTBEAT_TIMEOUT_SECONDS", "20"))
         self.env = env
+        self.group.env = env
+
+    @property
+    def procs(self) -> list[tuple[str, subprocess.Popen]]:
+        return self.group.procs
 
     # --- steps ------------------------------------------------------------------------------------
     def say(self, text: str) -> None:
@@ -126,11 +84,7 @@ class Demo:
         return max(2, self.args.peers - self.args.byzantine)
 
     def spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
-        log = open(self.logs / f"{name}.log", "w")
-        proc = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        self.procs.append((name, proc))
-        return proc
+        return self.group.start(name, argv, log=self.logs / f"{name}.log")
 
     def start_site(self) -> None:
         self.say(f"starting the site under Daphne on {self.url}")
@@ -161,21 +115,7 @@ class Demo:
         return plan
 
     def stop(self) -> None:
-        for _, proc in self.procs:
-            _kill(proc, signal.SIGTERM)
-        deadline = time.monotonic() + 8
-        for _, proc in self.procs:
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-        for _, proc in self.procs:
-            _kill(proc, signal.SIGKILL)
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
-        remove_stale_sockets(set(glob.glob("/tmp/hivemind-*")) - self.sockets_before)
+        self.group.stop(grace=8)
 
     def run(self) -> int:
         run = self.prepare()
@@ -199,8 +139,12 @@ class Demo:
                 f"  Swarm:       {len(plan)} peers on {run['task']}; Byzantine: {', '.join(attackers) or 'none'}\n"
                 f"  Logs:        {self.logs}/\n"
                 "  Press Ctrl-C to stop everything.\n", flush=True)
+            ticks = 0
             while True:
                 time.sleep(1)
+                ticks += 1
+                if ticks % 15 == 0:
+                    self.group.note_sockets()  # so a worker that exits on its own leaves no socket file
                 for name, proc in self.procs:
                     if name == "daphne" and proc.poll() is not None:
                         self.say(f"the site exited (code {proc.returncode}); see {self.logs / 'daphne.log'}")
