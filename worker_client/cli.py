@@ -19,7 +19,8 @@ import logging
 import os
 import sys
 
-EXIT_OK, EXIT_USAGE, EXIT_REFUSED, EXIT_STARTUP = 0, 2, 3, 4
+from .exit_codes import EXIT_OK, EXIT_STARTUP, EXIT_USAGE
+
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 
 
@@ -222,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.token:
         parser.error("--token is required (create one on the site's /tokens/ page)")
     if args.behaviour:
-        from .runner import known_behaviours
+        from .worker import known_behaviours  # torch and hivemind load only for a worker that runs
 
         names = known_behaviours()
         if args.behaviour not in names:
@@ -242,8 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_STARTUP
     identity, where = loaded
 
-    from .runner import WorkerConfig, run_worker
     from .ui import make_view
+    from .worker import WorkerConfig, run_worker  # here, not at the top: --help and usage errors stay fast
 
     config = WorkerConfig(server=args.server, token=args.token, identity=identity, device=args.device,
                           data_dir=args.data_dir, host_maddrs=args.host_maddr or ["/ip4/0.0.0.0/tcp/0"],

@@ -1,7 +1,7 @@
 """The worker's control plane: one websocket to the site's ``/ws/worker/`` (see :mod:`btard_wire.control`).
 
 :class:`SiteClient` keeps the connection up: it sends ``Hello`` on every (re)connect, heartbeats with a
-status reason, and every message the runner queues (signed broadcasts, step reports) in order, keeping
+status reason, and every message the worker queues (signed broadcasts, step reports) in order, keeping
 them across a reconnect. Network errors reconnect with exponential backoff and jitter; a refused,
 revoked or banned token (a fatal close code, or HTTP 401/403 at the handshake) raises
 :class:`FatalSiteError` carrying a message for humans, and is never retried.
@@ -177,7 +177,7 @@ class SiteClient:
         self.bytes_sent = 0
         self.bytes_received = 0
 
-    # --- API for the runner -------------------------------------------------------------------
+    # --- API for the worker -------------------------------------------------------------------
     def send(self, message: BaseModel) -> None:
         """Queue a worker message; it is sent in order, after a reconnect if the socket is down."""
         self._pending.append(message.model_dump_json())

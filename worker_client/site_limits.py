@@ -1,8 +1,8 @@
 """What the worker accepts from the site, beyond the wire schema: every value bounded, typed or clamped.
 
-The control-plane schema (:mod:`btard_wire.control`) says what a message looks like; this module says
-which values a worker can act on without crashing, allocating without bound or busy-looping. A
-hostile (or buggy) site gets a refusal with a sentence, never a traceback:
+The limits themselves are shared with the site (:mod:`btard_wire.limits`); this module is the
+worker's policy for values outside them. A hostile (or buggy) site gets a refusal with a sentence,
+never a traceback:
 
 - :func:`check_run` refuses a run the worker cannot train (seed outside 64 bits, non-finite or
   non-positive learning rate, batch size, group size...); the worker then exits with that sentence.
@@ -20,19 +20,42 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from btard_wire.control import BanNotice, ErrorMessage, Group, PhaseClosed, ReachabilityCheck, RunInfo, Welcome
+from btard_wire.control import (
+    BanNotice,
+    ErrorMessage,
+    Group,
+    PhaseClosed,
+    ReachabilityCheck,
+    RunInfo,
+    Welcome,
+)
 from btard_wire.json import first_error
+from btard_wire.limits import (
+    MAX_ADDR_CHARS,
+    MAX_ADDRS,
+    MAX_BATCH_SIZE,
+    MAX_CANDIDATES,
+    MAX_CHECKPOINT_EVERY,
+    MAX_CODE_CHARS,
+    MAX_DEADLINES,
+    MAX_DONORS,
+    MAX_EXTRA_BYTES,
+    MAX_ID_CHARS,
+    MAX_LR,
+    MAX_PEERS,
+    MAX_PHASE_TIMEOUT,
+    MAX_PROBATION_LEFT,
+    MAX_PROBATION_STEPS,
+    MAX_RUN_NAME_CHARS,
+    MAX_STEP,
+    MAX_TASK_CHARS,
+    MAX_TAU,
+    MAX_TEXT,
+    MIN_PHASE_TIMEOUT,
+    SEED_RANGE,
+)
 
-MIN_TIMEOUT, MAX_TIMEOUT = 0.5, 600.0  # seconds; the data plane's waits stop at 600 s
-MAX_PEERS = 1024  # members of one group (the site's peers_per_group is far below)
-MAX_CANDIDATES = 256
-MAX_DONORS = 64
-MAX_ADDRS, MAX_ADDR_CHARS = 16, 256
-MAX_ID_CHARS = 128
-MAX_TEXT = 2000  # ban reasons, error messages, names shown to the volunteer
-MAX_EXTRA_BYTES = 64 * 1024
-MAX_STEP = 2**53  # JSON-safe integers; beyond that a step number is nonsense
-SEED_RANGE = (-(2**63), 2**63)  # what torch.manual_seed and numpy's PCG64 accept
+MIN_TIMEOUT, MAX_TIMEOUT = MIN_PHASE_TIMEOUT, MAX_PHASE_TIMEOUT
 
 
 class SiteValueError(ValueError):
@@ -47,9 +70,9 @@ class Candidate(BaseModel):
     public_key: str = Field(default="", max_length=MAX_ID_CHARS)
     p2p_id: str = Field(default="", max_length=MAX_ID_CHARS)
     p2p_addrs: list[str] = Field(default_factory=list, max_length=MAX_ADDRS)
-    seed: int = Field(default=0, ge=0, lt=2**63)
+    seed: int = Field(default=0, ge=0, lt=SEED_RANGE[1])
     validator: str | None = Field(default=None, max_length=MAX_ID_CHARS)
-    probation_left: int = Field(default=0, ge=0, le=10**6)
+    probation_left: int = Field(default=0, ge=0, le=MAX_PROBATION_LEFT)
 
 
 def clamp_timeout(value: Any, default: float = 30.0) -> float:
@@ -76,18 +99,18 @@ def _whole(name: str, value: int, *, low: int, high: int) -> None:
 
 def check_run(run: RunInfo) -> RunInfo:
     """Refuse a run whose settings this worker cannot use. Returns the run unchanged."""
-    if len(run.name) > 200 or len(run.task) > 100:
+    if len(run.name) > MAX_RUN_NAME_CHARS or len(run.task) > MAX_TASK_CHARS:
         raise SiteValueError("the run's name or task is longer than this worker accepts")
     _whole("seed", run.seed, low=SEED_RANGE[0], high=SEED_RANGE[1])
-    _whole("batch_size", run.batch_size, low=1, high=2**20 + 1)
+    _whole("batch_size", run.batch_size, low=1, high=MAX_BATCH_SIZE + 1)
     _whole("peers_per_group", run.peers_per_group, low=1, high=MAX_PEERS + 1)
     _whole("validators_per_step", run.validators_per_step, low=0, high=MAX_PEERS + 1)
-    _whole("probation_steps", run.probation_steps, low=0, high=10**6)
-    _whole("checkpoint_every", run.checkpoint_every, low=0, high=2**31)
-    _finite("lr", run.lr, low=0.0, high=1e6)
+    _whole("probation_steps", run.probation_steps, low=0, high=MAX_PROBATION_STEPS)
+    _whole("checkpoint_every", run.checkpoint_every, low=0, high=MAX_CHECKPOINT_EVERY + 1)
+    _finite("lr", run.lr, low=0.0, high=MAX_LR)
     if run.lr <= 0:
         raise SiteValueError(f"the run's lr is {run.lr!r}; this worker accepts a positive number")
-    _finite("tau", run.tau, low=0.0, high=1e12)
+    _finite("tau", run.tau, low=0.0, high=MAX_TAU)
     try:
         size = len(json.dumps(run.extra, allow_nan=False))
     except (TypeError, ValueError):
@@ -107,7 +130,7 @@ def _addrs_ok(addrs: list[str]) -> bool:
 
 def check_group(group: Group) -> Group:
     """Bound a group's lists and type its candidates; returns the group with typed, clean candidates
-    (as dicts, which is what the runner reads). Raises :class:`SiteValueError`."""
+    (as dicts, which is what the worker reads). Raises :class:`SiteValueError`."""
     if not 0 <= group.step < MAX_STEP:
         raise SiteValueError(f"group for step {group.step}, outside [0, 2**53)")
     if len(group.peers) > MAX_PEERS or len(group.state_donors) > MAX_DONORS:
@@ -118,9 +141,10 @@ def check_group(group: Group) -> Group:
             raise SiteValueError(f"group for step {group.step} names a peer with oversized fields")
     if len(group.validators) > MAX_PEERS or not _ids_ok(list(group.validators) + list(group.validators.values())):
         raise SiteValueError(f"group for step {group.step} has an oversized validator map")
-    if len(group.candidates) > MAX_CANDIDATES or len(group.deadlines) > 32:
+    if len(group.candidates) > MAX_CANDIDATES or len(group.deadlines) > MAX_DEADLINES:
         raise SiteValueError(f"group for step {group.step} has {len(group.candidates)} candidates and "
-                             f"{len(group.deadlines)} deadlines; this worker accepts {MAX_CANDIDATES} and 32")
+                             f"{len(group.deadlines)} deadlines; this worker accepts {MAX_CANDIDATES} and "
+                             f"{MAX_DEADLINES}")
     candidates = []
     for raw in group.candidates:
         try:
@@ -145,7 +169,7 @@ def check_message(message):
             raise SiteValueError("ban notice for an oversized peer id")
         return message.model_copy(update={"reason": message.reason[:MAX_TEXT]})
     if isinstance(message, ErrorMessage):
-        return message.model_copy(update={"code": message.code[:64], "message": message.message[:MAX_TEXT]})
+        return message.model_copy(update={"code": message.code[:MAX_CODE_CHARS], "message": message.message[:MAX_TEXT]})
     if isinstance(message, ReachabilityCheck):
         if len(message.request_id) > 64 or len(message.p2p_id) > MAX_ID_CHARS or not _addrs_ok(message.p2p_addrs):
             raise SiteValueError("reachability check with oversized fields")

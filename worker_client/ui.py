@@ -1,6 +1,6 @@
 """What the volunteer sees: a live rich panel, JSON lines for services, or nothing (``--quiet``).
 
-The runner owns one :class:`WorkerStatus` and calls ``view.update(status)`` / ``view.event(...)``;
+The worker owns one :class:`WorkerStatus` and calls ``view.update(status)`` / ``view.event(...)``;
 views never change the status. Text from the site or from peers (run names, ban reasons, error
 messages) is never parsed as rich markup: it goes into :class:`rich.text.Text` as it is, so
 ``[/dim]`` cannot crash the view and ``[link=...]`` cannot plant a terminal hyperlink.

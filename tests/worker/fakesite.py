@@ -78,7 +78,7 @@ class FakeSite:
         reveals = {p: v["value"] for p, v in board.get("mprng_reveal", {}).items()}
         targets = rules.checkable_targets(contributors=list(prev.get("commit", {})),
                                           scalars_senders=prev.get("scalars", {}))
-        run = str(self.run.extra.get("key") or self.run.id)  # what peers sign (runner.run_key)
+        run = str(self.run.extra.get("key") or self.run.id)  # what peers sign (worker_client.worker.run_key)
         return rules.validator_assignment(run=run, step=step, group=self.groups.get(step, []), commitments=commits,
                                           reveals=reveals, prev_contributors=targets,
                                           m=self.run.validators_per_step)

@@ -4,7 +4,7 @@
 hand: it sends the challenge, reads the hello, welcomes the worker into a run, then runs the test's
 script, which may send anything at all (raw text included). It records every message the worker sent.
 
-:func:`running_worker` starts a real :class:`~worker_client.runner.Worker` (its own p2pd) against it
+:func:`running_worker` starts a real :class:`~worker_client.worker.Worker` (its own p2pd) against it
 and always stops it (cancel, then the worker's own cleanup shuts the daemon down).
 """
 
@@ -18,7 +18,7 @@ from websockets.asyncio.server import serve
 
 from btard_wire.control import Challenge, RunInfo, Welcome
 from btard_wire.envelope import Identity, b64d, peer_id_from_public_key
-from worker_client.runner import Worker, WorkerConfig
+from worker_client.worker import Worker, WorkerConfig
 
 RUN = RunInfo(id=7, name="hostile", task="digits-mlp", batch_size=16, phase_timeout=20.0,
               validators_per_step=0, peers_per_group=3)

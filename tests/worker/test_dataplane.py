@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import glob
+import hashlib
 
 import pytest
 import pytest_asyncio
@@ -14,6 +15,7 @@ from worker_client.net import DataPlane, DataPlaneError
 from worker_client.net.wire import MAX_HEADER_BYTES, read_body, read_request
 
 from .conftest import remove_stale_hivemind_sockets
+from .faulty import FaultyDataPlane
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -25,8 +27,8 @@ async def planes():
     before = set(glob.glob("/tmp/hivemind-*"))
     created: list[DataPlane] = []
     try:
-        for _ in range(4):
-            created.append(await DataPlane.create(RUN, call_timeout=60.0, max_wait=30.0, allow_private=True))
+        for cls in (FaultyDataPlane, DataPlane, DataPlane, DataPlane):  # a can lie on request (overrides)
+            created.append(await cls.create(RUN, call_timeout=60.0, max_wait=30.0, allow_private=True))
         directory = {}
         for name, plane in zip("abcd", created):
             directory[name] = (plane.p2p_id, await plane.addrs())
@@ -100,7 +102,7 @@ async def test_it_reports_a_missing_tensor_without_waiting_when_asked_not_to(pla
     assert err.value.code == "not_found"
 
 
-async def test_it_serves_different_tensors_only_through_explicit_overrides(planes):
+async def test_only_the_faulty_test_plane_serves_different_tensors_to_different_peers(planes):
     a, b, c = planes["a"], planes["b"], planes["c"]
     a.publish(7, "agg", "a", torch.zeros(3), header={"sha256": "honest"},
               overrides={"c": torch.ones(3)}, override_headers={"c": {"sha256": "forked"}})
@@ -109,6 +111,36 @@ async def test_it_serves_different_tensors_only_through_explicit_overrides(plane
     assert data_b == bytes(12) and header_b == {"sha256": "honest"}
     assert torch.equal(torch.frombuffer(bytearray(data_c), dtype=torch.float32), torch.ones(3))
     assert header_c == {"sha256": "forked"}
+    with pytest.raises(TypeError):  # the production plane has no way to fork what it serves
+        b.publish(7, "agg", "b", torch.zeros(3), overrides={"c": torch.ones(3)})
+
+
+async def test_evidence_larger_than_an_envelope_is_fetched_by_its_hash_from_a_member_only(planes):
+    from btard_wire.envelope import MAX_ENVELOPE_BYTES
+
+    a, b, c, d = planes["a"], planes["b"], planes["c"], planes["d"]
+    part = torch.randn(MAX_ENVELOPE_BYTES // 4 + 10_000)  # too large to travel inline in an accusation
+    data = part.numpy().tobytes()
+    sha = hashlib.sha256(data).hexdigest()
+    asked = []
+
+    def source(sha256, step, requester):
+        asked.append((sha256, step, requester))
+        return data if sha256 == sha and step == 11 and requester in {"b", "d"} else None
+
+    a.set_evidence_source(source)
+    got = await b.fetch_evidence("a", step=11, sha256=sha, numel=part.numel(), timeout=30.0)
+    assert got == data and asked[-1] == (sha, 11, "b")  # the server knows who asks, by its p2p identity
+    with pytest.raises(DataPlaneError) as err:  # not a member of the group: the source serves nothing
+        await c.fetch_evidence("a", step=11, sha256=sha, numel=part.numel(), timeout=30.0)
+    assert err.value.code == "not_found"
+    with pytest.raises(DataPlaneError) as err:  # the requester's size is checked before the body is read
+        await b.fetch_evidence("a", step=11, sha256=sha, numel=10, timeout=30.0)
+    assert err.value.code == "size"
+    a.set_evidence_source(lambda sha256, step, requester: bytes(len(data)))  # a holder serving other bytes
+    with pytest.raises(DataPlaneError) as err:
+        await d.fetch_evidence("a", step=11, sha256=sha, numel=part.numel(), timeout=30.0)
+    assert err.value.code == "hash" and err.value.peer == "a"
 
 
 async def test_a_newcomer_downloads_the_state_from_several_donors_and_outvotes_a_liar(planes):
@@ -130,14 +162,20 @@ async def test_a_newcomer_downloads_the_state_from_several_donors_and_outvotes_a
 
 
 async def test_it_pings_a_peer_at_its_announced_address_and_reports_a_dead_one(planes):
-    a, b = planes["a"], planes["b"]
+    a, b, c = planes["a"], planes["b"], planes["c"]
+    answered_before = b.traffic.bytes_sent
     rtt = await a.ping(b.p2p_id, await b.addrs(), timeout=60.0)
-    assert rtt >= 0
+    assert b.traffic.bytes_sent > answered_before  # b's own handler echoed our nonce, nobody else's
+    assert isinstance(rtt, float)
     gone = await DataPlane.create("other-run", call_timeout=3.0, allow_private=True)
     gone_id, gone_addrs = gone.p2p_id, await gone.addrs()
     await gone.shutdown()
     with pytest.raises(DataPlaneError) as err:
         await a.ping(gone_id, gone_addrs, timeout=3.0)
+    assert err.value.code in {"unreachable", "timeout"}
+    # an address that answers with another identity is no proof: the ping dials the id, not the address
+    with pytest.raises(DataPlaneError) as err:
+        await c.ping(gone_id, await b.addrs(), timeout=5.0)
     assert err.value.code in {"unreachable", "timeout"}
 
 

@@ -72,7 +72,7 @@ async def test_a_stranger_is_refused_at_once_and_parks_no_stream(trio):
     with pytest.raises(DataPlaneError) as err:
         await stranger.send("victim", step=5, kind="part", key="0", data=torch.zeros(4), wait=60.0, timeout=10.0)
     assert err.value.code == "refused"
-    assert victim.open_streams == 0 and not victim._events
+    assert victim.open_streams == 0 and not victim.store.events
     # the member of the step is served as before
     got = await member.fetch("victim", step=0, kind="state", key="s5", numel=1000, timeout=10.0)
     assert torch.equal(got, torch.ones(1000))
@@ -103,7 +103,7 @@ async def test_waits_are_only_for_steps_next_to_the_current_one(trio):
         with pytest.raises(DataPlaneError) as err:
             await member.fetch("victim", step=step, kind="agg", key="x", numel=3, wait=30.0, timeout=10.0)
         assert err.value.code == "not_found"  # answered at once, not held for 30 s
-    assert not victim._events  # no entry for a stranger-named slot is left behind
+    assert not victim.store.events  # no entry for a stranger-named slot is left behind
 
 
 async def test_a_silent_stream_is_dropped_after_the_short_request_timeout(trio):
@@ -151,14 +151,14 @@ async def test_the_directory_forgets_peers_no_recent_group_named():
     for step in range(100):
         plane.set_directory({f"peer{step}": (f"p2p{step}", [])}, step=step)
     plane.forget_before(100)
-    assert set(plane._directory) == {"peer99"} and set(plane._by_p2p) == {"p2p99"}
+    assert set(plane.directory.peers) == {"peer99"} and set(plane.directory.by_p2p) == {"p2p99"}
     assert not plane.knows("p2p3") and plane.knows("p2p99")
     # a site naming ever new peers at far steps: the directory stays bounded
     from worker_client.net.dataplane import MAX_DIRECTORY
 
     for i in range(MAX_DIRECTORY + 500):
         plane.set_directory({f"far{i}": (f"f{i}", [])}, step=10**12 + i)
-    assert len(plane._directory) == len(plane._by_p2p) == len(plane._named_at) == MAX_DIRECTORY
+    assert len(plane.directory.peers) == len(plane.directory.by_p2p) == len(plane.directory.named_at) == MAX_DIRECTORY
     assert plane.knows(f"f{MAX_DIRECTORY + 499}") and not plane.knows("f0")
 
 

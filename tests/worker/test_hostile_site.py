@@ -17,7 +17,7 @@ from websockets.asyncio.server import serve
 
 from btard_wire.control import BanNotice, Group, PeerInfo, ReachabilityCheck, Relay
 from btard_wire.envelope import Identity, sign_envelope
-from worker_client.runner import EXIT_REFUSED, EXIT_STARTUP
+from worker_client.worker import EXIT_REFUSED, EXIT_STARTUP
 
 from .hostile import RUN, HostileSite, Listener, RecordingView, running_worker, worker_config
 
@@ -99,7 +99,7 @@ async def test_a_phase_timeout_longer_than_the_data_plane_waits_does_not_crash_t
             await site.wait_for(lambda: any("state download failed" in m for _, m in view.events), 60,
                                 what="the failed download")
             assert not task.done()
-            assert worker._phase_timeout("state") == 600.0
+            assert worker.steps.phase_timeout("state") == 600.0
 
 
 async def test_a_zero_or_nan_deadline_does_not_make_the_worker_busy_loop():
@@ -122,14 +122,14 @@ async def test_a_zero_or_nan_deadline_does_not_make_the_worker_busy_loop():
 
 def test_phase_deadlines_from_the_site_are_clamped_to_what_the_worker_can_honour():
     from btard_wire.control import RunInfo
-    from worker_client.runner import Worker
+    from worker_client.worker import Worker
 
     worker = Worker(worker_config("http://127.0.0.1:1"))
     worker.run_info = RunInfo(id=1, name="r", task="digits-mlp", phase_timeout=float("nan"))
-    assert worker._phase_timeout("parts") == 30.0
+    assert worker.steps.phase_timeout("parts") == 30.0
     for value, expected in ((0.0, 0.5), (float("nan"), 30.0), (1e9 - 1, 600.0), (-5.0, 0.5)):
         worker.current_group = Group(step=1, peers=[], deadlines={"parts": value})
-        assert worker._phase_timeout("parts") == expected, value
+        assert worker.steps.phase_timeout("parts") == expected, value
 
 
 # --- M2: bounded buffers ----------------------------------------------------------------------------------
@@ -147,13 +147,14 @@ async def test_relays_for_far_steps_are_dropped_and_early_ones_stay_within_a_byt
     async with HostileSite(script) as site:
         async with running_worker(worker_config(site.url, allow_private=True)) as (worker, task):
             await asyncio.wait_for(site.done.wait(), 60)
-            await site.wait_for(lambda: worker.pending_relays and worker.pending_relays[-1][1].payload.get("i") == 23,
+            relays = worker.steps
+            await site.wait_for(lambda: relays.pending_relays and relays.pending_relays[-1][1].payload.get("i") == 23,
                                 what="the last relay")
-            steps = {env.step for _, env in worker.pending_relays}
+            steps = {env.step for _, env in worker.steps.pending_relays}
             assert steps == {1}
-            assert worker.pending_relay_bytes <= 16 * 1024 * 1024
-            assert worker.pending_relay_bytes == sum(size for size, _ in worker.pending_relays)
-            assert len(worker.pending_relays) < 24
+            assert worker.steps.pending_relay_bytes <= 16 * 1024 * 1024
+            assert worker.steps.pending_relay_bytes == sum(size for size, _ in worker.steps.pending_relays)
+            assert len(worker.steps.pending_relays) < 24
 
 
 async def test_a_group_for_a_far_step_does_not_hide_the_groups_after_it():

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from btard_wire.envelope import Identity
-from worker_client.runner import Worker, WorkerConfig
+from worker_client.worker import Worker, WorkerConfig
 
 from .fakesite import FakeSite
 
@@ -72,9 +72,28 @@ async def test_networked_validators_drawn_from_r_t_catch_a_gradient_attacker():
     assert site.validators_for(0) == {}  # nothing to validate at the first step
 
 
+async def test_judges_fetch_evidence_too_large_to_inline_by_its_hash_and_ban_only_the_false_accuser(monkeypatch):
+    """Invariant 4 over the real data plane: with the inline cap below a digits-mlp part (about 1,200
+    floats at 4 peers), the false accusation names the part by its committed hash only; the judges that
+    do not hold it fetch it from the group, verify the hash and find the accused innocent."""
+    from btard_wire import payloads
+
+    monkeypatch.setattr(payloads, "MAX_INLINE_FLOATS", 64)
+    torch.set_num_threads(1)
+    async with FakeSite(group_size=4, phase_timeout=15.0) as site:
+        honest = [make_worker(site, i, max_steps=2) for i in range(3)]
+        accuser = make_worker(site, 7, behaviour="false_accuse", max_steps=2)
+        codes = await run_all(honest + [accuser], 150)
+    assert site.banned == {accuser.identity.peer_id}
+    assert codes[:3] == [0, 0, 0]
+    assert sum(w.steps.evidence.fetched for w in honest) >= 1  # a judge without the part fetched it
+    params = [w.state.params() for w in honest]
+    assert all(torch.equal(params[0], p) for p in params[1:])
+
+
 def test_a_downloaded_state_with_momentum_makes_the_next_update_bit_identical():
-    from worker_client.runner import ModelState
     from worker_client.tasks import get_task
+    from worker_client.worker import ModelState
 
     torch.set_num_threads(1)
     task = get_task("digits-mlp")
@@ -101,19 +120,19 @@ def test_phase_deadlines_come_from_the_group_then_the_run_and_a_cli_override_win
 
     worker = Worker(WorkerConfig(server="ws://127.0.0.1:1", token="t", identity=Identity.from_seed(b"deadlines")))
     worker.run_info = RunInfo(id=1, name="r", task="digits-mlp", phase_timeout=30.0)
-    assert worker._phase_timeout("parts") == 30.0  # no group yet: the run's value
+    assert worker.steps.phase_timeout("parts") == 30.0  # no group yet: the run's value
     worker.current_group = Group(step=3, peers=[], deadlines={"step": 1e10, "phase_timeout": 75.0})
-    assert worker._phase_timeout("parts") == 75.0  # the site raised it from the measured step time
+    assert worker.steps.phase_timeout("parts") == 75.0  # the site raised it from the measured step time
     worker.config.phase_timeout = 5.0
-    assert worker._phase_timeout("parts") == 5.0
+    assert worker.steps.phase_timeout("parts") == 5.0
 
 
 def test_concurrent_gradients_on_different_states_match_sequential_ones():
     """A validator computes its own gradient and its target's at once, in two threads, on one scratch model."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from worker_client.runner import ModelState
     from worker_client.tasks import get_task
+    from worker_client.worker import ModelState
 
     state = ModelState(get_task("digits-mlp"), seed=0, lr=0.05, device="cpu")
     state.snapshot(0)

@@ -18,7 +18,10 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-MAX_ADDR_CHARS = 256
+from hivemind.utils.multiaddr import Multiaddr
+
+from btard_wire.limits import MAX_ADDR_CHARS
+
 DNS_PROTOCOLS = {"dns", "dns4", "dns6", "dnsaddr"}
 LAN_ADVICE = "pass --allow-private for a swarm on a LAN or on this machine"
 
@@ -56,8 +59,6 @@ def address_refusal(addr: object, *, allow_private: bool) -> str | None:
     A string that is not a multiaddr is refused (never passed to the daemon). Every IP component of
     the address is checked, so a relay address through a private relay is refused as well.
     """
-    from hivemind.utils.multiaddr import Multiaddr
-
     if not isinstance(addr, str) or not addr or len(addr) > MAX_ADDR_CHARS:
         return "not a multiaddr"
     try:
