@@ -4,9 +4,10 @@ aggregate and the late ELIMINATE. Each test asserts what the honest peers end up
 banned, bit-identical parameters at the last step, steps still applied after the attack) and what the
 attacker gets (banned, refused by the site, or a gain bounded by the aggregate bound).
 
-The networked worker builds each attacker with its own :class:`~worker_client.btard.attacks.Collusion`
-(nothing is shared between processes), so the "coalition" of the absorber test is two independent
-absorbers; :class:`~worker_client.btard.attacks.Absorber` is a forger and its own absorber in one peer.
+The networked worker builds each attacker in its own process; a coalition shares one file
+(:class:`~worker_client.btard.attacks.SharedCollusion`, ``BTARD_COLLUSION``: the common seed, and each
+colluder's peer id added as it starts), so the absorber test's two absorbers are one coalition forging in
+one common direction; :class:`~worker_client.btard.attacks.Absorber` is a forger and its own absorber.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import json
 import math
 
 import pytest
+
+from worker_client.btard.attacks import COLLUSION_ENV
 
 from .siteproc import SiteHarness
 from .test_integration import RUN_FIELDS, last_hash_at
@@ -41,13 +44,20 @@ def site_errors(worker, code: str) -> list[str]:
     return [e["message"] for e in worker.events() if e.get("event") == "error" and f"site: {code}" in e["message"]]
 
 
-def run_swarm(site, *, honest: int, attackers: int, behaviour: str, steps: int, **fields):
+def run_swarm(site, *, honest: int, attackers: int, behaviour: str, steps: int, coalition=None, **fields):
+    """``coalition``: the path of the file the attackers coordinate through (None: each on its own)."""
     run = site.create_run(volunteers=honest + attackers, **(FIELDS | fields))
     site.start()
     tokens = [t["token"] for t in run["tokens"]]
     good = [site.start_worker(f"w{i}", tokens[i], max_steps=steps) for i in range(honest)]
-    bad = [site.start_worker(f"{behaviour}{i}", tokens[honest + i], max_steps=steps, behaviour=behaviour)
-           for i in range(attackers)]
+    env = site.env
+    if coalition is not None:
+        site.env = {**env, COLLUSION_ENV: str(coalition)}
+    try:
+        bad = [site.start_worker(f"{behaviour}{i}", tokens[honest + i], max_steps=steps, behaviour=behaviour)
+               for i in range(attackers)]
+    finally:
+        site.env = env
     site.start_when_ready(good + bad, min_peers=honest)
     site.wait(lambda: all(w.proc.poll() is not None for w in good), 200, "the honest workers to finish")
     site.wait(lambda: all(w.proc.poll() is not None for w in bad), 60, "the attackers to exit")
@@ -92,14 +102,20 @@ def test_it_drops_the_step_with_a_phantom_digest_and_bans_the_forger_not_an_hone
                or any(e.get("event") == "ban" and e.get("peer") == forger_peer for e in w.events()) for w in good)
 
 
-def test_two_absorbers_forged_aggregates_stay_bounded_and_no_honest_peer_is_banned(site):
-    """Each absorber publishes a forged aggregate of its part and a scalar that makes the fixed-point
-    check pass. Whatever is applied moves the model at most by the aggregate bound: the honest loss
-    stays finite and near its start; the absorbers are banned (recalculation) or their steps dropped."""
+def test_a_coalition_of_absorbers_in_two_processes_stays_bounded_and_no_honest_peer_is_banned(site, tmp_path):
+    """Two absorbers, one coalition across processes (one shared file: a common seed, so both forge in
+    the same direction, and each other's ids): each publishes a forged aggregate of its part and a scalar
+    that makes the fixed-point check pass. Whatever is applied moves the model at most by the aggregate
+    bound: the honest loss stays finite and near its start; the absorbers are banned (recalculation) or
+    their steps dropped."""
     steps = 5
+    coalition = tmp_path / "coalition.json"
+    coalition.write_text(json.dumps({"seed": 7}))
     run, good, bad = run_swarm(site, honest=3, attackers=2, behaviour="absorber", steps=steps,
-                               validators_per_step=2)
+                               coalition=coalition, validators_per_step=2)
     bad_peers = {peer_id(w) for w in bad}
+    shared = json.loads(coalition.read_text())
+    assert shared["seed"] == 7 and set(shared["members"]) == bad_peers  # both joined the one coalition
     bans = site_bans(site, run)
     assert {p for p, _ in bans} <= bad_peers, bans  # no honest ban
     assert {k for _, k in bans} <= {"recalc", "bad_aggregate"}, bans
