@@ -81,8 +81,8 @@ async def test_judges_fetch_evidence_too_large_to_inline_by_its_hash_and_ban_onl
     monkeypatch.setattr(payloads, "MAX_INLINE_FLOATS", 64)
     torch.set_num_threads(1)
     async with FakeSite(group_size=4, phase_timeout=15.0) as site:
-        honest = [make_worker(site, i, max_steps=2) for i in range(3)]
-        accuser = make_worker(site, 7, behaviour="false_accuse", max_steps=2)
+        honest = [make_worker(site, i, max_steps=1) for i in range(3)]
+        accuser = make_worker(site, 7, behaviour="false_accuse", max_steps=1)
         codes = await run_all(honest + [accuser], 150)
     assert site.banned == {accuser.identity.peer_id}
     assert codes[:3] == [0, 0, 0]
