@@ -183,8 +183,13 @@ def test_the_adaptive_grid_gives_btard_every_adaptive_and_non_iid_column_first()
     btard = [c for c in cells if c.aggregator == "btard"]
     assert {(c.attack, c.non_iid) for c in btard} == ({(a, 0.0) for a in ["none", *ADAPTIVE_GRID_ATTACKS]}
                                                       | {(a, 0.5) for a in NON_IID_ATTACKS})
-    assert cells[:len(btard)] == btard  # BTARD's whole table first
-    baselines = cells[len(btard):]
+    assert cells[0].aggregator == "btard" and cells[0].attack == "none" and cells[0].seed == 0
+    first = experiments.ADAPTIVE_FIRST  # BTARD's first columns on every seed before any baseline
+    assert cells[:3 * (len(first) + len(experiments.NON_IID_FIRST))] == [c for c in btard if c.attack in first and
+                                                                          not c.non_iid or c.non_iid and c.attack in
+                                                                          experiments.NON_IID_FIRST]
+    assert {c.steps for c in cells} == {experiments.ADAPTIVE_STEPS}
+    baselines = [c for c in cells if c.aggregator != "btard"]
     assert {c.aggregator for c in baselines} == {"mean", "median", "geometric_median", "centered_clip"}
     assert not any(c.attack in BTARD_ONLY_ATTACKS for c in baselines)
     alie = next(c for c in cells if c.attack == "alie" and c.non_iid)
