@@ -185,3 +185,63 @@ def test_btard_with_non_iid_peers_bans_its_attackers_and_no_honest_peer(monkeypa
                          attack_start=2, seed=0, eval_every=0, tau=0.1, non_iid=0.5)
     assert out["honest_banned"] == 0 and out["byzantine_banned"] == 2
     assert len(owners) > 1 and out["args"]["non_iid"] == 0.5  # batches came from several shards
+
+
+# --- the worker's mode and probation ------------------------------------------------------------------
+def test_btard_runs_in_the_workers_mode_by_default(monkeypatch):
+    from worker_client.sim import world
+
+    seen = []
+    real = world.build_swarm
+
+    def recording(identities, params, gradient_fn, **kw):
+        swarm = real(identities, params, gradient_fn, **kw)
+        seen.append((params.board_echo, swarm.memory.site_closes))
+        return swarm
+
+    monkeypatch.setattr(world, "build_swarm", recording)
+    kw = {"task": "digits-mlp", "peers": 4, "steps": 2, "eval_every": 0, "seed": 1}
+    out = run_simulation(**kw)
+    assert seen == [(True, True)] and out["args"]["mode"] == "worker"  # board echo, board-closed phases
+    assert out["applied_steps"] == 2 and out["honest_disagreements"] == 0
+    seen.clear()
+    run_simulation(**kw, mode="shared_view")
+    assert seen == [(False, False)]
+    with pytest.raises(ValueError, match="unknown mode"):
+        run_simulation(**kw, mode="nope")
+
+
+PROBATION = {"task": "digits-mlp", "peers": 6, "joiners": 3, "join_step": 2, "probation_steps": 2,
+             "eval_every": 0, "seed": 0, "tau": 0.25}
+
+
+def test_joiners_pass_probation_by_recalculation_and_a_cheating_candidate_is_never_promoted():
+    out = run_simulation(**PROBATION, byzantine=1, byzantine_joiners=1, attack="sign_flip", attack_start=0, steps=8)
+    prob = out["probation"]
+    cands = prob["candidates"]
+    honest = [c for c in cands.values() if not c["byzantine"]]
+    (cheat,) = [c for c in cands.values() if c["byzantine"]]
+    # joined before step 2 opened: step 2's draw comes from step 1's randomness, known before it joined,
+    # so the first check is at step 3; two counted steps (3, 4) make it a member from step 5 on
+    assert all(c["credited"] == 2 and c["voided"] == 0 and c["promoted_at"] == 5 for c in honest), cands
+    assert all(c["member_steps"] == 3 for c in honest)  # steps 5, 6, 7 in the group
+    # a sign-flipped probation gradient fails every recalculation: checked at every step, never counted
+    assert cheat["drawn"] == cheat["voided"] == 5 and cheat["credited"] == 0 and cheat["promoted_at"] is None
+    assert (prob["honest_promoted"], prob["byzantine_promoted"], prob["still_candidates"]) == (2, 0, 1)
+    assert out["honest_banned"] == 0 and out["honest_disagreements"] == 0
+
+
+def test_a_patient_attacker_passes_probation_and_is_banned_once_it_attacks_as_a_member():
+    out = run_simulation(**{**PROBATION, "joiners": 1}, byzantine_joiners=1, attack="sign_flip", attack_start=6,
+                         validators=4, steps=14)
+    (cand,) = out["probation"]["candidates"].values()
+    assert cand["promoted_at"] == 5 and cand["voided"] == 0  # honest while on probation
+    (ban,) = out["bans"]
+    assert ban["peer"] in out["byzantine"] and ban["step"] >= 6 and out["honest_banned"] == 0
+
+
+def test_joiners_need_btard_and_byzantine_joiners_need_an_attack():
+    with pytest.raises(ValueError, match="--joiners go through BTARD"):
+        run_simulation(task="digits-mlp", peers=4, joiners=1, aggregator="mean", steps=1)
+    with pytest.raises(ValueError, match="byzantine joiners run --attack"):
+        run_simulation(task="digits-mlp", peers=4, joiners=1, byzantine_joiners=1, steps=1)

@@ -134,6 +134,14 @@ class BulletinBoard:
                                           reveals=self._mprng["mprng_reveal"], prev_contributors=targets, m=m,
                                           revealed=self.closed.get("mprng_reveal"))
 
+    def randomness(self) -> bytes | None:
+        """The current step's MPRNG output ``r_t`` as the board shows it (what the site stores and draws
+        the next step's group order and probation validators from); None when the step has none."""
+        commitments = self._mprng["mprng_commit"]
+        return rules.mprng_output(run=self.run, step=self.step, members=[p for p in self.group if p in commitments],
+                                  commitments=commitments, reveals=self._mprng["mprng_reveal"],
+                                  revealed=self.closed.get("mprng_reveal"))
+
     def post(self, connection: str, envelope: Envelope) -> bool:
         """A broadcast posted by the peer on ``connection``; True when stored and to be relayed."""
         try:
@@ -266,15 +274,19 @@ class Swarm:
 def build_swarm(identities: list[Identity], params: P.ProtocolParams, gradient_fn: GradientFn, *, run: str,
                 byzantine: Collection[str] = (), attack: str | None = None, collusion: Collusion | None = None,
                 entropy: Callable[[int], bytes] | None = None, nonce: Callable[[], str] | None = None,
-                attack_params: dict | None = None, **swarm_options) -> Swarm:
+                attack_params: dict | None = None, members: Collection[str] | None = None,
+                **swarm_options) -> Swarm:
     """The in-memory swarm the simulator, the protocol tests and the benchmarks run: peers from
-    :func:`build_peers` sharing one verifier and one :class:`Memo`, a :class:`BulletinBoard` of every
-    identity, a :class:`MemorySwarm` over them (``swarm_options``: its keyword arguments)."""
+    :func:`build_peers` sharing one verifier and one :class:`Memo`, a :class:`BulletinBoard` whose active
+    ``members`` are every identity (or those given; the others are candidates the driver promotes by
+    appending to ``board.members``), a :class:`MemorySwarm` over them (``swarm_options``: its keyword
+    arguments)."""
     verifier, memo = P.EnvelopeVerifier(), Memo()
     peers = build_peers(identities, params, byzantine=byzantine, attack=attack, collusion=collusion,
                         entropy=entropy, nonce=nonce, verifier=verifier, memo=memo, attack_params=attack_params)
     keys = {i.peer_id: i.public_key_b64 for i in identities}
-    board = BulletinBoard(run=run, public_keys=keys, members=[i.peer_id for i in identities], verifier=verifier)
+    active = [i.peer_id for i in identities] if members is None else [p for p in members if p in keys]
+    board = BulletinBoard(run=run, public_keys=keys, members=active, verifier=verifier)
     memory = MemorySwarm(peers, board, gradient_fn, **swarm_options)
     return Swarm(peers=peers, board=board, memory=memory, verifier=verifier, memo=memo)
 

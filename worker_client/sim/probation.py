@@ -1,0 +1,137 @@
+"""Probation in the simulator: peers that join a running swarm as candidates, as the site and the
+worker handle them (docs/protocol.md, "Newcomers"; the rules are btard_wire's).
+
+A candidate joins just before step ``join_step`` opens. At each later step whose randomness (the
+previous step's MPRNG output on the board) it could not have known when it joined
+(:func:`btard_wire.board.probation_drawable`), the step draws its validator among the step's members
+(:func:`btard_wire.probation.probation_checks`); the candidate computes the gradient of the step's model
+state on its public probation seed (:func:`btard_wire.randomness.probation_seed`) and the validator
+recomputes it, failing it beyond ``recalc_rtol``. The step counts unless its own validator failed it
+(:func:`btard_wire.probation.probation_credited`); with ``probation_steps`` counted steps the candidate
+becomes an active member from the next step on (:func:`btard_wire.probation.ready_to_promote`).
+Candidates are never aggregated and never post on the board.
+
+Byzantine candidates run the swarm's attack: a gradient attack active during probation corrupts the
+probation gradient (and fails); a patient one (``attack_start`` after its promotion) passes and attacks
+as a member. Byzantine validators collude: they fail every honest candidate and pass their own.
+
+What the simulator does not model of the site's admission: the Sybil limits per window and per active
+peer, and reputation shortening probation (a new account has none). The site posts a failed check as a
+``validation`` broadcast, which its one-message slot rule currently refuses (requests.md); the simulator
+applies the voiding rule to the validator's check directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from btard_wire.probation import probation_checks, probation_credited, ready_to_promote
+from btard_wire.randomness import probation_seed
+
+from ..btard import protocol as P
+from ..btard.attacks import Byzantine
+from .baseline import baseline_view
+from .world import RUN, World
+
+
+def gradient_mismatch(mine: torch.Tensor, claimed: torch.Tensor, rtol: float) -> str | None:
+    """Why ``claimed`` is not the gradient the validator recomputed (``mine``); None within ``rtol``
+    (the worker's probation check, worker_client/worker/probation.py; both to become the core's)."""
+    if claimed.numel() != mine.numel():
+        return f"claimed gradient has {claimed.numel()} values, expected {mine.numel()}"
+    if not torch.isfinite(claimed).all():
+        return "claimed gradient is not finite"
+    diff = float((mine.double() - claimed.double()).norm())
+    if diff > rtol * (float(mine.double().norm()) + 1e-12):
+        return f"recomputed gradient differs by {diff:.3g} (relative tolerance {rtol})"
+    return None
+
+
+@dataclass
+class Candidate:
+    peer: str
+    byzantine: bool
+    joined_at: float
+    drawn: int = 0
+    credited: int = 0
+    voided: int = 0
+    promoted_at: int | None = None
+    member_steps: int = 0  # steps it took part in as a member after its promotion
+
+    def as_dict(self) -> dict:
+        return {"byzantine": self.byzantine, "drawn": self.drawn, "credited": self.credited,
+                "voided": self.voided, "promoted_at": self.promoted_at, "member_steps": self.member_steps}
+
+
+class Probation:
+    """The run's candidates; :meth:`step` after each step of the group, :meth:`summary` at the end."""
+
+    def __init__(self, world: World, *, join_step: int, required: int):
+        self.world = world
+        self.join_step = join_step
+        self.required = required
+        # the key joined during step join_step - 1, before step join_step opened
+        self.candidates = {c: Candidate(c, c in world.byz_ids, joined_at=join_step - 0.5) for c in world.joiners}
+
+    def waiting(self, step: int) -> list[Candidate]:
+        if step < self.join_step:
+            return []
+        return [c for c in self.candidates.values() if c.promoted_at is None]
+
+    def count_members(self, group: list[str]) -> None:
+        for p in group:
+            if p in self.candidates:
+                self.candidates[p].member_steps += 1
+
+    def step(self, step: int, *, group: list[str], randomness: bytes | None, model_ref: int) -> list[str]:
+        """Run step ``step``'s probation checks on the model state ``model_ref`` the step started from;
+        ``randomness``: the previous step's MPRNG output on the board (None: it had none). Returns the
+        candidates promoted at the step's close (members from the next step on)."""
+        waiting = self.waiting(step)
+        if not waiting or randomness is None:
+            return []
+        checks = probation_checks(randomness, members=group, joined_at={c.peer: c.joined_at for c in waiting},
+                                  randomness_opened_at=float(step - 1))
+        world, models = self.world, self.world.models
+        batch = models.batch_size
+        view = baseline_view(step, group, world.numel, P.part_bounds(world.numel, max(1, len(group))))
+        failures: list[tuple[str, str]] = []
+        promoted: list[str] = []
+        for cand in waiting:
+            validator = checks.get(cand.peer)
+            if validator is None:
+                continue
+            cand.drawn += 1
+            seed = probation_seed(run=RUN, seed=world.seed, step=step, peer=cand.peer)
+            claimed = models.gradient(model_ref, seed, False, batch, cand.peer)
+            peer = world.peers[cand.peer]
+            if isinstance(peer, Byzantine):
+                claimed = peer.hook_corrupt_gradient(claimed.clone(), view)
+            if validator in world.byz_ids:  # colluding validator: keeps honest newcomers out, lets its own in
+                failed = not cand.byzantine
+            else:
+                mine = models.gradient(model_ref, seed, False, batch, cand.peer)
+                failed = gradient_mismatch(mine, claimed, world.params.recalc_rtol) is not None
+            if failed:
+                failures.append((validator, cand.peer))
+        for cand in waiting:
+            validator = checks.get(cand.peer)
+            if probation_credited(candidate=cand.peer, validator=validator, reported=validator is not None,
+                                  failures=failures):
+                cand.credited += 1
+            elif validator is not None:
+                cand.voided += 1
+            if ready_to_promote(done=cand.credited, required=self.required):
+                cand.promoted_at = step + 1
+                promoted.append(cand.peer)
+        return promoted
+
+    def summary(self) -> dict:
+        promoted = [c for c in self.candidates.values() if c.promoted_at is not None]
+        return {"join_step": self.join_step, "required": self.required,
+                "candidates": {c.peer: c.as_dict() for c in self.candidates.values()},
+                "honest_promoted": sum(not c.byzantine for c in promoted),
+                "byzantine_promoted": sum(c.byzantine for c in promoted),
+                "still_candidates": sum(c.promoted_at is None for c in self.candidates.values())}
