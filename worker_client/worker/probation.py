@@ -2,9 +2,11 @@
 
 A candidate computes the gradient of the step's state on the public seed the site assigned, serves it
 on the data plane to its validator only (with a signed header) and reports ``probation``. The
-validator, an active member, fetches it after its own step, recomputes it and, on a mismatch, posts a
-signed ``validation`` envelope naming the candidate with ``ok: false``; the site then withholds the
-probation credit. Candidates are never aggregated (spec, Newcomers).
+validator, an active member, fetches it after its own step, recomputes it and posts a signed
+``probation`` report (``ProbationPayload``: the candidate, ``ok``, the reason of a mismatch); on
+``ok: false`` the site withholds the probation credit (``btard_wire.board.probation_voided``). Its own
+step's ``validation`` slot is never reused for it (two signed messages in one slot
+are equivocation). Candidates are never aggregated (spec, Newcomers).
 """
 
 from __future__ import annotations
@@ -103,10 +105,15 @@ class Probation:
         except KeyError as exc:
             w.event("error", f"cannot check candidate {peer_id[:8]}: {exc}")
             return
-        if not reason:
-            w.event("probation", f"candidate {peer_id[:8]} passed probation step {step}")
+        try:  # one report per (validator, candidate, step) in its own phase, read by board.probation_voided
+            report = M.ProbationPayload(candidate=peer_id, ok=not reason, reason=reason[:500])
+        except ValueError as exc:  # a candidate id the site should not have named
+            w.event("error", f"cannot report on candidate {peer_id[:8]}: {exc}")
             return
-        env = sign_envelope(w.identity, run=w.run_name, step=step, phase="validation",
-                            payload=M.payload_dict(M.ValidationPayload(target=peer_id, target_step=step, ok=False)))
+        env = sign_envelope(w.identity, run=w.run_name, step=step, phase="probation",
+                            payload=M.payload_dict(report))
         w.site.send(BroadcastMessage(envelope=env))
-        w.event("probation", f"candidate {peer_id[:8]} failed probation: {reason}")
+        if reason:
+            w.event("probation", f"candidate {peer_id[:8]} failed probation: {reason}")
+        else:
+            w.event("probation", f"candidate {peer_id[:8]} passed probation step {step}")
