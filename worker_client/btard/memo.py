@@ -25,7 +25,7 @@ from .mprng import projection_slice
 class Memo:
     """Bounded caches of pure computations (see the module docstring)."""
 
-    def __init__(self, *, decoded: int = 4096, fixed_point: int = 64, projections: int = 6):
+    def __init__(self, *, decoded: int = 4096, fixed_point: int = 64, projections: int = 4):
         self._decoded: dict[int, tuple[bytes, int, str, torch.Tensor | None, ProtocolError | None]] = {}
         self._fixed_point: dict[tuple, Any] = {}
         self._z: OrderedDict[tuple, torch.Tensor] = OrderedDict()
@@ -76,8 +76,8 @@ class Memo:
         return self._z_entry(("f32", r, numel, a0, a1), lambda: projection_slice(r, numel, a0, a1))
 
     def projection(self, r: bytes, numel: int) -> torch.Tensor:
-        """:func:`.mprng.projection` of ``(r, numel)`` (the whole ``z``, float64), kept for the last few
-        keys. Shared: callers must not modify it. The core's own passes take float32 slices
-        (:meth:`projection_slice`); this float64 copy is for callers that need it."""
-        return self._z_entry(("f64", r, numel),
-                             lambda: self.projection_slice(r, numel, 0, numel).to(torch.float64))
+        """The whole ``z`` of ``(r, numel)`` as **float32** (:meth:`projection_slice` of ``[0, numel)``): the
+        values of :func:`.mprng.projection`, which widens them exactly to float64; the core's kernels take
+        either dtype and widen chunk by chunk, so no full-size float64 copy is made. Shared: callers must
+        not modify it."""
+        return self.projection_slice(r, numel, 0, numel)
