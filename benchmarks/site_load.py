@@ -22,16 +22,16 @@ import json
 import os
 import resource
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "platform"), str(ROOT)]
+
+from worker_client.processes import ProcessGroup, free_port, wait_for_site
 
 
 def pct(values: list[float], q: float) -> float:
@@ -52,12 +52,6 @@ def ensure_database(url: str) -> None:
     with psycopg.connect(admin, autocommit=True) as conn:
         if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
             conn.execute(f'CREATE DATABASE "{name}"')
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def setup_site(n: int):
@@ -92,9 +86,8 @@ def setup_site(n: int):
     return run, raws, identities
 
 
-def start_daphne(port: int, env: dict, log_path: Path, profile: Path | None = None,
+def start_daphne(procs: ProcessGroup, port: int, env: dict, log_path: Path, profile: Path | None = None,
                  server: str = "daphne") -> subprocess.Popen:
-    log = open(log_path, "w")
     prefix = ["-m", "cProfile", "-o", str(profile)] if profile else []
     if server == "uvicorn":
         cmd = ["-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
@@ -103,28 +96,11 @@ def start_daphne(port: int, env: dict, log_path: Path, profile: Path | None = No
     else:
         cmd = ["-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "-v", "0", "--websocket_connect_timeout", "120",
                "btard_site.asgi:application"]
-    proc = subprocess.Popen([sys.executable, *prefix, *cmd], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    for _ in range(240):
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)
-            return proc
-        except OSError:
-            if proc.poll() is not None:
-                raise SystemExit(f"daphne exited; see {log_path}")
-            time.sleep(0.25)
-    raise SystemExit("daphne did not come up")
-
-
-def stop(proc: subprocess.Popen, sig=signal.SIGTERM) -> None:
-    try:
-        os.killpg(proc.pid, sig)
-        proc.wait(timeout=15)
-    except ProcessLookupError:
-        pass
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    proc = procs.start(server, [sys.executable, *prefix, *cmd], log=log_path, env=env, cwd=ROOT)
+    outcome = wait_for_site(f"http://127.0.0.1:{port}", proc, timeout=60)
+    if outcome != "up":
+        raise SystemExit(f"{server} {outcome}; see {log_path}")
+    return proc
 
 
 class Worker:
@@ -279,7 +255,8 @@ def main(argv=None) -> int:
     port = free_port()
     log_path = ROOT / "var" / "site_load_daphne.log"
     log_path.parent.mkdir(exist_ok=True)
-    proc = start_daphne(port, env, log_path, args.profile, server=args.server)
+    procs = ProcessGroup(cwd=ROOT, env=env)
+    proc = start_daphne(procs, port, env, log_path, args.profile, server=args.server)
     try:
         try:  # the clients are the measuring instrument: the faster loop keeps them out of the figures
             import uvloop
@@ -289,7 +266,9 @@ def main(argv=None) -> int:
             pass
         result = asyncio.run(bench(args, run, raws, identities, port))
     finally:
-        stop(proc, signal.SIGINT if args.profile else signal.SIGTERM)
+        if args.profile:  # cProfile writes its file on SIGINT
+            procs.kill(proc, signal.SIGINT)
+        procs.stop(grace=15)
     result["cpu_count"] = os.cpu_count()
     print(json.dumps(result, indent=2))
     print(f"\nfan-out to every one of {result['sockets']} sockets: p50 {result['fanout_to_every_socket_ms']['p50']:.1f} ms, "

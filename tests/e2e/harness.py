@@ -6,9 +6,8 @@ from __future__ import annotations
 import subprocess
 import time
 
-from tests.conftest import free_port
-from tests.worker.siteproc import PY, ROOT, SiteHarness, WorkerProc, kill_group
-from worker_client.demo import wait_for_site
+from tests.support import free_port, kill_group, wait_for_site
+from tests.worker.siteproc import PY, SiteHarness, WorkerProc
 
 from .netns import Host, Network
 
@@ -26,11 +25,8 @@ class NetSite(SiteHarness):
     def start(self, timeout: float = 60, port: int | None = None) -> str:
         """Start a Daphne process (``port``: another one beside the first); returns its URL."""
         port = port or self.port
-        log = self._log(self.workdir / f"daphne-{port}.log")
-        proc = subprocess.Popen([PY, "-m", "daphne", "-b", self.network.gateway, "-p", str(port),
-                                 "btard_site.asgi:application"], cwd=ROOT, env=self.env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-        self.procs.append(proc)
+        proc = self._start(f"daphne-{port}", [PY, "-m", "daphne", "-b", self.network.gateway, "-p", str(port),
+                                              "btard_site.asgi:application"], stdout=self.workdir / f"daphne-{port}.log")
         self.daphnes[port] = proc
         url = f"http://{self.network.gateway}:{port}"
         outcome = wait_for_site(url, proc, timeout=timeout)
@@ -58,9 +54,7 @@ class NetSite(SiteHarness):
         if phase_timeout:
             cmd += ["--phase-timeout", str(phase_timeout)]
         env = dict(self.env, BTARD_TOKEN=token)
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self._log(log_path), stderr=self._log(err_path),
-                                start_new_session=True)
-        self.procs.append(proc)
+        proc = self._start(name, cmd, stdout=log_path, stderr=err_path, env=env)
         worker = WorkerProc(name, proc, log_path, err_path)
         self.workers.append(worker)
         return worker

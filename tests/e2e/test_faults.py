@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.worker.siteproc import kill_group
+from tests.support import kill_group
 
 from .harness import NetSite, applied_steps, params_at, seconds_until
 

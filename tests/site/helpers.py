@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
-import subprocess
 import sys
-import time
-import urllib.request
 
 from btard_wire.control import Hello
 from btard_wire.envelope import sign_envelope
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT
+from tests.support import ProcessGroup, free_port, wait_for_site
 
-ROLES = ["anonymous", "alice", "bob", "carol", "dave"]  # the role matrix (``users`` fixture, conftest)
+# The role matrix (``users`` fixture, conftest): one row per role, read by the page tests and by the worker
+# socket's test, so a role's rights are written once. ``me``/``tokens``/``moderation``: the status of those
+# pages; ``worker_socket``: what a worker token of that account gets (no token at all for anonymous).
+ROLE_MATRIX = {
+    "anonymous": {"me": 302, "tokens": 302, "moderation": 302, "worker_socket": "no_token"},
+    "alice": {"me": 200, "tokens": 200, "moderation": 403, "worker_socket": "joins"},
+    "bob": {"me": 200, "tokens": 200, "moderation": 403, "worker_socket": "joins"},
+    "carol": {"me": 200, "tokens": 200, "moderation": 200, "worker_socket": "joins"},  # staff
+    "dave": {"me": 200, "tokens": 200, "moderation": 403, "worker_socket": "banned"},  # banned account
+}
+ROLES = list(ROLE_MATRIX)
 
 
 def client_for(client, user):
@@ -49,32 +55,15 @@ def hello_for(identity, **kw):
 
 
 @contextlib.contextmanager
-def running_daphne(*, env: dict, log_path, attempts: int = 120):
+def running_daphne(*, env: dict, log_path, timeout: float = 30):
     """Daphne serving the site on a free loopback port with ``env``; yields its base URL and is stopped by
-    process group (SIGTERM, then SIGKILL) even when the test fails."""
+    process group (SIGTERM, then SIGKILL), its log closed, even when the test fails (tests.support)."""
     port = free_port()
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
-                                 "btard_site.asgi:application"], cwd=ROOT, env=env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-        base = f"http://127.0.0.1:{port}"
-        try:
-            for _ in range(attempts):
-                try:
-                    urllib.request.urlopen(base + "/healthz", timeout=2)
-                    break
-                except OSError:
-                    if proc.poll() is not None:
-                        raise RuntimeError(f"daphne exited: see {log_path}") from None
-                    time.sleep(0.25)
-            yield base
-        finally:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+    base = f"http://127.0.0.1:{port}"
+    with ProcessGroup(cwd=ROOT, env=env) as procs:
+        proc = procs.start("daphne", [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
+                                      "btard_site.asgi:application"], log=log_path)
+        outcome = wait_for_site(base, proc, timeout=timeout)
+        if outcome != "up":
+            raise RuntimeError(f"daphne {outcome}: see {log_path}")
+        yield base

@@ -1,15 +1,14 @@
 """Real processes for the integration tests: the site under Daphne (own PostgreSQL database, Redis) and
-``btard-worker`` processes on loopback. Every process gets its own process group and is killed by
-PID (with its p2pd child) on exit, even when the test failed; the database is dropped and the
-``/tmp/hivemind-*`` sockets the test created are removed."""
+``btard-worker`` processes on loopback, through the one process helper (``worker_client.processes``): every
+process in its own session, stopped by process group (with its p2pd child) on exit even when the test failed,
+log files closed, and only the ``/tmp/hivemind-*`` sockets our processes held removed; the database is
+dropped."""
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -17,23 +16,11 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from tests.conftest import free_port
-from worker_client.demo import wait_for_site
+from tests.support import ProcessGroup, free_port, kill_group, wait_for_site
 
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
-
-
-def kill_group(proc: subprocess.Popen, sig=signal.SIGKILL) -> None:
-    """Kill a process we started and everything in its process group (its p2pd daemon)."""
-    try:
-        os.killpg(proc.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        pass
+__all__ = ["PY", "ROOT", "SiteHarness", "WorkerProc", "kill_group"]
 
 
 class WorkerProc:
@@ -74,10 +61,7 @@ class SiteHarness:
         self.redis_namespace = self.db_name
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.procs: list[subprocess.Popen] = []
         self.workers: list[WorkerProc] = []
-        self.files: list = []  # log files handed to child processes, closed on exit
-        self.sockets_before = set(glob.glob("/tmp/hivemind-*"))
         self.env = dict(os.environ, DATABASE_URL=self.database_url, REDIS_URL=self.redis_url,
                         REDIS_NAMESPACE=self.redis_namespace,
                         PYTHONPATH=f"{ROOT / 'platform'}:{ROOT}", DJANGO_SETTINGS_MODULE="btard_site.settings",
@@ -85,6 +69,11 @@ class SiteHarness:
                         HEARTBEAT_TIMEOUT_SECONDS="20", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1",
                         BTARD_CHECKPOINT_DIR=str(self.workdir / "checkpoints"))
         self.run: dict = {}
+        self.group = ProcessGroup(cwd=ROOT, env=self.env)
+
+    @property
+    def procs(self) -> list[subprocess.Popen]:
+        return [proc for _, proc in self.group.procs]
 
     # --- lifecycle -------------------------------------------------------------------------------
     def _sql(self, statement: str) -> None:
@@ -103,13 +92,7 @@ class SiteHarness:
         return self
 
     def __exit__(self, *exc) -> None:
-        for proc in self.procs:
-            kill_group(proc)
-        for f in self.files:
-            f.close()
-        from .conftest import remove_stale_hivemind_sockets
-
-        remove_stale_hivemind_sockets(set(glob.glob("/tmp/hivemind-*")) - self.sockets_before)
+        self.group.stop(grace=3)  # every process group, every log file, our hivemind sockets
         try:
             self._sql(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
         except Exception:
@@ -124,9 +107,11 @@ class SiteHarness:
             pass
 
     def _log(self, path: Path):
-        f = open(path, "w")
-        self.files.append(f)
-        return f
+        return self.group.open_log(path)
+
+    def _start(self, name: str, cmd: list[str], *, stdout: Path, stderr: Path | None = None,
+               env: dict | None = None) -> subprocess.Popen:
+        return self.group.start(name, cmd, log=stdout, stderr_log=stderr, env=env)
 
     def manage(self, *args: str, timeout: float = 120) -> str:
         result = subprocess.run([PY, "manage.py", *args], cwd=ROOT, env=self.env, capture_output=True, text=True,
@@ -147,11 +132,8 @@ class SiteHarness:
         return self.run
 
     def start(self, timeout: float = 60) -> None:
-        log = self._log(self.workdir / "daphne.log")
-        proc = subprocess.Popen([PY, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
-                                 "btard_site.asgi:application"], cwd=ROOT, env=self.env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-        self.procs.append(proc)
+        proc = self._start("daphne", [PY, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
+                                      "btard_site.asgi:application"], stdout=self.workdir / "daphne.log")
         outcome = wait_for_site(self.url, proc, timeout=timeout)
         if outcome == "exited":
             raise RuntimeError(f"daphne exited: {(self.workdir / 'daphne.log').read_text()[-3000:]}")
@@ -172,9 +154,7 @@ class SiteHarness:
             cmd += ["--phase-timeout", str(phase_timeout)]
         for phase, seconds in (hold or {}).items():
             cmd += ["--hold-broadcast", f"{phase}={seconds}"]
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=self._log(log_path), stderr=self._log(err_path),
-                                start_new_session=True)
-        self.procs.append(proc)
+        proc = self._start(name, cmd, stdout=log_path, stderr=err_path)
         worker = WorkerProc(name, proc, log_path, err_path)
         self.workers.append(worker)
         return worker

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
-import time
 
 import pytest
 from channels.testing import ApplicationCommunicator, HttpCommunicator
@@ -17,8 +14,9 @@ from runs.models import Checkpoint, Run
 from volunteers import services as volunteers
 
 from btard_wire.control import StepReport
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT
 from tests.factories import UserFactory, make_peer
+from tests.site.helpers import running_daphne
 from tests.site.runs.test_checkpoints import model_bytes, report, upload
 from worker_client.checkpoint import state_digest
 
@@ -102,31 +100,17 @@ def test_the_uploader_is_the_tokens_key_in_the_group_not_its_newest_key(run, swa
 
 @pytest.mark.timeout(120)
 def test_daphne_refuses_an_over_long_body_before_buffering_it(tmp_path):
-    port = free_port()
     env = {**os.environ, "BTARD_VAR_DIR": str(tmp_path), "BTARD_MAX_BODY_BYTES": "65536",
            "DJANGO_SETTINGS_MODULE": "btard_site.settings", "PYTHONPATH": f"{ROOT / 'platform'}:{ROOT}"}
     env.pop("DATABASE_URL", None), env.pop("REDIS_URL", None)
-    proc = subprocess.Popen([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
-                             "btard_site.asgi:application"], env=env, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                sock = socket.create_connection(("127.0.0.1", port), timeout=1)
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "daphne did not start"
-                time.sleep(0.3)
-        with sock:
+    with running_daphne(env=env, log_path=tmp_path / "daphne.log", timeout=60) as base:
+        port = int(base.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
             sock.sendall(b"POST /signup/ HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\n"
                          b"Content-Length: 200000000\r\n\r\n" + b"x" * 1000)
             sock.settimeout(10)
             answer = sock.recv(4096)
-        assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
 
 
 _ = StepReport

@@ -23,7 +23,7 @@ def live_site(postgres_url, output_dir):
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL",)}
     env.update(DATABASE_URL=url, PYTHONPATH=os.pathsep.join([str(ROOT / "platform"), str(ROOT)]),
                DJANGO_SETTINGS_MODULE="btard_site.settings", LOG_LEVEL="WARNING")
-    with running_daphne(env=env, log_path=output_dir / "daphne.log", attempts=120) as base:
+    with running_daphne(env=env, log_path=output_dir / "daphne.log", timeout=30) as base:
         yield base
 
 

@@ -73,7 +73,7 @@ def csp_site(tmp_path_factory):
                    timeout=300)
     subprocess.run([*manage, "shell", "-c", "from runs.models import Run; Run.objects.create(name='csp-run')"],
                    env=env, cwd=ROOT, check=True, capture_output=True, timeout=120)
-    with running_daphne(env=env, log_path=var / "daphne.log", attempts=240) as base:
+    with running_daphne(env=env, log_path=var / "daphne.log", timeout=60) as base:
         yield base
 
 
