@@ -16,7 +16,7 @@ from btard_wire.control import (
     CLOSE_REVOKED_TOKEN,
 )
 from tests.factories import RunFactory, WorkerTokenFactory
-from tests.site.helpers import ROLES
+from tests.site.helpers import ROLE_MATRIX, ROLES
 from tests.site.wsworker import (
     expect_close,
     expect_close_after_messages,
@@ -61,16 +61,18 @@ async def test_it_refuses_a_banned_account(run, dave):
 async def test_the_worker_socket_follows_the_role_matrix_of_the_pages(who, users, run):
     """No token, no socket; every volunteer (staff too) joins with a token of its own; a banned account's
     token, issued before the ban, is refused."""
-    user = users[who]
-    if user is None:
+    user, expected = users[who], ROLE_MATRIX[who]["worker_socket"]
+    if expected == "no_token":
+        assert user is None
         comm = await open_worker(None)
         assert "token" in await expect_close(comm, CLOSE_NO_TOKEN)
         return
     token = await database_sync_to_async(WorkerTokenFactory)(user=user)
-    if who == "dave":
+    if expected == "banned":
         comm = await open_worker(token.raw)
         assert "banned" in await expect_close(comm, CLOSE_BANNED)
         return
+    assert expected == "joins"
     comm, identity, welcome = await join(token.raw, f"{who}-matrix".encode())
     assert welcome["peer_id"] == identity.peer_id and welcome["run"]["id"] == run.id
     peer = await database_sync_to_async(Peer.objects.select_related("user").get)(peer_id=identity.peer_id)

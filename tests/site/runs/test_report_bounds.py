@@ -5,7 +5,6 @@ public JSON; and one run whose tick raises does not stop the beat task from tick
 from __future__ import annotations
 
 import json
-import logging
 
 import pytest
 from channels.db import database_sync_to_async
@@ -13,7 +12,7 @@ from django.db import connection
 from runs.models import Run, StepRecord
 from volunteers.models import Volunteer
 
-from tests.factories import RunFactory, StepRecordFactory
+from tests.factories import RunFactory, StepRecordFactory, make_peer
 from tests.site.wsclient import join, receive_type, send
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
@@ -93,7 +92,7 @@ async def test_a_non_finite_loss_in_raw_json_is_refused_without_an_internal_erro
         await comm.disconnect()
 
 
-def test_the_beat_task_ticks_every_other_run_when_one_runs_tick_raises(db, monkeypatch, caplog):
+def test_the_beat_task_ticks_every_other_run_when_one_runs_tick_raises(db, monkeypatch):
     from runs import services, tasks
 
     poisoned = RunFactory(name="poisoned")
@@ -109,20 +108,21 @@ def test_the_beat_task_ticks_every_other_run_when_one_runs_tick_raises(db, monke
 
     monkeypatch.setattr(services, "tick_run", tick)
     Run.objects.filter(pk=poisoned.pk).update(created_at=healthy.created_at.replace(year=2100))  # first in order
-    with caplog.at_level(logging.ERROR, logger="runs.tasks"):
-        assert tasks.tick_runs() == 1
+    for p in range(2):
+        make_peer(run=healthy, seed=f"healthy{p}")
+    assert tasks.tick_runs() == 1  # one run ticked, the poisoned one did not stop the loop
     assert ticked == [healthy.pk]
-    assert any("poisoned" in r.getMessage() for r in caplog.records)
+    # the healthy run really went forward after the poisoned one raised: its first group formed
+    assert StepRecord.objects.filter(run=healthy, step=0).exists()
+    assert not StepRecord.objects.filter(run=poisoned).exists()
 
 
-def test_a_step_that_cannot_be_closed_is_dropped_once_overdue_and_the_run_goes_on(db, monkeypatch, caplog):
+def test_a_step_that_cannot_be_closed_is_dropped_once_overdue_and_the_run_goes_on(db, monkeypatch):
     from datetime import timedelta
 
     from django.utils import timezone
     from runs import services
     from runs.services import steps
-
-    from tests.factories import make_peer
 
     run = RunFactory(name="unclosable", min_peers=2)
     for i in range(2):
@@ -134,12 +134,11 @@ def test_a_step_that_cannot_be_closed_is_dropped_once_overdue_and_the_run_goes_o
 
     monkeypatch.setattr(steps, "credit_step", broken)  # close_step's call into volunteers fails
     StepRecord.objects.filter(run=run, step=0).update(deadline=timezone.now() - timedelta(seconds=1))
-    with caplog.at_level(logging.ERROR, logger="runs.services"):
-        services.tick_run(run=run)
+    services.tick_run(run=run)
     record = StepRecord.objects.get(run=run, step=0)
-    assert record.outcome == "dropped" and record.finished_at is not None
+    assert record.outcome == "dropped" and record.finished_at is not None and record.samples == 0
+    assert Run.objects.get(pk=run.pk).current_step == 1
     assert StepRecord.objects.filter(run=run, step=1).exists()  # the next group formed
-    assert any("closing step 0 failed" in r.getMessage() for r in caplog.records)
 
 
 def test_a_non_finite_value_stored_earlier_never_reaches_the_public_json(db, client):
