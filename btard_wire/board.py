@@ -350,11 +350,28 @@ def ban_scope(*, kind: str, earlier_key_bans: int, has_account: bool = True) -> 
 def probation_voided(*, candidate: str, validator: str | None, failures: Iterable[tuple[str, str]]) -> bool:
     """Whether ``candidate``'s probation step earns no credit: its assigned ``validator`` (drawn with
     shared randomness, :func:`btard_wire.randomness.draw_probation_validators`) posted a signed
-    ``validation`` report naming it with ``ok: false``. ``failures`` are ``(sender, named peer)`` of the
-    step's stored ``validation`` broadcasts with ``ok: false``. Only the assigned validator counts: an
+    ``probation`` report naming it with ``ok: false``. ``failures`` are ``(sender, candidate)`` of the
+    step's stored ``probation`` broadcasts with ``ok: false``. Only the assigned validator counts: an
     accusation, an ELIMINATE or a failed report from any other member (a Byzantine one) voids nothing,
     so no member can keep an honest newcomer out (finding 10: any member used to void any probation)."""
     return validator is not None and any(sender == validator and named == candidate for sender, named in failures)
+
+
+def probation_report_refused(*, sender: str, candidate: str, validators: Mapping[str, str | None],
+                             reported: Collection[str]) -> str | None:
+    """Why a ``probation`` report (:class:`btard_wire.payloads.ProbationPayload`) of ``sender`` on
+    ``candidate`` is refused (None: accepted). ``validators`` is the step's draw ``{candidate:
+    validator}`` (what the step's group message named); ``reported``: the candidates ``sender`` already
+    reported on in this step. Only the candidate's drawn validator may report on it, once per step: a
+    report from any other member would let it void a newcomer's step (finding 10), and a second one
+    would let the validator change its word after seeing the step's outcome."""
+    if candidate not in validators:
+        return f"{candidate[:8]} is not a candidate checked in this step"
+    if validators[candidate] != sender:
+        return f"{sender[:8]} is not the probation validator drawn for {candidate[:8]}"
+    if candidate in set(reported):
+        return f"{sender[:8]} already reported on {candidate[:8]} in this step"
+    return None
 
 
 def probation_drawable(*, joined_at: float, randomness_opened_at: float | None) -> bool:

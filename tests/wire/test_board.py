@@ -215,3 +215,14 @@ def test_only_the_assigned_validator_voids_a_candidates_probation_step():
     assert rules.probation_voided(candidate="cand", validator="b", failures=failures)
     assert rules.probation_voided(candidate="other", validator="a", failures=failures)
     assert not rules.probation_voided(candidate="cand", validator=None, failures=failures)
+
+
+def test_only_the_drawn_validator_reports_on_a_candidate_and_only_once_per_step():
+    draw = {"cand": "a", "other": "b"}
+    assert rules.probation_report_refused(sender="a", candidate="cand", validators=draw, reported=[]) is None
+    assert "not the probation validator" in rules.probation_report_refused(
+        sender="b", candidate="cand", validators=draw, reported=[])
+    assert "already reported" in rules.probation_report_refused(
+        sender="a", candidate="cand", validators=draw, reported=["cand"])
+    assert "not a candidate" in rules.probation_report_refused(
+        sender="a", candidate="stranger", validators=draw, reported=[])

@@ -1,8 +1,8 @@
 """Rational attackers against admission (security review, finding 10; issue 12, invariant 9), through the
 real site services on the database: probation voiding (a member that is not a candidate's assigned
-validator fails it, accuses it) and key grinding (a key chosen, or a moment to join chosen, once the
+validator fails it, accuses it; the validator's own ``probation`` report beside its step report) and key grinding (a key chosen, or a moment to join chosen, once the
 randomness of the probation draw is known). The rules are ``btard_wire.board.probation_voided`` and
-``probation_drawable``; docs/threat-model.md, "Protocol"."""
+``probation_drawable`` and ``probation_report_refused``; docs/threat-model.md, "Protocol"."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.django_db
 # The site does not call these two rules yet (requested from H4 in /work/notes/requests.md): strict, so
 # the mark must go when the site holds the rule.
 PENDING = pytest.mark.xfail(strict=True, reason="runs.services does not call btard_wire.board.probation_voided / "
-                                                "probation_drawable yet")
+                                                "probation_drawable / probation_report_refused yet")
 
 
 def _members(run, n=3):
@@ -57,11 +57,19 @@ def _step_with_a_candidate(run):
     return members, cand, info["validator"]
 
 
-@PENDING
+def _post_maybe_refused(peer, identity, run, phase, payload):
+    try:
+        return _post(peer, identity, run, phase, payload)
+    except runs.Rejected:
+        return None
+
+
 def test_a_member_that_is_not_the_candidates_validator_cannot_void_its_probation_step(run):
     members, cand, validator = _step_with_a_candidate(run)
     other, ident = next((p, i) for p, i in members if p.peer_id != validator)
     step = Run.objects.get(pk=run.pk).current_step
+    # a failed probation report (refused: not its candidate), an accusation and a failed validation naming it
+    _post_maybe_refused(other, ident, run, "probation", {"candidate": cand.peer_id, "ok": False, "reason": "lie"})
     accusation = _post(other, ident, run, "accuse", {"accused": cand.peer_id, "kind": "part_mismatch",
                                                      "reason": "fabricated"})
     _post(other, ident, run, "validation", {"target": cand.peer_id, "target_step": step, "ok": False,
@@ -71,14 +79,15 @@ def test_a_member_that_is_not_the_candidates_validator_cannot_void_its_probation
     assert cand.probation_done == 1
 
 
-def test_the_assigned_validators_failed_check_voids_the_probation_step(run):
+def test_the_assigned_validators_failed_probation_report_voids_the_step_and_is_no_equivocation(run):
     members, cand, validator = _step_with_a_candidate(run)
     peer, ident = next((p, i) for p, i in members if p.peer_id == validator)
-    step = Run.objects.get(pk=run.pk).current_step
-    _post(peer, ident, run, "validation", {"target": cand.peer_id, "target_step": step, "ok": False})
+    _post(peer, ident, run, "validation", {})  # its own step report first, as the worker does
+    _post(peer, ident, run, "probation", {"candidate": cand.peer_id, "ok": False, "reason": "mismatch"})
     _finish_step(run, members, [cand])
     cand.refresh_from_db()
-    assert cand.probation_done == 0
+    peer.refresh_from_db()
+    assert cand.probation_done == 0 and peer.role != "banned"
 
 
 @PENDING
