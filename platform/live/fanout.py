@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 
 from asgiref.sync import sync_to_async
 from django.core.cache import cache
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 HUB_SUFFIX = "!btard-hub"
 MESSAGE_TYPE = "hub.fanout"
 
+# cache lookups of fan_out (never the loop's default executor: see fan_out)
+_LOOKUPS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fanout-lookup")
 _sockets: dict[str, tuple[object, asyncio.AbstractEventLoop]] = {}  # channel name -> (consumer, its loop)
 _hubs: dict[asyncio.AbstractEventLoop, asyncio.Task] = {}
 _open: dict[asyncio.AbstractEventLoop, int] = {}  # sockets registered per event loop
@@ -93,8 +96,11 @@ async def fan_out(layer, *, run_id: int, peer_ids: list[str], text: str, skip: s
     sockets it was addressed to. One channel-layer message per process holding any of them."""
     # One MGET in one thread hop: Django's ``aget_many`` awaits one ``aget`` (and one thread hop) per
     # key, which for 1,000 members took longer than the whole fan-out.
-    names = await sync_to_async(cache.get_many, thread_sensitive=False)([peer_channel_key(p, run_id)
-                                                                         for p in peer_ids])
+    # Its own threads: a delivery runs on commit inside a database call that holds a thread of the loop's
+    # default executor (``live.bus.deliver`` blocks it until the fan-out is sent); a lookup queued on that
+    # same executor would wait forever once every thread is delivering (a burst of cpu + 4 broadcasts).
+    names = await sync_to_async(cache.get_many, thread_sensitive=False, executor=_LOOKUPS)(
+        [peer_channel_key(p, run_id) for p in peer_ids])
     by_hub: dict[str, list[str]] = defaultdict(list)
     for channel in names.values():
         hub = hub_of(channel) if isinstance(channel, str) else None

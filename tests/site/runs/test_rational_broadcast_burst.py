@@ -14,19 +14,12 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
 from asgiref.sync import sync_to_async
 from live.bus import deliver
 from live.events import PhaseClosed
 
 POOL = 2
 
-# The site's fix is requested from H4 (/work/notes/requests.md); strict, so the mark must go with the fix.
-PENDING = pytest.mark.xfail(strict=True, raises=TimeoutError,
-                            reason="live.bus.deliver blocks a default-executor thread on a lookup that needs one")
-
-
-@PENDING
 async def test_deliveries_from_every_thread_of_the_pool_at_once_still_finish():
     loop = asyncio.get_running_loop()
     pool = ThreadPoolExecutor(POOL, thread_name_prefix="db-burst")
