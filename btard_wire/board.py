@@ -324,6 +324,18 @@ def late_senders(posted_at: Mapping[str, float], *, expected: Collection[str], o
     return sorted(p for p in expected if posted_at.get(p) is None or posted_at[p] > deadline)
 
 
+def step_closable(*, members: Collection[str], reported: Collection[str], gone: Collection[str]) -> bool:
+    """Whether a step may close before its deadline: every member ``reported`` or is ``gone`` (left the
+    step: offline past the grace, rejoined without the step's state, or banned), provided at least one
+    member reported. A step whose members all went away waits for its deadline (the site itself may have
+    restarted). Reports and departures of non-members do not count."""
+    group = set(members)
+    done = set(reported) & group
+    if group <= done:
+        return True
+    return bool(done) and group - done <= set(gone)
+
+
 # ---------------------------------------------------------------------------------------------------
 # ban scope (security review, finding 12)
 
@@ -377,11 +389,15 @@ def probation_report_refused(*, sender: str, candidate: str, validators: Mapping
 def probation_drawable(*, joined_at: float, randomness_opened_at: float | None) -> bool:
     """Whether a candidate whose key joined the run at ``joined_at`` takes part in a step's probation draw
     (:func:`btard_wire.randomness.draw_probation_validators`) from randomness that the MPRNG of a step
-    opened at ``randomness_opened_at`` produced (None: the run's public chain, known to anyone).
+    opened at ``randomness_opened_at`` produced.
 
     A candidate that knew the randomness when it chose its key, or its moment to join, could grind
-    either until its validator is an accomplice (a few tries: the validator of the first candidate is
-    the first member of a shuffle fixed by the randomness alone). So only keys that joined before that
-    step opened (before any of its MPRNG secrets existed) are drawn; a step drawn from the public chain
-    checks no candidate. The cost to an honest newcomer is a step or two of waiting."""
-    return randomness_opened_at is not None and joined_at < randomness_opened_at
+    either until its validator is an accomplice (a few tries: a keyed shuffle permutes positions, and a
+    key's position is its rank among the sorted ids). So only keys that joined before that step opened
+    (before any of its MPRNG secrets existed) are drawn; the cost to an honest newcomer is one step of
+    waiting. ``None``: the draw uses the run's public chain (step 0, or a step after one without an MPRNG
+    output), known to everyone from the run's creation, so no joining time helps; such a step still
+    checks every candidate (else step 0 could check nobody), and what a grinder gains is that one step's
+    validator: the residual is bounded by how often a step has no ``r`` (a bad reveal is a provable
+    fault, an account ban; docs/threat-model.md)."""
+    return randomness_opened_at is None or joined_at < randomness_opened_at

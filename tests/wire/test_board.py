@@ -226,3 +226,12 @@ def test_only_the_drawn_validator_reports_on_a_candidate_and_only_once_per_step(
         sender="a", candidate="cand", validators=draw, reported=["cand"])
     assert "not a candidate" in rules.probation_report_refused(
         sender="a", candidate="stranger", validators=draw, reported=[])
+
+
+# --- closing a step early (issue 13) ------------------------------------------------------------------
+def test_a_step_closes_early_once_every_member_reported_or_left_but_not_when_all_left():
+    assert rules.step_closable(members=GROUP, reported=GROUP, gone=[])
+    assert rules.step_closable(members=GROUP, reported=["a", "b"], gone=["c", "d"])
+    assert not rules.step_closable(members=GROUP, reported=["a", "b"], gone=["c"])
+    assert not rules.step_closable(members=GROUP, reported=[], gone=GROUP)  # waits for its deadline
+    assert not rules.step_closable(members=GROUP, reported=["a", "x", "y"], gone=["x"])  # strangers count for nothing

@@ -197,4 +197,6 @@ def test_a_candidate_that_knows_the_randomness_grinds_an_accomplice_as_validator
     # the rule: a key drawn with a step's randomness joined before that step opened
     assert probation_drawable(joined_at=10.0, randomness_opened_at=11.0)
     assert not probation_drawable(joined_at=11.5, randomness_opened_at=11.0)  # could have ground its key
-    assert not probation_drawable(joined_at=10.0, randomness_opened_at=None)  # public chain: known to all
+    # the public chain (step 0, a step after one without r) is known to all: no joining time helps, the
+    # step checks everyone (the bounded residual)
+    assert probation_drawable(joined_at=10.0, randomness_opened_at=None)
