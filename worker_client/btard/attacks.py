@@ -79,13 +79,13 @@ class SharedCollusion(Collusion):
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self._cache: tuple[tuple[int, int], set[str]] | None = None
+        self._cache: tuple[tuple[int, int, int], set[str]] | None = None
         super().__init__(members=set(), seed=int(self._read().get("seed", 0)))
 
     def _read(self) -> dict:
         try:
             data = json.loads(self.path.read_text() or "{}")
-        except FileNotFoundError:
+        except (FileNotFoundError, ValueError):
             return {}
         return data if isinstance(data, dict) else {}
 
@@ -95,7 +95,7 @@ class SharedCollusion(Collusion):
             st = self.path.stat()
         except FileNotFoundError:
             return set(self._local)
-        key = (st.st_mtime_ns, st.st_size)
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
         if self._cache is None or self._cache[0] != key:
             ids = self._read().get("members", [])
             self._cache = (key, {p for p in ids if isinstance(p, str)})
@@ -106,24 +106,21 @@ class SharedCollusion(Collusion):
         self._local = set(value)
 
     def join(self, peer_id: str) -> None:
+        """Add ``peer_id`` to the file: under an exclusive lock (a ``.lock`` beside it), written whole to a
+        temporary file and renamed over it, so a colluder reading at any moment sees a complete file."""
         import fcntl
 
         self._local.add(peer_id)
-        with open(self.path, "a+") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            f.seek(0)
-            try:
-                data = json.loads(f.read() or "{}")
-            except ValueError:
-                data = {}
-            ids = list(data.get("members", []))
+        with open(f"{self.path}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            data = self._read()
+            ids = [p for p in data.get("members", []) if isinstance(p, str)]
             if peer_id not in ids:
                 ids.append(peer_id)
             data["members"] = ids
-            f.seek(0)
-            f.truncate()
-            f.write(json.dumps(data))
-            f.flush()
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(data))
+            os.replace(tmp, self.path)
         self._cache = None
 
 
