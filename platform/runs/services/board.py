@@ -142,23 +142,22 @@ def _check_special_payload(envelope: Envelope, record: StepRecord) -> None:
 
 def _check_probation_report(run: Run, record: StepRecord, envelope: Envelope) -> None:
     """A ``probation`` report comes only from the candidate's drawn probation validator of that step, at most
-    one per (sender, candidate, step); a second one is refused as a duplicate (it is not a board slot, so not
-    equivocation: the validator's own ``validation`` report is a different message)."""
+    one per (sender, candidate, step) (btard_wire.board.probation_report_refused); a second one is refused
+    as a duplicate (it is not a board slot, so not equivocation: the validator's own ``validation`` report is
+    a different message)."""
     if envelope.phase != "probation":
         return
     candidate = (envelope.payload or {}).get("candidate")
-    entry = next((c for c in record.candidates if c.get("peer_id") == candidate), None)
-    if entry is None:
-        raise Rejected("payload", f"probation report on {str(candidate)[:8]}, who is not a candidate of step "
-                                  f"{record.step}")
-    if entry.get("validator") != envelope.sender:
-        raise Rejected("not_validator", f"{envelope.sender[:8]} is not the probation validator drawn for "
-                                        f"{candidate[:8]} at step {record.step}")
-    for earlier in BroadcastLog.objects.filter(run=run, step=record.step, phase="probation",
-                                               sender_peer_id=envelope.sender).values_list("envelope", flat=True):
-        if (earlier.get("payload") or {}).get("candidate") == candidate:
-            raise Rejected("duplicate", f"{envelope.sender[:8]} already reported on {candidate[:8]}'s probation "
-                                        f"step {record.step}")
+    validators = {c.get("peer_id"): c.get("validator") for c in record.candidates}
+    reported = [(e.get("payload") or {}).get("candidate") for e in BroadcastLog.objects.filter(
+        run=run, step=record.step, phase="probation", sender_peer_id=envelope.sender).values_list("envelope",
+                                                                                                flat=True)]
+    why = board_rules.probation_report_refused(sender=envelope.sender, candidate=candidate, validators=validators,
+                                               reported=reported)
+    if why is not None:
+        code = ("payload" if candidate not in validators else
+                "not_validator" if validators[candidate] != envelope.sender else "duplicate")
+        raise Rejected(code, why)
 
 
 def accept_broadcast(*, peer: Peer, envelope: Envelope) -> BroadcastLog:

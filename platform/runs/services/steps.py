@@ -68,6 +68,15 @@ def _step_randomness(run: Run, step: int) -> bytes:
         genesis_randomness(str(run.id), run.seed), str(run.id), step)
 
 
+def _randomness_opened_at(run: Run, step: int) -> float | None:
+    """When the MPRNG that made step ``step``'s draw randomness began: the start of step ``step - 1`` if its
+    board holds an MPRNG output, else ``None`` (the run's public chain, known to anyone)."""
+    if step < 1 or board_randomness(run=run, step=step - 1) is None:
+        return None
+    started = StepRecord.objects.filter(run=run, step=step - 1).values_list("started_at", flat=True).first()
+    return None if started is None else started.timestamp()
+
+
 def _choose_members(run: Run, step: int) -> list[Peer]:
     """The step's group in its order: a random subset when more peers are eligible than fit (so every
     active peer takes part over time), shuffled with the previous step's randomness (nobody chooses its
@@ -126,7 +135,12 @@ def start_step_if_ready(*, run: Run, now: datetime | None = None) -> StepRecord 
     validators: dict[str, str] = {}
     # each candidate's probation validator: drawn from the previous step's r (no candidate knew it when
     # it chose its key; finding 10), from the run's public chain when that step had none
-    waiting = list(run.peers.filter(role="candidate", online=True).order_by("peer_id"))
+    # only keys that joined before the draw's randomness existed (btard_wire.board.probation_drawable: the
+    # previous step's MPRNG began when that step opened; a step drawn from the public chain checks nobody),
+    # so no candidate grinds its key or its moment to join against a known r
+    opened = _randomness_opened_at(run, step)
+    waiting = [c for c in run.peers.filter(role="candidate", online=True).order_by("peer_id")
+               if board_rules.probation_drawable(joined_at=c.joined_at.timestamp(), randomness_opened_at=opened)]
     r_prev = _step_randomness(run, step)
     checks = draw_probation_validators(r_prev, members=ids, candidates=[c.peer_id for c in waiting])
     candidates = []

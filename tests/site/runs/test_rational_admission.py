@@ -20,10 +20,6 @@ from tests.site.helpers import envelope
 
 pytestmark = pytest.mark.django_db
 
-# The site does not call these two rules yet (requested from H4 in /work/notes/requests.md): strict, so
-# the mark must go when the site holds the rule.
-PENDING = pytest.mark.xfail(strict=True, reason="runs.services does not call btard_wire.board.probation_voided / "
-                                                "probation_drawable / probation_report_refused yet")
 
 
 def _members(run, n=3):
@@ -90,7 +86,6 @@ def test_the_assigned_validators_failed_probation_report_voids_the_step_and_is_n
     assert cand.probation_done == 0 and peer.role != "banned"
 
 
-@PENDING
 def test_a_key_that_joined_after_the_draws_randomness_was_known_is_drawn_only_at_a_later_step(run):
     """Step 1's probation validators come from step 0's ``r``: a key that joined after step 0 opened
     (when it could compute that ``r`` by the end of the step's reveals, and grind against it) waits for
