@@ -33,9 +33,17 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def api(url: str, path: str) -> dict:
-    with urllib.request.urlopen(url + path, timeout=10) as response:
-        return json.loads(response.read())
+def api(url: str, path: str, *, tries: int = 6) -> dict:
+    """GET a JSON page of the site; a slow answer on a loaded machine is retried, not fatal to the soak."""
+    for attempt in range(tries):
+        try:
+            with urllib.request.urlopen(url + path, timeout=30) as response:
+                return json.loads(response.read())
+        except OSError:
+            if attempt == tries - 1:
+                raise
+            time.sleep(5)
+    raise AssertionError("unreachable")
 
 
 def main(argv=None) -> int:
@@ -65,6 +73,7 @@ def main(argv=None) -> int:
         args = ", ".join(f"{k}={v!r}" for k, v in fields.items())
         demo.manage("shell", "-c", f"from runs.models import Run; Run.objects.filter(pk={run['run_id']}).update({args})")
     summary: dict = {"steps_target": ours.steps, "kills": 0, "args": vars(ours), "rss_samples_mib": []}
+    out = Path(demo.var) / "summary.json"
     try:
         demo.start_site()
         plan = demo.start_workers(run)
@@ -94,10 +103,9 @@ def main(argv=None) -> int:
                        honest_banned=sorted(banned_accounts - attackers))
     finally:
         demo.stop()
-    out = Path("var/soak/summary.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=1))
-    print(json.dumps(summary, indent=1))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(summary, indent=1))  # also when the soak itself failed: what ran so far
+    print(json.dumps({k: v for k, v in summary.items() if k != "rss_samples_mib"}, indent=1))
     return 0 if summary.get("every_attacker_banned") and not summary.get("honest_banned") else 1
 
 
@@ -108,8 +116,14 @@ def _interrupt(signum, frame):
 def _loop(demo, ours, rng, honest, argv_of, step, site_pid, summary) -> None:
     down: dict[str, float] = {}
     last_kill = time.monotonic()
+    last_step, since = -1, time.monotonic()
+    summary.setdefault("stalls", [])  # [step, seconds] for a step that took longer than 2 minutes
     while (s := step()) < ours.steps:
         now = time.monotonic()
+        if s != last_step:
+            if last_step >= 0 and now - since > 120:
+                summary["stalls"].append([last_step, round(now - since)])
+            last_step, since = s, now
         for name, since in list(down.items()):
             if now - since >= ours.down:
                 demo.spawn(name, argv_of[name])
@@ -126,7 +140,8 @@ def _loop(demo, ours, rng, honest, argv_of, step, site_pid, summary) -> None:
         rss = rss_mib(site_pid)
         if len(summary["rss_samples_mib"]) < 2000:
             summary["rss_samples_mib"].append([s, round(rss, 1)])
-        print(f"[soak] step {s}/{ours.steps}, site RSS {rss:.0f} MiB, kills {summary['kills']}", flush=True)
+        print(f"[soak] {time.strftime('%H:%M:%S')} step {s}/{ours.steps}, site RSS {rss:.0f} MiB, "
+              f"kills {summary['kills']}", flush=True)
         time.sleep(5)
 
 
