@@ -55,6 +55,10 @@ def header_ok(s: StepState, header: M.TensorHeader, sender: str, kind: str, part
     return True
 
 
+# the width of the shortest interval holding half of a normal sample, in standard deviations
+_SHORTH_TO_SIGMA = 1.349
+
+
 class Checks:
     """The checks of one step (see the module docstring)."""
 
@@ -121,7 +125,7 @@ class Checks:
 
     def send_scalars(self) -> list[Action]:
         s = self.s
-        z = self.memo.projection(s.r, s.ctx.numel)
+        z = self.memo.projection_slice(s.r, s.ctx.numel, 0, s.ctx.numel)  # float32, widened exactly
         values, dists = per_part_scalars_and_distances(z, s.gradient, [s.aggregates[j] for j in range(s.n)], s.n)
         actions: list[Action] = []
         for j, agg in enumerate(s.ctx.group):
@@ -148,9 +152,8 @@ class Checks:
         actions: list[Action] = []
         me = self.me
         if s.r is not None and s.my_aggregate is not None:
-            z = self.memo.projection(s.r, s.ctx.numel)
             a0, a1 = s.bounds[s.index]
-            zj = z[a0:a1]
+            zj = self.memo.projection_slice(s.r, s.ctx.numel, a0, a1)
             ks = []
             for k in s.contributors:
                 if k == me or k not in s.received or not s.got("scalars", k):
@@ -164,7 +167,7 @@ class Checks:
             if ks:
                 expected, norms = rows_scalars_and_norms([s.received[k] for k in ks], s.my_aggregate, zj)
                 declared = torch.tensor([s.payload("scalars", k).values[s.index] for k in ks], dtype=torch.float64)
-                tol = self.params.exact_rtol * float(zj.norm()) * norms + 1e-12
+                tol = self.params.exact_rtol * float(zj.to(torch.float64).norm()) * norms + 1e-12
                 for i in torch.nonzero(~((expected - declared).abs() <= tol)).flatten().tolist():
                     k = ks[i]
                     actions += self.court.accuse(k, M.FaultKind.wrong_scalar,
@@ -257,35 +260,59 @@ class Checks:
         return actions
 
     def aggregate_bound(self, parts: list[int]) -> None:
-        """Invariant 3: each ``a_j`` must lie within the bound of a majority of the step's contributors.
+        """Invariant 3: each ``a_j`` must lie within the bound of a majority of the step's contributors,
+        at every step, the first included (no previous step is needed).
 
-        Per value (distance / sqrt(part size)), the majority-th smallest published distance ``d_kj``
-        must not exceed ``aggregate_bound`` times the previous step's scale.
+        Per value (distance / sqrt(part size)), ``rho_j``, the majority-th smallest published distance
+        ``d_kj``, must not exceed ``aggregate_bound`` times the part's reference, measured in this step:
+
+        - ``G``: the lower median of ``rho`` over the step's parts. Each part has another aggregator, so
+          a minority of forged parts cannot raise it beyond the honest parts' values (and a part's
+          ``rho`` is within the honest contributors' distances, which they verified);
+        - the part's weight relative to ``G`` in the previous step, between 1 and
+          ``aggregate_bound_spread`` (so a forger that stays under the bound cannot ratchet its part's
+          reference up step after step); ``aggregate_bound_spread`` itself when there is no previous
+          step for these values (the run's first step, a peer's first step after it joined);
+        - at least the part's own spread along ``z``: the shortest interval that holds a majority of the
+          contributors' scalars ``s_kj`` (``<z_j, g_kj> - <z_j, a_j>``: moving ``a_j`` shifts them all
+          alike, so the aggregator cannot change it, and ``z`` is revealed after ``a_j`` is committed;
+          a majority interval is at most as wide as the honest majority's own, whatever a minority
+          posts), scaled to a standard deviation.
+          A part whose honest gradients spread far more than the median part (a transformer's
+          embeddings) is measured against its own spread, not capped at the median's.
+
         Every honest contributor checked its own ``d_kj`` (else it accused), and a majority needs honest
         contributors, so a forged aggregate that passed the fixed-point check (an absorber's scalar)
-        still moves at most about the bound plus the honest spread from honest gradients in one step.
-        A failure drops the step on every peer (the check reads only public data) and bans nobody."""
+        still moves at most about the bound times an honest spread in one step. The check reads only
+        the board (published distances and scalars), so every peer reaches the same outcome; a failure
+        drops the step on every peer and bans nobody."""
         s = self.s
         p = self.params
         contributors = list(s.contributors)
         m = len(contributors) // 2 + 1
         prev = s.ctx.prev
         ref_scales = prev.scales if prev is not None and prev.step == s.ctx.step - 1 else []
-        # G: the previous step's median spread over parts (a minority of forged parts cannot move it)
         spreads = sorted(r for _, _, r in ref_scales)
-        g = spreads[len(spreads) // 2] if spreads else 0.0
+        g_prev = spreads[len(spreads) // 2] if spreads else 0.0
+        rhos, along_z = {}, {}
         for j in parts:
             lo, hi = s.bounds[j]
+            root = math.sqrt(max(1, hi - lo))
             dists = s.payload("agg_result", s.ctx.group[j]).distances
-            rho = sorted(dists[k] for k in contributors)[m - 1] / math.sqrt(max(1, hi - lo))
-            # the reference of this part: the previous step's parts that cover the same values, capped at
-            # ``aggregate_bound_spread`` x G (so a forger that stays under the bound cannot ratchet its
-            # own part's reference up step after step) and at least G
+            rhos[j] = sorted(dists[k] for k in contributors)[m - 1] / root
+            sc = sorted(s.payload("scalars", k).values[j] for k in contributors)
+            along_z[j] = min(sc[i + m - 1] - sc[i] for i in range(len(sc) - m + 1)) / _SHORTH_TO_SIGMA / root
+        ordered = sorted(rhos.values())
+        g = ordered[(len(ordered) - 1) // 2]
+        for j in parts:
+            lo, hi = s.bounds[j]
+            rho = rhos[j]
             own = max((r for a, b, r in ref_scales if a < hi and lo < b), default=0.0)
-            ref = max(g, min(own, p.aggregate_bound_spread * g))
+            weight = (min(max(own / g_prev, 1.0), p.aggregate_bound_spread) if g_prev > 0 and own > 0
+                      else p.aggregate_bound_spread)
+            ref = max(g * weight, along_z[j])
             failed = p.aggregate_bound > 0 and ref > 0 and rho > p.aggregate_bound * ref
             if failed:
                 s.bound_failed.append(j)
-            # the next step's reference: this spread when it passed, else at most twice the previous one
-            # (a forger that fails the bound cannot ratchet the scale faster than 2x per dropped step)
+            # the next step's weight: this spread when it passed, else at most twice the reference
             s.scales.append((lo, hi, min(rho, 2.0 * ref) if failed else rho))

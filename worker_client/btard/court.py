@@ -222,12 +222,12 @@ class Court:
                 return False, "the accusation names no scalars of the accused"
             g = part_tensor(s, part, data)
             a0, a1 = s.bounds[part]
-            zj = self.memo.projection(s.r, s.ctx.numel)[a0:a1]
+            zj = self.memo.projection_slice(s.r, s.ctx.numel, a0, a1)
             sc = scalars.values
             if len(sc) != s.n:
                 return True, "scalars of the wrong length"
             expected = _scalar(zj, g, s.aggregates[part])
-            tol = self.params.exact_rtol * float(zj.norm()) * _dist(g, s.aggregates[part]) + 1e-12
+            tol = self.params.exact_rtol * float(zj.to(torch.float64).norm()) * _dist(g, s.aggregates[part]) + 1e-12
             if abs(expected - sc[part]) <= tol:
                 return False, f"s_kj = {sc[part]:.9g} is right"
             return True, f"s_kj declared {sc[part]:.9g}, recomputed {expected:.9g}"

@@ -150,7 +150,7 @@ class BtardPeer:
         return self._s.view() if self._s else None
 
     def _z_of(self, record: StepRecord) -> torch.Tensor:
-        return self.memo.projection(record.r, record.numel)
+        return self.memo.projection_slice(record.r, record.numel, 0, record.numel)
 
     def batch_for(self, group_size: int) -> int:
         """Samples per peer in a step of ``group_size`` peers (0: the driver's own batch size)."""

@@ -1,0 +1,129 @@
+"""Invariant 3, the aggregate bound: every aggregate lies within the bound of a majority of the contributors,
+at every step (the run's first included: no previous step is needed), and honest steps pass it when the
+gradient scale jumps or one part spreads far more than the others (a transformer's embeddings)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tests.protocol._swarm import Swarm, synthetic_gradient
+from worker_client.btard import attacks
+from worker_client.btard import protocol as P
+from worker_client.btard.kernels import distances_to
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _honest_updates(swarm: Swarm) -> list[float]:
+    """The norm of every applied update, as the first honest peer applied it (0 for a dropped step)."""
+    first = swarm.honest[0]
+    return [float(h[first].update.norm()) if h[first].outcome == "applied" else 0.0 for h in swarm.history]
+
+
+def _assert_agreement(swarm: Swarm) -> None:
+    for t, results in enumerate(swarm.history):
+        honest = [results[p] for p in swarm.honest if p in results]
+        assert len({r.outcome for r in honest}) == 1, t
+        updates = [r.update for r in honest if r.outcome == "applied"]
+        assert all(torch.equal(u, updates[0]) for u in updates), t
+
+
+class StepZeroForger(attacks.Absorber):
+    """An absorber that also forges at the run's first step, staying just under that step's bound as it can
+    estimate it (its own part's honest spread standing in for the median part's)."""
+
+    name = "step_zero_forger"
+    reach = 0.9  # of the radius it estimates
+
+    def hook_aggregate(self, x, s):
+        v, dists = P.BtardPeer.hook_aggregate(self, x, s)
+        if not self.active(s.ctx.step) or s.ctx.prev is not None:
+            return super().hook_aggregate(x, s)
+        m = len(s.contributors) // 2 + 1
+        honest = sorted(dists)[m - 1]
+        radius = self.params.aggregate_bound * self.params.aggregate_bound_spread * honest
+        gen = torch.Generator().manual_seed(7)
+        direction = torch.randn(v.numel(), generator=gen)
+        direction /= float(direction.norm())
+        forged = (v + direction * math.sqrt(max(0.0, (self.reach * radius) ** 2 - honest ** 2))).to(torch.float32)
+        return forged, distances_to(x, forged).tolist()
+
+
+def _absorbed(bound: float, attack: str, monkeypatch) -> list[float]:
+    monkeypatch.setitem(attacks.ATTACKS, StepZeroForger.name, StepZeroForger)
+    swarm = Swarm(n=7, attack=attack, byzantine=(4,), attack_start=0, seed=3,
+                  params=P.ProtocolParams(validators=0, aggregate_bound=bound))
+    swarm.run(5)
+    assert not swarm.board.banned  # no recalculation: nothing but the bound stands in the forger's way
+    _assert_agreement(swarm)
+    return _honest_updates(swarm)
+
+
+def test_a_forged_aggregate_at_the_first_step_is_bounded_without_a_previous_step(monkeypatch):
+    """The absorber forges from step 0: without the bound its 100x forgery is applied at once; with it the
+    first step is dropped (nobody banned) and no applied step moves more than the bound allows."""
+    clean = Swarm(n=7, seed=3, params=P.ProtocolParams(validators=0))
+    clean.run(5)
+    honest_step = max(_honest_updates(clean))
+    free = _absorbed(0.0, "absorber", monkeypatch)
+    assert free[0] > 50 * honest_step  # step 0, applied unbounded
+    bounded = _absorbed(4.0, "absorber", monkeypatch)
+    assert bounded[0] == 0.0  # step 0: beyond the bound, dropped
+    assert sum(u > 0 for u in bounded) >= 3 and max(bounded) < 25 * honest_step
+
+
+@pytest.mark.parametrize("reach", [0.9, 1.5])
+def test_a_first_step_forgery_passes_only_within_the_bound_and_then_moves_it_a_bounded_amount(reach, monkeypatch):
+    """Just under the first step's bound the forgery passes every check (no recalculation here) and moves
+    the model a bounded amount; half as far again beyond it, the step is dropped."""
+    monkeypatch.setattr(StepZeroForger, "reach", reach)
+    clean = Swarm(n=7, seed=3, params=P.ProtocolParams(validators=0))
+    clean.run(5)
+    honest_step = max(_honest_updates(clean))
+    bounded = _absorbed(4.0, "step_zero_forger", monkeypatch)
+    if reach < 1:
+        assert 2 * honest_step < bounded[0] < 25 * honest_step  # applied, forged, bounded
+    else:
+        assert bounded[0] == 0.0
+
+
+class ShapedSwarm(Swarm):
+    """Synthetic gradients whose part 0 spreads ``heavy`` times more than the rest, and whose whole scale
+    jumps ``jump`` times once the model has taken ``jump_at`` updates."""
+
+    def __init__(self, *args, heavy: float = 1.0, jump: float = 1.0, jump_at: int = 2, **kw):
+        self.heavy, self.jump, self.jump_at = heavy, jump, jump_at
+        super().__init__(*args, **kw)
+
+    def _gradients(self, requests):
+        self.computed += len(requests)
+        out = []
+        for _, req in requests:
+            g = synthetic_gradient(req.model_ref, req.seed, self.numel, req.flip_labels)
+            g[: self.numel // 7] *= self.heavy
+            out.append(g * (self.jump if int(req.model_ref) >= self.jump_at else 1.0))
+        return out
+
+
+@pytest.mark.parametrize(("heavy", "jump"), [(1.0, 8.0), (30.0, 1.0), (30.0, 8.0)])
+def test_honest_steps_pass_the_bound_when_the_scale_jumps_or_one_part_spreads_far_more(heavy, jump):
+    """What dropped honest steps of the transformer (gpt-char-small): the reference came from the previous
+    step's scale (a 4x jump after the warm-up failed it) and capped a part at 4x the median part's spread
+    (its embeddings spread 15-19x). The bound now measures this step's scale and each part's own spread
+    along z."""
+    swarm = ShapedSwarm(n=7, numel=7 * 64, heavy=heavy, jump=jump, shuffle=True,
+                        params=P.ProtocolParams(validators=2))
+    swarm.run(6)
+    assert not swarm.board.banned
+    _assert_agreement(swarm)
+    assert all(h[swarm.honest[0]].outcome == "applied" for h in swarm.history), [
+        h[swarm.honest[0]].reason for h in swarm.history]
