@@ -31,6 +31,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from btard_wire.registry import Registry
+
 __all__ = [
     "AGGREGATORS",
     "PRE_AGGREGATORS",
@@ -632,7 +634,8 @@ def bucketing(x: torch.Tensor, *, s: int = 2, seed: int = 0) -> torch.Tensor:
     return torch.stack([x[b].mean(dim=0) for b in buckets])
 
 
-PRE_AGGREGATORS: dict[str, Callable[..., torch.Tensor]] = {"nnm": nnm, "bucketing": bucketing}
+PRE_AGGREGATORS: Registry[Callable[..., torch.Tensor]] = Registry(
+    "pre-aggregation", {"nnm": nnm, "bucketing": bucketing})
 
 
 def _keyword_only(fn) -> dict[str, inspect.Parameter]:
@@ -834,7 +837,7 @@ def centered_clip_residual(x: torch.Tensor, v: torch.Tensor, *, tau: float,
 # --------------------------------------------------------------------------------------------------
 # registry
 
-AGGREGATORS: dict[str, Callable[..., torch.Tensor]] = {
+AGGREGATORS: Registry[Callable[..., torch.Tensor]] = Registry("aggregator", {
     "mean": mean,
     "median": median,
     "trimmed_mean": trimmed_mean,
@@ -843,7 +846,7 @@ AGGREGATORS: dict[str, Callable[..., torch.Tensor]] = {
     "bulyan": bulyan,
     "geometric_median": geometric_median,
     "centered_clip": centered_clip,
-}
+})
 # Pre-aggregation in front of the rules the literature pairs it with (Allouah et al., 2023;
 # Karimireddy et al., 2022): "nnm+krum", "bucketing+median", ...
 AGGREGATORS.update({f"{pre}+{rule}": compose(pre, rule) for pre in PRE_AGGREGATORS
@@ -854,10 +857,7 @@ def make_aggregator(name: str, **params) -> Callable[[torch.Tensor], torch.Tenso
     """The rule registered as ``name`` with ``params`` bound, as ``agg(x) -> [d]``.
 
     Raises ValueError for an unknown name or a parameter the rule does not take."""
-    try:
-        fn = AGGREGATORS[name]
-    except KeyError:
-        raise ValueError(f"unknown aggregator {name!r}; known: {', '.join(sorted(AGGREGATORS))}") from None
+    fn = AGGREGATORS[name]  # UnknownName (a ValueError) listing the known names
     accepted = {p.name for p in inspect.signature(fn).parameters.values()
                 if p.kind is inspect.Parameter.KEYWORD_ONLY}
     unknown = set(params) - accepted
