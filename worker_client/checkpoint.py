@@ -14,16 +14,16 @@ import json
 import time
 import urllib.error
 import urllib.request
+from urllib.parse import urlsplit, urlunsplit
 
 import torch
+from safetensors.torch import save
 
 from btard_wire.errors import CodedError
 
 
 def state_bytes(model: torch.nn.Module) -> bytes:
     """The model's parameters and buffers as safetensors bytes (deterministic for equal tensors)."""
-    from safetensors.torch import save
-
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
     return save(tensors, metadata={"format": "pt"})
 
@@ -104,8 +104,6 @@ def upload(url: str, token: str, data: bytes, *, attempts: int = 6, wait: float 
 
 def http_base(server: str) -> str:
     """The site's HTTP origin for ``--server`` (``ws(s)://`` is mapped back to ``http(s)://``)."""
-    from urllib.parse import urlsplit, urlunsplit
-
     parts = urlsplit(server if "://" in server else f"https://{server}")  # no scheme means https
     scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
     return urlunsplit((scheme, parts.netloc, "", "", ""))

@@ -20,6 +20,8 @@ from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from btard_wire.control import (
     CLOSE_BAD_TOKEN,
@@ -27,6 +29,7 @@ from btard_wire.control import (
     CLOSE_REASONS,
     CLOSE_REPLACED,
     FATAL_CLOSE_CODES,
+    Challenge,
     Heartbeat,
     Hello,
     parse_site_message,
@@ -101,16 +104,12 @@ MessageHandler = Callable[[BaseModel], Awaitable[None] | None]
 SLOW_CONNECT_REPORT = 4.0  # seconds without an answer before the volunteer is told (the attempt goes on)
 
 
-def _no_redirects():
+class connect_without_redirects(connect):  # noqa: N801 - used like the function it extends
     """websockets' ``connect`` that follows no redirect: it would send the token to wherever the
     ``Location`` header points."""
-    from websockets.asyncio.client import connect
 
-    class connect_without_redirects(connect):  # noqa: N801 - used like the function it extends
-        def process_redirect(self, exc: Exception) -> Exception | str:
-            return exc
-
-    return connect_without_redirects
+    def process_redirect(self, exc: Exception) -> Exception | str:
+        return exc
 
 
 def describe_failure(exc: BaseException) -> str:
@@ -127,8 +126,6 @@ def describe_failure(exc: BaseException) -> str:
 async def answer_challenge(ws, hello: Hello, prove: Callable[[str], str], *, timeout: float) -> Hello:
     """Wait for the site's ``challenge`` (its first message) and return ``hello`` carrying the proof; a site
     that sends none within ``timeout`` gets the hello as it is."""
-    from btard_wire.control import Challenge, parse_site_message
-
     try:
         raw = await asyncio.wait_for(ws.recv(), timeout)
     except TimeoutError:
@@ -197,9 +194,6 @@ class SiteClient:
     # --- connection loop ----------------------------------------------------------------------
     async def run(self) -> None:
         """Connect and serve until :meth:`close`. Raises :class:`FatalSiteError` on a refusal."""
-        from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
-
-        connect = _no_redirects()
         attempt = 0
         loop = asyncio.get_running_loop()
         while not self._closing:
@@ -209,9 +203,10 @@ class SiteClient:
                 if self.open_timeout > SLOW_CONNECT_REPORT else None
             try:
                 self._on_state("connecting")
-                async with connect(self.url, additional_headers={"Authorization": f"Bearer {self._token}"},
-                                   open_timeout=self.open_timeout, max_size=4 * 1024 * 1024,
-                                   ping_interval=20, ping_timeout=20) as ws:
+                async with connect_without_redirects(
+                        self.url, additional_headers={"Authorization": f"Bearer {self._token}"},
+                        open_timeout=self.open_timeout, max_size=4 * 1024 * 1024,
+                        ping_interval=20, ping_timeout=20) as ws:
                     if slow is not None:
                         slow.cancel()
                     self._ws = ws

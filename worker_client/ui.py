@@ -14,6 +14,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
+from rich.console import Console
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
 
 @dataclass
 class WorkerStatus:
@@ -50,10 +56,6 @@ def human_bytes(n: int) -> str:
 
 def render(status: WorkerStatus):
     """A rich renderable of the status (a two-column table in a panel)."""
-    from rich.panel import Panel
-    from rich.table import Table
-    from rich.text import Text
-
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold cyan", justify="right")
     table.add_column()
@@ -86,9 +88,6 @@ class LiveView:
     """A live-updating terminal panel (rich). Use as a context manager."""
 
     def __init__(self, console=None, refresh_per_second: float = 4):
-        from rich.console import Console
-        from rich.live import Live
-
         self.console = console or Console(stderr=True)
         self._live = Live(console=self.console, refresh_per_second=refresh_per_second, transient=False)
 
@@ -103,8 +102,6 @@ class LiveView:
         self._live.update(render(status))
 
     def event(self, kind: str, message: str, **fields: Any) -> None:
-        from rich.text import Text
-
         style = {"error": "red", "ban": "bold red", "fatal": "bold red", "warning": "yellow", "late": "yellow",
                  "connection": "yellow", "announcement": "bold cyan", "run": "bold yellow"}.get(kind, "dim")
         self._live.console.print(Text(f"{time.strftime('%H:%M:%S')} {kind}: {message}", style=style))
