@@ -13,6 +13,11 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 
+from rich.console import Console
+from rich.text import Text
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
 from btard_wire.control import (
     CLOSE_REASONS,
     FATAL_CLOSE_CODES,
@@ -22,11 +27,13 @@ from btard_wire.control import (
     ReachabilityRequest,
     ReachabilityResult,
     Welcome,
+    hello_proof,
     parse_site_message,
 )
 from btard_wire.errors import ControlError
 
-from .site_client import ws_url
+from . import __version__
+from .site_client import answer_challenge, ws_url
 
 OK, FAIL, UNKNOWN = "ok", "fail", "unknown"
 
@@ -57,7 +64,7 @@ class Report:
 
 
 def check_http(server: str, timeout: float) -> Check:
-    from .checkpoint import no_redirect_opener
+    from .checkpoint import no_redirect_opener  # checkpoint loads torch: the doctor checks torch separately
 
     url = server.rstrip("/") + "/"
     try:
@@ -93,17 +100,10 @@ def check_gpu() -> Check:
 async def check_site_and_reachability(server: str, token: str, hello: Hello, *, timeout: float,
                                       report: Report, identity=None) -> None:
     """Token check over the websocket, then the reachability request (needs the p2p addresses in ``hello``)."""
-    from websockets.asyncio.client import connect
-    from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
-
     try:
         async with connect(ws_url(server), additional_headers={"Authorization": f"Bearer {token}"},
                            open_timeout=timeout) as ws:
             if identity is not None:  # the site's challenge first: the hello proves possession of the key
-                from btard_wire.control import hello_proof
-
-                from .site_client import answer_challenge
-
                 hello = await answer_challenge(ws, hello, lambda nonce: hello_proof(identity, nonce),
                                                timeout=min(timeout, 5.0))
             await ws.send(hello.model_dump_json())
@@ -181,7 +181,7 @@ async def run_doctor(*, server: str, token: str | None, identity, host_maddrs: l
     plane = None
     p2p_id, addrs = "", []
     try:
-        from .net import DataPlane
+        from .net import DataPlane  # inside the try: a broken hivemind install is a failed check, not a crash
 
         plane = await DataPlane.create("doctor", host_maddrs=host_maddrs, announce_maddrs=announce_maddrs,
                                        call_timeout=timeout, allow_private=allow_private)
@@ -200,8 +200,6 @@ async def run_doctor(*, server: str, token: str | None, identity, host_maddrs: l
             report.add("token", UNKNOWN, "not checked: the site is unreachable")
             report.add("reachability", UNKNOWN, "not checked: the site is unreachable")
         else:
-            from . import __version__
-
             hello = Hello(public_key=identity.public_key_b64, p2p_id=p2p_id, p2p_addrs=addrs,
                           client_version=__version__)
             await check_site_and_reachability(server, token, hello, timeout=timeout, report=report,
@@ -217,9 +215,6 @@ def print_report(report: Report, *, as_json: bool = False, console=None) -> None
     if as_json:
         print(json.dumps(report.as_dict()))
         return
-    from rich.console import Console
-    from rich.text import Text
-
     console = console or Console()
     marks = {OK: ("ok  ", "green"), FAIL: ("FAIL", "red"), UNKNOWN: ("??  ", "yellow")}
     for check in report.checks:  # details carry site text (run names, messages): never parsed as markup
