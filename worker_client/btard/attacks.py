@@ -369,9 +369,12 @@ class PhantomDigest(Byzantine):
 class ForgedAggregate(Byzantine):
     """Aggregator that publishes a forged aggregate ``a_j' = a_j + delta`` with honest distances to it.
     ``delta`` is a fixed direction (shared seed), sized to ``reach`` times the aggregate bound of the
-    step (invariant 3: the majority-th smallest distance may not exceed ``aggregate_bound`` times the
-    previous step's spread; a rational forger stays just under it), or ``-3 a_j`` without a bound. On
-    its own the fixed-point check catches it (``bad_aggregate``); with an absorber (below) it does not."""
+    step as every peer computes it (invariant 3, ``checks.Checks.aggregate_bound``: the majority-th
+    smallest distance may not exceed ``aggregate_bound`` times this step's median part spread, weighted
+    by the part's spread in the previous step, ``aggregate_bound_spread`` without one); a rational forger
+    stays just under it, estimating the median part from its own part's honest spread. Without a bound
+    (``aggregate_bound = 0``) any aggregate will do. On its own the fixed-point check catches it
+    (``bad_aggregate``); with an absorber (below) it does not."""
 
     name = "forged_aggregate"
     rational = True
@@ -385,20 +388,21 @@ class ForgedAggregate(Byzantine):
         gen = torch.Generator().manual_seed(self.collusion.seed * 7 + 1)
         direction = torch.randn(v.numel(), generator=gen)
         direction /= float(direction.norm())
-        prev = s.ctx.prev
         c = self.params.aggregate_bound
-        lo, hi = s.bounds[s.index]
-        ref = 0.0
-        if prev is not None and prev.scales:  # the bound's reference, as every peer computes it
-            spreads = sorted(r for _, _, r in prev.scales)
-            g = spreads[len(spreads) // 2]
-            own = max((r for a, b, r in prev.scales if a < hi and lo < b), default=0.0)
-            ref = max(g, min(own, self.params.aggregate_bound_spread * g))
-        if ref > 0 and c > 0:
-            radius = c * ref * math.sqrt(v.numel())
-            honest = sorted(dists)[len(dists) // 2]
+        honest = sorted(dists)[len(dists) // 2] if dists else 0.0  # the majority-th smallest distance
+        if c > 0 and honest > 0:
+            lo, hi = s.bounds[s.index]
+            weight = self.params.aggregate_bound_spread  # the run's first step, or a first step after a gap
+            prev = s.ctx.prev
+            if prev is not None and prev.step == s.ctx.step - 1 and prev.scales:
+                spreads = sorted(r for _, _, r in prev.scales)
+                g_prev = spreads[len(spreads) // 2]
+                own = max((r for a, b, r in prev.scales if a < hi and lo < b), default=0.0)
+                if g_prev > 0 and own > 0:
+                    weight = min(max(own / g_prev, 1.0), weight)
+            radius = c * weight * honest  # the bound on the majority-th distance, in distance units
             size = math.sqrt(max(0.0, (self.reach * radius) ** 2 - honest ** 2))
-            forged = v + direction * max(size, self.reach * self.params.tau)
+            forged = v + direction * size
         else:  # nothing bounds it: any aggregate will do
             forged = v + direction * (self.unbounded * max(self.params.tau, float(v.norm())))
         forged = forged.to(torch.float32)
