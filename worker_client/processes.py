@@ -15,13 +15,13 @@ program's, even when both run at once. Standard library only (the demo imports i
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import signal
 import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from pathlib import Path
 from typing import Self
 
@@ -41,13 +41,17 @@ def wait_for_site(url: str, proc: subprocess.Popen | None, *, timeout: float) ->
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             return "exited"
+        parts = urllib.parse.urlsplit(url)
+        conn_type = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        conn = conn_type(parts.hostname, parts.port, timeout=2)
         try:
-            urllib.request.urlopen(url + "/healthz", timeout=2)
-            return "up"
-        except urllib.error.HTTPError:
-            return "up"  # it answered
-        except OSError:
+            conn.request("GET", parts.path.rstrip("/") + "/healthz")
+            conn.getresponse().read()
+            return "up"  # any answer, a redirect to HTTPS included (production settings)
+        except (OSError, http.client.HTTPException):
             time.sleep(0.3)
+        finally:
+            conn.close()
     return "timeout"
 
 
