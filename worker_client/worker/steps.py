@@ -339,7 +339,10 @@ class StepDriver:
 
     def serve_evidence(self, sha256: str, step: int, requester: str) -> bytes | None:
         """The data plane's evidence source: the bytes with this SHA-256 our core holds for ``step``,
-        served only to a member of the current group (``requester`` is its protocol peer id)."""
+        served only to a member of the current group (``requester`` is its protocol peer id).
+
+        Called from the data plane's handler task, not the main loop: ``serve_tensor`` only reads the
+        core's step state and runs without an ``await``, so it cannot interleave with the main loop."""
         w = self.worker
         group = w.current_group
         if w.peer is None or group is None or group.step != step \
