@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from worker_client.btard.kardam import DAMPENING, Kardam
+from worker_client.sim.kardam import DAMPENING, Kardam
 
 D = 20
 

@@ -15,7 +15,7 @@ attackers. ``--aggregator kardam`` runs Kardam's asynchronous parameter server w
 
 - :mod:`.run`        :func:`run_simulation` (the Python entry point: tests, ``btard-experiments``) and the
   BTARD loop;
-- :mod:`.baseline`   the trusted-server baselines and Kardam;
+- :mod:`.baseline`   the trusted-server baselines and Kardam (:mod:`.kardam`, a baseline only, not the core);
 - :mod:`.probation`  candidates joining a running swarm;
 - :mod:`.world`      the set-up every loop shares and :class:`~.world.Outcome`, the one type they return;
 - :mod:`.models`     model states by version, the gradient cache, non-IID shards;

@@ -15,8 +15,8 @@ from btard_wire.randomness import batch_seed, genesis_randomness
 from ..btard import protocol as P
 from ..btard.aggregators import AGGREGATORS, bucketing, centered_clip
 from ..btard.attacks import Byzantine
-from ..btard.kardam import Kardam
 from ..tasks import apply_flat_update, flatten_params
+from .kardam import Kardam
 from .world import RUN, Outcome, World
 
 # Recorded in every baseline run's summary. 2: every rule that takes f is told the true number of
@@ -123,7 +123,7 @@ def run_baseline(world: World, *, rule: str, f: int, tau: float) -> Outcome:
 
 
 def run_kardam(world: World, *, f: int, staleness: int) -> Outcome:
-    """Kardam's parameter server (:mod:`worker_client.btard.kardam`) with delayed workers.
+    """Kardam's parameter server (:mod:`.kardam`) with delayed workers.
 
     A step is one round in which every worker submits one gradient, in a random order. An honest
     worker's gradient is computed on the model as it was ``delay`` rounds ago, ``delay`` drawn each
