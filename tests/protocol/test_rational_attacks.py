@@ -177,7 +177,7 @@ def test_colluders_in_separate_processes_coordinate_through_one_shared_file(tmp_
     """Networked colluders each build their own peer: given the same file (``BTARD_COLLUSION``), they
     share its seed and learn each other's ids, and strike as one coalition object would (an ELIMINATE
     storm whose colluders each pick a different honest victim)."""
-    from worker_client.btard.attacks import SharedCollusion
+    from worker_client.collusion import SharedCollusion
 
     path = tmp_path / "coalition.json"
     path.write_text('{"seed": 41}')
@@ -204,12 +204,14 @@ def test_colluders_in_separate_processes_coordinate_through_one_shared_file(tmp_
     assert len(targets) == 2 and not targets & apart.byzantine  # two different honest victims
 
 
-def test_make_peer_reads_the_shared_coalition_file_from_the_environment(tmp_path, monkeypatch):
+def test_a_worker_process_finds_its_coalition_in_the_environment(tmp_path):
     from btard_wire.envelope import Identity
-    from worker_client.btard.attacks import COLLUSION_ENV, SharedCollusion, make_peer
+    from worker_client.btard.attacks import make_peer
+    from worker_client.collusion import COLLUSION_ENV, SharedCollusion, collusion_from_env
 
     path = tmp_path / "coalition.json"
-    monkeypatch.setenv(COLLUSION_ENV, str(path))
-    peers = [make_peer("absorber", Identity.from_seed(f"c{i}".encode())) for i in range(2)]
+    assert collusion_from_env({}) is None
+    peers = [make_peer("absorber", Identity.from_seed(f"c{i}".encode()),
+                       collusion=collusion_from_env({COLLUSION_ENV: str(path)})) for i in range(2)]
     assert all(isinstance(p.collusion, SharedCollusion) for p in peers)
     assert peers[0].collusion.members == {p.peer_id for p in peers}

@@ -15,13 +15,10 @@ docstring.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import statistics
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -45,7 +42,8 @@ class Collusion:
     ``honest`` maps contributor -> honest gradient for the current ``step`` (filled by the driver before
     any attacker computes its message). ``segments`` are the parameter tensors' slices of the flat
     vector (``random_direction`` works per parameter tensor when known, else per part). In one process
-    (the simulator) the colluders share one object; across processes see :class:`SharedCollusion`."""
+    (the simulator) the colluders share one object; across processes (networked workers) the driver
+    passes each a ``worker_client.collusion.SharedCollusion`` (the core does no I/O)."""
 
     members: set[str] = field(default_factory=set)
     seed: int = 0
@@ -62,66 +60,6 @@ class Collusion:
         members = self.members
         rows = [g for p, g in self.honest.items() if p not in members] or list(self.honest.values())
         return torch.stack(rows) if rows else None
-
-
-# The coordination channel of colluders that run in separate processes (networked workers): the path of
-# one JSON file given to every colluder, ``{"seed": int, "members": [peer ids]}``.
-COLLUSION_ENV = "BTARD_COLLUSION"
-
-
-class SharedCollusion(Collusion):
-    """A coalition across processes (each networked worker builds its own peer): every colluder is given
-    the same file (``BTARD_COLLUSION``). The file fixes the common ``seed`` (a missing one is 0); each
-    colluder adds its peer id when it joins, under an exclusive lock, and reads the others' ids whenever
-    it needs them, so colluders started in any order know each other from their first step together.
-    What cannot travel through a file (the step's honest gradients) stays empty: behaviours that need it
-    fall back to their own gradient, as in a one-peer coalition."""
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self._cache: tuple[tuple[int, int, int], set[str]] | None = None
-        super().__init__(members=set(), seed=int(self._read().get("seed", 0)))
-
-    def _read(self) -> dict:
-        try:
-            data = json.loads(self.path.read_text() or "{}")
-        except (FileNotFoundError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
-
-    @property
-    def members(self) -> set[str]:  # type: ignore[override]
-        try:
-            st = self.path.stat()
-        except FileNotFoundError:
-            return set(self._local)
-        key = (st.st_ino, st.st_mtime_ns, st.st_size)
-        if self._cache is None or self._cache[0] != key:
-            ids = self._read().get("members", [])
-            self._cache = (key, {p for p in ids if isinstance(p, str)})
-        return self._cache[1] | self._local
-
-    @members.setter
-    def members(self, value: set[str]) -> None:
-        self._local = set(value)
-
-    def join(self, peer_id: str) -> None:
-        """Add ``peer_id`` to the file: under an exclusive lock (a ``.lock`` beside it), written whole to a
-        temporary file and renamed over it, so a colluder reading at any moment sees a complete file."""
-        import fcntl
-
-        self._local.add(peer_id)
-        with open(f"{self.path}.lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            data = self._read()
-            ids = [p for p in data.get("members", []) if isinstance(p, str)]
-            if peer_id not in ids:
-                ids.append(peer_id)
-            data["members"] = ids
-            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(data))
-            os.replace(tmp, self.path)
-        self._cache = None
 
 
 class Byzantine(BtardPeer):
@@ -713,8 +651,6 @@ def make_peer(attack: str | None, identity, params=None, *, entropy=None, verifi
     if attack in (None, "", "none", "honest"):
         return BtardPeer(identity, params, **kw)
     cls = ATTACKS[attack]  # UnknownName (a ValueError and a KeyError) names the known ones
-    if collusion is None and os.environ.get(COLLUSION_ENV):  # colluders in separate processes
-        collusion = SharedCollusion(os.environ[COLLUSION_ENV])
     peer = cls(identity, params, collusion=collusion, **attack_params)
     for k, v in kw.items():
         setattr(peer, k, v)
