@@ -40,7 +40,9 @@ class AdmissionPolicy:
         raise NotImplementedError
 
     def ready_to_promote(self, run, peer) -> bool:
-        return peer.probation_done >= peer.probation_required
+        from btard_wire.probation import ready_to_promote  # the simulator's rule too
+
+        return ready_to_promote(done=peer.probation_done, required=peer.probation_required)
 
     def window_start(self, run):
         return timezone.now() - timedelta(seconds=run.admission_window_seconds)

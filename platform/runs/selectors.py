@@ -193,16 +193,6 @@ def board_envelopes(*, record: StepRecord, phase: str, senders: list[str]) -> li
 LEFT_STEP_GRACE_SECONDS = 8.0
 
 
-def step_closable(*, members, reported, gone) -> bool:
-    """Pure rule: a step can close once every member ``reported`` or is ``gone`` (left the step: offline past
-    the grace, rejoined without the step's state, or banned), provided at least one member reported. A step
-    whose members all went away waits for its deadline (the site itself may have restarted)."""
-    members, reported = set(members), set(reported) & set(members)
-    if members <= reported:
-        return True
-    return bool(reported) and members - reported <= set(gone)
-
-
 def members_gone(record: StepRecord, *, now=None) -> set[str]:
     """The members of ``record`` that left its step: banned, listed in ``record.left`` (joined again after
     being away longer than the grace), or offline for at least ``LEFT_STEP_GRACE_SECONDS``."""
@@ -251,20 +241,18 @@ def state_donors(run: Run, *, step: int, members: list) -> list:
 
 
 def step_complete(record: StepRecord, *, now=None) -> bool:
-    """Whether the step of ``record`` can close before its deadline (:func:`step_closable`)."""
+    """Whether the step of ``record`` can close before its deadline (:func:`btard_wire.board.step_closable`)."""
     reported = set(record.reports.values_list("peer__peer_id", flat=True))
     if set(record.members) <= reported:
         return True
-    return bool(reported & set(record.members)) and step_closable(
+    return bool(reported & set(record.members)) and board_rules.step_closable(
         members=record.members, reported=reported, gone=members_gone(record, now=now))
 
 
-def probation_voided_in_step(run: Run, record: StepRecord) -> set[str]:
-    """The candidates of ``record`` whose probation step earns nothing: their drawn validator
-    (``record.candidates[i]["validator"]``) posted a failed ``probation`` report on them
-    (:func:`btard_wire.board.probation_voided`); a failure from anyone else voids nothing (finding 10). A
-    failed ``validation`` report of the assigned validator naming the candidate counts too (workers before
-    the ``probation`` phase)."""
+def probation_failures(run: Run, record: StepRecord) -> list[tuple[str, str]]:
+    """``(sender, named candidate)`` of the failed probation checks stored at ``record``'s step: ``probation``
+    reports with ``ok: false``, and failed ``validation`` reports naming a candidate (workers before the
+    ``probation`` phase). Only the candidate's drawn validator's count (btard_wire.board.probation_voided)."""
     failures = []
     for phase, sender, env in BroadcastLog.objects.filter(run=run, step=record.step, phase__in=("probation",
                                                                                               "validation")) \
@@ -274,5 +262,11 @@ def probation_voided_in_step(run: Run, record: StepRecord) -> set[str]:
             named = payload.get("candidate" if phase == "probation" else "target")
             if isinstance(named, str):
                 failures.append((sender, named))
+    return failures
+
+
+def probation_voided_in_step(run: Run, record: StepRecord) -> set[str]:
+    """The candidates of ``record`` whose probation step earns nothing (btard_wire.board.probation_voided)."""
+    failures = probation_failures(run, record)
     return {c["peer_id"] for c in record.candidates
             if board_rules.probation_voided(candidate=c["peer_id"], validator=c.get("validator"), failures=failures)}

@@ -27,9 +27,9 @@ from moderation.services import ban_silent_peers, open_timeout_case_quietly
 from volunteers.services import apply_missed_deadline_quietly, credit_step
 
 from btard_wire import board as board_rules
+from btard_wire import probation as probation_rules
 from btard_wire.control import Group
 from btard_wire.randomness import (
-    draw_probation_validators,
     genesis_randomness,
     group_order,
     skipped_randomness,
@@ -40,7 +40,7 @@ from ..deadlines import effective_deadlines
 from ..models import Peer, Run, StepRecord
 from ..selectors import (
     board_randomness,
-    probation_voided_in_step,
+    probation_failures,
     state_donors,
     step_complete,
     step_validators,
@@ -138,11 +138,12 @@ def start_step_if_ready(*, run: Run, now: datetime | None = None) -> StepRecord 
     # only keys that joined before the draw's randomness existed (btard_wire.board.probation_drawable: the
     # previous step's MPRNG began when that step opened; a step drawn from the public chain checks nobody),
     # so no candidate grinds its key or its moment to join against a known r
-    opened = _randomness_opened_at(run, step)
-    waiting = [c for c in run.peers.filter(role="candidate", online=True).order_by("peer_id")
-               if board_rules.probation_drawable(joined_at=c.joined_at.timestamp(), randomness_opened_at=opened)]
+    online = {c.peer_id: c for c in run.peers.filter(role="candidate", online=True).order_by("peer_id")}
     r_prev = _step_randomness(run, step)
-    checks = draw_probation_validators(r_prev, members=ids, candidates=[c.peer_id for c in waiting])
+    checks = probation_rules.probation_checks(r_prev, members=ids,
+                                              joined_at={pid: c.joined_at.timestamp() for pid, c in online.items()},
+                                              randomness_opened_at=_randomness_opened_at(run, step))
+    waiting = [c for pid, c in online.items() if pid in checks]
     candidates = []
     for cand in waiting:
         info = cand.peer_info().model_dump()
@@ -194,7 +195,7 @@ def close_step(*, run: Run, force: bool = False, now=None) -> StepRecord | None:
     record.save()
 
     peers = {p.peer_id: p for p in run.peers.filter(peer_id__in=record.recipients())}
-    voided = probation_voided_in_step(run, record)
+    failures = probation_failures(run, record)
     samples_by_user: dict[int, int] = {}
     validated: list[int] = []
     probation: list[int] = []
@@ -208,7 +209,8 @@ def close_step(*, run: Run, force: bool = False, now=None) -> StepRecord | None:
     for cand in record.candidates:
         p = peers.get(cand["peer_id"])
         r = reports.get(cand["peer_id"])
-        if p is None or r is None or p.role != "candidate" or p.peer_id in voided:
+        if p is None or p.role != "candidate" or not probation_rules.probation_credited(
+                candidate=p.peer_id, validator=cand.get("validator"), reported=r is not None, failures=failures):
             continue
         Peer.objects.filter(pk=p.pk).update(probation_done=F("probation_done") + 1)
         probation.append(p.user_id)

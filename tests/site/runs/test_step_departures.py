@@ -9,8 +9,9 @@ import pytest
 from django.utils import timezone
 from runs import services as runs
 from runs.models import Peer, Run, StepRecord
-from runs.selectors import LEFT_STEP_GRACE_SECONDS, step_closable
+from runs.selectors import LEFT_STEP_GRACE_SECONDS
 
+from btard_wire.board import step_closable
 from btard_wire.control import StepReport
 from tests.factories import WorkerTokenFactory
 from tests.site.helpers import hello_for
