@@ -28,7 +28,8 @@ from btard_wire.envelope import Envelope
 from btard_wire.registry import Registry
 
 from .actions import ComputeGradient, SendTensor
-from .kernels import clip_w, distances_to
+from .aggregators import clip_weights
+from .kernels import distances_to
 from .mprng import projection, select_validators
 from .protocol import BtardPeer
 from .state import StepView
@@ -372,10 +373,10 @@ class Absorber(ForgedAggregate):
             if k == self.peer_id or k not in s.received or k not in res.distances:
                 continue
             d = torch.tensor([res.distances[k]], dtype=torch.float64)
-            total += float(clip_w(d, self.params.tau)[0]) * float(torch.dot(zj, s.received[k].to(torch.float64) - a))
+            total += float(clip_weights(d, self.params.tau)[0]) * float(torch.dot(zj, s.received[k].to(torch.float64) - a))
         d_self = torch.tensor([res.distances.get(self.peer_id, 0.0)], dtype=torch.float64)
         values = list(values)
-        values[j] = -total / float(clip_w(d_self, self.params.tau)[0])
+        values[j] = -total / float(clip_weights(d_self, self.params.tau)[0])
         return values
 
 
