@@ -235,7 +235,10 @@ class BtardPeer:
             self._reject(f"gradient for {request_id} has {g.numel()} values, expected {s.ctx.numel}")
             return []
         if request_id == f"own:{s.ctx.step}" and s.gradient is None:
-            g = self.hook_corrupt_gradient(g.clone(), s.view())
+            if type(self).hook_corrupt_gradient is not BtardPeer.hook_corrupt_gradient:
+                # a behaviour's hook gets its own copy (it may write in place); an honest peer keeps the
+                # driver's tensor as it is (no 40 MB copy per step at 10M values)
+                g = self.hook_corrupt_gradient(g.clone(), s.view())
             if not math.isfinite(float(g.sum())) and not bool(torch.isfinite(g).all()):
                 # never commit to NaN/inf ourselves: a numerically broken peer sits the step out
                 s.silent.add(self.peer_id)
