@@ -56,10 +56,11 @@ class ProtocolParams:
     fixed_point_rtol: float = 1e-5
     fixed_point_sigmas: float = 8.0
     # invariant 3 (security review, finding 2): every aggregate a_j lies within ``aggregate_bound`` times
-    # the previous step's honest spread of a majority of the contributors; else the step is dropped
-    # (no ban: a bound, not a proof). 0 turns the check off.
+    # its reference spread of a majority of the contributors, at every step, the first included; else the
+    # step is dropped (no ban: a bound, not a proof). 0 turns it off (``checks.Checks.aggregate_bound``).
     aggregate_bound: float = 4.0
-    aggregate_bound_spread: float = 4.0  # a part's own reference counts up to this many times the median
+    # a part's weight against the step's median part (from the previous step; this without one), at most
+    aggregate_bound_spread: float = 4.0
 
     def __post_init__(self) -> None:
         if isinstance(self.global_batch, bool) or not isinstance(self.global_batch, int) or self.global_batch < 0:
@@ -83,9 +84,8 @@ class StepRecord:
     scalars: dict[str, list[float]]           # contributor -> s_kj for all j
     distances: dict[int, dict[str, float]]    # part -> contributor -> d_kj
     digests: dict[tuple[str, str], str]       # (phase, sender) -> envelope digest (evidence)
-    # the honest spread the next step's aggregate bound is measured against (invariant 3): per part
-    # ``(lo, hi, rho)``, rho the majority-th smallest distance to the aggregate per sqrt(value); empty
-    # when unknown
+    # what the next step's aggregate bound weighs each part with (invariant 3): per part ``(lo, hi, rho)``,
+    # rho the majority-th smallest distance to the aggregate per sqrt(value); empty when unknown
     scales: list[tuple[int, int, float]] = field(default_factory=list)
 
 
