@@ -71,7 +71,9 @@ def _configure_task(cfg: dict):
 
 def _cap_gradient_cache(run_simulation, cap: int) -> None:
     """btard-sim keeps up to 256 computed gradients (11 GB at 10.8M parameters): keep ``cap``."""
-    models_cls = run_simulation.__globals__.get("_Models")
+    from worker_client import sim
+
+    models_cls = getattr(sim, "Models", None) or run_simulation.__globals__.get("_Models")
     if models_cls is None or getattr(models_cls, "_h5_capped", False):
         return
     original = models_cls.gradient
@@ -256,10 +258,24 @@ def load_grid(directory: Path) -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in sorted(directory.glob("*.json"))}
 
 
+def drop_causes(s: dict) -> str:
+    """Dropped steps by cause (from ``--trace``), split at the last ban: 'ban b, bound x+y, other o'."""
+    steps = s.get("step_trace")
+    if not steps:
+        return "-"
+    last = s.get("last_ban_step") or -1
+    bans = sum(1 for t in steps if t["outcome"] != "applied" and t["bans"])
+    bound = [t for t in steps if t["outcome"] != "applied" and not t["bans"] and t["bound_failed"]]
+    other = sum(1 for t in steps if t["outcome"] != "applied" and not t["bans"] and not t["bound_failed"])
+    before = sum(1 for t in bound if t["step"] <= last)
+    return f"ban {bans}, bound {before}+{len(bound) - before}, other {other}"
+
+
 def table(directory: Path) -> str:
     runs = load_grid(directory)
     lines = [("| run | final held-out loss | vs clean BTARD | attackers banned (last at step) | honest banned "
-              "| applied steps | wall s | load (start-end) |"), "|---|---|---|---|---|---|---|---|"]
+              "| applied steps | dropped (bound: before+after the last ban) | wall s | load (start-end) |"),
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, s in runs.items():
         seed = s["config"]["seed"]
         clean = runs.get(run_name("none", "btard", seed))
@@ -271,7 +287,7 @@ def table(directory: Path) -> str:
                   and byz else "-")
         note = f" (diverged at {s['diverged_at']})" if "diverged_at" in s else ""
         lines.append(f"| {name} | {loss:.3f}{note} | {gap} | {banned} | {s['honest_banned']} | "
-                     f"{s['applied_steps']}/{s['config']['steps']} | {s['wall_seconds']:.0f} | "
+                     f"{s['applied_steps']}/{s['config']['steps']} | {drop_causes(s)} | {s['wall_seconds']:.0f} | "
                      f"{s['load_average']['start'][0]:.0f}-{s['load_average']['end'][0]:.0f} |")
     return "\n".join(lines)
 
@@ -284,11 +300,12 @@ def plot(directory: Path) -> Path:
 
     runs = load_grid(directory)
     seeds = sorted({s["config"]["seed"] for s in runs.values()})
-    fig, axes = plt.subplots(len(seeds), len(ATTACKS), figsize=(4.2 * len(ATTACKS), 3.4 * len(seeds)),
+    attacks = [a for a in ATTACKS if any(s["config"]["attack"] == a for s in runs.values())] or list(ATTACKS)
+    fig, axes = plt.subplots(len(seeds), len(attacks), figsize=(4.2 * len(attacks), 3.4 * len(seeds)),
                              squeeze=False, sharey=True)
     styles = {"btard": "C0", "mean": "C3", "centered_clip": "C2"}
     for row, seed in zip(axes, seeds):
-        for ax, attack in zip(row, ATTACKS):
+        for ax, attack in zip(row, attacks):
             for ref, label, style in ((("none", "btard"), "clean (BTARD)", "k--"), (("none", "mean"), "clean (mean)",
                                                                                     "k:")):
                 s = runs.get(run_name(*ref, seed))
