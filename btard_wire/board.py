@@ -87,10 +87,30 @@ def reported_silent(reports: Mapping[str, Iterable[str]], *, members: Collection
     return {p for p, c in counts.items() if p in group and c >= need}
 
 
-def next_silence_count(previous: int, *, silent: bool) -> int:
+def next_silence_count(previous: int, *, silent: bool, excused: bool = False) -> int:
     """A member's count of consecutive silent steps after a step it took part in: one more when the
-    group reported it silent, back to 0 when it spoke (silence counts decay; SR finding 11)."""
+    group reported it silent, back to 0 when it spoke (silence counts decay; SR finding 11); unchanged
+    in a step whose silence is excused (:func:`silence_excused`)."""
+    if excused and silent:
+        return previous
     return previous + 1 if silent else 0
+
+
+SILENCE_EXCUSE_EVERY = 10  # at most one excused silent step per key in this many steps
+
+
+def silence_excused(*, step: int, rejoined_step: int | None, last_excused_step: int | None,
+                    every: int = SILENCE_EXCUSE_EVERY) -> bool:
+    """Whether a member's silence in ``step`` is excused: ``step`` is the step during which its key
+    (re)joined the run or the one right after (``rejoined_step``: the step in progress when it
+    reconnected), while a restarted worker downloads the state and catches up, and its last excused
+    step (``last_excused_step``) is at least ``every`` steps back. A crashed and restarted honest worker
+    is silent in the step it died in and, while catching up, in one or two more: without the excuse that
+    is ``SILENCE_LIMIT`` in a row and a key ban (the soak's finding). Once per ``every`` steps, so a key
+    that drops and rejoins to withhold a reveal (one bit, SR 14) is excused once and then charged."""
+    if rejoined_step is None or step - rejoined_step not in (0, 1):
+        return False
+    return last_excused_step is None or step - last_excused_step >= every
 
 
 def silence_banned(count: int, *, limit: int = SILENCE_LIMIT) -> bool:
@@ -275,18 +295,32 @@ def escalated(*, pairs_in_run: int, threshold: int = ESCALATE_AFTER) -> bool:
     return pairs_in_run >= threshold
 
 
-def unbench(*, pairs: Iterable[tuple[str, str]], needed: int) -> list[str]:
+def unbench(*, pairs: Iterable[tuple[str, str]], needed: int, spent: Collection[str] = ()) -> list[str]:
     """Who comes back when the benched peers are what keeps a run below ``min_peers`` (``needed``: how
     many must return). ``pairs`` are the epoch's effective ``(eliminator, target)`` pairs, oldest first.
-    Targets return first and eliminators never do before the epoch ends, so bringing peers back cannot
-    be used to strike again; returns at most ``needed`` peers, in pair order."""
+    Targets return first and an eliminator never does while it could strike again, so bringing peers
+    back cannot be used to strike again; returns at most ``needed`` peers, in pair order.
+
+    ``spent``: eliminators that cannot remove another pair this epoch (their account used its
+    ``ELIMINATE_LIMIT``, :func:`elimination_rate_ok`). When the targets are not enough, these come
+    back after them, in pair order: otherwise a run whose online peers all eliminated someone (a late
+    restarted worker eliminated by the others, eliminating back) stalls for good, since no step runs
+    and the epoch never ends (the soak's finding)."""
+    pairs = list(pairs)
     out: list[str] = []
     eliminators = {e for e, _ in pairs}
     for _, target in pairs:
         if len(out) >= needed:
-            break
+            return out
         if target not in out and target not in eliminators:
             out.append(target)
+    allowed = set(spent)
+    for pair in pairs:
+        for peer in pair:
+            if len(out) >= needed:
+                return out
+            if peer in eliminators and peer in allowed and peer not in out:
+                out.append(peer)
     return out
 
 

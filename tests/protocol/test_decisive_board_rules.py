@@ -88,3 +88,33 @@ def test_a_crash_like_fault_bans_the_account_only_at_the_third_key_ban():
     assert rules.ban_scope(kind="withheld_reveal", earlier_key_bans=1) == "key"
     assert rules.ban_scope(kind="wrong_scalar", earlier_key_bans=0) == "account"
     assert rules.ban_scope(kind="silence", earlier_key_bans=0, has_account=False) == "account"
+
+
+def test_when_only_eliminators_are_benched_those_that_cannot_strike_again_come_back():
+    """The soak's permanent stall: every online peer was in a pair as an eliminator (a late restarted
+    worker eliminated by the others, eliminating back), so targets alone never reach min_peers and the
+    epoch never ends. Eliminators whose ELIMINATE of the epoch is spent come back after the targets."""
+    pairs = [("a", "late"), ("late", "b"), ("b", "a")]  # everyone is an eliminator
+    assert rules.unbench(pairs=pairs, needed=2) == []
+    assert rules.unbench(pairs=pairs, needed=2, spent={"a", "b", "late"}) == ["a", "late"]
+    # targets first; an eliminator that could still strike stays out
+    pairs = [("e1", "h1"), ("e2", "h2")]
+    assert rules.unbench(pairs=pairs, needed=3, spent={"e2"}) == ["h1", "h2", "e2"]
+
+
+def test_a_restarted_workers_catch_up_silence_is_excused_once_in_a_while():
+    """Killed in step 25 (silent), back during 26 and catching up (silent), speaking at 28: without the
+    excuse 25-27 are three silent steps in a row and a key ban; with it, once per SILENCE_EXCUSE_EVERY
+    steps, the count never reaches the limit, and a key dropping and rejoining often is charged."""
+    count, last = 0, None
+    for step, silent, rejoined in ((25, True, None), (26, True, 26), (27, True, 26), (28, False, 26)):
+        excused = rules.silence_excused(step=step, rejoined_step=rejoined, last_excused_step=last)
+        last = step if excused and silent else last
+        count = rules.next_silence_count(count, silent=silent, excused=excused)
+        assert not rules.silence_banned(count), step
+    assert count == 0 and last == 26
+    # a second drop three steps later is not excused
+    assert not rules.silence_excused(step=29, rejoined_step=29, last_excused_step=26)
+    assert rules.silence_excused(step=36, rejoined_step=36, last_excused_step=26)
+    assert not rules.silence_excused(step=30, rejoined_step=26, last_excused_step=None)  # long after the rejoin
+    assert rules.next_silence_count(2, silent=False, excused=True) == 0  # speaking still resets
