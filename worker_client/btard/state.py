@@ -26,7 +26,9 @@ if TYPE_CHECKING:
 class ProtocolParams:
     """Tunable constants of the protocol. Defaults follow the spec's calibration (mnist5k-mlp, 16 peers).
 
-    ``tau`` acts per part (spec "Calibration"). Tolerances are relative **(ours)**: ``exact_rtol`` for
+    ``tau`` acts per part (spec "Calibration") and is a per-task calibration: about the honest per-part
+    distance to the aggregate (0.1-0.25 on mnist5k-mlp); the default 1.0 is several times that there,
+    which lets a searched ALIE move every part by up to ~tau until the bans (docs/results.md). Tolerances are relative **(ours)**: ``exact_rtol`` for
     values two peers compute from the same float32 data (s, d), ``recalc_rtol`` for a gradient
     recomputed by another peer (different kernels are allowed to differ this much),
     ``fixed_point_rtol`` for the CenteredClip fixed-point test along z.
