@@ -103,9 +103,6 @@ def test_it_drops_the_step_with_a_phantom_digest_and_bans_the_forger_not_an_hone
                or any(e.get("event") == "ban" and e.get("peer") == forger_peer for e in w.events()) for w in good)
 
 
-# The worker must build its peer with worker_client.collusion.collusion_from_env() (requested from H2 in
-# /work/notes/requests.md); until then the absorbers never join the file. Strict: drop it with that line.
-@pytest.mark.xfail(strict=True, raises=KeyError, reason="worker.py does not pass collusion_from_env() yet")
 def test_a_coalition_of_absorbers_in_two_processes_stays_bounded_and_no_honest_peer_is_banned(site, tmp_path):
     """Two absorbers, one coalition across processes (one shared file: a common seed, so both forge in
     the same direction, and each other's ids): each publishes a forged aggregate of its part and a scalar

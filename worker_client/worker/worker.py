@@ -50,6 +50,7 @@ from .. import __version__
 from ..btard.attacks import ATTACKS, make_peer
 from ..btard.protocol import BtardPeer
 from ..btard.state import ProtocolParams
+from ..collusion import collusion_from_env
 from ..exit_codes import EXIT_OK, EXIT_REFUSED, EXIT_STARTUP
 from ..net import DataPlane
 from ..site_client import FatalSiteError, SiteClient
@@ -387,7 +388,9 @@ class Worker:
         params = ProtocolParams(tau=info.tau, validators=info.validators_per_step, board_echo=True, **tuning)
         behaviour = self.config.behaviour
         if behaviour:
-            return make_peer(behaviour, self.identity, params, **self.config.behaviour_params)
+            # colluding --behaviour workers in separate processes share one coalition file (BTARD_COLLUSION)
+            return make_peer(behaviour, self.identity, params, collusion=collusion_from_env(),
+                             **self.config.behaviour_params)
         return BtardPeer(self.identity, params)
 
     def _on_ban(self, notice: BanNotice) -> None:
