@@ -52,6 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 RUN = "bench"
+PROFILER: list = []  # peer 0's cProfile.Profile with --profile, enabled during its BTARD steps
 TRACE = [0.0] if os.environ.get("BO_TRACE") else []
 LINKS = {"loopback": None, "1gbit": "1gbit", "100mbit": "100mbit"}
 
@@ -232,6 +233,7 @@ async def peer_main(args) -> None:
 
     reader_task = asyncio.create_task(read_coord())
     early: list[tuple] = []  # tensors of a step this peer has not started yet
+    board_in = [0]  # bytes of the broadcasts relayed to this peer in the current step
     peer = P.BtardPeer(me, P.ProtocolParams(tau=args.tau, validators=0))
     tasks: set[asyncio.Task] = set()
 
@@ -252,7 +254,7 @@ async def peer_main(args) -> None:
         items = [x for x in early if x[1] == step]
         early[:] = [x for x in early if x[1] != step]
         sent_mean = False
-        while len(means) < n - 1 or not sent_mean:
+        while len(means) < n or not sent_mean:
             if items:
                 item = items.pop(0)
             else:
@@ -274,17 +276,26 @@ async def peer_main(args) -> None:
                                            for d in inbox.values()]
                 with phases.phase("mean"):
                     mean = torch.stack(parts).mean(dim=0)
+                    means[i] = mean
                 with phases.phase("serialisation"):
                     blob = tensor_to_bytes(mean)
                 for j in range(n):
                     if j != i:
                         spawn(plane.send(group[j], step=step, kind="mean", key=str(i), data=blob))
+        # the all-reduce's result: the whole averaged gradient (BTARD's _finish assembles its update too)
+        with phases.phase("serialisation"):
+            pieces = [means[j] if j == i else torch.frombuffer(bytearray(means[j]), dtype=torch.float32)
+                      for j in range(n)]
+        with phases.phase("mean"):
+            update = torch.cat(pieces)
+        assert update.numel() == numel
         while tasks:
             await asyncio.gather(*list(tasks), return_exceptions=True)
 
     async def btard(step: int, r_prev: bytes) -> bytes:
         finished: list = []
         posted = 0
+        board_in[0] = 0
 
         class Link:
             def post(self, envelope) -> None:
@@ -324,6 +335,7 @@ async def peer_main(args) -> None:
             if kind == "coord":
                 msg = item[1]
                 if "broadcast" in msg:
+                    board_in[0] += len(msg["broadcast"])
                     with phases.phase("serialisation"):
                         env = decode_envelope(msg["broadcast"])
                     carry_out(peer.on_broadcast(env), link)
@@ -374,17 +386,23 @@ async def peer_main(args) -> None:
             if mode == "butterfly":
                 await butterfly(step)
             else:
+                if PROFILER:
+                    PROFILER[0].enable()
                 r, posted = await btard(step, bytes.fromhex(msg["r"]))
+                if PROFILER:
+                    PROFILER[0].disable()
             wall = time.perf_counter() - w0
             main = time.thread_time() - t0
             say({"done": step, "peer": i, "mode": mode, "wall": wall, "cpu": time.process_time() - c0,
                  "main_cpu": main, "p2pd_cpu": child_cpu() - d0, "phases": dict(phases.acc),
                  "sent": plane.traffic.bytes_sent - sent0 + posted, "posted": posted,
-                 "received": plane.traffic.bytes_received - recv0, "r": r.hex() if r else None})
+                 "received": plane.traffic.bytes_received - recv0 + (board_in[0] if mode == "btard" else 0),
+                 "r": r.hex() if r else None})
             await writer.drain()
     finally:
         reader_task.cancel()
-        await plane.shutdown()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(plane.shutdown(), 30)
         writer.close()
 
 
@@ -491,6 +509,7 @@ async def run_setting(args, link: str, rate: str | None) -> dict:
                 continue
             inbox.put_nowait(msg)
 
+    started = time.perf_counter()
     server = await asyncio.start_server(on_conn, coord_ip, 0, limit=1 << 26)
     port = server.sockets[0].getsockname()[1]
     try:
@@ -499,12 +518,14 @@ async def run_setting(args, link: str, rate: str | None) -> dict:
             listen = nets.hosts[k][1] if nets else "127.0.0.1"
             cmd = [sys.executable, str(Path(__file__).resolve()), "--as-peer", str(k), "--n", str(n),
                    "--numel", str(numel), "--tau", str(args.tau), "--coord", f"{coord_ip}:{port}", "--listen", listen]
+            if args.profile:
+                cmd += ["--profile", args.profile]
             if nets:
                 cmd = ["ip", "netns", "exec", nets.hosts[k][0]] + cmd
             procs.append(await asyncio.create_subprocess_exec(*cmd, env=env, cwd=str(ROOT)))
         hellos = {}
         while len(hellos) < n:
-            msg = await asyncio.wait_for(inbox.get(), 180)
+            msg = await asyncio.wait_for(inbox.get(), 600)  # daemons start slowly on a loaded machine
             hellos[msg["hello"]] = msg
         from btard_wire.envelope import Identity
 
@@ -517,6 +538,7 @@ async def run_setting(args, link: str, rate: str | None) -> dict:
             msg = await asyncio.wait_for(inbox.get(), 60)
             ready += "ready" in msg
         missing = sorted(set().union(*(h.get("missing", []) for h in hellos.values())))
+        print(f"({link}: {n} peer processes and daemons ready in {time.perf_counter() - started:.1f} s)", flush=True)
         from worker_client.btard.mprng import genesis_randomness
 
         r = genesis_randomness(RUN, 0)
@@ -538,8 +560,9 @@ async def run_setting(args, link: str, rate: str | None) -> dict:
             rows[mode].append(done)
         for w in conns.values():
             w.write(b'{"quit": true}\n')
-        for p in procs:
-            await asyncio.wait_for(p.wait(), 60)
+        for p in procs:  # a daemon slow to stop on a loaded machine is killed below, not an error
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(p.wait(), 60)
         # the first step of each mode warms up
         return {"link": link, "missing": missing,
                 "butterfly": rows["butterfly"][1:], "btard": rows["btard"][1:]}
@@ -644,6 +667,28 @@ def report(link: str, n: int, numel: int, summary: dict, ref: dict) -> None:
           f"passes over the data {fl['passes']:.3f} (sum {sum(fl.values()):.3f})")
 
 
+def run_peer(args) -> None:
+    """A peer process; with ``--profile PATH`` peer 0 writes a cProfile of its BTARD steps there."""
+    if not (args.profile and args.peer == 0):
+        asyncio.run(peer_main(args))
+        return
+    import cProfile
+
+    profiler = cProfile.Profile()
+    PROFILER.append(profiler)
+    try:
+        asyncio.run(peer_main(args))
+    finally:
+        profiler.dump_stats(args.profile)
+
+
+def print_profile(path: str, top: int = 25) -> None:
+    import pstats
+
+    print(f"\ncProfile of peer 0's BTARD steps (main thread, tottime; {path}):")
+    pstats.Stats(path).sort_stats("tottime").print_stats(top)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--peers", type=int, default=4)
@@ -653,13 +698,14 @@ def main(argv=None) -> int:
     parser.add_argument("--links", default="loopback,1gbit,100mbit", help=f"comma-separated, of {sorted(LINKS)}")
     parser.add_argument("--quick", action="store_true", help="4 peers x 1M, loopback, 1 step (< 1 min idle)")
     parser.add_argument("--json", help="write every measurement here")
+    parser.add_argument("--profile", help="peer 0 writes a cProfile of its BTARD steps to this path (last setting)")
     parser.add_argument("--as-peer", type=int, dest="peer", help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--coord", help=argparse.SUPPRESS)
     parser.add_argument("--listen", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.peer is not None:
-        asyncio.run(peer_main(args))
+        run_peer(args)
         return 0
     if args.quick:
         args.peers, args.numel, args.steps, args.links = 4, 1_000_000, 1, "loopback"
@@ -687,6 +733,10 @@ def main(argv=None) -> int:
             summary = summarize(res, args.peers, args.numel, ref)
             report(link, args.peers, args.numel, summary, dict(ref, load=os.getloadavg()))
             out["settings"].append({"link": link, "summary": summary, "raw": res})
+            if args.json:  # after every setting: a later one may fail or be stopped
+                Path(args.json).write_text(json.dumps(out, indent=1))
+            if args.profile and Path(args.profile).exists():
+                print_profile(args.profile)
     finally:
         # only sockets no daemon listens on any more: other programs may run daemons of their own
         for path in set(glob.glob("/tmp/hivemind-*")) - before:
