@@ -23,6 +23,7 @@ applies the voiding rule to the validator's check directly.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import torch
@@ -85,10 +86,13 @@ class Probation:
             if p in self.candidates:
                 self.candidates[p].member_steps += 1
 
-    def step(self, step: int, *, group: list[str], randomness: bytes | None, model_ref: int) -> list[str]:
+    def step(self, step: int, *, group: list[str], randomness: bytes | None, model_ref: int,
+             banned: Collection[str] = ()) -> list[str]:
         """Run step ``step``'s probation checks on the model state ``model_ref`` the step started from;
-        ``randomness``: the previous step's MPRNG output on the board (None: it had none). Returns the
-        candidates promoted at the step's close (members from the next step on)."""
+        ``group``: the step's members as it opened (the site draws then), ``randomness``: the previous
+        step's MPRNG output on the board (None: it had none), ``banned``: peers banned by the step's end
+        (a banned validator can no longer post its check). Returns the candidates promoted at the step's
+        close (members from the next step on)."""
         waiting = self.waiting(step)
         if not waiting or randomness is None:
             return []
@@ -114,7 +118,7 @@ class Probation:
             else:
                 mine = models.gradient(model_ref, seed, False, batch, cand.peer)
                 failed = gradient_mismatch(mine, claimed, world.params.recalc_rtol) is not None
-            if failed:
+            if failed and validator not in banned:
                 failures.append((validator, cand.peer))
         for cand in waiting:
             validator = checks.get(cand.peer)

@@ -18,7 +18,7 @@ import json
 import time
 from pathlib import Path
 
-from btard_wire.randomness import genesis_randomness, group_order
+from btard_wire.randomness import genesis_randomness, group_order, skipped_randomness
 
 from ..btard import protocol as P
 from ..btard.aggregators import AGGREGATORS
@@ -35,13 +35,13 @@ def run_btard(world: World, *, mode: str, probation: Probation | None) -> Outcom
     """``world.steps`` steps of the protocol; the board bans, the honest majority's view is the run's."""
     out, board, swarm, models = world.outcome, world.swarm.board, world.swarm.memory, world.models
     stats = out.stats
-    r_prev = genesis_randomness(RUN, world.seed)
+    r_prev = genesis = genesis_randomness(RUN, world.seed)
     board_r: bytes | None = None  # the previous step's MPRNG output on the board (None: it had none)
     records: dict[str, P.StepRecord | None] = {p: None for p in world.ids}
     for step in range(world.steps):
         group = board.next_group()
         if mode == "worker":  # as the site orders it (the run's public chain when the last step had no r)
-            group = group_order(r_prev if board_r is None else board_r, group)
+            group = group_order(board_r or skipped_randomness(genesis, RUN, step), group)
         contexts = {p: P.StepContext(run=RUN, step=step, group=group, public_keys=world.keys, r_prev=r_prev,
                                      numel=world.numel, model_ref=models.version, prev=records[p])
                     for p in group}
@@ -71,8 +71,8 @@ def run_btard(world: World, *, mode: str, probation: Probation | None) -> Outcom
         for e in ref.eliminations:
             stats["eliminations"].append([step, *e])
         if probation is not None:  # the site checks candidates beside the step and promotes at its close
-            promoted = probation.step(step, group=[p for p in group if p not in board.banned], randomness=board_r,
-                                      model_ref=model_ref)
+            promoted = probation.step(step, group=group, randomness=board_r, model_ref=model_ref,
+                                      banned=set(board.banned))
             board.members.extend(promoted)
         r_prev, board_r = ref.r, board.randomness()
         if ref.outcome == "applied":
