@@ -95,3 +95,36 @@ def test_projection_slices_are_the_whole_projections_slices_on_every_path():
     assert abs(float(whole.mean())) < 0.02 and abs(float(whole.std()) - 1) < 0.02
     with pytest.raises(ValueError):
         projection_slice(r, numel, 0, numel + 1)
+
+
+def test_the_decode_cache_is_bounded_by_bytes_as_well_as_entries():
+    """Each cached decode keeps its bytes alive: a large model's parts must not pile up to the entry
+    bound (H5: 16 peers x 10.8M parameters grew ~1 GB a step)."""
+    from worker_client.btard.memo import Memo
+
+    memo = Memo(decoded=4096, decoded_bytes=10_000)
+    blobs = [torch.full((1000,), float(i)).numpy().tobytes() for i in range(5)]  # 4000 bytes each
+    for blob in blobs:
+        digest, tensor, error = memo.decode(blob, 1000)
+        assert error is None and float(tensor[0]) == float(blobs.index(blob))
+    assert memo._decoded_size <= 10_000 and len(memo._decoded) <= 2
+    assert memo.decode(blobs[-1], 1000)[0] == digest  # the newest entry is still a hit
+
+
+@pytest.mark.parametrize("numel", [1000, 300])
+def test_gradient_mismatch_accepts_within_the_tolerance_and_names_what_is_wrong(chunked, numel):
+    gen = torch.Generator().manual_seed(numel)
+    mine = torch.randn(numel, generator=gen)
+    assert P.gradient_mismatch(mine, mine.clone(), 1e-3) is None
+    near = mine + 1e-5 * torch.randn(numel, generator=gen)
+    assert P.gradient_mismatch(mine, near, 1e-3) is None
+    far = mine + 0.1 * torch.randn(numel, generator=gen)
+    assert "differs by" in P.gradient_mismatch(mine, far, 1e-3)
+    direct = float((mine.double() - far.double()).norm())
+    assert f"{direct:.3g}" in P.gradient_mismatch(mine, far, 1e-3)
+    assert "values, expected" in P.gradient_mismatch(mine, mine[:-1], 1e-3)
+    bad = mine.clone()
+    bad[3] = float("nan")
+    assert P.gradient_mismatch(mine, bad, 1e-3) == "claimed gradient is not finite"
+    huge = torch.full((numel,), 3e38)  # finite, but its float32 sum overflows
+    assert "differs by" in P.gradient_mismatch(mine, huge, 1e-3)

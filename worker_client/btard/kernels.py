@@ -119,6 +119,28 @@ def distances_to(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     return sq.sqrt().reshape(x.shape[:-1])
 
 
+def gradient_mismatch(mine: torch.Tensor, claimed: torch.Tensor, rtol: float) -> str | None:
+    """Why ``claimed`` is not the gradient recomputed here (``mine``), or None when it is: finite, of
+    ``mine``'s size and ``||mine - claimed|| <= rtol * (||mine|| + 1e-12)`` (float64 norms, chunked above
+    ``_CHUNKED_ABOVE`` values). The comparison of a probation candidate's gradient, the same in the
+    worker and the simulator."""
+    mine, claimed = mine.reshape(-1), claimed.reshape(-1)
+    if claimed.numel() != mine.numel():
+        return f"claimed gradient has {claimed.numel()} values, expected {mine.numel()}"
+    if not math.isfinite(float(claimed.sum())) and not bool(torch.isfinite(claimed).all()):
+        return "claimed gradient is not finite"
+    if mine.numel() <= _CHUNKED_ABOVE:
+        diff = float((mine.double() - claimed.double()).norm())
+        ref = float(mine.double().norm())
+    else:
+        buf = _chunk_buffer()
+        diff = math.sqrt(_chunked_dot_and_sq(mine, claimed, None, buf)[1])
+        ref = math.sqrt(_chunked_dot_and_sq(mine, torch.zeros(1).expand(mine.numel()), None, buf)[1])
+    if not diff <= rtol * (ref + 1e-12):
+        return f"recomputed gradient differs by {diff:.3g} (relative tolerance {rtol})"
+    return None
+
+
 def clip_w(d: torch.Tensor, tau: float) -> torch.Tensor:
     """CenteredClip weights ``min(1, tau / d)`` (1 where d == 0), float64."""
     return torch.clamp(tau / d.to(torch.float64), max=1.0)

@@ -25,8 +25,13 @@ from .mprng import projection_slice
 class Memo:
     """Bounded caches of pure computations (see the module docstring)."""
 
-    def __init__(self, *, decoded: int = 4096, fixed_point: int = 64, projections: int = 4):
+    def __init__(self, *, decoded: int = 4096, fixed_point: int = 64, projections: int = 4,
+                 decoded_bytes: int = 512 << 20):
         self._decoded: dict[int, tuple[bytes, int, str, torch.Tensor | None, ProtocolError | None]] = {}
+        # every entry keeps its bytes alive: bound their total too (16 peers x 10M parameters would
+        # hold ~11 GB in 4096 entries before the entry bound cleared them)
+        self._decoded_bytes = decoded_bytes
+        self._decoded_size = 0
         self._fixed_point: dict[tuple, Any] = {}
         self._z: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self._limits = (decoded, fixed_point, projections)
@@ -42,9 +47,11 @@ class Memo:
             tensor, error = decode_tensor(data, numel), None
         except ProtocolError as exc:
             tensor, error = None, exc
-        if len(self._decoded) > self._limits[0]:
+        if len(self._decoded) > self._limits[0] or self._decoded_size + len(data) > self._decoded_bytes:
             self._decoded.clear()
+            self._decoded_size = 0
         self._decoded[id(data)] = (data, numel, digest, tensor, error)
+        self._decoded_size += len(data)
         return digest, tensor, error
 
     def fixed_point(self, key: tuple, compute: Callable[[], Any]) -> Any:
