@@ -289,7 +289,7 @@ def grid_adaptive() -> list[Cell]:
 def grid_adaptive_ablation() -> list[Cell]:
     """Why BTARD misses its target under optimal ALIE at tau 1 (docs/results.md): the same cells with a
     smaller tau (0.1, the scale of the honest distances per part) and with more validators (m = 8, so
-    the attackers are banned sooner), seed 0; then seeds 1 and 2 of tau 1 and tau 0.1 (m = 4)."""
+    the attackers are banned sooner), seed 0; then seeds 1 and 2 of tau 1 and tau 0.1 (m = 4), and of m = 8."""
     common = {"peers": 16, "byzantine": 7, "steps": ADAPTIVE_STEPS, "attack_start": 50,
               "btard_global_batch": 16 * PAPER_BATCH}
     cells = _cells("mnist5k-mlp", attacks=["none", "optimal_alie"], defences=[("btard", 0.1)],
@@ -298,6 +298,8 @@ def grid_adaptive_ablation() -> list[Cell]:
                     seeds=[0], **common)
     cells += _cells("mnist5k-mlp", attacks=["optimal_alie", "none"], defences=[("btard", 1.0), ("btard", 0.1)],
                     btard_validators=PAPER_VALIDATORS, seeds=[1, 2], **common)
+    cells += _cells("mnist5k-mlp", attacks=["optimal_alie", "none"], defences=[("btard", 1.0)], btard_validators=8,
+                    seeds=[1, 2], **common)
     return cells
 
 
