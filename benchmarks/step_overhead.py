@@ -41,15 +41,17 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from worker_client.processes import ProcessGroup
 
 RUN = "bench"
 PROFILER: list = []  # peer 0's cProfile.Profile with --profile, enabled during its BTARD steps
@@ -71,9 +73,6 @@ PHASES = {
         "worker_client.btard.checks:Checks.fixed_point",
         "worker_client.btard.checks:Checks.aggregate_bound",
         "worker_client.btard.checks:Checks.report",
-        "worker_client.btard.protocol:BtardPeer._fixed_point_checks",
-        "worker_client.btard.protocol:BtardPeer._aggregate_bound",
-        "worker_client.btard.protocol:BtardPeer._checks_and_report",
     ],
     "serialisation": [
         "worker_client.btard.tensors:tensor_to_bytes",
@@ -489,7 +488,10 @@ async def run_setting(args, link: str, rate: str | None) -> dict:
     coord_ip = nets.gateway if nets else "127.0.0.1"
     conns: dict[int, asyncio.StreamWriter] = {}
     inbox: asyncio.Queue = asyncio.Queue()
-    procs: list[asyncio.subprocess.Process] = []
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    # each peer in its own session (its p2pd daemon in its group), stopped by group, only its sockets removed
+    procs = ProcessGroup(cwd=str(ROOT), env=env)
+    logs = Path(tempfile.mkdtemp(prefix=f"bo-step-{link}-"))
 
     async def on_conn(reader, writer):
         who = None
@@ -513,7 +515,6 @@ async def run_setting(args, link: str, rate: str | None) -> dict:
     server = await asyncio.start_server(on_conn, coord_ip, 0, limit=1 << 26)
     port = server.sockets[0].getsockname()[1]
     try:
-        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
         for k in range(n):
             listen = nets.hosts[k][1] if nets else "127.0.0.1"
             cmd = [sys.executable, str(Path(__file__).resolve()), "--as-peer", str(k), "--n", str(n),
@@ -522,11 +523,15 @@ async def run_setting(args, link: str, rate: str | None) -> dict:
                 cmd += ["--profile", args.profile]
             if nets:
                 cmd = ["ip", "netns", "exec", nets.hosts[k][0]] + cmd
-            procs.append(await asyncio.create_subprocess_exec(*cmd, env=env, cwd=str(ROOT)))
+            procs.start(f"peer{k}", cmd, log=logs / f"peer{k}.log")
         hellos = {}
         while len(hellos) < n:
-            msg = await asyncio.wait_for(inbox.get(), 600)  # daemons start slowly on a loaded machine
+            try:
+                msg = await asyncio.wait_for(inbox.get(), 600)  # daemons start slowly on a loaded machine
+            except TimeoutError:
+                raise RuntimeError(f"{n - len(hellos)} peers never said hello; their logs: {logs}") from None
             hellos[msg["hello"]] = msg
+        procs.note_sockets()
         from btard_wire.envelope import Identity
 
         ids = [Identity.from_seed(b"bench-%d" % k) for k in range(n)]
@@ -560,20 +565,16 @@ async def run_setting(args, link: str, rate: str | None) -> dict:
             rows[mode].append(done)
         for w in conns.values():
             w.write(b'{"quit": true}\n')
-        for p in procs:  # a daemon slow to stop on a loaded machine is killed below, not an error
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(p.wait(), 60)
+        deadline = time.monotonic() + 60  # a daemon slow to stop on a loaded machine is killed below
+        while any(p.poll() is None for _, p in procs.procs) and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        shutil.rmtree(logs, ignore_errors=True)  # kept only when something failed
         # the first step of each mode warms up
         return {"link": link, "missing": missing,
                 "butterfly": rows["butterfly"][1:], "btard": rows["btard"][1:]}
     finally:
         server.close()
-        for p in procs:
-            if p.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    p.kill()
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(p.wait(), 10)
+        procs.stop()
         if nets:
             nets.close()
 
@@ -713,41 +714,28 @@ def main(argv=None) -> int:
     unknown = set(links) - set(LINKS)
     if unknown:
         parser.error(f"unknown link setting(s) {sorted(unknown)}")
-    before = set(glob.glob("/tmp/hivemind-*"))
     ref = machine_reference(args.numel)
     print(f"machine: {os.cpu_count()} CPU cores, load {ref['load'][0]:.1f}/{ref['load'][1]:.1f}/{ref['load'][2]:.1f}; "
           f"one thread: .sum() {ref['read_GBps']:.1f} GB/s, SHA-256 {ref['sha_GBps']:.2f} GB/s, "
           f"z {ref['z_Mps']:.0f} M values/s")
     out = {"ref": ref, "args": vars(args), "settings": []}
-    try:
-        for link in links:
-            rate = LINKS[link]
-            if rate:
-                why = netns_unavailable()
-                if why:
-                    print(f"\n== {link}: skipped: {why}")
-                    continue
-            res = asyncio.run(run_setting(args, link, rate))
-            if res["missing"]:
-                print(f"(not instrumented in this checkout: {', '.join(res['missing'])})")
-            summary = summarize(res, args.peers, args.numel, ref)
-            report(link, args.peers, args.numel, summary, dict(ref, load=os.getloadavg()))
-            out["settings"].append({"link": link, "summary": summary, "raw": res})
-            if args.json:  # after every setting: a later one may fail or be stopped
-                Path(args.json).write_text(json.dumps(out, indent=1))
-            if args.profile and Path(args.profile).exists():
-                print_profile(args.profile)
-    finally:
-        # only sockets no daemon listens on any more: other programs may run daemons of their own
-        for path in set(glob.glob("/tmp/hivemind-*")) - before:
-            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                probe.connect(path)
-            except OSError:
-                with contextlib.suppress(OSError):
-                    os.remove(path)
-            finally:
-                probe.close()
+    for link in links:
+        rate = LINKS[link]
+        if rate:
+            why = netns_unavailable()
+            if why:
+                print(f"\n== {link}: skipped: {why}")
+                continue
+        res = asyncio.run(run_setting(args, link, rate))
+        if res["missing"]:
+            print(f"(not instrumented in this checkout: {', '.join(res['missing'])})")
+        summary = summarize(res, args.peers, args.numel, ref)
+        report(link, args.peers, args.numel, summary, dict(ref, load=os.getloadavg()))
+        out["settings"].append({"link": link, "summary": summary, "raw": res})
+        if args.json:  # after every setting: a later one may fail or be stopped
+            Path(args.json).write_text(json.dumps(out, indent=1))
+        if args.profile and Path(args.profile).exists():
+            print_profile(args.profile)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
     return 0

@@ -259,9 +259,9 @@ def _combine_with_distances(x: torch.Tensor, center: torch.Tensor, c: np.ndarray
 
     Each chunk of ``v`` is built and the chunk's differences to it are squared while the chunk is still
     in cache: the distances are those of the returned ``v`` (what an aggregator broadcasts and every
-    contributor re-checks to 1e-6). The float32 differences and squares are each within 6e-8 of exact
-    and the squares are summed in float64, so every distance is within ~1e-7 of the exact one whatever
-    the data (float32 sums of squares, or torch's float32 ``vector_norm``, drifted to 1.25e-6 on real
+    contributor re-checks to 1e-6). The float32 differences are within 6e-8 of exact and their norms
+    are taken in float64 (a float64 copy of the chunk in cache), so every distance is within ~1e-7 of
+    the exact one whatever the data (float32 sums of squares, or torch's float32 ``vector_norm``, drifted to 1.25e-6 on real
     mnist5k-mlp parts: honest aggregators were accused of ``wrong_distance``).
     ``center_row``: ``center`` is ``x[center_row]``, so ``v = x^T c'`` with the centre's weight folded
     into ``c'`` (one mat-vec per chunk, no extra add)."""
@@ -276,6 +276,7 @@ def _combine_with_distances(x: torch.Tensor, center: torch.Tensor, c: np.ndarray
     sq = torch.zeros(n, dtype=torch.float64)
     width = _pass_width(n, d)
     buf = torch.empty(n, width, dtype=x.dtype)
+    wide = torch.empty(n, width, dtype=torch.float64)
     for a, b in _chunks(d, width):
         vc = v[a:b]
         torch.mv(x[:, a:b].T, ct, out=vc)
@@ -283,7 +284,9 @@ def _combine_with_distances(x: torch.Tensor, center: torch.Tensor, c: np.ndarray
             vc.add_(center[a:b], alpha=keep)
         y = buf[:, : b - a]
         torch.sub(x[:, a:b], vc, out=y)
-        sq += y.mul_(y).sum(dim=1, dtype=torch.float64)
+        y64 = wide[:, : b - a]
+        y64.copy_(y)
+        sq += torch.linalg.vector_norm(y64, dim=1).square_()
     if not bool(torch.isfinite(sq).all()):
         # float32 squares overflowed (finite differences beyond ~1e17): redo them in float64
         sq.zero_()
