@@ -22,25 +22,11 @@ from btard_wire.control import Broadcast as BroadcastMessage
 from btard_wire.control import Group, Status, StepReport
 from btard_wire.envelope import sign_envelope
 
+from ..btard.kernels import gradient_mismatch
 from ..net import DataPlaneError
 
 if TYPE_CHECKING:
     from .worker import Worker
-
-
-def gradient_mismatch(mine: torch.Tensor, claimed: torch.Tensor, rtol: float) -> str | None:
-    """Why ``claimed`` is not the gradient we recomputed (``mine``), or None when it is within ``rtol``.
-
-    To be replaced by the core's ``kernels.gradient_mismatch`` (requested from H8, see requests.md), so
-    the simulator's probation compares the same way."""
-    if claimed.numel() != mine.numel():
-        return f"claimed gradient has {claimed.numel()} values, expected {mine.numel()}"
-    if not torch.isfinite(claimed).all():
-        return "claimed gradient is not finite"
-    diff = float((mine.double() - claimed.double()).norm())
-    if diff > rtol * (float(mine.double().norm()) + 1e-12):
-        return f"recomputed gradient differs by {diff:.3g} (relative tolerance {rtol})"
-    return None
 
 
 class Probation:
