@@ -95,6 +95,10 @@ class Peer(models.Model):
     excluded_until_step = models.IntegerField(null=True, blank=True, help_text="ELIMINATE: out of groups until")
     missed_deadlines = models.PositiveIntegerField(default=0, help_text="consecutive missed step reports")
     silent_steps = models.PositiveIntegerField(default=0, help_text="steps a majority of the group reported it silent")
+    # the step in progress when the key last (re)joined, and its last step whose silence was excused
+    # (btard_wire.board.silence_excused: a restarted worker catching up)
+    rejoined_step = models.IntegerField(null=True, blank=True)
+    silence_excused_step = models.IntegerField(null=True, blank=True)
 
     class Meta:
         ordering = ["peer_id"]

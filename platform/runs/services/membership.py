@@ -111,6 +111,8 @@ def join_run(*, token, hello: Hello) -> JoinResult:
     peer.device = hello.device
     peer.client_version = hello.client_version
     _note_rejoin_during_step(run, peer, now)
+    if peer.pk is None or not peer.online:  # (re)joined: its catch-up silence may be excused (close_step)
+        peer.rejoined_step = run.current_step
     peer.online = True
     peer.left_at = None
     peer.status = "waiting_for_group"

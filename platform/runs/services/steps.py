@@ -23,7 +23,7 @@ from live.events import (
     GroupFormed,
     StepAdvanced,
 )
-from moderation.services import ban_silent_peers, open_timeout_case_quietly
+from moderation.services import ban_silent_peers, elimination_allowed, open_timeout_case_quietly
 from volunteers.services import apply_missed_deadline_quietly, credit_step
 
 from btard_wire import board as board_rules
@@ -103,7 +103,12 @@ def _end_exclusions_if_stalled(run: Run, step: int) -> bool:
     size = max(1, run.epoch_steps)
     pairs = [(e, t) for e, t, _ in elimination_pairs(run=run, since_step=(step // size) * size)]
     in_pairs = {p for pair in pairs for p in pair}
-    back = [p for p in board_rules.unbench(pairs=pairs, needed=len(pairs)) if p in benched][:needed]
+    # eliminators that cannot strike again this epoch come back after the targets (btard_wire.board.unbench):
+    # else a run whose online peers all eliminated someone stalls for good (the soak's finding)
+    rows = {p.peer_id: p for p in run.peers.filter(peer_id__in={e for e, _ in pairs})}
+    spent = {e for e, _ in pairs if e in rows and not elimination_allowed(peer=rows[e], step=step)}
+    back = [p for p in board_rules.unbench(pairs=pairs, needed=2 * len(pairs), spent=spent)
+            if p in benched][:needed]
     back += [p for p in sorted(benched) if p not in in_pairs][: max(0, needed - len(back))]
     if len(back) < needed:
         return False
@@ -224,7 +229,13 @@ def close_step(*, run: Run, force: bool = False, now=None) -> StepRecord | None:
         p = peers.get(pid)
         if p is None or p.role == "banned":
             continue
-        count = board_rules.next_silence_count(p.silent_steps, silent=pid in silent)
+        # a restarted worker's catch-up silence is excused once in a while (btard_wire.board.silence_excused)
+        rejoined = record.step if pid in (record.left or []) else p.rejoined_step
+        excused = pid in silent and board_rules.silence_excused(step=record.step, rejoined_step=rejoined,
+                                                                last_excused_step=p.silence_excused_step)
+        count = board_rules.next_silence_count(p.silent_steps, silent=pid in silent, excused=excused)
+        if excused:
+            Peer.objects.filter(pk=p.pk).update(silence_excused_step=record.step)
         if count != p.silent_steps:
             Peer.objects.filter(pk=p.pk).update(silent_steps=count)
     # the step's validators, as every peer drew them from r_t (empty when the step had no r_t)

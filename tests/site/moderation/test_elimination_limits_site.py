@@ -78,7 +78,10 @@ def test_it_brings_back_the_target_not_the_eliminator_when_the_run_would_stall(r
     assert [e.peer_ids for e in events() if e.type == "exclusions_ended"] == [[b.peer_id]]
 
 
-def test_it_keeps_an_eliminator_benched_even_if_the_run_then_waits(run):
+def test_it_keeps_an_eliminator_that_could_strike_again_benched_even_if_the_run_then_waits(run, monkeypatch):
+    from runs.services import steps
+
+    monkeypatch.setattr(steps, "elimination_allowed", lambda **kw: True)  # its account has ELIMINATEs left
     Run.objects.filter(pk=run.pk).update(epoch_steps=1000, min_peers=3, peers_per_group=8)
     peers = [make_peer(run=run, seed=f"w{i}") for i in range(3)]
     runs.start_step_if_ready(run=run)
@@ -86,3 +89,16 @@ def test_it_keeps_an_eliminator_benched_even_if_the_run_then_waits(run):
     _eliminate(a, ia, run, b)
     assert _next_step(run) is None  # two would be needed back; only the target may return
     assert Peer.objects.get(pk=a.pk).excluded_until_step == 1000
+
+
+def test_a_spent_eliminator_comes_back_after_the_target_when_the_run_would_stall_for_good(run, events):
+    """The soak's stall: every online peer benched, the epoch (counted in steps) never ends. An eliminator
+    whose account used its ELIMINATEs of the epoch cannot strike again, so it comes back after the target."""
+    Run.objects.filter(pk=run.pk).update(epoch_steps=1000, min_peers=3, peers_per_group=8)
+    peers = [make_peer(run=run, seed=f"s{i}") for i in range(3)]
+    runs.start_step_if_ready(run=run)
+    (a, ia), (b, _) = peers[0], peers[1]
+    _eliminate(a, ia, run, b)
+    record = _next_step(run)
+    assert record is not None and {a.peer_id, b.peer_id} <= set(record.members)
+    assert [sorted(e.peer_ids) for e in events() if e.type == "exclusions_ended"] == [sorted([a.peer_id, b.peer_id])]

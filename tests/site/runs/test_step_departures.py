@@ -131,3 +131,27 @@ def test_state_donors_are_the_members_that_kept_reporting_not_one_that_came_back
     donors = [p.peer_id for p in events()[-1].group.state_donors]
     assert len(donors) == 3 and away.peer_id not in donors
     assert set(donors) == {p.peer_id for p in peers if p != away}
+
+
+def _report_missing(peer, step, missing):
+    runs.record_step_report(peer=peer, report=StepReport(step=step, outcome="applied", samples=8, missing=missing))
+
+
+def test_a_restarted_workers_catch_up_silence_is_excused_once_then_counted(run, group):
+    """The soak's honest key ban: silent in the step it died in, then while it catches up after its rejoin.
+    The rejoin's step is excused once per btard_wire.board.SILENCE_EXCUSE_EVERY steps, then charged."""
+    (p0, _), (p1, _), (restarted, identity) = group
+    runs.disconnect_peer(peer=restarted)
+    Peer.objects.filter(pk=restarted.pk).update(left_at=timezone.now() - timedelta(seconds=LEFT_STEP_GRACE_SECONDS + 1))
+    runs.join_run(token=WorkerTokenFactory(user=restarted.user), hello=hello_for(identity))  # left step 0
+    _report_missing(p0, 0, [restarted.peer_id])
+    _report_missing(p1, 0, [restarted.peer_id])
+    assert runs.close_step(run=run) is not None
+    restarted.refresh_from_db()
+    assert (restarted.silent_steps, restarted.silence_excused_step) == (0, 0)  # excused
+    runs.start_step_if_ready(run=Run.objects.get(pk=run.pk))
+    _report_missing(p0, 1, [restarted.peer_id])
+    _report_missing(p1, 1, [restarted.peer_id])
+    runs.close_step(run=Run.objects.get(pk=run.pk), force=True)
+    restarted.refresh_from_db()
+    assert restarted.silent_steps == 1  # the next silent step counts: once per SILENCE_EXCUSE_EVERY steps
