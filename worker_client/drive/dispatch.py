@@ -1,6 +1,6 @@
 """The one action dispatcher: a peer's actions, in order, against a :class:`Transport`.
 
-The networked worker (:mod:`worker_client.runner`), the in-memory swarm
+The networked worker (:mod:`worker_client.worker`), the in-memory swarm
 (:mod:`worker_client.transports.memory`) and ``benchmarks/step_overhead.py`` each implement the five
 methods of :class:`Transport`; :func:`carry_out` (or :func:`carry_out_async` for a transport whose
 methods may return awaitables) maps every action type to its method, so a new action type is added in
