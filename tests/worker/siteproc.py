@@ -186,5 +186,7 @@ class SiteHarness:
                 return value
             time.sleep(poll)
         details = "\n".join(f"--- {w.name} (rc={w.proc.poll()}):\n{w.stderr()[-1500:]}" for w in self.workers)
-        raise AssertionError(f"timed out waiting for {what}\n{details}\n--- daphne:\n"
-                             f"{(self.workdir / 'daphne.log').read_text()[-3000:]}")
+        logs = sorted(self.workdir.glob("daphne*.log"), key=lambda p: p.stat().st_mtime)  # daphne-<port>.log too
+        site = logs[-1].read_text()[-3000:] if logs else "(no Daphne log)"
+        raise AssertionError(f"timed out waiting for {what}\n{details}\n--- {logs[-1].name if logs else 'daphne'}:\n"
+                             f"{site}")
