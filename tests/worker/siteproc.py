@@ -141,7 +141,9 @@ class SiteHarness:
             raise RuntimeError("daphne did not answer in time")
 
     def start_worker(self, name: str, token: str, *, max_steps: int, behaviour: str | None = None,
-                     phase_timeout: float | None = None, hold: dict[str, float] | None = None) -> WorkerProc:
+                     phase_timeout: float | None = None, hold: dict[str, float] | None = None,
+                     env: dict | None = None) -> WorkerProc:
+        """A ``btard-worker`` on loopback; ``env`` is merged over the harness's environment for this one."""
         config_dir = self.workdir / f"cfg-{name}"
         log_path, err_path = self.workdir / f"{name}.jsonl", self.workdir / f"{name}.err"
         cmd = [PY, "-m", "worker_client.cli", "--token", token, "--server", self.url, "--device", "cpu",
@@ -154,7 +156,7 @@ class SiteHarness:
             cmd += ["--phase-timeout", str(phase_timeout)]
         for phase, seconds in (hold or {}).items():
             cmd += ["--hold-broadcast", f"{phase}={seconds}"]
-        proc = self._start(name, cmd, stdout=log_path, stderr=err_path)
+        proc = self._start(name, cmd, stdout=log_path, stderr=err_path, env={**self.group.env, **env} if env else None)
         worker = WorkerProc(name, proc, log_path, err_path)
         self.workers.append(worker)
         return worker
