@@ -28,22 +28,26 @@ from btard_wire.randomness import (  # noqa: F401 - re-exported for the core
 Z_BLOCK = 1 << 16
 
 
-def _block(r: bytes, k: int) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(
+def _generator(r: bytes, k: int) -> torch.Generator:
+    return torch.Generator().manual_seed(
         int.from_bytes(_h(b"btard-z-block", r, k.to_bytes(8, "little"))[:8], "little") & ((1 << 63) - 1))
-    return torch.randn(Z_BLOCK, generator=gen, dtype=torch.float32)
 
 
 def projection_slice(r: bytes, numel: int, a0: int, a1: int) -> torch.Tensor:
     """``z[a0:a1]`` of the step's projection ``z ~ N(0, I)`` of length ``numel`` (float32, a new
-    tensor), drawing only the blocks of :data:`Z_BLOCK` values that overlap ``[a0, a1)``."""
+    tensor), drawing only the blocks of :data:`Z_BLOCK` values that overlap ``[a0, a1)``; whole blocks
+    are drawn straight into the result."""
     if not 0 <= a0 <= a1 <= numel:
         raise ValueError(f"projection slice [{a0}, {a1}) outside [0, {numel})")
     out = torch.empty(a1 - a0, dtype=torch.float32)
     k = a0 // Z_BLOCK
     while k * Z_BLOCK < a1:
-        lo, hi = max(a0, k * Z_BLOCK), min(a1, (k + 1) * Z_BLOCK)
-        out[lo - a0:hi - a0] = _block(r, k)[lo - k * Z_BLOCK:hi - k * Z_BLOCK]
+        b0 = k * Z_BLOCK
+        lo, hi = max(a0, b0), min(a1, b0 + Z_BLOCK)
+        if lo == b0 and hi == b0 + Z_BLOCK:
+            torch.randn(Z_BLOCK, generator=_generator(r, k), out=out[lo - a0:hi - a0])
+        else:
+            out[lo - a0:hi - a0] = torch.randn(Z_BLOCK, generator=_generator(r, k))[lo - b0:hi - b0]
         k += 1
     return out
 
