@@ -6,7 +6,8 @@ step loop and admission policy decide around them, so the simulator (``worker_cl
 site run one rule (docs/protocol.md, "Newcomers"):
 
 - :func:`probation_checks`: the step's ``{candidate: validator}`` for the candidates the step may
-  check (joined before the MPRNG the randomness came from opened), drawn from that randomness;
+  check (joined before the MPRNG the randomness came from opened; all on the public chain), drawn from
+  that randomness;
 - :func:`probation_credited`: a candidate's probation step counts when it was drawn, reported the
   step, and its assigned validator did not void it;
 - :func:`ready_to_promote`: a candidate with as many counted steps as its probation requires becomes
@@ -30,8 +31,8 @@ def probation_checks(randomness: bytes, *, members: Iterable[str], joined_at: Ma
                      randomness_opened_at: float | None) -> dict[str, str]:
     """``{candidate: validator}`` for one step: the candidates of ``joined_at`` (candidate -> when its key
     joined) that :func:`~btard_wire.board.probation_drawable` admits for randomness whose MPRNG opened at
-    ``randomness_opened_at`` (None: the public chain, which checks nobody), each with the active member
-    :func:`~btard_wire.randomness.draw_probation_validators` assigns from ``randomness``."""
+    ``randomness_opened_at`` (None: the run's public chain, which draws every candidate), each with the
+    active member :func:`~btard_wire.randomness.draw_probation_validators` assigns from ``randomness``."""
     drawable = [c for c, t in joined_at.items()
                 if probation_drawable(joined_at=t, randomness_opened_at=randomness_opened_at)]
     if not drawable:

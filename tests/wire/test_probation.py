@@ -22,8 +22,8 @@ def test_it_checks_only_candidates_that_joined_before_the_randomness_existed():
     assert set(both) == {"early", "late"}
     # the draw is draw_probation_validators' over exactly the drawable candidates
     assert both == draw_probation_validators(_r(0), members=MEMBERS, candidates=["early", "late"])
-    # the public chain (no MPRNG output) checks nobody: anyone could have ground a key against it
-    assert probation_checks(_r(0), members=MEMBERS, joined_at=joined, randomness_opened_at=None) == {}
+    # the public chain (step 0, or after a step without an MPRNG output) draws every candidate
+    assert probation_checks(_r(0), members=MEMBERS, joined_at=joined, randomness_opened_at=None) == both
 
 
 def test_a_step_counts_only_when_drawn_reported_and_not_voided_by_its_own_validator():

@@ -2,8 +2,8 @@
 worker handle them (docs/protocol.md, "Newcomers"; the rules are btard_wire's).
 
 A candidate joins just before step ``join_step`` opens. At each later step whose randomness (the
-previous step's MPRNG output on the board) it could not have known when it joined
-(:func:`btard_wire.board.probation_drawable`), the step draws its validator among the step's members
+previous step's MPRNG output on the board) it could not have known when it joined, or that draws from
+the run's public chain (:func:`btard_wire.board.probation_drawable`), the step draws its validator among the step's members
 (:func:`btard_wire.probation.probation_checks`); the candidate computes the gradient of the step's model
 state on its public probation seed (:func:`btard_wire.randomness.probation_seed`) and the validator
 recomputes it, failing it beyond ``recalc_rtol``. The step counts unless its own validator failed it
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from btard_wire.probation import probation_checks, probation_credited, ready_to_promote
-from btard_wire.randomness import probation_seed
+from btard_wire.randomness import genesis_randomness, probation_seed, skipped_randomness
 
 from ..btard import protocol as P
 from ..btard.attacks import Byzantine
@@ -90,14 +90,17 @@ class Probation:
              banned: Collection[str] = ()) -> list[str]:
         """Run step ``step``'s probation checks on the model state ``model_ref`` the step started from;
         ``group``: the step's members as it opened (the site draws then), ``randomness``: the previous
-        step's MPRNG output on the board (None: it had none), ``banned``: peers banned by the step's end
+        step's MPRNG output on the board (None: it had none, and the run's public chain is used), ``banned``: peers banned by the step's end
         (a banned validator can no longer post its check). Returns the candidates promoted at the step's
         close (members from the next step on)."""
         waiting = self.waiting(step)
-        if not waiting or randomness is None:
+        if not waiting:
             return []
+        opened = float(step - 1)
+        if randomness is None:  # the site draws from the run's public chain then, checking every candidate
+            randomness, opened = skipped_randomness(genesis_randomness(RUN, self.world.seed), RUN, step), None
         checks = probation_checks(randomness, members=group, joined_at={c.peer: c.joined_at for c in waiting},
-                                  randomness_opened_at=float(step - 1))
+                                  randomness_opened_at=opened)
         world, models = self.world, self.world.models
         batch = models.batch_size
         view = baseline_view(step, group, world.numel, P.part_bounds(world.numel, max(1, len(group))))
