@@ -26,28 +26,14 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 
-import torch
-
 from btard_wire.probation import probation_checks, probation_credited, ready_to_promote
 from btard_wire.randomness import genesis_randomness, probation_seed, skipped_randomness
 
 from ..btard import protocol as P
 from ..btard.attacks import Byzantine
+from ..btard.kernels import gradient_mismatch
 from .baseline import baseline_view
 from .world import RUN, World
-
-
-def gradient_mismatch(mine: torch.Tensor, claimed: torch.Tensor, rtol: float) -> str | None:
-    """Why ``claimed`` is not the gradient the validator recomputed (``mine``); None within ``rtol``
-    (the worker's probation check, worker_client/worker/probation.py; both to become the core's)."""
-    if claimed.numel() != mine.numel():
-        return f"claimed gradient has {claimed.numel()} values, expected {mine.numel()}"
-    if not torch.isfinite(claimed).all():
-        return "claimed gradient is not finite"
-    diff = float((mine.double() - claimed.double()).norm())
-    if diff > rtol * (float(mine.double().norm()) + 1e-12):
-        return f"recomputed gradient differs by {diff:.3g} (relative tolerance {rtol})"
-    return None
 
 
 @dataclass
