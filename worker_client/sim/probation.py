@@ -16,9 +16,9 @@ probation gradient (and fails); a patient one (``attack_start`` after its promot
 as a member. Byzantine validators collude: they fail every honest candidate and pass their own.
 
 What the simulator does not model of the site's admission: the Sybil limits per window and per active
-peer, and reputation shortening probation (a new account has none). The site posts a failed check as a
-``validation`` broadcast, which its one-message slot rule currently refuses (requests.md); the simulator
-applies the voiding rule to the validator's check directly.
+peer, and reputation shortening probation (a new account has none). The networked validator posts its
+check as a signed ``probation`` broadcast (``ProbationPayload``) that the site reads with the same voiding
+rule; the simulator applies the rule to the validator's check without posting it.
 """
 
 from __future__ import annotations
