@@ -469,7 +469,7 @@ def _grid_lines(cells: dict[tuple[str, str], str], defences: list[str], columns:
 
 def _accuracy_cell(defence: str, column: str, s: dict) -> str:
     text = f"{s['mean']:.1f} ± {s['std']:.1f}" if s["n"] > 1 else f"{s['mean']:.1f}"
-    if defence.startswith("btard") and column != "none":
+    if defence.startswith("btard") and column.split(" ")[0] != "none":
         delays = s["ban_delays"]
         if all(d is not None for d in delays) and delays:
             text += f" (banned@{max(delays)})"
