@@ -52,8 +52,8 @@ def test_it_changes_nothing_on_the_cpu():
 
 def test_the_worker_applies_the_settings_for_the_device_it_picked(monkeypatch):
     from btard_wire.envelope import Identity
-    from worker_client import runner
     from worker_client.tasks import device as device_mod
+    from worker_client.worker import worker as worker_mod
 
     seen = []
 
@@ -64,19 +64,19 @@ def test_the_worker_applies_the_settings_for_the_device_it_picked(monkeypatch):
         seen.append(device)
         raise Stop
 
-    monkeypatch.setattr(runner, "pick_device", lambda requested: "cuda")
+    monkeypatch.setattr(worker_mod, "pick_device", lambda requested: "cuda")
     monkeypatch.setattr(device_mod, "configure_device", record)
-    worker = runner.Worker(runner.WorkerConfig(server="http://127.0.0.1:9", token="t",
-                                               identity=Identity.from_seed(b"device-test")))
+    worker = worker_mod.Worker(worker_mod.WorkerConfig(server="http://127.0.0.1:9", token="t",
+                                                       identity=Identity.from_seed(b"device-test")))
     with pytest.raises(Stop):
         asyncio.run(worker.run())
     assert seen == ["cuda"]
 
 
 def test_cuda_without_a_gpu_is_refused_with_a_sentence(monkeypatch):
-    from worker_client import runner
+    from worker_client.worker import worker as worker_mod
 
-    monkeypatch.setattr(runner.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(worker_mod.torch.cuda, "is_available", lambda: False)
     with pytest.raises(RuntimeError, match="no CUDA GPU is visible"):
-        runner.pick_device("cuda")
-    assert runner.pick_device(None) == "cpu"
+        worker_mod.pick_device("cuda")
+    assert worker_mod.pick_device(None) == "cpu"

@@ -159,7 +159,7 @@ def test_the_new_tasks_choose_their_optimizers():
 
 
 def test_a_newcomer_downloads_the_group_optimizer_state_and_its_next_update_is_bit_identical():
-    from worker_client.runner import ModelState
+    from worker_client.worker import ModelState
 
     task = get_task("gpt-char-small")
     donor = ModelState(task, seed=3, lr=2e-3, device="cpu")

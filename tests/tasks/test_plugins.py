@@ -138,7 +138,7 @@ def test_a_worker_is_refused_with_the_install_sentence_when_the_run_task_is_miss
 
     from btard_wire.control import RunInfo, Welcome
     from btard_wire.envelope import Identity
-    from worker_client.runner import EXIT_REFUSED, Worker, WorkerConfig
+    from worker_client.worker import EXIT_REFUSED, Worker, WorkerConfig
 
     worker = Worker(WorkerConfig(server="ws://127.0.0.1:1", token="t", identity=Identity.from_seed(b"no-task")))
     run = RunInfo(id=1, name="lm", task="example-spirals",
