@@ -320,12 +320,13 @@ def plot(directory: Path) -> Path:
             ax.axvline(first["attack_start"], color="grey", lw=0.5)
             ax.set_title(f"{attack}, seed {seed}")
             ax.set_xlabel("step")
-            ax.set_ylim(top=8.0)
+            ax.set_ylim(top=min(8.0, ax.get_ylim()[1]))
         row[0].set_ylabel("held-out loss (nats/byte, capped at 8)")
     axes[0][0].legend(fontsize=7)
     cfg = next(iter(runs.values()))["config"]
-    fig.suptitle(f"{cfg['task']}, {cfg['peers']} peers, {cfg['byzantine']} Byzantine from step {cfg['attack_start']}"
-                 f", ctx {cfg['ctx']}, {cfg['batch']} windows/peer, m={cfg['validators']}", fontsize=9)
+    fig.suptitle(f"{cfg['task']}, {cfg['peers']} peers, {cfg['byzantine']} Byzantine from step {cfg['attack_start']}\n"
+                 f"ctx {cfg['ctx']}, {cfg['batch']} windows/peer, m={cfg['validators']}, tau {cfg['tau']:g}, "
+                 f"global batch {cfg.get('global_batch') or 'off'}", fontsize=8)
     fig.tight_layout()
     path = directory / "loss.png"
     fig.savefig(path, dpi=90)
