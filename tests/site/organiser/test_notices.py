@@ -62,7 +62,7 @@ class _RecordingView:
 async def test_the_worker_shows_a_run_notice_to_the_volunteer(kind, shown_as):
     from btard_wire.control import RunNotice
     from btard_wire.envelope import Identity
-    from worker_client.runner import Worker, WorkerConfig
+    from worker_client.worker import Worker, WorkerConfig
 
     view = _RecordingView()
     worker = Worker(WorkerConfig(server="ws://127.0.0.1:1", token="t", identity=Identity.from_seed(b"notice")),
