@@ -33,7 +33,9 @@ def make_app(broker: str, *, backend: str | None = None):
     """The Celery app of the grid runner (driver and workers build the same one from the broker URL)."""
     from celery import Celery
 
-    app = Celery("btard_experiments", broker=broker, backend=backend or broker)
+    # not the current app: a process that also loads the site (the test suite) keeps its shared tasks on the
+    # site's app
+    app = Celery("btard_experiments", broker=broker, backend=backend or broker, set_as_current=False)
     app.conf.update(
         task_serializer="json", result_serializer="json", accept_content=["json"], result_accept_content=["json"],
         task_acks_late=True, task_reject_on_worker_lost=True, worker_prefetch_multiplier=1,

@@ -40,6 +40,16 @@ def test_a_celery_task_runs_in_process_by_default():
         assert ping.delay(41).get(timeout=5) == 42
 
 
+def _forget_result_backend(app):
+    # Celery caches its broker connections and its result backend (per thread) from the configuration of
+    # their first use, which an earlier test may have made with the settings' Redis database; this test points
+    # the app at the run's own one
+    app.close()
+    vars(app).pop("amqp", None)  # a cached property holding the producer pool
+    app._backend_cache = None
+    vars(app._local).pop("backend", None)
+
+
 def test_a_celery_task_runs_on_a_real_worker_through_redis(redis_url):
     from btard_site.celery import app
     from celery.contrib.testing.worker import start_worker
@@ -49,6 +59,7 @@ def test_a_celery_task_runs_on_a_real_worker_through_redis(redis_url):
         broker_url=redis_url, result_backend=redis_url, task_always_eager=False,
         task_default_queue=f"test-{uuid.uuid4().hex[:8]}",
     )
+    _forget_result_backend(app)
     try:
         with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=10):
             result = ping.apply_async((1,), queue=app.conf.task_default_queue)
@@ -56,6 +67,7 @@ def test_a_celery_task_runs_on_a_real_worker_through_redis(redis_url):
     finally:
         app.conf.update({k: old[k] for k in ("broker_url", "result_backend", "task_always_eager",
                                               "task_default_queue")})
+        _forget_result_backend(app)
 
 
 @pytest.mark.django_db
