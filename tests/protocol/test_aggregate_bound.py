@@ -14,13 +14,7 @@ from worker_client.btard import attacks
 from worker_client.btard import protocol as P
 from worker_client.btard.kernels import distances_to
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _honest_updates(swarm: Swarm) -> list[float]:

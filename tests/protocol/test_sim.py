@@ -6,19 +6,12 @@ import inspect
 import json
 
 import pytest
-import torch
 
 from worker_client.btard.aggregators import AGGREGATORS
 from worker_client.btard.attacks import ATTACKS, Byzantine
 from worker_client.sim import main, run_simulation
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_btard_sim_writes_the_json_summary(tmp_path, capsys):

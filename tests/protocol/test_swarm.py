@@ -12,18 +12,12 @@ import torch
 from worker_client.btard.attacks import GRADIENT_ATTACKS
 from worker_client.sim import run_simulation
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 COMMON = dict(task="digits-mlp", peers=16, tau=0.25, seed=0, eval_every=10)
 ATTACKED = dict(COMMON, byzantine=7, attack_start=3, steps=50, validators=4)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
