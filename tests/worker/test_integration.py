@@ -59,7 +59,9 @@ def test_five_workers_ban_the_lying_aggregator_and_keep_identical_parameters(sit
     assert checkpoint is not None and checkpoint["step"] in (1, 3), checkpoint
     assert checkpoint["confirmations"] * 2 > checkpoint["group_size"]
     # at start-up (or after the first step, when nobody could check yet) another peer dialled each worker
-    reach = {p["account"]: p["reachable"] for p in site.api(f"/api/runs/{run['run_id']}/")["peers"]}
+    # (the liar's own check may race its exit once it is banned: the helper then finds no one to dial)
+    reach = {p["account"]: p["reachable"] for p in site.api(f"/api/runs/{run['run_id']}/")["peers"]
+             if p["account"] != "volunteer5"}
     assert False not in reach.values() and sum(v is True for v in reach.values()) >= 3, reach
     assert all(any(e["outcome"] == "applied" for e in w.steps_done()) for w in honest)
     assert all(liar_peer in {p for e in w.steps_done() for p in e.get("banned", [])}
@@ -69,7 +71,8 @@ def test_five_workers_ban_the_lying_aggregator_and_keep_identical_parameters(sit
 def test_the_site_records_the_validators_the_workers_drew_and_they_ban_a_gradient_attacker(site):
     """No validators in the group the site sends: every worker draws them from the step's r_t; the site
     computes the same draw from its board (runs.services.step_validators) and keeps it per step."""
-    run = site.create_run(volunteers=4, **(RUN_FIELDS | dict(min_peers=99, validators_per_step=3)))
+    # m = 4 of 4: with m = 3 the flipper goes unchecked in a quarter of the steps (0.4% of 5-step runs)
+    run = site.create_run(volunteers=4, **(RUN_FIELDS | dict(min_peers=99, validators_per_step=4)))
     site.start()
     tokens = [t["token"] for t in run["tokens"]]
     steps = 5

@@ -19,7 +19,9 @@ from .siteproc import SiteHarness
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 TASK = "gpt-char-small"
-RUN_FIELDS = {"phase_timeout": 30.0, "step_timeout": 90.0, "validators_per_step": 3, "epoch_steps": 1, "min_peers": 99}
+# Every peer validates every step (m = 4 of 4): with m = 3 one target in four goes unchecked each step, so a
+# flipper escaped all three checked steps in about 1.6% of runs (seen once in CI).
+RUN_FIELDS = {"phase_timeout": 30.0, "step_timeout": 90.0, "validators_per_step": 4, "epoch_steps": 1, "min_peers": 99}
 
 
 @pytest.fixture
