@@ -13,6 +13,7 @@ banned? any honest account or key banned?), RSS at start and end. Writes it to `
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import signal
@@ -54,6 +55,10 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup-steps", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--peers", type=int, default=8, help="workers (the demo's --peers)")
+    parser.add_argument("--byzantine", type=int, default=3, help="how many of them attack (the demo's --byzantine)")
+    parser.add_argument("--sample-every", type=int, default=100,
+                        help="steps between the RSS checkpoints of the summary (rss_by_step_mib)")
     parser.add_argument("--phase-timeout", type=float, default=None,
                         help="the run's phase deadline floor in seconds (default: the demo run's)")
     parser.add_argument("--step-timeout", type=float, default=None,
@@ -63,7 +68,8 @@ def main(argv=None) -> int:
                         help="online active peers a step needs (default: the demo's honest count, so any kill "
                              "stalls the run until the worker is back)")
     ours = parser.parse_args(argv)
-    demo_args = build_parser().parse_args(["--port", str(ours.port), "--var-dir", "var/soak"])
+    demo_args = build_parser().parse_args(["--port", str(ours.port), "--var-dir", "var/soak",
+                                           "--peers", str(ours.peers), "--byzantine", str(ours.byzantine)])
     demo = Demo(demo_args)
     rng = random.Random(ours.seed)
     run = demo.prepare()
@@ -72,7 +78,8 @@ def main(argv=None) -> int:
     if fields:
         args = ", ".join(f"{k}={v!r}" for k, v in fields.items())
         demo.manage("shell", "-c", f"from runs.models import Run; Run.objects.filter(pk={run['run_id']}).update({args})")
-    summary: dict = {"steps_target": ours.steps, "kills": 0, "args": vars(ours), "rss_samples_mib": []}
+    summary: dict = {"steps_target": ours.steps, "kills": 0, "rejoins": 0, "args": vars(ours),
+                     "rss_samples_mib": [], "rss_by_step_mib": {}}
     out = Path(demo.var) / "summary.json"
     try:
         demo.start_site()
@@ -89,7 +96,7 @@ def main(argv=None) -> int:
         t0 = time.monotonic()
         signal.signal(signal.SIGTERM, _interrupt)
         try:
-            _loop(demo, ours, rng, honest, argv_of, step, site_pid, summary)
+            _loop(demo, ours, rng, honest, argv_of, step, site_pid, summary, out)
         except KeyboardInterrupt:
             summary["interrupted"] = True  # Ctrl-C / SIGTERM: summarise what ran
         summary["seconds"] = round(time.monotonic() - t0, 1)
@@ -113,7 +120,7 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def _loop(demo, ours, rng, honest, argv_of, step, site_pid, summary) -> None:
+def _loop(demo, ours, rng, honest, argv_of, step, site_pid, summary, out: Path) -> None:
     down: dict[str, float] = {}
     last_kill = time.monotonic()
     last_step, since = -1, time.monotonic()
@@ -124,10 +131,11 @@ def _loop(demo, ours, rng, honest, argv_of, step, site_pid, summary) -> None:
             if last_step >= 0 and now - since > 120:
                 summary["stalls"].append([last_step, round(now - since)])
             last_step, since = s, now
-        for name, since in list(down.items()):
-            if now - since >= ours.down:
+        for name, killed_at in list(down.items()):  # (not ``since``: that is the current step's start)
+            if now - killed_at >= ours.down:
                 demo.spawn(name, argv_of[name])
                 del down[name]
+                summary["rejoins"] += 1
         if now - last_kill >= ours.kill_every:
             alive = [n for n in honest if n not in down]
             if len(alive) > len(honest) // 2 + 1:
@@ -140,8 +148,14 @@ def _loop(demo, ours, rng, honest, argv_of, step, site_pid, summary) -> None:
         rss = rss_mib(site_pid)
         if len(summary["rss_samples_mib"]) < 2000:
             summary["rss_samples_mib"].append([s, round(rss, 1)])
-        print(f"[soak] {time.strftime('%H:%M:%S')} step {s}/{ours.steps}, site RSS {rss:.0f} MiB, "
-              f"kills {summary['kills']}", flush=True)
+        checkpoint = s // ours.sample_every * ours.sample_every
+        if str(checkpoint) not in summary["rss_by_step_mib"]:
+            summary["rss_by_step_mib"][str(checkpoint)] = round(rss, 1)
+            with contextlib.suppress(OSError, ValueError):
+                summary["bans_so_far"] = sorted({b["account"] for b in api(demo.url, "/api/bans/")["bans"]})
+            out.write_text(json.dumps(summary, indent=1))  # a partial result stays usable
+        print(f"[soak] {time.strftime('%H:%M:%S')} step {s}/{ours.steps}, site RSS {rss:.1f} MiB, "
+              f"kills {summary['kills']}, rejoins {summary['rejoins']}", flush=True)
         time.sleep(5)
 
 
