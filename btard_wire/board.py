@@ -24,7 +24,7 @@ Nothing here reads a database, a clock or a socket; each caller gathers the fact
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 from .randomness import combine_reveals, draw_validators, mprng_commitment
 
@@ -403,18 +403,22 @@ def probation_voided(*, candidate: str, validator: str | None, failures: Iterabl
     return validator is not None and any(sender == validator and named == candidate for sender, named in failures)
 
 
-def probation_report_refused(*, sender: str, candidate: str, validators: Mapping[str, str | None],
+def probation_report_refused(*, sender: str, candidate: str,
+                             validators: Mapping[str, str | Sequence[str] | None],
                              reported: Collection[str]) -> str | None:
     """Why a ``probation`` report (:class:`btard_wire.payloads.ProbationPayload`) of ``sender`` on
-    ``candidate`` is refused (None: accepted). ``validators`` is the step's draw ``{candidate:
-    validator}`` (what the step's group message named); ``reported``: the candidates ``sender`` already
-    reported on in this step. Only the candidate's drawn validator may report on it, once per step: a
-    report from any other member would let it void a newcomer's step (finding 10), and a second one
-    would let the validator change its word after seeing the step's outcome."""
+    ``candidate`` is refused (None: accepted). ``validators`` is the step's draw ``{candidate: panel}``
+    (what the step's group message named: the list of its validators, or one validator's id);
+    ``reported``: the candidates ``sender`` already reported on in this step. Only a validator of the
+    candidate's drawn panel may report on it, once per step: a report from any other member would let it
+    void a newcomer's step (finding 10), and a second one would let the validator change its word after
+    seeing the other validator's (or the step's outcome)."""
     if candidate not in validators:
         return f"{candidate[:8]} is not a candidate checked in this step"
-    if validators[candidate] != sender:
-        return f"{sender[:8]} is not the probation validator drawn for {candidate[:8]}"
+    drawn = validators[candidate]
+    panel = [drawn] if isinstance(drawn, str) else list(drawn or ())
+    if sender not in panel:
+        return f"{sender[:8]} is not a probation validator drawn for {candidate[:8]}"
     if candidate in set(reported):
         return f"{sender[:8]} already reported on {candidate[:8]} in this step"
     return None

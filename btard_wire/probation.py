@@ -5,11 +5,16 @@ The draw and the voiding rule are :mod:`btard_wire.randomness` (``draw_probation
 step loop and admission policy decide around them, so the simulator (``worker_client.sim``) and the
 site run one rule (docs/protocol.md, "Newcomers"):
 
-- :func:`probation_checks`: the step's ``{candidate: validator}`` for the candidates the step may
-  check (joined before the MPRNG the randomness came from opened; all on the public chain), drawn from
-  that randomness;
-- :func:`probation_credited`: a candidate's probation step counts when it was drawn, reported the
-  step, and its assigned validator did not void it;
+- :func:`probation_panels`: the step's ``{candidate: [two validators]}`` for the candidates the step
+  may check (joined before the MPRNG the randomness came from opened; all on the public chain), drawn
+  from that randomness (:func:`probation_checks`: the first of each panel, for a caller naming one);
+- :func:`probation_outcome` and :func:`probation_decision`: the step's word on a candidate from its
+  panel's ``probation`` reports (issue 12, invariant 9): it counts only when both validators' passing
+  reports agree, the candidate is rejected only when both failing reports agree (and it reported its
+  step), and anything else (a disagreement, a missing report, a panel of one) neither counts nor
+  punishes: the next step draws a new panel (re-drawn, not escalated);
+- :func:`probation_credited`: the former one-validator rule (a step counts unless its validator voided
+  it), for a site that still names one validator per candidate;
 - :func:`ready_to_promote`: a candidate with as many counted steps as its probation requires becomes
   active at the step boundary.
 
@@ -19,30 +24,88 @@ numbers in the simulator) as long as both arguments use the same one.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from .board import probation_drawable, probation_voided
-from .randomness import draw_probation_validators
+from .randomness import PROBATION_PANEL, draw_probation_panels
 
-__all__ = ["probation_checks", "probation_credited", "ready_to_promote"]
+__all__ = ["PASS", "FAIL", "SPLIT", "OPEN", "CREDIT", "REJECT", "panel_of", "probation_checks",
+           "probation_credited", "probation_decision", "probation_outcome", "probation_panels", "ready_to_promote"]
+
+PASS, FAIL, SPLIT, OPEN = "pass", "fail", "split", "open"  # a step's word on a candidate
+CREDIT, REJECT = "credit", "reject"  # what the site (and the simulator) does with it
 
 
-def probation_checks(randomness: bytes, *, members: Iterable[str], joined_at: Mapping[str, float],
-                     randomness_opened_at: float | None) -> dict[str, str]:
-    """``{candidate: validator}`` for one step: the candidates of ``joined_at`` (candidate -> when its key
-    joined) that :func:`~btard_wire.board.probation_drawable` admits for randomness whose MPRNG opened at
-    ``randomness_opened_at`` (None: the run's public chain, which draws every candidate), each with the
-    active member :func:`~btard_wire.randomness.draw_probation_validators` assigns from ``randomness``."""
+def probation_panels(randomness: bytes, *, members: Iterable[str], joined_at: Mapping[str, float],
+                     randomness_opened_at: float | None) -> dict[str, list[str]]:
+    """``{candidate: [validator, validator]}`` for one step: the candidates of ``joined_at`` (candidate ->
+    when its key joined) that :func:`~btard_wire.board.probation_drawable` admits for randomness whose
+    MPRNG opened at ``randomness_opened_at`` (None: the run's public chain, which draws every candidate),
+    each with the two distinct active members :func:`~btard_wire.randomness.draw_probation_panels` assigns
+    from ``randomness`` (one when the group has one member)."""
     drawable = [c for c, t in joined_at.items()
                 if probation_drawable(joined_at=t, randomness_opened_at=randomness_opened_at)]
     if not drawable:
         return {}
-    return draw_probation_validators(randomness, members=list(members), candidates=drawable)
+    return draw_probation_panels(randomness, members=list(members), candidates=drawable)
+
+
+def probation_checks(randomness: bytes, *, members: Iterable[str], joined_at: Mapping[str, float],
+                     randomness_opened_at: float | None) -> dict[str, str]:
+    """``{candidate: validator}``: the first validator of each of :func:`probation_panels`."""
+    return {c: panel[0] for c, panel in probation_panels(randomness, members=members, joined_at=joined_at,
+                                                         randomness_opened_at=randomness_opened_at).items()}
+
+
+def panel_of(entry: Mapping) -> list[str]:
+    """The validators a step's candidate entry (``Group.candidates[i]``, ``StepRecord.candidates[i]``) names:
+    its ``validators`` panel, or ``[validator]`` for an entry of a site that names one."""
+    panel = entry.get("validators")
+    if isinstance(panel, (list, tuple)) and panel:
+        return [v for v in panel if isinstance(v, str)]
+    one = entry.get("validator")
+    return [one] if isinstance(one, str) else []
+
+
+def probation_outcome(*, candidate: str, panel: Sequence[str],
+                      reports: Iterable[tuple[str, str, bool]]) -> str:
+    """The step's word on ``candidate`` from its ``panel``'s reports: ``reports`` are ``(sender, named
+    candidate, ok)`` of the step's stored ``probation`` reports; only the first report of each panel member
+    on this candidate counts (the board refuses a second), anyone else's counts for nothing.
+
+    ``PASS``: the panel has ``PROBATION_PANEL`` (2) distinct validators and every one reported ``ok``;
+    ``FAIL``: every one reported a failure; ``SPLIT``: they disagree; ``OPEN``: a report is missing, or
+    the panel is smaller (a group of one member: one validator decides nothing)."""
+    members = list(dict.fromkeys(panel))
+    words: dict[str, bool] = {}
+    for sender, named, ok in reports:
+        if named == candidate and sender in members and sender not in words:
+            words[sender] = bool(ok)
+    if len(members) < PROBATION_PANEL or len(words) < len(members):
+        return SPLIT if len(set(words.values())) > 1 else OPEN
+    if all(words.values()):
+        return PASS
+    return FAIL if not any(words.values()) else SPLIT
+
+
+def probation_decision(*, candidate: str, panel: Sequence[str], reported: bool,
+                       reports: Iterable[tuple[str, str, bool]]) -> str | None:
+    """What a step does with ``candidate``: ``CREDIT`` (the step counts towards promotion: the panel's
+    passing reports agree and the candidate reported its probation step), ``REJECT`` (the panel's failing
+    reports agree and the candidate reported its step, i.e. claimed the gradient it served: its key is out;
+    a candidate that crashed before reporting is not rejected), or ``None``: neither, and nobody is
+    punished; the next step draws a new panel (a lone Byzantine validator, disagreeing or silent, can
+    delay a newcomer but neither promote a bad one nor reject an honest one)."""
+    if not reported:
+        return None
+    outcome = probation_outcome(candidate=candidate, panel=panel, reports=reports)
+    return CREDIT if outcome == PASS else REJECT if outcome == FAIL else None
 
 
 def probation_credited(*, candidate: str, validator: str | None, reported: bool,
                        failures: Iterable[tuple[str, str]]) -> bool:
-    """Whether ``candidate``'s probation step counts: the step drew it (``validator`` is not None), it
+    """The former one-validator rule (for a site naming one ``validator`` per candidate; the panel rule is
+    :func:`probation_decision`). Whether ``candidate``'s probation step counts: the step drew it (``validator`` is not None), it
     reported its probation step, and ``validator`` did not post a failed check naming it
     (:func:`~btard_wire.board.probation_voided`; ``failures``: ``(sender, named candidate)`` pairs)."""
     return validator is not None and reported and not probation_voided(candidate=candidate, validator=validator,

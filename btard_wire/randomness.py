@@ -11,6 +11,7 @@ peers, the in-memory board, the fake site of the tests and the site compute the 
   (:func:`skipped_randomness`);
 - the public batch seed of peer i at step t, ``seed_i_t = H(r_{t-1} | run | t | i)`` (Sec. 3.3);
 - the probation seed of a candidate (:func:`probation_seed`);
+- each candidate's probation panel of two validators (:func:`draw_probation_panels`);
 - the validators of step t and their targets (contributors of step t-1), drawn from ``r_t``, the
   output of step t's MPRNG, revealed only after step t-1 is closed on the board and after step t's
   aggregation results are fixed (:func:`draw_validators`; docs/protocol.md, Sec. 3.3).
@@ -139,18 +140,35 @@ def draw_validators(randomness: bytes, *, group: Collection[str], targets: Colle
     return out
 
 
+PROBATION_PANEL = 2  # validators per candidate and step: promotion and rejection need two that agree
+
+
+def draw_probation_panels(randomness: bytes, *, members: Collection[str], candidates: Collection[str],
+                          size: int = PROBATION_PANEL) -> dict[str, list[str]]:
+    """``{candidate: [validator, ...]}``: the ``size`` distinct active members that each check a candidate's
+    probation gradient (issue 12, invariant 9: a candidate is promoted or rejected only when two independent
+    validators agree, :func:`btard_wire.probation.probation_outcome`).
+
+    Keyed shuffles of the sorted members (the pool) and candidates, then candidate i gets the pool's
+    positions ``size*i .. size*i + size - 1`` (mod the pool), so the panel's members are distinct, the load is
+    even (every member checks within one of ``size * candidates / members`` candidates) and nobody picks its
+    validators by its key (security review, finding 10). A group of fewer than ``size`` members gives each
+    candidate all of them (one member: a panel of one, which decides nothing). The site draws from the
+    previous step's MPRNG output, which no candidate knew when it chose its key."""
+    pool = keyed_shuffle(randomness, VALIDATORS_DOMAIN + b"/probation", sorted(set(members)))
+    if not pool or size <= 0:
+        return {}
+    k = min(size, len(pool))
+    order = keyed_shuffle(randomness, PROBATION_DOMAIN, sorted(set(candidates) - set(pool)))
+    return {cand: [pool[(k * i + j) % len(pool)] for j in range(k)] for i, cand in enumerate(order)}
+
+
 def draw_probation_validators(randomness: bytes, *, members: Collection[str],
                               candidates: Collection[str]) -> dict[str, str]:
-    """``{candidate: validator}``: the active member that checks each candidate's probation gradient.
-
-    Keyed shuffles of the sorted members and candidates, then candidate i gets member i mod n, so the
-    load is even and nobody picks its validator by its key (security review, finding 10). The site
-    draws from the previous step's MPRNG output, which no candidate knew when it chose its key."""
-    pool = keyed_shuffle(randomness, VALIDATORS_DOMAIN + b"/probation", sorted(set(members)))
-    if not pool:
-        return {}
-    order = keyed_shuffle(randomness, PROBATION_DOMAIN, sorted(set(candidates) - set(pool)))
-    return {cand: pool[i % len(pool)] for i, cand in enumerate(order)}
+    """``{candidate: first validator of its panel}`` (:func:`draw_probation_panels`), for a site that names
+    one validator per candidate (``Group.candidates[i]["validator"]``; the panel is ``"validators"``)."""
+    return {cand: panel[0] for cand, panel in draw_probation_panels(randomness, members=members,
+                                                                     candidates=candidates).items()}
 
 
 def group_order(randomness: bytes, members: Collection[str], *, size: int | None = None) -> list[str]:

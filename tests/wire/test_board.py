@@ -218,14 +218,24 @@ def test_only_the_assigned_validator_voids_a_candidates_probation_step():
 
 
 def test_only_the_drawn_validator_reports_on_a_candidate_and_only_once_per_step():
-    draw = {"cand": "a", "other": "b"}
+    draw = {"cand": "a", "other": "b"}  # a site naming one validator per candidate
     assert rules.probation_report_refused(sender="a", candidate="cand", validators=draw, reported=[]) is None
-    assert "not the probation validator" in rules.probation_report_refused(
+    assert "not a probation validator" in rules.probation_report_refused(
         sender="b", candidate="cand", validators=draw, reported=[])
     assert "already reported" in rules.probation_report_refused(
         sender="a", candidate="cand", validators=draw, reported=["cand"])
     assert "not a candidate" in rules.probation_report_refused(
         sender="a", candidate="stranger", validators=draw, reported=[])
+
+
+def test_both_validators_of_a_candidates_panel_report_on_it_and_nobody_else_does():
+    draw = {"cand": ["a", "b"], "other": ["c", "d"]}
+    assert rules.probation_report_refused(sender="a", candidate="cand", validators=draw, reported=["other"]) is None
+    assert rules.probation_report_refused(sender="b", candidate="cand", validators=draw, reported=[]) is None
+    assert "not a probation validator" in rules.probation_report_refused(
+        sender="c", candidate="cand", validators=draw, reported=[])
+    assert "already reported" in rules.probation_report_refused(
+        sender="b", candidate="cand", validators=draw, reported=["cand"])
 
 
 # --- closing a step early (issue 13) ------------------------------------------------------------------

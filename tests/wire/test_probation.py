@@ -4,8 +4,24 @@ from __future__ import annotations
 
 import hashlib
 
-from btard_wire.probation import probation_checks, probation_credited, ready_to_promote
-from btard_wire.randomness import draw_probation_validators
+import pytest
+
+from btard_wire.probation import (
+    CREDIT,
+    FAIL,
+    OPEN,
+    PASS,
+    REJECT,
+    SPLIT,
+    panel_of,
+    probation_checks,
+    probation_credited,
+    probation_decision,
+    probation_outcome,
+    probation_panels,
+    ready_to_promote,
+)
+from btard_wire.randomness import draw_probation_panels
 
 MEMBERS = ["a", "b", "c", "d"]
 
@@ -16,17 +32,68 @@ def _r(i: int) -> bytes:
 
 def test_it_checks_only_candidates_that_joined_before_the_randomness_existed():
     joined = {"early": 1.0, "late": 5.5}
-    checks = probation_checks(_r(0), members=MEMBERS, joined_at=joined, randomness_opened_at=5.0)
-    assert set(checks) == {"early"} and checks["early"] in MEMBERS
-    both = probation_checks(_r(0), members=MEMBERS, joined_at=joined, randomness_opened_at=6.0)
+    panels = probation_panels(_r(0), members=MEMBERS, joined_at=joined, randomness_opened_at=5.0)
+    assert set(panels) == {"early"} and set(panels["early"]) <= set(MEMBERS) and len(set(panels["early"])) == 2
+    both = probation_panels(_r(0), members=MEMBERS, joined_at=joined, randomness_opened_at=6.0)
     assert set(both) == {"early", "late"}
-    # the draw is draw_probation_validators' over exactly the drawable candidates
-    assert both == draw_probation_validators(_r(0), members=MEMBERS, candidates=["early", "late"])
+    # the draw is draw_probation_panels' over exactly the drawable candidates
+    assert both == draw_probation_panels(_r(0), members=MEMBERS, candidates=["early", "late"])
     # the public chain (step 0, or after a step without an MPRNG output) draws every candidate
-    assert probation_checks(_r(0), members=MEMBERS, joined_at=joined, randomness_opened_at=None) == both
+    assert probation_panels(_r(0), members=MEMBERS, joined_at=joined, randomness_opened_at=None) == both
+    # one validator per candidate for a caller that names one: the panel's first
+    assert probation_checks(_r(0), members=MEMBERS, joined_at=joined,
+                            randomness_opened_at=6.0) == {c: p[0] for c, p in both.items()}
 
 
-def test_a_step_counts_only_when_drawn_reported_and_not_voided_by_its_own_validator():
+def test_a_step_counts_only_when_both_validators_pass_and_rejects_only_when_both_fail():
+    panel = ["a", "b"]
+
+    def outcome(*reports):
+        return probation_outcome(candidate="x", panel=panel, reports=reports)
+
+    assert outcome(("a", "x", True), ("b", "x", True)) == PASS
+    assert outcome(("a", "x", False), ("b", "x", False)) == FAIL
+    assert outcome(("a", "x", True), ("b", "x", False)) == SPLIT  # a disagreement: neither
+    assert outcome(("a", "x", True)) == OPEN and outcome(("b", "x", False)) == OPEN and outcome() == OPEN
+    # another member's report, a report on another candidate, a second report of a panel member: nothing
+    assert outcome(("a", "x", True), ("c", "x", True)) == OPEN
+    assert outcome(("a", "x", True), ("b", "y", True)) == OPEN
+    assert outcome(("a", "x", True), ("b", "x", True), ("b", "x", False)) == PASS
+    assert outcome(("a", "x", False), ("c", "x", False), ("d", "x", False)) == OPEN
+    # a panel of one (a group of one member) decides nothing
+    assert probation_outcome(candidate="x", panel=["a"], reports=[("a", "x", True)]) == OPEN
+    assert probation_outcome(candidate="x", panel=["a", "a"], reports=[("a", "x", True)]) == OPEN
+
+
+@pytest.mark.parametrize("reports, reported, decision", [
+    ([("a", "x", True), ("b", "x", True)], True, CREDIT),
+    ([("a", "x", True), ("b", "x", True)], False, None),  # the candidate did not report its step
+    ([("a", "x", False), ("b", "x", False)], True, REJECT),
+    ([("a", "x", False), ("b", "x", False)], False, None),  # a crashed candidate is not rejected
+    ([("a", "x", True), ("b", "x", False)], True, None),
+    ([("a", "x", False)], True, None),
+])
+def test_a_step_credits_or_rejects_a_candidate_only_on_two_agreeing_reports(reports, reported, decision):
+    assert probation_decision(candidate="x", panel=["a", "b"], reported=reported, reports=reports) == decision
+
+
+def test_a_lone_byzantine_validator_can_neither_promote_a_bad_candidate_nor_reject_an_honest_one():
+    """A rational Byzantine validator, drawn beside an honest one, says whatever serves it (pass its
+    accomplice, fail an honest newcomer, or stay silent): the step never credits the bad candidate nor
+    rejects the honest one."""
+    for lie in (True, False, None):
+        byz = [] if lie is None else [("byz", "x", lie)]
+        bad = probation_decision(candidate="x", panel=["byz", "h"], reported=True, reports=byz + [("h", "x", False)])
+        good = probation_decision(candidate="x", panel=["h", "byz"], reported=True, reports=byz + [("h", "x", True)])
+        assert bad != CREDIT and good != REJECT
+
+
+def test_a_candidate_entry_names_its_panel_or_its_one_validator():
+    assert panel_of({"validators": ["a", "b"], "validator": "a"}) == ["a", "b"]
+    assert panel_of({"validator": "a"}) == ["a"] and panel_of({}) == []
+
+
+def test_the_one_validator_rule_counts_a_step_unless_its_validator_voided_it():
     assert probation_credited(candidate="x", validator="a", reported=True, failures=[])
     assert not probation_credited(candidate="x", validator=None, reported=True, failures=[])  # not drawn
     assert not probation_credited(candidate="x", validator="a", reported=False, failures=[])

@@ -147,18 +147,25 @@ def test_the_assignment_changes_when_any_honest_reveal_changes():
         assert len(seen) > 10 and len(before) == 2
 
 
-def test_probation_validators_spread_evenly_and_a_key_cannot_choose_its_validator():
-    from btard_wire.randomness import draw_probation_validators
+def test_probation_panels_are_two_distinct_members_spread_evenly_and_a_key_cannot_choose_them():
+    from btard_wire.randomness import draw_probation_panels, draw_probation_validators
 
     members, candidates = GROUP[:4], ["c0", "c1", "c2", "c3", "c4", "c5"]
-    got = draw_probation_validators(_r(0), members=members, candidates=candidates + ["p0"])
+    got = draw_probation_panels(_r(0), members=members, candidates=candidates + ["p0"])
     assert set(got) == set(candidates)  # a member is never its own candidate
-    assert max(Counter(got.values()).values()) - min(Counter(got.values()).values()) <= 1
-    # over the steps' randomness, one candidate is checked by every member about equally often
-    seen = Counter(draw_probation_validators(_r(i), members=members, candidates=["c0"])["c0"] for i in range(2000))
-    assert set(seen) == set(members) and all(abs(c - 500) <= 5 * math.sqrt(2000 * 0.25 * 0.75)
-                                             for c in seen.values())
-    assert draw_probation_validators(_r(0), members=[], candidates=["c0"]) == {}
+    assert all(len(panel) == 2 and len(set(panel)) == 2 and set(panel) <= set(members) for panel in got.values())
+    load = Counter(v for panel in got.values() for v in panel)
+    assert set(load) == set(members) and max(load.values()) - min(load.values()) <= 1
+    # over the steps' randomness, one candidate's panel is every pair of members about equally often
+    pairs = Counter(frozenset(draw_probation_panels(_r(i), members=members, candidates=["c0"])["c0"])
+                    for i in range(3000))
+    assert len(pairs) == 6 and all(abs(c - 500) <= 5 * math.sqrt(3000 / 6 * 5 / 6) for c in pairs.values())
+    # a group of one member: a panel of one (which decides nothing, btard_wire.probation.probation_outcome)
+    assert draw_probation_panels(_r(0), members=["p0"], candidates=["c0"]) == {"c0": ["p0"]}
+    assert draw_probation_panels(_r(0), members=[], candidates=["c0"]) == {}
+    # a caller naming one validator gets each panel's first
+    assert draw_probation_validators(_r(0), members=members, candidates=candidates) == {
+        c: panel[0] for c, panel in got.items()}
 
 
 def test_the_group_order_is_a_keyed_shuffle_and_a_rotation_picks_a_random_subset():
@@ -173,12 +180,12 @@ def test_the_group_order_is_a_keyed_shuffle_and_a_rotation_picks_a_random_subset
     assert all(abs(c - 300) <= 5 * math.sqrt(600 * 0.25) for c in picked.values())
 
 
-def test_a_candidate_that_knows_the_randomness_grinds_an_accomplice_as_validator_so_it_is_not_drawn():
+def test_a_candidate_that_knows_the_randomness_grinds_accomplices_as_validators_so_it_is_not_drawn():
     """Key grinding (finding 10): with the draw's randomness known, a Sybil tries keys (or waits for a
-    step) until its validator is an accomplice, in a few tries; the board rule draws only keys that
-    joined before the MPRNG producing that randomness opened, when no key could be ground against it."""
+    step) until both validators of its panel are accomplices; the board rule draws only keys that joined
+    before the MPRNG producing that randomness opened, when no key could be ground against it."""
     from btard_wire.board import probation_drawable
-    from btard_wire.randomness import draw_probation_validators
+    from btard_wire.randomness import draw_probation_panels
 
     members = [f"m{i}" for i in range(8)]
     accomplices = set(members[:2])
@@ -186,14 +193,14 @@ def test_a_candidate_that_knows_the_randomness_grinds_an_accomplice_as_validator
     honest = hashlib.sha256(b"honest newcomer").hexdigest()[:40]
     keys = [hashlib.sha256(b"sybil %d" % k).hexdigest()[:40] for k in range(20)]  # peer ids of 20 keys
 
-    def ground(r: bytes) -> bool:  # some key of 20 gets an accomplice beside one honest candidate
-        return any(draw_probation_validators(r, members=members, candidates=[honest, k])[k] in accomplices
+    def ground(r: bytes) -> bool:  # some key of 20 gets a panel of two accomplices beside one honest candidate
+        return any(set(draw_probation_panels(r, members=members, candidates=[honest, k])[k]) <= accomplices
                    for k in keys)
 
-    # knowing each step's r before choosing its key and its step, it gets an accomplice at once
-    wins = sum(ground(_r(i)) for i in range(200))
-    assert wins / 200 > 0.35  # about 1 - (6/8)(5/7) = 0.46, against 2/8 = 0.25 for a key chosen blind
-    assert next(i for i in range(200) if ground(_r(i))) < 10
+    # knowing each step's r before choosing its key and its step, it gets one within a few steps
+    wins = sum(ground(_r(i)) for i in range(1000))
+    assert wins / 1000 > 0.055  # about 2/28 = 0.071 (the key picks one of the two panels), 1/28 = 0.036 blind
+    assert next(i for i in range(200) if ground(_r(i))) < 30
     # the rule: a key drawn with a step's randomness joined before that step opened
     assert probation_drawable(joined_at=10.0, randomness_opened_at=11.0)
     assert not probation_drawable(joined_at=11.5, randomness_opened_at=11.0)  # could have ground its key
