@@ -1,15 +1,22 @@
-"""Admission writes: waiting peers into probation, candidates to active, as the run's policy
-(``admission.policies``) allows. Keyword-only, atomic, one typed event per call (emitted on commit)."""
+"""Admission writes: waiting peers into probation, a step's probation word on its candidates (credit or
+rejection, :func:`settle_probation`), candidates to active, as the run's policy (``admission.policies``)
+allows. Keyword-only, atomic, one typed event per call (emitted on commit)."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 from live.bus import emit
 from live.events import PeersAdmitted, PeersPromoted
-from runs.models import Run
+from runs.models import Peer, Run, StepRecord
+
+from btard_wire import probation as probation_rules
 
 from .policies import get_policy
+from .selectors import probation_reports
 
 
 @transaction.atomic
@@ -49,3 +56,34 @@ def promote_candidates(*, run: Run) -> list[str]:
     if promoted:
         emit(PeersPromoted(run_id=run.id, peer_ids=promoted))
     return promoted
+
+
+@transaction.atomic
+def settle_probation(*, run: Run, record: StepRecord, reported: Collection[str], only: str | None = None) -> list[int]:
+    """Apply the closed step ``record``'s probation word to its candidates (``only``: to that candidate alone,
+    for a probation report that came after the step closed). ``reported``: the candidates that reported their
+    probation step. Each candidate's panel (``validators`` of its entry) and the step's ``probation`` reports
+    decide (:func:`btard_wire.probation.probation_decision`): both validators passed it, the step counts
+    (``probation_done`` + 1); both failed it, its key is banned (``moderation.services.reject_candidate``);
+    anything else (a disagreement, a missing report, a panel of one) neither counts nor punishes, and the
+    next step draws a new panel. Returns the user ids of the credited candidates (for their reputation)."""
+    from moderation.services import reject_candidate
+
+    reports = probation_reports(run=run, step=record.step)
+    entries = [e for e in record.candidates if only is None or e.get("peer_id") == only]
+    peers = {p.peer_id: p for p in run.peers.filter(peer_id__in=[e.get("peer_id") for e in entries])}
+    credited = []
+    for entry in entries:
+        peer = peers.get(entry.get("peer_id"))
+        if peer is None or peer.role != "candidate":
+            continue
+        panel = probation_rules.panel_of(entry)
+        decision = probation_rules.probation_decision(candidate=peer.peer_id, panel=panel,
+                                                      reported=peer.peer_id in reported, reports=reports)
+        if decision == probation_rules.CREDIT:
+            Peer.objects.filter(pk=peer.pk).update(probation_done=F("probation_done") + 1)
+            credited.append(peer.user_id)
+        elif decision == probation_rules.REJECT:
+            reject_candidate(peer=peer, step=record.step, panel=panel,
+                             reasons=[r for r in reports if r[1] == peer.peer_id and r[0] in panel])
+    return credited

@@ -118,6 +118,17 @@ def ban_for_fault(*, peer, reason: str, evidence_kind: str, evidence: dict, step
     return ban
 
 
+def reject_candidate(*, peer, step: int, panel: list[str], reasons: list) -> Ban:
+    """A candidate whose probation gradient both validators of its panel failed
+    (``btard_wire.probation.probation_decision``; issue 12, invariant 9): its worker key is out, as a
+    key-only ban (a new key starts a new probation; the agreeing validators' reports are the evidence)."""
+    return ban_peer(peer=peer, step=step, reason=f"probation failed at step {step}: both validators "
+                                                 f"({', '.join(v[:8] for v in panel)}) found its gradient wrong",
+                    evidence_kind="probation_failed", evidence={"validators": list(panel),
+                                                                "reports": [list(r) for r in reasons]},
+                    source="verdict", scope="key")
+
+
 def consider_verdict(*, entry) -> Ban | None:
     """After a stored verdict: ban its ``guilty`` peer once a strict majority of the group signed the
     same verdict (counting distinct senders). Returns the ban or ``None``."""

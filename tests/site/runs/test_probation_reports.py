@@ -1,5 +1,7 @@
-"""``probation`` reports on the site's board: only the candidate's drawn validator, one per (sender, candidate,
-step), stored and never relayed; the probation decision reads them (btard_wire.board.probation_voided). The
+"""``probation`` reports on the site's board: only a validator of the candidate's drawn panel (two per
+candidate), one per (sender, candidate, step), stored and never relayed; the probation decision reads them
+(admission.services.settle_probation, btard_wire.probation.probation_decision): the step counts only when
+both validators passed the candidate, the candidate's key is banned only when both failed it. The
 validator's own step ``validation`` report is a different message, so reporting a cheating candidate is not
 equivocation (the honest validator used to be banned for it)."""
 
@@ -14,19 +16,24 @@ from runs.models import BroadcastLog, Peer, Run
 
 from btard_wire.control import StepReport
 from tests.factories import make_peer
+from tests.site.admission.panel import panel, report
 from tests.site.helpers import envelope
 
 pytestmark = pytest.mark.django_db
+# The site does not name two validators per candidate yet (requested in /work/notes/requests.md: the patch
+# /work/notes/A-probation-panels.patch for runs.services.steps/reports/board and site_limits). Strict, so the
+# mark must go when the site holds the rule.
+PENDING = pytest.mark.xfail(strict=True, reason="the site does not draw probation panels / settle_probation yet")
 
 
 def _setup(run):
     members = [make_peer(run=run, seed=f"pv{i}") for i in range(3)]
     cand, _ = make_peer(run=run, seed="pv-cand", role="candidate", probation_required=3)
     Peer.objects.filter(pk=cand.pk).update(joined_at=Peer.objects.get(pk=cand.pk).joined_at - timedelta(hours=1))
-    record = runs.start_step_if_ready(run=run)
-    (info,) = record.candidates
-    by_id = {p.peer_id: (p, i) for p, i in members}
-    return members, cand, by_id[info["validator"]], [v for k, v in by_id.items() if k != info["validator"]]
+    runs.start_step_if_ready(run=run)
+    validators = panel(run, cand.peer_id, members)
+    others = [m for m in members if m[0].peer_id not in {v[0].peer_id for v in validators}]
+    return members, cand, validators, others
 
 
 def _post(peer, identity, run, phase, payload):
@@ -41,49 +48,73 @@ def _finish(run, members, cand):
     runs.close_step(run=Run.objects.get(pk=run.pk), force=True)
 
 
-def test_the_validators_failed_probation_report_voids_the_step_and_bans_nobody(run, events):
-    members, cand, (validator, ident), _ = _setup(run)
+@PENDING
+def test_the_step_draws_two_distinct_validators_of_the_group_for_a_candidate(run):
+    _, _, validators, others = _setup(run)
+    assert len({v[0].peer_id for v in validators}) == 2 and len(others) == 1
+
+
+def test_one_validators_failed_probation_report_voids_the_step_and_bans_nobody(run, events):
+    members, cand, validators, _ = _setup(run)
+    validator, ident = validators[0]
     _post(validator, ident, run, "validation", {"target": None, "target_step": 0, "ok": True})  # its own report
-    _post(validator, ident, run, "probation", {"candidate": cand.peer_id, "ok": False, "reason": "mismatch"})
+    report(run, validators[0], cand.peer_id, False, "mismatch")
     stored = [e for e in events() if e.type == "broadcast_recorded" and e.envelope.phase == "probation"]
     assert len(stored) == 1 and stored[0].recipients == []  # stored, never relayed
     _finish(run, members, cand)
     cand.refresh_from_db()
-    assert cand.probation_done == 0
+    assert cand.probation_done == 0 and cand.role == "candidate"
     assert not Ban.objects.exists()
 
 
-def test_a_passed_probation_report_counts_the_step(run):
-    members, cand, (validator, ident), _ = _setup(run)
-    _post(validator, ident, run, "probation", {"candidate": cand.peer_id, "ok": True})
+def test_both_validators_passing_reports_count_the_step(run):
+    members, cand, validators, _ = _setup(run)
+    for v in validators:
+        report(run, v, cand.peer_id, True)
     _finish(run, members, cand)
     cand.refresh_from_db()
     assert cand.probation_done == 1
 
 
-def test_a_probation_report_from_another_member_is_refused_and_voids_nothing(run):
-    members, cand, _, others = _setup(run)
+@PENDING
+def test_both_validators_failing_reports_ban_the_candidates_key_only(run):
+    members, cand, validators, _ = _setup(run)
+    for v in validators:
+        report(run, v, cand.peer_id, False, "the gradient differs")
+    _finish(run, members, cand)
+    cand.refresh_from_db()
+    (ban,) = Ban.objects.all()
+    assert cand.role == "banned" and cand.probation_done == 0
+    assert (ban.peer_id, ban.scope, ban.evidence_kind) == (cand.peer_id, "key", "probation_failed")
+    assert sorted(ban.evidence["validators"]) == sorted(v[0].peer_id for v in validators)
+    assert all(p.role == "active" for p, _ in members)
+
+
+def test_a_probation_report_from_a_member_outside_the_panel_is_refused_and_voids_nothing(run):
+    members, cand, validators, others = _setup(run)
     peer, ident = others[0]
     with pytest.raises(runs.Rejected) as info:
         _post(peer, ident, run, "probation", {"candidate": cand.peer_id, "ok": False})
     assert info.value.code == "not_validator"
     assert not BroadcastLog.objects.filter(phase="probation").exists()
+    for v in validators:
+        report(run, v, cand.peer_id, True)
     _finish(run, members, cand)
     cand.refresh_from_db()
     assert cand.probation_done == 1
 
 
 def test_a_second_probation_report_is_a_refused_duplicate_not_an_equivocation(run):
-    _, cand, (validator, ident), _ = _setup(run)
-    _post(validator, ident, run, "probation", {"candidate": cand.peer_id, "ok": True})
+    _, cand, validators, _ = _setup(run)
+    report(run, validators[0], cand.peer_id, True)
     with pytest.raises(runs.Rejected) as info:
-        _post(validator, ident, run, "probation", {"candidate": cand.peer_id, "ok": False})
+        report(run, validators[0], cand.peer_id, False)
     assert info.value.code == "duplicate"
     assert not Ban.objects.exists() and BroadcastLog.objects.filter(phase="probation").count() == 1
 
 
 def test_a_probation_report_on_a_peer_that_is_no_candidate_is_refused(run):
-    _, _, (validator, ident), others = _setup(run)
+    _, _, validators, others = _setup(run)
     with pytest.raises(runs.Rejected) as info:
-        _post(validator, ident, run, "probation", {"candidate": others[0][0].peer_id, "ok": False})
+        report(run, validators[0], others[0][0].peer_id, False)
     assert info.value.code == "payload"

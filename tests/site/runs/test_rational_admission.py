@@ -1,8 +1,10 @@
 """Rational attackers against admission (security review, finding 10; issue 12, invariant 9), through the
-real site services on the database: probation voiding (a member that is not a candidate's assigned
-validator fails it, accuses it; the validator's own ``probation`` report beside its step report) and key grinding (a key chosen, or a moment to join chosen, once the
-randomness of the probation draw is known). The rules are ``btard_wire.board.probation_voided`` and
-``probation_drawable`` and ``probation_report_refused``; docs/threat-model.md, "Protocol"."""
+real site services on the database: probation voiding (a member outside a candidate's panel fails it,
+accuses it; a validator's own ``probation`` report beside its step report), a lone Byzantine validator of a
+candidate's panel of two (it can neither reject an honest newcomer nor promote a bad one: both must agree)
+and key grinding (a key chosen, or a moment to join chosen, once the
+randomness of the probation draw is known). The rules are ``btard_wire.probation.probation_decision``,
+``btard_wire.board.probation_drawable`` and ``probation_report_refused``; docs/threat-model.md, "Protocol"."""
 
 from __future__ import annotations
 
@@ -10,15 +12,21 @@ import os
 from datetime import timedelta
 
 import pytest
+from moderation.models import Ban
 from runs import services as runs
 from runs.models import Peer, Run, StepRecord
 
 from btard_wire.control import StepReport
 from btard_wire.randomness import mprng_commitment
 from tests.factories import make_peer
+from tests.site.admission.panel import panel, panel_reports, report
 from tests.site.helpers import envelope
 
 pytestmark = pytest.mark.django_db
+# The site does not name two validators per candidate yet (requested in /work/notes/requests.md: the patch
+# /work/notes/A-probation-panels.patch for runs.services.steps/reports/board and site_limits). Strict, so the
+# mark must go when the site holds the rule.
+PENDING = pytest.mark.xfail(strict=True, reason="the site does not draw probation panels / settle_probation yet")
 
 
 
@@ -44,13 +52,12 @@ def _start(run):
     return runs.start_step_if_ready(run=Run.objects.get(pk=run.pk))
 
 
-def _step_with_a_candidate(run):
-    members = _members(run)
+def _step_with_a_candidate(run, n=3):
+    members = _members(run, n)
     cand, _ = make_peer(run=run, seed="newcomer", role="candidate", probation_required=3)
     Peer.objects.filter(pk=cand.pk).update(joined_at=Peer.objects.get(pk=cand.pk).joined_at - timedelta(hours=1))
-    record = _start(run)
-    (info,) = record.candidates
-    return members, cand, info["validator"]
+    _start(run)
+    return members, cand, panel(run, cand.peer_id, members)
 
 
 def _post_maybe_refused(peer, identity, run, phase, payload):
@@ -60,9 +67,9 @@ def _post_maybe_refused(peer, identity, run, phase, payload):
         return None
 
 
-def test_a_member_that_is_not_the_candidates_validator_cannot_void_its_probation_step(run):
-    members, cand, validator = _step_with_a_candidate(run)
-    other, ident = next((p, i) for p, i in members if p.peer_id != validator)
+def test_a_member_outside_the_candidates_panel_cannot_void_its_probation_step(run):
+    members, cand, validators = _step_with_a_candidate(run)
+    other, ident = next((p, i) for p, i in members if p.peer_id not in {v[0].peer_id for v in validators})
     step = Run.objects.get(pk=run.pk).current_step
     # a failed probation report (refused: not its candidate), an accusation and a failed validation naming it
     _post_maybe_refused(other, ident, run, "probation", {"candidate": cand.peer_id, "ok": False, "reason": "lie"})
@@ -70,20 +77,82 @@ def test_a_member_that_is_not_the_candidates_validator_cannot_void_its_probation
                                                      "reason": "fabricated"})
     _post(other, ident, run, "validation", {"target": cand.peer_id, "target_step": step, "ok": False,
                                             "accusations": [accusation.digest]})
+    for v in validators:
+        report(run, v, cand.peer_id, True)
     _finish_step(run, members, [cand])
     cand.refresh_from_db()
     assert cand.probation_done == 1
 
 
-def test_the_assigned_validators_failed_probation_report_voids_the_step_and_is_no_equivocation(run):
-    members, cand, validator = _step_with_a_candidate(run)
-    peer, ident = next((p, i) for p, i in members if p.peer_id == validator)
+def test_a_validators_failed_probation_report_beside_its_step_report_is_no_equivocation(run):
+    members, cand, validators = _step_with_a_candidate(run)
+    peer, ident = validators[0]
     _post(peer, ident, run, "validation", {})  # its own step report first, as the worker does
-    _post(peer, ident, run, "probation", {"candidate": cand.peer_id, "ok": False, "reason": "mismatch"})
+    report(run, validators[0], cand.peer_id, False, "mismatch")
     _finish_step(run, members, [cand])
     cand.refresh_from_db()
     peer.refresh_from_db()
-    assert cand.probation_done == 0 and peer.role != "banned"
+    assert cand.probation_done == 0 and peer.role != "banned" and cand.role == "candidate"
+
+
+# --- a lone Byzantine validator (issue 12, invariant 9: two independent validators must agree) ----------
+@PENDING
+@pytest.mark.parametrize("byzantine_word", [False, None])  # fails the honest newcomer, or stays silent
+def test_a_lone_byzantine_validator_cannot_reject_an_honest_candidate_and_the_next_step_redraws(run,
+                                                                                                 byzantine_word):
+    members, cand, validators = _step_with_a_candidate(run, n=4)
+    byzantine, honest = validators
+    if byzantine_word is not None:
+        report(run, byzantine, cand.peer_id, byzantine_word, "fabricated mismatch")
+    report(run, honest, cand.peer_id, True)
+    _finish_step(run, members, [cand])
+    cand.refresh_from_db()
+    assert cand.role == "candidate" and cand.probation_done == 0  # delayed, never rejected
+    assert not Ban.objects.exists()
+    # the next step draws the candidate again, with a panel of its own randomness; with two passes it counts
+    record = _start(run)
+    assert [c["peer_id"] for c in record.candidates] == [cand.peer_id]
+    panel_reports(run, cand.peer_id, members, True, True)
+    _finish_step(run, members, [cand])
+    cand.refresh_from_db()
+    assert cand.probation_done == 1 and not Ban.objects.exists()
+
+
+@PENDING
+@pytest.mark.parametrize("byzantine_word", [True, None])  # passes its accomplice, or stays silent
+def test_a_lone_byzantine_validator_cannot_promote_a_bad_candidate(run, byzantine_word):
+    Run.objects.filter(pk=run.pk).update(probation_steps=1)
+    members, cand, validators = _step_with_a_candidate(run, n=4)
+    Peer.objects.filter(pk=cand.pk).update(probation_required=1)
+    byzantine, honest = validators
+    if byzantine_word is not None:
+        report(run, byzantine, cand.peer_id, byzantine_word)
+    report(run, honest, cand.peer_id, False, "the probation gradient differs")
+    _finish_step(run, members, [cand])
+    assert runs.promote_candidates(run=Run.objects.get(pk=run.pk)) == []
+    cand.refresh_from_db()
+    assert cand.role == "candidate" and cand.probation_done == 0
+    assert not Ban.objects.exists()  # a disagreement punishes nobody (it cannot tell who lied)
+
+
+def test_a_byzantine_member_in_every_panel_it_is_drawn_in_delays_an_honest_newcomer_but_never_bans_it(run):
+    """One Byzantine member of 4 fails the honest candidate whenever it is in the panel: the candidate
+    gets its steps from the panels of two honest members and is promoted, never banned."""
+    Run.objects.filter(pk=run.pk).update(probation_steps=3)
+    members, cand, _ = _step_with_a_candidate(run, n=4)
+    byzantine = members[0][0].peer_id
+    steps = 0
+    while cand.role == "candidate" and steps < 40:
+        if steps:
+            _start(run)
+        for v in panel(run, cand.peer_id, members):
+            report(run, v, cand.peer_id, v[0].peer_id != byzantine, "" if v[0].peer_id != byzantine else "lie")
+        _finish_step(run, members, [cand])
+        runs.promote_candidates(run=Run.objects.get(pk=run.pk))
+        cand.refresh_from_db()
+        steps += 1
+    assert cand.role == "active" and not Ban.objects.exists()
+    assert steps > 3  # about 3 / (1/2) = 6 steps: a panel without the Byzantine member is 3 of the 6 pairs
 
 
 def test_a_key_that_joined_after_the_draws_randomness_was_known_is_drawn_only_at_a_later_step(run):
