@@ -1,5 +1,6 @@
-"""The probation validator (an active member) recomputes a candidate's gradient and reports in its own
-``probation`` phase, never in its step's ``validation`` slot (two signed messages there are equivocation)."""
+"""The probation validators (two active members per candidate, its panel) each recompute a candidate's
+gradient and report in their own ``probation`` phase, never in their step's ``validation`` slot (two signed
+messages there are equivocation); the candidate serves its gradient to both."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 from btard_wire import payloads as M
-from btard_wire.control import RunInfo
+from btard_wire.control import Group, RunInfo
 from btard_wire.envelope import Identity
 from worker_client.net.server import Traffic
 from worker_client.tasks import get_task
@@ -66,3 +67,38 @@ async def test_the_validator_reports_its_recomputation_in_the_probation_phase(ch
     assert report.candidate == CANDIDATE.peer_id and report.ok is ok
     assert ("differs" in report.reason) is cheat
     assert worker.probation.checks == []  # each candidate is checked once per step
+
+
+def test_a_member_checks_every_candidate_whose_panel_names_it_in_either_seat():
+    worker = Worker(WorkerConfig(server="ws://127.0.0.1:1", token="t", identity=Identity.from_seed(b"validator")))
+    me = worker.identity.peer_id
+    group = Group(step=STEP, peers=[], candidates=[
+        {"peer_id": "c1", "validator": "x", "validators": ["x", me]},
+        {"peer_id": "c2", "validator": me, "validators": [me, "y"]},
+        {"peer_id": "c3", "validator": "x", "validators": ["x", "y"]},
+        {"peer_id": "c4", "validator": me}])  # a site naming one validator
+    worker.probation.assign(group)
+    assert [c["peer_id"] for c in worker.probation.checks] == ["c1", "c2", "c4"]
+
+
+class PublishingPlane(FakePlane):
+    def __init__(self):
+        super().__init__(b"", {})
+        self.published = []
+
+    def publish(self, step, kind, key, data, *, allowed=None, header=None):
+        self.published.append((step, kind, key, allowed))
+
+
+async def test_a_candidate_serves_its_probation_gradient_to_both_validators_of_its_panel_only():
+    worker = Worker(WorkerConfig(server="ws://127.0.0.1:1", token="t", identity=CANDIDATE))
+    worker.run_info = RunInfo(id=1, name="r", task="digits-mlp", batch_size=8)
+    worker.run_name = "1"
+    worker.state = ModelState(get_task("digits-mlp"), seed=0, lr=0.05, device="cpu")
+    worker.state.snapshot(STEP)
+    worker.plane, worker.site = PublishingPlane(), FakeSite()
+    mine = {"peer_id": CANDIDATE.peer_id, "seed": SEED, "validator": "v1", "validators": ["v1", "v2"],
+            "probation_left": 2}
+    await worker.probation.candidate_step(Group(step=STEP, peers=[], candidates=[mine]), mine)
+    assert worker.plane.published == [(STEP, "probation", CANDIDATE.peer_id, ["v1", "v2"])]
+    assert [m.outcome for m in worker.site.sent] == ["probation"]

@@ -1,10 +1,11 @@
 """Probation on the networked worker: a candidate's assigned gradient, and the member that checks it.
 
 A candidate computes the gradient of the step's state on the public seed the site assigned, serves it
-on the data plane to its validator only (with a signed header) and reports ``probation``. The
-validator, an active member, fetches it after its own step, recomputes it and posts a signed
-``probation`` report (``ProbationPayload``: the candidate, ``ok``, the reason of a mismatch); on
-``ok: false`` the site withholds the probation credit (``btard_wire.board.probation_voided``). Its own
+on the data plane to its panel's validators only (two active members, with a signed header) and reports
+``probation``. Each validator fetches it after its own step, recomputes it and posts a signed
+``probation`` report (``ProbationPayload``: the candidate, ``ok``, the reason of a mismatch); the site
+counts the step only when both validators passed it and rejects the candidate only when both failed it
+(``btard_wire.probation.probation_decision``). Its own
 step's ``validation`` slot is never reused for it (two signed messages in one slot
 are equivocation). Candidates are never aggregated (spec, Newcomers).
 """
@@ -21,6 +22,7 @@ from btard_wire import payloads as M
 from btard_wire.control import Broadcast as BroadcastMessage
 from btard_wire.control import Group, Status, StepReport
 from btard_wire.envelope import sign_envelope
+from btard_wire.probation import panel_of
 
 from ..btard.kernels import gradient_mismatch
 from ..net import DataPlaneError
@@ -36,7 +38,7 @@ class Probation:
 
     def assign(self, group: Group) -> None:
         me = self.worker.identity.peer_id
-        self.checks = [c for c in group.candidates if c.get("validator") == me]
+        self.checks = [c for c in group.candidates if me in panel_of(c)]
 
     # ------------------------------------------------------------------ ours (a candidate)
     async def candidate_step(self, group: Group, mine: dict) -> None:
@@ -54,9 +56,9 @@ class Probation:
             return
         data = g.numpy().astype("<f4").tobytes()
         header = M.sign_tensor_header(w.identity, run=w.run_name, step=group.step, kind="part", part=0, data=data)
-        validator = mine.get("validator")
+        validators = panel_of(mine)
         w.plane.publish(group.step, "probation", w.identity.peer_id, data,
-                        allowed=[validator] if validator else None, header=header.model_dump())
+                        allowed=validators or None, header=header.model_dump())
         w.steps.last_loss = w.status.loss = loss
         w.site.send(StepReport(step=group.step, outcome="probation", loss=loss, samples=w.run_info.batch_size))
         w.set_status(Status.waiting_for_group, f"probation step {group.step} done; waiting for the next step")
@@ -91,7 +93,7 @@ class Probation:
         except KeyError as exc:
             w.event("error", f"cannot check candidate {peer_id[:8]}: {exc}")
             return
-        try:  # one report per (validator, candidate, step) in its own phase, read by board.probation_voided
+        try:  # one report per (validator, candidate, step) in its own phase, read by probation_decision
             report = M.ProbationPayload(candidate=peer_id, ok=not reason, reason=reason[:500])
         except ValueError as exc:  # a candidate id the site should not have named
             w.event("error", f"cannot report on candidate {peer_id[:8]}: {exc}")
