@@ -214,12 +214,20 @@ def _commit() -> str | None:
         return None
 
 
+def _number_or_name(value: str) -> float | str:
+    """A ``--protocol-param`` value: a number (``aggregate_bound=4``) or a name (``tau_rule=spread``)."""
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
 def run_grid(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     runs = [tuple(r) for r in args.run] if args.run else default_runs()
     protocol_params = dict(kv.split("=", 1) for kv in args.protocol_param)
-    protocol_params = {k: float(v) for k, v in protocol_params.items()}
+    protocol_params = {k: _number_or_name(v) for k, v in protocol_params.items()}
     for seed in args.seeds:
         for attack, aggregator in runs:
             path = out / f"{run_name(attack, aggregator, seed)}.json"

@@ -72,6 +72,10 @@ class Cell:
     global_batch: int = 0
     staleness: int = 0  # Kardam's delayed workers (btard-sim --staleness)
     non_iid: float = 0.0  # Dirichlet alpha of label-skewed shards (btard-sim --non-iid); 0: IID
+    # BTARD's per-part tau (ProtocolParams.tau_rule, btard-sim --tau-rule): "fixed" uses ``tau``; "spread"
+    # uses ``tau_spread`` x the part's majority-th published distance (``tau`` only where that is 0)
+    tau_rule: str = "fixed"
+    tau_spread: float = 0.5
     extra: dict = field(default_factory=dict, hash=False, compare=False)
 
     @property
@@ -86,12 +90,15 @@ class Cell:
             fields.append({"staleness": self.staleness})
         if self.non_iid:
             fields.append({"non_iid": self.non_iid})
+        if self.tau_rule != "fixed":  # appended only when set, so the keys of older results stay valid
+            fields.append({"tau_rule": self.tau_rule, "tau_spread": self.tau_spread})
         return json.dumps(fields)
 
     @property
     def defence(self) -> str:
         """Row label: aggregator, with tau where the rule has one (and m, validators per step, for BTARD)."""
-        return defence_label(self.aggregator, self.tau, self.validators, self.global_batch, self.staleness)
+        return defence_label(self.aggregator, self.tau, self.validators, self.global_batch, self.staleness,
+                             tau_rule=self.tau_rule, tau_spread=self.tau_spread)
 
     @property
     def column(self) -> str:
@@ -116,15 +123,18 @@ class Cell:
             kwargs["staleness"] = self.staleness
         if self.non_iid:
             kwargs["non_iid"] = self.non_iid
+        if self.tau_rule != "fixed":
+            kwargs["protocol_params"] = {"tau_rule": self.tau_rule, "tau_spread": self.tau_spread}
         kwargs.update(self.extra)
         return kwargs
 
 
 def defence_label(aggregator: str, tau: float, validators: int | None = None, global_batch: int = 0,
-                  staleness: int = 0) -> str:
+                  staleness: int = 0, *, tau_rule: str = "fixed", tau_spread: float = 0.5) -> str:
     if aggregator == "btard":
         m = SIM_DEFAULT_VALIDATORS if validators is None else validators
-        return f"btard (tau {tau:g}, m={m}{', B=' + str(global_batch) if global_batch else ''})"
+        tau_text = f"tau {tau:g}" if tau_rule == "fixed" else f"tau {tau_rule} {tau_spread:g}"
+        return f"btard ({tau_text}, m={m}{', B=' + str(global_batch) if global_batch else ''})"
     if aggregator.endswith("centered_clip"):
         return f"{aggregator} (tau {tau:g})"
     if aggregator == "kardam":
@@ -135,7 +145,7 @@ def defence_label(aggregator: str, tau: float, validators: int | None = None, gl
 def _cells(task: str, *, peers: int, byzantine: int, attacks: Iterable[str], defences: Iterable[tuple[str, float]],
            seeds: Iterable[int], steps: int, attack_start: int, attack_every: int = 1,
            btard_validators: int | None = None, btard_global_batch: int = 0, staleness: int = 0,
-           non_iid: float = 0.0, **extra) -> list[Cell]:
+           non_iid: float = 0.0, tau_rule: str = "fixed", tau_spread: float = 0.5, **extra) -> list[Cell]:
     out = []
     for seed in seeds:
         for attack in attacks:
@@ -148,6 +158,7 @@ def _cells(task: str, *, peers: int, byzantine: int, attacks: Iterable[str], def
                                 steps=steps, validators=btard_validators if aggregator == "btard" else None,
                                 global_batch=btard_global_batch if aggregator == "btard" else 0,
                                 staleness=staleness if aggregator == "kardam" else 0, non_iid=non_iid,
+                                tau_rule=tau_rule if aggregator == "btard" else "fixed", tau_spread=tau_spread,
                                 extra=extra))
     return out
 
@@ -303,9 +314,24 @@ def grid_adaptive_ablation() -> list[Cell]:
     return cells
 
 
+def grid_tau_rule() -> list[Cell]:
+    """The scale-following tau (ProtocolParams.tau_rule = "spread", docs/results.md "Where BTARD misses"):
+    the ``adaptive-ablation`` setting (16 peers, 7 optimal ALIE from step 50, m = 4, B = 512, 200 steps),
+    spread 0.5 on seeds 0-2 with their clean runs, then spread 1.0 on seed 0; the fixed-tau rows to
+    compare with are that grid's."""
+    common = {"peers": 16, "byzantine": 7, "steps": ADAPTIVE_STEPS, "attack_start": 50,
+              "btard_global_batch": 16 * PAPER_BATCH, "btard_validators": PAPER_VALIDATORS}
+    cells = _cells("mnist5k-mlp", attacks=["optimal_alie", "none"], defences=[("btard", 1.0)], seeds=[0, 1, 2],
+                   tau_rule="spread", tau_spread=0.5, **common)
+    cells += _cells("mnist5k-mlp", attacks=["optimal_alie", "none"], defences=[("btard", 1.0)], seeds=[0],
+                    tau_rule="spread", tau_spread=1.0, **common)
+    return cells
+
+
 GRIDS: dict[str, Callable[[], list[Cell]]] = {"smoke": grid_smoke, "paper": grid_paper, "fashion": grid_fashion,
                                               "preagg": grid_preagg, "kardam": grid_kardam,
-                                              "adaptive": grid_adaptive, "adaptive-ablation": grid_adaptive_ablation}
+                                              "adaptive": grid_adaptive, "adaptive-ablation": grid_adaptive_ablation,
+                                              "tau-rule": grid_tau_rule}
 
 
 # --- running -------------------------------------------------------------------------------------
@@ -407,8 +433,10 @@ def run_grid(name: str, *, results_dir: Path = DEFAULT_RESULTS, jobs: int | None
 def _defence_label(row: dict) -> str:
     args = row.get("args") or {}
     validators = row.get("validators", args.get("validators"))
+    protocol = args.get("protocol_params") or {}
     return defence_label(row["aggregator"], row["tau"], validators, int(args.get("global_batch") or 0),
-                         int(args.get("staleness") or 0))
+                         int(args.get("staleness") or 0), tau_rule=protocol.get("tau_rule", "fixed"),
+                         tau_spread=float(protocol.get("tau_spread", 0.5)))
 
 
 def _column_label(row: dict) -> str:
@@ -603,7 +631,7 @@ def superseded(row: dict) -> bool:
     return row.get("aggregator") in RECONFIGURED_BASELINES and int(row.get("baseline_version") or 1) < 2
 
 
-EVERY_DEFENCE_GAP_GRIDS = {"adaptive", "adaptive-ablation"}  # grids whose report pairs every defence with its clean run
+EVERY_DEFENCE_GAP_GRIDS = {"adaptive", "adaptive-ablation", "tau-rule"}  # grids whose report pairs every defence with its clean run
 
 
 def report(name: str, *, results_dir: Path = DEFAULT_RESULTS) -> tuple[Path, list[Path]]:

@@ -40,6 +40,7 @@ import torch
 from .aggregators import centered_clip
 from .attacks import ALIE, ATTACKS, GradientAttack
 from .kernels import clip_w, distances_to
+from .tau import centered_clip_part, part_tau
 
 Aggregate = Callable[[torch.Tensor], torch.Tensor]
 
@@ -49,8 +50,11 @@ def _target_rule(peer: GradientAttack, s) -> Aggregate:
     rule = getattr(peer.collusion, "aggregate", None)
     if rule is not None:
         return rule
-    tau = peer.params.tau
+    params = peer.params
+    tau = params.tau
     bounds = list(s.bounds)
+    if params.tau_rule != "fixed":  # the protocol's own per-part rule (tau from the part's distances)
+        return lambda x: torch.cat([centered_clip_part(x[:, a:b], params)[0].v for a, b in bounds])
     return lambda x: torch.cat([centered_clip(x[:, a:b], tau=tau) for a, b in bounds])
 
 
@@ -302,7 +306,7 @@ class ToleranceRide(RideRecalculation):
             a = (v64 + t * u).to(torch.float32)
             a64 = a.to(torch.float64)
             d = distances_to(x64, a64)
-            w = clip_w(d, p.tau)
+            w = clip_w(d, part_tau(p, d.tolist()))
             residual = (w[:, None] * (x64 - a64)).sum(dim=0)
             tol = p.fixed_point_sigmas * (x.shape[0] * p.cc_eps
                                           + p.fixed_point_rtol * float((w * (d + float(a64.norm()))).sum()))

@@ -33,6 +33,7 @@ from .kernels import distances_to
 from .mprng import projection, select_validators
 from .protocol import BtardPeer
 from .state import StepView
+from .tau import part_tau
 from .tensors import tensor_to_bytes
 
 
@@ -368,15 +369,16 @@ class Absorber(ForgedAggregate):
         zj = projection(s.r, s.ctx.numel)[a0:a1]
         res = s.payload("agg_result", self.peer_id)
         a = s.my_aggregate.to(torch.float64)
+        tau = part_tau(self.params, res.distances.values())  # what every checker uses for this part
         total = 0.0
         for k in s.contributors:
             if k == self.peer_id or k not in s.received or k not in res.distances:
                 continue
             d = torch.tensor([res.distances[k]], dtype=torch.float64)
-            total += float(clip_weights(d, self.params.tau)[0]) * float(torch.dot(zj, s.received[k].to(torch.float64) - a))
+            total += float(clip_weights(d, tau)[0]) * float(torch.dot(zj, s.received[k].to(torch.float64) - a))
         d_self = torch.tensor([res.distances.get(self.peer_id, 0.0)], dtype=torch.float64)
         values = list(values)
-        values[j] = -total / float(clip_weights(d_self, self.params.tau)[0])
+        values[j] = -total / float(clip_weights(d_self, tau)[0])
         return values
 
 

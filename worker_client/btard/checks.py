@@ -27,6 +27,7 @@ from .kernels import (
     sha256_hex,
 )
 from .state import Stage, StepState
+from .tau import part_tau
 
 if TYPE_CHECKING:
     from .court import Court
@@ -198,7 +199,8 @@ class Checks:
         return actions
 
     def fixed_point(self) -> list[Action]:
-        """Everyone checks ``|sum_k min(1, tau/d_kj) s_kj| <= tol_j`` for every part (Sec. 3.2)."""
+        """Everyone checks ``|sum_k min(1, tau_j/d_kj) s_kj| <= tol_j`` for every part (Sec. 3.2), with
+        ``tau_j`` the rule's value for the part's published distances (:func:`.tau.part_tau`)."""
         s = self.s
         actions: list[Action] = []
         p = self.params
@@ -237,7 +239,9 @@ class Checks:
             d = torch.tensor([[dj[k] for dj in dists] for k in contributors], dtype=torch.float64)  # [c, parts]
             sv = torch.tensor([s.payload("scalars", k).values for k in contributors], dtype=torch.float64)[:, parts]
             a_norm = torch.tensor([float(s.aggregates[j].norm()) for j in parts], dtype=torch.float64)
-            w = clip_weights(d, p.tau)
+            # each part's tau from its own published distances (ProtocolParams.tau_rule; .tau)
+            w = torch.stack([clip_weights(d[:, i], part_tau(p, dists[i].values())) for i in range(len(parts))],
+                            dim=1)
             totals = (w * sv).sum(dim=0)
             tol = p.fixed_point_sigmas * (len(contributors) * p.cc_eps
                                           + p.fixed_point_rtol * (w * (d + a_norm[None, :])).sum(dim=0))

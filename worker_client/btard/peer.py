@@ -33,7 +33,6 @@ from btard_wire.envelope import Envelope, Identity, ReplayGuard, sign_envelope, 
 from btard_wire.errors import ProtocolError
 
 from .actions import Action, ComputeGradient, Finish, PostEnvelope, SendTensor
-from .aggregators import centered_clip_with_info
 from .checks import Checks
 from .court import Court
 from .kernels import part_bounds, recalc_mismatch, sha256_hex
@@ -54,6 +53,7 @@ from .state import (
     StepState,
     StepView,
 )
+from .tau import centered_clip_part
 from .tensors import tensor_to_bytes
 
 # The order in which a step's deadlines expire (a driver fires the earliest pending one first).
@@ -529,11 +529,9 @@ class BtardPeer:
         """CenteredClip of the received float32 parts, published as float32 with the exact (float64)
         distances to the published value. No float64 copy of the parts: the Gram pass falls back to
         float64 products only when float32 ones overflow (huge finite inputs), and the last pass builds
-        the aggregate and its distances together."""
-        p = self.params
-        res = centered_clip_with_info(x.to(torch.float32), tau=p.tau, eps=p.cc_eps, max_iters=p.cc_max_iters,
-                                      init=p.cc_init, method=p.cc_method,
-                                      rtol=p.cc_stop_margin * p.fixed_point_rtol)
+        the aggregate and its distances together. The part's tau follows ``ProtocolParams.tau_rule``
+        (:func:`.tau.centered_clip_part`: with the spread rule, the joint fixed point of a_j and tau_j)."""
+        res, _ = centered_clip_part(x, self.params)
         return res.v, res.distances.tolist()
 
     def hook_scalars(self, values: list[float], s: StepView) -> list[float]:

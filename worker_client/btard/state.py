@@ -35,6 +35,11 @@ class ProtocolParams:
     """
 
     tau: float = 1.0
+    # how each part's tau is set (worker_client.btard.tau.TAU_RULES): "fixed" (``tau`` everywhere) or
+    # "spread" (``tau_spread`` x the majority-th smallest published distance of the part in the step
+    # itself, ``tau`` where that is 0); docs/protocol.md, "tau"
+    tau_rule: str = "fixed"
+    tau_spread: float = 0.5
     cc_eps: float = 1e-6
     # CenteredClip runs to the tolerance the fixed-point check uses (IRLS steps: microseconds each in
     # Gram space), so an honest aggregator never stops short of it for any tau; the cap only bounds
@@ -65,6 +70,15 @@ class ProtocolParams:
     aggregate_bound_spread: float = 4.0
 
     def __post_init__(self) -> None:
+        from .tau import TAU_RULES  # (tau imports the aggregators, which need nothing from here)
+
+        if self.tau_rule not in TAU_RULES:
+            raise ValueError(f"unknown tau rule {self.tau_rule!r}; known: {', '.join(sorted(TAU_RULES))}")
+        if not (isinstance(self.tau_spread, (int, float)) and not isinstance(self.tau_spread, bool)
+                and 0 < self.tau_spread < float("inf")):
+            raise ValueError(f"tau_spread must be a finite number > 0, not {self.tau_spread!r}")
+        if not (self.tau > 0 and self.tau < float("inf")):
+            raise ValueError(f"tau must be a finite number > 0, not {self.tau!r}")
         if isinstance(self.global_batch, bool) or not isinstance(self.global_batch, int) or self.global_batch < 0:
             raise ValueError(f"global_batch must be a whole number of samples >= 0 (0: off), "
                              f"not {self.global_batch!r}")

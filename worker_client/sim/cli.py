@@ -57,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tau", type=float, default=1.0, help="CenteredClip tau per part")
+    ap.add_argument("--tau-rule", default="fixed", choices=["fixed", "spread"],
+                    help="btard: fixed (--tau everywhere) or spread (--tau-spread x each part's majority-th "
+                         "published distance in the step; --tau where that is 0)")
+    ap.add_argument("--tau-spread", type=float, default=None, help="the spread rule's constant (default 0.5)")
     ap.add_argument("--rule-f", type=int, default=None,
                     help="f told to a baseline rule that takes one (default: the true number of attackers)")
     ap.add_argument("--validators", type=int, default=2, help="validators per step (m)")
@@ -75,6 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     kwargs = vars(args)
     kwargs["attack_params"] = {k: v for k, v in kwargs.pop("attack_param")}
+    tau_rule, tau_spread = kwargs.pop("tau_rule"), kwargs.pop("tau_spread")
+    protocol = {"tau_rule": tau_rule} if tau_rule != "fixed" else {}
+    if tau_spread is not None:
+        protocol["tau_spread"] = tau_spread
+    if protocol:
+        kwargs["protocol_params"] = protocol
     try:
         out = run_simulation(**kwargs)
     except ValueError as exc:
