@@ -215,20 +215,49 @@ def test_joiners_pass_probation_by_recalculation_and_a_cheating_candidate_is_nev
     honest = [c for c in cands.values() if not c["byzantine"]]
     (cheat,) = [c for c in cands.values() if c["byzantine"]]
     # joined before step 2 opened: step 2's draw comes from step 1's randomness, known before it joined,
-    # so the first check is at step 3; two counted steps (3, 4) make it a member from step 5 on
+    # so the first check is at step 3; two counted steps (3, 4), each passed by both validators of its
+    # panel, make it a member from step 5 on
     assert all(c["credited"] == 2 and c["voided"] == 0 and c["promoted_at"] == 5 for c in honest), cands
     assert all(c["member_steps"] == 3 for c in honest)  # steps 5, 6, 7 in the group
-    # a sign-flipped probation gradient fails every recalculation: checked at every step, never counted
-    assert cheat["drawn"] == cheat["voided"] == 5 and cheat["credited"] == 0 and cheat["promoted_at"] is None
-    assert (prob["honest_promoted"], prob["byzantine_promoted"], prob["still_candidates"]) == (2, 0, 1)
+    assert all(c["rejected_at"] is None for c in honest)
+    # a sign-flipped probation gradient fails every recalculation: two honest validators reject it at its
+    # first check (a panel holding the Byzantine member would only disagree: no credit either)
+    assert cheat["credited"] == 0 and cheat["promoted_at"] is None and cheat["rejected_at"] == 3
+    assert (prob["honest_promoted"], prob["byzantine_promoted"], prob["still_candidates"]) == (2, 0, 0)
+    assert (prob["honest_rejected"], prob["byzantine_rejected"]) == (0, 1)
     assert out["honest_banned"] == 0 and out["honest_disagreements"] == 0
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_lone_colluding_validator_delays_honest_candidates_but_never_rejects_them(seed):
+    """One Byzantine member of 4 (honest as a member, so never banned) fails every honest candidate whenever
+    it is in its panel: a panel of two must agree, so it only delays; every candidate is promoted."""
+    out = run_simulation(**{**PROBATION, "peers": 4, "seed": seed}, byzantine=1, attack="sign_flip",
+                         attack_start=1000, steps=12)
+    prob = out["probation"]
+    assert sum(c["voided"] for c in prob["candidates"].values()) > 0  # it was drawn and disagreed
+    assert (prob["honest_promoted"], prob["honest_rejected"], prob["still_candidates"]) == (3, 0, 0), prob
+    assert out["honest_banned"] == 0
+
+
+@pytest.mark.parametrize("seed", [3, 5])  # seeds where the colluder is in a cheating candidate's panel
+def test_a_lone_colluding_validator_never_promotes_its_cheating_candidates(seed):
+    """The Byzantine member passes its cheating accomplices (sign-flipped probation gradients) whenever it is
+    drawn; the honest validator beside it fails them: a disagreement, no credit. Two honest validators reject."""
+    out = run_simulation(**{**PROBATION, "peers": 4, "joiners": 4, "seed": seed}, byzantine=1,
+                         byzantine_joiners=2, attack="sign_flip", attack_start=0, steps=12)
+    prob = out["probation"]
+    cheats = [c for c in prob["candidates"].values() if c["byzantine"]]
+    assert sum(c["voided"] for c in cheats) > 0  # the colluder passed one beside an honest failure
+    assert prob["byzantine_promoted"] == 0 and all(c["credited"] == 0 for c in cheats)
+    assert (prob["honest_promoted"], prob["honest_rejected"]) == (2, 0) and out["honest_banned"] == 0
 
 
 def test_a_patient_attacker_passes_probation_and_is_banned_once_it_attacks_as_a_member():
     out = run_simulation(**{**PROBATION, "joiners": 1}, byzantine_joiners=1, attack="sign_flip", attack_start=6,
                          validators=4, steps=14)
     (cand,) = out["probation"]["candidates"].values()
-    assert cand["promoted_at"] == 5 and cand["voided"] == 0  # honest while on probation
+    assert cand["promoted_at"] == 5 and cand["voided"] == 0 and cand["rejected_at"] is None  # honest on probation
     (ban,) = out["bans"]
     assert ban["peer"] in out["byzantine"] and ban["step"] >= 6 and out["honest_banned"] == 0
 

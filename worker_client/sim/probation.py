@@ -3,22 +3,26 @@ worker handle them (docs/protocol.md, "Newcomers"; the rules are btard_wire's).
 
 A candidate joins just before step ``join_step`` opens. At each later step whose randomness (the
 previous step's MPRNG output on the board) it could not have known when it joined, or that draws from
-the run's public chain (:func:`btard_wire.board.probation_drawable`), the step draws its validator among the step's members
-(:func:`btard_wire.probation.probation_checks`); the candidate computes the gradient of the step's model
-state on its public probation seed (:func:`btard_wire.randomness.probation_seed`) and the validator
-recomputes it, failing it beyond ``recalc_rtol``. The step counts unless its own validator failed it
-(:func:`btard_wire.probation.probation_credited`); with ``probation_steps`` counted steps the candidate
-becomes an active member from the next step on (:func:`btard_wire.probation.ready_to_promote`).
-Candidates are never aggregated and never post on the board.
+the run's public chain (:func:`btard_wire.board.probation_drawable`), the step draws its panel of two
+validators among the step's members (:func:`btard_wire.probation.probation_panels`); the candidate
+computes the gradient of the step's model state on its public probation seed
+(:func:`btard_wire.randomness.probation_seed`) and each validator recomputes it, failing it beyond
+``recalc_rtol``. The panel's two reports decide, as on the site
+(:func:`btard_wire.probation.probation_decision`): both pass, the step counts; both fail, the candidate is
+rejected (its key is out); anything else neither counts nor punishes, and the next step draws a new panel.
+With ``probation_steps`` counted steps the candidate becomes an active member from the next step on
+(:func:`btard_wire.probation.ready_to_promote`). Candidates are never aggregated and never post on the
+board.
 
 Byzantine candidates run the swarm's attack: a gradient attack active during probation corrupts the
 probation gradient (and fails); a patient one (``attack_start`` after its promotion) passes and attacks
-as a member. Byzantine validators collude: they fail every honest candidate and pass their own.
+as a member. Byzantine validators collude: they fail every honest candidate and pass their own (a lone one in a
+panel beside an honest validator makes a disagreement: it delays, it never decides).
 
 What the simulator does not model of the site's admission: the Sybil limits per window and per active
 peer, and reputation shortening probation (a new account has none). The networked validator posts its
-check as a signed ``probation`` broadcast (``ProbationPayload``) that the site reads with the same voiding
-rule; the simulator applies the rule to the validator's check without posting it.
+check as a signed ``probation`` broadcast (``ProbationPayload``) that the site reads with the same rule;
+the simulator applies the rule to the validators' checks without posting them.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from btard_wire.probation import probation_checks, probation_credited, ready_to_promote
+from btard_wire.probation import CREDIT, REJECT, probation_decision, probation_panels, ready_to_promote
 from btard_wire.randomness import genesis_randomness, probation_seed, skipped_randomness
 
 from ..btard import protocol as P
@@ -43,13 +47,15 @@ class Candidate:
     joined_at: float
     drawn: int = 0
     credited: int = 0
-    voided: int = 0
+    voided: int = 0  # drawn steps that did not count (a disagreement or a missing report: re-drawn)
     promoted_at: int | None = None
+    rejected_at: int | None = None  # both validators of a panel failed it: its key is out
     member_steps: int = 0  # steps it took part in as a member after its promotion
 
     def as_dict(self) -> dict:
         return {"byzantine": self.byzantine, "drawn": self.drawn, "credited": self.credited,
-                "voided": self.voided, "promoted_at": self.promoted_at, "member_steps": self.member_steps}
+                "voided": self.voided, "promoted_at": self.promoted_at, "rejected_at": self.rejected_at,
+                "member_steps": self.member_steps}
 
 
 class Probation:
@@ -65,7 +71,7 @@ class Probation:
     def waiting(self, step: int) -> list[Candidate]:
         if step < self.join_step:
             return []
-        return [c for c in self.candidates.values() if c.promoted_at is None]
+        return [c for c in self.candidates.values() if c.promoted_at is None and c.rejected_at is None]
 
     def count_members(self, group: list[str]) -> None:
         for p in group:
@@ -85,16 +91,16 @@ class Probation:
         opened = float(step - 1)
         if randomness is None:  # the site draws from the run's public chain then, checking every candidate
             randomness, opened = skipped_randomness(genesis_randomness(RUN, self.world.seed), RUN, step), None
-        checks = probation_checks(randomness, members=group, joined_at={c.peer: c.joined_at for c in waiting},
+        panels = probation_panels(randomness, members=group, joined_at={c.peer: c.joined_at for c in waiting},
                                   randomness_opened_at=opened)
         world, models = self.world, self.world.models
         batch = models.batch_size
         view = baseline_view(step, group, world.numel, P.part_bounds(world.numel, max(1, len(group))))
-        failures: list[tuple[str, str]] = []
+        reports: list[tuple[str, str, bool]] = []  # (validator, candidate, ok), as the site stores them
         promoted: list[str] = []
         for cand in waiting:
-            validator = checks.get(cand.peer)
-            if validator is None:
+            panel = panels.get(cand.peer)
+            if not panel:
                 continue
             cand.drawn += 1
             seed = probation_seed(run=RUN, seed=world.seed, step=step, peer=cand.peer)
@@ -102,19 +108,24 @@ class Probation:
             peer = world.peers[cand.peer]
             if isinstance(peer, Byzantine):
                 claimed = peer.hook_corrupt_gradient(claimed.clone(), view)
-            if validator in world.byz_ids:  # colluding validator: keeps honest newcomers out, lets its own in
-                failed = not cand.byzantine
-            else:
-                mine = models.gradient(model_ref, seed, False, batch, cand.peer)
-                failed = gradient_mismatch(mine, claimed, world.params.recalc_rtol) is not None
-            if failed and validator not in banned:
-                failures.append((validator, cand.peer))
+            mine = models.gradient(model_ref, seed, False, batch, cand.peer)
+            honest_ok = gradient_mismatch(mine, claimed, world.params.recalc_rtol) is None
+            for validator in panel:
+                if validator in banned:  # a banned validator can no longer post its check
+                    continue
+                # colluding validator: keeps honest newcomers out, lets its own in
+                reports.append((validator, cand.peer, cand.byzantine if validator in world.byz_ids else honest_ok))
         for cand in waiting:
-            validator = checks.get(cand.peer)
-            if probation_credited(candidate=cand.peer, validator=validator, reported=validator is not None,
-                                  failures=failures):
+            panel = panels.get(cand.peer)
+            if not panel:
+                continue
+            decision = probation_decision(candidate=cand.peer, panel=panel, reported=True, reports=reports)
+            if decision == CREDIT:
                 cand.credited += 1
-            elif validator is not None:
+            elif decision == REJECT:
+                cand.rejected_at = step
+                continue
+            else:
                 cand.voided += 1
             if ready_to_promote(done=cand.credited, required=self.required):
                 cand.promoted_at = step + 1
@@ -127,4 +138,7 @@ class Probation:
                 "candidates": {c.peer: c.as_dict() for c in self.candidates.values()},
                 "honest_promoted": sum(not c.byzantine for c in promoted),
                 "byzantine_promoted": sum(c.byzantine for c in promoted),
-                "still_candidates": sum(c.promoted_at is None for c in self.candidates.values())}
+                "honest_rejected": sum(not c.byzantine and c.rejected_at is not None for c in self.candidates.values()),
+                "byzantine_rejected": sum(c.byzantine and c.rejected_at is not None for c in self.candidates.values()),
+                "still_candidates": sum(c.promoted_at is None and c.rejected_at is None
+                                        for c in self.candidates.values())}
