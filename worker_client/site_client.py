@@ -96,8 +96,10 @@ def ws_url(server: str) -> str:
 
 
 def backoff_delay(attempt: int, *, base: float, cap: float, rng: random.Random) -> float:
-    """Exponential backoff with jitter: ``min(cap, base * 2**attempt)`` scaled by a factor in [0.5, 1.5)."""
-    return min(cap, base * (2 ** min(attempt, 30))) * (0.5 + rng.random())
+    """Exponential backoff with jitter: ``min(cap, base * 2**attempt)`` scaled by a factor in [0.5, 1), so a
+    try is never more than ``cap`` after the last (the jitter used to stretch a 30 s cap to 45 s: a worker
+    whose site process came back waited that long) and tries stay spread over [cap/2, cap)."""
+    return min(cap, base * (2 ** min(attempt, 30))) * (0.5 + rng.random() / 2)
 
 
 MessageHandler = Callable[[BaseModel], Awaitable[None] | None]
@@ -146,7 +148,7 @@ class SiteClient:
 
     def __init__(self, server: str, token: str, *, hello: Callable[[], Hello], heartbeat: Callable[[], Heartbeat],
                  on_message: MessageHandler, heartbeat_interval: float = 5.0, backoff_base: float = 0.5,
-                 backoff_cap: float = 30.0, open_timeout: float = 10.0, rng: random.Random | None = None,
+                 backoff_cap: float = 15.0, open_timeout: float = 10.0, rng: random.Random | None = None,
                  on_state: Callable[[str], None] | None = None, prove: Callable[[str], str] | None = None,
                  challenge_timeout: float = 5.0, on_problem: Callable[[str], None] | None = None):
         self.url = ws_url(server)

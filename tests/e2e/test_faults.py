@@ -42,7 +42,7 @@ def _step(site, run_id) -> int:
 
 
 def _wait_step(site, run_id, beyond: int, timeout: float) -> float:
-    return seconds_until(lambda: _step(site, run_id) > beyond, timeout)
+    return seconds_until(lambda: _step(site, run_id) > beyond, timeout, site=site)
 
 
 @pytest.fixture
@@ -71,11 +71,11 @@ def test_the_run_goes_on_through_a_killed_worker_and_cut_links(netsite, network,
     at = _step(site, rid)
     record_recovery("link cut 10 s: next step applied by the swarm", _wait_step(site, rid, at, 120))
     record_recovery("link cut 10 s: the cut host applies a step again",
-                    seconds_until(lambda: len(applied_steps(flaky)) > before, 240))
+                    seconds_until(lambda: len(applied_steps(flaky)) > before, 240, site=site))
 
     # 2. kill -9 mid-phase (worker and its p2p daemon)
     victim = workers[3]
-    seconds_until(lambda: any(e.get("event") == "step" and e["step"] > at for e in victim.events()), 60)
+    seconds_until(lambda: any(e.get("event") == "step" and e["step"] > at for e in victim.events()), 60, site=site)
     kill_group(victim.proc, signal.SIGKILL)
     at = _step(site, rid)
     record_recovery("kill -9 mid-step: next step applied", _wait_step(site, rid, at, 120))
@@ -88,7 +88,7 @@ def test_the_run_goes_on_through_a_killed_worker_and_cut_links(netsite, network,
 
     survivors = [workers[0], workers[1], flaky]
     last = max(applied_steps(workers[0]))
-    seconds_until(lambda: all(params_at(w, last) for w in survivors), 60)
+    seconds_until(lambda: all(params_at(w, last) for w in survivors), 60, site=site)
     assert len({params_at(w, last) for w in survivors}) == 1  # the survivors agree bit for bit
     assert all(w.proc.poll() is None for w in survivors), [w.stderr() for w in survivors]
     bans = _bans(site)
@@ -105,13 +105,14 @@ def test_the_run_goes_on_through_a_killed_worker_and_cut_links(netsite, network,
 def _members_apply(site, rid, workers, count: int, timeout: float) -> float:
     """Seconds until each of ``workers`` applied ``count`` more steps than now."""
     base = {w.name: len(applied_steps(w)) for w in workers}
-    return seconds_until(lambda: all(len(applied_steps(w)) >= base[w.name] + count for w in workers), timeout)
+    return seconds_until(lambda: all(len(applied_steps(w)) >= base[w.name] + count for w in workers), timeout,
+                         site=site)
 
 
 def _assert_no_bans_and_agreement(site, workers):
     assert _bans(site) == []
     last = min(max(applied_steps(w)) for w in workers)
-    seconds_until(lambda: all(params_at(w, last) for w in workers), 60)
+    seconds_until(lambda: all(params_at(w, last) for w in workers), 60, site=site)
     assert len({params_at(w, last) for w in workers}) == 1
 
 
@@ -141,7 +142,7 @@ def test_the_run_goes_on_through_daphne_restarts_and_a_lost_site_process(netsite
                     _members_apply(site, rid, workers[2:], 1, 300))
 
     # 2. the first Daphne restarted mid-step
-    seconds_until(lambda: site.api(f"/api/runs/{rid}/")["step_in_progress"], 60)
+    seconds_until(lambda: site.api(f"/api/runs/{rid}/")["step_in_progress"], 60, site=site)
     site.kill_daphne()
     site.start()
     record_recovery("Daphne restarted mid-step: every worker applies a step", _members_apply(site, rid, workers, 1, 300))
@@ -210,7 +211,8 @@ def test_a_slow_host_is_left_out_of_steps_not_banned_and_told_why(netsite, netwo
     at = _step(site, rid)
     # the slow host and the peer it failed are benched; the remaining fast hosts keep applying steps
     record_recovery("a host slowed to 1 Mbit/s: three fast hosts apply 3 steps",
-                    seconds_until(lambda: sum(len(applied_steps(w)) >= 3 + base[w.name] for w in fast) >= 3, 240))
+                    seconds_until(lambda: sum(len(applied_steps(w)) >= 3 + base[w.name] for w in fast) >= 3, 240,
+                                  site=site))
     assert _step(site, rid) > at
     assert _bans(site) == []  # slow is not a fault
     told = [e for e in slow.events() if e.get("event") in ("late", "eliminated", "left_out", "excluded")]

@@ -167,8 +167,8 @@ async def test_it_keeps_retrying_while_the_site_is_down_then_connects():
 def test_backoff_grows_exponentially_is_capped_and_jittered():
     rng = random.Random(1)
     delays = [backoff_delay(a, base=1.0, cap=8.0, rng=rng) for a in range(8)]
-    assert 0.5 <= delays[0] < 1.5 and 1.0 <= delays[1] < 3.0
-    assert all(d < 12.0 for d in delays)
+    assert 0.5 <= delays[0] < 1.0 and 1.0 <= delays[1] < 2.0 and 2.0 <= delays[2] < 4.0
+    assert all(4.0 <= d < 8.0 for d in delays[3:])  # never longer than the cap, jitter included
     assert len({round(d, 6) for d in delays[4:]}) == 4  # capped but still jittered
 
 

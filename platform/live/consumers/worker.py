@@ -16,12 +16,11 @@ import time
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.core.cache import cache
-from django.utils import timezone
 from organiser.notices import welcome_notice
 from pydantic import ValidationError
 from runs.deadlines import effective_deadlines
 from runs.models import Peer, Run, StepRecord
-from runs.selectors import state_donors
+from runs.selectors import board_envelopes, state_donors
 from runs.services import (
     JoinRefused,
     Rejected,
@@ -35,7 +34,8 @@ from runs.services.membership import disconnect_peer, join_run, record_heartbeat
 from runs.services.reports import record_step_report
 from volunteers.services import TokenRefused, authenticate_worker_token
 
-from btard_wire import PROTOCOL_VERSION
+from btard_wire import BROADCAST_PHASES, PROTOCOL_VERSION
+from btard_wire import board as board_rules
 from btard_wire.control import (
     CLOSE_BANNED,
     CLOSE_PROTOCOL_VERSION,
@@ -68,6 +68,9 @@ log = logging.getLogger(__name__)
 TICK_THROTTLE_SECONDS = 1
 # A steady heartbeat (same status) is written at most this often; a status change is written at once.
 HEARTBEAT_WRITE_SECONDS = 5.0
+# A socket re-joins its channel-layer groups this often (channels_redis forgets a member after its
+# ``group_expiry``, a day by default), and at once when its routing entry was found gone.
+GROUP_REFRESH_SECONDS = 3600.0
 
 
 def bearer_token(scope) -> str | None:
@@ -92,11 +95,16 @@ def _peer_id_of_hello(hello) -> str | None:
         return None  # the join rejects the key with its own message
 
 
-def _group_of_step_in_progress(peer, *, since) -> tuple[int, str] | None:
-    """The ``Group`` of the run's step in progress if ``peer`` is in it and it formed at or after ``since``
-    (while this socket's routing entry was not written yet): ``(step, json)``."""
+def _group_of_step_in_progress(peer) -> tuple[int, str] | None:
+    """The ``Group`` of the run's step in progress if ``peer`` is in it: ``(step, json)``.
+
+    Sent on every ``hello``, however long ago the step formed: the group may have formed while this
+    socket's routing entry was not written yet, or its fan-out may have been lost with the previous socket
+    (a Redis restart drops the routing entries and closes every socket at once, a killed Daphne process
+    takes its sockets). A worker already running that step ignores the copy; one that never got it joins
+    the step late instead of idling until the step's deadline and the next group."""
     run = Run.objects.filter(pk=peer.run_id, step_in_progress=True).first()
-    record = run and StepRecord.objects.filter(run=run, step=run.current_step, started_at__gte=since).first()
+    record = run and StepRecord.objects.filter(run=run, step=run.current_step).first()
     if not record or peer.peer_id not in record.recipients():
         return None
     by_id = {p.peer_id: p for p in Peer.objects.filter(run=run, peer_id__in=record.members)}
@@ -107,6 +115,23 @@ def _group_of_step_in_progress(peer, *, since) -> tuple[int, str] | None:
                              "phase_timeout": effective_deadlines(run).phase_timeout},
                   state_donors=[p.peer_info() for p in state_donors(run, step=record.step, members=rows)])
     return record.step, group.model_dump_json()
+
+
+def _board_so_far(peer, step: int) -> list[dict]:
+    """The broadcasts of ``step`` stored so far, phase by phase, for a member that (re)connected during it:
+    the relays posted while it had no socket (or no routing entry) went to nobody, and a phase the others
+    already passed never closes for it (they do not ask), so it would wait for the step's deadline.
+
+    Bounded like a ``board_request`` (F6): at most a step's board per phase, and at most
+    ``BOARD_REQUESTS_PER_PHASE`` catch-ups per peer and step, however often it reconnects."""
+    record = StepRecord.objects.filter(run_id=peer.run_id, step=step).first()
+    if record is None or peer.peer_id not in record.recipients():
+        return []
+    key = f"board-catch-up:{peer.run_id}:{peer.peer_id}:{step}"
+    cache.add(key, 0, timeout=3600)
+    if cache.incr(key) > board_rules.BOARD_REQUESTS_PER_PHASE:
+        return []
+    return [env for phase in BROADCAST_PHASES for env in board_envelopes(record=record, phase=phase, senders=[])]
 
 
 def _join(token, hello):
@@ -299,23 +324,28 @@ class WorkerConsumer(FastDispatchMixin, AsyncWebsocketConsumer):
                                            "with the announced key (upgrade btard-worker)")
             return
         # The routing entry of (run, key) is written only once the join succeeded: a refused hello never
-        # redirects another peer's traffic. A group formed in between is sent here (once per step).
-        since = timezone.now()
+        # redirects another peer's traffic. The group of the step in progress is sent here (once per socket
+        # and step), whether it formed in between or its fan-out was lost with a previous socket.
         result = await db(_join)(self.token, msg)
         self.peer = result.peer
         fanout.attach(self)  # a step's messages find this socket through the key (live.fanout)
         await cache.aset(routes.peer_channel_key(self.peer.peer_id, result.run.pk), self.channel_name, timeout=None)
         await self._group_add(routes.run_workers_group(result.run.pk))
         await self._group_add(routes.peer_group(self.peer.peer_id, result.run.pk))
+        self._groups_at = time.monotonic()
         await self.send_model(Welcome(peer_id=self.peer.peer_id, role=result.role, run=result.run.run_info(),
                                       step=result.run.current_step, probation_steps_left=result.probation_left))
         notice = await db(_welcome_notice)(result.run.pk)  # the organisers' latest announcement
         if notice is not None:
             await self.send_model(notice)
-        missed = await db(_group_of_step_in_progress)(self.peer, since=since)
-        if missed is not None and missed[0] not in self.group_steps:
-            self.group_steps.add(missed[0])
-            await self.send(text_data=missed[1])
+        missed = await db(_group_of_step_in_progress)(self.peer)
+        if missed is not None:
+            if missed[0] not in self.group_steps:
+                self.group_steps.add(missed[0])
+                await self.send(text_data=missed[1])
+            # ... and what the step's board holds so far (duplicates of relays it got are ignored)
+            for envelope in await db(_board_so_far)(self.peer, missed[0]):
+                await self.send(text_data=Relay.model_validate({"envelope": envelope}).model_dump_json())
         await db(_start_step_if_ready)(self.peer.run_id)
 
     async def on_heartbeat(self, msg):
@@ -325,6 +355,23 @@ class WorkerConsumer(FastDispatchMixin, AsyncWebsocketConsumer):
             return  # coalesced: the stale-peer timeout is far longer than the write interval
         await db(_heartbeat)(self.peer, msg)
         self._last_beat, self._last_beat_at = key, now
+        await self._keep_routes(now)
+
+    async def _keep_routes(self, now: float) -> None:
+        """Restore this socket's routing entry if Redis lost it (a restart without persistence, an
+        eviction, a flush), and with it the socket's group memberships: without them the step's groups,
+        relays and phase closes would pass this worker by while its socket stays up. ``add`` never
+        overwrites a newer socket's entry."""
+        if self.replaced or getattr(self, "gone", False):
+            return
+        key = routes.peer_channel_key(self.peer.peer_id, self.peer.run_id)
+        restored = await cache.aadd(key, self.channel_name, timeout=None)
+        if restored:
+            log.warning("routing entry of %s was gone (Redis restarted or evicted it): restored", self._who())
+        if restored or now - getattr(self, "_groups_at", now) >= GROUP_REFRESH_SECONDS:
+            for group in self.joined:
+                await self.channel_layer.group_add(group, self.channel_name)
+            self._groups_at = now
 
     async def on_broadcast(self, msg):
         await db(_broadcast)(self.peer, msg.envelope)
