@@ -8,6 +8,9 @@ One place for the rules the site (``platform/``), the in-memory board of the sim
   group signed verdicts naming it guilty; only members of the step count, each once;
 - :func:`elimination_removes`: the first ELIMINATE naming a peer removes the pair; only between two
   active members of the step (a candidate's ELIMINATE removes nobody);
+- :func:`next_withheld_steps`, :func:`withholding_banned`: withheld MPRNG reveals counted in a sliding
+  window of ``REVEAL_WINDOW`` steps (``REVEAL_WITHHOLD_LIMIT`` ban the key), so a last revealer cannot
+  reset the count by speaking in between (SR 14);
 - :func:`reported_silent`, :func:`next_silence_count`, :func:`silence_banned`: a peer is silent in a step
   when a strict majority of the members' reports list it; it is banned after ``SILENCE_LIMIT``
   *consecutive* silent steps (a step it took part in without being reported silent resets the count);
@@ -165,6 +168,35 @@ def reveal_silent(*, members: Iterable[str], revealed: Collection[str]) -> list[
     counted silent for the step (:func:`next_silence_count`), never banned for it directly."""
     closed = set(revealed)
     return [p for p in members if p not in closed]
+
+
+REVEAL_WINDOW = 50  # steps over which withheld MPRNG reveals are counted (SR 14)
+REVEAL_WITHHOLD_LIMIT = 5  # withheld reveals within REVEAL_WINDOW steps that ban the key
+
+
+def next_withheld_steps(previous: Iterable[int], *, step: int, withheld: bool, excused: bool = False,
+                        window: int = REVEAL_WINDOW) -> list[int]:
+    """A member's steps with a withheld MPRNG reveal in the sliding window ending at ``step``, after that
+    step: the earlier ones still inside ``(step - window, step]``, plus ``step`` when its reveal was
+    missing at the close of ``mprng_reveal`` (:func:`reveal_silent` over the members that committed) and
+    that silence is not excused (:func:`silence_excused`: a restarted worker's catch-up).
+
+    The consecutive silence count (:func:`next_silence_count`) resets at every step a peer spoke in, so a
+    last revealer that withholds only when the draw with its value would check it (one bit, SR 14), and
+    speaks in between, was never banned for silence in practice (about 580 steps for n = 16, m = 2). This
+    window does not reset: ``REVEAL_WITHHOLD_LIMIT`` withheld reveals within ``REVEAL_WINDOW`` steps ban
+    the key (:func:`withholding_banned`, a crash-like kind: key only), so a dodger that keeps its key
+    withholds in at most ``(limit - 1) / window`` of the steps, whatever it does in between. The list
+    holds at most ``limit`` steps (what the site and the in-memory board store per member)."""
+    kept = sorted({s for s in previous if step - window < s < step})
+    if withheld and not excused:
+        kept.append(step)
+    return kept
+
+
+def withholding_banned(withheld_steps: Collection[int], *, limit: int = REVEAL_WITHHOLD_LIMIT) -> bool:
+    """Whether a member's withheld reveals in the window (:func:`next_withheld_steps`) ban its key."""
+    return len(set(withheld_steps)) >= limit
 
 
 def checkable_targets(*, contributors: Iterable[str], scalars_senders: Collection[str]) -> list[str]:

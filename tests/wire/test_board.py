@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
 from btard_wire import board as rules
@@ -202,6 +204,72 @@ def test_a_bad_reveal_in_the_closed_set_still_leaves_the_step_without_randomness
 def test_nobody_revealing_by_the_close_gives_no_randomness():
     _, commits, _ = _board()
     assert rules.mprng_output(run="r", step=3, members=GROUP, commitments=commits, reveals={}, revealed=[]) is None
+
+
+# --- withheld reveals over a sliding window (SR 14) ----------------------------------------------------
+def _withhold_run(steps, withholds):
+    """Both counts over ``steps`` for a member that withholds its reveal where ``withholds(step, window)``
+    says so: the step its key is banned under the window rule (None: never), and whether the consecutive
+    silence count alone ever banned it."""
+    count, window, consecutive_ban = 0, [], False
+    for step in range(steps):
+        withheld = withholds(step, window)
+        count = rules.next_silence_count(count, silent=withheld)
+        consecutive_ban |= rules.silence_banned(count)
+        window = rules.next_withheld_steps(window, step=step, withheld=withheld)
+        assert len(window) <= rules.REVEAL_WITHHOLD_LIMIT
+        if rules.withholding_banned(window):
+            return step, consecutive_ban
+    return None, consecutive_ban
+
+
+def test_a_withholder_that_speaks_every_other_step_cannot_reset_the_window_count():
+    banned_at, consecutive_ban = _withhold_run(500, lambda step, _: step % 2 == 0)
+    assert not consecutive_ban  # one honest step in between reset the old count every time
+    assert banned_at == 2 * (rules.REVEAL_WITHHOLD_LIMIT - 1)  # its 5th withheld reveal, at step 8
+
+
+def test_a_rational_last_revealer_dodging_its_checks_is_banned_within_the_window():
+    """The reveal dodger (SR 14) at n = 16, m = 2 withholds exactly when the draw with its value makes it
+    a target, i.e. in about q = 1/8 of the steps, and speaks in all others."""
+    group = [f"p{i:02d}" for i in range(16)]
+    dodger = group[1]
+
+    def targeted(step, _):
+        xs = [hashlib.sha256(b"%d/%d" % (step, i)).digest() for i in range(len(group))]
+        return dodger in draw_validators(combine_reveals(xs), group=group, targets=group, m=2).values()
+
+    banned_at, consecutive_ban = _withhold_run(400, targeted)
+    assert banned_at is not None and banned_at < 100  # 5 withheld in 50 steps: about 5 / q = 40 steps
+    assert not consecutive_ban  # three targeted steps in a row (q**3 = 0.2 %) never came
+
+
+def test_a_withholder_that_keeps_its_key_withholds_at_most_limit_minus_one_per_window():
+    """The best a withholder can do and keep its key: withhold whenever it likes while its window holds
+    fewer than ``limit - 1`` steps; over a long run that is at most (limit - 1) / window of the steps."""
+    spent = []
+
+    def paced(step, window):
+        if len(window) < rules.REVEAL_WITHHOLD_LIMIT - 1:
+            spent.append(step)
+            return True
+        return False
+
+    banned_at, _ = _withhold_run(1000, paced)
+    assert banned_at is None
+    assert len(spent) <= (1000 / rules.REVEAL_WINDOW + 1) * (rules.REVEAL_WITHHOLD_LIMIT - 1)
+
+
+def test_an_honest_peer_missing_a_reveal_now_and_then_or_excused_after_a_restart_keeps_its_key():
+    banned_at, consecutive_ban = _withhold_run(1000, lambda step, _: step % 13 == 0)  # a flaky link
+    assert banned_at is None and not consecutive_ban
+    window = []
+    for step in range(20):  # a restarted worker's catch-up steps are excused, not counted
+        window = rules.next_withheld_steps(window, step=step, withheld=True, excused=True)
+    assert window == [] and not rules.withholding_banned(window)
+    # steps leave the window once they are REVEAL_WINDOW old
+    assert rules.next_withheld_steps([1, 10, 11, 59], step=60, withheld=False) == [11, 59]
+    assert rules.next_withheld_steps([11, 12], step=61, withheld=True) == [12, 61]
 
 
 def test_only_contributors_with_scalars_on_the_board_are_targets():
