@@ -81,6 +81,7 @@ def main(argv=None) -> int:
     summary: dict = {"steps_target": ours.steps, "kills": 0, "rejoins": 0, "args": vars(ours),
                      "rss_samples_mib": [], "rss_by_step_mib": {}}
     out = Path(demo.var) / "summary.json"
+    signal.signal(signal.SIGTERM, _interrupt)  # before any child starts: a SIGTERM always stops them all
     try:
         demo.start_site()
         plan = demo.start_workers(run)
@@ -94,7 +95,6 @@ def main(argv=None) -> int:
             time.sleep(1)
         summary["rss_start_mib"] = rss_mib(site_pid)
         t0 = time.monotonic()
-        signal.signal(signal.SIGTERM, _interrupt)
         try:
             _loop(demo, ours, rng, honest, argv_of, step, site_pid, summary, out)
         except KeyboardInterrupt:
