@@ -61,7 +61,8 @@ LINKS = {"loopback": None, "1gbit": "1gbit", "100mbit": "100mbit"}
 # phase -> "module:qualname" of the functions whose (exclusive) main-thread CPU time it counts; names
 # missing in this checkout are skipped (the core's layout changes, the benchmark should not break)
 PHASES = {
-    "hashing": ["worker_client.btard.kernels:sha256_hex"],
+    # the core's hashes, and the data plane's SHA-256 of every received body, chunk by chunk as it arrives
+    "hashing": ["worker_client.btard.kernels:sha256_hex", "worker_client.net.wire:_hash_chunk"],
     "centered_clip": ["worker_client.btard.aggregators:centered_clip_with_info"],
     "projection": ["worker_client.btard.mprng:projection_slice", "worker_client.btard.mprng:projection"],
     "scalars_checks": [
@@ -243,6 +244,7 @@ async def peer_main(args) -> None:
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     async def butterfly(step: int) -> None:
+        plane.hash_bodies = False  # a plain all-reduce hashes nothing
         a, b = bounds[i]
         inbox: dict[str, bytes] = {}
         means: dict[int, bytes] = {}
@@ -292,6 +294,7 @@ async def peer_main(args) -> None:
             await asyncio.gather(*list(tasks), return_exceptions=True)
 
     async def btard(step: int, r_prev: bytes) -> bytes:
+        plane.hash_bodies = True  # parts and aggregates arrive with their SHA-256 (no second pass)
         finished: list = []
         posted = 0
         board_in[0] = 0

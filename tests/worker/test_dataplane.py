@@ -11,8 +11,10 @@ import pytest_asyncio
 import torch
 
 from btard_wire.errors import ProtocolError
+from worker_client.btard.kernels import sha256_hex
+from worker_client.btard.tensors import HashedBytes
 from worker_client.net import DataPlane, DataPlaneError
-from worker_client.net.wire import MAX_HEADER_BYTES, read_body, read_request
+from worker_client.net.wire import BODY_CHUNK, MAX_HEADER_BYTES, read_body, read_request
 
 from .conftest import remove_stale_hivemind_sockets
 from .faulty import FaultyDataPlane
@@ -220,3 +222,67 @@ async def test_pushed_parts_are_accepted_only_in_the_size_the_layout_expects(pla
         await c.send("b", step=10, kind="part", key="0", data=torch.zeros(4), wait=0.2)
     assert err.value.code == "refused"
     assert len(inbox) == 1
+
+
+async def test_a_pushed_body_arrives_carrying_the_sha256_taken_while_it_was_received(planes):
+    a, b = planes["a"], planes["b"]
+    numel = (2 * BODY_CHUNK + 12) // 4  # three chunks, the last a short one
+    inbox: list = []
+    b.set_receiver(lambda step, kind, key, sender: numel if (step, kind, sender) == (20, "part", "a") else None,
+                   lambda step, kind, key, sender, data, header: inbox.append(data))
+    part = torch.randn(numel)
+    await a.send("b", step=20, kind="part", key="1", data=part, wait=5.0)
+    (data,) = inbox
+    assert type(data) is HashedBytes and data == part.numpy().tobytes()
+    assert data.sha256 == hashlib.sha256(part.numpy().tobytes()).hexdigest() == sha256_hex(data)
+
+
+async def test_a_fetched_body_carries_the_sha256_of_its_bytes(planes):
+    a, b = planes["a"], planes["b"]
+    tensor = torch.randn(BODY_CHUNK // 4 + 3)
+    a.publish(21, "aggregate", "0", tensor)
+    data = await b.fetch_bytes("a", step=21, kind="aggregate", key="0", numel=tensor.numel())
+    assert type(data) is HashedBytes and data.sha256 == hashlib.sha256(tensor.numpy().tobytes()).hexdigest()
+
+
+async def test_a_chunk_tampered_in_transit_is_hashed_as_it_arrived_so_the_commitment_check_fails():
+    original = torch.randn(100).numpy().tobytes()
+    tampered = bytearray(original)
+    tampered[150] ^= 0x01  # one bit, in the third of seven 64-byte chunks
+    reader = asyncio.StreamReader()
+    reader.feed_data(len(tampered).to_bytes(8, "big") + bytes(tampered))
+    reader.feed_eof()
+    body = await read_body(reader, expected_bytes=400, chunk=64)
+    commitment = hashlib.sha256(original).hexdigest()
+    assert body == bytes(tampered)
+    assert body.sha256 == hashlib.sha256(bytes(tampered)).hexdigest()
+    assert sha256_hex(body) != commitment  # what the core compares with the signed commitment
+
+
+async def test_an_empty_body_carries_the_sha256_of_nothing():
+    reader = asyncio.StreamReader()
+    reader.feed_data((0).to_bytes(8, "big"))
+    reader.feed_eof()
+    body = await read_body(reader, expected_bytes=0)
+    assert body == b"" and body.sha256 == hashlib.sha256(b"").hexdigest()
+
+
+async def test_the_core_uses_the_digest_a_received_body_carries_and_hashes_anything_else():
+    carried = HashedBytes.of_chunks([b"abc", b"def"], "f" * 64)
+    assert carried == b"abcdef"
+    assert sha256_hex(carried) == "f" * 64  # no second pass over a received body
+    # a slice or a copy is plain bytes: hashed the ordinary way
+    assert type(carried[:3]) is bytes and sha256_hex(carried[:3]) == hashlib.sha256(b"abc").hexdigest()
+    assert sha256_hex(bytes(carried)) == hashlib.sha256(b"abcdef").hexdigest()
+
+
+async def test_a_plane_told_not_to_hash_delivers_plain_bytes(planes):
+    a, c = planes["a"], planes["c"]
+    tensor = torch.randn(10)
+    a.publish(22, "aggregate", "0", tensor)
+    c.hash_bodies = False
+    try:
+        data = await c.fetch_bytes("a", step=22, kind="aggregate", key="0", numel=10)
+    finally:
+        c.hash_bodies = True
+    assert type(data) is bytes and data == tensor.numpy().tobytes()

@@ -7,7 +7,6 @@ temporaries above ``_CHUNKED_ABOVE`` values.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from typing import TYPE_CHECKING
 
@@ -15,6 +14,7 @@ import torch
 
 from .mprng import projection_slice
 from .tensors import bytes_to_tensor
+from .tensors import sha256_hex as _sha256_hex
 
 if TYPE_CHECKING:
     from .state import StepRecord
@@ -83,9 +83,10 @@ def per_part_scalars_and_distances(z: torch.Tensor, g: torch.Tensor, a: torch.Te
     if g.numel() <= _CHUNKED_ABOVE:
         if isinstance(a, list):
             a = torch.cat(a)
-        diff = g.to(torch.float64) - a.to(torch.float64)
+        diff = g.to(torch.float64, copy=True)
+        diff -= a  # widened elementwise: no float64 copy of a
         s = part_sums(z * diff, n)
-        sq = part_sums(diff * diff, n)
+        sq = part_sums(diff.square_(), n)
         return s.tolist(), sq.sqrt().tolist()
     buf = _chunk_buffer()
     scalars, dists = [], []
@@ -100,8 +101,10 @@ def rows_scalars_and_norms(rows: list[torch.Tensor], a: torch.Tensor, z: torch.T
                            ) -> tuple[torch.Tensor, torch.Tensor]:
     """``<z, x_k - a>`` and ``||x_k - a||`` (float64) for every row ``x_k`` of ``rows``."""
     if sum(r.numel() for r in rows) <= _CHUNKED_ABOVE:
-        diff = torch.stack(rows).to(torch.float64) - a.to(torch.float64)
-        return diff @ z.to(torch.float64), (diff * diff).sum(dim=1).sqrt()
+        diff = torch.stack(rows).to(torch.float64)
+        diff -= a  # widened elementwise: no float64 copy of a
+        dots = diff @ z.to(torch.float64)
+        return dots, diff.square_().sum(dim=1).sqrt_()
     buf = _chunk_buffer()
     pairs = [_chunked_dot_and_sq(row, a, z, buf) for row in rows]
     return (torch.tensor([p[0] for p in pairs], dtype=torch.float64),
@@ -147,7 +150,9 @@ def clip_w(d: torch.Tensor, tau: float) -> torch.Tensor:
 
 
 def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+    """SHA-256 (hex) of raw bytes; a body the data plane hashed while receiving it
+    (:class:`.tensors.HashedBytes`) gives the digest it carries instead of a second pass."""
+    return _sha256_hex(data)
 
 
 def _dist(x: torch.Tensor, a: torch.Tensor) -> float:

@@ -1,4 +1,9 @@
-"""Tensors on the wire: raw little-endian float32 bytes, never pickle. Sizes are checked before use."""
+"""Tensors on the wire: raw little-endian float32 bytes, never pickle. Sizes are checked before use.
+
+Bodies the data plane read off a stream arrive as :class:`HashedBytes`: plain immutable bytes that
+carry the SHA-256 computed chunk by chunk while they were received (``worker_client.net.wire.read_body``),
+so the protocol core's hash of a received part or aggregate (:func:`sha256_hex`) costs no second pass.
+"""
 
 from __future__ import annotations
 
@@ -33,6 +38,30 @@ def bytes_to_tensor(data: bytes, *, expected_numel: int) -> torch.Tensor:
     if not math.isfinite(float(t.sum())) and not bool(torch.isfinite(t).all()):
         raise ProtocolError("tensor contains NaN or inf")
     return t
+
+
+class HashedBytes(bytes):
+    """Bytes whose SHA-256 (hex) was computed over exactly these bytes as they were read.
+
+    Only the data plane's body reader makes them (:meth:`of_chunks`, from the chunks it hashed); the
+    digest cannot go stale because bytes are immutable. Slices, copies and concatenations are plain
+    ``bytes`` again (hashed the ordinary way)."""
+
+    sha256: str
+
+    @classmethod
+    def of_chunks(cls, chunks: list[bytes], sha256: str) -> HashedBytes:
+        """The concatenation of ``chunks`` with the digest their caller computed over them, in order."""
+        out = cls(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        out.sha256 = sha256
+        return out
+
+
+def sha256_hex(data: bytes) -> str:
+    """SHA-256 (hex) of ``data``: the digest a :class:`HashedBytes` carries, else computed now."""
+    if type(data) is HashedBytes:
+        return data.sha256
+    return hashlib.sha256(data).hexdigest()
 
 
 def tensor_hash(t: torch.Tensor) -> str:

@@ -10,7 +10,6 @@ never dialled blind.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import secrets
 from collections.abc import Callable, Iterable
 
@@ -20,7 +19,7 @@ from hivemind.utils.multiaddr import Multiaddr
 
 from btard_wire.errors import ProtocolError
 
-from ..btard.tensors import bytes_to_tensor
+from ..btard.tensors import bytes_to_tensor, sha256_hex
 from .directory import Directory
 from .errors import DataPlaneError, bounded
 from .policy import AddressPolicy
@@ -62,6 +61,7 @@ class Client:
         self.run = run
         self.call_timeout = call_timeout
         self.connected: set[str] = set()
+        self.hash_bodies = True  # fetched bodies arrive hashed (HashedBytes); see DataPlane.hash_bodies
 
     # --- dialling -----------------------------------------------------------------------------
     def dialable(self, addrs: Iterable[object], limit: int = 16) -> list[str]:
@@ -129,7 +129,7 @@ class Client:
                 if response.numel * 4 != expected_bytes:
                     raise DataPlaneError("size", f"{peer[:8]} offers {response.numel} values, "
                                                  f"expected {expected_bytes // 4}", peer=peer)
-                body = await read_body(reader, expected_bytes=expected_bytes)
+                body = await read_body(reader, expected_bytes=expected_bytes, digest=self.hash_bodies)
                 self.traffic.bytes_received += 8 + len(body)
                 return response, body
             finally:
@@ -208,11 +208,11 @@ class Client:
     async def fetch_evidence(self, peer: str, *, step: int, sha256: str, numel: int,
                              timeout: float | None = None) -> bytes:
         """Fetch the ``numel`` float32 values whose SHA-256 is ``sha256`` from ``peer`` (content addressed:
-        any holder's copy will do). The size is checked before the body is read, the hash after; a copy
+        any holder's copy will do). The size is checked before the body is read, the hash as it arrives; a copy
         that does not hash to ``sha256`` raises :class:`DataPlaneError` with code ``hash``."""
         data = await self.fetch_bytes(peer, step=step, kind=EVIDENCE_KIND, key=sha256, numel=numel, wait=0.0,
                                       timeout=timeout)
-        if hashlib.sha256(data).hexdigest() != sha256:
+        if sha256_hex(data) != sha256:  # the digest taken while the body arrived
             raise DataPlaneError("hash", f"{peer[:8]} served evidence that does not hash to {sha256[:16]}",
                                  peer=peer)
         return data

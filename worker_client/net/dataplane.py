@@ -143,6 +143,17 @@ class DataPlane:
         return self.policy.allowed(visible, limit=limit)
 
     @property
+    def hash_bodies(self) -> bool:
+        """Whether received bodies (pushed and fetched) are hashed chunk by chunk as they arrive and
+        delivered as :class:`~worker_client.btard.tensors.HashedBytes` (default: every BTARD check hashes
+        what it receives). Off: plain bytes, nothing hashed (a reference transport)."""
+        return self.server.hash_bodies
+
+    @hash_bodies.setter
+    def hash_bodies(self, on: bool) -> None:
+        self.server.hash_bodies = self.client.hash_bodies = bool(on)
+
+    @property
     def open_streams(self) -> int:
         """Incoming streams being served right now (all pools)."""
         return self.server.open_streams
@@ -170,7 +181,8 @@ class DataPlane:
         ``expect(step, kind, key, sender)`` returns how many float32 values this peer accepts from
         ``sender`` for that slot, or ``None`` (not expected, or not known yet: the put waits for
         :meth:`notify_layout` up to its ``wait``). ``deliver(step, kind, key, sender, data, header)``
-        gets the body once it was read and its size checked.
+        gets the body once it was read and its size checked (:class:`~worker_client.btard.tensors.HashedBytes`,
+        its SHA-256 taken while it arrived, unless :attr:`hash_bodies` is off).
         """
         self.server.expect, self.server.deliver = expect, deliver
         self.notify_layout()

@@ -70,6 +70,7 @@ class Server:
         self.streams: Counter = Counter()  # pool -> open incoming streams
         self.streams_by_peer: Counter = Counter()  # (pool, p2p id) -> open incoming streams
         self.puts: set[tuple[str, int, str, str]] = set()  # puts whose body is being read
+        self.hash_bodies = True  # pushed bodies arrive hashed (HashedBytes); see DataPlane.hash_bodies
         self.expect: Expect = lambda *a: None
         self.deliver: Deliver = lambda *a: None
         self.layout = asyncio.Event()
@@ -245,7 +246,8 @@ class Server:
             return
         self.puts.add(slot)
         try:
-            body = await asyncio.wait_for(read_body(reader, expected_bytes=4 * expected), self.call_timeout)
+            body = await asyncio.wait_for(read_body(reader, expected_bytes=4 * expected, digest=self.hash_bodies),
+                                          self.call_timeout)
         finally:
             self.puts.discard(slot)
         self.traffic.bytes_received += 8 + len(body)

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 
 import torch
 
-from ..btard.tensors import bytes_to_tensor, tensor_to_bytes
+from ..btard.tensors import bytes_to_tensor, sha256_hex, tensor_to_bytes
 from .client import Client
 from .errors import DataPlaneError
 from .store import Store
@@ -114,7 +114,7 @@ async def download_state(client: Client, donors: list[str], *, step: int, numel:
             except DataPlaneError as exc:
                 last_error = exc
                 continue
-            if hashlib.sha256(data).hexdigest() != hashes[index]:
+            if sha256_hex(data) != hashes[index]:  # hashed while the chunk arrived
                 last_error = DataPlaneError("hash", f"chunk {index} from {donor[:8]} does not match", peer=donor)
                 continue
             out[4 * start: 4 * (start + count_)] = data

@@ -8,11 +8,17 @@ Every stream carries exactly one request and one response::
 The body is present only when ``FetchResponse.ok``. The requester says how many float32 values it
 expects (``numel``, derived from the run's model layout) and checks the response header *and* the body
 length against that before it reads or allocates anything. Nothing here is ever unpickled.
+
+A body is read in chunks of :data:`BODY_CHUNK` bytes and hashed chunk by chunk as it arrives, so its
+SHA-256 is ready when its last byte is (:class:`~worker_client.btard.tensors.HashedBytes`): the
+protocol core's commitment and ``H(a_j)`` checks use that digest instead of a second pass, and the
+hashing overlaps the transfer instead of following it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -21,9 +27,13 @@ from btard_wire import PROTOCOL_VERSION
 from btard_wire.errors import ProtocolError
 from btard_wire.json import load_object, validate
 
+from ..btard.tensors import HashedBytes
+
 MAX_HEADER_BYTES = 16 * 1024
 # A hard ceiling on one body whatever a peer claims (1 GiB = 256M float32 values).
 MAX_BODY_BYTES = 1 << 30
+# Bodies are read (and hashed) and written in chunks of this many bytes.
+BODY_CHUNK = 1 << 20
 
 KIND_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
 KEY_PATTERN = r"^[A-Za-z0-9_:.\-]{1,96}$"
@@ -125,15 +135,33 @@ async def read_response(reader: asyncio.StreamReader) -> FetchResponse:
     return validate(FetchResponse, await read_header_json(reader), what="response")
 
 
-async def read_body(reader: asyncio.StreamReader, *, expected_bytes: int) -> bytes:
-    """Read a length-prefixed body, refusing any length but the expected one before allocating."""
+def _hash_chunk(hasher, chunk: bytes) -> None:
+    """One chunk into the body's SHA-256 (a function of its own so a profile can name the time)."""
+    hasher.update(chunk)
+
+
+async def read_body(reader: asyncio.StreamReader, *, expected_bytes: int, chunk: int = BODY_CHUNK,
+                    digest: bool = True) -> bytes:
+    """Read a length-prefixed body, refusing any length but the expected one before allocating.
+
+    Returns :class:`HashedBytes`, the bytes with the SHA-256 computed over them chunk by chunk as they
+    arrived; with ``digest=False`` plain bytes in one read (a transport that hashes nothing: the
+    benchmark's butterfly reference)."""
     size = int.from_bytes(await reader.readexactly(8), "big")
     if size != expected_bytes or size > MAX_BODY_BYTES:
         raise ProtocolError(f"peer announced {size} bytes, expected {expected_bytes}")
-    return await reader.readexactly(size)
+    if not digest:
+        return await reader.readexactly(size)
+    hasher = hashlib.sha256()
+    chunks = []
+    for offset in range(0, size, chunk):
+        piece = await reader.readexactly(min(chunk, size - offset))
+        _hash_chunk(hasher, piece)
+        chunks.append(piece)
+    return HashedBytes.of_chunks(chunks or [b""], hasher.hexdigest())
 
 
-async def write_body(writer: asyncio.StreamWriter, data: bytes | memoryview, *, chunk: int = 1 << 20) -> None:
+async def write_body(writer: asyncio.StreamWriter, data: bytes | memoryview, *, chunk: int = BODY_CHUNK) -> None:
     writer.write(len(data).to_bytes(8, "big"))
     view = memoryview(data)
     for offset in range(0, len(view), chunk):
