@@ -50,6 +50,18 @@ def redis_url(_run_redis_url) -> str:
     return _run_redis_url
 
 
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix) -> None:
+    """A PostgreSQL test database of this run's own (``test_<name>_<pid>``): two runs on one server (a
+    developer's and CI's, or two terminals) would otherwise both create, use and drop ``test_<name>``."""
+    from django.conf import settings
+
+    db = settings.DATABASES["default"]
+    if not db["ENGINE"].endswith("postgresql"):
+        return
+    db.setdefault("TEST", {})["NAME"] = f"test_{db['NAME']}_{os.getpid()}"[:63]
+
+
 @pytest.fixture
 def chromium_path() -> str:
     path = os.environ.get("CHROMIUM", "/usr/bin/chromium")
