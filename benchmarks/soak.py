@@ -3,11 +3,14 @@
     .venv/bin/python benchmarks/soak.py --steps 1000            # 8 peers, 3 Byzantine, digits-mlp
     .venv/bin/python benchmarks/soak.py --steps 200 --kill-every 30
 
-Starts the site (embedded SQLite, in-process layer, as ``make demo``) and the demo's workers, then every
+Starts the site (embedded SQLite, in-process layer, as ``make demo``, but with Django's ``DEBUG`` off unless
+``--debug``: DEBUG keeps the last 9,000 SQL queries of each database thread) and the demo's workers, then every
 ``--kill-every`` seconds SIGKILLs one random honest worker (with its p2p daemon) and starts it again with the
 same token and identity after ``--down`` seconds. Samples the site's resident memory (``/proc/<pid>/status``)
 after the warm-up and at the end, and prints a summary: steps, applied/dropped, kills, bans (every attacker
-banned? any honest account or key banned?), RSS at start and end. Writes it to ``var/soak/summary.json``.
+banned? any honest account or key banned?), RSS at start, every ``--sample-every`` steps and at the end.
+Writes it to ``var/soak/summary.json`` (at every checkpoint too, so a stopped soak leaves a usable result);
+``--plot PNG`` draws the RSS curve, ``--plot-from summary.json --plot PNG`` redraws an earlier soak's.
 """
 
 from __future__ import annotations
@@ -25,6 +28,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from worker_client.demo import Demo, build_parser
+
+
+def soak_demo(ours: argparse.Namespace) -> Demo:
+    """The demo the soak runs: its peers, port and directory, and the site's DEBUG as ``--debug`` says."""
+    demo = Demo(build_parser().parse_args(["--port", str(ours.port), "--var-dir", str(ours.var_dir),
+                                           "--peers", str(ours.peers), "--byzantine", str(ours.byzantine)]))
+    demo.env["DEBUG"] = "1" if ours.debug else "0"  # the site's processes get demo.env (the group's env too)
+    return demo
 
 
 def rss_mib(pid: int) -> float:
@@ -47,7 +58,7 @@ def api(url: str, path: str, *, tries: int = 6) -> dict:
     raise AssertionError("unreachable")
 
 
-def main(argv=None) -> int:
+def build_soak_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--kill-every", type=float, default=45.0, help="seconds between kills")
@@ -67,10 +78,23 @@ def main(argv=None) -> int:
     parser.add_argument("--min-peers", type=int, default=None,
                         help="online active peers a step needs (default: the demo's honest count, so any kill "
                              "stalls the run until the worker is back)")
-    ours = parser.parse_args(argv)
-    demo_args = build_parser().parse_args(["--port", str(ours.port), "--var-dir", "var/soak",
-                                           "--peers", str(ours.peers), "--byzantine", str(ours.byzantine)])
-    demo = Demo(demo_args)
+    parser.add_argument("--var-dir", default="var/soak", help="the soak's database, logs and summary.json")
+    parser.add_argument("--debug", action="store_true",
+                        help="run the site with Django's DEBUG on (as make demo does); off by default: DEBUG keeps "
+                             "the last 9,000 SQL queries of each database thread in memory, which a production "
+                             "site does not, and the soak measures the site's memory")
+    parser.add_argument("--plot", type=Path, default=None, help="also draw the RSS samples to this PNG")
+    parser.add_argument("--plot-from", type=Path, default=None,
+                        help="draw --plot from this summary.json of an earlier soak and exit (no soak)")
+    return parser
+
+
+def main(argv=None) -> int:
+    ours = build_soak_parser().parse_args(argv)
+    if ours.plot_from:
+        plot(json.loads(ours.plot_from.read_text()), ours.plot or ours.plot_from.with_suffix(".png"))
+        return 0
+    demo = soak_demo(ours)
     rng = random.Random(ours.seed)
     run = demo.prepare()
     fields = {k: v for k, v in (("phase_timeout", ours.phase_timeout), ("step_timeout", ours.step_timeout),
@@ -78,7 +102,8 @@ def main(argv=None) -> int:
     if fields:
         args = ", ".join(f"{k}={v!r}" for k, v in fields.items())
         demo.manage("shell", "-c", f"from runs.models import Run; Run.objects.filter(pk={run['run_id']}).update({args})")
-    summary: dict = {"steps_target": ours.steps, "kills": 0, "rejoins": 0, "args": vars(ours),
+    summary: dict = {"steps_target": ours.steps, "kills": 0, "rejoins": 0,
+                     "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(ours).items()},
                      "rss_samples_mib": [], "rss_by_step_mib": {}}
     out = Path(demo.var) / "summary.json"
     signal.signal(signal.SIGTERM, _interrupt)  # before any child starts: a SIGTERM always stops them all
@@ -112,8 +137,34 @@ def main(argv=None) -> int:
         demo.stop()
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(summary, indent=1))  # also when the soak itself failed: what ran so far
+    if ours.plot:
+        plot(summary, ours.plot)
     print(json.dumps({k: v for k, v in summary.items() if k != "rss_samples_mib"}, indent=1))
     return 0 if summary.get("every_attacker_banned") and not summary.get("honest_banned") else 1
+
+
+def plot(summary: dict, path: Path) -> None:
+    """The site's RSS against the step (every sample of the soak), with its start and end marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps, rss = zip(*summary["rss_samples_mib"]) if summary["rss_samples_mib"] else ((), ())
+    fig, ax = plt.subplots(figsize=(7, 3.2), dpi=110)
+    ax.plot(steps, rss, lw=1, label="site (Daphne) RSS, every 5 s")
+    ax.set_xlabel("step")
+    ax.set_ylabel("MiB")
+    ax.set_ylim(min(rss, default=0) - 5, max(rss, default=1) + 5)  # zoomed: a slope must show
+    ax.set_title(f"soak: {summary.get('steps', steps[-1] if steps else 0)} steps, {summary['kills']} kills, "
+                 f"site RSS {summary.get('rss_start_mib', float('nan')):.1f} -> "
+                 f"{summary.get('rss_end_mib', rss[-1] if rss else float('nan')):.1f} MiB", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def _interrupt(signum, frame):
