@@ -154,3 +154,15 @@ def test_a_run_with_an_unusable_global_batch_is_refused_with_the_reason():
         worker._make_peer()
     worker.run_info = RunInfo(id=1, name="r", task="digits-mlp", extra={"global_batch": 512})
     assert worker._make_peer().params.global_batch == 512
+
+
+def test_a_run_names_its_tau_rule_in_its_settings_and_an_unknown_rule_is_refused():
+    from btard_wire.control import RunInfo
+
+    worker = Worker(WorkerConfig(server="ws://127.0.0.1:1", token="t", identity=Identity.from_seed(b"tau-rule")))
+    worker.run_info = RunInfo(id=1, name="r", task="digits-mlp", extra={"tau_rule": "spread", "tau_spread": 0.25})
+    params = worker._make_peer().params
+    assert (params.tau_rule, params.tau_spread) == ("spread", 0.25)
+    worker.run_info = RunInfo(id=1, name="r", task="digits-mlp", extra={"tau_rule": "largest"})
+    with pytest.raises(ValueError, match="unknown tau rule 'largest'"):
+        worker._make_peer()

@@ -381,7 +381,8 @@ class Worker:
     def _make_peer(self) -> BtardPeer:
         info = self.run_info
         extra = info.extra
-        tuning = {k: extra[k] for k in ("recalc_rtol", "exact_rtol", "fixed_point_rtol", "cc_init") if k in extra}
+        tuning = {k: extra[k] for k in ("recalc_rtol", "exact_rtol", "fixed_point_rtol", "cc_init", "tau_rule",
+                                                 "tau_spread") if k in extra}
         if "global_batch" in extra:  # ProtocolParams refuses anything but a whole number >= 0, with the reason
             tuning["global_batch"] = extra["global_batch"]
         # board_echo: the site sends each stored broadcast back to its sender and closes board phases
