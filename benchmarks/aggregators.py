@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/aggregators.py            # 16 x 0.7M shard and 16 x 11M stack
     .venv/bin/python benchmarks/aggregators.py --quick    # 16 x 0.7M only
+    .venv/bin/python benchmarks/aggregators.py --cc-only  # CenteredClip as the protocol runs it vs the mean
 
 For each rule: the best wall time over ``--repeats`` runs and GB/s = bytes of input / time, with the
 ratio to a plain ``.sum()`` over the same tensor (a one-pass roofline). CenteredClip is also split
@@ -123,9 +124,55 @@ def bench_shape(n: int, d: int, repeats: int, bandwidth: float, budget: float,
     return times
 
 
+def protocol_centered_clip(n: int, d: int, repeats: int) -> None:
+    """CenteredClip as the protocol runs it (``ProtocolParams``: medoid start, IRLS, its eps and tau) against
+    ``mean`` on the same stack: CPU time (``thread_time``, so other jobs on a shared machine count less),
+    the two interleaved ``repeats`` times, best and median, and the rule's passes timed the same way."""
+    import statistics
+
+    import numpy as np
+
+    from worker_client.btard.state import ProtocolParams
+
+    p = ProtocolParams()
+    x = make_stack(n, d)
+    threads = agg_module.AGGREGATOR_THREADS
+
+    def cc():
+        return centered_clip_with_info(x, tau=p.tau, eps=p.cc_eps, max_iters=p.cc_max_iters, init=p.cc_init,
+                                       method=p.cc_method)
+
+    row = agg_module.sample_medoid(x)
+    c = np.full(n, 1.0 / n)
+    fns = {
+        "mean": lambda: agg_module.mean(x),
+        "centered_clip": cc,
+        "  medoid start": lambda: agg_module.sample_medoid(x),
+        "  Gram pass": lambda: agg_module._centered_gram(x, x[row]),
+        "  combine + exact distances": lambda: agg_module._combine_with_distances(x, x[row], c, center_row=row),
+    }
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            run = with_threads(threads, fn)
+            t0 = time.thread_time()
+            run()
+            times[name].append(time.thread_time() - t0)
+    res = cc()
+    best = {name: min(v) for name, v in times.items()}
+    med = {name: statistics.median(v) for name, v in times.items()}
+    print(f"\n## CenteredClip as the protocol runs it ({n} x {d:,}; init={p.cc_init}, method={p.cc_method}, "
+          f"tau={p.tau}, eps={p.cc_eps}: {res.iterations} iterations), CPU time, {repeats} interleaved repeats")
+    for name in fns:
+        print(f"{name:28s} best {best[name] * 1e3:7.2f} ms  median {med[name] * 1e3:7.2f} ms  "
+              f"x mean: {best[name] / best['mean']:.2f} (best) {med[name] / med['mean']:.2f} (median)")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="only the 16 x 0.7M shard")
+    parser.add_argument("--cc-only", action="store_true",
+                        help="only CenteredClip as the protocol runs it against the mean (16 x 0.7M)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--agg-threads", default="1",
@@ -151,12 +198,16 @@ def main(argv=None) -> None:
         gb = big.numel() * 4 / 1e9
         return gb / best_time(lambda: big.sum(), 5), gb / best_time(with_threads(1, lambda: big.sum()), 5)
 
+    if args.cc_only:
+        protocol_centered_clip(16, 700_000, max(15, 5 * args.repeats))
+        return
     bw_all, bw_one = bandwidths()
     bandwidth = bw_one if agg_module.AGGREGATOR_THREADS == 1 else bw_all
     print(f"memory bandwidth reference, .sum() over 704 MB: {bw_one:.2f} GB/s on 1 thread, "
           f"{bw_all:.2f} GB/s on {torch.get_num_threads()}; the 'of big .sum()' column uses "
           f"{bandwidth:.2f}")
 
+    protocol_centered_clip(16, 700_000, max(15, 5 * args.repeats))
     small = bench_shape(16, 700_000, args.repeats, bandwidth, args.budget, None)
     if not args.quick:
         bench_shape(16, 11_000_000, max(1, args.repeats - 1), bandwidth, args.budget, small)

@@ -385,3 +385,15 @@ def test_rules_run_single_threaded_and_restore_the_callers_thread_count(monkeypa
         assert seen == [1, 2]
     finally:
         torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_sampled_medoid_is_the_row_with_the_smallest_sum_of_exact_distances(seed):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(16, 3000, generator=gen) + 5.0  # a common offset: the Gram formula is centred
+    x[:4] = torch.randn(4, 3000, generator=gen) * 30  # far outliers
+    x64 = x.double()
+    assert agg.sample_medoid(x) == int(torch.cdist(x64, x64).sum(dim=1).argmin())
+    before = x64.clone()
+    agg.sample_medoid(x64)
+    assert torch.equal(x64, before)  # a float64 input is not centred in place
