@@ -12,7 +12,8 @@ site run one rule (docs/protocol.md, "Newcomers"):
   panel's ``probation`` reports (issue 12, invariant 9): it counts only when both validators' passing
   reports agree, the candidate is rejected only when both failing reports agree (and it reported its
   step), and anything else (a disagreement, a missing report, a panel of one) neither counts nor
-  punishes: the next step draws a new panel (re-drawn, not escalated);
+  punishes: the next step draws a new panel (re-drawn, not escalated); a step drawn from the run's
+  public chain decides nothing (its panels could be ground);
 - :func:`probation_credited`: the former one-validator rule (a step counts unless its validator voided
   it), for a site that still names one validator per candidate;
 - :func:`ready_to_promote`: a candidate with as many counted steps as its probation requires becomes
@@ -29,8 +30,21 @@ from collections.abc import Iterable, Mapping, Sequence
 from .board import probation_drawable, probation_voided
 from .randomness import PROBATION_PANEL, draw_probation_panels
 
-__all__ = ["PASS", "FAIL", "SPLIT", "OPEN", "CREDIT", "REJECT", "panel_of", "probation_checks",
-           "probation_credited", "probation_decision", "probation_outcome", "probation_panels", "ready_to_promote"]
+__all__ = [
+    "CREDIT",
+    "FAIL",
+    "OPEN",
+    "PASS",
+    "REJECT",
+    "SPLIT",
+    "panel_of",
+    "probation_checks",
+    "probation_credited",
+    "probation_decision",
+    "probation_outcome",
+    "probation_panels",
+    "ready_to_promote",
+]
 
 PASS, FAIL, SPLIT, OPEN = "pass", "fail", "split", "open"  # a step's word on a candidate
 CREDIT, REJECT = "credit", "reject"  # what the site (and the simulator) does with it
@@ -89,14 +103,20 @@ def probation_outcome(*, candidate: str, panel: Sequence[str],
 
 
 def probation_decision(*, candidate: str, panel: Sequence[str], reported: bool,
-                       reports: Iterable[tuple[str, str, bool]]) -> str | None:
+                       reports: Iterable[tuple[str, str, bool]], public_chain: bool = False) -> str | None:
     """What a step does with ``candidate``: ``CREDIT`` (the step counts towards promotion: the panel's
     passing reports agree and the candidate reported its probation step), ``REJECT`` (the panel's failing
     reports agree and the candidate reported its step, i.e. claimed the gradient it served: its key is out;
     a candidate that crashed before reporting is not rejected), or ``None``: neither, and nobody is
     punished; the next step draws a new panel (a lone Byzantine validator, disagreeing or silent, can
-    delay a newcomer but neither promote a bad one nor reject an honest one)."""
-    if not reported:
+    delay a newcomer but neither promote a bad one nor reject an honest one).
+
+    ``public_chain``: the step's panels were drawn from the run's public chain (step 0, or after a step
+    without an MPRNG output), which everyone knew before choosing a key. A grinder could then pick its own
+    panel (two accomplices pass it) or, since its key moves the others in the candidate shuffle, steer an
+    honest newcomer onto two accomplices (which would reject it); so such a step decides nothing (the
+    reports are still checked and kept; docs/threat-model.md, step 0)."""
+    if not reported or public_chain:
         return None
     outcome = probation_outcome(candidate=candidate, panel=panel, reports=reports)
     return CREDIT if outcome == PASS else REJECT if outcome == FAIL else None

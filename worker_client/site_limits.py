@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -72,6 +72,7 @@ class Candidate(BaseModel):
     p2p_addrs: list[str] = Field(default_factory=list, max_length=MAX_ADDRS)
     seed: int = Field(default=0, ge=0, lt=SEED_RANGE[1])
     validator: str | None = Field(default=None, max_length=MAX_ID_CHARS)
+    validators: list[Annotated[str, Field(max_length=MAX_ID_CHARS)]] = Field(default_factory=list, max_length=2)
     probation_left: int = Field(default=0, ge=0, le=MAX_PROBATION_LEFT)
 
 

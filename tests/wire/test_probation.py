@@ -77,6 +77,25 @@ def test_a_step_credits_or_rejects_a_candidate_only_on_two_agreeing_reports(repo
     assert probation_decision(candidate="x", panel=["a", "b"], reported=reported, reports=reports) == decision
 
 
+def test_a_step_drawn_from_the_public_chain_neither_credits_nor_rejects():
+    """Step 0 (and a step after one without an MPRNG output) draws from the run's public chain, known to
+    everyone before any key is chosen. A coalition of 7 of 16 grinding one Sybil key (20 tries) puts its own
+    key on two accomplices, or, since that key moves the others in the candidate shuffle, an honest newcomer
+    on two accomplices, for about 28 % of such steps (16 % blind); with a decision that would reject the
+    honest newcomer. So such a step decides nothing."""
+    members = [f"m{i:02d}" for i in range(16)]
+    accomplices = set(members[:7])
+    honest = hashlib.sha256(b"honest newcomer").hexdigest()[:40]
+    keys = [hashlib.sha256(b"sybil %d" % k).hexdigest()[:40] for k in range(20)]
+    steered = sum(any(set(draw_probation_panels(_r(i), members=members, candidates=[honest, k])[honest])
+                      <= accomplices for k in keys) for i in range(300))
+    assert steered / 300 > 0.2  # about 0.28
+    passed, failed = [("a", "x", True), ("b", "x", True)], [("a", "x", False), ("b", "x", False)]
+    for reports in (passed, failed):
+        assert probation_decision(candidate="x", panel=["a", "b"], reported=True, reports=reports,
+                                  public_chain=True) is None
+
+
 def test_a_lone_byzantine_validator_can_neither_promote_a_bad_candidate_nor_reject_an_honest_one():
     """A rational Byzantine validator, drawn beside an honest one, says whatever serves it (pass its
     accomplice, fail an honest newcomer, or stay silent): the step never credits the bad candidate nor

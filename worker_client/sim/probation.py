@@ -9,7 +9,8 @@ computes the gradient of the step's model state on its public probation seed
 (:func:`btard_wire.randomness.probation_seed`) and each validator recomputes it, failing it beyond
 ``recalc_rtol``. The panel's two reports decide, as on the site
 (:func:`btard_wire.probation.probation_decision`): both pass, the step counts; both fail, the candidate is
-rejected (its key is out); anything else neither counts nor punishes, and the next step draws a new panel.
+rejected (its key is out); anything else (and any step drawn from the run's public chain) neither counts
+nor punishes, and the next step draws a new panel.
 With ``probation_steps`` counted steps the candidate becomes an active member from the next step on
 (:func:`btard_wire.probation.ready_to_promote`). Candidates are never aggregated and never post on the
 board.
@@ -119,7 +120,8 @@ class Probation:
             panel = panels.get(cand.peer)
             if not panel:
                 continue
-            decision = probation_decision(candidate=cand.peer, panel=panel, reported=True, reports=reports)
+            decision = probation_decision(candidate=cand.peer, panel=panel, reported=True, reports=reports,
+                                          public_chain=opened is None)
             if decision == CREDIT:
                 cand.credited += 1
             elif decision == REJECT:

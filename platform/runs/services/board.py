@@ -23,6 +23,7 @@ from btard_wire import board as board_rules
 from btard_wire.envelope import Envelope, verify_envelope
 from btard_wire.errors import ProtocolError
 from btard_wire.payloads import parse_payload
+from btard_wire.probation import panel_of
 
 from ..models import BroadcastLog, Peer, Run, StepRecord
 from ..selectors import board_envelopes
@@ -148,7 +149,7 @@ def _check_probation_report(run: Run, record: StepRecord, envelope: Envelope) ->
     if envelope.phase != "probation":
         return
     candidate = (envelope.payload or {}).get("candidate")
-    validators = {c.get("peer_id"): c.get("validator") for c in record.candidates}
+    validators = {c.get("peer_id"): panel_of(c) for c in record.candidates}
     reported = [(e.get("payload") or {}).get("candidate") for e in BroadcastLog.objects.filter(
         run=run, step=record.step, phase="probation", sender_peer_id=envelope.sender).values_list("envelope",
                                                                                                 flat=True)]
@@ -156,7 +157,7 @@ def _check_probation_report(run: Run, record: StepRecord, envelope: Envelope) ->
                                                reported=reported)
     if why is not None:
         code = ("payload" if candidate not in validators else
-                "not_validator" if validators[candidate] != envelope.sender else "duplicate")
+                "not_validator" if envelope.sender not in validators[candidate] else "duplicate")
         raise Rejected(code, why)
 
 

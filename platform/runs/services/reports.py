@@ -6,8 +6,8 @@ from __future__ import annotations
 import logging
 import math
 
+from admission.services import settle_probation
 from django.db import IntegrityError, transaction
-from django.db.models import F
 from live.bus import emit
 from live.events import (
     StepReported,
@@ -19,7 +19,6 @@ from btard_wire.control import (
 )
 
 from ..models import Peer, Run, StepRecord, StepReportRecord
-from ..selectors import probation_voided_in_step
 from .errors import Rejected
 
 log = logging.getLogger(__name__)
@@ -84,10 +83,9 @@ def record_step_report(*, peer: Peer, report: StepReport) -> StepReportRecord:
 
 
 def _credit_probation(*, run: Run, record: StepRecord, peer: Peer) -> bool:
-    """Count a candidate's probation step that was reported after its step closed (unless its validator failed
-    it)."""
-    if peer.peer_id in probation_voided_in_step(run, record):
+    """Count a candidate's probation step that was reported after its step closed, when both validators of
+    its panel passed it (admission.services.settle_probation, which also rejects it on two failures)."""
+    if not settle_probation(run=run, record=record, reported={peer.peer_id}, only=peer.peer_id):
         return False
-    Peer.objects.filter(pk=peer.pk).update(probation_done=F("probation_done") + 1)
     record_reputation_event(user_id=peer.user_id, kind="probation_step", run=run, step=record.step)
     return True

@@ -12,10 +12,11 @@ import math
 import statistics
 from datetime import datetime, timedelta
 
-from admission.services import admit_waiting_peers, promote_candidates
+from admission.selectors import probation_candidates
+from admission.services import admit_waiting_peers, promote_candidates, settle_probation
 from btard_site.retry import is_transient
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import Q
 from django.utils import timezone
 from live.bus import emit
 from live.events import (
@@ -27,7 +28,6 @@ from moderation.services import ban_silent_peers, elimination_allowed, open_time
 from volunteers.services import apply_missed_deadline_quietly, credit_step
 
 from btard_wire import board as board_rules
-from btard_wire import probation as probation_rules
 from btard_wire.control import Group
 from btard_wire.randomness import (
     genesis_randomness,
@@ -40,7 +40,6 @@ from ..deadlines import effective_deadlines
 from ..models import Peer, Run, StepRecord
 from ..selectors import (
     board_randomness,
-    probation_failures,
     state_donors,
     step_complete,
     step_validators,
@@ -138,23 +137,12 @@ def start_step_if_ready(*, run: Run, now: datetime | None = None) -> StepRecord 
     # drawn from this step's MPRNG output r_t, revealed during the step, so nobody (the site included)
     # knows them now; ``step_validators`` computes them from the board once the reveals are in.
     validators: dict[str, str] = {}
-    # each candidate's probation validator: drawn from the previous step's r (no candidate knew it when
-    # it chose its key; finding 10), from the run's public chain when that step had none
-    # only keys that joined before the draw's randomness existed (btard_wire.board.probation_drawable: the
-    # previous step's MPRNG began when that step opened; a step drawn from the public chain checks nobody),
-    # so no candidate grinds its key or its moment to join against a known r
-    online = {c.peer_id: c for c in run.peers.filter(role="candidate", online=True).order_by("peer_id")}
-    r_prev = _step_randomness(run, step)
-    checks = probation_rules.probation_checks(r_prev, members=ids,
-                                              joined_at={pid: c.joined_at.timestamp() for pid, c in online.items()},
-                                              randomness_opened_at=_randomness_opened_at(run, step))
-    waiting = [c for pid, c in online.items() if pid in checks]
-    candidates = []
-    for cand in waiting:
-        info = cand.peer_info().model_dump()
-        info.update(seed=probation_seed(run, step, cand.peer_id), validator=checks[cand.peer_id],
-                    probation_left=max(0, cand.probation_required - cand.probation_done))
-        candidates.append(info)
+    # each candidate's probation panel (two validators that must agree, btard_wire.probation): drawn from the
+    # previous step's r (no candidate knew it when it chose its key; finding 10), from the run's public chain
+    # when that step had none; only keys that joined before the draw's randomness existed
+    # (btard_wire.board.probation_drawable), so no candidate grinds its key or its moment to join against a known r
+    candidates = probation_candidates(run=run, step=step, members=ids, randomness=_step_randomness(run, step),
+                                      randomness_opened_at=_randomness_opened_at(run, step))
     now = now or timezone.now()
     timeouts = effective_deadlines(run)  # the organiser's values, raised when the swarm is slower
     deadline = now + timedelta(seconds=timeouts.step_timeout)
@@ -200,10 +188,8 @@ def close_step(*, run: Run, force: bool = False, now=None) -> StepRecord | None:
     record.save()
 
     peers = {p.peer_id: p for p in run.peers.filter(peer_id__in=record.recipients())}
-    failures = probation_failures(run, record)
     samples_by_user: dict[int, int] = {}
     validated: list[int] = []
-    probation: list[int] = []
     if outcome == "applied":
         for r in applied:
             p = peers[r.peer.peer_id]
@@ -211,14 +197,8 @@ def close_step(*, run: Run, force: bool = False, now=None) -> StepRecord | None:
                 continue
             samples_by_user[p.user_id] = samples_by_user.get(p.user_id, 0) + credited[r.pk]
             validated.append(p.user_id)
-    for cand in record.candidates:
-        p = peers.get(cand["peer_id"])
-        r = reports.get(cand["peer_id"])
-        if p is None or p.role != "candidate" or not probation_rules.probation_credited(
-                candidate=p.peer_id, validator=cand.get("validator"), reported=r is not None, failures=failures):
-            continue
-        Peer.objects.filter(pk=p.pk).update(probation_done=F("probation_done") + 1)
-        probation.append(p.user_id)
+    # the step's probation word: credit on two agreeing passes, rejection on two agreeing failures
+    probation = settle_probation(run=run, record=record, reported=set(reports))
     credit_step(run=run, step=record.step, samples_by_user=samples_by_user, validated_user_ids=validated,
                 probation_user_ids=probation, quiet=True)
     # silence as the group saw it (docs/protocol.md, "Silence"): a majority of the member reports list it;

@@ -8,21 +8,22 @@ from runs import services as runs
 
 from btard_wire.control import StepReport
 from tests.factories import make_peer
-from tests.site.admission.panel import panel, panel_reports, report
+from tests.site.admission.panel import (
+    joined_long_ago,
+    panel,
+    panel_reports,
+    report,
+    step_drawn_from_randomness,
+)
 from tests.site.helpers import types
 
 pytestmark = pytest.mark.django_db
-# The site does not name two validators per candidate yet (requested in /work/notes/requests.md: the patch
-# /work/notes/A-probation-panels.patch for runs.services.steps/reports/board and site_limits). Strict, so the
-# mark must go when the site holds the rule.
-PENDING = pytest.mark.xfail(strict=True, reason="the site does not draw probation panels / settle_probation yet")
 
 
-@PENDING
 def test_candidates_are_promoted_after_their_validated_probation_steps(run, group, events):
     cand, _ = make_peer(run=run, seed="cand", role="candidate", probation_required=1)
-    runs.close_step(run=run, force=True)
-    runs.start_step_if_ready(run=run)
+    joined_long_ago(cand)
+    step_drawn_from_randomness(run, group)  # step 1, its panel drawn from step 0's MPRNG output
     panel_reports(run, cand.peer_id, group, True, True)
     for peer, _ in group:
         runs.record_step_report(peer=peer, report=StepReport(step=1, outcome="applied", samples=8))
@@ -33,11 +34,10 @@ def test_candidates_are_promoted_after_their_validated_probation_steps(run, grou
     assert cand.role == "active" and types(events)[-1] == "peers_promoted"
 
 
-@PENDING
 def test_one_passing_report_does_not_promote_a_candidate(run, group):
     cand, _ = make_peer(run=run, seed="cand", role="candidate", probation_required=1)
-    runs.close_step(run=run, force=True)
-    runs.start_step_if_ready(run=run)
+    joined_long_ago(cand)
+    step_drawn_from_randomness(run, group)
     report(run, panel(run, cand.peer_id, group)[0], cand.peer_id, True)  # the second validator stays silent
     for peer, _ in group:
         runs.record_step_report(peer=peer, report=StepReport(step=1, outcome="applied", samples=8))

@@ -14,16 +14,11 @@ from moderation.models import Ban
 from runs import services as runs
 from runs.models import BroadcastLog, Peer, Run
 
-from btard_wire.control import StepReport
 from tests.factories import make_peer
-from tests.site.admission.panel import panel, report
+from tests.site.admission.panel import close_with_reports, panel, report, step_drawn_from_randomness
 from tests.site.helpers import envelope
 
 pytestmark = pytest.mark.django_db
-# The site does not name two validators per candidate yet (requested in /work/notes/requests.md: the patch
-# /work/notes/A-probation-panels.patch for runs.services.steps/reports/board and site_limits). Strict, so the
-# mark must go when the site holds the rule.
-PENDING = pytest.mark.xfail(strict=True, reason="the site does not draw probation panels / settle_probation yet")
 
 
 def _setup(run):
@@ -31,6 +26,7 @@ def _setup(run):
     cand, _ = make_peer(run=run, seed="pv-cand", role="candidate", probation_required=3)
     Peer.objects.filter(pk=cand.pk).update(joined_at=Peer.objects.get(pk=cand.pk).joined_at - timedelta(hours=1))
     runs.start_step_if_ready(run=run)
+    step_drawn_from_randomness(run, members)  # step 1: panels from step 0's MPRNG output
     validators = panel(run, cand.peer_id, members)
     others = [m for m in members if m[0].peer_id not in {v[0].peer_id for v in validators}]
     return members, cand, validators, others
@@ -42,13 +38,9 @@ def _post(peer, identity, run, phase, payload):
 
 
 def _finish(run, members, cand):
-    for peer, _ in members:
-        runs.record_step_report(peer=peer, report=StepReport(step=0, outcome="applied", samples=8))
-    runs.record_step_report(peer=cand, report=StepReport(step=0, outcome="probation", samples=8))
-    runs.close_step(run=Run.objects.get(pk=run.pk), force=True)
+    close_with_reports(run, members, [cand])
 
 
-@PENDING
 def test_the_step_draws_two_distinct_validators_of_the_group_for_a_candidate(run):
     _, _, validators, others = _setup(run)
     assert len({v[0].peer_id for v in validators}) == 2 and len(others) == 1
@@ -57,7 +49,7 @@ def test_the_step_draws_two_distinct_validators_of_the_group_for_a_candidate(run
 def test_one_validators_failed_probation_report_voids_the_step_and_bans_nobody(run, events):
     members, cand, validators, _ = _setup(run)
     validator, ident = validators[0]
-    _post(validator, ident, run, "validation", {"target": None, "target_step": 0, "ok": True})  # its own report
+    _post(validator, ident, run, "validation", {"target": None, "target_step": 1, "ok": True})  # its own report
     report(run, validators[0], cand.peer_id, False, "mismatch")
     stored = [e for e in events() if e.type == "broadcast_recorded" and e.envelope.phase == "probation"]
     assert len(stored) == 1 and stored[0].recipients == []  # stored, never relayed
@@ -76,7 +68,6 @@ def test_both_validators_passing_reports_count_the_step(run):
     assert cand.probation_done == 1
 
 
-@PENDING
 def test_both_validators_failing_reports_ban_the_candidates_key_only(run):
     members, cand, validators, _ = _setup(run)
     for v in validators:
@@ -88,6 +79,24 @@ def test_both_validators_failing_reports_ban_the_candidates_key_only(run):
     assert (ban.peer_id, ban.scope, ban.evidence_kind) == (cand.peer_id, "key", "probation_failed")
     assert sorted(ban.evidence["validators"]) == sorted(v[0].peer_id for v in validators)
     assert all(p.role == "active" for p, _ in members)
+
+
+def test_a_step_drawn_from_the_public_chain_decides_nothing_even_on_two_agreeing_reports(run):
+    """Step 0's panels come from the run's public chain, known before any key was chosen (a grinder could
+    choose its panel, or steer an honest newcomer's): two failing reports there reject nobody, two passing
+    ones credit nothing."""
+    members = [make_peer(run=run, seed=f"pc{i}") for i in range(3)]
+    cands = [make_peer(run=run, seed=f"pc-cand{i}", role="candidate", probation_required=3)[0] for i in range(2)]
+    record = runs.start_step_if_ready(run=run)
+    assert all(c["public_chain"] for c in record.candidates)
+    for cand, ok in zip(cands, (False, True), strict=True):
+        for v in panel(run, cand.peer_id, members):
+            report(run, v, cand.peer_id, ok)
+    close_with_reports(run, members, cands)
+    for cand in cands:
+        cand.refresh_from_db()
+        assert cand.role == "candidate" and cand.probation_done == 0
+    assert not Ban.objects.exists()
 
 
 def test_a_probation_report_from_a_member_outside_the_panel_is_refused_and_voids_nothing(run):

@@ -7,13 +7,9 @@ from runs import services as runs
 
 from btard_wire.control import StepReport
 from tests.factories import make_peer
-from tests.site.admission.panel import panel_reports
+from tests.site.admission.panel import joined_long_ago, panel_reports, step_drawn_from_randomness
 
 pytestmark = pytest.mark.django_db
-# The site does not name two validators per candidate yet (requested in /work/notes/requests.md: the patch
-# /work/notes/A-probation-panels.patch for runs.services.steps/reports/board and site_limits). Strict, so the
-# mark must go when the site holds the rule.
-PENDING = pytest.mark.xfail(strict=True, reason="the site does not draw probation panels / settle_probation yet")
 
 
 def test_a_duplicate_or_stale_report_is_rejected(run, group):
@@ -26,11 +22,10 @@ def test_a_duplicate_or_stale_report_is_rejected(run, group):
     assert info.value.code == "stale_step"
 
 
-@PENDING
 def test_a_candidate_reporting_just_after_its_step_closed_still_gets_the_probation_step(run, group):
     cand, _ = make_peer(run=run, seed="slow-cand", role="candidate", probation_required=1)
-    runs.close_step(run=run, force=True)
-    runs.start_step_if_ready(run=run)
+    joined_long_ago(cand)
+    step_drawn_from_randomness(run, group)  # step 1, its panel drawn from step 0's MPRNG output
     panel_reports(run, cand.peer_id, group, True, True)  # both validators of its panel passed it
     for peer, _ in group:
         runs.record_step_report(peer=peer, report=StepReport(step=1, outcome="applied", samples=8))
