@@ -258,16 +258,26 @@ SILENCE_LIMIT = board_rules.SILENCE_LIMIT  # consecutive steps reported silent b
 
 @transaction.atomic
 def ban_silent_peers(*, run) -> list[Ban]:
-    """Ban the peers a majority of their group reported silent in ``SILENCE_LIMIT`` consecutive steps: a missing
-    broadcast is publicly visible on the board, so this is a protocol ban, not a staff case."""
+    """Ban the peers a majority of their group reported silent in ``SILENCE_LIMIT`` consecutive steps, and
+    those that withheld ``REVEAL_WITHHOLD_LIMIT`` MPRNG reveals within ``REVEAL_WINDOW`` steps
+    (btard_wire.board.withholding_banned; a step spoken in between does not reset it): a missing broadcast
+    is publicly visible on the board, so this is a protocol ban (key only, a crash looks the same), not a
+    staff case."""
+    from django.db.models import Q
     from runs.models import Peer
 
     bans = []
-    for peer in Peer.objects.select_related("run", "user").filter(run=run, silent_steps__gte=SILENCE_LIMIT)\
-            .exclude(role="banned"):
-        bans.append(ban_for_fault(peer=peer, step=run.current_step - 1, evidence_kind="silence",
-                                  reason=f"reported silent by a majority of its group in {peer.silent_steps} steps",
-                                  evidence={"silent_steps": peer.silent_steps}))
+    for peer in Peer.objects.select_related("run", "user").filter(run=run).exclude(role="banned").filter(
+            Q(silent_steps__gte=SILENCE_LIMIT) | ~Q(withheld_reveal_steps=[])):
+        if peer.silent_steps >= SILENCE_LIMIT:
+            bans.append(ban_for_fault(peer=peer, step=run.current_step - 1, evidence_kind="silence",
+                                      reason=f"reported silent by a majority of its group in {peer.silent_steps} "
+                                             f"steps", evidence={"silent_steps": peer.silent_steps}))
+        elif board_rules.withholding_banned(peer.withheld_reveal_steps or []):
+            bans.append(ban_for_fault(peer=peer, step=run.current_step - 1, evidence_kind="withheld_reveal",
+                                      reason=f"withheld its MPRNG reveal in {len(peer.withheld_reveal_steps)} of "
+                                             f"the last {board_rules.REVEAL_WINDOW} steps",
+                                      evidence={"withheld_reveal_steps": peer.withheld_reveal_steps}))
     return bans
 
 

@@ -99,6 +99,8 @@ class Peer(models.Model):
     # (btard_wire.board.silence_excused: a restarted worker catching up)
     rejoined_step = models.IntegerField(null=True, blank=True)
     silence_excused_step = models.IntegerField(null=True, blank=True)
+    # steps of the last REVEAL_WINDOW in which it withheld its MPRNG reveal (btard_wire.board.next_withheld_steps)
+    withheld_reveal_steps = models.JSONField(default=list, blank=True)
 
     class Meta:
         ordering = ["peer_id"]

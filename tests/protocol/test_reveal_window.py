@@ -16,10 +16,8 @@ from worker_client.btard import protocol as P
 # The in-memory board does not apply the window yet (requested in /work/notes/requests.md: the patch
 # /work/notes/A-reveal-window-memory.patch for worker_client/transports/memory.py). Strict, so the mark
 # must go when the board holds the rule.
-PENDING = pytest.mark.xfail(strict=True, reason="the in-memory board does not count withheld reveals in a window yet")
 
 
-@PENDING
 def test_a_withholder_that_reveals_every_other_step_is_banned_at_its_limit_th_withheld_reveal():
     swarm = Swarm(n=5, attack="withhold_reveal", byzantine=(1,), attack_start=0, attack_every=2)
     attacker = swarm.ids[1]
@@ -36,7 +34,6 @@ def test_a_withholder_that_reveals_every_other_step_is_banned_at_its_limit_th_wi
                if p in swarm.honest)
 
 
-@PENDING
 @pytest.mark.parametrize("seed", [0, 2])  # (seed 1: banned for silence at step 4 either way)
 def test_the_reveal_dodger_is_banned_within_a_few_windows_and_nobody_honest_is(seed):
     """It withholds exactly when the draw with its value would check it (q = m / n = 1/3 of the steps at

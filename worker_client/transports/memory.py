@@ -68,6 +68,7 @@ class BulletinBoard:
     moderation_queue: list[dict] = field(default_factory=list)
     rejected: list[tuple[str, str]] = field(default_factory=list)
     silence: dict[str, int] = field(default_factory=dict)
+    withheld: dict[str, list[int]] = field(default_factory=dict)  # member -> steps it withheld its reveal
     log: list[Envelope] = field(default_factory=list)
     keep_log: bool = False
     # the board rules on what decides a step (btard_wire.board; findings 1, 6, 7): one message per
@@ -218,10 +219,23 @@ class BulletinBoard:
 
     def report_silence(self, reports: dict[str, list[str]]) -> None:
         """Peers' end-of-step reports of who missed a deadline; a majority of the group makes it count,
-        and ``silence_limit`` consecutive silent steps ban (a step the peer spoke in resets its count)."""
+        and ``silence_limit`` consecutive silent steps ban (a step the peer spoke in resets its count).
+        A committed member whose reveal is missing at the board's close of ``mprng_reveal`` withheld it:
+        ``REVEAL_WITHHOLD_LIMIT`` such steps within ``REVEAL_WINDOW`` ban its key, whatever it did in
+        between (``btard_wire.board.next_withheld_steps``; SR 14)."""
         silent = rules.reported_silent(reports, members=self.group)
+        closed = self.closed.get("mprng_reveal")
+        withheld = set() if closed is None else set(rules.reveal_silent(
+            members=[p for p in self.group if p in self._mprng["mprng_commit"]], revealed=closed))
         for p in self.group:
             if p in self.banned:
+                continue
+            self.withheld[p] = rules.next_withheld_steps(self.withheld.get(p, ()), step=self.step,
+                                                         withheld=p in withheld)
+            if rules.withholding_banned(self.withheld[p]):
+                self.banned[p] = BanRecord(peer=p, step=self.step, kind="withheld_reveal", evidence=[],
+                                           reason=f"withheld {len(self.withheld[p])} MPRNG reveals in "
+                                                  f"{rules.REVEAL_WINDOW} steps")
                 continue
             self.silence[p] = rules.next_silence_count(self.silence.get(p, 0), silent=p in silent)
             if rules.silence_banned(self.silence[p], limit=self.silence_limit):

@@ -37,7 +37,7 @@ from btard_wire.randomness import (
 from btard_wire.randomness import probation_seed as _probation_seed
 
 from ..deadlines import effective_deadlines
-from ..models import Peer, Run, StepRecord
+from ..models import BroadcastLog, Peer, Run, StepRecord
 from ..selectors import (
     board_randomness,
     state_donors,
@@ -205,6 +205,13 @@ def close_step(*, run: Run, force: bool = False, now=None) -> StepRecord | None:
     # the count is of consecutive steps, so a step the member spoke in resets it (btard_wire.board)
     silent = board_rules.reported_silent({pid: (r.details or {}).get("missing", []) for pid, r in reports.items()},
                                          members=record.members)
+    # a committed member missing from the closed mprng_reveal withheld its reveal: counted over a sliding
+    # window that a step it spoke in does not reset (btard_wire.board.next_withheld_steps; SR 14)
+    closed_reveals = (record.closed_phases or {}).get("mprng_reveal")
+    committed = set(BroadcastLog.objects.filter(run=run, step=record.step, phase="mprng_commit")
+                    .values_list("sender_peer_id", flat=True))
+    withheld = set() if closed_reveals is None else set(board_rules.reveal_silent(
+        members=[pid for pid in record.members if pid in committed], revealed=closed_reveals))
     for pid in record.members:
         p = peers.get(pid)
         if p is None or p.role == "banned":
@@ -218,6 +225,10 @@ def close_step(*, run: Run, force: bool = False, now=None) -> StepRecord | None:
             Peer.objects.filter(pk=p.pk).update(silence_excused_step=record.step)
         if count != p.silent_steps:
             Peer.objects.filter(pk=p.pk).update(silent_steps=count)
+        steps = board_rules.next_withheld_steps(p.withheld_reveal_steps or [], step=record.step,
+                                                withheld=pid in withheld, excused=excused)
+        if steps != (p.withheld_reveal_steps or []):
+            Peer.objects.filter(pk=p.pk).update(withheld_reveal_steps=steps)
     # the step's validators, as every peer drew them from r_t (empty when the step had no r_t)
     record.validators = step_validators(run=run, step=record.step)
     StepRecord.objects.filter(pk=record.pk).update(validators=record.validators)
