@@ -22,6 +22,7 @@ timeout; failures raise :class:`DataPlaneError` with a stable ``code`` and the p
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Self
 
 import torch
 from hivemind.p2p import P2P
@@ -120,7 +121,7 @@ class DataPlane:
         self.store.wake_all()
         await self.p2p.shutdown()
 
-    async def __aenter__(self) -> DataPlane:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc) -> None:
