@@ -12,7 +12,7 @@ from runs.models import StepRecord
 
 from btard_wire.control import Broadcast, StepReport
 from btard_wire.randomness import (
-    draw_probation_validators,
+    draw_probation_panels,
     genesis_randomness,
     group_order,
     skipped_randomness,
@@ -83,12 +83,14 @@ def test_the_site_the_memory_board_and_the_fake_site_draw_the_same_validators_as
         # the group order every peer uses: shuffled with the previous step's r (the public chain at step 0)
         assert record.members == group_order(r_prev_of(step), swarm.ids)
         assert record.validators == {}  # nobody can know them when the group forms
-        # the candidate's probation validator: drawn from the previous step's r, which the peers hold
+        # the candidate's probation panel: drawn from the previous step's r, which the peers hold
         (check,) = record.candidates
         assert check["peer_id"] == candidate.peer_id
         r_prev = r_prev_of(step)
-        assert check["validator"] == draw_probation_validators(r_prev, members=record.members,
-                                                               candidates=[candidate.peer_id])[candidate.peer_id]
+        panel = draw_probation_panels(r_prev, members=record.members, candidates=[candidate.peer_id])
+        assert check["validators"] == panel[candidate.peer_id] and len(set(check["validators"])) == 2
+        assert check["validator"] == check["validators"][0]
+        assert check["public_chain"] is (step == 0)  # step 0 draws from the public chain
         results = swarm.step(step, record.members)
         assert {r.outcome for r in results.values()} == {"applied"}
         drawn = {p: dict(peer._s.validators) for p, peer in swarm.peers.items()}
