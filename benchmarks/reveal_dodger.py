@@ -10,10 +10,13 @@ validator check it. Two measurements:
 
 - the draw alone (torch-free, ``btard_wire``): ``q``, the chance a given contributor is a target, and the
   dodger's chance of being checked, ``q**2`` instead of ``q``; per withheld step it escapes a check it
-  would have got with probability ``1 - q``;
+  would have got with probability ``1 - q``; the expected steps to its ban under the consecutive silence
+  count alone and under the sliding window (``REVEAL_WITHHOLD_LIMIT`` withheld reveals within
+  ``REVEAL_WINDOW`` steps, ``btard_wire.board.next_withheld_steps``), and the chance a *paced* dodger is
+  checked: one that withholds only while its window holds fewer than the limit - 1 (so it keeps its key);
 - the behaviour in the in-memory swarm (``tests/protocol/_swarm.py``): steps withheld, checks escaped,
-  the step of its silence ban (``SILENCE_LIMIT`` consecutive withheld reveals), honest bans and honest
-  disagreement (both must be 0).
+  the step and kind of its ban (``withheld_reveal``: the window; ``silence``: ``SILENCE_LIMIT`` consecutive
+  silent steps), honest bans and honest disagreement (both must be 0).
 """
 
 from __future__ import annotations
@@ -27,27 +30,35 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from btard_wire.board import SILENCE_LIMIT
+from btard_wire.board import REVEAL_WINDOW, REVEAL_WITHHOLD_LIMIT, SILENCE_LIMIT, next_withheld_steps
 from btard_wire.randomness import combine_reveals, draw_validators
 
 
 def draw_rates(n: int, m: int, trials: int) -> dict:
     group = [f"p{i:02d}" for i in range(n)]
     dodger = group[1]
-    targeted = checked = 0
-    for _ in range(trials):
+    targeted = checked = paced_checked = paced_withheld = 0
+    window: list[int] = []
+    for step in range(trials):
         xs = [secrets.token_bytes(32) for _ in group]
         with_mine = dodger in draw_validators(combine_reveals(xs), group=group, targets=group, m=m).values()
         without = [x for p, x in zip(group, xs) if p != dodger]
+        checked_without = with_mine and dodger in draw_validators(combine_reveals(without), group=group,
+                                                                  targets=group, m=m).values()
         targeted += with_mine
-        if with_mine:  # it withholds: checked only if the draw without its value checks it too
-            checked += dodger in draw_validators(combine_reveals(without), group=group, targets=group,
-                                                 m=m).values()
+        checked += checked_without  # it withholds when targeted: checked only if the other draw checks it too
         # (not targeted: it reveals and is not checked)
+        paced = with_mine and len(window) < REVEAL_WITHHOLD_LIMIT - 1  # withholds only while it keeps its key
+        paced_withheld += paced
+        paced_checked += checked_without if paced else with_mine
+        window = next_withheld_steps(window, step=step, withheld=paced)
     q = targeted / trials
     return {"n": n, "m": m, "trials": trials, "q_targeted": q, "p_checked_dodging": checked / trials,
             "q_squared": q * q, "p_escape_per_withheld_step": 1 - checked / max(1, targeted),
-            "expected_steps_to_silence_ban": sum(q ** -k for k in range(1, SILENCE_LIMIT + 1)) if q else None}
+            "expected_steps_to_silence_ban": sum(q ** -k for k in range(1, SILENCE_LIMIT + 1)) if q else None,
+            "expected_steps_to_window_ban": REVEAL_WITHHOLD_LIMIT / q if q else None,
+            "paced_p_checked": paced_checked / trials, "paced_withheld_fraction": paced_withheld / trials,
+            "window": [REVEAL_WITHHOLD_LIMIT, REVEAL_WINDOW]}
 
 
 def swarm_run(n: int, m: int, steps: int, seed: int) -> dict:
@@ -98,7 +109,9 @@ def main() -> None:
     for r in rows["draw"]:
         print(f"draw n={r['n']} m={r['m']}: q={r['q_targeted']:.3f} checked while dodging={r['p_checked_dodging']:.3f} "
               f"(q^2={r['q_squared']:.3f}); escape per withheld step={r['p_escape_per_withheld_step']:.3f}; "
-              f"expected steps to the silence ban={r['expected_steps_to_silence_ban']:.0f}")
+              f"expected steps to the ban: consecutive count {r['expected_steps_to_silence_ban']:.0f}, "
+              f"window {r['expected_steps_to_window_ban']:.0f}; paced dodger (keeps its key) checked="
+              f"{r['paced_p_checked']:.3f}, withholds in {r['paced_withheld_fraction']:.3f} of the steps")
     for r in rows["swarm"]:
         print(f"swarm n={r['n']} m={r['m']} seed={r['seed']}: {r['steps']} steps, withheld {r['withheld']}, "
               f"escaped {r['escaped']}, banned at {r['banned_at']} ({r['ban_kind']}), honest banned "
