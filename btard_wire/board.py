@@ -426,7 +426,9 @@ def ban_scope(*, kind: str, earlier_key_bans: int, has_account: bool = True) -> 
 
 
 def probation_voided(*, candidate: str, validator: str | None, failures: Iterable[tuple[str, str]]) -> bool:
-    """Whether ``candidate``'s probation step earns no credit: its assigned ``validator`` (drawn with
+    """The former one-validator rule, superseded by :func:`btard_wire.probation.probation_decision` (two
+    validators must agree); kept while ``runs.selectors.probation_voided_in_step`` (no caller left) exists.
+    Whether ``candidate``'s probation step earns no credit: its assigned ``validator`` (drawn with
     shared randomness, :func:`btard_wire.randomness.draw_probation_validators`) posted a signed
     ``probation`` report naming it with ``ok: false``. ``failures`` are ``(sender, candidate)`` of the
     step's stored ``probation`` broadcasts with ``ok: false``. Only the assigned validator counts: an

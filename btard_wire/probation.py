@@ -1,21 +1,19 @@
 """Probation rules as pure functions: which candidates a step checks, whether a step counts, promotion.
 
 The draw and the voiding rule are :mod:`btard_wire.randomness` (``draw_probation_validators``) and
-:mod:`btard_wire.board` (``probation_drawable``, ``probation_voided``); this module adds what the site's
+:mod:`btard_wire.board` (``probation_drawable``, ``probation_report_refused``); this module adds what the site's
 step loop and admission policy decide around them, so the simulator (``worker_client.sim``) and the
 site run one rule (docs/protocol.md, "Newcomers"):
 
 - :func:`probation_panels`: the step's ``{candidate: [two validators]}`` for the candidates the step
   may check (joined before the MPRNG the randomness came from opened; all on the public chain), drawn
-  from that randomness (:func:`probation_checks`: the first of each panel, for a caller naming one);
+  from that randomness;
 - :func:`probation_outcome` and :func:`probation_decision`: the step's word on a candidate from its
   panel's ``probation`` reports (issue 12, invariant 9): it counts only when both validators' passing
   reports agree, the candidate is rejected only when both failing reports agree (and it reported its
   step), and anything else (a disagreement, a missing report, a panel of one) neither counts nor
   punishes: the next step draws a new panel (re-drawn, not escalated); a step drawn from the run's
   public chain decides nothing (its panels could be ground);
-- :func:`probation_credited`: the former one-validator rule (a step counts unless its validator voided
-  it), for a site that still names one validator per candidate;
 - :func:`ready_to_promote`: a candidate with as many counted steps as its probation requires becomes
   active at the step boundary.
 
@@ -27,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from .board import probation_drawable, probation_voided
+from .board import probation_drawable
 from .randomness import PROBATION_PANEL, draw_probation_panels
 
 __all__ = [
@@ -38,8 +36,6 @@ __all__ = [
     "REJECT",
     "SPLIT",
     "panel_of",
-    "probation_checks",
-    "probation_credited",
     "probation_decision",
     "probation_outcome",
     "probation_panels",
@@ -62,13 +58,6 @@ def probation_panels(randomness: bytes, *, members: Iterable[str], joined_at: Ma
     if not drawable:
         return {}
     return draw_probation_panels(randomness, members=list(members), candidates=drawable)
-
-
-def probation_checks(randomness: bytes, *, members: Iterable[str], joined_at: Mapping[str, float],
-                     randomness_opened_at: float | None) -> dict[str, str]:
-    """``{candidate: validator}``: the first validator of each of :func:`probation_panels`."""
-    return {c: panel[0] for c, panel in probation_panels(randomness, members=members, joined_at=joined_at,
-                                                         randomness_opened_at=randomness_opened_at).items()}
 
 
 def panel_of(entry: Mapping) -> list[str]:
@@ -120,16 +109,6 @@ def probation_decision(*, candidate: str, panel: Sequence[str], reported: bool,
         return None
     outcome = probation_outcome(candidate=candidate, panel=panel, reports=reports)
     return CREDIT if outcome == PASS else REJECT if outcome == FAIL else None
-
-
-def probation_credited(*, candidate: str, validator: str | None, reported: bool,
-                       failures: Iterable[tuple[str, str]]) -> bool:
-    """The former one-validator rule (for a site naming one ``validator`` per candidate; the panel rule is
-    :func:`probation_decision`). Whether ``candidate``'s probation step counts: the step drew it (``validator`` is not None), it
-    reported its probation step, and ``validator`` did not post a failed check naming it
-    (:func:`~btard_wire.board.probation_voided`; ``failures``: ``(sender, named candidate)`` pairs)."""
-    return validator is not None and reported and not probation_voided(candidate=candidate, validator=validator,
-                                                                       failures=failures)
 
 
 def ready_to_promote(*, done: int, required: int) -> bool:

@@ -163,14 +163,6 @@ def draw_probation_panels(randomness: bytes, *, members: Collection[str], candid
     return {cand: [pool[(k * i + j) % len(pool)] for j in range(k)] for i, cand in enumerate(order)}
 
 
-def draw_probation_validators(randomness: bytes, *, members: Collection[str],
-                              candidates: Collection[str]) -> dict[str, str]:
-    """``{candidate: first validator of its panel}`` (:func:`draw_probation_panels`), for a site that names
-    one validator per candidate (``Group.candidates[i]["validator"]``; the panel is ``"validators"``)."""
-    return {cand: panel[0] for cand, panel in draw_probation_panels(randomness, members=members,
-                                                                     candidates=candidates).items()}
-
-
 def group_order(randomness: bytes, members: Collection[str], *, size: int | None = None) -> list[str]:
     """A step's group in order (peer ``group[j]`` aggregates part j and reveals j-th in the MPRNG): the
     first ``size`` of a keyed shuffle of the sorted eligible ``members`` (all when ``size`` is None),

@@ -14,8 +14,6 @@ from btard_wire.probation import (
     REJECT,
     SPLIT,
     panel_of,
-    probation_checks,
-    probation_credited,
     probation_decision,
     probation_outcome,
     probation_panels,
@@ -40,9 +38,6 @@ def test_it_checks_only_candidates_that_joined_before_the_randomness_existed():
     assert both == draw_probation_panels(_r(0), members=MEMBERS, candidates=["early", "late"])
     # the public chain (step 0, or after a step without an MPRNG output) draws every candidate
     assert probation_panels(_r(0), members=MEMBERS, joined_at=joined, randomness_opened_at=None) == both
-    # one validator per candidate for a caller that names one: the panel's first
-    assert probation_checks(_r(0), members=MEMBERS, joined_at=joined,
-                            randomness_opened_at=6.0) == {c: p[0] for c, p in both.items()}
 
 
 def test_a_step_counts_only_when_both_validators_pass_and_rejects_only_when_both_fail():
@@ -110,15 +105,6 @@ def test_a_lone_byzantine_validator_can_neither_promote_a_bad_candidate_nor_reje
 def test_a_candidate_entry_names_its_panel_or_its_one_validator():
     assert panel_of({"validators": ["a", "b"], "validator": "a"}) == ["a", "b"]
     assert panel_of({"validator": "a"}) == ["a"] and panel_of({}) == []
-
-
-def test_the_one_validator_rule_counts_a_step_unless_its_validator_voided_it():
-    assert probation_credited(candidate="x", validator="a", reported=True, failures=[])
-    assert not probation_credited(candidate="x", validator=None, reported=True, failures=[])  # not drawn
-    assert not probation_credited(candidate="x", validator="a", reported=False, failures=[])
-    assert not probation_credited(candidate="x", validator="a", reported=True, failures=[("a", "x")])
-    # another member's failed check voids nothing (a Byzantine member cannot keep a newcomer out)
-    assert probation_credited(candidate="x", validator="a", reported=True, failures=[("b", "x"), ("a", "y")])
 
 
 def test_a_candidate_is_promoted_once_it_has_the_required_steps():

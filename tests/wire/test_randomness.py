@@ -148,7 +148,7 @@ def test_the_assignment_changes_when_any_honest_reveal_changes():
 
 
 def test_probation_panels_are_two_distinct_members_spread_evenly_and_a_key_cannot_choose_them():
-    from btard_wire.randomness import draw_probation_panels, draw_probation_validators
+    from btard_wire.randomness import draw_probation_panels
 
     members, candidates = GROUP[:4], ["c0", "c1", "c2", "c3", "c4", "c5"]
     got = draw_probation_panels(_r(0), members=members, candidates=candidates + ["p0"])
@@ -163,9 +163,6 @@ def test_probation_panels_are_two_distinct_members_spread_evenly_and_a_key_canno
     # a group of one member: a panel of one (which decides nothing, btard_wire.probation.probation_outcome)
     assert draw_probation_panels(_r(0), members=["p0"], candidates=["c0"]) == {"c0": ["p0"]}
     assert draw_probation_panels(_r(0), members=[], candidates=["c0"]) == {}
-    # a caller naming one validator gets each panel's first
-    assert draw_probation_validators(_r(0), members=members, candidates=candidates) == {
-        c: panel[0] for c, panel in got.items()}
 
 
 def test_the_group_order_is_a_keyed_shuffle_and_a_rotation_picks_a_random_subset():
