@@ -1,9 +1,9 @@
 """Probation rules as pure functions: which candidates a step checks, whether a step counts, promotion.
 
-The draw and the voiding rule are :mod:`btard_wire.randomness` (``draw_probation_validators``) and
-:mod:`btard_wire.board` (``probation_drawable``, ``probation_report_refused``); this module adds what the site's
-step loop and admission policy decide around them, so the simulator (``worker_client.sim``) and the
-site run one rule (docs/protocol.md, "Newcomers"):
+The draw and the report rule are :mod:`btard_wire.randomness` (``draw_probation_panels``) and
+:mod:`btard_wire.board` (``probation_drawable``, ``probation_report_refused``); this module adds what
+the site's step loop and admission policy decide around them, so the simulator (``worker_client.sim``)
+and the site run one rule (docs/protocol.md, "Probation" under btard-sim):
 
 - :func:`probation_panels`: the step's ``{candidate: [two validators]}`` for the candidates the step
   may check (joined before the MPRNG the randomness came from opened; all on the public chain), drawn
