@@ -429,7 +429,7 @@ def probation_voided(*, candidate: str, validator: str | None, failures: Iterabl
     """The former one-validator rule, superseded by :func:`btard_wire.probation.probation_decision` (two
     validators must agree); kept while ``runs.selectors.probation_voided_in_step`` (no caller left) exists.
     Whether ``candidate``'s probation step earns no credit: its assigned ``validator`` (drawn with
-    shared randomness, :func:`btard_wire.randomness.draw_probation_validators`) posted a signed
+    shared randomness, :func:`btard_wire.randomness.draw_probation_panels`) posted a signed
     ``probation`` report naming it with ``ok: false``. ``failures`` are ``(sender, candidate)`` of the
     step's stored ``probation`` broadcasts with ``ok: false``. Only the assigned validator counts: an
     accusation, an ELIMINATE or a failed report from any other member (a Byzantine one) voids nothing,
@@ -460,7 +460,7 @@ def probation_report_refused(*, sender: str, candidate: str,
 
 def probation_drawable(*, joined_at: float, randomness_opened_at: float | None) -> bool:
     """Whether a candidate whose key joined the run at ``joined_at`` takes part in a step's probation draw
-    (:func:`btard_wire.randomness.draw_probation_validators`) from randomness that the MPRNG of a step
+    (:func:`btard_wire.randomness.draw_probation_panels`) from randomness that the MPRNG of a step
     opened at ``randomness_opened_at`` produced.
 
     A candidate that knew the randomness when it chose its key, or its moment to join, could grind
