@@ -464,12 +464,12 @@ def probation_drawable(*, joined_at: float, randomness_opened_at: float | None) 
     opened at ``randomness_opened_at`` produced.
 
     A candidate that knew the randomness when it chose its key, or its moment to join, could grind
-    either until its validator is an accomplice (a few tries: a keyed shuffle permutes positions, and a
+    either until its panel is two accomplices (a few tries: a keyed shuffle permutes positions, and a
     key's position is its rank among the sorted ids). So only keys that joined before that step opened
     (before any of its MPRNG secrets existed) are drawn; the cost to an honest newcomer is one step of
     waiting. ``None``: the draw uses the run's public chain (step 0, or a step after one without an MPRNG
     output), known to everyone from the run's creation, so no joining time helps; such a step still
-    checks every candidate (else step 0 could check nobody), and what a grinder gains is that one step's
-    validator: the residual is bounded by how often a step has no ``r`` (a bad reveal is a provable
-    fault, an account ban; docs/threat-model.md)."""
+    checks every candidate, but its panels decide nothing (a grinder could choose its own or steer an
+    honest newcomer's: :func:`btard_wire.probation.probation_decision`, ``public_chain``;
+    docs/threat-model.md)."""
     return randomness_opened_at is None or joined_at < randomness_opened_at
