@@ -63,6 +63,10 @@ def build_soak_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--kill-every", type=float, default=45.0, help="seconds between kills")
     parser.add_argument("--down", type=float, default=10.0, help="seconds a killed worker stays down")
+    parser.add_argument("--settle", type=float, default=0.0,
+                        help="seconds after its restart before a worker may be killed again (default: 0, any "
+                             "worker; a second kill while it still catches up is its third silent step in a row, "
+                             "a key ban by btard_wire.board's silence rule)")
     parser.add_argument("--warmup-steps", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--port", type=int, default=8765)
@@ -173,6 +177,7 @@ def _interrupt(signum, frame):
 
 def _loop(demo, ours, rng, honest, argv_of, step, site_pid, summary, out: Path) -> None:
     down: dict[str, float] = {}
+    back_at: dict[str, float] = {}  # when a killed worker was started again
     last_kill = time.monotonic()
     last_step, since = -1, time.monotonic()
     summary.setdefault("stalls", [])  # [step, seconds] for a step that took longer than 2 minutes
@@ -186,15 +191,18 @@ def _loop(demo, ours, rng, honest, argv_of, step, site_pid, summary, out: Path) 
             if now - killed_at >= ours.down:
                 demo.spawn(name, argv_of[name])
                 del down[name]
+                back_at[name] = now
                 summary["rejoins"] += 1
         if now - last_kill >= ours.kill_every:
             alive = [n for n in honest if n not in down]
-            if len(alive) > len(honest) // 2 + 1:
-                victim = rng.choice(alive)
+            settled = [n for n in alive if now - back_at.get(n, -1e9) >= ours.settle]
+            if len(alive) > len(honest) // 2 + 1 and settled:
+                victim = rng.choice(settled)
                 proc = next(p for n, p in reversed(demo.procs) if n == victim)
                 demo.group.kill(proc, signal.SIGKILL)
                 down[victim] = now
                 summary["kills"] += 1
+                summary.setdefault("kill_log", []).append([s, victim])  # [step, worker]
             last_kill = now
         rss = rss_mib(site_pid)
         if len(summary["rss_samples_mib"]) < 2000:
