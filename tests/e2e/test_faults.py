@@ -25,6 +25,13 @@ FIELDS = dict(phase_timeout=5.0, step_timeout=25.0, batch_size=16, validators_pe
               min_peers=99)
 
 
+# Each test stops its workers itself; --max-steps must never end one mid-test. With 80, two workers left alone
+# while the others' Daphne was down and their reconnect backoff ran (up to 45 s then) could finish their 80
+# steps at about 1.2 steps a second here, faster on a quieter machine, and exit: the next wait for "every worker
+# applies a step" then ran out ("not within 300 s").
+MAX_STEPS = 100_000
+
+
 def _ready(site, workers, min_peers):
     site.start_when_ready(workers, min_peers=min_peers)
 
@@ -57,7 +64,7 @@ def test_the_run_goes_on_through_a_killed_worker_and_cut_links(netsite, network,
     site.start()
     tokens = [t["token"] for t in run["tokens"]]
     hosts = [network.add_host(rate="100mbit") for _ in range(5)]
-    workers = [site.start_worker_on(h, f"w{i}", tokens[i], max_steps=60) for i, h in enumerate(hosts)]
+    workers = [site.start_worker_on(h, f"w{i}", tokens[i], max_steps=MAX_STEPS) for i, h in enumerate(hosts)]
     _ready(site, workers, min_peers=3)
     rid = run["run_id"]
     _wait_step(site, rid, 1, 180)
@@ -126,7 +133,7 @@ def test_the_run_goes_on_through_daphne_restarts_and_a_lost_site_process(netsite
     tokens = [t["token"] for t in run["tokens"]]
     hosts = [network.add_host(rate="100mbit") for _ in range(4)]
     # two Daphne processes behind the same Redis and database, two workers on each
-    workers = [site.start_worker_on(h, f"w{i}", tokens[i], max_steps=80, server=url_a if i < 2 else url_b)
+    workers = [site.start_worker_on(h, f"w{i}", tokens[i], max_steps=MAX_STEPS, server=url_a if i < 2 else url_b)
                for i, h in enumerate(hosts)]
     _ready(site, workers, min_peers=2)
     _wait_step(site, rid, 1, 180)
@@ -162,7 +169,7 @@ def test_the_run_goes_on_through_redis_and_postgres_restarts_and_loses_nothing(p
         site.start()
         tokens = [t["token"] for t in run["tokens"]]
         hosts = [network.add_host(rate="100mbit") for _ in range(4)]
-        workers = [site.start_worker_on(h, f"w{i}", tokens[i], max_steps=80) for i, h in enumerate(hosts)]
+        workers = [site.start_worker_on(h, f"w{i}", tokens[i], max_steps=MAX_STEPS) for i, h in enumerate(hosts)]
         _ready(site, workers, min_peers=3)
         _wait_step(site, rid, 2, 180)
         record_recovery("baseline: every worker applies a step", _members_apply(site, rid, workers, 1, 120))
@@ -200,10 +207,10 @@ def test_a_slow_host_is_left_out_of_steps_not_banned_and_told_why(netsite, netwo
     rid = run["run_id"]
     site.start()
     tokens = [t["token"] for t in run["tokens"]]
-    fast = [site.start_worker_on(network.add_host(rate="1000mbit"), f"fast{i}", tokens[i], max_steps=80)
+    fast = [site.start_worker_on(network.add_host(rate="1000mbit"), f"fast{i}", tokens[i], max_steps=MAX_STEPS)
             for i in range(4)]
     slow_host = network.add_host(rate="1000mbit")
-    slow = site.start_worker_on(slow_host, "slow", tokens[4], max_steps=80)
+    slow = site.start_worker_on(slow_host, "slow", tokens[4], max_steps=MAX_STEPS)
     _ready(site, fast + [slow], min_peers=3)
     _wait_step(site, rid, 1, 180)
     network.set_rate(slow_host, "1mbit")
