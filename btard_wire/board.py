@@ -425,18 +425,6 @@ def ban_scope(*, kind: str, earlier_key_bans: int, has_account: bool = True) -> 
 # admission (security review, finding 10; issue 12, invariant 9)
 
 
-def probation_voided(*, candidate: str, validator: str | None, failures: Iterable[tuple[str, str]]) -> bool:
-    """The former one-validator rule, superseded by :func:`btard_wire.probation.probation_decision` (two
-    validators must agree); kept while ``runs.selectors.probation_voided_in_step`` (no caller left) exists.
-    Whether ``candidate``'s probation step earns no credit: its assigned ``validator`` (drawn with
-    shared randomness, :func:`btard_wire.randomness.draw_probation_panels`) posted a signed
-    ``probation`` report naming it with ``ok: false``. ``failures`` are ``(sender, candidate)`` of the
-    step's stored ``probation`` broadcasts with ``ok: false``. Only the assigned validator counts: an
-    accusation, an ELIMINATE or a failed report from any other member (a Byzantine one) voids nothing,
-    so no member can keep an honest newcomer out (finding 10: any member used to void any probation)."""
-    return validator is not None and any(sender == validator and named == candidate for sender, named in failures)
-
-
 def probation_report_refused(*, sender: str, candidate: str,
                              validators: Mapping[str, str | Sequence[str] | None],
                              reported: Collection[str]) -> str | None:

@@ -190,8 +190,8 @@ class ProbationPayload(_Payload):
     """A probation validator's report on the ``candidate`` it was drawn for (the envelope's step is the
     probation step): ``ok`` is whether its recomputation of the candidate's gradient matched. The site
     stores at most one per (sender, candidate, step), accepts it only from the candidate's drawn validator
-    (:func:`btard_wire.randomness.draw_probation_validators`) and decides with
-    :func:`btard_wire.board.probation_voided`; it is not relayed to the group."""
+    (:func:`btard_wire.randomness.draw_probation_panels`) and decides with
+    :func:`btard_wire.probation.probation_decision`; it is not relayed to the group."""
 
     type: Literal["probation"] = "probation"
     candidate: PeerId

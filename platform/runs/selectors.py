@@ -247,26 +247,3 @@ def step_complete(record: StepRecord, *, now=None) -> bool:
         return True
     return bool(reported & set(record.members)) and board_rules.step_closable(
         members=record.members, reported=reported, gone=members_gone(record, now=now))
-
-
-def probation_failures(run: Run, record: StepRecord) -> list[tuple[str, str]]:
-    """``(sender, named candidate)`` of the failed probation checks stored at ``record``'s step: ``probation``
-    reports with ``ok: false``, and failed ``validation`` reports naming a candidate (workers before the
-    ``probation`` phase). Only the candidate's drawn validator's count (btard_wire.board.probation_voided)."""
-    failures = []
-    for phase, sender, env in BroadcastLog.objects.filter(run=run, step=record.step, phase__in=("probation",
-                                                                                              "validation")) \
-            .values_list("phase", "sender_peer_id", "envelope"):
-        payload = (env or {}).get("payload") or {}
-        if payload.get("ok", True) is False:
-            named = payload.get("candidate" if phase == "probation" else "target")
-            if isinstance(named, str):
-                failures.append((sender, named))
-    return failures
-
-
-def probation_voided_in_step(run: Run, record: StepRecord) -> set[str]:
-    """The candidates of ``record`` whose probation step earns nothing (btard_wire.board.probation_voided)."""
-    failures = probation_failures(run, record)
-    return {c["peer_id"] for c in record.candidates
-            if board_rules.probation_voided(candidate=c["peer_id"], validator=c.get("validator"), failures=failures)}

@@ -277,14 +277,6 @@ def test_only_contributors_with_scalars_on_the_board_are_targets():
 
 
 # --- admission (finding 10) ---------------------------------------------------------------------------
-def test_only_the_assigned_validator_voids_a_candidates_probation_step():
-    failures = [("b", "cand"), ("c", "cand"), ("a", "other")]  # (sender, named) of ok: false reports
-    assert not rules.probation_voided(candidate="cand", validator="a", failures=failures)
-    assert rules.probation_voided(candidate="cand", validator="b", failures=failures)
-    assert rules.probation_voided(candidate="other", validator="a", failures=failures)
-    assert not rules.probation_voided(candidate="cand", validator=None, failures=failures)
-
-
 def test_only_the_drawn_validator_reports_on_a_candidate_and_only_once_per_step():
     draw = {"cand": "a", "other": "b"}  # a site naming one validator per candidate
     assert rules.probation_report_refused(sender="a", candidate="cand", validators=draw, reported=[]) is None
