@@ -110,3 +110,84 @@ def test_a_candidate_entry_names_its_panel_or_its_one_validator():
 def test_a_candidate_is_promoted_once_it_has_the_required_steps():
     assert not ready_to_promote(done=1, required=2)
     assert ready_to_promote(done=2, required=2) and ready_to_promote(done=0, required=0)
+
+
+def _withholding_coalition_promotes(*, n: int, b: int, required: int, seed: int, commit_first: bool,
+                                    max_steps: int = 400) -> tuple[str, int, int]:
+    """A never-computing candidate and a coalition of ``b`` of the ``n`` members, against the real draw
+    (``draw_probation_panels`` over ``combine_reveals`` of the reveals held at the close) and the SR 14
+    window (``next_withheld_steps``/``withholding_banned``): each step, an accomplice whose window allows
+    withholds its reveal when the randomness without it gives the candidate a panel of two accomplices
+    (one reveal fewer is another ``r``: ``b`` alternatives for one strike).
+
+    ``commit_first=False`` is the site today: the panel is public before the candidate reports, so it
+    skips (no decision) every step whose panel still holds an honest member. ``commit_first=True`` is the
+    design of docs/threat-model.md (committed before ``r`` opens, no skip; a step whose reveal set misses
+    a committed member decides no probation): the coalition withholds only to void a panel of two honest
+    members, which would reject the candidate. Returns (outcome, steps, withheld reveals)."""
+    import random
+
+    from btard_wire.board import next_withheld_steps, withholding_banned
+    from btard_wire.randomness import combine_reveals
+
+    rng = random.Random(seed)
+    members = [f"m{i:02d}" for i in range(n)]
+    byz = members[:b]
+    windows: dict[str, list[int]] = {k: [] for k in byz}
+    credited = withheld = 0
+
+    def may_withhold(k: str, step: int) -> bool:  # one more would still keep the key
+        return not withholding_banned(next_withheld_steps(windows[k], step=step, withheld=True))
+
+    for step in range(max_steps):
+        xs = dict(zip(members, (rng.randbytes(32) for _ in members), strict=True))
+
+        def panel(without: str | None = None, xs=xs) -> set[str]:
+            r = combine_reveals([x for m, x in xs.items() if m != without])
+            return set(draw_probation_panels(r, members=members, candidates=["cand"])["cand"])
+
+        p, out = panel(), None
+        if commit_first:
+            if not p & set(byz):
+                out = next((k for k in byz if may_withhold(k, step)), None)
+        elif not p <= set(byz):
+            out = next((k for k in byz if may_withhold(k, step) and panel(k) <= set(byz)), None)
+        for k in byz:
+            windows[k] = next_withheld_steps(windows[k], step=step, withheld=k == out)
+            assert not withholding_banned(windows[k])  # every accomplice keeps its key
+        if out is not None:
+            withheld += 1
+            if commit_first:
+                continue  # a missing reveal: the step decides no probation
+            p = panel(out)
+        if p <= set(byz):
+            credited += 1
+            if ready_to_promote(done=credited, required=required):
+                return "promoted", step + 1, withheld
+        elif commit_first and not p & set(byz):
+            return "rejected", step + 1, withheld
+    return "open", max_steps, withheld
+
+
+def test_withheld_reveals_let_a_coalition_steer_a_never_computing_candidates_panel_today():
+    """The residual of docs/threat-model.md (probation row): today a candidate skips the steps whose
+    public panel holds an honest member, and its coalition re-rolls the panel's randomness by withholding
+    MPRNG reveals within the SR 14 window: at 7 of 16 it is promoted in every trial, far sooner than the
+    ``required / p_a`` (29) steps of skipping alone, with no accomplice banned."""
+    runs = [_withholding_coalition_promotes(n=16, b=7, required=5, seed=s, commit_first=False) for s in range(40)]
+    assert all(o == "promoted" for o, _, _ in runs)
+    mean_steps = sum(s for _, s, _ in runs) / len(runs)
+    assert mean_steps < 12  # skipping alone: 5 / p_a = 28.6 steps
+
+
+def test_a_commitment_before_the_randomness_stops_the_skip_only_for_a_small_coalition():
+    """The design for the residual (docs/threat-model.md): committing before ``r`` opens removes the
+    candidate's free skip, but the coalition's withheld reveals (each voiding one step) replace it: a
+    small coalition (2 of 8) runs out of window long before it avoided every panel of two honest members,
+    so its candidate is rejected; a large one (7 of 16) still gets it promoted, as slowly as by skipping
+    (about ``required / p_a`` steps), with about ``required * p_h / p_a`` (8.6) withheld reveals."""
+    small = [_withholding_coalition_promotes(n=8, b=2, required=5, seed=s, commit_first=True) for s in range(40)]
+    assert sum(o == "promoted" for o, _, _ in small) <= 1 and all(o != "open" for o, _, _ in small)
+    large = [_withholding_coalition_promotes(n=16, b=7, required=5, seed=s, commit_first=True) for s in range(40)]
+    assert sum(o == "promoted" for o, _, _ in large) >= 38
+    assert 18 < sum(s for _, s, _ in large) / len(large) < 45
