@@ -38,7 +38,7 @@ test: $(STAMP)
 
 # Faults across hosts (tests/e2e): workers in network namespaces, needs root, PostgreSQL and Redis
 # (DATABASE_URL / REDIS_URL as for `make test`); left out of `make test`, run by CI (.ci/run) after it
-# (about 13-16 minutes on a 2-core machine).
+# (about 9-11 minutes on a 2-core machine).
 test-e2e: $(STAMP)
 	@$(PY) -m pytest -m e2e tests/e2e $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest ran no tests: treating as failure"; exit 1; fi; exit $$status
