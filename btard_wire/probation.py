@@ -13,7 +13,8 @@ and the site run one rule (docs/protocol.md, "Probation" under btard-sim):
   reports agree, the candidate is rejected only when both failing reports agree (and it reported its
   step), and anything else (a disagreement, a missing report, a panel of one) neither counts nor
   punishes: the next step draws a new panel (re-drawn, not escalated); a step drawn from the run's
-  public chain decides nothing (its panels could be ground);
+  public chain decides nothing (its panels could be ground), nor does one drawn from an MPRNG output that
+  left out a committed member's withheld reveal (:func:`reveals_withheld`: the withholder chose it);
 - :func:`ready_to_promote`: a candidate with as many counted steps as its probation requires becomes
   active at the step boundary.
 
@@ -23,7 +24,7 @@ numbers in the simulator) as long as both arguments use the same one.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 from .board import probation_drawable
 from .randomness import PROBATION_PANEL, draw_probation_panels
@@ -40,6 +41,7 @@ __all__ = [
     "probation_outcome",
     "probation_panels",
     "ready_to_promote",
+    "reveals_withheld",
 ]
 
 PASS, FAIL, SPLIT, OPEN = "pass", "fail", "split", "open"  # a step's word on a candidate
@@ -58,6 +60,21 @@ def probation_panels(randomness: bytes, *, members: Iterable[str], joined_at: Ma
     if not drawable:
         return {}
     return draw_probation_panels(randomness, members=list(members), candidates=drawable)
+
+
+def reveals_withheld(*, committed: Iterable[str], revealed: Collection[str] | None) -> bool:
+    """Whether an MPRNG output left out the reveal of a member that committed: ``committed`` are the
+    senders of the step's ``mprng_commit``, ``revealed`` the ``mprng_reveal`` sender set as the site closed
+    the phase (None: not closed at a deadline, so every committed reveal was needed and is in).
+
+    Such an output is one of several the withholders could pick once they had seen the others' reveals
+    (each accomplice that withholds gives another value: SR 14's bit, once per accomplice), so panels
+    drawn from it were chosen, not drawn: :func:`probation_decision` decides nothing on them
+    (docs/threat-model.md, the probation residual row)."""
+    if revealed is None:
+        return False
+    closed = set(revealed)
+    return any(p not in closed for p in committed)
 
 
 def panel_of(entry: Mapping) -> list[str]:
@@ -92,7 +109,8 @@ def probation_outcome(*, candidate: str, panel: Sequence[str],
 
 
 def probation_decision(*, candidate: str, panel: Sequence[str], reported: bool,
-                       reports: Iterable[tuple[str, str, bool]], public_chain: bool = False) -> str | None:
+                       reports: Iterable[tuple[str, str, bool]], public_chain: bool = False,
+                       withheld_reveals: bool = False) -> str | None:
     """What a step does with ``candidate``: ``CREDIT`` (the step counts towards promotion: the panel's
     passing reports agree and the candidate reported its probation step), ``REJECT`` (the panel's failing
     reports agree and the candidate reported its step, i.e. claimed the gradient it served: its key is out;
@@ -104,8 +122,14 @@ def probation_decision(*, candidate: str, panel: Sequence[str], reported: bool,
     without an MPRNG output), which everyone knew before choosing a key. A grinder could then pick its own
     panel (two accomplices pass it) or, since its key moves the others in the candidate shuffle, steer an
     honest newcomer onto two accomplices (which would reject it); so such a step decides nothing (the
-    reports are still checked and kept; docs/threat-model.md, step 0)."""
-    if not reported or public_chain:
+    reports are still checked and kept; docs/threat-model.md, step 0).
+
+    ``withheld_reveals``: the panels' randomness left out a committed member's withheld reveal
+    (:func:`reveals_withheld`). The withholders saw every other reveal first and picked this output among
+    one per accomplice, so a coalition could choose two accomplices for an honest newcomer (rejecting it)
+    or for its own never-computing candidate (crediting it); such a step decides nothing either, and a
+    withholder pays a strike of the SR 14 window for each step it voids."""
+    if not reported or public_chain or withheld_reveals:
         return None
     outcome = probation_outcome(candidate=candidate, panel=panel, reports=reports)
     return CREDIT if outcome == PASS else REJECT if outcome == FAIL else None

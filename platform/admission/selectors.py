@@ -12,14 +12,15 @@ from btard_wire.randomness import probation_seed
 
 
 def probation_candidates(*, run: Run, step: int, members: Collection[str], randomness: bytes,
-                         randomness_opened_at: float | None) -> list[dict]:
+                         randomness_opened_at: float | None, withheld_reveals: bool = False) -> list[dict]:
     """The entries of ``Group.candidates`` (and ``StepRecord.candidates``) for step ``step``: each online
     candidate that :func:`btard_wire.probation.probation_panels` draws from ``randomness`` (the previous
     step's MPRNG output; ``randomness_opened_at``: when that MPRNG began, None for the public chain), with
     its public probation seed, its panel of two validators (``validators``; ``validator`` is the panel's
     first, for a worker that reads one), whether the draw came from the run's public chain (``public_chain``:
-    such a step decides nothing, :func:`btard_wire.probation.probation_decision`) and the probation steps it
-    has left."""
+    such a step decides nothing, :func:`btard_wire.probation.probation_decision`), whether that randomness
+    left out a committed member's withheld reveal (``withheld_reveals``, :func:`btard_wire.probation.
+    reveals_withheld`: such a step decides nothing either) and the probation steps it has left."""
     online = {c.peer_id: c for c in run.peers.filter(role="candidate", online=True).order_by("peer_id")}
     panels = probation_rules.probation_panels(randomness, members=list(members),
                                               joined_at={pid: c.joined_at.timestamp() for pid, c in online.items()},
@@ -31,6 +32,7 @@ def probation_candidates(*, run: Run, step: int, members: Collection[str], rando
         info = cand.peer_info().model_dump()
         info.update(seed=probation_seed(run=run.id, seed=run.seed, step=step, peer=pid), validator=panels[pid][0],
                     validators=list(panels[pid]), public_chain=randomness_opened_at is None,
+                    withheld_reveals=bool(withheld_reveals) and randomness_opened_at is not None,
                     probation_left=max(0, cand.probation_required - cand.probation_done))
         entries.append(info)
     return entries

@@ -65,7 +65,8 @@ def settle_probation(*, run: Run, record: StepRecord, reported: Collection[str],
     probation step. Each candidate's panel (``validators`` of its entry) and the step's ``probation`` reports
     decide (:func:`btard_wire.probation.probation_decision`): both validators passed it, the step counts
     (``probation_done`` + 1); both failed it, its key is banned (``moderation.services.reject_candidate``);
-    anything else (a disagreement, a missing report, a panel of one, a draw from the public chain) neither
+    anything else (a disagreement, a missing report, a panel of one, a draw from the public chain or from an
+    MPRNG output that left out a withheld reveal) neither
     counts nor punishes, and the next step draws a new panel. Returns the user ids of the credited candidates (for their reputation)."""
     from moderation.services import reject_candidate
 
@@ -80,7 +81,8 @@ def settle_probation(*, run: Run, record: StepRecord, reported: Collection[str],
         panel = probation_rules.panel_of(entry)
         decision = probation_rules.probation_decision(candidate=peer.peer_id, panel=panel,
                                                       reported=peer.peer_id in reported, reports=reports,
-                                                      public_chain=bool(entry.get("public_chain")))
+                                                      public_chain=bool(entry.get("public_chain")),
+                                                      withheld_reveals=bool(entry.get("withheld_reveals")))
         if decision == probation_rules.CREDIT:
             Peer.objects.filter(pk=peer.pk).update(probation_done=F("probation_done") + 1)
             credited.append(peer.user_id)

@@ -18,6 +18,7 @@ from btard_wire.probation import (
     probation_outcome,
     probation_panels,
     ready_to_promote,
+    reveals_withheld,
 )
 from btard_wire.randomness import draw_probation_panels
 
@@ -111,83 +112,162 @@ def test_a_candidate_is_promoted_once_it_has_the_required_steps():
     assert not ready_to_promote(done=1, required=2)
     assert ready_to_promote(done=2, required=2) and ready_to_promote(done=0, required=0)
 
+# A rational coalition of b of the n members (all of them in every group) against the real draw
+# (draw_probation_panels over combine_reveals of the reveals held at the close), the SR 14 window
+# (next_withheld_steps / withholding_banned: each accomplice keeps its key) and probation_decision.
+# Accomplices reveal after the honest members, so before the close each one knows the randomness with
+# and without its own value: withholding gives another value, one per accomplice (SR 14's bit).
 
-def _withholding_coalition_promotes(*, n: int, b: int, required: int, seed: int, commit_first: bool,
-                                    max_steps: int = 400) -> tuple[str, int, int]:
-    """A never-computing candidate and a coalition of ``b`` of the ``n`` members, against the real draw
-    (``draw_probation_panels`` over ``combine_reveals`` of the reveals held at the close) and the SR 14
-    window (``next_withheld_steps``/``withholding_banned``): each step, an accomplice whose window allows
-    withholds its reveal when the randomness without it gives the candidate a panel of two accomplices
-    (one reveal fewer is another ``r``: ``b`` alternatives for one strike).
 
-    ``commit_first=False`` is the site today: the panel is public before the candidate reports, so it
-    skips (no decision) every step whose panel still holds an honest member. ``commit_first=True`` is the
-    design of docs/threat-model.md (committed before ``r`` opens, no skip; a step whose reveal set misses
-    a committed member decides no probation): the coalition withholds only to void a panel of two honest
-    members, which would reject the candidate. Returns (outcome, steps, withheld reveals)."""
-    import random
-
+def _coalition_step(rng, members: list[str], byz: set[str], windows: dict[str, list[int]], step: int,
+                    want) -> tuple[list[str], bool]:
+    """One step: the candidate's panel and whether the randomness left out a withheld reveal. ``want(p,
+    alt)`` says whether the coalition prefers the panel ``alt`` (an accomplice withheld) to ``p``."""
     from btard_wire.board import next_withheld_steps, withholding_banned
     from btard_wire.randomness import combine_reveals
 
-    rng = random.Random(seed)
-    members = [f"m{i:02d}" for i in range(n)]
-    byz = members[:b]
-    windows: dict[str, list[int]] = {k: [] for k in byz}
-    credited = withheld = 0
+    xs = dict(zip(members, (rng.randbytes(32) for _ in members), strict=True))
 
-    def may_withhold(k: str, step: int) -> bool:  # one more would still keep the key
-        return not withholding_banned(next_withheld_steps(windows[k], step=step, withheld=True))
+    def panel(without: str | None = None) -> list[str]:
+        r = combine_reveals([x for m, x in xs.items() if m != without])
+        return draw_probation_panels(r, members=members, candidates=["cand"])["cand"]
+
+    p, out = panel(), None
+    for k in sorted(byz):
+        if withholding_banned(next_withheld_steps(windows[k], step=step, withheld=True)):
+            continue  # one more would ban its key
+        alt = panel(k)
+        if want(set(p), set(alt)):
+            out, p = k, alt
+            break
+    for k in byz:
+        windows[k] = next_withheld_steps(windows[k], step=step, withheld=k == out)
+        assert not withholding_banned(windows[k])
+    return p, reveals_withheld(committed=members, revealed=[m for m in members if m != out])
+
+
+def _bad_candidate(*, n: int, b: int, seed: int, rule: bool, commit_first: bool = False,
+                   required: int = 5, max_steps: int = 600) -> tuple[str, int, int]:
+    """A candidate that never computes, and its coalition: it reports only when both validators are
+    accomplices (``commit_first=False``: the panel is public before it reports, as on the site), or it
+    must report every step (``commit_first=True``: the design of docs/threat-model.md, committed before
+    the randomness opens). ``rule``: ``probation_decision`` with ``withheld_reveals`` (else the site before
+    it: a withheld reveal only re-rolls). The coalition withholds for two accomplices, and, when the
+    candidate cannot skip, to leave a panel of two honest members. Returns (outcome, steps, withheld)."""
+    import random
+
+    rng, members = random.Random(seed), [f"m{i:02d}" for i in range(n)]
+    byz, windows = set(members[:b]), {m: [] for m in members[:b]}
+    done = withheld = 0
+
+    def want(p: set[str], alt: set[str]) -> bool:
+        if p <= byz:
+            return False
+        if rule:  # a withheld reveal only voids the step: worth it only against a rejection it cannot skip
+            return commit_first and not p & byz
+        return alt <= byz or (commit_first and not p & byz and bool(alt & byz))
 
     for step in range(max_steps):
-        xs = dict(zip(members, (rng.randbytes(32) for _ in members), strict=True))
-
-        def panel(without: str | None = None, xs=xs) -> set[str]:
-            r = combine_reveals([x for m, x in xs.items() if m != without])
-            return set(draw_probation_panels(r, members=members, candidates=["cand"])["cand"])
-
-        p, out = panel(), None
-        if commit_first:
-            if not p & set(byz):
-                out = next((k for k in byz if may_withhold(k, step)), None)
-        elif not p <= set(byz):
-            out = next((k for k in byz if may_withhold(k, step) and panel(k) <= set(byz)), None)
-        for k in byz:
-            windows[k] = next_withheld_steps(windows[k], step=step, withheld=k == out)
-            assert not withholding_banned(windows[k])  # every accomplice keeps its key
-        if out is not None:
-            withheld += 1
-            if commit_first:
-                continue  # a missing reveal: the step decides no probation
-            p = panel(out)
-        if p <= set(byz):
-            credited += 1
-            if ready_to_promote(done=credited, required=required):
-                return "promoted", step + 1, withheld
-        elif commit_first and not p & set(byz):
+        panel, void = _coalition_step(rng, members, byz, windows, step, want)
+        withheld += void
+        reported = commit_first or set(panel) <= byz
+        reports = [(v, "cand", v in byz) for v in panel]
+        decision = probation_decision(candidate="cand", panel=panel, reported=reported, reports=reports,
+                                      withheld_reveals=rule and void)
+        if decision == REJECT:
             return "rejected", step + 1, withheld
+        if decision == CREDIT:
+            done += 1
+            if ready_to_promote(done=done, required=required):
+                return "promoted", step + 1, withheld
     return "open", max_steps, withheld
 
 
-def test_withheld_reveals_let_a_coalition_steer_a_never_computing_candidates_panel_today():
-    """The residual of docs/threat-model.md (probation row): today a candidate skips the steps whose
-    public panel holds an honest member, and its coalition re-rolls the panel's randomness by withholding
-    MPRNG reveals within the SR 14 window: at 7 of 16 it is promoted in every trial, far sooner than the
-    ``required / p_a`` (29) steps of skipping alone, with no accomplice banned."""
-    runs = [_withholding_coalition_promotes(n=16, b=7, required=5, seed=s, commit_first=False) for s in range(40)]
-    assert all(o == "promoted" for o, _, _ in runs)
-    mean_steps = sum(s for _, s, _ in runs) / len(runs)
-    assert mean_steps < 12  # skipping alone: 5 / p_a = 28.6 steps
+def _honest_newcomer(*, n: int, b: int, seed: int, rule: bool, withhold: bool = True, required: int = 5,
+                     max_steps: int = 600) -> tuple[str, int]:
+    """An honest candidate (it reports a correct gradient every step) and a coalition that fails it
+    whenever both of its validators are accomplices. ``withhold``: without ``rule`` the coalition withholds
+    for a panel of two accomplices, else to leave a panel of two honest members; with it (a withheld
+    reveal only voids the step) it withholds to void every panel of two honest members (a delay, which
+    also gives two accomplices more steps to come up). Returns (outcome, steps)."""
+    import random
+
+    rng, members = random.Random(seed), [f"m{i:02d}" for i in range(n)]
+    byz, windows = set(members[:b]), {m: [] for m in members[:b]}
+    done = 0
+
+    def want(p: set[str], alt: set[str]) -> bool:
+        if not withhold or p <= byz:
+            return False
+        if rule:  # a withheld reveal only voids the step: worth it against a credit
+            return not p & byz
+        return alt <= byz or (not p & byz and bool(alt & byz))
+
+    for step in range(max_steps):
+        panel, void = _coalition_step(rng, members, byz, windows, step, want)
+        reports = [(v, "cand", v not in byz) for v in panel]
+        decision = probation_decision(candidate="cand", panel=panel, reported=True, reports=reports,
+                                      withheld_reveals=rule and void)
+        if decision == REJECT:
+            return "rejected", step + 1
+        if decision == CREDIT:
+            done += 1
+            if ready_to_promote(done=done, required=required):
+                return "promoted", step + 1
+    return "open", max_steps
+
+
+def test_an_output_that_left_out_a_committed_members_reveal_was_chosen_by_it():
+    members = ["a", "b", "c"]
+    assert reveals_withheld(committed=members, revealed=["a", "c"])
+    assert not reveals_withheld(committed=members, revealed=["a", "b", "c"])
+    assert not reveals_withheld(committed=["a", "b"], revealed=["a", "b"])  # c never committed: not a choice
+    assert not reveals_withheld(committed=members, revealed=None)  # not closed at a deadline: all were needed
+
+
+def test_a_step_drawn_from_randomness_with_a_withheld_reveal_neither_credits_nor_rejects():
+    panel = ["v1", "v2"]
+    for ok in (True, False):
+        reports = [("v1", "cand", ok), ("v2", "cand", ok)]
+        assert probation_decision(candidate="cand", panel=panel, reported=True, reports=reports) in (CREDIT, REJECT)
+        assert probation_decision(candidate="cand", panel=panel, reported=True, reports=reports,
+                                  withheld_reveals=True) is None
+
+
+def test_withheld_reveals_no_longer_choose_a_never_computing_candidates_panel():
+    """Without the rule, a coalition of 7 of 16 re-rolls the public panel with withheld reveals (one value
+    per accomplice, keys kept) and its skipping candidate is promoted within a few steps; with it the
+    re-rolled steps decide nothing and the candidate needs about ``required / p_a`` (28.6) steps, as by
+    skipping alone (the residual in docs/threat-model.md)."""
+    before = [_bad_candidate(n=16, b=7, seed=s, rule=False) for s in range(40)]
+    assert all(o == "promoted" for o, _, _ in before) and sum(s for _, s, _ in before) / 40 < 12
+    after = [_bad_candidate(n=16, b=7, seed=s, rule=True) for s in range(40)]
+    assert all(o == "promoted" for o, _, _ in after) and sum(s for _, s, _ in after) / 40 > 18
+
+
+def test_withheld_reveals_no_longer_choose_two_accomplices_to_reject_an_honest_newcomer():
+    """Two accomplices in a panel reject an honest newcomer (its key only). Without the rule, withheld
+    reveals choose them: 2 of 8 reject about 84 % of honest newcomers (27 % blind). With it a withheld
+    reveal only voids a step: the coalition can still void the steps whose panel is two honest members (a
+    strike each, within its window), which delays the newcomer and so gives two accomplices more steps
+    to come up (about 59 %), but it can no longer choose them."""
+    before = [_honest_newcomer(n=8, b=2, seed=s, rule=False) for s in range(100)]
+    blind = [_honest_newcomer(n=8, b=2, seed=s, rule=True, withhold=False) for s in range(100)]
+    after = [_honest_newcomer(n=8, b=2, seed=s, rule=True) for s in range(100)]
+    rejected = {name: sum(o == "rejected" for o, _ in runs)
+                for name, runs in (("before", before), ("blind", blind), ("after", after))}
+    assert rejected["before"] >= 75 and rejected["blind"] <= 40 and rejected["blind"] < rejected["after"] <= 70
+    assert all(o != "open" for o, _ in after)
 
 
 def test_a_commitment_before_the_randomness_stops_the_skip_only_for_a_small_coalition():
-    """The design for the residual (docs/threat-model.md): committing before ``r`` opens removes the
-    candidate's free skip, but the coalition's withheld reveals (each voiding one step) replace it: a
-    small coalition (2 of 8) runs out of window long before it avoided every panel of two honest members,
-    so its candidate is rejected; a large one (7 of 16) still gets it promoted, as slowly as by skipping
-    (about ``required / p_a`` steps), with about ``required * p_h / p_a`` (8.6) withheld reveals."""
-    small = [_withholding_coalition_promotes(n=8, b=2, required=5, seed=s, commit_first=True) for s in range(40)]
+    """The design for the residual (docs/threat-model.md; not built): committing before the randomness
+    opens removes the candidate's free skip, and with the rule a withheld reveal only voids a step, which
+    the coalition now needs for every panel of two honest members: 2 of 8 run out of window and the
+    candidate is rejected; 7 of 16 still get it promoted, as slowly as by skipping (about ``required /
+    p_a`` steps) with about ``required * p_h / p_a`` (8.6) withheld reveals."""
+    small = [_bad_candidate(n=8, b=2, seed=s, rule=True, commit_first=True) for s in range(40)]
     assert sum(o == "promoted" for o, _, _ in small) <= 1 and all(o != "open" for o, _, _ in small)
-    large = [_withholding_coalition_promotes(n=16, b=7, required=5, seed=s, commit_first=True) for s in range(40)]
+    large = [_bad_candidate(n=16, b=7, seed=s, rule=True, commit_first=True) for s in range(40)]
     assert sum(o == "promoted" for o, _, _ in large) >= 38
     assert 18 < sum(s for _, s, _ in large) / len(large) < 45

@@ -10,7 +10,9 @@ computes the gradient of the step's model state on its public probation seed
 ``recalc_rtol``. The panel's two reports decide, as on the site
 (:func:`btard_wire.probation.probation_decision`): both pass, the step counts; both fail, the candidate is
 rejected (its key is out); anything else (and any step drawn from the run's public chain) neither counts
-nor punishes, and the next step draws a new panel.
+nor punishes, and the next step draws a new panel; so does a step whose randomness left out a committed
+member's withheld reveal (``withheld_reveals``; the loop in ``sim.run`` does not pass it yet: its Byzantine
+members never withhold to steer a panel).
 With ``probation_steps`` counted steps the candidate becomes an active member from the next step on
 (:func:`btard_wire.probation.ready_to_promote`). Candidates are never aggregated and never post on the
 board.
@@ -80,11 +82,13 @@ class Probation:
                 self.candidates[p].member_steps += 1
 
     def step(self, step: int, *, group: list[str], randomness: bytes | None, model_ref: int,
-             banned: Collection[str] = ()) -> list[str]:
+             banned: Collection[str] = (), withheld_reveals: bool = False) -> list[str]:
         """Run step ``step``'s probation checks on the model state ``model_ref`` the step started from;
         ``group``: the step's members as it opened (the site draws then), ``randomness``: the previous
         step's MPRNG output on the board (None: it had none, and the run's public chain is used), ``banned``: peers banned by the step's end
-        (a banned validator can no longer post its check). Returns the candidates promoted at the step's
+        (a banned validator can no longer post its check), ``withheld_reveals``: that output left out a
+        committed member's withheld reveal (``btard_wire.probation.reveals_withheld``; the step then decides
+        nothing, as on the site). Returns the candidates promoted at the step's
         close (members from the next step on)."""
         waiting = self.waiting(step)
         if not waiting:
@@ -121,7 +125,8 @@ class Probation:
             if not panel:
                 continue
             decision = probation_decision(candidate=cand.peer, panel=panel, reported=True, reports=reports,
-                                          public_chain=opened is None)
+                                          public_chain=opened is None,
+                                          withheld_reveals=withheld_reveals and opened is not None)
             if decision == CREDIT:
                 cand.credited += 1
             elif decision == REJECT:

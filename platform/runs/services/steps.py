@@ -28,6 +28,7 @@ from moderation.services import ban_silent_peers, elimination_allowed, open_time
 from volunteers.services import apply_missed_deadline_quietly, credit_step
 
 from btard_wire import board as board_rules
+from btard_wire import probation as probation_rules
 from btard_wire.control import Group
 from btard_wire.randomness import (
     genesis_randomness,
@@ -74,6 +75,21 @@ def _randomness_opened_at(run: Run, step: int) -> float | None:
         return None
     started = StepRecord.objects.filter(run=run, step=step - 1).values_list("started_at", flat=True).first()
     return None if started is None else started.timestamp()
+
+
+def _randomness_withheld(run: Run, step: int) -> bool:
+    """Whether step ``step``'s draw randomness (step ``step - 1``'s MPRNG output) left out the reveal of a
+    member that committed (``btard_wire.probation.reveals_withheld``): its withholders chose it, so the
+    step's probation decides nothing (docs/threat-model.md, the probation residual row)."""
+    if step < 1:
+        return False
+    closed = (StepRecord.objects.filter(run=run, step=step - 1).values_list("closed_phases", flat=True)
+              .first() or {}).get("mprng_reveal")
+    if closed is None:
+        return False
+    committed = BroadcastLog.objects.filter(run=run, step=step - 1, phase="mprng_commit") \
+        .values_list("sender_peer_id", flat=True)
+    return probation_rules.reveals_withheld(committed=list(committed), revealed=closed)
 
 
 def _choose_members(run: Run, step: int) -> list[Peer]:
@@ -141,8 +157,10 @@ def start_step_if_ready(*, run: Run, now: datetime | None = None) -> StepRecord 
     # previous step's r (no candidate knew it when it chose its key; finding 10), from the run's public chain
     # when that step had none; only keys that joined before the draw's randomness existed
     # (btard_wire.board.probation_drawable), so no candidate grinds its key or its moment to join against a known r
+    # (and from an output that left out a withheld reveal it decides nothing: the withholders chose it)
     candidates = probation_candidates(run=run, step=step, members=ids, randomness=_step_randomness(run, step),
-                                      randomness_opened_at=_randomness_opened_at(run, step))
+                                      randomness_opened_at=_randomness_opened_at(run, step),
+                                      withheld_reveals=_randomness_withheld(run, step))
     now = now or timezone.now()
     timeouts = effective_deadlines(run)  # the organiser's values, raised when the swarm is slower
     deadline = now + timedelta(seconds=timeouts.step_timeout)
