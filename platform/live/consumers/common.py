@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 # A lost database connection (PostgreSQL restarted, a failover) is retried on a new one for about this long:
 # a restart takes a few seconds, and a worker's message dropped with ``internal`` meanwhile (a step report,
-# a broadcast) is never sent again, so its step waited for its deadline (the 54.6 s of one e2e run).
+# a broadcast) is never sent again, so its step waits for its deadline (likely the 54.6 s of one e2e run).
 RECONNECT_DELAYS = (0.2, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0)
 
 
