@@ -317,7 +317,8 @@ def grid_adaptive_ablation() -> list[Cell]:
 def grid_tau_rule() -> list[Cell]:
     """The scale-following tau (ProtocolParams.tau_rule = "spread", docs/results.md "Where BTARD misses"):
     the ``adaptive-ablation`` setting (16 peers, 7 optimal ALIE from step 50, m = 4, B = 512, 200 steps),
-    spread 0.5 on seeds 0-2 with their clean runs, then spread 1.0 on seed 0 (attacked cells first); the fixed-tau rows to
+    spread 0.5 on seeds 0-2 with their clean runs, then spread 1.0 on seed 0 (attacked cells first), then
+    spread 0.5 with non-IID shards (Dirichlet 0.5), seed 0; the fixed-tau rows to
     compare with are that grid's."""
     common = {"peers": 16, "byzantine": 7, "steps": ADAPTIVE_STEPS, "attack_start": 50,
               "btard_global_batch": 16 * PAPER_BATCH, "btard_validators": PAPER_VALIDATORS}
@@ -325,8 +326,10 @@ def grid_tau_rule() -> list[Cell]:
                    tau_rule="spread", tau_spread=0.5, **common)
     cells += _cells("mnist5k-mlp", attacks=["optimal_alie", "none"], defences=[("btard", 1.0)], seeds=[0],
                     tau_rule="spread", tau_spread=1.0, **common)
+    cells += _cells("mnist5k-mlp", attacks=["optimal_alie", "none"], defences=[("btard", 1.0)], seeds=[0],
+                    tau_rule="spread", tau_spread=0.5, non_iid=0.5, **common)
     # by priority (a grid cut short by the time it has): the attacked cells of every seed, then the clean ones
-    return sorted(cells, key=lambda c: (c.tau_spread != 0.5, c.attack == "none", c.seed))
+    return sorted(cells, key=lambda c: (c.non_iid != 0, c.tau_spread != 0.5, c.attack == "none", c.seed))
 
 
 GRIDS: dict[str, Callable[[], list[Cell]]] = {"smoke": grid_smoke, "paper": grid_paper, "fashion": grid_fashion,
