@@ -338,15 +338,20 @@ class WorkerConsumer(FastDispatchMixin, AsyncWebsocketConsumer):
         notice = await db(_welcome_notice)(result.run.pk)  # the organisers' latest announcement
         if notice is not None:
             await self.send_model(notice)
-        missed = await db(_group_of_step_in_progress)(self.peer)
-        if missed is not None:
-            if missed[0] not in self.group_steps:
-                self.group_steps.add(missed[0])
-                await self.send(text_data=missed[1])
-            # ... and what the step's board holds so far (duplicates of relays it got are ignored)
-            for envelope in await db(_board_so_far)(self.peer, missed[0]):
-                await self.send(text_data=Relay.model_validate({"envelope": envelope}).model_dump_json())
+        await self._catch_up()
         await db(_start_step_if_ready)(self.peer.run_id)
+
+    async def _catch_up(self) -> None:
+        """Send the group of the step in progress (if this peer is in it and this socket did not get it yet) and
+        what the step's board holds so far (duplicates of relays the worker got are ignored there)."""
+        missed = await db(_group_of_step_in_progress)(self.peer)
+        if missed is None:
+            return
+        if missed[0] not in self.group_steps:
+            self.group_steps.add(missed[0])
+            await self.send(text_data=missed[1])
+        for envelope in await db(_board_so_far)(self.peer, missed[0]):
+            await self.send(text_data=Relay.model_validate({"envelope": envelope}).model_dump_json())
 
     async def on_heartbeat(self, msg):
         key = (msg.status.value, msg.detail)
@@ -372,6 +377,10 @@ class WorkerConsumer(FastDispatchMixin, AsyncWebsocketConsumer):
             for group in self.joined:
                 await self.channel_layer.group_add(group, self.channel_name)
             self._groups_at = now
+        if restored:
+            # what the step's fan-out sent meanwhile went past this socket (a Redis restart closes only the
+            # sockets waiting on the layer at that moment; the others stay up and hear nothing)
+            await self._catch_up()
 
     async def on_broadcast(self, msg):
         await db(_broadcast)(self.peer, msg.envelope)

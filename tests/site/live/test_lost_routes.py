@@ -20,7 +20,7 @@ from live import event_routing as routes
 from runs.models import Run
 
 from btard_wire.board import BOARD_REQUESTS_PER_PHASE
-from btard_wire.control import Heartbeat
+from btard_wire.control import Heartbeat, StepReport
 from tests.factories import RunFactory
 from tests.site.helpers import envelope
 from tests.site.wsworker import open_worker, receive_type, signed_hello, token_for, two_member_group
@@ -88,23 +88,37 @@ async def test_reconnecting_does_not_fetch_the_board_more_often_than_board_reque
 
 async def test_a_socket_whose_routing_entry_and_groups_were_lost_gets_them_back_with_its_next_heartbeat(
         run, alice, bob):
+    # The f5 e2e stall: a Redis restart closed only the sockets waiting on the layer at that moment; the others
+    # stayed up without a routing entry, so the next step's group and its broadcasts went past them.
     (ca, ia, _), (cb, ib, _), _ = await two_member_group(run, alice, bob)
     layer = get_channel_layer()
-    # what a Redis flush or restart under a live socket leaves: no routing entry, no group membership
     key = routes.peer_channel_key(ib.peer_id, run.pk)
     channel = await cache.aget(key)
     assert channel is not None
     await cache.adelete(key)
     for group in (routes.run_workers_group(run.pk), routes.peer_group(ib.peer_id, run.pk)):
         await layer.group_discard(group, channel)
+    # meanwhile the step ends and the next one starts; alice posts in it
+    for comm in (ca, cb):
+        await comm.send_to(text_data=StepReport(step=0, outcome="applied", loss=2.3, accuracy=0.1,
+                                                samples=32).model_dump_json())
+    assert (await receive_type(ca, "group"))["step"] == 1
+    run_now = await database_sync_to_async(Run.objects.get)(pk=run.pk)
+    missed = envelope(ia, run_now)
+    await ca.send_to(text_data=json.dumps({"type": "broadcast", "envelope": missed.model_dump()}))
+    await receive_type(ca, "relay")
 
     await cb.send_to(text_data=Heartbeat(status="training", step=0).model_dump_json())
     await cb.send_to(text_data=json.dumps({"type": "hello", "public_key": ib.public_key_b64}))
-    assert (await receive_type(cb, "error"))["code"] == "already_joined"  # the heartbeat was handled before
+    got = []
+    while (msg := await cb.receive_json_from(timeout=10))["type"] != "error":  # the heartbeat was handled before
+        got.append(msg)
+    assert msg["code"] == "already_joined"
     assert await cache.aget(key) == channel
+    assert [m["step"] for m in got if m["type"] == "group"] == [1]  # the group it missed, once
+    assert missed.nonce in [m["envelope"]["nonce"] for m in got if m["type"] == "relay"]  # and the broadcast
 
-    run_now = await database_sync_to_async(Run.objects.get)(pk=run.pk)
-    env = envelope(ia, run_now)
+    env = envelope(ia, run_now, phase="mprng_commit", payload={"hash": "aa" * 32})
     await ca.send_to(text_data=json.dumps({"type": "broadcast", "envelope": env.model_dump()}))
     assert (await receive_type(cb, "relay"))["envelope"]["nonce"] == env.nonce  # the step's fan-out finds it
     await layer.group_send(routes.peer_group(ib.peer_id, run.pk),
