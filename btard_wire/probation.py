@@ -10,8 +10,10 @@ and the site run one rule (docs/protocol.md, "Probation" under btard-sim):
   from that randomness;
 - :func:`probation_outcome` and :func:`probation_decision`: the step's word on a candidate from its
   panel's ``probation`` reports (issue 12, invariant 9): it counts only when both validators' passing
-  reports agree, the candidate is rejected only when both failing reports agree (and it reported its
-  step), and anything else (a disagreement, a missing report, a panel of one) neither counts nor
+  reports agree; when both failing reports agree (and it reported its step) the step is a failed
+  one (``REJECT``: it earns nothing and the site records it for staff, but nobody is banned: two
+  accomplices on a panel could otherwise ban an honest newcomer, and the site cannot recompute to tell
+  who is right); anything else (a disagreement, a missing report, a panel of one) neither counts nor
   punishes: the next step draws a new panel (re-drawn, not escalated); a step drawn from the run's
   public chain decides nothing (its panels could be ground), nor does one drawn from an MPRNG output that
   left out a committed member's withheld reveal (:func:`reveals_withheld`: the withholder chose it);
@@ -113,10 +115,11 @@ def probation_decision(*, candidate: str, panel: Sequence[str], reported: bool,
                        withheld_reveals: bool = False) -> str | None:
     """What a step does with ``candidate``: ``CREDIT`` (the step counts towards promotion: the panel's
     passing reports agree and the candidate reported its probation step), ``REJECT`` (the panel's failing
-    reports agree and the candidate reported its step, i.e. claimed the gradient it served: its key is out;
-    a candidate that crashed before reporting is not rejected), or ``None``: neither, and nobody is
-    punished; the next step draws a new panel (a lone Byzantine validator, disagreeing or silent, can
-    delay a newcomer but neither promote a bad one nor reject an honest one).
+    reports agree and the candidate reported its step, i.e. claimed the gradient it served: a failed step,
+    which earns nothing and is recorded, but bans nobody, since two colluding members drawn together would
+    otherwise ban an honest newcomer; a candidate that crashed before reporting has no failed step), or
+    ``None``: neither; the next step draws a new panel (a Byzantine validator, disagreeing, silent or
+    with an accomplice, can delay a newcomer but neither promote a bad one alone nor ban an honest one).
 
     ``public_chain``: the step's panels were drawn from the run's public chain (step 0, or after a step
     without an MPRNG output), which everyone knew before choosing a key. A grinder could then pick its own

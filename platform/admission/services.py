@@ -64,11 +64,13 @@ def settle_probation(*, run: Run, record: StepRecord, reported: Collection[str],
     for a probation report that came after the step closed). ``reported``: the candidates that reported their
     probation step. Each candidate's panel (``validators`` of its entry) and the step's ``probation`` reports
     decide (:func:`btard_wire.probation.probation_decision`): both validators passed it, the step counts
-    (``probation_done`` + 1); both failed it, its key is banned (``moderation.services.reject_candidate``);
+    (``probation_done`` + 1); both failed it, the step earns nothing and is written to the audit log
+    (``moderation.services.record_failed_probation_step``; no ban: two accomplices drawn together could
+    otherwise ban an honest newcomer);
     anything else (a disagreement, a missing report, a panel of one, a draw from the public chain or from an
     MPRNG output that left out a withheld reveal) neither
     counts nor punishes, and the next step draws a new panel. Returns the user ids of the credited candidates (for their reputation)."""
-    from moderation.services import reject_candidate
+    from moderation.services import record_failed_probation_step
 
     reports = probation_reports(run=run, step=record.step)
     entries = [e for e in record.candidates if only is None or e.get("peer_id") == only]
@@ -87,6 +89,6 @@ def settle_probation(*, run: Run, record: StepRecord, reported: Collection[str],
             Peer.objects.filter(pk=peer.pk).update(probation_done=F("probation_done") + 1)
             credited.append(peer.user_id)
         elif decision == probation_rules.REJECT:
-            reject_candidate(peer=peer, step=record.step, panel=panel,
-                             reasons=[r for r in reports if r[1] == peer.peer_id and r[0] in panel])
+            record_failed_probation_step(peer=peer, step=record.step, panel=panel,
+                                         reasons=[r for r in reports if r[1] == peer.peer_id and r[0] in panel])
     return credited

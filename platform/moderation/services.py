@@ -118,15 +118,18 @@ def ban_for_fault(*, peer, reason: str, evidence_kind: str, evidence: dict, step
     return ban
 
 
-def reject_candidate(*, peer, step: int, panel: list[str], reasons: list) -> Ban:
-    """A candidate whose probation gradient both validators of its panel failed
-    (``btard_wire.probation.probation_decision``; issue 12, invariant 9): its worker key is out, as a
-    key-only ban (a new key starts a new probation; the agreeing validators' reports are the evidence)."""
-    return ban_peer(peer=peer, step=step, reason=f"probation failed at step {step}: both validators "
-                                                 f"({', '.join(v[:8] for v in panel)}) found its gradient wrong",
-                    evidence_kind="probation_failed", evidence={"validators": list(panel),
-                                                                "reports": [list(r) for r in reasons]},
-                    source="verdict", scope="key")
+def record_failed_probation_step(*, peer, step: int, panel: list[str], reasons: list) -> AuditLog:
+    """A probation step of ``peer`` that both validators of its panel failed
+    (``btard_wire.probation.probation_decision`` said ``REJECT``): it earns nothing and goes to the audit
+    log for staff (the panel, the candidate, the reports), and nobody is banned. The site cannot recompute
+    a gradient, so it cannot tell a candidate that cheated from two accomplices who failed an honest one
+    (at 7 colluders of 16, 89 % of honest newcomers would meet such a panel during a 5-step probation);
+    a bad candidate is still never credited without two agreeing passes. A candidate failed again and
+    again is what staff look at in the log."""
+    return _audit(actor=None, action="probation_failed", target=peer.peer_id,
+                  reason=f"probation step {step}: both validators ({', '.join(v[:8] for v in panel)}) "
+                         f"found its gradient wrong", run=peer.run_id, step=step, validators=list(panel),
+                  reports=[list(r) for r in reasons])
 
 
 def consider_verdict(*, entry) -> Ban | None:

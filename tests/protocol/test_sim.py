@@ -219,12 +219,13 @@ def test_joiners_pass_probation_by_recalculation_and_a_cheating_candidate_is_nev
     # panel, make it a member from step 5 on
     assert all(c["credited"] == 2 and c["voided"] == 0 and c["promoted_at"] == 5 for c in honest), cands
     assert all(c["member_steps"] == 3 for c in honest)  # steps 5, 6, 7 in the group
-    assert all(c["rejected_at"] is None for c in honest)
-    # a sign-flipped probation gradient fails every recalculation: two honest validators reject it at its
-    # first check (a panel holding the Byzantine member would only disagree: no credit either)
-    assert cheat["credited"] == 0 and cheat["promoted_at"] is None and cheat["rejected_at"] == 3
-    assert (prob["honest_promoted"], prob["byzantine_promoted"], prob["still_candidates"]) == (2, 0, 0)
-    assert (prob["honest_rejected"], prob["byzantine_rejected"]) == (0, 1)
+    assert all(c["failed"] == 0 for c in honest)
+    # a sign-flipped probation gradient fails every recalculation: two honest validators fail each of its
+    # checks (a panel holding the Byzantine member would only disagree: no credit either); it stays a
+    # candidate, never credited, and nobody is banned for a probation step
+    assert cheat["credited"] == 0 and cheat["promoted_at"] is None and cheat["failed"] >= 1
+    assert (prob["honest_promoted"], prob["byzantine_promoted"], prob["still_candidates"]) == (2, 0, 1)
+    assert prob["honest_failed_steps"] == 0 and prob["byzantine_failed_steps"] == cheat["failed"]
     assert out["honest_banned"] == 0 and out["honest_disagreements"] == 0
 
 
@@ -236,7 +237,7 @@ def test_a_lone_colluding_validator_delays_honest_candidates_but_never_rejects_t
                          attack_start=1000, steps=12)
     prob = out["probation"]
     assert sum(c["voided"] for c in prob["candidates"].values()) > 0  # it was drawn and disagreed
-    assert (prob["honest_promoted"], prob["honest_rejected"], prob["still_candidates"]) == (3, 0, 0), prob
+    assert (prob["honest_promoted"], prob["honest_failed_steps"], prob["still_candidates"]) == (3, 0, 0), prob
     assert out["honest_banned"] == 0
 
 
@@ -250,14 +251,14 @@ def test_a_lone_colluding_validator_never_promotes_its_cheating_candidates(seed)
     cheats = [c for c in prob["candidates"].values() if c["byzantine"]]
     assert sum(c["voided"] for c in cheats) > 0  # the colluder passed one beside an honest failure
     assert prob["byzantine_promoted"] == 0 and all(c["credited"] == 0 for c in cheats)
-    assert (prob["honest_promoted"], prob["honest_rejected"]) == (2, 0) and out["honest_banned"] == 0
+    assert (prob["honest_promoted"], prob["honest_failed_steps"]) == (2, 0) and out["honest_banned"] == 0
 
 
 def test_a_patient_attacker_passes_probation_and_is_banned_once_it_attacks_as_a_member():
     out = run_simulation(**{**PROBATION, "joiners": 1}, byzantine_joiners=1, attack="sign_flip", attack_start=6,
                          validators=4, steps=14)
     (cand,) = out["probation"]["candidates"].values()
-    assert cand["promoted_at"] == 5 and cand["voided"] == 0 and cand["rejected_at"] is None  # honest on probation
+    assert cand["promoted_at"] == 5 and cand["voided"] == 0 and cand["failed"] == 0  # honest on probation
     (ban,) = out["bans"]
     assert ban["peer"] in out["byzantine"] and ban["step"] >= 6 and out["honest_banned"] == 0
 

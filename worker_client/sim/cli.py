@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         summary["ended_early"] = out["ended_early"]
     if "probation" in out:
         summary["probation"] = {k: out["probation"][k]
-                                for k in ("honest_promoted", "byzantine_promoted", "honest_rejected",
-                                          "byzantine_rejected", "still_candidates") if k in out["probation"]}
+                                for k in ("honest_promoted", "byzantine_promoted", "honest_failed_steps",
+                                          "byzantine_failed_steps", "still_candidates") if k in out["probation"]}
     print(json.dumps(summary))
     return 0

@@ -8,8 +8,8 @@ validators among the step's members (:func:`btard_wire.probation.probation_panel
 computes the gradient of the step's model state on its public probation seed
 (:func:`btard_wire.randomness.probation_seed`) and each validator recomputes it, failing it beyond
 ``recalc_rtol``. The panel's two reports decide, as on the site
-(:func:`btard_wire.probation.probation_decision`): both pass, the step counts; both fail, the candidate is
-rejected (its key is out); anything else (and any step drawn from the run's public chain) neither counts
+(:func:`btard_wire.probation.probation_decision`): both pass, the step counts; both fail, the step is a
+failed one (``failed``: it earns nothing, nobody is banned); anything else (and any step drawn from the run's public chain) neither counts
 nor punishes, and the next step draws a new panel; so does a step whose randomness left out a committed
 member's withheld reveal (``withheld_reveals``; the loop in ``sim.run`` does not pass it yet: its Byzantine
 members never withhold to steer a panel).
@@ -52,12 +52,12 @@ class Candidate:
     credited: int = 0
     voided: int = 0  # drawn steps that did not count (a disagreement or a missing report: re-drawn)
     promoted_at: int | None = None
-    rejected_at: int | None = None  # both validators of a panel failed it: its key is out
+    failed: int = 0  # drawn steps both validators of the panel failed (no credit, no ban)
     member_steps: int = 0  # steps it took part in as a member after its promotion
 
     def as_dict(self) -> dict:
         return {"byzantine": self.byzantine, "drawn": self.drawn, "credited": self.credited,
-                "voided": self.voided, "promoted_at": self.promoted_at, "rejected_at": self.rejected_at,
+                "voided": self.voided, "promoted_at": self.promoted_at, "failed": self.failed,
                 "member_steps": self.member_steps}
 
 
@@ -74,7 +74,7 @@ class Probation:
     def waiting(self, step: int) -> list[Candidate]:
         if step < self.join_step:
             return []
-        return [c for c in self.candidates.values() if c.promoted_at is None and c.rejected_at is None]
+        return [c for c in self.candidates.values() if c.promoted_at is None]
 
     def count_members(self, group: list[str]) -> None:
         for p in group:
@@ -130,8 +130,7 @@ class Probation:
             if decision == CREDIT:
                 cand.credited += 1
             elif decision == REJECT:
-                cand.rejected_at = step
-                continue
+                cand.failed += 1
             else:
                 cand.voided += 1
             if ready_to_promote(done=cand.credited, required=self.required):
@@ -145,7 +144,6 @@ class Probation:
                 "candidates": {c.peer: c.as_dict() for c in self.candidates.values()},
                 "honest_promoted": sum(not c.byzantine for c in promoted),
                 "byzantine_promoted": sum(c.byzantine for c in promoted),
-                "honest_rejected": sum(not c.byzantine and c.rejected_at is not None for c in self.candidates.values()),
-                "byzantine_rejected": sum(c.byzantine and c.rejected_at is not None for c in self.candidates.values()),
-                "still_candidates": sum(c.promoted_at is None and c.rejected_at is None
-                                        for c in self.candidates.values())}
+                "honest_failed_steps": sum(c.failed for c in self.candidates.values() if not c.byzantine),
+                "byzantine_failed_steps": sum(c.failed for c in self.candidates.values() if c.byzantine),
+                "still_candidates": sum(c.promoted_at is None for c in self.candidates.values())}

@@ -68,16 +68,21 @@ def test_both_validators_passing_reports_count_the_step(run):
     assert cand.probation_done == 1
 
 
-def test_both_validators_failing_reports_ban_the_candidates_key_only(run):
+def test_both_validators_failing_reports_earn_nothing_go_to_the_audit_log_and_ban_nobody(run):
+    """Two agreeing failures could be two accomplices failing an honest newcomer (the site cannot
+    recompute to tell): the step earns nothing and staff see it in the audit log; no ban."""
+    from moderation.models import AuditLog
+
     members, cand, validators, _ = _setup(run)
     for v in validators:
         report(run, v, cand.peer_id, False, "the gradient differs")
     _finish(run, members, cand)
     cand.refresh_from_db()
-    (ban,) = Ban.objects.all()
-    assert cand.role == "banned" and cand.probation_done == 0
-    assert (ban.peer_id, ban.scope, ban.evidence_kind) == (cand.peer_id, "key", "probation_failed")
-    assert sorted(ban.evidence["validators"]) == sorted(v[0].peer_id for v in validators)
+    assert not Ban.objects.exists()
+    assert cand.role == "candidate" and cand.probation_done == 0
+    (entry,) = AuditLog.objects.filter(action="probation_failed")
+    assert entry.target == cand.peer_id and entry.details["run"] == run.id
+    assert sorted(entry.details["validators"]) == sorted(v[0].peer_id for v in validators)
     assert all(p.role == "active" for p, _ in members)
 
 

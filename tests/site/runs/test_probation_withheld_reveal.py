@@ -79,7 +79,8 @@ def test_two_agreeing_reports_on_panels_from_an_output_with_a_withheld_reveal_de
 
 
 def test_the_next_step_drawn_from_a_complete_output_decides_again(run):
-    """The same reports on panels from an output with every committed reveal: credit and rejection."""
+    """The same reports on panels from an output with every committed reveal: a credited step and a failed
+    one (recorded in the audit log; nobody is banned for it)."""
     members, (failed, passed) = _setup(run)
     _mprng_and_close(run, members, withholder=members[0][0].peer_id)
     close_with_reports(run, members, [failed, passed])  # step 1 (decides nothing anyway)
@@ -89,5 +90,8 @@ def test_the_next_step_drawn_from_a_complete_output_decides_again(run):
     panel_reports(run, failed.peer_id, members, False, False)
     panel_reports(run, passed.peer_id, members, True, True)
     close_with_reports(run, members, [failed, passed])
-    assert Peer.objects.get(pk=failed.pk).role == "banned"
+    from moderation.models import AuditLog
+
+    assert Peer.objects.get(pk=failed.pk).role == "candidate" and Peer.objects.get(pk=failed.pk).probation_done == 0
+    assert list(AuditLog.objects.filter(action="probation_failed").values_list("target", flat=True)) == [failed.peer_id]
     assert Peer.objects.get(pk=passed.pk).probation_done == 1
