@@ -11,8 +11,7 @@ computes the gradient of the step's model state on its public probation seed
 (:func:`btard_wire.probation.probation_decision`): both pass, the step counts; both fail, the step is a
 failed one (``failed``: it earns nothing, nobody is banned); anything else (and any step drawn from the run's public chain) neither counts
 nor punishes, and the next step draws a new panel; so does a step whose randomness left out a committed
-member's withheld reveal (``withheld_reveals``; the loop in ``sim.run`` does not pass it yet: its Byzantine
-members never withhold to steer a panel).
+member's withheld reveal (``withheld_reveals``, which ``sim.run`` takes from the in-memory board).
 With ``probation_steps`` counted steps the candidate becomes an active member from the next step on
 (:func:`btard_wire.probation.ready_to_promote`). Candidates are never aggregated and never post on the
 board.

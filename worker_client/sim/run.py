@@ -37,6 +37,7 @@ def run_btard(world: World, *, mode: str, probation: Probation | None) -> Outcom
     stats = out.stats
     r_prev = genesis = genesis_randomness(RUN, world.seed)
     board_r: bytes | None = None  # the previous step's MPRNG output on the board (None: it had none)
+    board_withheld = False  # that output left out a committed member's withheld reveal
     records: dict[str, P.StepRecord | None] = {p: None for p in world.ids}
     for step in range(world.steps):
         group = board.next_group()
@@ -71,10 +72,11 @@ def run_btard(world: World, *, mode: str, probation: Probation | None) -> Outcom
         for e in ref.eliminations:
             stats["eliminations"].append([step, *e])
         if probation is not None:  # the site checks candidates beside the step and promotes at its close
-            promoted = probation.step(step, group=group, randomness=board_r, model_ref=model_ref,
+            promoted = probation.step(step, group=group, randomness=board_r, withheld_reveals=board_withheld,
+                                      model_ref=model_ref,
                                       banned=set(board.banned))
             board.members.extend(promoted)
-        r_prev, board_r = ref.r, board.randomness()
+        r_prev, board_r, board_withheld = ref.r, board.randomness(), board.reveals_withheld()
         if ref.outcome == "applied":
             apply_flat_update(world.model, ref.update, world.optimizer)
             models.bump()

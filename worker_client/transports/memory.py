@@ -24,6 +24,7 @@ from btard_wire import board as rules
 from btard_wire.envelope import Envelope, Identity, ReplayGuard
 from btard_wire.errors import ProtocolError
 from btard_wire.payloads import AccusePayload, EliminatePayload, ValidationPayload, VerdictPayload
+from btard_wire.probation import reveals_withheld
 
 from ..btard import protocol as P
 from ..btard.attacks import Collusion, make_peer
@@ -142,6 +143,12 @@ class BulletinBoard:
         return rules.mprng_output(run=self.run, step=self.step, members=[p for p in self.group if p in commitments],
                                   commitments=commitments, reveals=self._mprng["mprng_reveal"],
                                   revealed=self.closed.get("mprng_reveal"))
+
+    def reveals_withheld(self) -> bool:
+        """Whether this step's MPRNG output left out a committed member's withheld reveal
+        (:func:`btard_wire.probation.reveals_withheld`: panels drawn from it decide nothing)."""
+        return reveals_withheld(committed=[p for p in self.group if p in self._mprng["mprng_commit"]],
+                                revealed=self.closed.get("mprng_reveal"))
 
     def post(self, connection: str, envelope: Envelope) -> bool:
         """A broadcast posted by the peer on ``connection``; True when stored and to be relayed."""
