@@ -12,7 +12,7 @@ import torch
 
 from btard_wire.errors import ProtocolError
 from worker_client.btard.kernels import sha256_hex
-from worker_client.btard.tensors import HashedBytes
+from worker_client.btard.tensors import HashedBytes, tensor_to_bytes, tensor_to_hashed_bytes
 from worker_client.net import DataPlane, DataPlaneError
 from worker_client.net.wire import BODY_CHUNK, MAX_HEADER_BYTES, read_body, read_request
 
@@ -274,6 +274,21 @@ async def test_the_core_uses_the_digest_a_received_body_carries_and_hashes_anyth
     # a slice or a copy is plain bytes: hashed the ordinary way
     assert type(carried[:3]) is bytes and sha256_hex(carried[:3]) == hashlib.sha256(b"abc").hexdigest()
     assert sha256_hex(bytes(carried)) == hashlib.sha256(b"abcdef").hexdigest()
+
+
+def test_a_senders_part_bytes_carry_their_own_digest_and_a_tampered_copy_is_hashed_anew():
+    # what a peer commits to and hands to its transport (peer.py: parts and aggregates); a receiver in
+    # the same process (the simulator) reads the digest instead of hashing the same object again
+    tensor = torch.randn(257)
+    part = tensor_to_hashed_bytes(tensor)
+    assert type(part) is HashedBytes and part == tensor_to_bytes(tensor)
+    assert sha256_hex(part) == hashlib.sha256(tensor.numpy().tobytes()).hexdigest()
+    # a behaviour that alters the bytes makes a new object: plain bytes, hashed, so the commitment fails
+    flipped = bytearray(part)
+    flipped[0] ^= 0x80
+    assert type(bytes(flipped)) is bytes and sha256_hex(bytes(flipped)) != sha256_hex(part)
+    assert sha256_hex(part[:-4] + part[-4:]) == sha256_hex(part)  # a rebuilt copy: hashed, same digest
+    assert tensor_to_hashed_bytes(torch.zeros(0)).sha256 == hashlib.sha256(b"").hexdigest()
 
 
 async def test_a_plane_told_not_to_hash_delivers_plain_bytes(planes):

@@ -54,13 +54,14 @@ from .state import (
     StepView,
 )
 from .tau import centered_clip_part
-from .tensors import tensor_to_bytes
+from .tensors import tensor_to_hashed_bytes
 
 # The order in which a step's deadlines expire (a driver fires the earliest pending one first).
 PHASE_ORDER = ("gradient", "commit", "mprng_commit", "parts", "agg_result", "mprng_reveal", "aggregates",
                "scalars", "validation", "verdict")
 # one message per peer and step; their deadlines are the bulletin board's call (see ``on_deadline``)
 SINGLE_PHASES = BOARD_PHASES
+_SINGLE = frozenset(BOARD_PHASES)  # membership tests on the per-envelope path (a tuple is a linear scan)
 
 
 
@@ -278,7 +279,7 @@ class BtardPeer:
             self._reject(str(exc))
             return []
         if digest is None:  # echo of our own broadcast: the board stored it
-            if self.params.board_echo and envelope.phase in SINGLE_PHASES and s.got(envelope.phase, self.peer_id):
+            if self.params.board_echo and envelope.phase in _SINGLE and s.got(envelope.phase, self.peer_id):
                 confirmed = s.senders.setdefault(envelope.phase, set())
                 if self.peer_id not in confirmed:
                     confirmed.add(self.peer_id)
@@ -286,7 +287,7 @@ class BtardPeer:
             return []
         self._store(envelope, payload, digest)
         phase = envelope.phase
-        if phase in SINGLE_PHASES:
+        if phase in _SINGLE:
             # Only the message that completes a barrier can move the step on, except a commitment or
             # an aggregation result that unlocks a tensor which arrived before it.
             if phase == "commit" and envelope.sender in s.pending_parts:
@@ -616,7 +617,7 @@ class BtardPeer:
         if env.sender == self.peer_id and digest in s.evidence:
             return payload, None
         self.replay_guard.check_and_remember(env)
-        if env.phase in SINGLE_PHASES and (env.phase, env.sender) in s.board:
+        if env.phase in _SINGLE and (env.phase, env.sender) in s.board:
             first = s.board[(env.phase, env.sender)][2]
             if first != digest:
                 s.evidence[digest] = env  # the second signature is the proof (judges resolve by digest)
@@ -627,7 +628,7 @@ class BtardPeer:
     def _store(self, env: Envelope, payload: Any, digest: str) -> None:
         s = self._s
         s.evidence[digest] = env
-        if env.phase in SINGLE_PHASES:
+        if env.phase in _SINGLE:
             s.board[(env.phase, env.sender)] = (env, payload, digest)
             if isinstance(payload, M.ValidationPayload):
                 s.listed.update(payload.accusations)
@@ -677,7 +678,9 @@ class BtardPeer:
         # 3. commit
         if s.gradient is not None and Stage.COMMITTED not in s.stages and me in s.contributors:
             s.stages |= Stage.COMMITTED
-            s.my_part_bytes = [tensor_to_bytes(s.gradient[a:b]) for a, b in s.bounds]
+            # hashed once here: the digest rides with the bytes (HashedBytes), so a receiver in this process
+            # that gets this very object reads it instead of hashing the same bytes again (the simulator)
+            s.my_part_bytes = [tensor_to_hashed_bytes(s.gradient[a:b]) for a, b in s.bounds]
             actions += self._broadcast("commit", M.CommitPayload(hashes=[sha256_hex(d) for d in s.my_part_bytes]))
             s.received[me] = s.gradient[slice(*s.bounds[s.index])]
             s.received_bytes[me] = s.my_part_bytes[s.index]
@@ -715,7 +718,7 @@ class BtardPeer:
             a = a.to(torch.float32).contiguous()
             s.my_aggregate = a
             s.aggregates[s.index] = a
-            data = tensor_to_bytes(a)
+            data = tensor_to_hashed_bytes(a)
             actions += self._broadcast("agg_result", M.AggResultPayload(
                 part=s.index, hash=sha256_hex(data), distances={p: float(d) for p, d in zip(used, dists)}))
             view = s.view()

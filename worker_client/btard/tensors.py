@@ -22,6 +22,17 @@ def tensor_to_bytes(t: torch.Tensor) -> bytes:
     return arr.astype("<f4", copy=False).tobytes()
 
 
+def tensor_to_hashed_bytes(t: torch.Tensor) -> HashedBytes:
+    """:func:`tensor_to_bytes` with the SHA-256 of exactly those bytes computed now (one copy, as
+    ``tobytes`` makes). A peer commits to this digest and hands the same immutable object to its data
+    plane; receivers in the same process (the simulator) then read the digest instead of hashing the
+    bytes a second time: the same value, since it was computed over this very object's content."""
+    arr = t.detach().to(torch.float32).contiguous().cpu().numpy().astype("<f4", copy=False)
+    out = HashedBytes(arr.data)
+    out.sha256 = hashlib.sha256(out).hexdigest()
+    return out
+
+
 def bytes_to_tensor(data: bytes, *, expected_numel: int) -> torch.Tensor:
     """Decode raw float32 bytes after checking the size matches; rejects NaN and inf."""
     if expected_numel < 0:
@@ -41,10 +52,11 @@ def bytes_to_tensor(data: bytes, *, expected_numel: int) -> torch.Tensor:
 
 
 class HashedBytes(bytes):
-    """Bytes whose SHA-256 (hex) was computed over exactly these bytes as they were read.
+    """Bytes whose SHA-256 (hex) was computed over exactly these bytes.
 
-    Only the data plane's body reader makes them (:meth:`of_chunks`, from the chunks it hashed); the
-    digest cannot go stale because bytes are immutable. Slices, copies and concatenations are plain
+    Two makers: the data plane's body reader (:meth:`of_chunks`, from the chunks it hashed as they were
+    read) and :func:`tensor_to_hashed_bytes` (a sender's own part or aggregate, hashed once for its
+    commitment); the digest cannot go stale because bytes are immutable. Slices, copies and concatenations are plain
     ``bytes`` again (hashed the ordinary way)."""
 
     sha256: str
