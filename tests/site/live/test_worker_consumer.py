@@ -133,6 +133,24 @@ async def test_reports_from_the_whole_group_advance_the_run_and_push_the_next_gr
         await comm.disconnect()
 
 
+async def test_a_repeated_step_report_after_a_reconnect_is_ignored_without_an_error(run, alice, bob):
+    """A worker repeats its last report after every reconnect (the old socket may have swallowed it): the
+    first one stands, the repeat gets no error and changes nothing."""
+    (ca, _, _), (cb, _, _), _ = await two_member_group(run, alice, bob)
+    report = StepReport(step=0, outcome="applied", loss=2.3, samples=32).model_dump_json()
+    await ca.send_to(text_data=report)
+    await ca.send_to(text_data=StepReport(step=0, outcome="dropped", samples=32).model_dump_json())
+    assert await ca.receive_nothing(timeout=0.3)  # no "duplicate" error for the repeat
+    await cb.send_to(text_data=report)
+    assert (await receive_type(ca, "group"))["step"] == 1
+    from runs.models import StepReportRecord
+
+    stored = await database_sync_to_async(lambda: sorted(StepReportRecord.objects.values_list("outcome", flat=True)))()
+    assert stored == ["applied", "applied"]  # one report per member, the first of each
+    for comm in (ca, cb):
+        await comm.disconnect()
+
+
 async def test_a_majority_verdict_bans_live_closes_the_socket_and_reaches_the_ban_list(run, alice, bob, carol):
     await database_sync_to_async(Run.objects.filter(pk=run.pk).update)(min_peers=3)
     members = []
