@@ -32,7 +32,9 @@ from btard_wire.envelope import b64d, peer_id_from_public_key
 
 class FakeSite:
     def __init__(self, *, group_size: int, task: str = "digits-mlp", validators: int = 0, batch_size: int = 16,
-                 phase_timeout: float = 20.0, tau: float = 1.0):
+                 phase_timeout: float = 20.0, tau: float = 1.0, drop_relay=None):
+        """``drop_relay(envelope, member) -> bool``: relays to leave out (a message lost on the way while
+        the socket stays up); the stored copy is still served on a ``board_request``."""
         self.group_size = group_size
         self.run = RunInfo(id=7, name="fake", task=task, validators_per_step=validators, batch_size=batch_size,
                            phase_timeout=phase_timeout, tau=tau, peers_per_group=group_size)
@@ -47,6 +49,9 @@ class FakeSite:
         # step -> phase -> sender -> payload of the first stored message (board phases only)
         self.board: dict[int, dict[str, dict[str, dict]]] = defaultdict(lambda: defaultdict(dict))
         self.broadcasts = 0
+        self.drop_relay = drop_relay
+        self.envelopes: dict[tuple[int, str, str], object] = {}  # (step, phase, sender) -> first stored envelope
+        self.board_requests: list = []
         self.heartbeats: list = []
         self.server = None
         self.url = ""
@@ -127,7 +132,10 @@ class FakeSite:
             self.broadcasts += 1
             if env.phase in BOARD_PHASES:
                 self.board[env.step][env.phase].setdefault(peer_id, dict(env.payload))
+                self.envelopes.setdefault((env.step, env.phase, peer_id), env)
             for member in self.group:
+                if self.drop_relay is not None and self.drop_relay(env, member):
+                    continue
                 await self._send(member, Relay(envelope=env))
             if env.phase == "verdict":
                 guilty = env.payload.get("guilty")
@@ -139,6 +147,12 @@ class FakeSite:
                     for member in list(self.sockets):
                         await self._send(member, BanNotice(peer_id=guilty, step=env.step, reason=env.payload.get(
                             "kind", "verdict")))
+        elif message.type == "board_request":
+            self.board_requests.append((peer_id, message))
+            for sender in message.senders:
+                env = self.envelopes.get((message.step, message.phase, sender))
+                if env is not None:
+                    await self._send(peer_id, Relay(envelope=env))
         elif message.type == "step_report":
             self.reports[message.step][peer_id] = message
             live = [p for p in self.group if p not in self.banned and p in self.sockets]

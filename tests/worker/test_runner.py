@@ -43,6 +43,30 @@ async def test_honest_workers_train_in_lockstep_and_stay_bit_identical():
     assert statuses & {"training", "aggregating", "waiting_for_group"}
 
 
+async def test_a_relay_lost_while_the_socket_stays_up_is_fetched_again_at_the_phase_deadline():
+    """One worker never gets another's MPRNG commitment (dropped on the way, the socket stays up); the
+    others pass the phase and never ask to close it. At its phase deadline the worker asks the site for
+    the missing broadcast and the step goes on: nobody waits for the step deadline, nobody is banned."""
+    torch.set_num_threads(1)
+    dropped = []
+
+    def drop(env, member):
+        if env.phase == "mprng_commit" and env.step == 0 and not dropped and member != env.sender:
+            dropped.append((env.sender, member))
+            return True
+        return False
+
+    async with FakeSite(group_size=3, phase_timeout=3.0, drop_relay=drop) as site:
+        workers = [make_worker(site, i, max_steps=2) for i in range(3)]
+        codes = await run_all(workers, 120)
+    assert codes == [0, 0, 0] and site.banned == set()
+    ((sender, receiver),) = dropped
+    assert any(p == receiver and m.phase == "mprng_commit" and sender in m.senders for p, m in site.board_requests)
+    params = [w.state.params() for w in workers]
+    assert all(torch.equal(params[0], p) for p in params[1:])
+    assert all(w.status.steps_applied == 2 for w in workers)
+
+
 async def test_it_bans_the_aggregator_that_lies_about_its_result():
     torch.set_num_threads(1)
     async with FakeSite(group_size=4, phase_timeout=15.0) as site:

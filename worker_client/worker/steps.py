@@ -145,6 +145,12 @@ class StepDriver:
             # the phase (it does once a majority asked) and go on when it says who was late.
             log.info("deadline of %s passed at step %s: asking the site to close the phase", phase, step)
             w.site.send(PhaseCloseRequest(step=step, phase=phase))
+            # a relay lost while the socket stayed up (a full channel) would leave this peer alone in a
+            # phase the others have passed (they never ask to close it): ask for copies of what is missing
+            members = [p.peer_id for p in w.current_group.peers] if w.current_group else []
+            missing = w.peer.missing_broadcasts(phase, members) if w.peer.waiting_for == phase else []
+            if missing:
+                w.site.send(BoardRequest(step=step, phase=phase, senders=missing[:256]))
             w.set_status(Status(w.status.status), f"step {step}: {phase} overdue; waiting for the group to close it")
             self.deadline_phase = phase  # ask again after another timeout (the request may be lost)
             self.deadline_at = asyncio.get_running_loop().time() + self.phase_timeout(phase)
