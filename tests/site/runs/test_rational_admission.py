@@ -16,10 +16,16 @@ from moderation.models import Ban
 from runs import services as runs
 from runs.models import Peer, Run, StepRecord
 
-from btard_wire.control import StepReport
 from btard_wire.randomness import mprng_commitment
 from tests.factories import make_peer
-from tests.site.admission.panel import full_mprng, panel, panel_reports, report, step_drawn_from_randomness
+from tests.site.admission.panel import (
+    close_with_reports,
+    full_mprng,
+    panel,
+    panel_reports,
+    report,
+    step_drawn_from_randomness,
+)
 from tests.site.helpers import envelope
 
 pytestmark = pytest.mark.django_db
@@ -33,15 +39,6 @@ def _members(run, n=3):
 def _post(peer, identity, run, phase, payload):
     return runs.post_broadcast(peer=peer, envelope=envelope(identity, Run.objects.get(pk=run.pk), phase=phase,
                                                             payload=payload))
-
-
-def _finish_step(run, members, candidates=()):
-    step = Run.objects.get(pk=run.pk).current_step
-    for peer, _ in members:
-        runs.record_step_report(peer=peer, report=StepReport(step=step, outcome="applied", samples=8))
-    for cand in candidates:
-        runs.record_step_report(peer=cand, report=StepReport(step=step, outcome="probation", samples=8))
-    runs.close_step(run=Run.objects.get(pk=run.pk), force=True)
 
 
 def _start(run):
@@ -76,7 +73,7 @@ def test_a_member_outside_the_candidates_panel_cannot_void_its_probation_step(ru
                                             "accusations": [accusation.digest]})
     for v in validators:
         report(run, v, cand.peer_id, True)
-    _finish_step(run, members, [cand])
+    close_with_reports(run, members, [cand])
     cand.refresh_from_db()
     assert cand.probation_done == 1
 
@@ -86,7 +83,7 @@ def test_a_validators_failed_probation_report_beside_its_step_report_is_no_equiv
     peer, ident = validators[0]
     _post(peer, ident, run, "validation", {})  # its own step report first, as the worker does
     report(run, validators[0], cand.peer_id, False, "mismatch")
-    _finish_step(run, members, [cand])
+    close_with_reports(run, members, [cand])
     cand.refresh_from_db()
     peer.refresh_from_db()
     assert cand.probation_done == 0 and peer.role != "banned" and cand.role == "candidate"
@@ -102,7 +99,7 @@ def test_a_lone_byzantine_validator_cannot_reject_an_honest_candidate_and_the_ne
         report(run, byzantine, cand.peer_id, byzantine_word, "fabricated mismatch")
     report(run, honest, cand.peer_id, True)
     full_mprng(run, members)
-    _finish_step(run, members, [cand])
+    close_with_reports(run, members, [cand])
     cand.refresh_from_db()
     assert cand.role == "candidate" and cand.probation_done == 0  # delayed, never rejected
     assert not Ban.objects.exists()
@@ -110,7 +107,7 @@ def test_a_lone_byzantine_validator_cannot_reject_an_honest_candidate_and_the_ne
     record = _start(run)
     assert [c["peer_id"] for c in record.candidates] == [cand.peer_id]
     panel_reports(run, cand.peer_id, members, True, True)
-    _finish_step(run, members, [cand])
+    close_with_reports(run, members, [cand])
     cand.refresh_from_db()
     assert cand.probation_done == 1 and not Ban.objects.exists()
 
@@ -124,7 +121,7 @@ def test_a_lone_byzantine_validator_cannot_promote_a_bad_candidate(run, byzantin
     if byzantine_word is not None:
         report(run, byzantine, cand.peer_id, byzantine_word)
     report(run, honest, cand.peer_id, False, "the probation gradient differs")
-    _finish_step(run, members, [cand])
+    close_with_reports(run, members, [cand])
     assert runs.promote_candidates(run=Run.objects.get(pk=run.pk)) == []
     cand.refresh_from_db()
     assert cand.role == "candidate" and cand.probation_done == 0
@@ -146,7 +143,7 @@ def test_a_byzantine_member_in_every_panel_it_is_drawn_in_delays_an_honest_newco
         for v in validators:
             report(run, v, cand.peer_id, v[0].peer_id != byzantine, "" if v[0].peer_id != byzantine else "lie")
         full_mprng(run, members)
-        _finish_step(run, members, [cand])
+        close_with_reports(run, members, [cand])
         runs.promote_candidates(run=Run.objects.get(pk=run.pk))
         cand.refresh_from_db()
         steps += 1
@@ -169,13 +166,13 @@ def test_a_key_that_joined_after_the_draws_randomness_was_known_is_drawn_only_at
     Peer.objects.filter(pk=late.pk).update(joined_at=StepRecord.objects.get(run=run, step=0).started_at
                                            + timedelta(seconds=1))
     _full_mprng(run, members, 0)
-    _finish_step(run, members)
+    close_with_reports(run, members)
     record = _start(run)  # step 1
     assert [c["peer_id"] for c in record.candidates] == [early.peer_id]
     StepRecord.objects.filter(pk=record.pk).update(started_at=Peer.objects.get(pk=late.pk).joined_at
                                                    + timedelta(seconds=1))
     _full_mprng(run, members, 1)
-    _finish_step(run, members, [early])
+    close_with_reports(run, members, [early])
     record = _start(run)  # step 2
     assert sorted(c["peer_id"] for c in record.candidates) == sorted([early.peer_id, late.peer_id])
 
