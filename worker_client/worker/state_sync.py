@@ -62,7 +62,8 @@ class StateSync:
                                                                  numel=w.state.state_numel,
                                                                  timeout=w.steps.phase_timeout("state"))
         except DataPlaneError as exc:
-            if w.state.step >= 0 and w.role == "active":
+            if w.state.step >= 0 and w.role == "active" and group.step == w.state.step + 1:
+                # nobody has a newer state than ours: the step we missed applied nothing anywhere
                 return self.carry_over(group.step, f"no donor has the state of step {group.step} ({exc})")
             w.event("error", f"state download failed: {exc}")
             return False

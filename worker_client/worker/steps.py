@@ -148,7 +148,8 @@ class StepDriver:
             # a relay lost while the socket stayed up (a full channel) would leave this peer alone in a
             # phase the others have passed (they never ask to close it): ask for copies of what is missing
             members = [p.peer_id for p in w.current_group.peers] if w.current_group else []
-            missing = w.peer.missing_broadcasts(phase, members) if w.peer.waiting_for == phase else []
+            missing = w.peer.missing_broadcasts(phase, members) \
+                if w.peer.waiting_for == phase and step >= w.site_step else []  # (a closed step's: moot)
             if missing:
                 w.site.send(BoardRequest(step=step, phase=phase, senders=missing[:256]))
             w.set_status(Status(w.status.status), f"step {step}: {phase} overdue; waiting for the group to close it")
@@ -243,10 +244,12 @@ class StepDriver:
             w.event("promoted", f"joined the group at step {group.step}")
         if w.peer is not None and w.peer.step is not None and not w.peer.finished \
                 and w.peer.step < group.step and w.state.step == w.peer.step:
-            # The site closed our unfinished step at its deadline: nothing was applied here.
+            # The site closed our unfinished step without us: nothing was applied here, but the others may
+            # have applied it (and every step since): take the group's state from its donors; our own is
+            # the group's only when the closed step was the last one and nobody has a newer state
+            # (StateSync.download falls back to carrying ours over only then).
             w.event("step_abandoned", f"step {w.peer.step} abandoned: the site closed it", step=w.peer.step)
             self.deadline_phase = None
-            w.state_sync.carry_over(group.step, f"step {w.peer.step} was closed by the site")
         if w.state.step != group.step and not await w.state_sync.download(group):
             return
         if w.r_prev is None:
