@@ -3,7 +3,7 @@ the host with PostgreSQL and Redis. Each scenario asserts that the run keeps app
 peer is banned, and that nothing the site accepted is lost; recovery times go to ``var/e2e-recovery.jsonl``
 (docs/performance.md, "Faults across hosts").
 
-Marked ``e2e``: ``make test`` leaves them out, ``make test-e2e`` runs them, CI (``.ci/run``) runs them after ``make test``.
+Marked ``e2e``: ``make test`` leaves them out, ``make test-e2e`` runs them, CI (``.ci/run``) does not run them yet (see there).
 """
 
 from __future__ import annotations

@@ -92,6 +92,7 @@ class StepDriver:
         self.pending_relay_bytes = 0
         # board phases the site closed and this peer has not acted on yet: (step, phase) -> senders
         self.site_closes: dict[tuple[int, str], list[str]] = {}
+        self.board_asked: set[tuple[int, str]] = set()  # (step, phase) whose missing broadcasts we asked for
         self.deadline_phase: str | None = None
         self.deadline_at: float = 0.0
         self.own_batch = 0  # samples of this peer's own gradient in the current step
@@ -150,7 +151,8 @@ class StepDriver:
             members = [p.peer_id for p in w.current_group.peers] if w.current_group else []
             missing = w.peer.missing_broadcasts(phase, members) \
                 if w.peer.waiting_for == phase and step >= w.site_step else []  # (a closed step's: moot)
-            if missing:
+            if missing and (step, phase) not in self.board_asked:  # once per phase: the site rate-limits them
+                self.board_asked.add((step, phase))
                 w.site.send(BoardRequest(step=step, phase=phase, senders=missing[:256]))
             w.set_status(Status(w.status.status), f"step {step}: {phase} overdue; waiting for the group to close it")
             self.deadline_phase = phase  # ask again after another timeout (the request may be lost)
@@ -260,6 +262,7 @@ class StepDriver:
             del self.layouts[old]
         for key in [k for k in self.site_closes if k[0] < group.step]:
             del self.site_closes[key]
+        self.board_asked = {k for k in self.board_asked if k[0] >= group.step}
         w.plane.forget_before(group.step)
         w.plane.notify_layout()
         prev = w.prev_record if w.prev_record is not None and w.prev_record.step == group.step - 1 else None
