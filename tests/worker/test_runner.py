@@ -190,3 +190,41 @@ def test_a_run_names_its_tau_rule_in_its_settings_and_an_unknown_rule_is_refused
     worker.run_info = RunInfo(id=1, name="r", task="digits-mlp", extra={"tau_rule": "largest"})
     with pytest.raises(ValueError, match="unknown tau rule 'largest'"):
         worker._make_peer()
+
+
+async def test_a_tensor_send_whose_dial_failed_is_tried_again_within_the_deadline():
+    """Two peers dialling each other at the same instant can fail libp2p's handshake: the send goes again
+    (up to SEND_ATTEMPTS, within the phase deadline) instead of waiting for the receiver's ELIMINATE; a
+    refusal is not retried."""
+    from types import SimpleNamespace
+
+    from worker_client.btard.actions import SendTensor
+    from worker_client.net import DataPlaneError
+    from worker_client.worker.steps import SEND_ATTEMPTS, StepDriver
+
+    class Plane:
+        def __init__(self, failures: list[str]):
+            self.failures, self.calls = list(failures), 0
+
+        async def send(self, to, **kwargs):
+            self.calls += 1
+            if self.failures:
+                raise DataPlaneError(self.failures.pop(0), "dial failed", peer=to)
+
+    def driver(plane):
+        worker = SimpleNamespace(plane=plane, config=SimpleNamespace(phase_timeout=5.0), run_info=None,
+                                 current_group=None)
+        d = StepDriver.__new__(StepDriver)
+        d.worker = worker
+        return d
+
+    action = SendTensor(kind="part", to="peer-b", part=1, data=b"\0" * 8)
+    flaky = Plane(["unreachable"])
+    await driver(flaky).send_tensor(action, 0)
+    assert flaky.calls == 2  # failed once, then delivered
+    down = Plane(["unreachable"] * 5)
+    await driver(down).send_tensor(action, 0)
+    assert down.calls == SEND_ATTEMPTS
+    refused = Plane(["refused"])
+    await driver(refused).send_tensor(action, 0)
+    assert refused.calls == 1

@@ -48,6 +48,8 @@ def group_directory(group: Group) -> dict[str, tuple[str, list[str]]]:
     return directory
 
 
+SEND_ATTEMPTS = 3  # tries of a tensor send whose dial failed (within the phase deadline)
+
 class NetworkTransport:
     """The networked worker's :class:`~worker_client.drive.dispatch.Transport`: board posts go to the
     site (held back by ``hold_broadcasts`` when a test asks), tensors over the data plane, gradients on
@@ -317,14 +319,27 @@ class StepDriver:
             await self.execute(peer.on_aggregate(item.sender, int(item.key), item.data, parsed, step=item.step))
 
     async def send_tensor(self, action: SendTensor, step: int) -> None:
-        try:
-            await self.worker.plane.send(action.to, step=step, kind=action.kind, key=str(action.part),
-                                         data=action.data,
-                                         header=action.header.model_dump() if action.header is not None else None,
-                                         timeout=self.phase_timeout("parts"))
-        except DataPlaneError as exc:
-            # The receiver's deadline turns a missing tensor into an ELIMINATE; nothing to decide here.
-            log.info("sending %s %s of step %s to %s failed: %s", action.kind, action.part, step, action.to[:8], exc)
+        """Send within the phase's deadline; a failed dial (``unreachable``: two peers dialling each other at
+        the same instant can fail libp2p's handshake) is tried again twice, after 0.5 s and 1 s, while the
+        deadline allows. The receiver's deadline turns a tensor that never arrives into an ELIMINATE."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self.phase_timeout("parts")
+        header = action.header.model_dump() if action.header is not None else None
+        for attempt in range(SEND_ATTEMPTS):
+            try:
+                await self.worker.plane.send(action.to, step=step, kind=action.kind, key=str(action.part),
+                                             data=action.data, header=header,
+                                             timeout=max(0.5, until - loop.time()))
+                return
+            except DataPlaneError as exc:
+                pause = 0.5 * (attempt + 1)
+                if exc.code != "unreachable" or attempt == SEND_ATTEMPTS - 1 or loop.time() + pause >= until:
+                    log.info("sending %s %s of step %s to %s failed: %s", action.kind, action.part, step,
+                             action.to[:8], exc)
+                    return
+                log.info("sending %s %s of step %s to %s: %s; again in %.1f s", action.kind, action.part, step,
+                         action.to[:8], exc, pause)
+                await asyncio.sleep(pause)
 
     async def send_later(self, message, seconds: float) -> None:
         await asyncio.sleep(seconds)
