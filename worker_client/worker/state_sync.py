@@ -1,5 +1,6 @@
-"""The worker's model state against the group's: publish ours, download the step's from several donors,
-or carry ours over the steps the site closed without us."""
+"""The worker's model state against the group's: publish ours, download the step's from several donors
+(also after steps the site closed without us), or carry ours over when the one step we missed applied
+nothing anywhere (no donor has a newer state)."""
 
 from __future__ import annotations
 
@@ -27,8 +28,8 @@ class StateSync:
         w.plane.publish_state(step, w.state.full_state(), meta=meta)
 
     def carry_over(self, step: int, why: str) -> bool:
-        """The site moved on past steps this peer did not finish (it closed them at their deadline):
-        those steps applied nothing here, so our state is the state of ``step``; the randomness chain
+        """The site moved on past the one step this peer did not finish and no donor has a newer state:
+        that step applied nothing anywhere, so our state is the state of ``step``; the randomness chain
         follows the public skip rule for the steps in between (see ``mprng.skipped_randomness``)."""
         w = self.worker
         start = w.state.step
