@@ -257,6 +257,10 @@ class ErrorMessage(_Msg):
     type: Literal["error"] = "error"
     code: str
     message: str
+    # for a refused ``broadcast``: the refused envelope's step and digest, so its sender can tell which of
+    # its messages the board does not hold (a validation report must not list it)
+    step: int | None = None
+    digest: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
 
 
 class ReachabilityCheck(_Msg):

@@ -30,7 +30,8 @@ class Swarm:
 
     def __init__(self, n: int = 5, *, attack: str | None = None, byzantine: tuple[int, ...] = (),
                  numel: int = 48, params: P.ProtocolParams | None = None, attack_start: int = 0,
-                 attack_every: int = 1, seed: int = 0, shuffle: bool = False, **attack_params):
+                 attack_every: int = 1, seed: int = 0, shuffle: bool = False, site_closes: bool = False,
+                 **attack_params):
         self.numel = numel
         self.identities = [Identity.from_seed(f"test:{seed}:{i}".encode()) for i in range(n)]
         self.ids = [i.peer_id for i in self.identities]
@@ -44,7 +45,7 @@ class Swarm:
                             attack_params=dict(attack_start=attack_start, attack_every=attack_every,
                                                **attack_params),
                             before_gradients=self._collude,
-                            shuffle=random.Random(seed + 99) if shuffle else None)
+                            shuffle=random.Random(seed + 99) if shuffle else None, site_closes=site_closes)
         self.verifier, self.peers, self.board, self.memory = built.verifier, built.peers, built.board, built.memory
         self.r = genesis_randomness(RUN, seed)
         self.version = 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from btard_wire import BOARD_PHASES
 from btard_wire import board as rules
+from worker_client.btard import protocol as P
 
 from ._swarm import Swarm
 
@@ -118,3 +119,36 @@ def test_a_restarted_workers_catch_up_silence_is_excused_once_in_a_while():
     assert rules.silence_excused(step=36, rejoined_step=36, last_excused_step=26)
     assert not rules.silence_excused(step=30, rejoined_step=26, last_excused_step=None)  # long after the rejoin
     assert rules.next_silence_count(2, silent=False, excused=True) == 0  # speaking still resets
+
+
+def test_a_refused_eliminate_leaves_its_senders_report_which_the_board_then_stores():
+    """The slow host of the cross-host tests: the site refused the second of a peer's two ELIMINATEs
+    (``eliminate_limit``, one per account and epoch) and the report that still listed it was refused in
+    turn (``unheld_digest``), so the peer sat in validation. Told which broadcast was refused, the peer
+    takes it out of its report, and the board stores the report."""
+    params = P.ProtocolParams(tau=1.0, validators=1, board_echo=True)
+    swarm = Swarm(n=6, attack="withhold_part", byzantine=(1, 2), attack_start=1, params=params, site_closes=True)
+    victim = swarm.ids[0]
+    board, post = swarm.board, swarm.board.post
+    refused: list[str] = []
+
+    def one_eliminate_per_sender(connection, envelope):
+        if connection == victim and envelope.phase == "eliminate" and board._moderation.get(victim):
+            refused.append(envelope.digest())
+            board.rejected.append((connection, "eliminate_limit: one ELIMINATE per account and epoch"))
+            return False
+        return post(connection, envelope)
+
+    board.post = one_eliminate_per_sender
+    board.keep_log = True
+    swarm.run(2)
+    assert len(refused) == 1  # the victim eliminated both withholders; the second was refused
+    # the report signed with both ELIMINATEs went out before the refusal came back and was refused in turn
+    assert [r[1] for r in board.rejected if r[0] == victim] == [
+        "eliminate_limit: one ELIMINATE per account and epoch", "report lists 1 digest(s) the board does not hold"]
+    reports = [e for e in board.log if e.sender == victim and e.phase == "validation" and e.step == 1]
+    assert len(reports) == 1 and refused[0] not in reports[0].payload["accusations"]
+    assert board._moderation[victim] and set(board._moderation[victim]) <= set(reports[0].payload["accusations"])
+    assert not any(victim in r.silent for r in swarm.history[-1].values())
+    assert [e["eliminator"] for e in board.moderation_queue if e["effective"]] == [victim]
+    assert not board.banned

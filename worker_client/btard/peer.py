@@ -256,6 +256,40 @@ class BtardPeer:
             return self._court.finish_recalc_verdict(digest, g) + self._advance()
         return self._advance()
 
+    def on_broadcast_refused(self, step: int, digest: str, code: str = "") -> list[Action]:
+        """The board refused one of this peer's own broadcasts of ``step`` and stored nothing (the site
+        says so with the refused envelope's digest; ``code`` is its reason, e.g. ``eliminate_limit``).
+
+        A refused accusation or ELIMINATE decides nothing: it leaves this peer's lists and its report
+        never names it. A refused validation report that named such a digest (``unheld_digest``) is
+        signed again without it; the slot stayed empty, so the new report is not equivocation. Any
+        other refusal changes nothing here (the phase's deadline and the site's close decide)."""
+        s = self._s
+        if s is None or s.ctx.step != step or s.result is not None:
+            return []
+        own = s.evidence.get(digest)
+        if own is None or own.sender != self.peer_id:
+            return []
+        if own.phase in ("accuse", "eliminate"):
+            s.refused.add(digest)
+            s.my_accusations = [d for d in s.my_accusations if d != digest]
+            s.early.discard(digest)
+            s.listed.discard(digest)
+            s.accusations.pop(digest, None)
+            s.eliminates.pop(digest, None)
+            return self._advance()
+        entry = s.board.get(("validation", self.peer_id))
+        if own.phase != "validation" or entry is None or entry[2] != digest:
+            return []
+        old: M.ValidationPayload = entry[1]
+        keep = [d for d in old.accusations if d not in s.refused]
+        if keep == list(old.accusations):
+            return []  # nothing of ours to take out: the refusal stands (the volunteer sees the site's reason)
+        del s.board[("validation", self.peer_id)]
+        s.senders.get("validation", set()).discard(self.peer_id)
+        s.listed = {d for (phase, _), (_, p, _) in s.board.items() if phase == "validation" for d in p.accusations}
+        return self._broadcast("validation", old.model_copy(update={"accusations": keep})) + self._advance()
+
     def on_broadcast(self, envelope: Envelope) -> list[Action]:
         """A signed message from the bulletin board (any phase)."""
         s = self._s

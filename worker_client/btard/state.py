@@ -202,6 +202,9 @@ class StepState:
     eliminates: dict[str, tuple[Envelope, M.EliminatePayload]] = field(default_factory=dict)
     early: set[str] = field(default_factory=set)
     listed: set[str] = field(default_factory=set)
+    # digests of this peer's own accusations/ELIMINATEs the board refused (it stored nothing): its
+    # report never lists them (a report naming a digest the board does not hold is refused in turn)
+    refused: set[str] = field(default_factory=set)
     silent: set[str] = field(default_factory=set)
     gradient: torch.Tensor | None = None
     my_part_bytes: list[bytes] = field(default_factory=list)

@@ -371,6 +371,9 @@ class MemorySwarm:
                 for q in group:
                     if q != sender or self.site_closes:
                         queue.append((q, "on_broadcast", (envelope,)))
+            elif self.site_closes:  # as the site does: the sender is told which broadcast was refused
+                reason = self.board.rejected[-1][1] if self.board.rejected else ""
+                queue.append((sender, "on_broadcast_refused", (envelope.step, envelope.digest(), reason)))
 
         class Link:
             """One peer's transport for this step (:class:`worker_client.drive.dispatch.Transport`)."""

@@ -329,6 +329,15 @@ class Worker:
                 self.steps.on_phase_closed(item)
             case RunNotice(kind=kind, message=message):  # organisers: paused, resumed, finished, announcement
                 self.event("announcement" if kind == "announcement" else "run", message, run_kind=kind)
+            case ErrorMessage(code=code, message=message, step=int() as step, digest=str() as digest):
+                # the board refused one of our broadcasts and stored nothing: the core takes it out of what
+                # our report lists (and signs the report again if the report was refused for naming it)
+                if code == "phase_closed":
+                    self.event("late", f"a broadcast of ours came after the site closed its phase: {message}")
+                else:
+                    self.event("refused", f"step {step}: the site refused a broadcast of ours: {code}: {message}")
+                if self.peer is not None and self.peer.step == step:
+                    await self.steps.execute(self.peer.on_broadcast_refused(step=step, digest=digest, code=code))
             case ErrorMessage(code="phase_closed", message=message):
                 self.event("late", f"a broadcast of ours came after the site closed its phase: {message}")
             case ErrorMessage(code="no_helper", message=message):

@@ -284,8 +284,10 @@ class WorkerConsumer(FastDispatchMixin, AsyncWebsocketConsumer):
             await self.close(code=1011, reason="the site could not process a message; reconnect")
             await self.disconnect(1011)
 
-    async def send_error(self, code: str, message: str) -> None:
-        await self.send_model(ErrorMessage(code=code, message=message))
+    async def send_error(self, code: str, message: str, *, step: int | None = None,
+                         digest: str | None = None) -> None:
+        error = ErrorMessage(code=code, message=message, step=step, digest=digest)
+        await self.send(text_data=error.model_dump_json(exclude_none=True))
 
     async def receive(self, text_data=None, bytes_data=None):
         if self.token is None:
@@ -306,7 +308,10 @@ class WorkerConsumer(FastDispatchMixin, AsyncWebsocketConsumer):
             await getattr(self, f"on_{msg.type}")(msg)
         except Rejected as exc:
             log.warning("rejected %s from %s: %s: %s", msg.type, self._who(), exc.code, exc.message)
-            await self.send_error(exc.code, exc.message)
+            if msg.type == "broadcast":  # say which one: its sender's report must not list what we refused
+                await self.send_error(exc.code, exc.message, step=msg.envelope.step, digest=msg.envelope.digest())
+            else:
+                await self.send_error(exc.code, exc.message)
         except JoinRefused as exc:
             await self.close(code=exc.close_code, reason=close_reason(exc.reason))
         except Exception:

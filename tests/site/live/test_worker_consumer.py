@@ -120,6 +120,24 @@ async def test_broadcasts_are_relayed_unchanged_to_the_rest_of_the_group_and_rep
         await comm.disconnect()
 
 
+async def test_a_refused_broadcast_is_named_by_step_and_digest_so_its_sender_can_leave_it_out(run, alice, bob):
+    """A worker's validation report lists its own ELIMINATEs; when the site refuses one (e.g. the per-account
+    limit), the worker must know which, or its report is refused in turn and it waits in validation."""
+    (ca, ia, _), (cb, ib, _), _ = await two_member_group(run, alice, bob)
+    run_now = await database_sync_to_async(Run.objects.get)(pk=run.pk)
+    report = envelope(ia, run_now, phase="validation",
+                      payload={"target": None, "ok": None, "accusations": ["cd" * 32], "silent": []})
+    await ca.send_to(text_data=json.dumps({"type": "broadcast", "envelope": report.model_dump()}))
+    error = await receive_type(ca, "error")
+    assert (error["code"], error["step"], error["digest"]) == ("unheld_digest", run_now.current_step,
+                                                                report.digest())
+    await ca.send_to(text_data=json.dumps({"type": "heartbeat", "step": "x"}))  # not a broadcast: no digest
+    schema = await receive_type(ca, "error")
+    assert "digest" not in schema and "step" not in schema
+    for comm in (ca, cb):
+        await comm.disconnect()
+
+
 async def test_reports_from_the_whole_group_advance_the_run_and_push_the_next_group(run, alice, bob):
     (ca, ia, _), (cb, ib, _), _ = await two_member_group(run, alice, bob)
     for comm in (ca, cb):
