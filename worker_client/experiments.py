@@ -318,8 +318,8 @@ def grid_tau_rule() -> list[Cell]:
     """The scale-following tau (ProtocolParams.tau_rule = "spread", docs/results.md "Where BTARD misses"):
     the ``adaptive-ablation`` setting (16 peers, 7 optimal ALIE from step 50, m = 4, B = 512, 200 steps),
     spread 0.5 on seeds 0-2 with their clean runs, then spread 1.0 on seed 0 (attacked cells first), then
-    spread 0.5 with non-IID shards (Dirichlet 0.5), seed 0; the fixed-tau rows to
-    compare with are that grid's."""
+    spread 0.5 with non-IID shards (Dirichlet 0.5), seed 0, then its seeds 1 and 2 (m = 4 and m = 8); the
+    fixed-tau rows to compare with are that grid's and the ``adaptive`` grid's."""
     common = {"peers": 16, "byzantine": 7, "steps": ADAPTIVE_STEPS, "attack_start": 50,
               "btard_global_batch": 16 * PAPER_BATCH, "btard_validators": PAPER_VALIDATORS}
     cells = _cells("mnist5k-mlp", attacks=["optimal_alie", "none"], defences=[("btard", 1.0)], seeds=[0, 1, 2],
@@ -333,6 +333,11 @@ def grid_tau_rule() -> list[Cell]:
                     tau_rule="spread", tau_spread=0.5, non_iid=0.5, **{**common, "btard_validators": 8})
     cells += _cells("mnist5k-mlp", attacks=["optimal_alie", "none"], defences=[("btard", 1.0)], seeds=[0],
                     tau_rule="spread", tau_spread=0.25, non_iid=0.5, **common)
+    # non-IID, seeds 1 and 2 of spread 0.5 with m = 4 and m = 8 (so the non-IID rows have 3 seeds)
+    cells += _cells("mnist5k-mlp", attacks=["optimal_alie", "none"], defences=[("btard", 1.0)], seeds=[1, 2],
+                    tau_rule="spread", tau_spread=0.5, non_iid=0.5, **{**common, "btard_validators": 8})
+    cells += _cells("mnist5k-mlp", attacks=["optimal_alie", "none"], defences=[("btard", 1.0)], seeds=[1, 2],
+                    tau_rule="spread", tau_spread=0.5, non_iid=0.5, **common)
     # by priority (a grid cut short by the time it has): the attacked cells of every seed, then the clean ones
     return sorted(cells, key=lambda c: (c.non_iid != 0, c.tau_spread != 0.5, c.attack == "none", c.seed))
 
