@@ -37,8 +37,8 @@ test: $(STAMP)
 	if [ $$status -eq 5 ]; then echo "pytest ran no tests: treating as failure"; exit 1; fi; exit $$status
 
 # Faults across hosts (tests/e2e): workers in network namespaces, needs root, PostgreSQL and Redis
-# (DATABASE_URL / REDIS_URL as for `make test`); left out of `make test` and, for now, of CI (.ci/run)
-# (about 9-11 minutes on a 2-core machine).
+# (DATABASE_URL / REDIS_URL as for `make test`); left out of `make test`, run by CI after it (.ci/run)
+# (about 4-11 minutes on a 2-core machine).
 test-e2e: $(STAMP)
 	@$(PY) -m pytest -m e2e tests/e2e $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest ran no tests: treating as failure"; exit 1; fi; exit $$status
