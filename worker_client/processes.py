@@ -153,18 +153,30 @@ class ProcessGroup:
         self.procs: list[tuple[str, subprocess.Popen]] = []
         self._files: list = []
         self._sockets: set[str] = set()
+        self._log_opens: dict[str, int] = {}  # log path -> how many of our processes wrote to it so far
 
-    def open_log(self, path) -> object:
-        """A log file that is closed when the group stops."""
-        f = open(path, "w")  # noqa: SIM115 - closed in stop()
+    def open_log(self, path, *, name: str | None = None) -> object:
+        """A log file that is closed when the group stops. The first process of this group to use ``path``
+        starts it afresh; a later one (a restart: the soak's rejoining worker, a fault test's site brought
+        back) appends after a separator line naming the restart and its UTC time, so what the earlier
+        process wrote (its last lines before a kill) stays readable."""
+        key = os.path.abspath(path)
+        before = self._log_opens.get(key, 0)
+        f = open(path, "a" if before else "w")  # noqa: SIM115 - closed in stop()
+        if before:
+            when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+            f.write(f"\n===== restart {before} of {name or Path(path).name}: started again at {when} =====\n")
+            f.flush()  # before the child writes to the same file
+        self._log_opens[key] = before + 1
         self._files.append(f)
         return f
 
     def start(self, name: str, argv: list[str], *, log=None, stderr_log=None, env: dict | None = None,
               cwd=None) -> subprocess.Popen:
-        """Start ``argv`` in its own session; stdout (and stderr, unless ``stderr_log``) go to ``log``."""
-        out = self.open_log(log) if log is not None else subprocess.DEVNULL
-        err = self.open_log(stderr_log) if stderr_log is not None else (
+        """Start ``argv`` in its own session; stdout (and stderr, unless ``stderr_log``) go to ``log``
+        (appended to, after a restart separator, when one of our processes already wrote there)."""
+        out = self.open_log(log, name=name) if log is not None else subprocess.DEVNULL
+        err = self.open_log(stderr_log, name=name) if stderr_log is not None else (
             subprocess.STDOUT if log is not None else subprocess.DEVNULL)
         proc = subprocess.Popen(argv, cwd=cwd or self.cwd, env=env or self.env, stdout=out, stderr=err,
                                 start_new_session=True)

@@ -3,6 +3,7 @@ sockets that our processes held are removed (a concurrent program's stay)."""
 
 from __future__ import annotations
 
+import re
 import secrets
 import signal
 import socket
@@ -79,3 +80,26 @@ def test_a_child_runs_in_its_own_session():
         proc = procs.start("sleeper", [sys.executable, "-c", "import time; time.sleep(30)"])
         out = subprocess.run(["ps", "-o", "sid=", "-p", str(proc.pid)], capture_output=True, text=True, check=False)
         assert int(out.stdout.split()[0]) == proc.pid
+
+
+def test_a_restarted_process_appends_to_its_log_after_a_separator_naming_the_restart(tmp_path):
+    """The soak kills a worker and starts it again with the same log: the first life's last lines (what it
+    was doing when killed) must survive the restart, with a line saying where the next life begins."""
+    log = tmp_path / "volunteer1.log"
+    log.write_text("an earlier program's log\n")  # another program's run: a group's first start begins afresh
+    talker = "import sys, time; print(sys.argv[1], flush=True); time.sleep(300)"
+    with ProcessGroup() as procs:
+        for life in ("first life", "second life", "third life"):
+            proc = procs.start("volunteer1", [sys.executable, "-c", talker, life], log=log)
+            deadline = time.monotonic() + 20
+            while life not in log.read_text():
+                assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
+                time.sleep(0.05)
+            procs.kill(proc, signal.SIGKILL)
+    lines = [line for line in log.read_text().splitlines() if line]
+    assert "an earlier program's log" not in lines
+    assert lines[0] == "first life" and lines[2] == "second life" and lines[4] == "third life"
+    for n, separator in ((1, lines[1]), (2, lines[3])):
+        assert re.fullmatch(rf"===== restart {n} of volunteer1: started again at "
+                            r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC =====", separator), separator
+    assert len(lines) == 5
