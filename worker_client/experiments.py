@@ -318,8 +318,8 @@ def grid_tau_rule() -> list[Cell]:
     """The scale-following tau (ProtocolParams.tau_rule = "spread", docs/results.md "Where BTARD misses"):
     the ``adaptive-ablation`` setting (16 peers, 7 optimal ALIE from step 50, m = 4, B = 512, 200 steps),
     spread 0.5 on seeds 0-2 with their clean runs, then spread 1.0 on seed 0 (attacked cells first), then
-    spread 0.5 with non-IID shards (Dirichlet 0.5), seed 0, then its seeds 1 and 2 (m = 4 and m = 8); the
-    fixed-tau rows to compare with are that grid's and the ``adaptive`` grid's."""
+    spread 0.5 with non-IID shards (Dirichlet 0.5), seed 0; the fixed-tau rows to
+    compare with are that grid's."""
     common = {"peers": 16, "byzantine": 7, "steps": ADAPTIVE_STEPS, "attack_start": 50,
               "btard_global_batch": 16 * PAPER_BATCH, "btard_validators": PAPER_VALIDATORS}
     cells = _cells("mnist5k-mlp", attacks=["optimal_alie", "none"], defences=[("btard", 1.0)], seeds=[0, 1, 2],
@@ -333,19 +333,32 @@ def grid_tau_rule() -> list[Cell]:
                     tau_rule="spread", tau_spread=0.5, non_iid=0.5, **{**common, "btard_validators": 8})
     cells += _cells("mnist5k-mlp", attacks=["optimal_alie", "none"], defences=[("btard", 1.0)], seeds=[0],
                     tau_rule="spread", tau_spread=0.25, non_iid=0.5, **common)
-    # non-IID, seeds 1 and 2 of spread 0.5 with m = 4 and m = 8 (so the non-IID rows have 3 seeds)
-    cells += _cells("mnist5k-mlp", attacks=["optimal_alie", "none"], defences=[("btard", 1.0)], seeds=[1, 2],
-                    tau_rule="spread", tau_spread=0.5, non_iid=0.5, **{**common, "btard_validators": 8})
-    cells += _cells("mnist5k-mlp", attacks=["optimal_alie", "none"], defences=[("btard", 1.0)], seeds=[1, 2],
-                    tau_rule="spread", tau_spread=0.5, non_iid=0.5, **common)
     # by priority (a grid cut short by the time it has): the attacked cells of every seed, then the clean ones
     return sorted(cells, key=lambda c: (c.non_iid != 0, c.tau_spread != 0.5, c.attack == "none", c.seed))
+
+
+def grid_adaptive_spread() -> list[Cell]:
+    """Whether the scale-following tau should be BTARD's default (docs/results.md "Where BTARD misses"): the
+    two columns BTARD misses at tau 1, optimal ALIE with IID and with non-IID (Dirichlet 0.5) shards, with
+    their clean runs, seeds 0-2, for tau 1 fixed and spread 0.5 (m = 4), and non-IID spread 0.5 with m = 8.
+    Most cells are the ``adaptive`` or ``tau-rule`` grid's (same keys: their rows are copied, not re-run).
+    Order: the attacked cells first; the m = 8 clean runs last (a clean run does not depend on m)."""
+    common = {"peers": 16, "byzantine": 7, "steps": ADAPTIVE_STEPS, "attack_start": 50,
+              "btard_global_batch": 16 * PAPER_BATCH, "btard_validators": PAPER_VALIDATORS}
+    cells = []
+    for non_iid in (0.0, NON_IID_ALPHA):
+        for rule in ("fixed", "spread"):
+            cells += _cells("mnist5k-mlp", attacks=["optimal_alie", "none"], defences=[("btard", 1.0)],
+                            seeds=[0, 1, 2], tau_rule=rule, tau_spread=0.5, non_iid=non_iid, **common)
+    cells += _cells("mnist5k-mlp", attacks=["optimal_alie", "none"], defences=[("btard", 1.0)], seeds=[0, 1, 2],
+                    tau_rule="spread", tau_spread=0.5, non_iid=NON_IID_ALPHA, **{**common, "btard_validators": 8})
+    return sorted(cells, key=lambda c: (c.attack == "none" and c.validators == 8, c.seed, c.attack == "none"))
 
 
 GRIDS: dict[str, Callable[[], list[Cell]]] = {"smoke": grid_smoke, "paper": grid_paper, "fashion": grid_fashion,
                                               "preagg": grid_preagg, "kardam": grid_kardam,
                                               "adaptive": grid_adaptive, "adaptive-ablation": grid_adaptive_ablation,
-                                              "tau-rule": grid_tau_rule}
+                                              "tau-rule": grid_tau_rule, "adaptive-spread": grid_adaptive_spread}
 
 
 # --- running -------------------------------------------------------------------------------------
@@ -645,7 +658,7 @@ def superseded(row: dict) -> bool:
     return row.get("aggregator") in RECONFIGURED_BASELINES and int(row.get("baseline_version") or 1) < 2
 
 
-EVERY_DEFENCE_GAP_GRIDS = {"adaptive", "adaptive-ablation", "tau-rule"}  # grids whose report pairs every defence with its clean run
+EVERY_DEFENCE_GAP_GRIDS = {"adaptive", "adaptive-ablation", "tau-rule", "adaptive-spread"}  # grids whose report pairs every defence with its clean run
 
 
 def report(name: str, *, results_dir: Path = DEFAULT_RESULTS) -> tuple[Path, list[Path]]:
