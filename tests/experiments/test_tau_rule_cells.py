@@ -40,3 +40,32 @@ def test_the_tau_rule_grid_pairs_every_spread_cell_with_its_clean_run():
     attacked = {(c.seed, c.tau_spread) for c in cells if c.attack == "optimal_alie"}
     clean = {(c.seed, c.tau_spread) for c in cells if c.attack == "none"}
     assert attacked == clean and {s for s, _ in attacked} == {0, 1, 2}
+
+
+def test_the_adaptive_spread_grid_pairs_fixed_and_spread_tau_on_three_seeds_in_both_missed_columns():
+    from worker_client.experiments import ADAPTIVE_GRID_ATTACKS, NON_IID_ATTACKS
+
+    cells = GRIDS["adaptive-spread"]()
+    assert len({c.key for c in cells}) == len(cells)
+    missed = [c for c in cells if c.attack in ("optimal_alie", "none")]
+    settings = {(c.defence, c.non_iid) for c in missed}
+    assert settings == {("btard (tau 1, m=4, B=512)", 0.0), ("btard (tau 1, m=4, B=512)", 0.5),
+                        ("btard (tau spread 0.5, m=4, B=512)", 0.0), ("btard (tau spread 0.5, m=4, B=512)", 0.5),
+                        ("btard (tau spread 0.5, m=8, B=512)", 0.5)}
+    for defence, non_iid in settings:  # every attacked cell has the clean run of its seed, on seeds 0-2
+        mine = [c for c in missed if (c.defence, c.non_iid) == (defence, non_iid)]
+        assert {(c.attack, c.seed) for c in mine} == {(a, s) for a in ("optimal_alie", "none") for s in (0, 1, 2)}
+    # the fixed-tau cells are the adaptive grid's, the IID spread cells the tau-rule grid's: same keys, same rows
+    adaptive, tau_rule = {c.key for c in GRIDS["adaptive"]()}, {c.key for c in GRIDS["tau-rule"]()}
+    assert all(c.key in adaptive for c in missed if c.tau_rule == "fixed")
+    assert all(c.key in tau_rule for c in missed if c.tau_rule == "spread" and not c.non_iid)
+    # spread 0.5 (m = 4) also runs in every other BTARD column of the adaptive grid, on seeds 0-2
+    others = [c for c in cells if c.attack not in ("optimal_alie", "none")]
+    assert {c.defence for c in others} == {"btard (tau spread 0.5, m=4, B=512)"}
+    assert {(c.attack, c.non_iid, c.seed) for c in others} == (
+        {(a, 0.0, s) for a in ADAPTIVE_GRID_ATTACKS if a != "optimal_alie" for s in (0, 1, 2)}
+        | {(a, 0.5, s) for a in NON_IID_ATTACKS if a not in ("none", "optimal_alie") for s in (0, 1, 2)})
+    # the missed columns first (attacked before clean on each seed), the m = 8 clean runs (same as m = 4's) last
+    assert {c.key for c in cells[:len(missed) - 3]} == {c.key for c in missed if c.validators != 8 or c.attack != "none"}
+    assert all(c.attack == "none" and c.validators == 8 for c in cells[-3:])
+    assert cells[0].attack == "optimal_alie" and cells[0].seed == 0
