@@ -203,6 +203,17 @@ def _reach_key(request_id: str) -> str:
     return "reach:" + hashlib.sha256(request_id.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+def _refused_broadcast(msg) -> dict:
+    """For a refused ``broadcast``: its step and digest, so its sender can take it out of its report; an
+    envelope that has no digest (a NaN in its payload cannot be serialised canonically) names none."""
+    if msg.type != "broadcast":
+        return {}
+    try:
+        return {"step": msg.envelope.step, "digest": msg.envelope.digest()}
+    except ValueError:
+        return {}
+
+
 _GROUP_PREFIX = f'{{"v":{PROTOCOL_VERSION},"type":"group"'
 
 
@@ -308,10 +319,7 @@ class WorkerConsumer(FastDispatchMixin, AsyncWebsocketConsumer):
             await getattr(self, f"on_{msg.type}")(msg)
         except Rejected as exc:
             log.warning("rejected %s from %s: %s: %s", msg.type, self._who(), exc.code, exc.message)
-            if msg.type == "broadcast":  # say which one: its sender's report must not list what we refused
-                await self.send_error(exc.code, exc.message, step=msg.envelope.step, digest=msg.envelope.digest())
-            else:
-                await self.send_error(exc.code, exc.message)
+            await self.send_error(exc.code, exc.message, **_refused_broadcast(msg))
         except JoinRefused as exc:
             await self.close(code=exc.close_code, reason=close_reason(exc.reason))
         except Exception:
