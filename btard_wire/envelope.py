@@ -116,16 +116,31 @@ class Envelope(BaseModel):
         return hashlib.sha256(self.signing_bytes()).hexdigest()
 
 
+# ``json.dumps`` with these arguments builds a new encoder per call; one encoder gives the same bytes
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
 def canonical_json(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+    """Sorted keys, no whitespace, ASCII only, no NaN/inf: ``json.dumps(obj, sort_keys=True,
+    separators=(",", ":"), ensure_ascii=True, allow_nan=False)`` as UTF-8 bytes."""
+    return _CANONICAL.encode(obj).encode()
+
+
+def sign_envelope_with_digest(identity: Identity, *, run: str, step: int, phase: str, payload: dict[str, Any],
+                              nonce: str | None = None) -> tuple[Envelope, str]:
+    """:func:`sign_envelope` and the new envelope's :meth:`Envelope.digest`, both from one serialisation
+    of the signed body (the digest is the SHA-256 of the very bytes that were signed)."""
+    unsigned = Envelope(v=PROTOCOL_VERSION, run=run, step=step, phase=phase, sender=identity.peer_id,
+                        nonce=nonce or secrets.token_hex(16), payload=payload)
+    body = unsigned.signing_bytes()
+    signature = b64e(identity.sign(body))
+    return unsigned.model_copy(update={"signature": signature}), hashlib.sha256(body).hexdigest()
 
 
 def sign_envelope(identity: Identity, *, run: str, step: int, phase: str, payload: dict[str, Any],
                   nonce: str | None = None) -> Envelope:
-    unsigned = Envelope(v=PROTOCOL_VERSION, run=run, step=step, phase=phase, sender=identity.peer_id,
-                        nonce=nonce or secrets.token_hex(16), payload=payload)
-    signature = b64e(identity.sign(unsigned.signing_bytes()))
-    return unsigned.model_copy(update={"signature": signature})
+    """A signed :class:`Envelope` of ``payload`` from ``identity`` (a random nonce unless given)."""
+    return sign_envelope_with_digest(identity, run=run, step=step, phase=phase, payload=payload, nonce=nonce)[0]
 
 
 def verify_envelope(envelope: Envelope, public_key_b64: str) -> None:

@@ -127,7 +127,7 @@ class Checks:
     def send_scalars(self) -> list[Action]:
         s = self.s
         z = self.memo.projection_slice(s.r, s.ctx.numel, 0, s.ctx.numel)  # float32, widened exactly
-        values, dists = per_part_scalars_and_distances(z, s.gradient, [s.aggregates[j] for j in range(s.n)], s.n)
+        values, dists = per_part_scalars_and_distances(z, s.gradient, self.whole_aggregate(), s.n)
         actions: list[Action] = []
         for j, agg in enumerate(s.ctx.group):
             res_entry = s.board.get(("agg_result", agg))
@@ -142,6 +142,16 @@ class Checks:
                                              part=j, data=s.my_part_bytes[j])
         values = self.peer.hook_scalars(values, s.view())
         return actions + self.peer._broadcast("scalars", M.ScalarsPayload(values=values))
+
+    def whole_aggregate(self) -> torch.Tensor:
+        """``concat(a_j)`` over the step's parts (every ``a_j`` held), shared through the memo with the
+        in-process peers holding the same parts. The key is each part's ``H(a_j)`` on this peer's board:
+        its own part's is the hash of the very tensor it holds (its own ``agg_result``, stored before any
+        hook), and a received part is held only when its bytes hash to it (:meth:`check_aggregate`), so
+        the key fixes the content bit for bit. Read-only (the driver applies a copy)."""
+        s = self.s
+        key = tuple(s.board[("agg_result", agg)][1].hash for agg in s.ctx.group)
+        return self.memo.whole(key, lambda: torch.cat([s.aggregates[j] for j in range(s.n)]))
 
     def part_accused_by(self, aggregator: str) -> bool:
         s = self.s
@@ -293,30 +303,50 @@ class Checks:
         s = self.s
         p = self.params
         contributors = list(s.contributors)
-        m = len(contributors) // 2 + 1
         prev = s.ctx.prev
-        ref_scales = prev.scales if prev is not None and prev.step == s.ctx.step - 1 else []
-        spreads = sorted(r for _, _, r in ref_scales)
-        g_prev = spreads[len(spreads) // 2] if spreads else 0.0
-        rhos, along_z = {}, {}
-        for j in parts:
-            lo, hi = s.bounds[j]
-            root = math.sqrt(max(1, hi - lo))
-            dists = s.payload("agg_result", s.ctx.group[j]).distances
-            rhos[j] = sorted(dists[k] for k in contributors)[m - 1] / root
-            sc = sorted(s.payload("scalars", k).values[j] for k in contributors)
-            along_z[j] = min(sc[i + m - 1] - sc[i] for i in range(len(sc) - m + 1)) / _SHORTH_TO_SIGMA / root
-        ordered = sorted(rhos.values())
-        g = ordered[(len(ordered) - 1) // 2]
-        for j in parts:
-            lo, hi = s.bounds[j]
-            rho = rhos[j]
-            own = max((r for a, b, r in ref_scales if a < hi and lo < b), default=0.0)
-            weight = (min(max(own / g_prev, 1.0), p.aggregate_bound_spread) if g_prev > 0 and own > 0
-                      else p.aggregate_bound_spread)
-            ref = max(g * weight, along_z[j])
-            failed = p.aggregate_bound > 0 and ref > 0 and rho > p.aggregate_bound * ref
-            if failed:
-                s.bound_failed.append(j)
-            # the next step's weight: this spread when it passed, else at most twice the reference
-            s.scales.append((lo, hi, min(rho, 2.0 * ref) if failed else rho))
+        ref_scales = (tuple((a, b, r) for a, b, r in prev.scales) if prev is not None and prev.step == s.ctx.step - 1
+                      else ())
+        # A pure function of content-addressed public data (the parts' agg_result and the contributors'
+        # scalars envelopes, by digest), of the previous step's scales this peer holds, of the part bounds
+        # and of the parameters: in-process peers with the same inputs share one computation (the
+        # simulator), as they share the fixed-point check.
+        key = ("aggregate_bound", tuple(s.board[("agg_result", s.ctx.group[j])][2] for j in parts),
+               tuple(s.board[("scalars", k)][2] for k in contributors), tuple(parts),
+               tuple(s.bounds[j] for j in parts), ref_scales, p)
+        failed, scales = self.memo.fixed_point(key, lambda: _aggregate_bound(s, p, contributors, parts, ref_scales))
+        s.bound_failed.extend(failed)
+        s.scales.extend(scales)
+
+
+def _aggregate_bound(s: StepState, p, contributors: list[str], parts: list[int],
+                     ref_scales: tuple[tuple[int, int, float], ...]
+                     ) -> tuple[tuple[int, ...], tuple[tuple[int, int, float], ...]]:
+    """:meth:`Checks.aggregate_bound`'s computation: the parts that fail the bound and the scales of
+    every part (in ``parts`` order), from the step's published distances and scalars."""
+    m = len(contributors) // 2 + 1
+    spreads = sorted(r for _, _, r in ref_scales)
+    g_prev = spreads[len(spreads) // 2] if spreads else 0.0
+    rhos, along_z = {}, {}
+    for j in parts:
+        lo, hi = s.bounds[j]
+        root = math.sqrt(max(1, hi - lo))
+        dists = s.payload("agg_result", s.ctx.group[j]).distances
+        rhos[j] = sorted(dists[k] for k in contributors)[m - 1] / root
+        sc = sorted(s.payload("scalars", k).values[j] for k in contributors)
+        along_z[j] = min(sc[i + m - 1] - sc[i] for i in range(len(sc) - m + 1)) / _SHORTH_TO_SIGMA / root
+    ordered = sorted(rhos.values())
+    g = ordered[(len(ordered) - 1) // 2]
+    failed, scales = [], []
+    for j in parts:
+        lo, hi = s.bounds[j]
+        rho = rhos[j]
+        own = max((r for a, b, r in ref_scales if a < hi and lo < b), default=0.0)
+        weight = (min(max(own / g_prev, 1.0), p.aggregate_bound_spread) if g_prev > 0 and own > 0
+                  else p.aggregate_bound_spread)
+        ref = max(g * weight, along_z[j])
+        bad = p.aggregate_bound > 0 and ref > 0 and rho > p.aggregate_bound * ref
+        if bad:
+            failed.append(j)
+        # the next step's weight: this spread when it passed, else at most twice the reference
+        scales.append((lo, hi, min(rho, 2.0 * ref) if bad else rho))
+    return tuple(failed), tuple(scales)

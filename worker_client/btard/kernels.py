@@ -7,13 +7,14 @@ temporaries above ``_CHUNKED_ABOVE`` values.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import TYPE_CHECKING
 
 import torch
 
 from .mprng import projection_slice
-from .tensors import bytes_to_tensor
+from .tensors import HashedBytes, bytes_to_tensor
 from .tensors import sha256_hex as _sha256_hex
 
 if TYPE_CHECKING:
@@ -35,6 +36,19 @@ def decode_tensor(data: bytes, numel: int) -> torch.Tensor:
     """Raw little-endian float32 bytes -> tensor, after the size check; NaN/inf raise ProtocolError
     (:func:`.tensors.bytes_to_tensor`, positional)."""
     return bytes_to_tensor(data, expected_numel=numel)
+
+
+def hashed_parts(g: torch.Tensor, bounds: list[tuple[int, int]]) -> list[HashedBytes]:
+    """``[tensor_to_hashed_bytes(g[a:b]) for a, b in bounds]`` from one float32 view of ``g``: the same
+    bytes and digests (each part's raw little-endian float32 bytes, copied once, and their SHA-256),
+    without converting every slice on its own."""
+    arr = g.detach().reshape(-1).to(torch.float32).contiguous().cpu().numpy().astype("<f4", copy=False)
+    out = []
+    for a, b in bounds:
+        part = HashedBytes(arr[a:b].data)
+        part.sha256 = hashlib.sha256(part).hexdigest()
+        out.append(part)
+    return out
 
 
 def part_sums(x: torch.Tensor, n: int) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 The simulator (and the in-memory swarm builder) hands one :class:`Memo` to every peer it runs: they
 then hash and decode each all-gathered aggregate once, draw each step's projection ``z`` once and run
-each fixed-point check once. Every entry is a pure function of its key (content-addressed public data,
+each fixed-point check and aggregate bound once, and concatenate each step's aggregates once. Every entry is a pure function of its key (content-addressed public data,
 or an immutable object the entry itself holds, so its ``id`` cannot be reused), so sharing cannot
 change what a peer computes. A peer given no memo keeps a private one (it still reuses its own ``z``
 within a step) and shares nothing: the core has no module-global state.
@@ -34,6 +34,7 @@ class Memo:
         self._decoded_size = 0
         self._fixed_point: dict[tuple, Any] = {}
         self._z: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self._whole: OrderedDict[tuple[str, ...], torch.Tensor] = OrderedDict()
         self._limits = (decoded, fixed_point, projections)
 
     def decode(self, data: bytes, numel: int) -> tuple[str, torch.Tensor | None, ProtocolError | None]:
@@ -55,13 +56,28 @@ class Memo:
         return digest, tensor, error
 
     def fixed_point(self, key: tuple, compute: Callable[[], Any]) -> Any:
-        """``compute()`` once per ``key`` (a tuple of envelope digests and parameters)."""
+        """``compute()`` once per ``key`` (a tuple of envelope digests and parameters): the fixed-point
+        check's totals and tolerances, and the aggregate bound's verdicts and scales (``Checks``)."""
         hit = self._fixed_point.get(key)
         if hit is None:
             hit = compute()
             if len(self._fixed_point) > self._limits[1]:
                 self._fixed_point.clear()
             self._fixed_point[key] = hit
+        return hit
+
+    def whole(self, digests: tuple[str, ...], concat: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """``concat()`` (the step's whole aggregate ``concat(a_j)``) once per tuple of the parts' SHA-256
+        digests, in part order: each caller's parts are float32 tensors whose bytes hash to those digests,
+        so the content is the same for every caller. The last ``projections`` entries are kept (one whole
+        vector each). Shared: callers must not modify it."""
+        hit = self._whole.get(digests)
+        if hit is None:
+            hit = self._whole[digests] = concat()
+            while len(self._whole) > self._limits[2]:
+                self._whole.popitem(last=False)
+        else:
+            self._whole.move_to_end(digests)
         return hit
 
     def _z_entry(self, key: tuple, make: Callable[[], torch.Tensor]) -> torch.Tensor:

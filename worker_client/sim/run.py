@@ -13,10 +13,11 @@ group keeps its order; it is kept to compare figures with runs made before the c
 from __future__ import annotations
 
 import gc
-import hashlib
 import json
 import time
 from pathlib import Path
+
+import torch
 
 from btard_wire.randomness import genesis_randomness, group_order, skipped_randomness
 
@@ -59,12 +60,8 @@ def run_btard(world: World, *, mode: str, probation: Probation | None) -> Outcom
             stats.setdefault("byzantine_crashes", []).append([step, p, why[:200]])
         board.report_silence({p: r.silent for p, r in results.items() if p not in world.byz_ids})
         honest = [results[p] for p in group if p not in world.byz_ids and p in results]
-        views: dict[tuple, list[P.StepResult]] = {}
-        for r in honest:
-            key = (r.outcome, r.r, None if r.update is None else hashlib.sha256(
-                r.update.numpy().tobytes()).hexdigest())
-            views.setdefault(key, []).append(r)
-        ref = max(views.values(), key=len)[0]
+        views = honest_views(honest)
+        ref = max(views, key=len)[0]
         if len(views) > 1:  # a protocol bug if it ever happens: record it, follow the majority
             stats["honest_disagreements"] += 1
         for p, r in results.items():
@@ -91,6 +88,42 @@ def run_btard(world: World, *, mode: str, probation: Probation | None) -> Outcom
     if probation is not None:
         stats["probation"] = probation.summary()
     return out
+
+
+def _same_update(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    """The two updates are the same bytes (what a SHA-256 of each would compare, without hashing or copying
+    them): float32 values compared as their bit patterns, so -0.0 differs from 0.0 and a NaN equals
+    itself, exactly as the bytes do."""
+    if a is None or b is None:
+        return a is b
+    if a is b:
+        return True
+    a, b = a.reshape(-1), b.reshape(-1)
+    if a.dtype != b.dtype or a.numel() != b.numel():
+        return a.numpy().tobytes() == b.numpy().tobytes()
+    bits = _BITS.get(a.dtype)
+    if bits is None:  # pragma: no cover - updates are float32
+        return a.numpy().tobytes() == b.numpy().tobytes()
+    return torch.equal(a.view(bits), b.view(bits))
+
+
+_BITS = {torch.float32: torch.int32, torch.float64: torch.int64, torch.float16: torch.int16,
+         torch.bfloat16: torch.int16}
+
+
+def honest_views(results: list[P.StepResult]) -> list[list[P.StepResult]]:
+    """The honest peers' results grouped by what they saw: outcome, ``r`` and the update's bytes, in
+    order of first appearance (one group when they agree, as they must)."""
+    views: list[list[P.StepResult]] = []
+    for r in results:
+        for view in views:
+            first = view[0]
+            if first.outcome == r.outcome and first.r == r.r and _same_update(first.update, r.update):
+                view.append(r)
+                break
+        else:
+            views.append([r])
+    return views
 
 
 def _check(*, peers, byzantine, attack, aggregator, staleness, rule_f, mode, joiners, byzantine_joiners,

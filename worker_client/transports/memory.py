@@ -350,27 +350,35 @@ class MemorySwarm:
         acted: set[tuple[str, str]] = set()
         self.crashed: dict[str, str] = {}  # Byzantine peers whose code raised: silent for the rest of the step
 
+        crashed = self.crashed
+        honest_peers = {p: self.peers[p] for p in group if not getattr(self.peers[p], "byzantine", False)}
+
         def call(peer: str, method: str, *args) -> list[P.Action]:
             """A peer's input handler. A Byzantine peer that raises counts as silent for this step (its
             own code failed; the simulator never dies because of an attacker); an honest one raising is
             a bug and propagates."""
-            if peer in self.crashed:
+            if peer in crashed:
                 return []
-            obj = self.peers[peer]
-            if not getattr(obj, "byzantine", False):
+            obj = honest_peers.get(peer)
+            if obj is not None:
                 return getattr(obj, method)(*args)
+            obj = self.peers[peer]
             try:
                 return getattr(obj, method)(*args)
             except Exception as exc:  # noqa: BLE001 - any failure of attacker code
-                self.crashed[peer] = f"{type(exc).__name__}: {exc}"
+                crashed[peer] = f"{type(exc).__name__}: {exc}"
                 return []
 
+        board_post = self.board.post
+
         def post(sender: str, envelope: Envelope) -> None:
-            if self.board.post(sender, envelope):
+            if board_post(sender, envelope):
                 self.messages += 1
-                for q in group:
-                    if q != sender or self.site_closes:
-                        queue.append((q, "on_broadcast", (envelope,)))
+                item = ("on_broadcast", (envelope,))
+                if self.site_closes:  # every member gets it, the sender as the board's echo
+                    queue.extend([(q, *item) for q in group])
+                else:
+                    queue.extend([(q, *item) for q in group if q != sender])
             elif self.site_closes:  # as the site does: the sender is told which broadcast was refused
                 reason = self.board.rejected[-1][1] if self.board.rejected else ""
                 queue.append((sender, "on_broadcast_refused", (envelope.step, envelope.digest(), reason)))
@@ -415,7 +423,8 @@ class MemorySwarm:
         links = {p: Link(p) for p in group}
 
         def handle(sender: str, actions: list[P.Action]) -> None:
-            carry_out(actions, links[sender])
+            if actions:  # most inputs (a broadcast that completes no barrier) return none
+                carry_out(actions, links[sender])
 
         def run_compute(first: bool) -> None:
             batch = list(compute)
@@ -433,9 +442,15 @@ class MemorySwarm:
         run_compute(first=True)
         rounds = 0
         while True:
+            if self.shuffle is None:
+                popleft = queue.popleft
+                while queue:
+                    target, method, args = popleft()
+                    actions = call(target, method, *args)
+                    if actions:
+                        carry_out(actions, links[target])
             while queue:
-                if self.shuffle is not None:
-                    queue.rotate(-self.shuffle.randrange(len(queue)))
+                queue.rotate(-self.shuffle.randrange(len(queue)))
                 target, method, args = queue.popleft()
                 handle(target, call(target, method, *args))
             if compute:
