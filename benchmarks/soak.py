@@ -39,10 +39,19 @@ def soak_demo(ours: argparse.Namespace) -> Demo:
 
 
 def rss_mib(pid: int) -> float:
+    return memory_mib(pid).get("rss", float("nan"))
+
+
+def memory_mib(pid: int) -> dict[str, float]:
+    """The process's resident memory and its kinds, in MiB (``/proc/<pid>/status``): ``rss`` = ``anon`` (heap,
+    Python's and malloc's arenas, stacks) + ``file`` (mapped code and files) + ``shmem``."""
+    names = {"VmRSS": "rss", "RssAnon": "anon", "RssFile": "file", "RssShmem": "shmem"}
+    out = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+        key, _, value = line.partition(":")
+        if key in names:
+            out[names[key]] = round(int(value.split()[0]) / 1024, 2)
+    return out
 
 
 def api(url: str, path: str, *, tries: int = 6) -> dict:
@@ -123,6 +132,7 @@ def main(argv=None) -> int:
         while step() < ours.warmup_steps:
             time.sleep(1)
         summary["rss_start_mib"] = rss_mib(site_pid)
+        summary["memory_start_mib"] = memory_mib(site_pid)  # rss split into anon / file / shmem
         t0 = time.monotonic()
         try:
             _loop(demo, ours, rng, honest, argv_of, step, site_pid, summary, out)
@@ -130,6 +140,7 @@ def main(argv=None) -> int:
             summary["interrupted"] = True  # Ctrl-C / SIGTERM: summarise what ran
         summary["seconds"] = round(time.monotonic() - t0, 1)
         summary["rss_end_mib"] = rss_mib(site_pid)
+        summary["memory_end_mib"] = memory_mib(site_pid)
         state = api(demo.url, f"/api/runs/{rid}/")
         bans = api(demo.url, "/api/bans/")["bans"]
         banned_accounts = {b["account"] for b in bans}
@@ -204,12 +215,14 @@ def _loop(demo, ours, rng, honest, argv_of, step, site_pid, summary, out: Path) 
                 summary["kills"] += 1
                 summary.setdefault("kill_log", []).append([s, victim])  # [step, worker]
             last_kill = now
-        rss = rss_mib(site_pid)
+        memory = memory_mib(site_pid)
+        rss = memory.get("rss", float("nan"))
         if len(summary["rss_samples_mib"]) < 2000:
             summary["rss_samples_mib"].append([s, round(rss, 1)])
         checkpoint = s // ours.sample_every * ours.sample_every
         if str(checkpoint) not in summary["rss_by_step_mib"]:
             summary["rss_by_step_mib"][str(checkpoint)] = round(rss, 1)
+            summary.setdefault("memory_by_step_mib", {})[str(checkpoint)] = memory
             with contextlib.suppress(OSError, ValueError):
                 summary["bans_so_far"] = sorted({b["account"] for b in api(demo.url, "/api/bans/")["bans"]})
             out.write_text(json.dumps(summary, indent=1))  # a partial result stays usable

@@ -102,7 +102,7 @@ class LiveView:
         self._live.update(render(status))
 
     def event(self, kind: str, message: str, **fields: Any) -> None:
-        style = {"error": "red", "ban": "bold red", "fatal": "bold red", "warning": "yellow", "late": "yellow",
+        style = {"error": "red", "ban": "bold red", "fatal": "bold red", "warning": "yellow", "late": "yellow", "refused": "yellow",
                  "connection": "yellow", "announcement": "bold cyan", "run": "bold yellow"}.get(kind, "dim")
         self._live.console.print(Text(f"{time.strftime('%H:%M:%S')} {kind}: {message}", style=style))
 

@@ -33,3 +33,17 @@ def test_the_soaks_site_keeps_no_log_of_its_queries(tmp_path):
 
 def test_the_soaks_debug_flag_gives_the_demos_query_log_back(tmp_path):
     assert _logged_queries(tmp_path, "--debug") == 50
+
+
+def test_the_soak_splits_resident_memory_into_anonymous_file_and_shared_parts():
+    """A growth of the site's RSS must say whether it is its heaps (anon) or mapped files (file: code pages,
+    SQLite's shared memory): the parts add up to the RSS the kernel reports."""
+    import os
+
+    from benchmarks.soak import memory_mib, rss_mib
+
+    parts = memory_mib(os.getpid())
+    assert set(parts) == {"rss", "anon", "file", "shmem"}
+    assert parts["anon"] > 0 and parts["file"] > 0
+    assert abs(parts["anon"] + parts["file"] + parts["shmem"] - parts["rss"]) < 0.05
+    assert rss_mib(os.getpid()) > 0

@@ -41,8 +41,11 @@ def peer_id(worker) -> str:
 
 
 def site_errors(worker, code: str) -> list[str]:
-    """The board's refusals the worker was told of (``site: CODE: ...`` error events)."""
-    return [e["message"] for e in worker.events() if e.get("event") == "error" and f"site: {code}" in e["message"]]
+    """The board's refusals the worker was told of: ``refused`` events for its broadcasts (``...: CODE: ...``),
+    ``site: CODE: ...`` error events for other messages."""
+    return [e["message"] for e in worker.events()
+            if (e.get("event") == "refused" and f": {code}: " in e["message"])
+            or (e.get("event") == "error" and f"site: {code}" in e["message"])]
 
 
 def run_swarm(site, *, honest: int, attackers: int, behaviour: str, steps: int, coalition=None, **fields):
@@ -94,7 +97,7 @@ def test_it_drops_the_step_with_a_phantom_digest_and_bans_the_forger_not_an_hone
     bans = site_bans(site, run)
     assert {p for p, _ in bans} == {forger_peer}, bans
     assert {k for _, k in bans} <= {"bad_aggregate", "bad_broadcast"}, bans
-    assert site_errors(forger, "unheld_digest"), [e for e in forger.events() if e.get("event") == "error"]
+    assert site_errors(forger, "unheld_digest"), [e for e in forger.events() if e.get("event") in ("error", "refused")]
     assert_honest_agree(good, steps)
     # the forger attacks from step 0: the step it took part in as an aggregator is not applied
     first = [e["outcome"] for e in good[0].steps_done()]
@@ -138,7 +141,7 @@ def test_a_late_eliminate_decides_nothing_and_every_honest_peer_applies_the_same
     run, good, (late,) = run_swarm(site, honest=3, attackers=1, behaviour="late_eliminate", steps=steps)
     assert late.proc.returncode == 0, late.stderr()
     assert site_bans(site, run) == []
-    assert site_errors(late, "too_late"), [e for e in late.events() if e.get("event") == "error"]
+    assert site_errors(late, "too_late"), [e for e in late.events() if e.get("event") in ("error", "refused")]
     assert_honest_agree(good, steps)
     outcomes = {w.name: [e["outcome"] for e in w.steps_done()] for w in good + [late]}
     assert all(o == ["applied"] * steps for o in outcomes.values()), outcomes

@@ -29,13 +29,13 @@ import torch
 from btard_wire import BOARD_PHASES
 from btard_wire import payloads as M
 from btard_wire.board import checkable_targets
-from btard_wire.envelope import Envelope, Identity, ReplayGuard, sign_envelope, verify_envelope
+from btard_wire.envelope import Envelope, Identity, ReplayGuard, sign_envelope_with_digest, verify_envelope
 from btard_wire.errors import ProtocolError
 
 from .actions import Action, ComputeGradient, Finish, PostEnvelope, SendTensor
 from .checks import Checks
 from .court import Court
-from .kernels import part_bounds, recalc_mismatch, sha256_hex
+from .kernels import hashed_parts, part_bounds, recalc_mismatch, sha256_hex
 from .memo import Memo
 from .mprng import (
     batch_seed,
@@ -685,9 +685,8 @@ class BtardPeer:
     def _sign(self, phase: str, payload: M._Payload) -> tuple[Envelope, str]:
         """This peer's signed envelope of ``payload`` for the current step, and its digest."""
         s = self._s
-        env = sign_envelope(self.identity, run=s.ctx.run, step=s.ctx.step, phase=phase,
-                            payload=M.payload_dict(payload), nonce=self.nonce())
-        return env, env.digest()
+        return sign_envelope_with_digest(self.identity, run=s.ctx.run, step=s.ctx.step, phase=phase,
+                                         payload=M.payload_dict(payload), nonce=self.nonce())
 
     def _broadcast(self, phase: str, payload: M._Payload) -> list[Action]:
         env, digest = self._sign(phase, payload)
@@ -714,7 +713,7 @@ class BtardPeer:
             s.stages |= Stage.COMMITTED
             # hashed once here: the digest rides with the bytes (HashedBytes), so a receiver in this process
             # that gets this very object reads it instead of hashing the same bytes again (the simulator)
-            s.my_part_bytes = [tensor_to_hashed_bytes(s.gradient[a:b]) for a, b in s.bounds]
+            s.my_part_bytes = hashed_parts(s.gradient, s.bounds)
             actions += self._broadcast("commit", M.CommitPayload(hashes=[sha256_hex(d) for d in s.my_part_bytes]))
             s.received[me] = s.gradient[slice(*s.bounds[s.index])]
             s.received_bytes[me] = s.my_part_bytes[s.index]
@@ -897,7 +896,7 @@ class BtardPeer:
                 outcome = "applied"
         update = None
         if outcome == "applied":
-            update = torch.cat([s.aggregates[j] for j in range(s.n)])
+            update = self._checks.whole_aggregate()
         record = None
         if s.r is not None and len(s.aggregates) == s.n:
             ctx = s.ctx
@@ -905,7 +904,7 @@ class BtardPeer:
                 run=ctx.run, step=ctx.step, r=s.r, model_ref=ctx.model_ref, numel=ctx.numel,
                 group=list(ctx.group), contributors=list(s.contributors),
                 seeds={p: batch_seed(ctx.r_prev, ctx.run, ctx.step, p) for p in s.contributors},
-                aggregate=update if update is not None else torch.cat([s.aggregates[j] for j in range(s.n)]),
+                aggregate=update if update is not None else self._checks.whole_aggregate(),
                 scalars={k: list(s.payload("scalars", k).values) for k in s.contributors if s.got("scalars", k)},
                 distances={j: dict(s.payload("agg_result", g).distances) for j, g in enumerate(ctx.group)
                            if s.got("agg_result", g)},

@@ -442,11 +442,14 @@ class MemorySwarm:
         run_compute(first=True)
         rounds = 0
         while True:
-            if self.shuffle is None:
+            if self.shuffle is None:  # call() inlined for honest peers: ~1,700 deliveries a step at 16 peers
                 popleft = queue.popleft
                 while queue:
                     target, method, args = popleft()
-                    actions = call(target, method, *args)
+                    if target in crashed:
+                        continue
+                    obj = honest_peers.get(target)
+                    actions = getattr(obj, method)(*args) if obj is not None else call(target, method, *args)
                     if actions:
                         carry_out(actions, links[target])
             while queue:
