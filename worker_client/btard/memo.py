@@ -4,8 +4,9 @@ The simulator (and the in-memory swarm builder) hands one :class:`Memo` to every
 then hash and decode each all-gathered aggregate once, draw each step's projection ``z`` once, run each
 fixed-point check and aggregate bound once and concatenate each step's aggregates once. Every entry is
 a pure function of its key (content-addressed public data, or an immutable object the entry itself
-holds, so its ``id`` cannot be reused), so sharing cannot change what a peer computes. A peer given no memo keeps a private one (it still reuses its own ``z``
-within a step) and shares nothing: the core has no module-global state.
+holds, so its ``id`` cannot be reused), so sharing cannot change what a peer computes. A peer given no
+memo keeps a private one (it still reuses its own ``z`` within a step) and shares nothing: the core has
+no module-global state.
 """
 
 from __future__ import annotations
