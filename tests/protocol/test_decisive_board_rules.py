@@ -152,3 +152,20 @@ def test_a_refused_eliminate_leaves_its_senders_report_which_the_board_then_stor
     assert not any(victim in r.silent for r in swarm.history[-1].values())
     assert [e["eliminator"] for e in board.moderation_queue if e["effective"]] == [victim]
     assert not board.banned
+
+
+def test_an_equivocating_aggregator_stalls_no_honest_peer_and_nobody_honest_withholds_a_reveal():
+    """The aggregator sends a different (signed) aggregate to half the group: that half is doomed before it
+    reveals, the other half revealed and waits in ``mprng_reveal``. A doomed peer still reveals once every
+    aggregation result is on the board, so the step ends (before: 'does not converge' in the worker's mode,
+    a stall until the step deadline on the site) and no honest member counts as withholding its reveal."""
+    params = P.ProtocolParams(tau=1.0, validators=1, board_echo=True)
+    swarm = Swarm(n=8, attack="equivocate", byzantine=(2, 5), attack_start=2, params=params, site_closes=True)
+    swarm.run(6)
+    assert set(swarm.board.banned) == swarm.byzantine
+    assert not any(swarm.board.withheld.get(p) for p in swarm.honest), swarm.board.withheld
+    last = swarm.history[-1]
+    assert {last[p].outcome for p in swarm.honest} == {"applied"}
+    for results in swarm.history:  # the honest peers agree on every step's r_t and outcome
+        honest = [results[p] for p in swarm.honest if p in results]
+        assert len({(r.outcome, r.r) for r in honest}) == 1
