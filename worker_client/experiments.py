@@ -342,9 +342,10 @@ def grid_adaptive_spread() -> list[Cell]:
     two columns BTARD misses at tau 1, optimal ALIE with IID and with non-IID (Dirichlet 0.5) shards, with
     their clean runs, seeds 0-2, for tau 1 fixed and spread 0.5 (m = 4), and non-IID spread 0.5 with m = 8;
     then spread 0.5 (m = 4) in every other BTARD column of the ``adaptive`` grid, seeds 0-2 (what the
-    default would change there). Cells shared with the ``adaptive`` or ``tau-rule`` grid have their keys
-    (their rows are copied, not re-run). Order: the missed columns (attacked cells first), the other
-    columns, the m = 8 clean runs last (a clean run does not depend on m)."""
+    default would change there); then m = 8 with either rule in both missed columns and with spread in the
+    other non-IID columns. Cells shared with the ``adaptive``, ``adaptive-ablation`` or ``tau-rule`` grid
+    have their keys (their rows are copied, not re-run). Order: the missed columns (attacked cells first),
+    the other columns, the m = 8 cells, the m = 8 clean runs last (a clean run does not depend on m)."""
     common = {"peers": 16, "byzantine": 7, "steps": ADAPTIVE_STEPS, "attack_start": 50,
               "btard_global_batch": 16 * PAPER_BATCH, "btard_validators": PAPER_VALIDATORS}
     cells = []
@@ -360,7 +361,21 @@ def grid_adaptive_spread() -> list[Cell]:
     cells += _cells("mnist5k-mlp", attacks=[a for a in NON_IID_ATTACKS if a not in ("none", "optimal_alie")],
                     defences=[("btard", 1.0)], seeds=[0, 1, 2], tau_rule="spread", tau_spread=0.5,
                     non_iid=NON_IID_ALPHA, **common)
-    tier = {c.key: 0 if i < missed else 1 for i, c in enumerate(cells)}
+    others = len(cells)
+    # more validators (m = 8): both rules in both missed columns (IID fixed: the adaptive-ablation grid's
+    # cells), and spread in the other non-IID columns
+    for non_iid in (0.0, NON_IID_ALPHA):
+        for rule in ("fixed", "spread"):
+            cells += _cells("mnist5k-mlp", attacks=["optimal_alie", "none"], defences=[("btard", 1.0)],
+                            seeds=[0, 1, 2], tau_rule=rule, tau_spread=0.5, non_iid=non_iid,
+                            **{**common, "btard_validators": 8})
+    cells += _cells("mnist5k-mlp", attacks=[a for a in NON_IID_ATTACKS if a not in ("none", "optimal_alie")],
+                    defences=[("btard", 1.0)], seeds=[0, 1, 2], tau_rule="spread", tau_spread=0.5,
+                    non_iid=NON_IID_ALPHA, **{**common, "btard_validators": 8})
+    tier: dict[str, int] = {}
+    for i, c in enumerate(cells):
+        tier.setdefault(c.key, 0 if i < missed else 1 if i < others else 2)
+    cells = list({c.key: c for c in cells}.values())
     return sorted(cells, key=lambda c: (c.attack == "none" and c.validators == 8, tier[c.key], c.seed,
                                         c.attack == "none"))
 

@@ -49,23 +49,30 @@ def test_the_adaptive_spread_grid_pairs_fixed_and_spread_tau_on_three_seeds_in_b
     assert len({c.key for c in cells}) == len(cells)
     missed = [c for c in cells if c.attack in ("optimal_alie", "none")]
     settings = {(c.defence, c.non_iid) for c in missed}
-    assert settings == {("btard (tau 1, m=4, B=512)", 0.0), ("btard (tau 1, m=4, B=512)", 0.5),
-                        ("btard (tau spread 0.5, m=4, B=512)", 0.0), ("btard (tau spread 0.5, m=4, B=512)", 0.5),
-                        ("btard (tau spread 0.5, m=8, B=512)", 0.5)}
+    assert settings == {(f"btard (tau {rule}, m={m}, B=512)", alpha) for rule in ("1", "spread 0.5")
+                        for m in (4, 8) for alpha in (0.0, 0.5)}
     for defence, non_iid in settings:  # every attacked cell has the clean run of its seed, on seeds 0-2
         mine = [c for c in missed if (c.defence, c.non_iid) == (defence, non_iid)]
         assert {(c.attack, c.seed) for c in mine} == {(a, s) for a in ("optimal_alie", "none") for s in (0, 1, 2)}
     # the fixed-tau cells are the adaptive grid's, the IID spread cells the tau-rule grid's: same keys, same rows
     adaptive, tau_rule = {c.key for c in GRIDS["adaptive"]()}, {c.key for c in GRIDS["tau-rule"]()}
-    assert all(c.key in adaptive for c in missed if c.tau_rule == "fixed")
-    assert all(c.key in tau_rule for c in missed if c.tau_rule == "spread" and not c.non_iid)
+    ablation = {c.key for c in GRIDS["adaptive-ablation"]()}
+    assert all(c.key in adaptive for c in missed if c.tau_rule == "fixed" and c.validators == 4)
+    assert all(c.key in ablation for c in missed if c.tau_rule == "fixed" and c.validators == 8 and not c.non_iid)
+    assert all(c.key in tau_rule for c in missed if c.tau_rule == "spread" and not c.non_iid and c.validators == 4)
     # spread 0.5 (m = 4) also runs in every other BTARD column of the adaptive grid, on seeds 0-2
+    # spread 0.5 also runs in every other BTARD column of the adaptive grid (m = 4), and non-IID with m = 8
     others = [c for c in cells if c.attack not in ("optimal_alie", "none")]
-    assert {c.defence for c in others} == {"btard (tau spread 0.5, m=4, B=512)"}
-    assert {(c.attack, c.non_iid, c.seed) for c in others} == (
-        {(a, 0.0, s) for a in ADAPTIVE_GRID_ATTACKS if a != "optimal_alie" for s in (0, 1, 2)}
-        | {(a, 0.5, s) for a in NON_IID_ATTACKS if a not in ("none", "optimal_alie") for s in (0, 1, 2)})
-    # the missed columns first (attacked before clean on each seed), the m = 8 clean runs (same as m = 4's) last
-    assert {c.key for c in cells[:len(missed) - 3]} == {c.key for c in missed if c.validators != 8 or c.attack != "none"}
-    assert all(c.attack == "none" and c.validators == 8 for c in cells[-3:])
+    other_non_iid = {(a, 0.5, s) for a in NON_IID_ATTACKS if a not in ("none", "optimal_alie") for s in (0, 1, 2)}
+    assert {(c.attack, c.non_iid, c.seed) for c in others if c.validators == 4} == (
+        {(a, 0.0, s) for a in ADAPTIVE_GRID_ATTACKS if a != "optimal_alie" for s in (0, 1, 2)} | other_non_iid)
+    assert {(c.attack, c.non_iid, c.seed) for c in others if c.validators == 8} == other_non_iid
+    assert {c.tau_rule for c in others} == {"spread"}
+    # first the m = 4 cells of the missed columns (attacked before clean on each seed) and spread 0.5 with
+    # m = 8 non-IID, then the other columns; the m = 8 clean runs (a clean run's result does not depend on m) last
+    first = [c for c in missed if not (c.validators == 8 and (c.attack == "none" or c.non_iid == 0.0
+                                                              or c.tau_rule == "fixed"))]
+    assert {c.key for c in cells[:len(first)]} == {c.key for c in first}
+    m8_clean = [c for c in cells if c.validators == 8 and c.attack == "none"]
+    assert {c.key for c in cells[-len(m8_clean):]} == {c.key for c in m8_clean}
     assert cells[0].attack == "optimal_alie" and cells[0].seed == 0
