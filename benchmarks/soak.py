@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import random
 import signal
 import sys
@@ -35,7 +36,103 @@ def soak_demo(ours: argparse.Namespace) -> Demo:
     demo = Demo(build_parser().parse_args(["--port", str(ours.port), "--var-dir", str(ours.var_dir),
                                            "--peers", str(ours.peers), "--byzantine", str(ours.byzantine)]))
     demo.env["DEBUG"] = "1" if ours.debug else "0"  # the site's processes get demo.env (the group's env too)
+    if getattr(ours, "memlog", 0):
+        inject = Path(demo.var) / "memlog"
+        inject.mkdir(parents=True, exist_ok=True)
+        (inject / "sitecustomize.py").write_text(MEMLOG_SITECUSTOMIZE)
+        demo.env.update(PYTHONPATH=os.pathsep.join([str(inject), demo.env["PYTHONPATH"]]),
+                        BTARD_SOAK_MEMLOG=str(inject / "memlog.jsonl"), BTARD_SOAK_MEMLOG_EVERY=str(ours.memlog),
+                        BTARD_SOAK_MEMLOG_TRIM="1" if ours.memlog_trim else "0")
     return demo
+
+
+# ``--memlog``: a sitecustomize on the site's PYTHONPATH; in the Daphne process only (not the workers, not
+# manage.py) a daemon thread appends one JSON line every N seconds: RSS and its kinds, glibc's mallinfo2()
+# (malloc's arenas: their size, bytes in use, bytes free), pymalloc's arenas and bytes in use
+# (sys._debugmallocstats), SQLite's own allocations (sqlite3_memory_used) and the site's lru caches. With
+# --memlog-trim it then calls malloc_trim(0) and logs the RSS after it (what the allocator kept free).
+MEMLOG_SITECUSTOMIZE = r'''
+import os
+try:
+    _argv = open("/proc/self/cmdline", "rb").read().split(b"\0")
+except OSError:
+    _argv = []
+if os.environ.get("BTARD_SOAK_MEMLOG") and any(a.endswith(b"daphne") for a in _argv):
+    import ctypes, json, re, sys, tempfile, threading, time
+
+    class _MallInfo2(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                   "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    _libc = ctypes.CDLL("libc.so.6")
+    _libc.mallinfo2.restype = _MallInfo2
+    _libc.malloc_trim.argtypes = [ctypes.c_size_t]
+    try:
+        _sqlite = ctypes.CDLL("libsqlite3.so.0")  # the library Python's sqlite3 module loaded: one counter
+        _sqlite.sqlite3_memory_used.restype = ctypes.c_int64
+    except OSError:
+        _sqlite = None
+    _PYMALLOC = {"pymalloc_arenas": r"# arenas allocated current\s*=\s*([\d,]+)",
+                 "pymalloc_used": r"# bytes in allocated blocks\s*=\s*([\d,]+)"}
+
+    def _kib_status():
+        keys = {"VmRSS": "rss", "RssAnon": "anon", "RssFile": "file", "RssShmem": "shmem", "Threads": "threads"}
+        out = {}
+        for line in open("/proc/self/status"):
+            k, _, v = line.partition(":")
+            if k in keys:
+                out[keys[k]] = int(v.split()[0])
+        return out
+
+    def _pymalloc():
+        with tempfile.TemporaryFile("w+") as tmp:  # _debugmallocstats writes to C stderr: fd 2 for a moment
+            sys.stderr.flush()
+            saved = os.dup(2)
+            try:
+                os.dup2(tmp.fileno(), 2)
+                sys._debugmallocstats()
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+            tmp.seek(0)
+            text = tmp.read()
+        out = {}
+        for key, pattern in _PYMALLOC.items():
+            m = re.search(pattern, text)
+            if m:
+                out[key] = int(m.group(1).replace(",", ""))
+        return out
+
+    def _sample():
+        mi = _libc.mallinfo2()
+        rec = {"t": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **_kib_status(),
+               "malloc_arena": mi.arena // 1024, "malloc_mmap": mi.hblkhd // 1024,
+               "malloc_used": mi.uordblks // 1024, "malloc_free": mi.fordblks // 1024}
+        rec.update({k: v // 1024 if k == "pymalloc_used" else v for k, v in _pymalloc().items()})
+        if _sqlite is not None:
+            rec["sqlite_used"] = _sqlite.sqlite3_memory_used() // 1024
+        rnd = sys.modules.get("btard_wire.randomness")
+        if rnd is not None:
+            rec["mprng_cache"] = rnd.mprng_commitment.cache_info().currsize
+        return rec
+
+    def _loop(path, every, trim):
+        while True:
+            time.sleep(every)
+            try:
+                rec = _sample()
+                if trim:
+                    _libc.malloc_trim(0)
+                    rec["rss_after_trim"] = _kib_status()["rss"]
+            except Exception as exc:  # a diagnostic never stops the site
+                rec = {"error": repr(exc)}
+            with open(path, "a") as out:
+                out.write(json.dumps(rec) + "\n")
+
+    threading.Thread(target=_loop, name="soak-memlog", daemon=True,
+                     args=(os.environ["BTARD_SOAK_MEMLOG"], float(os.environ.get("BTARD_SOAK_MEMLOG_EVERY", "10")),
+                           os.environ.get("BTARD_SOAK_MEMLOG_TRIM") == "1")).start()
+'''
 
 
 def rss_mib(pid: int) -> float:
@@ -96,6 +193,13 @@ def build_soak_parser() -> argparse.ArgumentParser:
                         help="run the site with Django's DEBUG on (as make demo does); off by default: DEBUG keeps "
                              "the last 9,000 SQL queries of each database thread in memory, which a production "
                              "site does not, and the soak measures the site's memory")
+    parser.add_argument("--memlog", type=float, default=0, metavar="SECONDS",
+                        help="every SECONDS the site's Daphne process appends its memory to <var-dir>/memlog/"
+                             "memlog.jsonl: RSS (anon/file), glibc malloc's arenas (mallinfo2), pymalloc's arenas, "
+                             "SQLite's allocations (a sitecustomize on the site's PYTHONPATH; off by default)")
+    parser.add_argument("--memlog-trim", action="store_true",
+                        help="with --memlog: call malloc_trim(0) after each sample and log the RSS after it "
+                             "(diagnosis only: what RSS the allocator kept as free memory)")
     parser.add_argument("--plot", type=Path, default=None, help="also draw the RSS samples to this PNG")
     parser.add_argument("--plot-from", type=Path, default=None,
                         help="draw --plot from this summary.json of an earlier soak and exit (no soak)")

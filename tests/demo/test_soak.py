@@ -47,3 +47,30 @@ def test_the_soak_splits_resident_memory_into_anonymous_file_and_shared_parts():
     assert parts["anon"] > 0 and parts["file"] > 0
     assert abs(parts["anon"] + parts["file"] + parts["shmem"] - parts["rss"]) < 0.05
     assert rss_mib(os.getpid()) > 0
+
+
+def _run_with_the_soaks_env(demo, *argv: str) -> None:
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-c", "import time; time.sleep(2.5)", *argv], env=demo.env, check=True,
+                   timeout=60)
+
+
+def test_memlog_logs_the_sites_heaps_in_the_daphne_process_only(tmp_path):
+    """--memlog: the Daphne process appends RSS, malloc's and pymalloc's figures; a worker does not."""
+    import json
+
+    demo = soak_demo(build_soak_parser().parse_args(["--var-dir", str(tmp_path), "--memlog", "0.5",
+                                                     "--memlog-trim"]))
+    log = tmp_path / "memlog" / "memlog.jsonl"
+    _run_with_the_soaks_env(demo, "-m", "worker_client.cli")  # argv of a worker: no log
+    assert not log.exists()
+    _run_with_the_soaks_env(demo, "-m", "daphne")  # argv of the site (the -c program only sleeps)
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert records and not any("error" in r for r in records)
+    for r in records:
+        assert r["rss"] == r["anon"] + r["file"] + r["shmem"]
+        assert r["malloc_used"] > 0 and r["malloc_arena"] >= r["malloc_used"]
+        assert r["pymalloc_arenas"] >= 1 and r["pymalloc_used"] > 0
+        assert "rss_after_trim" in r and "sqlite_used" in r
