@@ -345,7 +345,8 @@ def grid_adaptive_spread() -> list[Cell]:
     default would change there); then m = 8 with either rule in both missed columns and with spread in the
     other non-IID columns. Cells shared with the ``adaptive``, ``adaptive-ablation`` or ``tau-rule`` grid
     have their keys (their rows are copied, not re-run). Order: the missed columns (attacked cells first),
-    the other columns, the m = 8 cells, the m = 8 clean runs last (a clean run does not depend on m)."""
+    the other columns, the m = 8 cells, non-IID free riders (what losing the attackers' shards costs), the
+    m = 8 clean runs last (a clean run does not depend on m)."""
     common = {"peers": 16, "byzantine": 7, "steps": ADAPTIVE_STEPS, "attack_start": 50,
               "btard_global_batch": 16 * PAPER_BATCH, "btard_validators": PAPER_VALIDATORS}
     cells = []
@@ -372,9 +373,16 @@ def grid_adaptive_spread() -> list[Cell]:
     cells += _cells("mnist5k-mlp", attacks=[a for a in NON_IID_ATTACKS if a not in ("none", "optimal_alie")],
                     defences=[("btard", 1.0)], seeds=[0, 1, 2], tau_rule="spread", tau_spread=0.5,
                     non_iid=NON_IID_ALPHA, **{**common, "btard_validators": 8})
+    extended = len(cells)
+    # how much of a non-IID gap is the 7 attackers' shards missing once they are banned (no defence gets
+    # them back): free riders that send zeros are banned as fast as the other attackers and pull little
+    # before (0.0 IID), so their non-IID gap is about what losing 7 shards costs
+    for rule in ("fixed", "spread"):
+        cells += _cells("mnist5k-mlp", attacks=["free_rider_zeros"], defences=[("btard", 1.0)], seeds=[0, 1, 2],
+                        tau_rule=rule, tau_spread=0.5, non_iid=NON_IID_ALPHA, **common)
     tier: dict[str, int] = {}
     for i, c in enumerate(cells):
-        tier.setdefault(c.key, 0 if i < missed else 1 if i < others else 2)
+        tier.setdefault(c.key, 0 if i < missed else 1 if i < others else 2 if i < extended else 3)
     cells = list({c.key: c for c in cells}.values())
     return sorted(cells, key=lambda c: (c.attack == "none" and c.validators == 8, tier[c.key], c.seed,
                                         c.attack == "none"))

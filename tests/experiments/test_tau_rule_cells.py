@@ -62,7 +62,8 @@ def test_the_adaptive_spread_grid_pairs_fixed_and_spread_tau_on_three_seeds_in_b
     assert all(c.key in tau_rule for c in missed if c.tau_rule == "spread" and not c.non_iid and c.validators == 4)
     # spread 0.5 (m = 4) also runs in every other BTARD column of the adaptive grid, on seeds 0-2
     # spread 0.5 also runs in every other BTARD column of the adaptive grid (m = 4), and non-IID with m = 8
-    others = [c for c in cells if c.attack not in ("optimal_alie", "none")]
+    others = [c for c in cells if c.attack not in ("optimal_alie", "none")
+              and (c.attack, c.non_iid) != ("free_rider_zeros", 0.5)]
     other_non_iid = {(a, 0.5, s) for a in NON_IID_ATTACKS if a not in ("none", "optimal_alie") for s in (0, 1, 2)}
     assert {(c.attack, c.non_iid, c.seed) for c in others if c.validators == 4} == (
         {(a, 0.0, s) for a in ADAPTIVE_GRID_ATTACKS if a != "optimal_alie" for s in (0, 1, 2)} | other_non_iid)
@@ -73,6 +74,10 @@ def test_the_adaptive_spread_grid_pairs_fixed_and_spread_tau_on_three_seeds_in_b
     first = [c for c in missed if not (c.validators == 8 and (c.attack == "none" or c.non_iid == 0.0
                                                               or c.tau_rule == "fixed"))]
     assert {c.key for c in cells[:len(first)]} == {c.key for c in first}
+    # non-IID free riders (the cost of the banned attackers' missing shards), both rules, m = 4, seeds 0-2
+    riders = [c for c in cells if (c.attack, c.non_iid) == ("free_rider_zeros", 0.5)]
+    assert {(c.tau_rule, c.validators, c.seed) for c in riders} == {(r, 4, s) for r in ("fixed", "spread")
+                                                                   for s in (0, 1, 2)}
     m8_clean = [c for c in cells if c.validators == 8 and c.attack == "none"]
     assert {c.key for c in cells[-len(m8_clean):]} == {c.key for c in m8_clean}
     assert cells[0].attack == "optimal_alie" and cells[0].seed == 0
