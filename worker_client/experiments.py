@@ -378,8 +378,10 @@ def grid_adaptive_spread() -> list[Cell]:
     # them back): free riders that send zeros are banned as fast as the other attackers and pull little
     # before (0.0 IID), so their non-IID gap is about what losing 7 shards costs
     for rule in ("fixed", "spread"):
-        cells += _cells("mnist5k-mlp", attacks=["free_rider_zeros"], defences=[("btard", 1.0)], seeds=[0, 1, 2],
-                        tau_rule=rule, tau_spread=0.5, non_iid=NON_IID_ALPHA, **common)
+        for m in (4, 8):
+            cells += _cells("mnist5k-mlp", attacks=["free_rider_zeros"], defences=[("btard", 1.0)],
+                            seeds=[0, 1, 2], tau_rule=rule, tau_spread=0.5, non_iid=NON_IID_ALPHA,
+                            **{**common, "btard_validators": m})
     tier: dict[str, int] = {}
     for i, c in enumerate(cells):
         tier.setdefault(c.key, 0 if i < missed else 1 if i < others else 2 if i < extended else 3)
@@ -388,10 +390,29 @@ def grid_adaptive_spread() -> list[Cell]:
                                         c.attack == "none"))
 
 
+def grid_adaptive_spread_seeds() -> list[Cell]:
+    """Seeds 3 and 4 of the ``adaptive-spread`` decision cells: optimal ALIE and the clean run, IID and
+    non-IID, with tau 1 (m = 4) and spread 0.5 (m = 4 and m = 8), and the non-IID free riders (m = 4)."""
+    common = {"peers": 16, "byzantine": 7, "steps": ADAPTIVE_STEPS, "attack_start": 50,
+              "btard_global_batch": 16 * PAPER_BATCH}
+    cells = []
+    for seed in (3, 4):
+        for non_iid in (0.0, NON_IID_ALPHA):
+            for rule, m in (("fixed", 4), ("spread", 4), ("spread", 8)):
+                cells += _cells("mnist5k-mlp", attacks=["optimal_alie", "none"], defences=[("btard", 1.0)],
+                                seeds=[seed], tau_rule=rule, tau_spread=0.5, non_iid=non_iid,
+                                btard_validators=m, **common)
+        for rule in ("fixed", "spread"):
+            cells += _cells("mnist5k-mlp", attacks=["free_rider_zeros"], defences=[("btard", 1.0)], seeds=[seed],
+                            tau_rule=rule, tau_spread=0.5, non_iid=NON_IID_ALPHA, btard_validators=4, **common)
+    return cells
+
+
 GRIDS: dict[str, Callable[[], list[Cell]]] = {"smoke": grid_smoke, "paper": grid_paper, "fashion": grid_fashion,
                                               "preagg": grid_preagg, "kardam": grid_kardam,
                                               "adaptive": grid_adaptive, "adaptive-ablation": grid_adaptive_ablation,
-                                              "tau-rule": grid_tau_rule, "adaptive-spread": grid_adaptive_spread}
+                                              "tau-rule": grid_tau_rule, "adaptive-spread": grid_adaptive_spread,
+                                              "adaptive-spread-seeds": grid_adaptive_spread_seeds}
 
 
 # --- running -------------------------------------------------------------------------------------
@@ -691,7 +712,7 @@ def superseded(row: dict) -> bool:
     return row.get("aggregator") in RECONFIGURED_BASELINES and int(row.get("baseline_version") or 1) < 2
 
 
-EVERY_DEFENCE_GAP_GRIDS = {"adaptive", "adaptive-ablation", "tau-rule", "adaptive-spread"}  # grids whose report pairs every defence with its clean run
+EVERY_DEFENCE_GAP_GRIDS = {"adaptive", "adaptive-ablation", "tau-rule", "adaptive-spread", "adaptive-spread-seeds"}  # grids whose report pairs every defence with its clean run
 
 
 def report(name: str, *, results_dir: Path = DEFAULT_RESULTS) -> tuple[Path, list[Path]]:

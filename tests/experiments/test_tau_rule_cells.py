@@ -76,8 +76,20 @@ def test_the_adaptive_spread_grid_pairs_fixed_and_spread_tau_on_three_seeds_in_b
     assert {c.key for c in cells[:len(first)]} == {c.key for c in first}
     # non-IID free riders (the cost of the banned attackers' missing shards), both rules, m = 4, seeds 0-2
     riders = [c for c in cells if (c.attack, c.non_iid) == ("free_rider_zeros", 0.5)]
-    assert {(c.tau_rule, c.validators, c.seed) for c in riders} == {(r, 4, s) for r in ("fixed", "spread")
-                                                                   for s in (0, 1, 2)}
+    assert {(c.tau_rule, c.validators, c.seed) for c in riders} == {(r, m, s) for r in ("fixed", "spread")
+                                                                   for m in (4, 8) for s in (0, 1, 2)}
     m8_clean = [c for c in cells if c.validators == 8 and c.attack == "none"]
     assert {c.key for c in cells[-len(m8_clean):]} == {c.key for c in m8_clean}
     assert cells[0].attack == "optimal_alie" and cells[0].seed == 0
+
+
+def test_the_extra_seeds_grid_repeats_the_decision_cells_on_seeds_3_and_4_with_their_clean_runs():
+    cells = GRIDS["adaptive-spread-seeds"]()
+    assert len({c.key for c in cells}) == len(cells) and {c.seed for c in cells} == {3, 4}
+    attacked = {(c.defence, c.non_iid, c.seed) for c in cells if c.attack == "optimal_alie"}
+    clean = {(c.defence, c.non_iid, c.seed) for c in cells if c.attack == "none"}
+    assert attacked == clean and len(attacked) == 3 * 2 * 2
+    riders = {(c.tau_rule, c.seed) for c in cells if c.attack == "free_rider_zeros"}
+    assert riders == {(r, s) for r in ("fixed", "spread") for s in (3, 4)}
+    assert all(c.non_iid == 0.5 and c.validators == 4 for c in cells if c.attack == "free_rider_zeros")
+    assert not {c.key for c in cells} & {c.key for c in GRIDS["adaptive-spread"]()}
