@@ -55,7 +55,7 @@ def skipped_randomness(r_prev: bytes, run: str, step: int) -> bytes:
     return _h(b"btard-skip", r_prev, run.encode(), str(step).encode())
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=512)  # a few steps' commitments: a long-lived site must not hold thousands
 def mprng_commitment(x: bytes, *, run: str, step: int, sender: str) -> str:
     """``H(x_i)`` bound to the run, step and sender so nobody can copy another peer's commitment."""
     if len(x) != 32:

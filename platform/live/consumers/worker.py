@@ -366,7 +366,7 @@ class WorkerConsumer(FastDispatchMixin, AsyncWebsocketConsumer):
         if missed is None:
             return
         if missed[0] not in self.group_steps:
-            self.group_steps.add(missed[0])
+            self._group_sent(missed[0])
             await self.send(text_data=missed[1])
         for envelope in await db(_board_so_far)(self.peer, missed[0]):
             await self.send(text_data=Relay.model_validate({"envelope": envelope}).model_dump_json())
@@ -464,8 +464,15 @@ class WorkerConsumer(FastDispatchMixin, AsyncWebsocketConsumer):
             step = json.loads(text).get("step")
             if step in self.group_steps:
                 return
-            self.group_steps.add(step)
+            self._group_sent(step)
         await self.send(text_data=text)
+
+    def _group_sent(self, step) -> None:
+        """Remember that this socket got the group of ``step``; only the latest few steps are kept (a socket
+        that lives for thousands of steps must not grow by one entry a step)."""
+        self.group_steps.add(step)
+        if len(self.group_steps) > 16:
+            self.group_steps.discard(min(self.group_steps, key=lambda s: s if isinstance(s, int) else -1))
 
     async def worker_replaced(self, message):
         if message["channel"] != self.channel_name:

@@ -271,3 +271,14 @@ async def test_another_peer_dials_a_newcomer_and_the_dashboard_lists_it_as_unrea
     assert error["code"] == "unknown_request"
     for comm in (ca, cb):
         await comm.disconnect()
+
+
+def test_a_long_lived_socket_remembers_the_groups_of_only_its_latest_steps():
+    """Each socket notes which step's group it already sent (a group goes out once per step); over a
+    1,000-step soak that set grew by one entry a step for the socket's whole life."""
+    from live.consumers.worker import WorkerConsumer
+
+    consumer = WorkerConsumer()
+    for step in range(1000):
+        consumer._group_sent(step)
+    assert consumer.group_steps == set(range(984, 1000))
