@@ -72,24 +72,10 @@ class Memo:
         digests, in part order: each caller's parts are float32 tensors whose bytes hash to those digests,
         so the content is the same for every caller. The last ``projections`` entries are kept (one whole
         vector each). Shared: callers must not modify it."""
-        hit = self._whole.get(digests)
-        if hit is None:
-            hit = self._whole[digests] = concat()
-            while len(self._whole) > self._limits[2]:
-                self._whole.popitem(last=False)
-        else:
-            self._whole.move_to_end(digests)
-        return hit
+        return _lru(self._whole, digests, concat, self._limits[2])
 
     def _z_entry(self, key: tuple, make: Callable[[], torch.Tensor]) -> torch.Tensor:
-        z = self._z.get(key)
-        if z is None:
-            z = self._z[key] = make()
-            while len(self._z) > self._limits[2]:
-                self._z.popitem(last=False)
-        else:
-            self._z.move_to_end(key)
-        return z
+        return _lru(self._z, key, make, self._limits[2])
 
     def projection_slice(self, r: bytes, numel: int, a0: int, a1: int) -> torch.Tensor:
         """:func:`.mprng.projection_slice` ``z[a0:a1]`` (float32), kept for the last few keys; a view of
@@ -105,3 +91,15 @@ class Memo:
         either dtype and widen chunk by chunk, so no full-size float64 copy is made. Shared: callers must
         not modify it."""
         return self.projection_slice(r, numel, 0, numel)
+
+
+def _lru(cache: OrderedDict, key, make: Callable[[], torch.Tensor], limit: int) -> torch.Tensor:
+    """``cache[key]``, made by ``make()`` on a miss; the ``limit`` most recently used entries are kept."""
+    hit = cache.get(key)
+    if hit is None:
+        hit = cache[key] = make()
+        while len(cache) > limit:
+            cache.popitem(last=False)
+    else:
+        cache.move_to_end(key)
+    return hit

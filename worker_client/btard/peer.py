@@ -770,12 +770,7 @@ class BtardPeer:
                 actions += self._checks.check_aggregate(sender, part, data, header)
 
         # 6. MPRNG reveal once every aggregation result is fixed on the board
-        if (Stage.REVEALED not in s.stages and self._all(s, "agg_result", ctx.group)
-                and self._all(s, "mprng_commit", s.mprng_members) and s.got("mprng_commit", me)):
-            s.stages |= Stage.REVEALED
-            value = self.hook_reveal(s.secret, s.view())
-            if value is not None:
-                actions += self._broadcast("mprng_reveal", M.MprngRevealPayload(value=value.hex()))
+        actions += self._reveal(s)
 
         if s.r is None and not s.mprng_failed and Stage.REVEALED in s.stages and self._all(
                 s, "mprng_reveal", s.mprng_members):
@@ -827,15 +822,10 @@ class BtardPeer:
             s.stages |= Stage.FIXED_POINT
         return actions + self._judge_and_finish()
 
-    def _reveal_when_fixed(self, s: StepState) -> list[Action]:
-        """A doomed step still gets this peer's MPRNG reveal once every aggregation result is fixed on the
-        board (the condition of step 6), as long as the step's reports are not all in: the members not
-        doomed yet (an equivocator's forged aggregate reached only some of them) revealed and wait for it,
-        and a committed member that never reveals counts as withholding its reveal. The reveal changes
-        nothing of this peer's own step: a peer doomed before it combined r_t still ends on the public
-        skip chain, as before (``_finish``). After the report, so no validator is drawn here (ours)."""
-        if not (Stage.REVEALED not in s.stages and Stage.FIXED_POINT not in s.stages and s.r is None
-                and not s.mprng_failed and self._all(s, "agg_result", s.ctx.group)
+    def _reveal(self, s: StepState) -> list[Action]:
+        """Step 6: this peer's MPRNG reveal, once every aggregation result is fixed on the board (and every
+        commitment is in, its own included)."""
+        if not (Stage.REVEALED not in s.stages and self._all(s, "agg_result", s.ctx.group)
                 and self._all(s, "mprng_commit", s.mprng_members) and s.got("mprng_commit", self.peer_id)):
             return []
         s.stages |= Stage.REVEALED
@@ -843,6 +833,17 @@ class BtardPeer:
         if value is None:
             return []
         return self._broadcast("mprng_reveal", M.MprngRevealPayload(value=value.hex()))
+
+    def _reveal_when_fixed(self, s: StepState) -> list[Action]:
+        """A doomed step still gets this peer's reveal (:meth:`_reveal`), as long as the step's reports are
+        not all in: the members not doomed yet (an equivocator's forged aggregate reached only some of them)
+        revealed and wait for it, and a committed member that never reveals counts as withholding its
+        reveal. The reveal changes nothing of this peer's own step: a peer doomed before it combined r_t
+        still ends on the public skip chain, as before (``_finish``). After the report, so no validator is
+        drawn here (ours)."""
+        if Stage.FIXED_POINT in s.stages or s.r is not None or s.mprng_failed:
+            return []
+        return self._reveal(s)
 
     def _judge_and_finish(self) -> list[Action]:
         s = self._s
