@@ -73,7 +73,9 @@ class Cell:
     staleness: int = 0  # Kardam's delayed workers (btard-sim --staleness)
     non_iid: float = 0.0  # Dirichlet alpha of label-skewed shards (btard-sim --non-iid); 0: IID
     # BTARD's per-part tau (ProtocolParams.tau_rule, btard-sim --tau-rule): "fixed" uses ``tau``; "spread"
-    # uses ``tau_spread`` x the part's majority-th published distance (``tau`` only where that is 0)
+    # uses ``tau_spread`` x the part's majority-th published distance (``tau`` only where that is 0).
+    # A cell's default stays "fixed" (the rule every committed row before 2026-12-01 ran with, so their
+    # keys stay valid) although the protocol's default is now "spread": sim_kwargs always names it
     tau_rule: str = "fixed"
     tau_spread: float = 0.5
     extra: dict = field(default_factory=dict, hash=False, compare=False)
@@ -123,7 +125,7 @@ class Cell:
             kwargs["staleness"] = self.staleness
         if self.non_iid:
             kwargs["non_iid"] = self.non_iid
-        if self.tau_rule != "fixed":
+        if self.aggregator == "btard":  # always named: the protocol's default rule is not the cells' default
             kwargs["protocol_params"] = {"tau_rule": self.tau_rule, "tau_spread": self.tau_spread}
         kwargs.update(self.extra)
         return kwargs
@@ -203,6 +205,14 @@ def grid_paper() -> list[Cell]:
     # 3 attackers, where Bulyan (n >= 4f+3) and Krum (n >= 2f+3) can run.
     cells += _cells("mnist5k-mlp", peers=16, byzantine=3, attacks=subset_attacks, defences=b3_defences,
                     seeds=seeds, steps=300, attack_start=50, btard_validators=m, btard_global_batch=gb)
+    # The protocol's default since 2026-12-01: the scale-following tau (spread 0.5) in every BTARD column
+    spread = {"tau_rule": "spread", "tau_spread": 0.5, "seeds": seeds, "steps": 300, "attack_start": 50,
+              "btard_validators": m, "btard_global_batch": gb}
+    cells += _cells("mnist5k-mlp", peers=16, byzantine=7, attacks=GRADIENT_ATTACKS, defences=[("btard", 1.0)],
+                    **spread)
+    cells += _cells("mnist5k-mlp", peers=16, byzantine=7, attacks=subset_attacks, defences=[("btard", 1.0)],
+                    attack_every=10, **spread)
+    cells += _cells("mnist5k-mlp", peers=16, byzantine=3, attacks=subset_attacks, defences=[("btard", 1.0)], **spread)
     # Seed-major order: an interrupted run still has whole tables for its first seeds.
     return sorted(cells, key=lambda c: c.seed)
 

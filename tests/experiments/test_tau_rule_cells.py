@@ -25,7 +25,9 @@ def test_a_spread_cell_has_its_own_key_label_and_passes_the_rule_to_btard_sim():
     assert json.loads(spread.key)[-1] == {"tau_rule": "spread", "tau_spread": 0.5}
     assert Cell(**COMMON, tau_rule="spread", tau_spread=1.0).key != spread.key
     assert spread.sim_kwargs()["protocol_params"] == {"tau_rule": "spread", "tau_spread": 0.5}
-    assert "protocol_params" not in fixed.sim_kwargs()
+    # named for the fixed rule too: the protocol's default (spread) is not a cell's default (fixed)
+    assert fixed.sim_kwargs()["protocol_params"]["tau_rule"] == "fixed"
+    assert "protocol_params" not in Cell(**{**COMMON, "aggregator": "mean"}).sim_kwargs()
     assert spread.defence == "btard (tau spread 0.5, m=4, B=512)"
     assert fixed.defence == "btard (tau 1, m=4, B=512)"
     # a result row is labelled from what btard-sim recorded, as the report reads it

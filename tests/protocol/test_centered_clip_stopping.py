@@ -50,7 +50,7 @@ def test_the_protocols_aggregator_stops_within_the_fixed_point_tolerance_for_any
 
 @pytest.mark.parametrize("tau", [1e-4, 1e-2, 1.0, 100.0])
 def test_an_honest_swarm_bans_nobody_for_any_tau(tau):
-    swarm = Swarm(n=6, numel=240, params=P.ProtocolParams(tau=tau, validators=1))
+    swarm = Swarm(n=6, numel=240, params=P.ProtocolParams(tau=tau, tau_rule="fixed", validators=1))
     for _ in range(4):
         results = swarm.step()
         assert {r.outcome for r in results.values()} == {"applied"}
@@ -60,7 +60,7 @@ def test_an_honest_swarm_bans_nobody_for_any_tau(tau):
 def test_the_old_iteration_cap_convicted_honest_aggregators_at_a_small_tau():
     # the setting the review measured (the paper's step, 200 iterations): the check catches the
     # unconverged honest aggregate, which is why the aggregator must run to the check's tolerance
-    old = dataclasses.replace(P.ProtocolParams(tau=1e-4, validators=1), cc_method="clip", cc_max_iters=200,
+    old = dataclasses.replace(P.ProtocolParams(tau=1e-4, tau_rule="fixed", validators=1), cc_method="clip", cc_max_iters=200,
                               cc_stop_margin=0.0)
     swarm = Swarm(n=6, numel=240, params=old)
     swarm.step()

@@ -50,20 +50,29 @@ def test_an_honest_swarm_applies_every_step_and_bans_nobody():
     assert roles.count("validator") == len(swarm.history) - 1
 
 
-def test_honest_aggregate_is_centered_clip_of_the_honest_gradients():
-    swarm = Swarm(n=4, numel=40)
+@pytest.mark.parametrize("rule", ["fixed", "spread"])
+def test_honest_aggregate_is_centered_clip_of_the_honest_gradients_with_the_rule_s_tau(rule):
+    from worker_client.btard.aggregators import centered_clip
+    from worker_client.btard.mprng import batch_seed, genesis_randomness
+    from worker_client.btard.tau import part_tau
+
+    from ._swarm import RUN, synthetic_gradient
+
+    params = P.ProtocolParams(tau_rule=rule)
+    swarm = Swarm(n=4, numel=40, params=params)
     results = swarm.step()
     update = next(iter(results.values())).update
     ctx = swarm.contexts()  # same group; step 0 had no validators, all contributed
-    from worker_client.btard.aggregators import centered_clip
-    from worker_client.btard.mprng import batch_seed, genesis_randomness
-
-    from ._swarm import RUN, synthetic_gradient
     r0 = genesis_randomness(RUN, 0)
     grads = torch.stack([synthetic_gradient(0, batch_seed(r0, RUN, 0, p), 40) for p in swarm.ids])
-    expected = torch.cat([centered_clip(grads[:, a:b], tau=1.0, eps=1e-6, max_iters=200)
-                          for a, b in P.part_bounds(40, 4)])
-    assert torch.allclose(update, expected, atol=1e-6)
+    parts = []
+    for a, b in P.part_bounds(40, 4):
+        # the rule's tau from the distances to the published part: tau 1 (fixed), or 0.5 x the
+        # majority-th distance (spread), which is then CenteredClip's own fixed point
+        tau = part_tau(params, (grads[:, a:b] - update[a:b]).norm(dim=1).tolist())
+        assert (tau == 1.0) == (rule == "fixed")
+        parts.append(centered_clip(grads[:, a:b], tau=tau, eps=1e-7, max_iters=2000))
+    assert torch.allclose(update, torch.cat(parts), atol=1e-5)
     assert len(ctx) == 4
 
 

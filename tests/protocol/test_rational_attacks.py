@@ -166,7 +166,7 @@ def test_a_timed_gradient_attacker_that_guesses_its_validators_is_caught_like_an
 
 @pytest.mark.parametrize("tau", [1e-3, 1e-2, 1e-1, 1.0, 10.0])
 def test_the_aggregate_bound_never_drops_an_honest_step_for_any_tau(tau):
-    swarm = Swarm(n=7, params=P.ProtocolParams(tau=tau, validators=2), shuffle=True)
+    swarm = Swarm(n=7, params=P.ProtocolParams(tau=tau, tau_rule="fixed", validators=2), shuffle=True)
     swarm.run(6)
     assert not swarm.board.banned
     assert all(r.outcome == "applied" for results in swarm.history for r in results.values())

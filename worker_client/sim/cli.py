@@ -57,9 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tau", type=float, default=1.0, help="CenteredClip tau per part")
-    ap.add_argument("--tau-rule", default="fixed", choices=["fixed", "spread"],
-                    help="btard: fixed (--tau everywhere) or spread (--tau-spread x each part's majority-th "
-                         "published distance in the step; --tau where that is 0)")
+    ap.add_argument("--tau-rule", default="spread", choices=["fixed", "spread"],
+                    help="btard: spread (the default: --tau-spread x each part's majority-th published "
+                         "distance in the step; --tau where that is 0) or fixed (--tau everywhere)")
     ap.add_argument("--tau-spread", type=float, default=None, help="the spread rule's constant (default 0.5)")
     ap.add_argument("--rule-f", type=int, default=None,
                     help="f told to a baseline rule that takes one (default: the true number of attackers)")
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     kwargs = vars(args)
     kwargs["attack_params"] = {k: v for k, v in kwargs.pop("attack_param")}
     tau_rule, tau_spread = kwargs.pop("tau_rule"), kwargs.pop("tau_spread")
-    protocol = {"tau_rule": tau_rule} if tau_rule != "fixed" else {}
+    protocol = {"tau_rule": tau_rule}
     if tau_spread is not None:
         protocol["tau_spread"] = tau_spread
     if protocol:
