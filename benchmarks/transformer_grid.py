@@ -228,6 +228,11 @@ def run_grid(args: argparse.Namespace) -> int:
     runs = [tuple(r) for r in args.run] if args.run else default_runs()
     protocol_params = dict(kv.split("=", 1) for kv in args.protocol_param)
     protocol_params = {k: _number_or_name(v) for k, v in protocol_params.items()}
+    # the JSON names the rule the run used even where the protocol's default chose it (runs before
+    # 2026-12-01 have none: they ran with the then-default fixed tau)
+    from worker_client.btard.state import ProtocolParams
+
+    protocol_params.setdefault("tau_rule", ProtocolParams.tau_rule)
     for seed in args.seeds:
         for attack, aggregator in runs:
             path = out / f"{run_name(attack, aggregator, seed)}.json"
@@ -300,6 +305,14 @@ def table(directory: Path) -> str:
     return "\n".join(lines)
 
 
+def _tau_text(cfg: dict) -> str:
+    """BTARD's tau as the run set it: the rule named in its protocol parameters, else the fixed ``tau``."""
+    protocol = cfg.get("protocol_params") or {}
+    if protocol.get("tau_rule", "fixed") != "fixed":
+        return f"tau {protocol['tau_rule']} {protocol.get('tau_spread', 0.5):g}"
+    return f"tau {cfg['tau']:g}"
+
+
 def plot(directory: Path) -> Path:
     import matplotlib
 
@@ -333,7 +346,7 @@ def plot(directory: Path) -> Path:
     axes[0][0].legend(fontsize=7)
     cfg = next(iter(runs.values()))["config"]
     fig.suptitle(f"{cfg['task']}, {cfg['peers']} peers, {cfg['byzantine']} Byzantine from step {cfg['attack_start']}\n"
-                 f"ctx {cfg['ctx']}, {cfg['batch']} windows/peer, m={cfg['validators']}, tau {cfg['tau']:g}, "
+                 f"ctx {cfg['ctx']}, {cfg['batch']} windows/peer, m={cfg['validators']}, {_tau_text(cfg)}, "
                  f"global batch {cfg.get('global_batch') or 'off'}", fontsize=8)
     fig.tight_layout()
     path = directory / "loss.png"
