@@ -284,15 +284,24 @@ def drop_causes(s: dict) -> str:
     return f"ban {bans}, bound {before}+{len(bound) - before}, other {other}"
 
 
+def _loss_at(run: dict, step: int) -> float | None:
+    """The run's held-out loss at ``step`` (its final loss where it ended there), None if not evaluated."""
+    if run["config"]["steps"] == step:
+        return run["final_loss"]
+    return next((loss for s, loss in run.get("loss_curve", []) if s == step), None)
+
+
 def table(directory: Path) -> str:
     runs = load_grid(directory)
-    lines = [("| run | final held-out loss | vs clean BTARD | attackers banned (last at step) | honest banned "
+    lines = [("| run | held-out loss at its last step | vs clean BTARD at that step | attackers banned (last at step) | honest banned "
               "| applied steps | dropped (bound: before+after the last ban) | wall s | load (start-end) |"),
              "|---|---|---|---|---|---|---|---|---|"]
     for name, s in runs.items():
         seed = s["config"]["seed"]
         clean = runs.get(run_name("none", "btard", seed))
-        ref = clean["final_loss"] if clean else None
+        # against the clean run at the same step: a shorter attacked run (same schedule, --total-steps)
+        # is compared with the clean run's evaluation at its own last step
+        ref = _loss_at(clean, s["config"]["steps"]) if clean else None
         loss = s["final_loss"]
         gap = f"{100 * (loss - ref) / ref:+.1f}%" if ref and loss is not None and math.isfinite(loss) else "-"
         byz = len(s["byzantine"])
