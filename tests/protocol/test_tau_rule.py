@@ -55,7 +55,7 @@ def test_the_rules_are_registered_by_name_and_params_refuse_others():
     for bad in (0.0, -1.0, float("inf"), float("nan")):
         with pytest.raises(ValueError, match="tau_spread"):
             P.ProtocolParams(tau_rule="spread", tau_spread=bad)
-    assert part_tau(P.ProtocolParams(tau=0.3), [5.0, 7.0]) == 0.3  # fixed: the distances do not matter
+    assert part_tau(P.ProtocolParams(tau=0.3, tau_rule="fixed"), [5.0, 7.0]) == 0.3  # the distances do not matter
 
 
 def test_spread_tau_lies_between_honest_distances_whatever_a_minority_posts():
@@ -101,7 +101,7 @@ def test_under_the_spread_rule_colluders_move_a_part_by_about_the_honest_spread_
     h = _honest(1)
     mean = h.mean(0)
     spread = float((h - mean).norm(dim=1).median())
-    fixed = P.ProtocolParams(tau=1.0)
+    fixed = P.ProtocolParams(tau=1.0, tau_rule="fixed")
     worst = {"fixed": 0.0, "spread": 0.0}
     for byz in _attacks(h, 1).values():
         x = torch.cat([h, byz])
@@ -142,7 +142,7 @@ class FixedTauAggregator(attacks.Byzantine):
     def hook_aggregate(self, x, s):
         if not self.active(s.ctx.step):
             return super().hook_aggregate(x, s)
-        res, _ = centered_clip_part(x, P.ProtocolParams(tau=self.params.tau))
+        res, _ = centered_clip_part(x, P.ProtocolParams(tau=self.params.tau, tau_rule="fixed"))
         return res.v, distances_to(x, res.v).tolist()
 
 

@@ -22,6 +22,7 @@ trimmed mean, Bulyan) use a sorting network over rows rather than torch's median
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import math
@@ -37,6 +38,7 @@ __all__ = [
     "AGGREGATORS",
     "PRE_AGGREGATORS",
     "CenteredClipResult",
+    "CenteredClipSolver",
     "bucketing",
     "bulyan",
     "centered_clip",
@@ -66,20 +68,28 @@ _CHUNK = 1 << 16
 AGGREGATOR_THREADS: int | None = 1
 
 
+@contextlib.contextmanager
+def _thread_setting():
+    """``AGGREGATOR_THREADS`` intra-op threads inside the block, restoring the caller's setting."""
+    wanted = AGGREGATOR_THREADS
+    previous = torch.get_num_threads()
+    if wanted is None or wanted == previous:
+        yield
+        return
+    torch.set_num_threads(wanted)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _threads(fn):
     """Run ``fn`` with ``AGGREGATOR_THREADS`` intra-op threads, restoring the caller's setting."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        wanted = AGGREGATOR_THREADS
-        previous = torch.get_num_threads()
-        if wanted is None or wanted == previous:
+        with _thread_setting():
             return fn(*args, **kwargs)
-        torch.set_num_threads(wanted)
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            torch.set_num_threads(previous)
 
     return wrapper
 
@@ -208,6 +218,51 @@ _RECENTER_RATIO = 1e2
 _MAX_FRAMES = 4
 
 
+class _Frame(NamedTuple):
+    """A centre of the coefficient iteration and the Gram matrix of the inputs around it."""
+
+    center: torch.Tensor   # [d], x's dtype
+    g: np.ndarray          # (x - center)(x - center)^T, float64 [n, n]
+    diag: np.ndarray       # its diagonal: ||x_k - center||^2
+
+
+def _frame(x: torch.Tensor, center: torch.Tensor, *, rule: str | None = None) -> _Frame:
+    """The frame centred on ``center``: one Gram pass over ``x`` (``rule``: see :func:`_centered_gram`)."""
+    g = _centered_gram(x, center, rule=rule).numpy()
+    return _Frame(center, g, np.diagonal(g).copy())
+
+
+def _frame_sq_distances(frame: _Frame, c: np.ndarray) -> np.ndarray:
+    """``||x_k - v||^2`` from the frame's Gram for ``v = center + y^T c`` (clamped at 0)."""
+    gc = frame.g @ c
+    return np.maximum(frame.diag - 2.0 * gc + float(c @ gc), 0.0)
+
+
+def _iterate_in_frame(frame: _Frame, c: np.ndarray, step, *, eps: float, iterations: int, max_iters: int,
+                      stop, last_frame: bool) -> tuple[np.ndarray, int, bool]:
+    """:func:`_iterate_coefficients`' loop in one frame from the coefficients ``c``, counting iterations
+    from ``iterations`` up to ``max_iters``. Returns ``(c, iterations, drifted)``; ``drifted``: the
+    iterate ``center + y^T c`` moved too far from the centre (never in the ``last_frame``)."""
+    g, diag = frame.g, frame.diag
+    while iterations < max_iters:
+        gc = g @ c
+        cgc = float(c @ gc)
+        dist2 = np.maximum(diag - 2.0 * gc + cgc, 0.0)
+        positive = dist2[dist2 > 0]
+        if (not last_frame and positive.size
+                and cgc > _RECENTER_RATIO * float(positive.min())):
+            return c, iterations, True
+        iterations += 1
+        new_c = step(c, dist2)
+        dc = new_c - c
+        c = new_c
+        moved2 = float(dc @ g @ dc)
+        if (stop(math.sqrt(max(moved2, 0.0)), dist2) if stop is not None
+                else eps > 0 and moved2 < eps * eps):
+            return c, iterations, False
+    return c, iterations, False
+
+
 def _iterate_coefficients(x: torch.Tensor, center: torch.Tensor, step, *, eps: float,
                           max_iters: int, stop=None, rule: str | None = None
                           ) -> tuple[torch.Tensor, np.ndarray, int]:
@@ -224,27 +279,9 @@ def _iterate_coefficients(x: torch.Tensor, center: torch.Tensor, step, *, eps: f
     n = x.shape[0]
     iterations = 0
     for frame in range(_MAX_FRAMES):
-        g = _centered_gram(x, center, rule=rule if frame == 0 else None).numpy()
-        diag = np.diagonal(g).copy()
-        c = np.zeros(n)
-        drifted = False
-        while iterations < max_iters:
-            gc = g @ c
-            cgc = float(c @ gc)
-            dist2 = np.maximum(diag - 2.0 * gc + cgc, 0.0)
-            positive = dist2[dist2 > 0]
-            if (frame + 1 < _MAX_FRAMES and positive.size
-                    and cgc > _RECENTER_RATIO * float(positive.min())):
-                drifted = True
-                break
-            iterations += 1
-            new_c = step(c, dist2)
-            dc = new_c - c
-            c = new_c
-            moved2 = float(dc @ g @ dc)
-            if (stop(math.sqrt(max(moved2, 0.0)), dist2) if stop is not None
-                    else eps > 0 and moved2 < eps * eps):
-                return center, c, iterations
+        c, iterations, drifted = _iterate_in_frame(
+            _frame(x, center, rule=rule if frame == 0 else None), np.zeros(n), step, eps=eps,
+            iterations=iterations, max_iters=max_iters, stop=stop, last_frame=frame + 1 == _MAX_FRAMES)
         if not drifted:
             return center, c, iterations
         center = _combine(x, center, torch.from_numpy(c))
@@ -772,8 +809,23 @@ def centered_clip_with_info(x: torch.Tensor, *, tau: float = 1.0, eps: float = 1
     Raises ValueError on bad input, ``tau <= 0``, ``eps < 0``, ``rtol < 0``, ``max_iters < 0``, an unknown
     init or method.
     """
+    pn, v0, row = _centered_clip_start(x, tau=tau, eps=eps, max_iters=max_iters, init=init, weights=weights,
+                                       method=method, rtol=rtol)
+    step, stop = _centered_clip_iteration(pn, tau=tau, eps=eps, method=method, rtol=rtol)
+    center, c, iterations = _iterate_coefficients(
+        x, v0, step, eps=eps, max_iters=max_iters,
+        stop=stop if (eps > 0 or rtol > 0) else (lambda move, dist2: False), rule="centered_clip")
+    v, sq = _combine_with_distances(x, center, c,
+                                    center_row=row if init == "medoid" and center is v0 else None)
+    return CenteredClipResult(v, iterations, sq.sqrt_())
+
+
+def _centered_clip_start(x: torch.Tensor, *, tau: float | None, eps: float, max_iters: int, init: str,
+                         weights, method: str, rtol: float) -> tuple[np.ndarray, torch.Tensor, int | None]:
+    """:func:`centered_clip_with_info`'s checks (``tau`` is not checked when None) and start: returns the
+    normalised weights ``p`` (numpy), the start ``v0`` and, for ``init="medoid"``, its row."""
     n, _ = _check(x, "centered_clip", finite=False)  # the first Gram pass tests for NaN/inf
-    if not (tau > 0):
+    if tau is not None and not (tau > 0):
         raise ValueError(f"centered_clip needs tau > 0, got tau={tau}")
     if eps < 0 or max_iters < 0 or not (rtol >= 0):
         raise ValueError(f"centered_clip needs eps >= 0, rtol >= 0 and max_iters >= 0, got eps={eps}, "
@@ -783,6 +835,7 @@ def centered_clip_with_info(x: torch.Tensor, *, tau: float = 1.0, eps: float = 1
     p = _check_weights("centered_clip", weights, n)
     if p is None:
         p = torch.full((n,), 1.0 / n, dtype=torch.float64)
+    row = None
     if init == "median":
         v0 = median(x)
     elif init == "mean":
@@ -792,8 +845,11 @@ def centered_clip_with_info(x: torch.Tensor, *, tau: float = 1.0, eps: float = 1
         v0 = x[row]
     else:
         raise ValueError(f"centered_clip: unknown init {init!r} (expected 'median', 'mean' or 'medoid')")
+    return p.numpy(), v0, row
 
-    pn = p.numpy()
+
+def _centered_clip_iteration(pn: np.ndarray, *, tau: float, eps: float, method: str, rtol: float):
+    """CenteredClip's ``(step, stop)`` for :func:`_iterate_coefficients` (see :func:`centered_clip_with_info`)."""
     last = {}
 
     def weights_at(dist2):
@@ -821,12 +877,76 @@ def centered_clip_with_info(x: torch.Tensor, *, tau: float = 1.0, eps: float = 1
         residual = move if method == "clip" else move * float(w.sum())
         return residual < eps + rtol * float(w @ last["dist"])
 
-    center, c, iterations = _iterate_coefficients(
-        x, v0, step, eps=eps, max_iters=max_iters,
-        stop=stop if (eps > 0 or rtol > 0) else (lambda move, dist2: False), rule="centered_clip")
-    v, sq = _combine_with_distances(x, center, c,
-                                    center_row=row if init == "medoid" and center is v0 else None)
-    return CenteredClipResult(v, iterations, sq.sqrt_())
+    return step, stop
+
+
+class CenteredClipSolver:
+    """CenteredClip of one stack ``x`` for one ``tau`` after another, paying the start and the Gram pass once.
+
+    The start (``init``) and the Gram matrix around it do not depend on ``tau``: :meth:`solve` runs the
+    iteration in coefficient space for a ``tau`` (O(n^2) per iteration, no pass over ``x``), from where
+    the previous :meth:`solve` ended, and returns the distances the Gram gives at its fixed point (to
+    ~1e-7 relative; they drive a search over ``tau``, ``worker_client.btard.tau``). :meth:`result` builds
+    ``v`` and its exact distances in one pass over ``x``, as :func:`centered_clip_with_info` returns them.
+    A solve whose iterate drifts re-centres the frame with a fresh Gram pass (as
+    :func:`centered_clip_with_info` does), and later solves go on in that frame; ``gram_passes`` counts
+    the Gram passes. The parameters are :func:`centered_clip_with_info`'s."""
+
+    def __init__(self, x: torch.Tensor, *, eps: float = 1e-6, max_iters: int = 100, init: str = "median",
+                 weights=None, method: str = "clip", rtol: float = 0.0):
+        self.x, self.eps, self.max_iters, self.method, self.rtol = x, eps, max_iters, method, rtol
+        with _thread_setting():
+            self._pn, v0, self._row = _centered_clip_start(x, tau=None, eps=eps, max_iters=max_iters,
+                                                           init=init, weights=weights, method=method, rtol=rtol)
+            self.frame = _frame(x, v0, rule="centered_clip")
+        self.gram_passes = 1
+        self.c = np.zeros(x.shape[0])
+        self.iterations = 0
+        self.tau: float | None = None
+
+    def solve(self, tau: float) -> np.ndarray:
+        """Iterate to CenteredClip's fixed point for ``tau`` (the stop of :func:`centered_clip_with_info`)
+        and return ``||x_k - v||`` from the Gram at it (float64 [n])."""
+        if not (tau > 0):
+            raise ValueError(f"centered_clip needs tau > 0, got tau={tau}")
+        step, stop = _centered_clip_iteration(self._pn, tau=tau, eps=self.eps, method=self.method, rtol=self.rtol)
+        if not (self.eps > 0 or self.rtol > 0):
+            stop = lambda move, dist2: False
+        iterations = 0
+        while True:
+            self.c, iterations, drifted = _iterate_in_frame(
+                self.frame, self.c, step, eps=self.eps, iterations=iterations, max_iters=self.max_iters,
+                stop=stop, last_frame=self.gram_passes >= _MAX_FRAMES)
+            if not drifted:
+                break
+            with _thread_setting():
+                center = _combine(self.x, self.frame.center, torch.from_numpy(self.c))
+                self.frame = _frame(self.x, center)
+            self.gram_passes += 1
+            self.c = np.zeros(self.x.shape[0])
+            self._row = None
+        self.iterations += iterations
+        self.tau = tau
+        return np.sqrt(_frame_sq_distances(self.frame, self.c))
+
+    def residual(self, tau: float, distances) -> tuple[float, float]:
+        """``(||R||, sum_k w_k d_k)`` at the iterate of the last :meth:`solve` for ``tau``, with the weights
+        ``w_k = p_k min(1, tau / d_k)`` of the given ``distances`` (the exact ones of :meth:`result`):
+        :func:`centered_clip_with_info` stops once ``||R|| < eps + rtol sum_k w_k d_k``. ``R = sum_k w_k
+        (x_k - v) = y^T (w - (sum w) c)``, its norm from the Gram."""
+        dist = np.asarray(distances, dtype=np.float64)
+        far = dist > tau
+        w = self._pn.copy()
+        w[far] *= tau / dist[far]
+        r = w - float(w.sum()) * self.c
+        return math.sqrt(max(float(r @ self.frame.g @ r), 0.0)), float(w @ dist)
+
+    def result(self) -> CenteredClipResult:
+        """``v`` of the last :meth:`solve` and its exact distances (one pass over ``x``); ``iterations``
+        counts those of every solve so far."""
+        with _thread_setting():
+            v, sq = _combine_with_distances(self.x, self.frame.center, self.c, center_row=self._row)
+        return CenteredClipResult(v, self.iterations, sq.sqrt_())
 
 
 def centered_clip(x: torch.Tensor, *, tau: float = 1.0, eps: float = 1e-6, max_iters: int = 100,
