@@ -27,23 +27,14 @@ def _old_secant_loop(x: torch.Tensor, params) -> tuple[aggregators.CenteredClipR
     """The solve before issue 16: secant steps on T(tau) - tau, each T from a full CenteredClip run's exact
     distances (medoid start, Gram pass and combine every time)."""
     x = x.to(torch.float32)
-    tau = params.tau
-    res = tau_module._clip(x, params, tau)
-    prev = None
-    for _ in range(tau_module.TAU_MAX_ROUNDS):
-        t_new = part_tau(params, res.distances.tolist())
-        g = t_new - tau
-        if abs(g) <= TAU_RTOL * tau:
-            break
-        nxt = t_new
-        if prev is not None and g != prev[1]:
-            secant = tau - g * (tau - prev[0]) / (g - prev[1])
-            if tau / 2 <= secant <= 2 * tau:
-                nxt = secant
-        prev = (tau, g)
-        tau = nxt
-        res = tau_module._clip(x, params, tau)
-    return res, tau
+    last = {}
+
+    def full_run(tau: float) -> float:  # T(tau) from a full CenteredClip run's exact distances
+        last["res"] = tau_module._clip(x, params, tau)
+        return part_tau(params, last["res"].distances.tolist())
+
+    tau, _ = tau_module._tau_fixed_point(full_run, params.tau, TAU_RTOL, tau_module.TAU_MAX_ROUNDS)
+    return last["res"], tau
 
 
 def _pairs(rows: int, numel: int, gen: torch.Generator) -> torch.Tensor:
