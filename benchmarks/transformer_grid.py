@@ -173,8 +173,8 @@ def one_run(cfg: dict) -> dict:
     steps: list[dict] = []
     if cfg.get("trace"):
         _install_trace(run_simulation, cls(), trace)
-        if cfg["aggregator"] == "btard":
-            _install_step_trace(steps)
+    if (cfg.get("trace") or cfg.get("step_trace")) and cfg["aggregator"] == "btard":
+        _install_step_trace(steps)
     protocol_params = dict(cfg.get("protocol_params") or {})
     load0, t0, c0 = os.getloadavg(), time.monotonic(), time.process_time()
     try:
@@ -244,7 +244,8 @@ def run_grid(args: argparse.Namespace) -> int:
                    "eval_every": args.eval_every, "tau": args.tau, "validators": args.validators,
                    "batch": args.batch, "global_batch": args.global_batch, "ctx": args.ctx, "warmup": args.warmup,
                    "total_steps": args.total_steps, "eval_windows": args.eval_windows,
-                   "cache_cap": args.cache_cap, "decode_cap": args.decode_cap, "trace": args.trace, "protocol_params": protocol_params,
+                   "cache_cap": args.cache_cap, "decode_cap": args.decode_cap, "trace": args.trace,
+                   "step_trace": args.step_trace, "protocol_params": protocol_params,
                    "commit": os.environ.get("BTARD_CODE_COMMIT") or _commit()}
             tmp = path.with_suffix(".part")
             try:  # a second runner on the same directory takes the next run instead
@@ -384,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--decode-cap", type=int, default=300, help="decoded parts the peers' shared cache keeps")
     ap.add_argument("--protocol-param", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--trace", action="store_true")
+    ap.add_argument("--step-trace", action="store_true",
+                    help="record only each step's outcome and reason (cheap; --trace also does this)")
     ap.add_argument("--run", nargs=2, action="append", metavar=("ATTACK", "AGGREGATOR"))
     ap.add_argument("--out", default="results/transformer/grid")
     ap.add_argument("--plot", metavar="DIR", help="draw DIR/loss.png and print the table; run nothing")
