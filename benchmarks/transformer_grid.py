@@ -292,11 +292,22 @@ def _loss_at(run: dict, step: int) -> float | None:
     return next((loss for s, loss in run.get("loss_curve", []) if s == step), None)
 
 
+def _loss_at_updates(run: dict, updates: int) -> float | None:
+    """The clean run's held-out loss after ``updates`` applied updates, interpolated linearly between its
+    evaluations (a clean run applies every step, so its step ``k`` is its ``k``-th update)."""
+    curve = sorted(run.get("loss_curve", []))
+    for (s0, l0), (s1, l1) in zip(curve, curve[1:]):
+        if s0 <= updates <= s1:
+            return l0 + (l1 - l0) * (updates - s0) / max(1, s1 - s0)
+    return None
+
+
 def table(directory: Path) -> str:
     runs = load_grid(directory)
     lines = [("| run | held-out loss at its last step | vs clean BTARD at that step | attackers banned (last at step) | honest banned "
-              "| applied steps | dropped (bound: before+after the last ban) | wall s | load (start-end) |"),
-             "|---|---|---|---|---|---|---|---|---|"]
+              "| applied steps | vs clean BTARD after as many updates | dropped (bound: before+after the last ban) | wall s "
+              "| load (start-end) |"),
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, s in runs.items():
         seed = s["config"]["seed"]
         clean = runs.get(run_name("none", "btard", seed))
@@ -305,12 +316,17 @@ def table(directory: Path) -> str:
         ref = _loss_at(clean, s["config"]["steps"]) if clean else None
         loss = s["final_loss"]
         gap = f"{100 * (loss - ref) / ref:+.1f}%" if ref and loss is not None and math.isfinite(loss) else "-"
+        # the same loss against the clean run after as many updates as this run applied: what is left once
+        # the dropped steps' cost is taken out (the attackers' pull and the smaller group)
+        same = _loss_at_updates(clean, s["applied_steps"]) if clean else None
+        gap_updates = (f"{100 * (loss - same) / same:+.1f}%" if same and loss is not None and math.isfinite(loss)
+                       else "-")
         byz = len(s["byzantine"])
         banned = (f"{s['byzantine_banned']}/{byz} ({s['last_ban_step']})" if s["config"]["aggregator"] == "btard"
                   and byz else "-")
         note = f" (diverged at {s['diverged_at']})" if "diverged_at" in s else ""
         lines.append(f"| {name} | {loss:.3f}{note} | {gap} | {banned} | {s['honest_banned']} | "
-                     f"{s['applied_steps']}/{s['config']['steps']} | {drop_causes(s)} | {s['wall_seconds']:.0f} | "
+                     f"{s['applied_steps']}/{s['config']['steps']} | {gap_updates} | {drop_causes(s)} | {s['wall_seconds']:.0f} | "
                      f"{s['load_average']['start'][0]:.0f}-{s['load_average']['end'][0]:.0f} |")
     return "\n".join(lines)
 
@@ -331,7 +347,9 @@ def plot(directory: Path) -> Path:
 
     runs = load_grid(directory)
     seeds = sorted({s["config"]["seed"] for s in runs.values()})
-    attacks = [a for a in ATTACKS if any(s["config"]["attack"] == a for s in runs.values())] or list(ATTACKS)
+    present = {s["config"]["attack"] for s in runs.values()} - {"none"}
+    # the fixed attacks in their usual order, then any other (adaptive) attack the directory holds
+    attacks = [a for a in ATTACKS if a in present] + sorted(present - set(ATTACKS)) or list(ATTACKS)
     fig, axes = plt.subplots(len(seeds), len(attacks), figsize=(4.2 * len(attacks), 3.4 * len(seeds)),
                              squeeze=False, sharey=True)
     styles = {"btard": "C0", "mean": "C3", "centered_clip": "C2"}
