@@ -36,14 +36,27 @@ def soak_demo(ours: argparse.Namespace) -> Demo:
     demo = Demo(build_parser().parse_args(["--port", str(ours.port), "--var-dir", str(ours.var_dir),
                                            "--peers", str(ours.peers), "--byzantine", str(ours.byzantine)]))
     demo.env["DEBUG"] = "1" if ours.debug else "0"  # the site's processes get demo.env (the group's env too)
-    if getattr(ours, "memlog", 0):
+    if getattr(ours, "memlog", 0) or getattr(ours, "tracemalloc", None):
         inject = Path(demo.var) / "memlog"
         inject.mkdir(parents=True, exist_ok=True)
-        (inject / "sitecustomize.py").write_text(MEMLOG_SITECUSTOMIZE)
-        demo.env.update(PYTHONPATH=os.pathsep.join([str(inject), demo.env["PYTHONPATH"]]),
-                        BTARD_SOAK_MEMLOG=str(inject / "memlog.jsonl"), BTARD_SOAK_MEMLOG_EVERY=str(ours.memlog),
+        (inject / "sitecustomize.py").write_text(MEMLOG_SITECUSTOMIZE + TRACEMALLOC_SITECUSTOMIZE)
+        demo.env.update(PYTHONPATH=os.pathsep.join([str(inject), demo.env["PYTHONPATH"]]))
+    if getattr(ours, "memlog", 0):
+        demo.env.update(BTARD_SOAK_MEMLOG=str(inject / "memlog.jsonl"),
+                        BTARD_SOAK_MEMLOG_EVERY=str(ours.memlog),
                         BTARD_SOAK_MEMLOG_TRIM="1" if ours.memlog_trim else "0")
+    if getattr(ours, "tracemalloc", None):
+        tm = tracemalloc_dir(demo)
+        tm.mkdir(parents=True, exist_ok=True)
+        demo.env.update(BTARD_SOAK_TRACEMALLOC=str(tm),
+                        BTARD_SOAK_TRACEMALLOC_FRAMES=str(ours.tracemalloc_frames))
     return demo
+
+
+def tracemalloc_dir(demo: Demo) -> Path:
+    """Where ``--tracemalloc`` puts its requests and the site's snapshots (``snapshot-<label>.pickle``, a
+    ``tracemalloc.Snapshot.dump``, with ``snapshot-<label>.json``: when, the step, the traced and RSS sizes)."""
+    return Path(demo.var) / "tracemalloc"
 
 
 # ``--memlog``: a sitecustomize on the site's PYTHONPATH; in the Daphne process only (not the workers, not
@@ -135,6 +148,101 @@ if os.environ.get("BTARD_SOAK_MEMLOG") and any(a.endswith(b"daphne") for a in _a
 '''
 
 
+# ``--tracemalloc STEP...``: the same sitecustomize, in the Daphne process only: a daemon thread watches
+# <var-dir>/tracemalloc/ for ``request-<label>`` files that the soak writes when the run reaches a STEP listed
+# (and ``end`` before it stops the site). The first request starts tracemalloc (N frames); each one then runs a
+# full gc.collect() (so a cycle not yet collected is not counted as growth) and dumps a snapshot. Tracing starts
+# late on purpose: what was allocated before it is not traced, so a bounded cache whose entries were all made
+# before the start would show its turnover as growth; compare snapshots from a step well after the first.
+TRACEMALLOC_SITECUSTOMIZE = r'''
+if os.environ.get("BTARD_SOAK_TRACEMALLOC") and any(a.endswith(b"daphne") for a in _argv):
+    import gc as _gc, json as _json, threading as _threading, time as _time, tracemalloc as _tracemalloc
+    from pathlib import Path as _Path
+
+    def _tm_rss():
+        for line in open("/proc/self/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return None
+
+    def _tm_loop(where, frames):
+        while True:
+            _time.sleep(0.5)
+            for req in sorted(where.glob("request-*")):
+                label = req.name[len("request-"):]
+                rec = {"label": label, "t": _time.strftime("%Y-%m-%dT%H:%M:%SZ", _time.gmtime())}
+                try:
+                    rec.update(_json.loads(req.read_text() or "{}"))  # the soak's step and time
+                    t0 = _time.monotonic()
+                    if not _tracemalloc.is_tracing():
+                        _tracemalloc.start(frames)
+                        rec["started"] = True
+                    _gc.collect()
+                    snap = _tracemalloc.take_snapshot()
+                    snap.dump(str(where / f"snapshot-{label}.pickle"))
+                    cur, peak = _tracemalloc.get_traced_memory()
+                    rec.update(traced_kib=cur // 1024, traced_peak_kib=peak // 1024, traces=len(snap.traces),
+                               overhead_kib=_tracemalloc.get_tracemalloc_memory() // 1024, rss_kib=_tm_rss(),
+                               pause_s=round(_time.monotonic() - t0, 2), frames=frames)
+                except Exception as exc:  # a diagnostic never stops the site
+                    rec["error"] = repr(exc)
+                (where / f"snapshot-{label}.json").write_text(_json.dumps(rec))
+                req.unlink(missing_ok=True)
+
+    _threading.Thread(target=_tm_loop, name="soak-tracemalloc", daemon=True,
+                      args=(_Path(os.environ["BTARD_SOAK_TRACEMALLOC"]),
+                            int(os.environ.get("BTARD_SOAK_TRACEMALLOC_FRAMES", "12")))).start()
+'''
+
+
+def request_snapshot(demo: Demo, label: str, step: int | None, *, wait: float = 0.0) -> dict | None:
+    """Ask the site's tracemalloc thread for a snapshot; with ``wait``, wait up to that many seconds for its
+    ``snapshot-<label>.json`` and return it (None if it did not come)."""
+    where = tracemalloc_dir(demo)
+    (where / f"request-{label}").write_text(json.dumps({"step": step, "soak_t": time.strftime(
+        "%Y-%m-%dT%H:%M:%SZ", time.gmtime())}))
+    done = where / f"snapshot-{label}.json"
+    deadline = time.monotonic() + wait
+    while wait and time.monotonic() < deadline:
+        if done.exists():
+            with contextlib.suppress(ValueError):
+                return json.loads(done.read_text())
+        time.sleep(0.5)
+    return None
+
+
+def tracemalloc_growth(before: Path, after: Path, *, top: int = 25, group: str = "traceback",
+                       frames: int = 12) -> str:
+    """The allocation sites that grew most from snapshot ``before`` to ``after`` (``Snapshot.dump`` files of
+    ``--tracemalloc``), grouped by ``group`` (``traceback``, ``lineno`` or ``filename``): size and count
+    differences, per step where both snapshots' ``.json`` say their step, each with its traceback (innermost
+    frame last). The snapshot thread's own frames (tracemalloc, the sitecustomize) are left out."""
+    import tracemalloc
+
+    exclude = [tracemalloc.Filter(False, tracemalloc.__file__), tracemalloc.Filter(False, "*/pickle.py"),
+               tracemalloc.Filter(False, "*/sitecustomize.py", all_frames=True)]
+    a = tracemalloc.Snapshot.load(str(before)).filter_traces(exclude)
+    b = tracemalloc.Snapshot.load(str(after)).filter_traces(exclude)
+    meta = [json.loads(p.with_suffix(".json").read_text()) if p.with_suffix(".json").exists() else {}
+            for p in (before, after)]
+    steps = (meta[1].get("step") or 0) - (meta[0].get("step") or 0)
+    diff = b.compare_to(a, group)
+    total = sum(d.size_diff for d in diff)
+    grew = sum(d.size_diff for d in diff if d.size_diff > 0)
+    lines = [(f"tracemalloc growth {before.name} (step {meta[0].get('step')}, {meta[0].get('t')}) -> "
+              f"{after.name} (step {meta[1].get('step')}, {meta[1].get('t')}), grouped by {group}"),
+             f"traced: {sum(s.size for s in a.statistics('filename')) / 1024:.1f} -> "
+             f"{sum(s.size for s in b.statistics('filename')) / 1024:.1f} KiB; net {total / 1024:+.1f} KiB"
+             + (f" ({total / steps:+.0f} B a step over {steps} steps)" if steps > 0 else "")
+             + f"; the growing sites {grew / 1024:+.1f} KiB"]
+    for i, d in enumerate(diff[:top], 1):
+        per = f", {d.size_diff / steps:+.0f} B/step" if steps > 0 else ""
+        lines.append(f"#{i}: {d.size_diff / 1024:+.1f} KiB ({d.size / 1024:.1f} KiB now), "
+                     f"{d.count_diff:+d} blocks ({d.count} now){per}")
+        lines.extend("    " + line for line in d.traceback.format(limit=frames))
+    return "\n".join(lines)
+
+
 def rss_mib(pid: int) -> float:
     return memory_mib(pid).get("rss", float("nan"))
 
@@ -200,6 +308,18 @@ def build_soak_parser() -> argparse.ArgumentParser:
     parser.add_argument("--memlog-trim", action="store_true",
                         help="with --memlog: call malloc_trim(0) after each sample and log the RSS after it "
                              "(diagnosis only: what RSS the allocator kept as free memory)")
+    parser.add_argument("--tracemalloc", type=int, nargs="+", default=None, metavar="STEP",
+                        help="the site's Daphne process starts tracemalloc when the run reaches the first STEP and "
+                             "dumps a snapshot there, at each later STEP and at the end, to <var-dir>/tracemalloc/ "
+                             "(diagnosis only: tracing slows the site; off by default). Compare two with "
+                             "--tracemalloc-diff")
+    parser.add_argument("--tracemalloc-frames", type=int, default=12, help="frames a traceback keeps (default 12)")
+    parser.add_argument("--tracemalloc-diff", type=Path, nargs=2, default=None, metavar=("BEFORE", "AFTER"),
+                        help="print the allocation sites that grew most between two snapshot-*.pickle files of "
+                             "--tracemalloc and exit (no soak)")
+    parser.add_argument("--tracemalloc-group", choices=("traceback", "lineno", "filename"), default="traceback",
+                        help="with --tracemalloc-diff: how to group the allocations (default traceback)")
+    parser.add_argument("--tracemalloc-top", type=int, default=25, help="with --tracemalloc-diff: sites to print")
     parser.add_argument("--plot", type=Path, default=None, help="also draw the RSS samples to this PNG")
     parser.add_argument("--plot-from", type=Path, default=None,
                         help="draw --plot from this summary.json of an earlier soak and exit (no soak)")
@@ -208,6 +328,10 @@ def build_soak_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     ours = build_soak_parser().parse_args(argv)
+    if ours.tracemalloc_diff:
+        print(tracemalloc_growth(*ours.tracemalloc_diff, top=ours.tracemalloc_top, group=ours.tracemalloc_group,
+                                 frames=ours.tracemalloc_frames))
+        return 0
     if ours.plot_from:
         plot(json.loads(ours.plot_from.read_text()), ours.plot or ours.plot_from.with_suffix(".png"))
         return 0
@@ -243,6 +367,10 @@ def main(argv=None) -> int:
         except KeyboardInterrupt:
             summary["interrupted"] = True  # Ctrl-C / SIGTERM: summarise what ran
         summary["seconds"] = round(time.monotonic() - t0, 1)
+        if ours.tracemalloc:  # the last snapshot, while the swarm still runs (it may take a while when loaded)
+            with contextlib.suppress(OSError, ValueError, KeyboardInterrupt):
+                summary.setdefault("tracemalloc", []).append(
+                    request_snapshot(demo, "end", step(), wait=300) or {"label": "end", "missing": True})
         summary["rss_end_mib"] = rss_mib(site_pid)
         summary["memory_end_mib"] = memory_mib(site_pid)
         state = api(demo.url, f"/api/runs/{rid}/")
@@ -319,6 +447,10 @@ def _loop(demo, ours, rng, honest, argv_of, step, site_pid, summary, out: Path) 
                 summary["kills"] += 1
                 summary.setdefault("kill_log", []).append([s, victim])  # [step, worker]
             last_kill = now
+        for at in ours.tracemalloc or ():
+            if s >= at and at not in summary.setdefault("tracemalloc_requested", []):
+                request_snapshot(demo, str(at), s)  # labelled by the STEP asked for; its .json has the step
+                summary["tracemalloc_requested"].append(at)
         memory = memory_mib(site_pid)
         rss = memory.get("rss", float("nan"))
         if len(summary["rss_samples_mib"]) < 2000:

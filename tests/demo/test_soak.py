@@ -74,3 +74,40 @@ def test_memlog_logs_the_sites_heaps_in_the_daphne_process_only(tmp_path):
         assert r["malloc_used"] > 0 and r["malloc_arena"] >= r["malloc_used"]
         assert r["pymalloc_arenas"] >= 1 and r["pymalloc_used"] > 0
         assert "rss_after_trim" in r and "sqlite_used" in r
+
+
+def test_tracemalloc_snapshots_the_daphne_process_and_names_the_site_that_grew(tmp_path):
+    """--tracemalloc: the Daphne process dumps a snapshot when the soak asks; the diff of two names the line
+    whose allocations grew between them, with their size and count."""
+    import subprocess
+    import sys
+    import time
+
+    from benchmarks.soak import request_snapshot, tracemalloc_dir, tracemalloc_growth
+
+    demo = soak_demo(build_soak_parser().parse_args(["--var-dir", str(tmp_path), "--tracemalloc", "1", "2"]))
+    grows = ("import pathlib, time\n"
+             "keep, where = [], pathlib.Path(__import__('os').environ['BTARD_SOAK_TRACEMALLOC'])\n"
+             "while not (where / 'snapshot-1.json').exists(): time.sleep(0.05)\n"
+             "for _ in range(200): keep.append(bytearray(5000))  # the growing site\n"
+             "(where / 'grown').touch()\n"
+             "while not (where / 'snapshot-2.json').exists(): time.sleep(0.05)\n")
+    program = tmp_path / "site.py"
+    program.write_text(grows)
+    site = subprocess.Popen([sys.executable, str(program), "-m", "daphne"], env=demo.env)  # the site's argv
+    try:
+        first = request_snapshot(demo, "1", 10, wait=60)
+        while not (tracemalloc_dir(demo) / "grown").exists() and site.poll() is None:
+            time.sleep(0.05)
+        second = request_snapshot(demo, "2", 20, wait=60)
+        site.wait(timeout=60)
+    finally:
+        site.kill()
+    assert first["started"] and "error" not in first and "error" not in second
+    where = tracemalloc_dir(demo)
+    report = tracemalloc_growth(where / "snapshot-1.pickle", where / "snapshot-2.pickle", top=1)
+    top = report.split("#1:", 1)[1]
+    grew_kib = float(top.split("KiB", 1)[0])
+    assert 200 * 5000 / 1024 <= grew_kib < 1.1 * 200 * 5000 / 1024  # the 200 buffers (and their objects)
+    assert "B/step" in top  # 10 steps apart: ~100 KB a step
+    assert "site.py\", line 4" in top and "# the growing site" in top  # where, with its source line
