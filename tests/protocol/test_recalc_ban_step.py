@@ -1,8 +1,9 @@
-"""A ban from the validation of step t-1 (recalculation) does not drop step t (docs/protocol.md step 10).
+"""A ban from the validation of step t-1 (recalculation) drops step t, by design (docs/protocol.md step 10).
 
-The recalculation judges a gradient of the previous step; step t's own aggregation passed every check of
-its own, so it is applied and whoever the verdict finds guilty (the target, or a false accuser) leaves.
-A fault in step t's own messages still drops it (tests/protocol/test_protocol_attacks.py)."""
+The coalition that one of its members was caught cheating for is still in step t's group, attacking; an
+ablation that applied such steps (docs/results.md, "Keeping the ban steps") cost BTARD a further 1.1
+points under optimal ALIE with non-IID shards. So every honest peer drops the step, the banned peer
+leaves, and the next step is applied without it, also when the accusation was false."""
 
 from __future__ import annotations
 
@@ -23,40 +24,21 @@ def _step_until_banned(swarm: Swarm, peer: str, steps: int) -> dict[str, P.StepR
     raise AssertionError(f"{peer[:8]} was not banned in {steps} steps")
 
 
-def _same_update(results: dict[str, P.StepResult], peers: list[str]) -> bool:
-    first = results[peers[0]].update
-    return all(results[p].update is not None and torch.equal(results[p].update, first) for p in peers)
-
-
-def test_the_step_in_which_a_recalculation_bans_a_gradient_attacker_is_applied_by_every_honest_peer():
+def test_the_step_in_which_a_recalculation_bans_a_gradient_attacker_is_dropped_by_every_honest_peer():
     swarm = Swarm(n=5, attack="sign_flip", byzantine=(2,), attack_start=1, params=P.ProtocolParams(validators=2))
     attacker = swarm.ids[2]
-    applied_before = swarm.version
     results = _step_until_banned(swarm, attacker, 12)
     assert swarm.board.banned[attacker].kind == "recalc"
     assert set(swarm.board.banned) == {attacker}
     honest = swarm.honest
-    assert {results[p].outcome for p in honest} == {"applied"}
-    assert _same_update(results, honest)
+    assert {results[p].outcome for p in honest} == {"dropped"}
+    assert all(results[p].update is None for p in honest)
     assert all(attacker in [b.peer for b in results[p].bans] for p in honest)
-    assert swarm.version > applied_before
-    # the next step runs without the banned peer, and is applied too
     after = swarm.step()
     assert attacker not in after
     assert {r.outcome for r in after.values()} == {"applied"}
-
-
-def test_seven_of_sixteen_gradient_attackers_cost_no_step_when_recalculation_bans_them():
-    swarm = Swarm(n=16, attack="sign_flip", byzantine=tuple(range(0, 14, 2)), attack_start=1, numel=64,
-                  params=P.ProtocolParams(validators=4))
-    for _ in range(30):
-        swarm.step()
-        if swarm.byzantine <= set(swarm.board.banned):
-            break
-    assert set(swarm.board.banned) == swarm.byzantine
-    assert {b.kind for b in swarm.board.banned.values()} == {"recalc"}
-    outcomes = [results[p].outcome for results in swarm.history for p in results if p not in swarm.byzantine]
-    assert set(outcomes) == {"applied"}
+    first = swarm.honest[0]
+    assert all(torch.equal(after[p].update, after[first].update) for p in swarm.honest)
 
 
 class _FalseRecalc(FalseAccuse):
@@ -71,7 +53,7 @@ class _FalseRecalc(FalseAccuse):
                                 reason="fabricated: recalculation failed")]
 
 
-def test_a_false_recalculation_accusation_bans_the_accuser_and_the_step_is_applied():
+def test_a_false_recalculation_accusation_bans_the_accuser_not_its_honest_target():
     swarm = Swarm(n=5, attack="false_accuse", byzantine=(0,), attack_start=1, params=P.ProtocolParams(validators=4))
     liar = swarm.ids[0]
     swarm.peers[liar].__class__ = _FalseRecalc
@@ -79,13 +61,6 @@ def test_a_false_recalculation_accusation_bans_the_accuser_and_the_step_is_appli
     ban = swarm.board.banned[liar]
     assert ban.kind == "false_accusation" and ban.accuser == liar
     assert set(swarm.board.banned) == {liar}
-    honest = swarm.honest
-    assert {results[p].outcome for p in honest} == {"applied"}
-    assert _same_update(results, honest)
-
-
-def test_a_false_accusation_about_the_step_s_own_messages_still_drops_it():
-    swarm = Swarm(n=5, attack="false_accuse", byzantine=(0,), attack_start=0)
-    results = swarm.step()
-    assert swarm.board.banned[swarm.ids[0]].kind == "false_accusation"
     assert {results[p].outcome for p in swarm.honest} == {"dropped"}
+    after = swarm.step()
+    assert liar not in after and {r.outcome for r in after.values()} == {"applied"}

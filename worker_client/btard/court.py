@@ -274,19 +274,6 @@ class Court:
         voters = [p for p in s.ctx.group if p not in s.silent]
         return all(p in votes for p in voters)
 
-    def recalc_only(self, guilty: str) -> bool:
-        """Every verdict against ``guilty`` this peer holds decides a recalculation accusation (the
-        target found guilty, or the accuser found false): a ban about step t-1, which does not drop
-        step t (``BtardPeer._step_faults``)."""
-        s = self.s
-        votes = s.guilty_votes.get(guilty, {})
-
-        def recalc_case(v: M.VerdictPayload) -> bool:
-            entry = s.accusations.get(v.evidence[0]) if v.evidence else None
-            return entry is not None and entry[1].kind == M.FaultKind.recalc and v.accuser == entry[0].sender
-
-        return bool(votes) and all(recalc_case(v) for _, v in votes.values())
-
     def bans(self) -> list[Ban]:
         s = self.s
         bans = []

@@ -612,38 +612,14 @@ class BtardPeer:
                 and not self._all(s, "mprng_reveal", s.mprng_members))
 
     @staticmethod
-    def _about_previous_step(s: StepState, digest: str) -> bool:
-        """``digest`` is a recalculation accusation: it judges a gradient of step t-1, not a message of
-        this step's aggregation (ours, below)."""
-        entry = s.accusations.get(digest)
-        return entry is not None and entry[1].kind == M.FaultKind.recalc
-
-    @staticmethod
-    def _step_faults(s: StepState) -> list[str]:
-        """The accusations and ELIMINATEs that decide this step: seen before this peer's report or listed
-        in a report (finding 6), held by this peer, and about this step's own messages.
-
-        A recalculation accusation (validation of step t-1, Sec. 3.3) does not: whoever its verdict
-        bans (the target, or a false accuser) leaves, and step t's aggregate, which passed every check
-        of its own, is applied (ours). Its target's step-t part went through the same CenteredClip and
-        checks as on any step where it is not validated, so keeping the step gives an attacker nothing
-        it does not have on those steps, and a false recalculation accusation can no longer drop a step.
-        A listed digest this peer does not hold yet decides nothing until it arrives; the fixed-point
-        check and the step's completion wait for every listed digest (``_reported_accusations_in``)."""
-        return [d for d in (s.early | s.listed)
-                if d in s.eliminates or (d in s.accusations and not BtardPeer._about_previous_step(s, d))]
-
-    @staticmethod
     def _doomed(s: StepState) -> bool:
         """The step cannot be applied any more (a fault is pending): skip to reports and verdicts.
 
-        An accusation or ELIMINATE about this step (:meth:`_step_faults`) dooms it when this peer saw it
-        before its own report (its report lists it) or a report lists it; one that came later and that
-        no report lists does not decide the step (finding 6). So does a fault this peer itself saw on the
-        board. Direct verdicts posted by others do not (ours: a Byzantine peer could otherwise stall every
-        step for free)."""
-        return (bool(BtardPeer._step_faults(s)) or s.mprng_failed or bool(s.faulted) or bool(s.aggregate_faulted)
-                or s.direct_seen)
+        An accusation or ELIMINATE dooms it when this peer saw it before its own report (its report
+        lists it) or a report lists it; one that came later and that no report lists does not decide
+        the step (finding 6). So does a fault this peer itself saw on the board. Direct verdicts posted
+        by others do not (ours: a Byzantine peer could otherwise stall every step for free)."""
+        return bool(s.early) or bool(s.listed) or s.mprng_failed or bool(s.faulted) or bool(s.aggregate_faulted) or s.direct_seen
 
     @staticmethod
     def _all(s: StepState, phase: str, who: list[str]) -> bool:
@@ -919,20 +895,17 @@ class BtardPeer:
         # and passed, the fixed-point check over every part included; reaching a deadline is not enough.
         eliminations = [(env.sender, e.target) for d, (env, e) in s.eliminates.items()
                         if d in s.listed or d in s.early]
-        complete = (s.r is not None and len(s.aggregates) == s.n and not eliminations
-                    and all(self._about_previous_step(s, d) for d in s.listed)
+        complete = (s.r is not None and len(s.aggregates) == s.n and not eliminations and not s.listed
                     and Stage.AGGREGATED in s.stages and Stage.FIXED_POINT_PASSED in s.stages
                     and self._reported_accusations_in())
-        # bans for step t-1's recalculation (the target, or its false accuser) do not drop this step
-        step_bans = [b for b in bans if not self._court.recalc_only(b.peer)]
         if outcome is None:
-            if eliminations and not step_bans:
+            if eliminations and not bans:
                 e = eliminations[0]
                 outcome, reason = "dropped", reason or f"ELIMINATE({e[0][:8]}, {e[1][:8]})"
-            elif self._doomed(s) and not step_bans:
+            elif self._doomed(s) and not bans:
                 outcome, reason = "dropped", reason or "a fault was raised and not resolved by a ban"
-            elif step_bans:
-                outcome, reason = "dropped", reason or f"banned during the step: {[b.peer[:8] for b in step_bans]}"
+            elif bans:
+                outcome, reason = "dropped", reason or f"banned during the step: {[b.peer[:8] for b in bans]}"
             elif s.bound_failed:
                 outcome, reason = "dropped", reason or (f"aggregate {s.bound_failed[0]} lies beyond the bound of "
                                                         f"a majority of contributors")
