@@ -44,7 +44,8 @@ def soak_demo(ours: argparse.Namespace) -> Demo:
     if getattr(ours, "memlog", 0):
         demo.env.update(BTARD_SOAK_MEMLOG=str(inject / "memlog.jsonl"),
                         BTARD_SOAK_MEMLOG_EVERY=str(ours.memlog),
-                        BTARD_SOAK_MEMLOG_TRIM="1" if ours.memlog_trim else "0")
+                        BTARD_SOAK_MEMLOG_TRIM="1" if ours.memlog_trim else "0",
+                        BTARD_SOAK_MEMLOG_GC="1" if ours.memlog_gc else "0")
     if getattr(ours, "tracemalloc", None):
         tm = tracemalloc_dir(demo)
         tm.mkdir(parents=True, exist_ok=True)
@@ -63,7 +64,8 @@ def tracemalloc_dir(demo: Demo) -> Path:
 # manage.py) a daemon thread appends one JSON line every N seconds: RSS and its kinds, glibc's mallinfo2()
 # (malloc's arenas: their size, bytes in use, bytes free), pymalloc's arenas and bytes in use
 # (sys._debugmallocstats), SQLite's own allocations (sqlite3_memory_used) and the site's lru caches. With
-# --memlog-trim it then calls malloc_trim(0) and logs the RSS after it (what the allocator kept free).
+# --memlog-trim it then calls malloc_trim(0) and logs the RSS after it (what the allocator kept free); with
+# --memlog-gc, gc.collect() (does the RSS still rise when no garbage cycle waits for a full collection?).
 MEMLOG_SITECUSTOMIZE = r'''
 import os
 try:
@@ -71,7 +73,7 @@ try:
 except OSError:
     _argv = []
 if os.environ.get("BTARD_SOAK_MEMLOG") and any(a.endswith(b"daphne") for a in _argv):
-    import ctypes, json, re, sys, tempfile, threading, time
+    import ctypes, gc, json, re, sys, tempfile, threading, time
 
     class _MallInfo2(ctypes.Structure):
         _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
@@ -127,9 +129,12 @@ if os.environ.get("BTARD_SOAK_MEMLOG") and any(a.endswith(b"daphne") for a in _a
         rnd = sys.modules.get("btard_wire.randomness")
         if rnd is not None:
             rec["mprng_cache"] = rnd.mprng_commitment.cache_info().currsize
+        stats = gc.get_stats()  # the collector: objects pending per generation, full collections so far
+        rec.update(gc_count=list(gc.get_count()), gc_full=stats[2]["collections"],
+                   gc_collected=[g["collected"] for g in stats])
         return rec
 
-    def _loop(path, every, trim):
+    def _loop(path, every, trim, collect):
         while True:
             time.sleep(every)
             try:
@@ -137,6 +142,8 @@ if os.environ.get("BTARD_SOAK_MEMLOG") and any(a.endswith(b"daphne") for a in _a
                 if trim:
                     _libc.malloc_trim(0)
                     rec["rss_after_trim"] = _kib_status()["rss"]
+                if collect:
+                    rec["gc_freed"] = gc.collect()
             except Exception as exc:  # a diagnostic never stops the site
                 rec = {"error": repr(exc)}
             with open(path, "a") as out:
@@ -144,7 +151,8 @@ if os.environ.get("BTARD_SOAK_MEMLOG") and any(a.endswith(b"daphne") for a in _a
 
     threading.Thread(target=_loop, name="soak-memlog", daemon=True,
                      args=(os.environ["BTARD_SOAK_MEMLOG"], float(os.environ.get("BTARD_SOAK_MEMLOG_EVERY", "10")),
-                           os.environ.get("BTARD_SOAK_MEMLOG_TRIM") == "1")).start()
+                           os.environ.get("BTARD_SOAK_MEMLOG_TRIM") == "1",
+                           os.environ.get("BTARD_SOAK_MEMLOG_GC") == "1")).start()
 '''
 
 
@@ -234,8 +242,10 @@ def tracemalloc_growth(before: Path, after: Path, *, top: int = 25, group: str =
              f"traced: {sum(s.size for s in a.statistics('filename')) / 1024:.1f} -> "
              f"{sum(s.size for s in b.statistics('filename')) / 1024:.1f} KiB; net {total / 1024:+.1f} KiB"
              + (f" ({total / steps:+.0f} B a step over {steps} steps)" if steps > 0 else "")
-             + f"; the growing sites {grew / 1024:+.1f} KiB"]
-    for i, d in enumerate(diff[:top], 1):
+             + f"; the growing sites {grew / 1024:+.1f} KiB, "
+             + f"the shrinking ones {(total - grew) / 1024:+.1f} KiB"]
+    growing = sorted((d for d in diff if d.size_diff > 0), key=lambda d: d.size_diff, reverse=True)
+    for i, d in enumerate(growing[:top], 1):
         per = f", {d.size_diff / steps:+.0f} B/step" if steps > 0 else ""
         lines.append(f"#{i}: {d.size_diff / 1024:+.1f} KiB ({d.size / 1024:.1f} KiB now), "
                      f"{d.count_diff:+d} blocks ({d.count} now){per}")
@@ -308,6 +318,10 @@ def build_soak_parser() -> argparse.ArgumentParser:
     parser.add_argument("--memlog-trim", action="store_true",
                         help="with --memlog: call malloc_trim(0) after each sample and log the RSS after it "
                              "(diagnosis only: what RSS the allocator kept as free memory)")
+    parser.add_argument("--memlog-gc", action="store_true",
+                        help="with --memlog: run a full gc.collect() after each sample and log what it freed "
+                             "(diagnosis only: the collector otherwise lets garbage cycles pile up in its oldest "
+                             "generation until they are a quarter of the long-lived objects)")
     parser.add_argument("--tracemalloc", type=int, nargs="+", default=None, metavar="STEP",
                         help="the site's Daphne process starts tracemalloc when the run reaches the first STEP and "
                              "dumps a snapshot there, at each later STEP and at the end, to <var-dir>/tracemalloc/ "

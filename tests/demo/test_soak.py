@@ -62,7 +62,7 @@ def test_memlog_logs_the_sites_heaps_in_the_daphne_process_only(tmp_path):
     import json
 
     demo = soak_demo(build_soak_parser().parse_args(["--var-dir", str(tmp_path), "--memlog", "0.5",
-                                                     "--memlog-trim"]))
+                                                     "--memlog-trim", "--memlog-gc"]))
     log = tmp_path / "memlog" / "memlog.jsonl"
     _run_with_the_soaks_env(demo, "-m", "worker_client.cli")  # argv of a worker: no log
     assert not log.exists()
@@ -74,6 +74,7 @@ def test_memlog_logs_the_sites_heaps_in_the_daphne_process_only(tmp_path):
         assert r["malloc_used"] > 0 and r["malloc_arena"] >= r["malloc_used"]
         assert r["pymalloc_arenas"] >= 1 and r["pymalloc_used"] > 0
         assert "rss_after_trim" in r and "sqlite_used" in r
+        assert len(r["gc_count"]) == 3 and r["gc_full"] >= 0 and r["gc_freed"] >= 0
 
 
 def test_tracemalloc_snapshots_the_daphne_process_and_names_the_site_that_grew(tmp_path):
