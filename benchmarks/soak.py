@@ -72,6 +72,18 @@ try:
     _argv = open("/proc/self/cmdline", "rb").read().split(b"\0")
 except OSError:
     _argv = []
+
+
+def _kib_status():  # this process's RSS and its kinds, KiB (both diagnoses below read it)
+    keys = {"VmRSS": "rss", "RssAnon": "anon", "RssFile": "file", "RssShmem": "shmem", "Threads": "threads"}
+    out = {}
+    for line in open("/proc/self/status"):
+        k, _, v = line.partition(":")
+        if k in keys:
+            out[keys[k]] = int(v.split()[0])
+    return out
+
+
 if os.environ.get("BTARD_SOAK_MEMLOG") and any(a.endswith(b"daphne") for a in _argv):
     import ctypes, gc, json, re, sys, tempfile, threading, time
 
@@ -89,15 +101,6 @@ if os.environ.get("BTARD_SOAK_MEMLOG") and any(a.endswith(b"daphne") for a in _a
         _sqlite = None
     _PYMALLOC = {"pymalloc_arenas": r"# arenas allocated current\s*=\s*([\d,]+)",
                  "pymalloc_used": r"# bytes in allocated blocks\s*=\s*([\d,]+)"}
-
-    def _kib_status():
-        keys = {"VmRSS": "rss", "RssAnon": "anon", "RssFile": "file", "RssShmem": "shmem", "Threads": "threads"}
-        out = {}
-        for line in open("/proc/self/status"):
-            k, _, v = line.partition(":")
-            if k in keys:
-                out[keys[k]] = int(v.split()[0])
-        return out
 
     def _pymalloc():
         with tempfile.TemporaryFile("w+") as tmp:  # _debugmallocstats writes to C stderr: fd 2 for a moment
@@ -167,12 +170,6 @@ if os.environ.get("BTARD_SOAK_TRACEMALLOC") and any(a.endswith(b"daphne") for a 
     import gc as _gc, json as _json, threading as _threading, time as _time, tracemalloc as _tracemalloc
     from pathlib import Path as _Path
 
-    def _tm_rss():
-        for line in open("/proc/self/status"):
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        return None
-
     def _tm_loop(where, frames):
         while True:
             _time.sleep(0.5)
@@ -190,7 +187,7 @@ if os.environ.get("BTARD_SOAK_TRACEMALLOC") and any(a.endswith(b"daphne") for a 
                     snap.dump(str(where / f"snapshot-{label}.pickle"))
                     cur, peak = _tracemalloc.get_traced_memory()
                     rec.update(traced_kib=cur // 1024, traced_peak_kib=peak // 1024, traces=len(snap.traces),
-                               overhead_kib=_tracemalloc.get_tracemalloc_memory() // 1024, rss_kib=_tm_rss(),
+                               overhead_kib=_tracemalloc.get_tracemalloc_memory() // 1024, rss_kib=_kib_status().get("rss"),
                                pause_s=round(_time.monotonic() - t0, 2), frames=frames)
                 except Exception as exc:  # a diagnostic never stops the site
                     rec["error"] = repr(exc)
