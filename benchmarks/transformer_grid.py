@@ -26,6 +26,7 @@ probe batch), and the norm of AdamW's second moment: what the sign-flip analysis
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -296,7 +297,7 @@ def _loss_at_updates(run: dict, updates: int) -> float | None:
     """The clean run's held-out loss after ``updates`` applied updates, interpolated linearly between its
     evaluations (a clean run applies every step, so its step ``k`` is its ``k``-th update)."""
     curve = sorted(run.get("loss_curve", []))
-    for (s0, l0), (s1, l1) in zip(curve, curve[1:]):
+    for (s0, l0), (s1, l1) in itertools.pairwise(curve):
         if s0 <= updates <= s1:
             return l0 + (l1 - l0) * (updates - s0) / max(1, s1 - s0)
     return None

@@ -10,6 +10,7 @@ It reads and updates that step's :class:`~.state.StepState`, files what it finds
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import TYPE_CHECKING
 
@@ -84,7 +85,7 @@ def shorth_sigma(n: int) -> float:
         return 0.0
     if n <= 64:
         return _SHORTH_TO_SIGMA * _SHORTH_MEAN_SMALL[n - 2]
-    for (n0, v0), (n1, v1) in zip(_SHORTH_MEAN_LARGE, _SHORTH_MEAN_LARGE[1:]):
+    for (n0, v0), (n1, v1) in itertools.pairwise(_SHORTH_MEAN_LARGE):
         if n <= n1:
             return _SHORTH_TO_SIGMA * (v0 + (v1 - v0) * (n - n0) / (n1 - n0))
     return _SHORTH_TO_SIGMA * _SHORTH_MEAN_LARGE[-1][1]
