@@ -928,7 +928,8 @@ class BtardPeer:
                 distances={j: dict(s.payload("agg_result", g).distances) for j, g in enumerate(ctx.group)
                            if s.got("agg_result", g)},
                 digests={key: entry[2] for key, entry in s.board.items()},
-                scales=list(s.scales) or (list(ctx.prev.scales) if ctx.prev is not None else []))
+                scales=list(s.scales) or (list(ctx.prev.scales) if ctx.prev is not None else []),
+                z_scales=list(s.z_scales) if s.scales else (list(ctx.prev.z_scales) if ctx.prev is not None else []))
         r = s.r if s.r is not None else skipped_randomness(s.ctx.r_prev, s.ctx.run, s.ctx.step)
         s.result = StepResult(step=s.ctx.step, outcome=outcome, update=update, bans=bans,
                               eliminations=list(dict.fromkeys(eliminations)), silent=sorted(s.silent),

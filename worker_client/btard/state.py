@@ -105,6 +105,9 @@ class StepRecord:
     # what the next step's aggregate bound weighs each part with (invariant 3): per part ``(lo, hi, rho)``,
     # rho the majority-th smallest distance to the aggregate per sqrt(value); empty when unknown
     scales: list[tuple[int, int, float]] = field(default_factory=list)
+    # and per part ``(lo, hi, sigma_z)``: the part's own spread along z per sqrt(value) (the contributors'
+    # majority interval of scalars, which the aggregator cannot move); the next step's second sample of it
+    z_scales: list[tuple[int, int, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -235,6 +238,7 @@ class StepState:
     fixed_point_margin: float = 0.0
     bound_failed: list[int] = field(default_factory=list)
     scales: list[tuple[int, int, float]] = field(default_factory=list)
+    z_scales: list[tuple[int, int, float]] = field(default_factory=list)
     direct_seen: bool = False
     members: frozenset = frozenset()
 
