@@ -137,7 +137,6 @@ def test_the_own_spread_reference_estimates_an_honest_sigma_without_small_group_
     assert abs(float(widths.mean()) / shorth_sigma(n) - 1.0) < 0.02
 
 
-
 def _bound_inputs(gen: torch.Generator, *, n: int = 9, parts: int = 5, d: int = 64, heavy: float = 30.0,
                   shift: float = 0.0):
     """What the bound reads of one step, with the honest aggregate (the mean) or part 0's moved ``shift``
