@@ -41,6 +41,7 @@ class WorkerStatus:
     bytes_received: int = 0
     steps_applied: int = 0
     steps_dropped: int = 0
+    steps_reverted: int = 0  # applied, then undone by the next step's recalculation ban
     bans_seen: list[str] = field(default_factory=list)
     last_error: str = ""
 
@@ -76,7 +77,8 @@ def render(status: WorkerStatus):
     row("group", f"{status.group_size} peers")
     row("role this step", ", ".join(status.step_roles) or "contributor")
     row("traffic", f"sent {human_bytes(status.bytes_sent)}, received {human_bytes(status.bytes_received)}")
-    row("steps", f"{status.steps_applied} applied, {status.steps_dropped} dropped")
+    row("steps", f"{status.steps_applied} applied, {status.steps_dropped} dropped"
+                 + (f", {status.steps_reverted} undone" if status.steps_reverted else ""))
     row("bans seen", ", ".join(b[:8] for b in status.bans_seen[-6:]) or "none")
     row("status", (status.status, "red" if status.status == "error" else "green"), f" {status.detail}")
     if status.last_error:

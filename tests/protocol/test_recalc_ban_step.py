@@ -1,4 +1,5 @@
-"""A ban from the validation of step t-1 (recalculation) drops step t, by design (docs/protocol.md step 10).
+"""A ban from the validation of step t-1 (recalculation) drops step t, by design (docs/protocol.md step 10),
+and undoes step t-1's update: that step's aggregate took in the banned peer's gradient.
 
 The coalition that one of its members was caught cheating for is still in step t's group, attacking; an
 ablation that applied such steps (docs/results.md, "Keeping the ban steps") cost BTARD a further 1.1
@@ -34,6 +35,7 @@ def test_the_step_in_which_a_recalculation_bans_a_gradient_attacker_is_dropped_b
     assert {results[p].outcome for p in honest} == {"dropped"}
     assert all(results[p].update is None for p in honest)
     assert all(attacker in [b.peer for b in results[p].bans] for p in honest)
+    assert all(results[p].revert_previous for p in honest)  # every honest peer undoes step t-1
     after = swarm.step()
     assert attacker not in after
     assert {r.outcome for r in after.values()} == {"applied"}
@@ -62,5 +64,15 @@ def test_a_false_recalculation_accusation_bans_the_accuser_not_its_honest_target
     assert ban.kind == "false_accusation" and ban.accuser == liar
     assert set(swarm.board.banned) == {liar}
     assert {results[p].outcome for p in swarm.honest} == {"dropped"}
+    assert not any(results[p].revert_previous for p in swarm.honest)  # a liar cannot make the group undo
     after = swarm.step()
     assert liar not in after and {r.outcome for r in after.values()} == {"applied"}
+
+
+def test_with_undo_turned_off_a_recalculation_ban_only_drops_its_own_step():
+    swarm = Swarm(n=5, attack="sign_flip", byzantine=(2,), attack_start=1,
+                  params=P.ProtocolParams(validators=2, revert_on_recalc_ban=False))
+    attacker = swarm.ids[2]
+    results = _step_until_banned(swarm, attacker, 12)
+    assert {results[p].outcome for p in swarm.honest} == {"dropped"}
+    assert not any(results[p].revert_previous for p in swarm.honest)

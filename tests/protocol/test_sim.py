@@ -6,6 +6,7 @@ import inspect
 import json
 
 import pytest
+import torch
 
 from worker_client.btard.aggregators import AGGREGATORS
 from worker_client.btard.attacks import ATTACKS, Byzantine
@@ -268,3 +269,36 @@ def test_joiners_need_btard_and_byzantine_joiners_need_an_attack():
         run_simulation(task="digits-mlp", peers=4, joiners=1, aggregator="mean", steps=1)
     with pytest.raises(ValueError, match="byzantine joiners run --attack"):
         run_simulation(task="digits-mlp", peers=4, joiners=1, byzantine_joiners=1, steps=1)
+
+
+def test_a_recalculation_ban_undoes_the_step_its_attacker_was_aggregated_in(monkeypatch):
+    from worker_client.sim import run as sim_run
+    from worker_client.tasks import flatten_params
+
+    before_apply: list = []  # the model before each applied update, in order
+    restored: list = []  # the model after each undo
+    original_apply = sim_run.apply_flat_update
+
+    def apply(model, update, optimizer):
+        before_apply.append(flatten_params(model).clone())
+        original_apply(model, update, optimizer)
+
+    class RecordingUndo(sim_run.UndoPoint):
+        def restore(self, params, optimizer):
+            super().restore(params, optimizer)
+            restored.append(flatten_params(params).clone())
+
+    monkeypatch.setattr(sim_run, "apply_flat_update", apply)
+    monkeypatch.setattr(sim_run, "UndoPoint", RecordingUndo)
+    out = run_simulation(task="mnist5k-mlp", peers=8, byzantine=2, attack="ipm", attack_start=2, steps=10,
+                         eval_every=5, validators=2)
+    stats = out
+    recalc_ban_steps = sorted({b["step"] for b in out["bans"] if b["kind"] == "recalc"})
+    assert recalc_ban_steps and stats["reverted_steps"]
+    # undone: exactly the applied steps right before a recalculation ban (here every such step was applied)
+    assert stats["reverted_steps"] == [s - 1 for s in recalc_ban_steps]
+    assert stats["applied_steps"] + stats["dropped_steps"] + len(stats["reverted_steps"]) == 10
+    assert len(restored) == len(stats["reverted_steps"])
+    # each undo puts back the model the undone update was applied to, bit for bit
+    for model in restored:
+        assert any(torch.equal(model, b) for b in before_apply)

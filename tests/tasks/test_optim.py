@@ -11,6 +11,7 @@ from torch import nn
 
 from worker_client.tasks import (
     TaskOptimizer,
+    UndoPoint,
     apply_flat_update,
     batch_gradient,
     compute_gradient,
@@ -134,6 +135,34 @@ def test_an_optimizer_state_loaded_from_its_vector_makes_the_next_update_bit_ide
         load_optimizer_state_vector(other, vec[:-1])
 
 
+@pytest.mark.parametrize("kind", ["sgd", "adamw", "lamb"])
+def test_undoing_an_update_makes_the_next_update_the_one_that_would_have_come_without_it(kind):
+    def build():
+        ps = _params()
+        return ps, TaskOptimizer(ps, kind=kind, lr=0.01, weight_decay=0.01, warmup_steps=3, total_steps=20,
+                                 max_grad_norm=1.0)
+
+    def update(ps, o, t):
+        for p, g in zip(ps, _grads(t, ps)):
+            p.grad = g
+        o.step()
+
+    params, opt = build()
+    plain, plain_opt = build()
+    for t in (1, 2):
+        update(params, opt, t)
+        update(plain, plain_opt, t)
+    point = UndoPoint(params, opt)
+    update(params, opt, 3)  # the update a recalculation ban undoes
+    assert not all(torch.equal(p, q) for p, q in zip(params, plain))
+    point.restore(params, opt)
+    assert all(torch.equal(p, q) for p, q in zip(params, plain))
+    assert torch.equal(optimizer_state_vector(opt), optimizer_state_vector(plain_opt))  # counter included
+    update(params, opt, 4)
+    update(plain, plain_opt, 4)
+    assert all(torch.equal(p, q) for p, q in zip(params, plain))
+
+
 def test_gradient_accumulation_gives_the_gradient_of_the_whole_batch():
     task = get_task("gpt-char-small")
     model = task.build_model(0)
@@ -178,6 +207,28 @@ def test_a_newcomer_downloads_the_group_optimizer_state_and_its_next_update_is_b
     assert torch.equal(newcomer.params(), donor.params())
     with pytest.raises(ValueError, match="expected"):
         newcomer.load_full_state(donor.full_state()[:-1], step=3)
+
+
+def test_a_worker_undoes_only_its_last_applied_step_and_keeps_that_step_s_snapshot():
+    from worker_client.worker import ModelState
+
+    task = get_task("gpt-char-small")
+    peer = ModelState(task, seed=3, lr=2e-3, device="cpu")
+    peer.snapshot(0)
+    g0, _ = peer.gradient(0, seed=0, batch_size=4)
+    peer.apply(g0, 1)
+    before, opt_before = peer.params(), optimizer_state_vector(peer.optimizer)
+    g1, _ = peer.gradient(1, seed=1, batch_size=4)
+    peer.apply(g1, 2)
+    assert not peer.revert(0)  # step 0 is not the last applied step
+    assert peer.revert(1)
+    assert torch.equal(peer.params(), before)
+    assert torch.equal(optimizer_state_vector(peer.optimizer), opt_before)
+    assert not peer.revert(1)  # once
+    assert 2 in peer.snapshots  # validators of step 2 recompute gradients of the state step 2 ran on
+    newcomer = ModelState(task, seed=99, lr=2e-3, device="cpu")
+    newcomer.load_full_state(peer.full_state(), step=2)
+    assert newcomer.loaded_at == 2 and not newcomer.revert(1)  # it cannot: it never applied step 1
 
 
 def test_an_adamw_task_trains_through_the_flat_update_path():

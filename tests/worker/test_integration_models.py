@@ -73,3 +73,11 @@ def test_four_workers_train_the_transformer_and_ban_the_sign_flipper_by_recalcul
     for step in range(steps):
         hashes = hashes_at(honest, step)
         assert len(hashes) == 1 and None not in hashes, (step, hashes)
+    # the step the flipper was aggregated in is undone by every honest worker: after the ban step their
+    # parameters are those from before that step (the ban step itself is dropped)
+    ban_step = next(e["step"] for e in honest[0].steps_done() if flipper_peer in e.get("banned", []))
+    assert ban_step >= 1
+    assert all(any(e.get("event") == "step_reverted" and e["step"] == ban_step - 1 for e in w.events())
+               for w in honest), [[e for e in w.events() if e.get("event") == "step_reverted"] for w in honest]
+    if ban_step >= 2:
+        assert hashes_at(honest, ban_step) == hashes_at(honest, ban_step - 2)

@@ -45,6 +45,7 @@ from .mprng import (
     skipped_randomness,
 )
 from .state import (
+    Ban,
     ProtocolParams,
     Stage,
     StepContext,
@@ -934,9 +935,20 @@ class BtardPeer:
         s.result = StepResult(step=s.ctx.step, outcome=outcome, update=update, bans=bans,
                               eliminations=list(dict.fromkeys(eliminations)), silent=sorted(s.silent),
                               r=r, record=record, reason=reason, role=s.role,
-                              contributed=Stage.COMMITTED in s.stages and self.peer_id in s.contributors)
+                              contributed=Stage.COMMITTED in s.stages and self.peer_id in s.contributors,
+                              revert_previous=reverts_previous(bans, self.params, s.ctx))
         self.results.append(s.result)
         return [Finish(s.result)]
+
+
+def reverts_previous(bans: list[Ban], params: ProtocolParams, ctx: StepContext) -> bool:
+    """Whether a step that ends with ``bans`` undoes step - 1's update (if the driver applied it): a ban
+    for a wrong recomputation names a contributor of step - 1 (validators' targets are drawn among
+    them, and the court takes an accusation only for that step) whose gradient was not the one its
+    public seed gives, so that step's aggregate took in an attacker's gradient. Board facts only: a
+    peer that has no record of step - 1 (a newcomer) reaches the same answer."""
+    return (params.revert_on_recalc_ban and ctx.step >= 1
+            and any(b.kind == M.FaultKind.recalc.value for b in bans))
 
 
 def _random_nonce() -> str:

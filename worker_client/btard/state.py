@@ -70,6 +70,11 @@ class ProtocolParams:
     aggregate_bound: float = 4.0
     # a part's weight against the step's median part (from the previous step; this without one), at most
     aggregate_bound_spread: float = 4.0
+    # a ban for a wrong recomputation in step t proves that step t-1's aggregate took in a gradient that
+    # was not the one its seed gives: the peers undo step t-1's update (parameters and optimizer state) if
+    # they applied it, besides dropping step t, so no attacked aggregate stays applied once an attacker
+    # in it is caught (ours; docs/protocol.md step 9, "Undoing the previous step"). False: keep it.
+    revert_on_recalc_ban: bool = True
 
     def __post_init__(self) -> None:
         from .tau import TAU_RULES  # (tau imports the aggregators, which need nothing from here)
@@ -156,6 +161,9 @@ class StepResult:
     reason: str = ""
     role: str = "contributor"
     contributed: bool = False                 # this peer's gradient was aggregated (validators too)
+    # undo step - 1's update if it was applied: a recalculation ban of this step caught one of its
+    # contributors (``ProtocolParams.revert_on_recalc_ban``); always with a "dropped" outcome
+    revert_previous: bool = False
 
 
 class Stage(enum.Flag):

@@ -24,7 +24,7 @@ from btard_wire.randomness import genesis_randomness, group_order, skipped_rando
 from ..btard import protocol as P
 from ..btard.aggregators import AGGREGATORS
 from ..btard.attacks import ATTACKS
-from ..tasks import apply_flat_update
+from ..tasks import UndoPoint, apply_flat_update
 from .baseline import check_baseline, check_kardam, run_baseline, run_kardam
 from .probation import Probation
 from .world import RUN, Outcome, World, build_world
@@ -40,6 +40,8 @@ def run_btard(world: World, *, mode: str, probation: Probation | None) -> Outcom
     board_r: bytes | None = None  # the previous step's MPRNG output on the board (None: it had none)
     board_withheld = False  # that output left out a committed member's withheld reveal
     records: dict[str, P.StepRecord | None] = {p: None for p in world.ids}
+    undo: tuple[int, UndoPoint] | None = None  # (step, the state before its update): the last applied step
+    stats.setdefault("reverted_steps", [])
     for step in range(world.steps):
         group = board.next_group()
         if mode == "worker":  # as the site orders it (the run's public chain when the last step had no r)
@@ -74,7 +76,15 @@ def run_btard(world: World, *, mode: str, probation: Probation | None) -> Outcom
                                       banned=set(board.banned))
             board.members.extend(promoted)
         r_prev, board_r, board_withheld = ref.r, board.randomness(), board.reveals_withheld()
+        if ref.revert_previous and undo is not None and undo[0] == step - 1:
+            # a recalculation ban caught a contributor of step - 1: undo that step's update
+            undo[1].restore(list(world.model.parameters()), world.optimizer)
+            models.bump()
+            stats["applied_steps"] -= 1
+            stats["reverted_steps"].append(step - 1)
+        undo = None
         if ref.outcome == "applied":
+            undo = (step, UndoPoint(list(world.model.parameters()), world.optimizer))
             apply_flat_update(world.model, ref.update, world.optimizer)
             models.bump()
             stats["applied_steps"] += 1

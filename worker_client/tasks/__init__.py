@@ -26,6 +26,7 @@ from .flat import (
 )
 from .optim import (
     TaskOptimizer,
+    UndoPoint,
     load_optimizer_state_vector,
     lr_factor,
     optimizer_state_numel,
@@ -57,6 +58,7 @@ __all__ = [
     "TaskOptimizer",
     "TaskRegistry",
     "TaskUnavailable",
+    "UndoPoint",
     "UnknownTask",
     "apply_flat_update",
     "batch_gradient",

@@ -173,3 +173,23 @@ def load_optimizer_state_vector(optimizer: torch.optim.Optimizer, flat: torch.Te
             if value < 0 or value != int(value):
                 raise ValueError(f"optimizer update counter {value} is not a whole number >= 0")
             group["step"] = int(value)
+
+
+# --- undoing one update ------------------------------------------------------------------------------
+
+class UndoPoint:
+    """The parameters and the optimizer state (moments, update counter) before one update: restoring
+    it puts the model and the optimizer back bit for bit, so the next update is the one that would have
+    come without it (BTARD: a recalculation ban undoes the step its attacker was aggregated in)."""
+
+    def __init__(self, params: list[torch.Tensor], optimizer: torch.optim.Optimizer):
+        from .flat import flatten_params
+
+        self.params = flatten_params(params).clone()
+        self.optimizer_state = optimizer_state_vector(optimizer).clone()
+
+    def restore(self, params: list[torch.Tensor], optimizer: torch.optim.Optimizer) -> None:
+        from .flat import load_flat_params
+
+        load_flat_params(params, self.params)
+        load_optimizer_state_vector(optimizer, self.optimizer_state)

@@ -7,6 +7,7 @@ import threading
 import torch
 
 from ..tasks import (
+    UndoPoint,
     apply_flat_update,
     batch_gradient,
     flatten_params,
@@ -37,6 +38,8 @@ class ModelState:
         self.numel = sum(p.numel() for p in self.model.parameters())
         self.state_numel = self.numel + optimizer_state_numel(self.optimizer)  # what a newcomer downloads
         self.snapshots: dict[int, torch.Tensor] = {}
+        self._undo: tuple[int, UndoPoint] | None = None  # (step, the state before its update), last applied
+        self.loaded_at: int | None = None  # the step whose state was last downloaded from donors
         self.step = 0
         self._scratch = task.build_model(seed=seed)
         # Gradients run in worker threads (asyncio.to_thread) and share the scratch model: a validator's
@@ -67,6 +70,8 @@ class ModelState:
             raise ValueError(f"state has {flat.numel()} values, expected {self.state_numel}")
         load_flat_params(self.model, flat[: self.numel])
         load_optimizer_state_vector(self.optimizer, flat[self.numel:])
+        self._undo = None
+        self.loaded_at = step
         self.snapshot(step)
 
     def gradient(self, model_ref: int, seed: int, batch_size: int, flip_labels: bool = False
@@ -95,5 +100,16 @@ class ModelState:
         return g, float(loss.detach())
 
     def apply(self, update: torch.Tensor, next_step: int) -> None:
+        self._undo = (next_step - 1, UndoPoint(list(self.model.parameters()), self.optimizer))
         apply_flat_update(self.model, update, self.optimizer)
         self.snapshot(next_step)
+
+    def revert(self, step: int) -> bool:
+        """Undo step ``step``'s update if it is the last one applied (the next step's recalculation ban
+        caught one of its contributors); True when something was undone. The snapshot of ``step + 1``
+        stays: validators of the next step recompute gradients of the state the step ran on."""
+        if self._undo is None or self._undo[0] != step:
+            return False
+        self._undo[1].restore(list(self.model.parameters()), self.optimizer)
+        self._undo = None
+        return True

@@ -387,14 +387,30 @@ class StepDriver:
         for peer in banned:
             if peer not in w.status.bans_seen:
                 w.status.bans_seen.append(peer)
-        if result.outcome == "applied" and result.update is not None:
+        stale = False
+        if result.revert_previous:  # a recalculation ban caught a contributor of step - 1
+            if w.state.revert(step - 1):
+                w.status.steps_applied -= 1
+                w.status.steps_reverted += 1
+                w.event("step_reverted", f"step {step - 1} undone: this step's recalculation ban caught one "
+                                         f"of its contributors", step=step - 1)
+            elif w.state.loaded_at == step:
+                # our state is the donors' state of this step: they undo step - 1 (if they applied it) and
+                # we cannot, so we take their state of the next step instead of serving ours
+                stale = True
+                w.event("state", f"step {step - 1} is undone by the group: the state of step {step + 1} "
+                                 f"will be downloaded again", step=step)
+        if stale:
+            w.state.step = w.state.loaded_at = -1  # the next group's step downloads it (StateSync.download)
+            w.status.steps_dropped += 1
+        elif result.outcome == "applied" and result.update is not None:
             w.state.apply(result.update, step + 1)
             w.status.steps_applied += 1
         else:
             w.state.snapshot(step + 1)
             w.status.steps_dropped += 1
-        # Newcomers download the state of the next step from us (and from other peers at once).
-        w.state_sync.publish(step + 1)
+        if not stale:  # newcomers download the state of the next step from us (and from other peers at once)
+            w.state_sync.publish(step + 1)
         # The model state of this step is still snapshotted; the report waits for the check.
         await w.probation.validate_candidates(step)
         accuracy = None
