@@ -78,6 +78,10 @@ class Cell:
     # keys stay valid) although the protocol's default is now "spread": sim_kwargs always names it
     tau_rule: str = "fixed"
     tau_spread: float = 0.5
+    # BTARD undoes step t-1 when step t bans by recalculation (ProtocolParams.revert_on_recalc_ban). A
+    # cell's default stays off (every committed row before 2026-12-03 ran without it, so their keys stay
+    # valid and re-run to the same numbers) although the protocol's default is now on: sim_kwargs names it
+    undo: bool = False
     extra: dict = field(default_factory=dict, hash=False, compare=False)
 
     @property
@@ -94,13 +98,15 @@ class Cell:
             fields.append({"non_iid": self.non_iid})
         if self.tau_rule != "fixed":  # appended only when set, so the keys of older results stay valid
             fields.append({"tau_rule": self.tau_rule, "tau_spread": self.tau_spread})
+        if self.undo:
+            fields.append({"undo": True})
         return json.dumps(fields)
 
     @property
     def defence(self) -> str:
         """Row label: aggregator, with tau where the rule has one (and m, validators per step, for BTARD)."""
         return defence_label(self.aggregator, self.tau, self.validators, self.global_batch, self.staleness,
-                             tau_rule=self.tau_rule, tau_spread=self.tau_spread)
+                             tau_rule=self.tau_rule, tau_spread=self.tau_spread, undo=self.undo)
 
     @property
     def column(self) -> str:
@@ -126,17 +132,18 @@ class Cell:
         if self.non_iid:
             kwargs["non_iid"] = self.non_iid
         if self.aggregator == "btard":  # always named: the protocol's default rule is not the cells' default
-            kwargs["protocol_params"] = {"tau_rule": self.tau_rule, "tau_spread": self.tau_spread}
+            kwargs["protocol_params"] = {"tau_rule": self.tau_rule, "tau_spread": self.tau_spread,
+                                         "revert_on_recalc_ban": self.undo}
         kwargs.update(self.extra)
         return kwargs
 
 
 def defence_label(aggregator: str, tau: float, validators: int | None = None, global_batch: int = 0,
-                  staleness: int = 0, *, tau_rule: str = "fixed", tau_spread: float = 0.5) -> str:
+                  staleness: int = 0, *, tau_rule: str = "fixed", tau_spread: float = 0.5, undo: bool = False) -> str:
     if aggregator == "btard":
         m = SIM_DEFAULT_VALIDATORS if validators is None else validators
         tau_text = f"tau {tau:g}" if tau_rule == "fixed" else f"tau {tau_rule} {tau_spread:g}"
-        return f"btard ({tau_text}, m={m}{', B=' + str(global_batch) if global_batch else ''})"
+        return f"btard ({tau_text}, m={m}{', B=' + str(global_batch) if global_batch else ''}{', undo' if undo else ''})"
     if aggregator.endswith("centered_clip"):
         return f"{aggregator} (tau {tau:g})"
     if aggregator == "kardam":
@@ -147,7 +154,8 @@ def defence_label(aggregator: str, tau: float, validators: int | None = None, gl
 def _cells(task: str, *, peers: int, byzantine: int, attacks: Iterable[str], defences: Iterable[tuple[str, float]],
            seeds: Iterable[int], steps: int, attack_start: int, attack_every: int = 1,
            btard_validators: int | None = None, btard_global_batch: int = 0, staleness: int = 0,
-           non_iid: float = 0.0, tau_rule: str = "fixed", tau_spread: float = 0.5, **extra) -> list[Cell]:
+           non_iid: float = 0.0, tau_rule: str = "fixed", tau_spread: float = 0.5, undo: bool = False,
+           **extra) -> list[Cell]:
     out = []
     for seed in seeds:
         for attack in attacks:
@@ -161,7 +169,7 @@ def _cells(task: str, *, peers: int, byzantine: int, attacks: Iterable[str], def
                                 global_batch=btard_global_batch if aggregator == "btard" else 0,
                                 staleness=staleness if aggregator == "kardam" else 0, non_iid=non_iid,
                                 tau_rule=tau_rule if aggregator == "btard" else "fixed", tau_spread=tau_spread,
-                                extra=extra))
+                                undo=undo and aggregator == "btard", extra=extra))
     return out
 
 
@@ -436,12 +444,33 @@ def grid_noniid_ablation() -> list[Cell]:
     return cells
 
 
+UNDO_IID_ATTACKS = ["optimal_alie", "optimal_ipm", "rop", "timed_lowest_chance"]
+UNDO_NON_IID_ATTACKS = ["optimal_alie", "alie", "rop"]
+
+
+def grid_undo() -> list[Cell]:
+    """Undoing the step a recalculation ban's attacker was aggregated in (ProtocolParams.revert_on_recalc_ban,
+    docs/protocol.md step 10) on ``mnist5k-mlp`` in the protocol's default setting (spread 0.5, m = 4):
+    the IID and non-IID columns where BTARD lost most without it, with their clean runs, seeds 0-2. The
+    same cells without the undo are the ``adaptive-spread`` grid's rows."""
+    common = {"peers": 16, "byzantine": 7, "steps": ADAPTIVE_STEPS, "attack_start": 50,
+              "btard_global_batch": 16 * PAPER_BATCH, "btard_validators": PAPER_VALIDATORS,
+              "tau_rule": "spread", "tau_spread": 0.5, "undo": True}
+    cells = _cells("mnist5k-mlp", attacks=[*UNDO_IID_ATTACKS, "none"], defences=[("btard", 1.0)],
+                   seeds=[0, 1, 2], **common)
+    cells += _cells("mnist5k-mlp", attacks=[*UNDO_NON_IID_ATTACKS, "none"], defences=[("btard", 1.0)],
+                    seeds=[0, 1, 2], non_iid=NON_IID_ALPHA, **common)
+    return cells
+
+
 GRIDS: dict[str, Callable[[], list[Cell]]] = {"smoke": grid_smoke, "paper": grid_paper, "fashion": grid_fashion,
                                               "preagg": grid_preagg, "kardam": grid_kardam,
                                               "adaptive": grid_adaptive, "adaptive-ablation": grid_adaptive_ablation,
                                               "tau-rule": grid_tau_rule, "adaptive-spread": grid_adaptive_spread,
                                               "adaptive-spread-seeds": grid_adaptive_spread_seeds,
-                                              "noniid-ablation": grid_noniid_ablation}
+                                              "noniid-ablation": grid_noniid_ablation, "undo": grid_undo}
+
+
 
 
 # --- running -------------------------------------------------------------------------------------
@@ -546,7 +575,8 @@ def _defence_label(row: dict) -> str:
     protocol = args.get("protocol_params") or {}
     return defence_label(row["aggregator"], row["tau"], validators, int(args.get("global_batch") or 0),
                          int(args.get("staleness") or 0), tau_rule=protocol.get("tau_rule", "fixed"),
-                         tau_spread=float(protocol.get("tau_spread", 0.5)))
+                         tau_spread=float(protocol.get("tau_spread", 0.5)),
+                         undo=bool(protocol.get("revert_on_recalc_ban", False)))
 
 
 def _column_label(row: dict) -> str:
@@ -741,7 +771,8 @@ def superseded(row: dict) -> bool:
     return row.get("aggregator") in RECONFIGURED_BASELINES and int(row.get("baseline_version") or 1) < 2
 
 
-EVERY_DEFENCE_GAP_GRIDS = {"adaptive", "adaptive-ablation", "tau-rule", "adaptive-spread", "adaptive-spread-seeds", "noniid-ablation"}  # grids whose report pairs every defence with its clean run
+EVERY_DEFENCE_GAP_GRIDS = {"adaptive", "adaptive-ablation", "tau-rule", "adaptive-spread", "adaptive-spread-seeds",
+                           "noniid-ablation", "undo"}  # grids whose report pairs every defence with its clean run
 
 
 def report(name: str, *, results_dir: Path = DEFAULT_RESULTS) -> tuple[Path, list[Path]]:

@@ -24,7 +24,8 @@ def test_a_spread_cell_has_its_own_key_label_and_passes_the_rule_to_btard_sim():
     assert spread.key != fixed.key
     assert json.loads(spread.key)[-1] == {"tau_rule": "spread", "tau_spread": 0.5}
     assert Cell(**COMMON, tau_rule="spread", tau_spread=1.0).key != spread.key
-    assert spread.sim_kwargs()["protocol_params"] == {"tau_rule": "spread", "tau_spread": 0.5}
+    assert spread.sim_kwargs()["protocol_params"] == {"tau_rule": "spread", "tau_spread": 0.5,
+                                                      "revert_on_recalc_ban": False}
     # named for the fixed rule too: the protocol's default (spread) is not a cell's default (fixed)
     assert fixed.sim_kwargs()["protocol_params"]["tau_rule"] == "fixed"
     assert "protocol_params" not in Cell(**{**COMMON, "aggregator": "mean"}).sim_kwargs()
@@ -107,3 +108,20 @@ def test_the_non_iid_ablation_pairs_each_setting_of_the_missed_column_with_its_c
     # a setting the decision grids already ran would be a duplicate row under a new grid's name
     assert not {c.key for c in cells} & {c.key for g in ("adaptive-spread", "adaptive-spread-seeds") for c in GRIDS[g]()}
     assert {c.defence for c in cells} == {"btard (tau spread 0.25, m=8, B=512)", "btard (tau spread 0.5, m=12, B=512)"}
+
+
+def test_an_undo_cell_has_its_own_key_and_label_and_older_cells_run_without_the_undo():
+    plain, undo = Cell(**COMMON), Cell(**COMMON, undo=True)
+    assert json.loads(undo.key)[-1] == {"undo": True} and json.loads(undo.key)[:-1] == json.loads(plain.key)
+    # named either way: the protocol's default (undo on) is not a cell's default (off, as every committed row)
+    assert plain.sim_kwargs()["protocol_params"]["revert_on_recalc_ban"] is False
+    assert undo.sim_kwargs()["protocol_params"]["revert_on_recalc_ban"] is True
+    assert undo.defence == "btard (tau 1, m=4, B=512, undo)"
+    row = {"aggregator": "btard", "tau": 1.0, "validators": 4,
+           "args": {"global_batch": 512, "protocol_params": {"tau_rule": "fixed", "revert_on_recalc_ban": True}}}
+    assert _defence_label(row) == undo.defence
+    cells = GRIDS["undo"]()
+    assert cells and all(c.undo for c in cells)
+    for non_iid in (0.0, 0.5):  # every attacked cell has the clean run of its seed and data split
+        mine = [c for c in cells if c.non_iid == non_iid]
+        assert {c.seed for c in mine if c.attack == "none"} == {c.seed for c in mine} == {0, 1, 2}
