@@ -76,3 +76,12 @@ def test_with_undo_turned_off_a_recalculation_ban_only_drops_its_own_step():
     results = _step_until_banned(swarm, attacker, 12)
     assert {results[p].outcome for p in swarm.honest} == {"dropped"}
     assert not any(results[p].revert_previous for p in swarm.honest)
+
+
+def test_the_undo_setting_refuses_anything_but_true_or_false():
+    import pytest
+
+    for bad in ("yes", 1, None):
+        with pytest.raises(ValueError, match="revert_on_recalc_ban must be true or false"):
+            P.ProtocolParams(revert_on_recalc_ban=bad)
+    assert P.ProtocolParams().revert_on_recalc_ban is True  # on by default

@@ -84,6 +84,8 @@ class ProtocolParams:
         if not (isinstance(self.tau_spread, (int, float)) and not isinstance(self.tau_spread, bool)
                 and 0 < self.tau_spread < float("inf")):
             raise ValueError(f"tau_spread must be a finite number > 0, not {self.tau_spread!r}")
+        if not isinstance(self.revert_on_recalc_ban, bool):
+            raise ValueError(f"revert_on_recalc_ban must be true or false, not {self.revert_on_recalc_ban!r}")
         if not (self.tau > 0 and self.tau < float("inf")):
             raise ValueError(f"tau must be a finite number > 0, not {self.tau!r}")
         if isinstance(self.global_batch, bool) or not isinstance(self.global_batch, int) or self.global_batch < 0:
