@@ -8,6 +8,7 @@ leaves, and the next step is applied without it, also when the accusation was fa
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from btard_wire import payloads as M
@@ -79,8 +80,6 @@ def test_with_undo_turned_off_a_recalculation_ban_only_drops_its_own_step():
 
 
 def test_the_undo_setting_refuses_anything_but_true_or_false():
-    import pytest
-
     for bad in ("yes", 1, None):
         with pytest.raises(ValueError, match="revert_on_recalc_ban must be true or false"):
             P.ProtocolParams(revert_on_recalc_ban=bad)
