@@ -92,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     summary = {k: out[k] for k in ("final_accuracy", "honest_banned", "byzantine_banned", "last_ban_step",
                                    "applied_steps", "dropped_steps", "seconds_per_step")}
+    if out.get("reverted_steps"):  # applied, then undone by the next step's recalculation ban
+        summary["reverted_steps"] = out["reverted_steps"]
     if "ended_early" in out:
         summary["ended_early"] = out["ended_early"]
     if "probation" in out:
