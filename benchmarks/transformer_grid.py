@@ -283,7 +283,9 @@ def drop_causes(s: dict) -> str:
     bound = [t for t in steps if t["outcome"] != "applied" and not t["bans"] and t["bound_failed"]]
     other = sum(1 for t in steps if t["outcome"] != "applied" and not t["bans"] and not t["bound_failed"])
     before = sum(1 for t in bound if t["step"] <= last)
-    return f"ban {bans}, bound {before}+{len(bound) - before}, other {other}"
+    undone = s.get("reverted_steps") or []
+    return (f"ban {bans}, bound {before}+{len(bound) - before}, other {other}"
+            + (f", undone {len(undone)} ({', '.join(map(str, undone))})" if undone else ""))
 
 
 def _loss_at(run: dict, step: int) -> float | None:
