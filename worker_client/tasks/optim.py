@@ -23,6 +23,8 @@ import math
 
 import torch
 
+from .flat import flatten_params, load_flat_params
+
 KINDS = ("sgd", "adamw", "lamb")
 
 
@@ -183,13 +185,9 @@ class UndoPoint:
     come without it (BTARD: a recalculation ban undoes the step its attacker was aggregated in)."""
 
     def __init__(self, params: list[torch.Tensor], optimizer: torch.optim.Optimizer):
-        from .flat import flatten_params
-
         self.params = flatten_params(params).clone()
         self.optimizer_state = optimizer_state_vector(optimizer).clone()
 
     def restore(self, params: list[torch.Tensor], optimizer: torch.optim.Optimizer) -> None:
-        from .flat import load_flat_params
-
         load_flat_params(params, self.params)
         load_optimizer_state_vector(optimizer, self.optimizer_state)
