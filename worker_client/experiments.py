@@ -452,7 +452,7 @@ def grid_undo() -> list[Cell]:
     """Undoing the step a recalculation ban's attacker was aggregated in (ProtocolParams.revert_on_recalc_ban,
     docs/protocol.md step 10) on ``mnist5k-mlp`` in the protocol's default setting (spread 0.5, m = 4):
     the IID and non-IID columns where BTARD lost most without it, with their clean runs, seeds 0-2, then
-    the non-IID columns with m = 12. The same cells without the undo are the ``adaptive-spread`` and
+    the non-IID columns with m = 12 and with m = 8. The same cells without the undo are the ``adaptive-spread`` and
     ``noniid-ablation`` grids' rows."""
     common = {"peers": 16, "byzantine": 7, "steps": ADAPTIVE_STEPS, "attack_start": 50,
               "btard_global_batch": 16 * PAPER_BATCH, "btard_validators": PAPER_VALIDATORS,
@@ -461,9 +461,10 @@ def grid_undo() -> list[Cell]:
                    seeds=[0, 1, 2], **common)
     cells += _cells("mnist5k-mlp", attacks=[*UNDO_NON_IID_ATTACKS, "none"], defences=[("btard", 1.0)],
                     seeds=[0, 1, 2], non_iid=NON_IID_ALPHA, **common)
-    # then the non-IID columns with the 12 validators recommended for label-skewed data
-    cells += _cells("mnist5k-mlp", attacks=[*UNDO_NON_IID_ATTACKS, "none"], defences=[("btard", 1.0)],
-                    seeds=[0, 1, 2], non_iid=NON_IID_ALPHA, **{**common, "btard_validators": 12})
+    # then the non-IID columns with the 12 validators recommended for label-skewed data, then with 8
+    for m in (12, 8):
+        cells += _cells("mnist5k-mlp", attacks=[*UNDO_NON_IID_ATTACKS, "none"], defences=[("btard", 1.0)],
+                        seeds=[0, 1, 2], non_iid=NON_IID_ALPHA, **{**common, "btard_validators": m})
     return cells
 
 
