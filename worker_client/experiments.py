@@ -476,8 +476,6 @@ GRIDS: dict[str, Callable[[], list[Cell]]] = {"smoke": grid_smoke, "paper": grid
                                               "noniid-ablation": grid_noniid_ablation, "undo": grid_undo}
 
 
-
-
 # --- running -------------------------------------------------------------------------------------
 def _run_cell(cell: Cell) -> dict:
     os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -84,7 +84,8 @@ def run_btard(world: World, *, mode: str, probation: Probation | None) -> Outcom
             stats["reverted_steps"].append(step - 1)
         undo = None
         if ref.outcome == "applied":
-            undo = (step, UndoPoint(list(world.model.parameters()), world.optimizer))
+            undo = (step, UndoPoint(list(world.model.parameters()), world.optimizer,
+                                    before=models.states[models.version]))
             apply_flat_update(world.model, ref.update, world.optimizer)
             models.bump()
             stats["applied_steps"] += 1

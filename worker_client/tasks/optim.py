@@ -184,8 +184,11 @@ class UndoPoint:
     it puts the model and the optimizer back bit for bit, so the next update is the one that would have
     come without it (BTARD: a recalculation ban undoes the step its attacker was aggregated in)."""
 
-    def __init__(self, params: list[torch.Tensor], optimizer: torch.optim.Optimizer):
-        self.params = flatten_params(params).clone()
+    def __init__(self, params: list[torch.Tensor], optimizer: torch.optim.Optimizer, *,
+                 before: torch.Tensor | None = None):
+        # ``before``: the flat parameters as they are now, a snapshot the caller already keeps and never
+        # changes (the worker's ``snapshots``, the simulator's ``Models.states``): no second copy per step
+        self.params = flatten_params(params).clone() if before is None else before
         self.optimizer_state = optimizer_state_vector(optimizer).clone()
 
     def restore(self, params: list[torch.Tensor], optimizer: torch.optim.Optimizer) -> None:

@@ -100,7 +100,9 @@ class ModelState:
         return g, float(loss.detach())
 
     def apply(self, update: torch.Tensor, next_step: int) -> None:
-        self._undo = (next_step - 1, UndoPoint(list(self.model.parameters()), self.optimizer))
+        self._undo = (next_step - 1, UndoPoint(list(self.model.parameters()), self.optimizer,
+                                               before=self.snapshots.get(self.step) if self.step == next_step - 1
+                                               else None))
         apply_flat_update(self.model, update, self.optimizer)
         self.snapshot(next_step)
 
