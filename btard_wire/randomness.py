@@ -140,6 +140,22 @@ def draw_validators(randomness: bytes, *, group: Collection[str], targets: Colle
     return out
 
 
+# how many times the validators a step draws after a step that banned someone for a wrong recomputation
+ALARM_FACTOR = 2
+
+
+def validators_for_step(m: int, *, prev_recalc_ban: bool, alarm_factor: int) -> int:
+    """How many validators step t draws (**ours**, docs/protocol.md "More validators after a ban"): ``m``,
+    or ``alarm_factor * m`` when step t-1 ended with a ban for a wrong recomputation. Such a ban proves a
+    coalition is attacking now; colluders attack together, so the ones still unchecked face twice the
+    validators in the next step, at no cost in a run nobody attacks. A fact of step t-1's board that every
+    member of step t that draws validators holds (the validators' targets are step t-1's contributors, so
+    only members of step t-1 draw), so every peer, the site and the boards get the same number."""
+    if isinstance(alarm_factor, bool) or not isinstance(alarm_factor, int) or alarm_factor < 1:
+        raise ProtocolError(f"alarm_factor must be a whole number >= 1, not {alarm_factor!r}")
+    return m * alarm_factor if prev_recalc_ban and m > 0 else m
+
+
 PROBATION_PANEL = 2  # validators per candidate and step: promotion and rejection need two that agree
 
 

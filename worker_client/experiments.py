@@ -82,6 +82,10 @@ class Cell:
     # cell's default stays off (every committed row before 2026-12-03 ran without it, so their keys stay
     # valid and re-run to the same numbers) although the protocol's default is now on: sim_kwargs names it
     undo: bool = False
+    # BTARD draws alarm x m validators in a step that follows a recalculation ban
+    # (ProtocolParams.alarm_factor). A cell's default stays 1, off (every committed row before 2026-12-04
+    # ran without it, so their keys stay valid), although the protocol's default is 2: sim_kwargs names it
+    alarm: int = 1
     extra: dict = field(default_factory=dict, hash=False, compare=False)
 
     @property
@@ -100,13 +104,16 @@ class Cell:
             fields.append({"tau_rule": self.tau_rule, "tau_spread": self.tau_spread})
         if self.undo:
             fields.append({"undo": True})
+        if self.alarm != 1:
+            fields.append({"alarm": self.alarm})
         return json.dumps(fields)
 
     @property
     def defence(self) -> str:
         """Row label: aggregator, with tau where the rule has one (and m, validators per step, for BTARD)."""
         return defence_label(self.aggregator, self.tau, self.validators, self.global_batch, self.staleness,
-                             tau_rule=self.tau_rule, tau_spread=self.tau_spread, undo=self.undo)
+                             tau_rule=self.tau_rule, tau_spread=self.tau_spread, undo=self.undo,
+                             alarm=self.alarm)
 
     @property
     def column(self) -> str:
@@ -133,17 +140,18 @@ class Cell:
             kwargs["non_iid"] = self.non_iid
         if self.aggregator == "btard":  # always named: the protocol's default rule is not the cells' default
             kwargs["protocol_params"] = {"tau_rule": self.tau_rule, "tau_spread": self.tau_spread,
-                                         "revert_on_recalc_ban": self.undo}
+                                         "revert_on_recalc_ban": self.undo, "alarm_factor": self.alarm}
         kwargs.update(self.extra)
         return kwargs
 
 
 def defence_label(aggregator: str, tau: float, validators: int | None = None, global_batch: int = 0,
-                  staleness: int = 0, *, tau_rule: str = "fixed", tau_spread: float = 0.5, undo: bool = False) -> str:
+                  staleness: int = 0, *, tau_rule: str = "fixed", tau_spread: float = 0.5, undo: bool = False,
+                  alarm: int = 1) -> str:
     if aggregator == "btard":
         m = SIM_DEFAULT_VALIDATORS if validators is None else validators
         tau_text = f"tau {tau:g}" if tau_rule == "fixed" else f"tau {tau_rule} {tau_spread:g}"
-        return f"btard ({tau_text}, m={m}{', B=' + str(global_batch) if global_batch else ''}{', undo' if undo else ''})"
+        return f"btard ({tau_text}, m={m}{', B=' + str(global_batch) if global_batch else ''}{', undo' if undo else ''}{f', alarm x{alarm}' if alarm != 1 else ''})"
     if aggregator.endswith("centered_clip"):
         return f"{aggregator} (tau {tau:g})"
     if aggregator == "kardam":
@@ -155,7 +163,7 @@ def _cells(task: str, *, peers: int, byzantine: int, attacks: Iterable[str], def
            seeds: Iterable[int], steps: int, attack_start: int, attack_every: int = 1,
            btard_validators: int | None = None, btard_global_batch: int = 0, staleness: int = 0,
            non_iid: float = 0.0, tau_rule: str = "fixed", tau_spread: float = 0.5, undo: bool = False,
-           **extra) -> list[Cell]:
+           alarm: int = 1, **extra) -> list[Cell]:
     out = []
     for seed in seeds:
         for attack in attacks:
@@ -169,7 +177,8 @@ def _cells(task: str, *, peers: int, byzantine: int, attacks: Iterable[str], def
                                 global_batch=btard_global_batch if aggregator == "btard" else 0,
                                 staleness=staleness if aggregator == "kardam" else 0, non_iid=non_iid,
                                 tau_rule=tau_rule if aggregator == "btard" else "fixed", tau_spread=tau_spread,
-                                undo=undo and aggregator == "btard", extra=extra))
+                                undo=undo and aggregator == "btard", alarm=alarm if aggregator == "btard" else 1,
+                                extra=extra))
     return out
 
 
@@ -468,12 +477,27 @@ def grid_undo() -> list[Cell]:
     return cells
 
 
+def grid_alarm() -> list[Cell]:
+    """More validators after a recalculation ban (ProtocolParams.alarm_factor = 2, docs/protocol.md "More
+    validators after a ban") on top of the undo, in the protocol's default setting (spread 0.5, m = 4): the
+    ``undo`` grid's IID and non-IID columns at m = 4, with their clean runs, seeds 0-2."""
+    common = {"peers": 16, "byzantine": 7, "steps": ADAPTIVE_STEPS, "attack_start": 50,
+              "btard_global_batch": 16 * PAPER_BATCH, "btard_validators": PAPER_VALIDATORS,
+              "tau_rule": "spread", "tau_spread": 0.5, "undo": True, "alarm": 2}
+    cells = _cells("mnist5k-mlp", attacks=[*UNDO_NON_IID_ATTACKS, "none"], defences=[("btard", 1.0)],
+                   seeds=[0, 1, 2], non_iid=NON_IID_ALPHA, **common)
+    cells += _cells("mnist5k-mlp", attacks=[*UNDO_IID_ATTACKS, "none"], defences=[("btard", 1.0)],
+                    seeds=[0, 1, 2], **common)
+    return cells
+
+
 GRIDS: dict[str, Callable[[], list[Cell]]] = {"smoke": grid_smoke, "paper": grid_paper, "fashion": grid_fashion,
                                               "preagg": grid_preagg, "kardam": grid_kardam,
                                               "adaptive": grid_adaptive, "adaptive-ablation": grid_adaptive_ablation,
                                               "tau-rule": grid_tau_rule, "adaptive-spread": grid_adaptive_spread,
                                               "adaptive-spread-seeds": grid_adaptive_spread_seeds,
-                                              "noniid-ablation": grid_noniid_ablation, "undo": grid_undo}
+                                              "noniid-ablation": grid_noniid_ablation, "undo": grid_undo,
+                                              "alarm": grid_alarm}
 
 
 # --- running -------------------------------------------------------------------------------------
@@ -579,7 +603,8 @@ def _defence_label(row: dict) -> str:
     return defence_label(row["aggregator"], row["tau"], validators, int(args.get("global_batch") or 0),
                          int(args.get("staleness") or 0), tau_rule=protocol.get("tau_rule", "fixed"),
                          tau_spread=float(protocol.get("tau_spread", 0.5)),
-                         undo=bool(protocol.get("revert_on_recalc_ban", False)))
+                         undo=bool(protocol.get("revert_on_recalc_ban", False)),
+                         alarm=int(protocol.get("alarm_factor", 1)))
 
 
 def _column_label(row: dict) -> str:
@@ -775,7 +800,7 @@ def superseded(row: dict) -> bool:
 
 
 EVERY_DEFENCE_GAP_GRIDS = {"adaptive", "adaptive-ablation", "tau-rule", "adaptive-spread", "adaptive-spread-seeds",
-                           "noniid-ablation", "undo"}  # grids whose report pairs every defence with its clean run
+                           "noniid-ablation", "undo", "alarm"}  # grids whose report pairs every defence with its clean run
 
 
 def report(name: str, *, results_dir: Path = DEFAULT_RESULTS) -> tuple[Path, list[Path]]:

@@ -7,6 +7,9 @@ from datetime import timedelta
 from django.utils import timezone
 
 from btard_wire import board as board_rules
+from btard_wire.errors import ProtocolError
+from btard_wire.payloads import FaultKind
+from btard_wire.randomness import ALARM_FACTOR, validators_for_step
 
 from .deadlines import effective_deadlines
 from .models import BroadcastLog, Peer, Run, StepRecord, StepReportRecord
@@ -158,9 +161,20 @@ def step_validators(*, run: Run, step: int) -> dict[str, str]:
     """The validators of ``step`` and their targets (contributors of ``step - 1``), computed from the board
     with the rule every peer runs (:func:`btard_wire.board.validator_assignment`): drawn from the step's own
     MPRNG output, so empty until every member's reveal is stored (or when the step has none)."""
+    from moderation.models import Ban  # (moderation imports the runs models)
+
     record = StepRecord.objects.filter(run=run, step=step).first()
     previous = StepRecord.objects.filter(run=run, step=step - 1).first()
     if record is None or previous is None or run.validators_per_step <= 0:
+        return {}
+    # twice the validators after a step that banned by recalculation (the peers' ProtocolParams.alarm_factor,
+    # from the run's ``extra`` as the workers take it): the verdict majority of step - 1 is on the board
+    recalc_ban = Ban.objects.filter(run=run, step=step - 1, source="verdict",
+                                    evidence_kind=FaultKind.recalc.value).exists()
+    try:
+        m = validators_for_step(run.validators_per_step, prev_recalc_ban=recalc_ban,
+                                alarm_factor=(run.extra or {}).get("alarm_factor", ALARM_FACTOR))
+    except ProtocolError:  # a setting the workers refuse too (ProtocolParams): they run no step
         return {}
     mprng = _board_mprng(run, step, record)
     targets = board_rules.checkable_targets(
@@ -168,7 +182,7 @@ def step_validators(*, run: Run, step: int) -> dict[str, str]:
         scalars_senders=_board_senders(run, step - 1, "scalars", previous))
     return board_rules.validator_assignment(run=str(run.id), step=step, group=record.members,
                                             commitments=mprng["mprng_commit"], reveals=mprng["mprng_reveal"],
-                                            prev_contributors=targets, m=run.validators_per_step,
+                                            prev_contributors=targets, m=m,
                                             revealed=(record.closed_phases or {}).get("mprng_reveal"))
 
 

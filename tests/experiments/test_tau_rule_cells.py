@@ -25,7 +25,7 @@ def test_a_spread_cell_has_its_own_key_label_and_passes_the_rule_to_btard_sim():
     assert json.loads(spread.key)[-1] == {"tau_rule": "spread", "tau_spread": 0.5}
     assert Cell(**COMMON, tau_rule="spread", tau_spread=1.0).key != spread.key
     assert spread.sim_kwargs()["protocol_params"] == {"tau_rule": "spread", "tau_spread": 0.5,
-                                                      "revert_on_recalc_ban": False}
+                                                      "revert_on_recalc_ban": False, "alarm_factor": 1}
     # named for the fixed rule too: the protocol's default (spread) is not a cell's default (fixed)
     assert fixed.sim_kwargs()["protocol_params"]["tau_rule"] == "fixed"
     assert "protocol_params" not in Cell(**{**COMMON, "aggregator": "mean"}).sim_kwargs()
@@ -125,3 +125,26 @@ def test_an_undo_cell_has_its_own_key_and_label_and_older_cells_run_without_the_
     for non_iid in (0.0, 0.5):  # every attacked cell has the clean run of its seed and data split
         mine = [c for c in cells if c.non_iid == non_iid]
         assert {c.seed for c in mine if c.attack == "none"} == {c.seed for c in mine} == {0, 1, 2}
+
+
+def test_an_alarm_cell_has_its_own_key_and_label_and_older_cells_run_without_the_alarm():
+    undo, alarm = Cell(**COMMON, undo=True), Cell(**COMMON, undo=True, alarm=2)
+    assert json.loads(alarm.key)[-1] == {"alarm": 2} and json.loads(alarm.key)[:-1] == json.loads(undo.key)
+    # named either way: the protocol's default (x2) is not a cell's default (1, off, as every committed row)
+    assert undo.sim_kwargs()["protocol_params"]["alarm_factor"] == 1
+    assert alarm.sim_kwargs()["protocol_params"]["alarm_factor"] == 2
+    assert alarm.defence == "btard (tau 1, m=4, B=512, undo, alarm x2)"
+    row = {"aggregator": "btard", "tau": 1.0, "validators": 4,
+           "args": {"global_batch": 512, "protocol_params": {"tau_rule": "fixed", "revert_on_recalc_ban": True,
+                                                             "alarm_factor": 2}}}
+    assert _defence_label(row) == alarm.defence
+    # a committed row from before the alarm (no alarm_factor recorded) ran without it
+    row["args"]["protocol_params"].pop("alarm_factor")
+    assert _defence_label(row) == undo.defence
+    cells = GRIDS["alarm"]()
+    assert cells and all(c.undo and c.alarm == 2 and c.validators == 4 for c in cells)
+    for non_iid in (0.0, 0.5):  # every attacked cell has the clean run of its seed and data split
+        mine = [c for c in cells if c.non_iid == non_iid]
+        assert {c.seed for c in mine if c.attack == "none"} == {c.seed for c in mine} == {0, 1, 2}
+    committed = {row["key"] for row in load_results(DEFAULT_RESULTS / "alarm.jsonl")}
+    assert committed == {c.key for c in cells}

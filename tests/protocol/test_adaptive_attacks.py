@@ -25,7 +25,7 @@ def _colluders(name, *, n=10, b=3, d=8, seed=0, aggregate=None, **params):
     if aggregate is not None:
         collusion.aggregate = aggregate
     peers = [make_peer(name, ident, collusion=collusion, **params) for ident in ids[:b]]
-    step = SimpleNamespace(ctx=SimpleNamespace(step=0, group=group, run="x"), bounds=[(0, d)])
+    step = SimpleNamespace(ctx=SimpleNamespace(step=0, group=group, run="x", prev=None), bounds=[(0, d)])
     return peers, step, collusion, group
 
 
@@ -180,6 +180,23 @@ def test_a_timed_attacker_strikes_while_its_chance_is_lowest_and_stops_when_it_r
     assert torch.equal(timed.hook_corrupt_gradient(g, step), g)
     (_, low, struck0), (_, high, struck1) = timed.chances
     assert struck0 and not struck1 and high > low > 0
+
+
+def test_a_timed_attacker_holds_back_while_a_recalculation_ban_doubles_the_validators():
+    peers, step, _, group = _colluders("timed_lowest_chance", n=10, b=3)
+    timed = peers[0]
+    assert timed.params.alarm_factor == 2  # the protocol's default
+    g = torch.zeros(8)
+    assert not torch.equal(timed.hook_corrupt_gradient(g, step), g)  # no ban before: base m, strike
+    step.ctx.step = 1
+    step.ctx.prev = SimpleNamespace(step=0, recalc_ban=True)  # step 0 banned by recalculation: 2m drawn now
+    assert torch.equal(timed.hook_corrupt_gradient(g, step), g)
+    step.ctx.step = 2
+    step.ctx.prev = SimpleNamespace(step=1, recalc_ban=False)  # back to m: its lowest chance again
+    assert not torch.equal(timed.hook_corrupt_gradient(g, step), g)
+    (_, low, struck0), (_, alarm, struck1), (_, again, struck2) = timed.chances
+    assert struck0 and not struck1 and struck2
+    assert again == low and alarm > 1.5 * low  # about twice the chance of being checked
 
 
 @pytest.mark.parametrize("attack", ["rop", "timed_lowest_chance"])

@@ -30,6 +30,17 @@ def test_btard_sim_writes_the_json_summary(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["final_accuracy"] == data["final_accuracy"]
 
 
+def test_btard_sim_passes_the_alarm_factor_and_refuses_a_bad_one(tmp_path, capsys):
+    out = tmp_path / "out.json"
+    common = ["--task", "digits-mlp", "--peers", "5", "--byzantine", "1", "--attack", "sign_flip", "--attack-start",
+              "1", "--steps", "4", "--validators", "1", "--eval-every", "0", "--no-progress"]
+    assert main([*common, "--alarm-factor", "3", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["args"]["protocol_params"]["alarm_factor"] == 3
+    capsys.readouterr()
+    assert main([*common, "--alarm-factor", "0"]) == 2
+    assert "alarm_factor must be a whole number >= 1" in capsys.readouterr().err
+
+
 def test_unknown_names_are_a_clear_error(capsys):
     assert main(["--aggregator", "nope", "--steps", "1", "--no-progress"]) == 2
     assert "unknown aggregator" in capsys.readouterr().err

@@ -28,6 +28,7 @@ from btard_wire.control import (
     parse_worker_message,
 )
 from btard_wire.envelope import b64d, peer_id_from_public_key
+from btard_wire.randomness import ALARM_FACTOR, validators_for_step
 
 
 class FakeSite:
@@ -41,6 +42,7 @@ class FakeSite:
         self.peers: dict[str, PeerInfo] = {}
         self.sockets: dict[str, object] = {}
         self.banned: set[str] = set()
+        self.recalc_ban_steps: set[int] = set()  # steps whose verdict majority banned by recalculation
         self.step = 0
         self.group: list[str] = []
         self.reports: dict[int, dict[str, object]] = defaultdict(dict)
@@ -86,7 +88,9 @@ class FakeSite:
         run = str(self.run.extra.get("key") or self.run.id)  # what peers sign (worker_client.worker.run_key)
         return rules.validator_assignment(run=run, step=step, group=self.groups.get(step, []), commitments=commits,
                                           reveals=reveals, prev_contributors=targets,
-                                          m=self.run.validators_per_step)
+                                          m=validators_for_step(self.run.validators_per_step,
+                                                                prev_recalc_ban=step - 1 in self.recalc_ban_steps,
+                                                                alarm_factor=ALARM_FACTOR))
 
     async def _start_step(self) -> None:
         self.group = sorted(p for p in self.peers if p not in self.banned)[: self.group_size]
@@ -144,6 +148,8 @@ class FakeSite:
                 if guilty not in self.banned and rules.verdict_majority(
                         signers, members=self.groups.get(env.step, self.group)):
                     self.banned.add(guilty)
+                    if env.payload.get("kind") == "recalc":
+                        self.recalc_ban_steps.add(env.step)
                     for member in list(self.sockets):
                         await self._send(member, BanNotice(peer_id=guilty, step=env.step, reason=env.payload.get(
                             "kind", "verdict")))

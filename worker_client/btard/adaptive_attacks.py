@@ -40,6 +40,7 @@ import torch
 from .aggregators import centered_clip
 from .attacks import ALIE, ATTACKS, GradientAttack
 from .kernels import clip_w, distances_to
+from .peer import step_validator_count
 from .tau import centered_clip_part, part_tau
 
 Aggregate = Callable[[torch.Tensor], torch.Tensor]
@@ -435,10 +436,12 @@ class TimedLowestChance(ALIE):
 
         group = list(s.ctx.group)
         members = self.collusion.members
+        # the step's public validator count: more after a recalculation ban (it knows the rule)
+        m = max(1, step_validator_count(self.params, s.ctx))
         hits = 0
         for k in range(int(self.draws)):
             r = hashlib.sha256(b"timed-lowest-chance" + k.to_bytes(4, "little")).digest()
-            draw = draw_validators(r, group=group, targets=group, m=max(1, self.params.validators))
+            draw = draw_validators(r, group=group, targets=group, m=m)
             hits += any(t == self.peer_id and v not in members for v, t in draw.items())
         return hits / max(1, int(self.draws))
 

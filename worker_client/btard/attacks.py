@@ -31,6 +31,7 @@ from .actions import ComputeGradient, SendTensor
 from .aggregators import clip_weights
 from .kernels import distances_to
 from .mprng import projection, select_validators
+from .peer import step_validator_count
 from .protocol import BtardPeer
 from .state import StepView
 from .tau import part_tau
@@ -233,7 +234,8 @@ class TimedALIE(ALIE):
     bound = 3.0
 
     def attack(self, g, s):
-        guess = select_validators(s.ctx.r_prev, s.ctx.group, list(s.ctx.group), max(1, self.params.validators))
+        guess = select_validators(s.ctx.r_prev, s.ctx.group, list(s.ctx.group),
+                                  max(1, step_validator_count(self.params, s.ctx)))
         if self.peer_id in guess.values():
             return g  # "I will be checked": behave
         return super().attack(g, s)
@@ -690,7 +692,7 @@ class RevealDodger(Byzantine):
         if ctx.prev is None or ctx.prev.step != ctx.step - 1:
             return False
         draw = select_validators(r, ctx.group, checkable_targets(
-            contributors=ctx.prev.contributors, scalars_senders=ctx.prev.scalars), self.params.validators)
+            contributors=ctx.prev.contributors, scalars_senders=ctx.prev.scalars), step_validator_count(self.params, ctx))
         return any(t in self.collusion.members for t in draw.values())
 
     def _decide(self, s: StepView) -> bytes | None | bool:

@@ -31,6 +31,7 @@ from btard_wire import payloads as M
 from btard_wire.board import checkable_targets
 from btard_wire.envelope import Envelope, Identity, ReplayGuard, sign_envelope_with_digest, verify_envelope
 from btard_wire.errors import ProtocolError
+from btard_wire.randomness import validators_for_step
 
 from .actions import Action, ComputeGradient, Finish, PostEnvelope, SendTensor
 from .checks import Checks
@@ -211,7 +212,7 @@ class BtardPeer:
         if ctx.prev is None or ctx.prev.step != ctx.step - 1:
             return []
         s.validators = select_validators(s.r, ctx.group, checkable_targets(
-            contributors=ctx.prev.contributors, scalars_senders=ctx.prev.scalars), self.params.validators)
+            contributors=ctx.prev.contributors, scalars_senders=ctx.prev.scalars), step_validator_count(self.params, ctx))
         if self.peer_id not in s.validators or Stage.CHECKED in s.stages:
             return []  # not a validator, or drawn only while judging, after this peer already reported
         s.role = "validator"
@@ -930,7 +931,8 @@ class BtardPeer:
                            if s.got("agg_result", g)},
                 digests={key: entry[2] for key, entry in s.board.items()},
                 scales=list(s.scales) or (list(ctx.prev.scales) if ctx.prev is not None else []),
-                z_scales=list(s.z_scales) if s.scales else (list(ctx.prev.z_scales) if ctx.prev is not None else []))
+                z_scales=list(s.z_scales) if s.scales else (list(ctx.prev.z_scales) if ctx.prev is not None else []),
+                recalc_ban=any(b.kind == M.FaultKind.recalc.value for b in bans))
         r = s.r if s.r is not None else skipped_randomness(s.ctx.r_prev, s.ctx.run, s.ctx.step)
         s.result = StepResult(step=s.ctx.step, outcome=outcome, update=update, bans=bans,
                               eliminations=list(dict.fromkeys(eliminations)), silent=sorted(s.silent),
@@ -939,6 +941,15 @@ class BtardPeer:
                               revert_previous=reverts_previous(bans, self.params, s.ctx))
         self.results.append(s.result)
         return [Finish(s.result)]
+
+
+def step_validator_count(params: ProtocolParams, ctx: StepContext) -> int:
+    """How many validators step ``ctx.step`` draws: ``params.validators``, times ``params.alarm_factor``
+    when step t-1 (``ctx.prev``, the record every member that draws holds) ended with a recalculation ban
+    (:func:`btard_wire.randomness.validators_for_step`, the rule the site and the boards use too)."""
+    prev = ctx.prev
+    return validators_for_step(params.validators, alarm_factor=params.alarm_factor,
+                               prev_recalc_ban=prev is not None and prev.step == ctx.step - 1 and prev.recalc_ban)
 
 
 def reverts_previous(bans: list[Ban], params: ProtocolParams, ctx: StepContext) -> bool:

@@ -17,6 +17,7 @@ import torch
 
 from btard_wire import payloads as M
 from btard_wire.envelope import Envelope
+from btard_wire.randomness import ALARM_FACTOR
 
 if TYPE_CHECKING:
     from .actions import FetchTensor
@@ -75,6 +76,11 @@ class ProtocolParams:
     # they applied it, besides dropping step t, so no attacked aggregate stays applied once an attacker
     # in it is caught (ours; docs/protocol.md step 9, "Undoing the previous step"). False: keep it.
     revert_on_recalc_ban: bool = True
+    # a step that follows a step with a recalculation ban draws ``alarm_factor`` x ``validators``
+    # validators: the coalition is attacking now, so its unchecked members face more checks at once
+    # (ours; btard_wire.randomness.validators_for_step, docs/protocol.md "More validators after a
+    # ban"). 1 turns it off.
+    alarm_factor: int = ALARM_FACTOR
 
     def __post_init__(self) -> None:
         from .tau import TAU_RULES  # (tau imports the aggregators, which need nothing from here)
@@ -84,8 +90,10 @@ class ProtocolParams:
         if not (isinstance(self.tau_spread, (int, float)) and not isinstance(self.tau_spread, bool)
                 and 0 < self.tau_spread < float("inf")):
             raise ValueError(f"tau_spread must be a finite number > 0, not {self.tau_spread!r}")
+        if isinstance(self.alarm_factor, bool) or not isinstance(self.alarm_factor, int) or self.alarm_factor < 1:
+            raise ValueError(f"alarm_factor must be a whole number >= 1 (1: off), not {self.alarm_factor!r}")
         if not isinstance(self.revert_on_recalc_ban, bool):
-            raise ValueError(f"revert_on_recalc_ban must be true or false, not {self.revert_on_recalc_ban!r}")
+            raise ValueError(f"revert_on_recalc_ban must be true or false, not {self.revert_on_recalc_ban!r}")  # noqa: TRY004
         if not (self.tau > 0 and self.tau < float("inf")):
             raise ValueError(f"tau must be a finite number > 0, not {self.tau!r}")
         if isinstance(self.global_batch, bool) or not isinstance(self.global_batch, int) or self.global_batch < 0:
@@ -115,6 +123,9 @@ class StepRecord:
     # and per part ``(lo, hi, sigma_z)``: the part's own spread along z per sqrt(value) (the contributors'
     # majority interval of scalars, which the aggregator cannot move); the next step's second sample of it
     z_scales: list[tuple[int, int, float]] = field(default_factory=list)
+    # the step ended with a ban for a wrong recomputation: the next step draws more validators
+    # (``ProtocolParams.alarm_factor``)
+    recalc_ban: bool = False
 
 
 @dataclass

@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--rule-f", type=int, default=None,
                     help="f told to a baseline rule that takes one (default: the true number of attackers)")
     ap.add_argument("--validators", type=int, default=2, help="validators per step (m)")
+    ap.add_argument("--alarm-factor", type=int, default=None,
+                    help="btard: a step after a recalculation ban draws this many times --validators "
+                         "(default 2; 1: off)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--global-batch", type=int, default=0,
                     help="samples per step split across the group (keeps the step's batch when peers are banned)")
@@ -83,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     protocol = {"tau_rule": tau_rule}
     if tau_spread is not None:
         protocol["tau_spread"] = tau_spread
+    alarm = kwargs.pop("alarm_factor")
+    if alarm is not None:
+        protocol["alarm_factor"] = alarm
     if protocol:
         kwargs["protocol_params"] = protocol
     try:

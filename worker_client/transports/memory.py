@@ -23,8 +23,9 @@ from btard_wire import BOARD_PHASES, BROADCAST_PHASES
 from btard_wire import board as rules
 from btard_wire.envelope import Envelope, Identity, ReplayGuard
 from btard_wire.errors import ProtocolError
-from btard_wire.payloads import AccusePayload, EliminatePayload, ValidationPayload, VerdictPayload
+from btard_wire.payloads import AccusePayload, EliminatePayload, FaultKind, ValidationPayload, VerdictPayload
 from btard_wire.probation import reveals_withheld
+from btard_wire.randomness import ALARM_FACTOR, validators_for_step
 
 from ..btard import protocol as P
 from ..btard.attacks import Collusion, make_peer
@@ -124,10 +125,14 @@ class BulletinBoard:
             return self.close_phase(phase)
         return None
 
-    def validators(self, m: int) -> dict[str, str]:
+    def validators(self, m: int, *, alarm_factor: int = ALARM_FACTOR) -> dict[str, str]:
         """The validators of the current step and their targets, computed from the board alone (this
-        step's MPRNG commitments and reveals, the previous step's commitments and scalars) with
-        :func:`btard_wire.board.validator_assignment`: what every peer draws from ``r_t``."""
+        step's MPRNG commitments and reveals, the previous step's commitments and scalars, its bans) with
+        :func:`btard_wire.board.validator_assignment`: what every peer draws from ``r_t``; ``m`` the run's
+        validators per step (``alarm_factor`` times as many after a recalculation ban,
+        :func:`btard_wire.randomness.validators_for_step`)."""
+        m = validators_for_step(m, alarm_factor=alarm_factor, prev_recalc_ban=any(
+            b.step == self.step - 1 and b.kind == FaultKind.recalc.value for b in self.banned.values()))
         prev = self._prev_posted
         targets = rules.checkable_targets(contributors=[p for p in sorted(prev.get("commit", ()))],
                                           scalars_senders=prev.get("scalars", ()))

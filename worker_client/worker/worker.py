@@ -281,7 +281,7 @@ class Worker:
     async def _dispatch(self, item) -> None:
         try:
             await self._handle(item)
-        except Exception as exc:  # noqa: BLE001 - one bad input costs that input, never the worker
+        except Exception as exc:
             log.exception("handling %s failed", type(item).__name__)
             self.status.last_error = f"{type(exc).__name__}: {exc}"[:500]
             self.event("error", f"could not handle a {self._item_name(item)}: {type(exc).__name__}: {exc}"[:600])
@@ -391,7 +391,7 @@ class Worker:
         info = self.run_info
         extra = info.extra
         tuning = {k: extra[k] for k in ("recalc_rtol", "exact_rtol", "fixed_point_rtol", "cc_init", "tau_rule",
-                                                 "tau_spread") if k in extra}
+                                                 "tau_spread", "alarm_factor") if k in extra}
         if "global_batch" in extra:  # ProtocolParams refuses anything but a whole number >= 0, with the reason
             tuning["global_batch"] = extra["global_batch"]
         # board_echo: the site sends each stored broadcast back to its sender and closes board phases

@@ -102,6 +102,7 @@ def test_the_site_the_memory_board_and_the_fake_site_draw_the_same_validators_as
         for env in swarm.board.log:  # the board's envelopes, replayed into the site and the fake site
             runs.accept_broadcast(peer=peers[env.sender], envelope=env)
             asyncio.run(fake._on_message(env.sender, Broadcast(envelope=env)))
+
         assert runs.step_validators(run=run, step=step) == peers_view
         assert swarm.board.validators(M) == peers_view
         assert fake.validators_for(step) == peers_view
@@ -114,3 +115,47 @@ def test_the_site_the_memory_board_and_the_fake_site_draw_the_same_validators_as
     assert seen[0] == {}  # step 0 has nothing to validate
     assert all(len(v) == M for v in seen[1:])
     assert len({tuple(sorted(v.items())) for v in seen[1:]}) > 1  # it changes from step to step
+
+
+def test_after_a_recalculation_ban_the_site_draws_the_doubled_validators_the_peers_draw():
+    """ProtocolParams.alarm_factor: the step after one with a ban for a wrong recomputation draws twice the
+    validators; the site counts the step's verdict majority from its own bans and gets the peers' draw."""
+    from moderation.models import Ban
+
+    from worker_client.btard.attacks import Collusion, make_peer as make_behaviour
+
+    run = RunFactory(name="alarm", peers_per_group=7, min_peers=4, validators_per_step=M)
+    made = [make_peer(run=run, seed=f"alarm-{i}") for i in range(7)]
+    peers = {peer.peer_id: peer for peer, _ in made}
+    swarm = _Swarm(run, [identity for _, identity in made])
+    attacker = swarm.ids[3]
+    identity = next(i for i in swarm.identities if i.peer_id == attacker)
+    swarm.peers[attacker] = make_behaviour("sign_flip", identity, swarm.peers[attacker].params,
+                                           collusion=Collusion(members={attacker}, seed=0), attack_start=1)
+    swarm.memory.peers[attacker] = swarm.peers[attacker]
+    counts = []
+    for step in range(12):
+        record = runs.start_step_if_ready(run=run)
+        assert record is not None
+        results = swarm.step(step, record.members)
+        for env in swarm.board.log:  # verdicts judged as the site judges them: a majority bans
+            runs.post_broadcast(peer=peers[env.sender], envelope=env)
+        honest = [p for p in record.members if p != attacker]
+        drawn = {p: dict(swarm.peers[p]._s.validators) for p in honest}
+        peers_view = drawn[honest[0]]
+        assert all(v == peers_view for v in drawn.values())
+        assert runs.step_validators(run=run, step=step) == peers_view
+        after_ban = Ban.objects.filter(run=run, step=step - 1, evidence_kind="recalc").exists()
+        if step:
+            counts.append((after_ban, len(peers_view)))
+        for pid in honest:
+            runs.record_step_report(peer=peers[pid], report=StepReport(step=step, outcome=results[pid].outcome,
+                                                                       loss=1.0, samples=32))
+        if attacker in record.members and not Ban.objects.filter(run=run, peer_id=attacker).exists():
+            runs.record_step_report(peer=peers[attacker], report=StepReport(step=step, outcome="applied", loss=1.0,
+                                                                            samples=32))
+        assert runs.close_step(run=run, force=True) is not None
+    assert Ban.objects.filter(run=run, peer_id=attacker, evidence_kind="recalc").exists()
+    assert set(Ban.objects.filter(run=run).values_list("peer_id", flat=True)) == {attacker}
+    assert (True, 2 * M) in counts  # the step after the ban drew twice the validators, on the site as well
+    assert all(n == (2 * M if after else M) for after, n in counts)
