@@ -183,7 +183,7 @@ def test_a_timed_attacker_strikes_while_its_chance_is_lowest_and_stops_when_it_r
 
 
 def test_a_timed_attacker_holds_back_while_a_recalculation_ban_doubles_the_validators():
-    peers, step, _, group = _colluders("timed_lowest_chance", n=10, b=3)
+    peers, step, _, _ = _colluders("timed_lowest_chance", n=10, b=3)
     timed = peers[0]
     assert timed.params.alarm_factor == 2  # the protocol's default
     g = torch.zeros(8)

@@ -122,7 +122,8 @@ def test_after_a_recalculation_ban_the_site_draws_the_doubled_validators_the_pee
     validators; the site counts the step's verdict majority from its own bans and gets the peers' draw."""
     from moderation.models import Ban
 
-    from worker_client.btard.attacks import Collusion, make_peer as make_behaviour
+    from worker_client.btard.attacks import Collusion
+    from worker_client.btard.attacks import make_peer as make_behaviour
 
     run = RunFactory(name="alarm", peers_per_group=7, min_peers=4, validators_per_step=M)
     made = [make_peer(run=run, seed=f"alarm-{i}") for i in range(7)]
