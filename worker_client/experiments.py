@@ -480,7 +480,8 @@ def grid_undo() -> list[Cell]:
 def grid_alarm() -> list[Cell]:
     """More validators after a recalculation ban (ProtocolParams.alarm_factor = 2, docs/protocol.md "More
     validators after a ban") on top of the undo, in the protocol's default setting (spread 0.5, m = 4): the
-    ``undo`` grid's IID and non-IID columns at m = 4, with their clean runs, seeds 0-2."""
+    ``undo`` grid's IID and non-IID columns at m = 4, with their clean runs, seeds 0-2; then every other
+    BTARD column of the ``adaptive`` grid, so the protocol's defaults have a row in every column."""
     common = {"peers": 16, "byzantine": 7, "steps": ADAPTIVE_STEPS, "attack_start": 50,
               "btard_global_batch": 16 * PAPER_BATCH, "btard_validators": PAPER_VALIDATORS,
               "tau_rule": "spread", "tau_spread": 0.5, "undo": True, "alarm": 2}
@@ -488,6 +489,11 @@ def grid_alarm() -> list[Cell]:
                    seeds=[0, 1, 2], non_iid=NON_IID_ALPHA, **common)
     cells += _cells("mnist5k-mlp", attacks=[*UNDO_IID_ATTACKS, "none"], defences=[("btard", 1.0)],
                     seeds=[0, 1, 2], **common)
+    cells += _cells("mnist5k-mlp", attacks=[a for a in ADAPTIVE_GRID_ATTACKS if a not in UNDO_IID_ATTACKS],
+                    defences=[("btard", 1.0)], seeds=[0, 1, 2], **common)
+    cells += _cells("mnist5k-mlp", attacks=[*(a for a in NON_IID_ATTACKS if a not in (*UNDO_NON_IID_ATTACKS, "none")),
+                                            "free_rider_zeros"],
+                    defences=[("btard", 1.0)], seeds=[0, 1, 2], non_iid=NON_IID_ALPHA, **common)
     return cells
 
 
