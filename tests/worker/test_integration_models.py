@@ -81,3 +81,8 @@ def test_four_workers_train_the_transformer_and_ban_the_sign_flipper_by_recalcul
                for w in honest), [[e for e in w.events() if e.get("event") == "step_reverted"] for w in honest]
     if ban_step >= 2:
         assert hashes_at(honest, ban_step) == hashes_at(honest, ban_step - 2)
+    # the step after the recalculation ban draws twice the validators, and every honest worker says so
+    if ban_step + 1 < steps:
+        assert all(any(e.get("event") == "alarm" and e["step"] == ban_step + 1 and e["validators"] == 2 * RUN_FIELDS["validators_per_step"]
+                       for e in w.events()) for w in honest), [
+            [e for e in w.events() if e.get("event") == "alarm"] for w in honest]

@@ -22,6 +22,7 @@ from btard_wire.control import Broadcast as BroadcastMessage
 from ..btard.actions import ComputeGradient, FetchTensor, SendTensor
 from ..btard.kernels import part_bounds
 from ..btard.mprng import genesis_randomness
+from ..btard.peer import step_validator_count
 from ..btard.state import StepContext, StepResult
 from ..btard.tensors import tensor_hash
 from ..checkpoint import http_base, is_checkpoint_step, state_bytes, state_digest, upload, upload_url
@@ -279,6 +280,11 @@ class StepDriver:
         roles += [f"probation validator of {c.get('peer_id', '')[:8]}" for c in w.probation.checks]
         w.status.step_roles = roles
         w.event("step", f"step {group.step} with {len(ids)} peers: {', '.join(roles)}", step=group.step)
+        drawn = step_validator_count(w.peer.params, ctx)
+        if drawn != w.peer.params.validators:  # docs/protocol.md, "More validators after a ban"
+            w.event("alarm", f"step {group.step} draws {drawn} validators instead of {w.peer.params.validators}: "
+                             f"step {group.step - 1} banned a peer for a wrong recomputation", step=group.step,
+                    validators=drawn)
         await self.execute(actions)
         early, self.pending_relays, self.pending_relay_bytes = [env for _, env in self.pending_relays], [], 0
         for env in early:
