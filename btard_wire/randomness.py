@@ -144,6 +144,14 @@ def draw_validators(randomness: bytes, *, group: Collection[str], targets: Colle
 ALARM_FACTOR = 2
 
 
+def check_alarm_factor(alarm_factor: object) -> int:
+    """``alarm_factor`` if it is a whole number >= 1 (1: no alarm); else :class:`ProtocolError` (a
+    ``ValueError``) saying so: the one check the peers' parameters and the validator count share."""
+    if isinstance(alarm_factor, bool) or not isinstance(alarm_factor, int) or alarm_factor < 1:
+        raise ProtocolError(f"alarm_factor must be a whole number >= 1 (1: off), not {alarm_factor!r}")
+    return alarm_factor
+
+
 def validators_for_step(m: int, *, prev_recalc_ban: bool, alarm_factor: int) -> int:
     """How many validators step t draws (**ours**, docs/protocol.md "More validators after a ban"): ``m``,
     or ``alarm_factor * m`` when step t-1 ended with a ban for a wrong recomputation. Such a ban proves a
@@ -151,8 +159,7 @@ def validators_for_step(m: int, *, prev_recalc_ban: bool, alarm_factor: int) -> 
     validators in the next step, at no cost in a run nobody attacks. A fact of step t-1's board that every
     member of step t that draws validators holds (the validators' targets are step t-1's contributors, so
     only members of step t-1 draw), so every peer, the site and the boards get the same number."""
-    if isinstance(alarm_factor, bool) or not isinstance(alarm_factor, int) or alarm_factor < 1:
-        raise ProtocolError(f"alarm_factor must be a whole number >= 1, not {alarm_factor!r}")
+    check_alarm_factor(alarm_factor)
     return m * alarm_factor if prev_recalc_ban and m > 0 else m
 
 

@@ -90,7 +90,8 @@ class FakeSite:
                                           reveals=reveals, prev_contributors=targets,
                                           m=validators_for_step(self.run.validators_per_step,
                                                                 prev_recalc_ban=step - 1 in self.recalc_ban_steps,
-                                                                alarm_factor=ALARM_FACTOR))
+                                                                alarm_factor=self.run.extra.get("alarm_factor",
+                                                                                                ALARM_FACTOR)))
 
     async def _start_step(self) -> None:
         self.group = sorted(p for p in self.peers if p not in self.banned)[: self.group_size]

@@ -192,6 +192,19 @@ def test_a_run_names_its_tau_rule_in_its_settings_and_an_unknown_rule_is_refused
         worker._make_peer()
 
 
+def test_a_run_sets_the_alarm_factor_in_its_settings_and_an_unusable_one_is_refused():
+    from btard_wire.control import RunInfo
+
+    worker = Worker(WorkerConfig(server="ws://127.0.0.1:1", token="t", identity=Identity.from_seed(b"alarm")))
+    worker.run_info = RunInfo(id=1, name="r", task="digits-mlp", extra={"alarm_factor": 1})
+    assert worker._make_peer().params.alarm_factor == 1
+    worker.run_info = RunInfo(id=1, name="r", task="digits-mlp", extra={})
+    assert worker._make_peer().params.alarm_factor == 2  # the protocol's default
+    worker.run_info = RunInfo(id=1, name="r", task="digits-mlp", extra={"alarm_factor": "often"})
+    with pytest.raises(ValueError, match="alarm_factor must be a whole number >= 1.*'often'"):
+        worker._make_peer()
+
+
 async def test_a_tensor_send_whose_dial_failed_is_tried_again_within_the_deadline():
     """Two peers dialling each other at the same instant can fail libp2p's handshake: the send goes again
     (up to SEND_ATTEMPTS, within the phase deadline) instead of waiting for the receiver's ELIMINATE; a

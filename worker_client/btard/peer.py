@@ -932,7 +932,7 @@ class BtardPeer:
                 digests={key: entry[2] for key, entry in s.board.items()},
                 scales=list(s.scales) or (list(ctx.prev.scales) if ctx.prev is not None else []),
                 z_scales=list(s.z_scales) if s.scales else (list(ctx.prev.z_scales) if ctx.prev is not None else []),
-                recalc_ban=any(b.kind == M.FaultKind.recalc.value for b in bans))
+                recalc_ban=_recalc_banned(bans))
         r = s.r if s.r is not None else skipped_randomness(s.ctx.r_prev, s.ctx.run, s.ctx.step)
         s.result = StepResult(step=s.ctx.step, outcome=outcome, update=update, bans=bans,
                               eliminations=list(dict.fromkeys(eliminations)), silent=sorted(s.silent),
@@ -958,8 +958,13 @@ def reverts_previous(bans: list[Ban], params: ProtocolParams, ctx: StepContext) 
     them, and the court takes an accusation only for that step) whose gradient was not the one its
     public seed gives, so that step's aggregate took in an attacker's gradient. Board facts only: a
     peer that has no record of step - 1 (a newcomer) reaches the same answer."""
-    return (params.revert_on_recalc_ban and ctx.step >= 1
-            and any(b.kind == M.FaultKind.recalc.value for b in bans))
+    return params.revert_on_recalc_ban and ctx.step >= 1 and _recalc_banned(bans)
+
+
+def _recalc_banned(bans: list[Ban]) -> bool:
+    """A ban of the step for a wrong recomputation: it undoes step - 1 (:func:`reverts_previous`) and
+    raises the next step's validator count (:func:`step_validator_count`, via ``StepRecord.recalc_ban``)."""
+    return any(b.kind == M.FaultKind.recalc.value for b in bans)
 
 
 def _random_nonce() -> str:

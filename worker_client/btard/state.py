@@ -17,7 +17,7 @@ import torch
 
 from btard_wire import payloads as M
 from btard_wire.envelope import Envelope
-from btard_wire.randomness import ALARM_FACTOR
+from btard_wire.randomness import ALARM_FACTOR, check_alarm_factor
 
 if TYPE_CHECKING:
     from .actions import FetchTensor
@@ -90,8 +90,7 @@ class ProtocolParams:
         if not (isinstance(self.tau_spread, (int, float)) and not isinstance(self.tau_spread, bool)
                 and 0 < self.tau_spread < float("inf")):
             raise ValueError(f"tau_spread must be a finite number > 0, not {self.tau_spread!r}")
-        if isinstance(self.alarm_factor, bool) or not isinstance(self.alarm_factor, int) or self.alarm_factor < 1:
-            raise ValueError(f"alarm_factor must be a whole number >= 1 (1: off), not {self.alarm_factor!r}")
+        check_alarm_factor(self.alarm_factor)
         if not isinstance(self.revert_on_recalc_ban, bool):
             raise ValueError(f"revert_on_recalc_ban must be true or false, not {self.revert_on_recalc_ban!r}")  # noqa: TRY004
         if not (self.tau > 0 and self.tau < float("inf")):

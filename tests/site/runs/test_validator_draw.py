@@ -166,7 +166,13 @@ def test_after_a_recalculation_ban_the_site_draws_the_doubled_validators_the_pee
             runs.record_step_report(peer=peers[attacker], report=StepReport(step=step, outcome="applied", loss=1.0,
                                                                             samples=32))
         assert runs.close_step(run=run, force=True) is not None
+        last = step
     assert Ban.objects.filter(run=run, peer_id=attacker, evidence_kind="recalc").exists()
     assert set(Ban.objects.filter(run=run).values_list("peer_id", flat=True)) == {attacker}
     assert (True, 2 * M) in counts  # the step after the ban drew twice the validators, on the site as well
     assert all(n == (2 * M if after else M) for after, n in counts)
+    # a factor the workers refuse (ProtocolParams) leaves the site's record empty instead of failing the close
+    assert runs.step_validators(run=run, step=last)
+    run.extra = {**(run.extra or {}), "alarm_factor": "often"}
+    run.save(update_fields=["extra"])
+    assert runs.step_validators(run=run, step=last) == {}
